@@ -1,0 +1,47 @@
+use crate::types::{NodeId, NodeInfo};
+
+/// Errors of the replication layer, as the application sees them.
+#[derive(Debug, thiserror::Error)]
+pub enum RaftError {
+    /// This node is not the leader and could not forward; `leader` is the
+    /// best known leader, if any.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<(NodeId, NodeInfo)> },
+    /// The leader cannot reach a majority: the write or read cannot be
+    /// confirmed now, but may succeed later.
+    #[error("no quorum: {0}")]
+    NoQuorum(String),
+    #[error("timed out waiting for {0}")]
+    Timeout(String),
+    /// A membership change is already under way.
+    #[error("membership change in progress")]
+    MembershipInProgress,
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("the command could not be decoded: {0}")]
+    Undecodable(String),
+    #[error("peer network: {0}")]
+    Network(String),
+    #[error("storage: {0}")]
+    Storage(#[from] storage::StorageError),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("raft stopped: {0}")]
+    Fatal(String),
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+}
+
+impl RaftError {
+    /// True when retrying the same request later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            RaftError::NotLeader { .. }
+                | RaftError::NoQuorum(_)
+                | RaftError::Timeout(_)
+                | RaftError::MembershipInProgress
+                | RaftError::Network(_)
+        )
+    }
+}
