@@ -16,6 +16,11 @@ pub enum RaftError {
     /// A membership change is already under way.
     #[error("membership change in progress")]
     MembershipInProgress,
+    /// The request reached a leader but we cannot tell whether it was
+    /// committed (e.g. leadership was lost meanwhile). Retrying is only safe
+    /// for idempotent requests.
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
     #[error("invalid request: {0}")]
     Invalid(String),
     #[error("the command could not be decoded: {0}")]
@@ -41,6 +46,7 @@ impl RaftError {
                 | RaftError::NoQuorum(_)
                 | RaftError::Timeout(_)
                 | RaftError::MembershipInProgress
+                | RaftError::OutcomeUnknown(_)
                 | RaftError::Network(_)
         )
     }

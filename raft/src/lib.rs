@@ -1,1 +1,26 @@
+//! Raft replication for a marketcell node, on openraft 0.9 (storage-v2).
+//!
+//! - [`log_store`]: the Raft log in `log.redb`, group-committed by one writer thread;
+//! - [`state_machine`]: `state.redb`, generic over an [`Application`], snapshots;
+//! - [`network`] / [`peer_api`]: the peer port (HTTP/2, bincode bodies, optional mTLS);
+//! - [`node`]: a running node — writes with leader forwarding, linearizable
+//!   and session reads, membership changes;
+//! - [`tls`]: rustls configuration and the accept loop.
+//!
+//! This crate knows nothing about the marketplace or the public HTTP API.
 
+mod error;
+pub mod log_store;
+pub mod network;
+pub mod node;
+pub mod peer_api;
+pub mod state_machine;
+pub mod tls;
+pub mod types;
+mod wire;
+
+pub use error::RaftError;
+pub use node::{NodeConfig, RaftNode, Written};
+pub use peer_api::peer_router;
+pub use state_machine::{Application, ApplyContext, StateMachineStore};
+pub use types::{NodeId, NodeInfo, RaftMetrics};

@@ -1,0 +1,429 @@
+//! A running Raft node: openraft wired to the stores and the network, plus
+//! the operations the application needs (write with leader forwarding,
+//! linearizable and session reads, membership, snapshots).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::Write,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use openraft::{
+    error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError as ORaftError},
+    ChangeMembers, ServerState,
+};
+use tokio::sync::watch;
+
+use crate::{
+    log_store::{check_node_id, LogStore},
+    network::{CallError, NetworkFactory, PeerClient},
+    state_machine::{Application, StateMachineStore},
+    types::{Command, NodeId, NodeInfo, Raft, RaftMetrics, Reply},
+    wire::{LeaderOk, LeaderOp},
+    RaftError,
+};
+
+/// How a node is started.
+#[derive(Clone)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    pub data_dir: PathBuf,
+    /// How other nodes and clients reach this node.
+    pub info: NodeInfo,
+    pub raft: openraft::Config,
+    /// TLS for calls to peers (mTLS identity included); `None` = plain h2c.
+    pub peer_tls: Option<rustls::ClientConfig>,
+    /// How long a write may wait for a leader and a quorum.
+    pub write_timeout: Duration,
+    /// Page cache of `state.redb` in bytes.
+    pub state_cache_bytes: usize,
+}
+
+impl NodeConfig {
+    /// Raft timings suited to a LAN or loopback cell.
+    pub fn default_raft_config(cluster: &str) -> openraft::Config {
+        openraft::Config {
+            cluster_name: cluster.to_string(),
+            heartbeat_interval: 100,
+            election_timeout_min: 500,
+            election_timeout_max: 1000,
+            install_snapshot_timeout: 30_000,
+            max_payload_entries: 512,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(20_000),
+            max_in_snapshot_log_to_keep: 5_000,
+            purge_batch_size: 256,
+            ..Default::default()
+        }
+    }
+}
+
+/// The result of a committed write.
+#[derive(Debug)]
+pub struct Written<R> {
+    /// Log index of the entry; echo it as `X-Cell-Index`.
+    pub index: u64,
+    pub response: R,
+}
+
+pub struct RaftNode<A: Application> {
+    pub(crate) id: NodeId,
+    pub(crate) raft: Raft,
+    pub(crate) sm: StateMachineStore<A>,
+    pub(crate) client: PeerClient,
+    write_timeout: Duration,
+    applied: watch::Receiver<u64>,
+}
+
+impl<A: Application> RaftNode<A> {
+    pub async fn start(cfg: NodeConfig, app: Arc<A>) -> Result<Arc<Self>, RaftError> {
+        std::fs::create_dir_all(&cfg.data_dir)?;
+        let log = LogStore::open(cfg.data_dir.join("log.redb"))?;
+        if let Err(existing) = check_node_id(&log, cfg.id)? {
+            return Err(RaftError::Invalid(format!(
+                "data directory {} belongs to node {existing}, not node {}",
+                cfg.data_dir.display(),
+                cfg.id
+            )));
+        }
+        let sm = StateMachineStore::open(&cfg.data_dir, app, cfg.state_cache_bytes)?;
+        let applied = sm.applied_index();
+        let client = PeerClient::new(cfg.peer_tls.clone())?;
+        let network = NetworkFactory {
+            client: client.clone(),
+            snapshot_timeout: Duration::from_millis(cfg.raft.install_snapshot_timeout.max(10_000)),
+        };
+        let config = Arc::new(
+            cfg.raft
+                .clone()
+                .validate()
+                .map_err(|e| RaftError::Invalid(e.to_string()))?,
+        );
+        let raft = Raft::new(cfg.id, config, network, log, sm.clone())
+            .await
+            .map_err(|e| RaftError::Fatal(e.to_string()))?;
+        let node = Arc::new(Self {
+            id: cfg.id,
+            raft,
+            sm,
+            client,
+            write_timeout: cfg.write_timeout,
+            applied,
+        });
+        node.spawn_flusher();
+        Ok(node)
+    }
+
+    /// Applies commit without fsync; this bounds how much a crash can make
+    /// the node re-apply from its log.
+    fn spawn_flusher(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut flushed = 0;
+            loop {
+                tick.tick().await;
+                let Some(node) = weak.upgrade() else { return };
+                let applied = *node.applied.borrow();
+                if applied == flushed {
+                    continue;
+                }
+                let store = node.sm.store().clone();
+                drop(node);
+                match tokio::task::spawn_blocking(move || store.flush()).await {
+                    Ok(Ok(())) => flushed = applied,
+                    Ok(Err(e)) => tracing::warn!(error = %e, "state flush failed"),
+                    Err(e) => tracing::warn!(error = %e, "state flush task failed"),
+                }
+            }
+        });
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// The local state database (read with `store().read()`).
+    pub fn store(&self) -> &storage::Store {
+        self.sm.store()
+    }
+
+    pub fn metrics(&self) -> RaftMetrics {
+        self.raft.metrics().borrow().clone()
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
+    /// Follows the applied index (wakes on every applied batch).
+    pub fn applied_watch(&self) -> watch::Receiver<u64> {
+        self.applied.clone()
+    }
+
+    /// The leader as this node currently knows it.
+    pub fn leader(&self) -> Option<(NodeId, NodeInfo)> {
+        let m = self.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id).cloned()?;
+        Some((id, node))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// Wait until this node has applied `index` (session consistency).
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), RaftError> {
+        let mut rx = self.applied.clone();
+        let result = tokio::time::timeout(timeout, rx.wait_for(|applied| *applied >= index))
+            .await
+            .map(|r| r.is_ok());
+        match result {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(RaftError::Fatal("state machine stopped".into())),
+            Err(_) => Err(RaftError::Timeout(format!("applied index {index}"))),
+        }
+    }
+
+    /// Replicate `cmd` and return the application's response once applied
+    /// here (on the leader). Followers forward to the leader.
+    pub async fn write(&self, cmd: &A::Command) -> Result<Written<A::Response>, RaftError> {
+        let bytes = storage::encode(cmd)?;
+        match self.leader_op(LeaderOp::Write(Command(bytes))).await? {
+            LeaderOk::Written { index, reply } => {
+                let response = match reply {
+                    Reply::App(b) => storage::decode(&b)?,
+                    Reply::Undecodable(e) => return Err(RaftError::Undecodable(e)),
+                    Reply::Internal => return Err(RaftError::Fatal("unexpected internal reply".into())),
+                };
+                // A forwarded write was applied on the leader; make it
+                // visible here too before answering.
+                self.wait_applied(index, self.write_timeout).await?;
+                Ok(Written { index, response })
+            }
+            other => Err(RaftError::Fatal(format!("unexpected leader answer {other:?}"))),
+        }
+    }
+
+    /// Confirm leadership with a quorum (ReadIndex) and wait until this node
+    /// applied at least that index: a read after this is linearizable.
+    pub async fn linearizable_barrier(&self) -> Result<u64, RaftError> {
+        match self.leader_op(LeaderOp::ReadIndex).await? {
+            LeaderOk::ReadIndex(index) => {
+                self.wait_applied(index, self.write_timeout).await?;
+                Ok(index)
+            }
+            other => Err(RaftError::Fatal(format!("unexpected leader answer {other:?}"))),
+        }
+    }
+
+    /// Run `op` here if we lead, else on the leader; keep trying through an
+    /// election until the write timeout, but never resend a request whose
+    /// outcome is unknown.
+    async fn leader_op(&self, op: LeaderOp) -> Result<LeaderOk, RaftError> {
+        let deadline = Instant::now() + self.write_timeout;
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let attempt = match self.leader() {
+                Some((leader, _)) if leader == self.id => self.run_as_leader(&op).await,
+                Some((_, node)) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match self.client.leader_op(&node.peer_addr, &op, left.max(Duration::from_millis(100))).await {
+                        Ok(answer) => answer.map_err(RaftError::from),
+                        Err(CallError::Unreachable(e)) => Err(RaftError::NotLeader { leader: None }).inspect_err(|_| {
+                            tracing::debug!(error = %e, "leader unreachable, retrying");
+                        }),
+                        Err(CallError::Failed(e)) => Err(RaftError::OutcomeUnknown(e)),
+                    }
+                }
+                None => Err(RaftError::NotLeader { leader: None }),
+            };
+            match attempt {
+                Err(RaftError::NotLeader { .. }) | Err(RaftError::MembershipInProgress)
+                    if Instant::now() + backoff < deadline =>
+                {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(200));
+                }
+                Err(RaftError::NotLeader { .. }) => {
+                    return Err(RaftError::NotLeader { leader: self.leader() })
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Execute leader work locally. Errors say precisely whether the request
+    /// may have taken effect.
+    pub(crate) async fn run_as_leader(&self, op: &LeaderOp) -> Result<LeaderOk, RaftError> {
+        if !self.is_leader() {
+            return Err(RaftError::NotLeader { leader: self.leader() });
+        }
+        match op {
+            LeaderOp::Write(cmd) => match self.raft.client_write(cmd.clone()).await {
+                Ok(resp) => Ok(LeaderOk::Written {
+                    index: resp.log_id.index,
+                    reply: resp.data,
+                }),
+                // We believed we led, so the entry may have been appended
+                // before leadership moved: the outcome is unknown.
+                Err(ORaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(
+                    RaftError::OutcomeUnknown("leadership changed during the write".into()),
+                ),
+                Err(e) => Err(RaftError::Fatal(e.to_string())),
+            },
+            LeaderOp::ReadIndex => match self.raft.get_read_log_id().await {
+                Ok((read, _applied)) => Ok(LeaderOk::ReadIndex(read.map(|l| l.index).unwrap_or(0))),
+                Err(ORaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
+                    Err(RaftError::NotLeader { leader: self.leader() })
+                }
+                Err(ORaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => {
+                    Err(RaftError::NoQuorum(q.to_string()))
+                }
+                Err(e) => Err(RaftError::Fatal(e.to_string())),
+            },
+            LeaderOp::AddLearner { id, node } => {
+                let r = self.raft.add_learner(*id, node.clone(), true).await;
+                membership_result(self, r)
+            }
+            LeaderOp::ChangeMembership { voters } => {
+                if voters.is_empty() {
+                    return Err(RaftError::Invalid("a cell needs at least one voter".into()));
+                }
+                let r = self.raft.change_membership(voters.clone(), true).await;
+                membership_result(self, r)
+            }
+            LeaderOp::RemoveNode { id } => {
+                let m = self.metrics();
+                let membership = m.membership_config.membership();
+                if membership.voter_ids().any(|v| v == *id) {
+                    let voters: BTreeSet<NodeId> = membership.voter_ids().filter(|v| v != id).collect();
+                    if voters.is_empty() {
+                        return Err(RaftError::Invalid("cannot remove the last voter".into()));
+                    }
+                    let r = self.raft.change_membership(voters, false).await;
+                    membership_result(self, r)
+                } else if membership.get_node(id).is_some() {
+                    let r = self
+                        .raft
+                        .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([*id])), false)
+                        .await;
+                    membership_result(self, r)
+                } else {
+                    Err(RaftError::Invalid(format!("node {id} is not a member")))
+                }
+            }
+        }
+    }
+
+    /// Form a new cluster from this node (and, optionally, others that are
+    /// running and empty). Fails if the node already belongs to a cluster.
+    pub async fn initialize(&self, nodes: BTreeMap<NodeId, NodeInfo>) -> Result<(), RaftError> {
+        match self.raft.initialize(nodes).await {
+            Ok(()) => Ok(()),
+            Err(ORaftError::APIError(InitializeError::NotAllowed(_))) => {
+                Err(RaftError::Invalid("this node is already part of a cluster".into()))
+            }
+            Err(ORaftError::APIError(e)) => Err(RaftError::Invalid(e.to_string())),
+            Err(e) => Err(RaftError::Fatal(e.to_string())),
+        }
+    }
+
+    pub async fn is_initialized(&self) -> Result<bool, RaftError> {
+        self.raft
+            .is_initialized()
+            .await
+            .map_err(|e| RaftError::Fatal(e.to_string()))
+    }
+
+    /// Add a learner and wait until it caught up with the leader.
+    pub async fn add_learner(&self, id: NodeId, node: NodeInfo) -> Result<u64, RaftError> {
+        match self.leader_op(LeaderOp::AddLearner { id, node }).await? {
+            LeaderOk::Done { index } => Ok(index),
+            other => Err(RaftError::Fatal(format!("unexpected leader answer {other:?}"))),
+        }
+    }
+
+    /// Make exactly `voters` the voting members (others stay learners).
+    pub async fn change_membership(&self, voters: BTreeSet<NodeId>) -> Result<u64, RaftError> {
+        match self.leader_op(LeaderOp::ChangeMembership { voters }).await? {
+            LeaderOk::Done { index } => Ok(index),
+            other => Err(RaftError::Fatal(format!("unexpected leader answer {other:?}"))),
+        }
+    }
+
+    /// Remove a node from the cluster entirely.
+    pub async fn remove_node(&self, id: NodeId) -> Result<u64, RaftError> {
+        match self.leader_op(LeaderOp::RemoveNode { id }).await? {
+            LeaderOk::Done { index } => Ok(index),
+            other => Err(RaftError::Fatal(format!("unexpected leader answer {other:?}"))),
+        }
+    }
+
+    /// Build a snapshot now (and let openraft purge the log behind it).
+    pub async fn snapshot(&self) -> Result<u64, RaftError> {
+        let applied = self.applied_index();
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| RaftError::Fatal(e.to_string()))?;
+        let mut rx = self.raft.metrics();
+        let result = tokio::time::timeout(
+            Duration::from_secs(60),
+            rx.wait_for(|m| m.snapshot.map(|s| s.index).unwrap_or(0) >= applied),
+        )
+        .await
+        .map(|r| r.map(|m| m.snapshot.map(|s| s.index).unwrap_or(0)));
+        match result {
+            Ok(Ok(index)) => Ok(index),
+            Ok(Err(_)) => Err(RaftError::Fatal("raft stopped".into())),
+            Err(_) => Err(RaftError::Timeout("snapshot".into())),
+        }
+    }
+
+    /// Write a consistent backup of the whole state (same format as a
+    /// snapshot) to `out`. Blocking: call from a blocking thread.
+    pub fn backup<W: Write>(&self, out: W) -> Result<storage::SnapshotSummary, RaftError> {
+        let read = self.sm.store().read()?;
+        Ok(storage::export_snapshot(&read, out)?)
+    }
+
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        let _ = self.sm.store().flush();
+    }
+}
+
+fn membership_result<A: Application>(
+    node: &RaftNode<A>,
+    r: Result<
+        openraft::raft::ClientWriteResponse<crate::types::TypeConfig>,
+        ORaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>,
+    >,
+) -> Result<LeaderOk, RaftError> {
+    use openraft::error::ChangeMembershipError;
+    match r {
+        Ok(resp) => Ok(LeaderOk::Done {
+            index: resp.log_id.index,
+        }),
+        Err(ORaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+            Err(RaftError::NotLeader { leader: node.leader() })
+        }
+        Err(ORaftError::APIError(ClientWriteError::ChangeMembershipError(
+            ChangeMembershipError::InProgress(_),
+        ))) => Err(RaftError::MembershipInProgress),
+        Err(ORaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+            Err(RaftError::Invalid(e.to_string()))
+        }
+        Err(e) => Err(RaftError::Fatal(e.to_string())),
+    }
+}

@@ -1,0 +1,175 @@
+//! The server side of the peer port.
+//!
+//! Everything here comes from the network: bodies are size-limited and
+//! decoded defensively, garbage gets a `400`, and nothing a peer sends can
+//! panic the node or reach the state machine unverified.
+
+use std::{io::SeekFrom, sync::Arc};
+
+use axum::{
+    body::{Body, Bytes},
+    extract::{DefaultBodyLimit, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::post,
+    Router,
+};
+use futures::StreamExt;
+use openraft::raft::{AppendEntriesRequest, SnapshotResponse, VoteRequest};
+use serde::Serialize;
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+
+use crate::{
+    network::{PATH_APPEND, PATH_LEADER, PATH_SNAPSHOT, PATH_VOTE},
+    state_machine::Application,
+    types::{NodeId, Snapshot, SnapshotMeta, TypeConfig, Vote},
+    wire::{LeaderErr, LeaderOk, LeaderOp},
+    RaftNode,
+};
+
+/// Largest non-snapshot message a peer may send.
+const MAX_RPC_BYTES: usize = 64 * 1024 * 1024;
+const MAX_SNAPSHOT_HEADER: usize = 16 * 1024 * 1024;
+
+fn encoded<T: Serialize>(value: &T) -> Response {
+    match storage::encode(value) {
+        Ok(bytes) => (StatusCode::OK, bytes).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+fn bad_request(msg: impl std::fmt::Display) -> Response {
+    (StatusCode::BAD_REQUEST, msg.to_string()).into_response()
+}
+
+/// Routes of the peer port for `node`.
+pub fn peer_router<A: Application>(node: Arc<RaftNode<A>>) -> Router {
+    Router::new()
+        .route(PATH_APPEND, post(append::<A>))
+        .route(PATH_VOTE, post(vote::<A>))
+        .route(PATH_LEADER, post(leader::<A>))
+        .layer(DefaultBodyLimit::max(MAX_RPC_BYTES))
+        .route(
+            PATH_SNAPSHOT,
+            post(snapshot::<A>).layer(DefaultBodyLimit::disable()),
+        )
+        .with_state(node)
+}
+
+async fn append<A: Application>(State(node): State<Arc<RaftNode<A>>>, body: Bytes) -> Response {
+    let req: AppendEntriesRequest<TypeConfig> = match storage::decode(&body) {
+        Ok(r) => r,
+        Err(e) => return bad_request(format!("bad append-entries body: {e}")),
+    };
+    encoded(&node.raft.append_entries(req).await)
+}
+
+async fn vote<A: Application>(State(node): State<Arc<RaftNode<A>>>, body: Bytes) -> Response {
+    let req: VoteRequest<NodeId> = match storage::decode(&body) {
+        Ok(r) => r,
+        Err(e) => return bad_request(format!("bad vote body: {e}")),
+    };
+    encoded(&node.raft.vote(req).await)
+}
+
+async fn leader<A: Application>(State(node): State<Arc<RaftNode<A>>>, body: Bytes) -> Response {
+    let op: LeaderOp = match storage::decode(&body) {
+        Ok(r) => r,
+        Err(e) => return bad_request(format!("bad leader-op body: {e}")),
+    };
+    let answer: Result<LeaderOk, LeaderErr> = node.run_as_leader(&op).await.map_err(LeaderErr::from);
+    encoded(&answer)
+}
+
+/// Receive a whole snapshot into a temporary file, verify it end to end,
+/// and only then hand it to openraft.
+async fn snapshot<A: Application>(State(node): State<Arc<RaftNode<A>>>, body: Body) -> Response {
+    let path = node.sm.incoming_snapshot_path();
+    let result = receive_snapshot(&node, &path, body).await;
+    let _ = tokio::fs::remove_file(&path).await;
+    match result {
+        Ok(resp) => encoded(&Ok::<SnapshotResponse<NodeId>, String>(resp)),
+        Err(SnapshotReject::Bad(msg)) => {
+            tracing::warn!(error = %msg, "rejected incoming snapshot");
+            encoded(&Err::<SnapshotResponse<NodeId>, String>(msg))
+        }
+        Err(SnapshotReject::Local(msg)) => (StatusCode::INTERNAL_SERVER_ERROR, msg).into_response(),
+    }
+}
+
+enum SnapshotReject {
+    /// The stream itself is bad.
+    Bad(String),
+    /// We failed locally.
+    Local(String),
+}
+
+async fn receive_snapshot<A: Application>(
+    node: &RaftNode<A>,
+    path: &std::path::Path,
+    body: Body,
+) -> Result<SnapshotResponse<NodeId>, SnapshotReject> {
+    let mut stream = body.into_data_stream();
+    let mut pending: Vec<u8> = Vec::new();
+    let mut header: Option<(Vote, SnapshotMeta)> = None;
+    let mut file = tokio::fs::File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .await
+        .map_err(|e| SnapshotReject::Local(e.to_string()))?;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| SnapshotReject::Bad(format!("stream broke: {e}")))?;
+        if header.is_some() {
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| SnapshotReject::Local(e.to_string()))?;
+            continue;
+        }
+        pending.extend_from_slice(&chunk);
+        if pending.len() < 4 {
+            continue;
+        }
+        let len = u32::from_le_bytes([pending[0], pending[1], pending[2], pending[3]]) as usize;
+        if len > MAX_SNAPSHOT_HEADER {
+            return Err(SnapshotReject::Bad(format!("snapshot header of {len} bytes")));
+        }
+        if pending.len() < 4 + len {
+            continue;
+        }
+        let decoded: (Vote, SnapshotMeta) = storage::decode(&pending[4..4 + len])
+            .map_err(|e| SnapshotReject::Bad(format!("bad snapshot header: {e}")))?;
+        header = Some(decoded);
+        file.write_all(&pending[4 + len..])
+            .await
+            .map_err(|e| SnapshotReject::Local(e.to_string()))?;
+        pending = Vec::new();
+    }
+    let (vote, meta) = header.ok_or_else(|| SnapshotReject::Bad("snapshot stream ended before its header".into()))?;
+    file.sync_all()
+        .await
+        .map_err(|e| SnapshotReject::Local(e.to_string()))?;
+    file.seek(SeekFrom::Start(0))
+        .await
+        .map_err(|e| SnapshotReject::Local(e.to_string()))?;
+    let std_file = file.into_std().await;
+    let verify_file = std_file
+        .try_clone()
+        .map_err(|e| SnapshotReject::Local(e.to_string()))?;
+    let summary = tokio::task::spawn_blocking(move || {
+        storage::verify_snapshot(std::io::BufReader::with_capacity(1 << 20, verify_file))
+    })
+    .await
+    .map_err(|e| SnapshotReject::Local(e.to_string()))?
+    .map_err(|e| SnapshotReject::Bad(e.to_string()))?;
+    tracing::info!(snapshot = %meta.snapshot_id, entries = summary.entries, bytes = summary.bytes, "received snapshot");
+    let snapshot = Snapshot {
+        meta,
+        snapshot: Box::new(tokio::fs::File::from_std(std_file)),
+    };
+    node.raft
+        .install_full_snapshot(vote, snapshot)
+        .await
+        .map_err(|e| SnapshotReject::Local(e.to_string()))
+}

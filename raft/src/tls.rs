@@ -1,0 +1,154 @@
+//! rustls configuration and the accept loop shared by the peer port and
+//! the public API: plain HTTP/1.1 + h2c, or TLS with ALPN (h2, http/1.1)
+//! and optional client-certificate verification (mTLS) against a CA.
+
+use std::{path::Path, sync::Arc, time::Duration};
+
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+    service::TowerToHyperService,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+
+use crate::RaftError;
+
+fn tls_err(e: impl ToString) -> RaftError {
+    RaftError::Tls(e.to_string())
+}
+
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, RaftError> {
+    let pem = std::fs::read(path).map_err(|e| tls_err(format!("{}: {e}", path.display())))?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|e| tls_err(format!("{}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(tls_err(format!("{}: no certificate found", path.display())));
+    }
+    Ok(certs)
+}
+
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, RaftError> {
+    let pem = std::fs::read(path).map_err(|e| tls_err(format!("{}: {e}", path.display())))?;
+    rustls_pemfile::private_key(&mut pem.as_slice())
+        .map_err(|e| tls_err(format!("{}: {e}", path.display())))?
+        .ok_or_else(|| tls_err(format!("{}: no private key found", path.display())))
+}
+
+fn root_store(ca: &Path) -> Result<rustls::RootCertStore, RaftError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in load_certs(ca)? {
+        roots.add(c).map_err(tls_err)?;
+    }
+    Ok(roots)
+}
+
+/// Server side. With `client_ca`, clients must present a certificate issued
+/// by that CA (mutual TLS).
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<Arc<rustls::ServerConfig>, RaftError> {
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(tls_err)?;
+    let builder = match client_ca {
+        Some(ca) => {
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(root_store(ca)?),
+                provider(),
+            )
+            .build()
+            .map_err(tls_err)?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut cfg = builder
+        .with_single_cert(load_certs(cert)?, load_key(key)?)
+        .map_err(tls_err)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Client side: trust `ca`; present `identity` (cert, key) when given.
+pub fn client_config(
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Result<rustls::ClientConfig, RaftError> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(tls_err)?
+        .with_root_certificates(root_store(ca)?);
+    let mut cfg = match identity {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
+            .map_err(tls_err)?,
+        None => builder.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+/// Serve `app` on `listener` until the process ends. Connections that fail
+/// their handshake or speak garbage are dropped; they never reach `app`.
+pub async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // e.g. EMFILE: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10));
+            builder.http2().max_concurrent_streams(1024);
+            let service = TowerToHyperService::new(app.into_service());
+            let result = match acceptor {
+                Some(acceptor) => {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            builder
+                                .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                                .await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    }
+                }
+                None => {
+                    builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with error");
+            }
+        });
+    }
+}
