@@ -1,1 +1,9 @@
+//! A marketcell node: the replicated application, its HTTP edge and the
+//! assembly of a running node.
 
+pub mod app;
+pub mod config;
+pub mod http;
+pub mod kv;
+pub mod metrics;
+pub mod server;

@@ -157,6 +157,15 @@ impl<A: Application> RaftNode<A> {
         self.raft.metrics().borrow().clone()
     }
 
+    /// The highest log index known committed by this node.
+    pub async fn committed_index(&self) -> Option<u64> {
+        self.raft
+            .with_raft_state(|st| st.committed.map(|l| l.index))
+            .await
+            .ok()
+            .flatten()
+    }
+
     pub fn applied_index(&self) -> u64 {
         *self.applied.borrow()
     }

@@ -1,0 +1,314 @@
+//! Node configuration: defaults < config file < `CELL_*` environment < flags.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use serde::Deserialize;
+
+/// A marketcell node. With no arguments: a single-node cell named `local`
+/// on http://127.0.0.1:8080 with its data in ./data/local.
+#[derive(Debug, Parser, Default)]
+#[command(name = "cell", version, about)]
+pub struct Args {
+    /// TOML file with any of the settings below (snake_case keys).
+    #[arg(long, env = "CELL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Cell name: [a-z][a-z0-9-]{0,31}.
+    #[arg(long, env = "CELL_CELL")]
+    pub cell: Option<String>,
+    /// Region this cell serves (default: the cell name).
+    #[arg(long, env = "CELL_REGION")]
+    pub region: Option<String>,
+    /// ISO 4217 currency of the cell.
+    #[arg(long, env = "CELL_CURRENCY")]
+    pub currency: Option<String>,
+    /// This node's id within the cell (a positive integer).
+    #[arg(long, env = "CELL_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// Where this node keeps its data.
+    #[arg(long, env = "CELL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address of the public and admin API.
+    #[arg(long, env = "CELL_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Address of the node-to-node (Raft) port.
+    #[arg(long, env = "CELL_PEER_LISTEN")]
+    pub peer_listen: Option<SocketAddr>,
+    /// API address other nodes and clients use to reach this node (host:port).
+    #[arg(long, env = "CELL_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Peer address other nodes use to reach this node (host:port).
+    #[arg(long, env = "CELL_PEER_ADVERTISE")]
+    pub peer_advertise: Option<String>,
+    /// PEM certificate of this node (enables TLS on both ports).
+    #[arg(long, env = "CELL_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key matching --tls-cert.
+    #[arg(long, env = "CELL_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM internal CA: peers must present certificates it issued (mTLS).
+    #[arg(long, env = "CELL_CA")]
+    pub ca: Option<PathBuf>,
+    /// Allow plain HTTP on non-loopback addresses.
+    #[arg(long, env = "CELL_INSECURE_HTTP")]
+    pub insecure_http: bool,
+    /// File holding the ops bootstrap token (created on first start if absent).
+    #[arg(long, env = "CELL_OPS_TOKEN_FILE")]
+    pub ops_token_file: Option<PathBuf>,
+    /// Do not form a single-node cluster on first start: wait to be added
+    /// to an existing cell (or for `cellctl cluster init`).
+    #[arg(long, env = "CELL_JOIN")]
+    pub join: bool,
+    /// Log as JSON lines.
+    #[arg(long, env = "CELL_LOG_JSON")]
+    pub log_json: bool,
+}
+
+/// The same settings as read from a config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    cell: Option<String>,
+    region: Option<String>,
+    currency: Option<String>,
+    node_id: Option<u64>,
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    peer_listen: Option<SocketAddr>,
+    advertise: Option<String>,
+    peer_advertise: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    insecure_http: Option<bool>,
+    ops_token_file: Option<PathBuf>,
+    join: Option<bool>,
+    log_json: Option<bool>,
+}
+
+/// TLS material of a node.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: Option<PathBuf>,
+}
+
+/// Resolved, validated configuration.
+#[derive(Debug, Clone)]
+pub struct CellConfig {
+    pub cell: String,
+    pub region: String,
+    pub currency: String,
+    pub node_id: u64,
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub peer_listen: SocketAddr,
+    pub advertise: String,
+    pub peer_advertise: String,
+    pub tls: Option<TlsFiles>,
+    pub ops_token_file: PathBuf,
+    pub bootstrap: bool,
+    pub log_json: bool,
+}
+
+pub fn valid_cell_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some('a'..='z'))
+        && name.len() <= 32
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+impl CellConfig {
+    pub fn resolve(args: Args) -> anyhow::Result<Self> {
+        let file: FileConfig = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let cell = args.cell.or(file.cell).unwrap_or_else(|| "local".into());
+        if !valid_cell_name(&cell) {
+            bail!("cell name {cell:?} must match [a-z][a-z0-9-]{{0,31}}");
+        }
+        let region = args.region.or(file.region).unwrap_or_else(|| cell.clone());
+        let currency = args.currency.or(file.currency).unwrap_or_else(|| "USD".into());
+        if currency.len() != 3 || !currency.chars().all(|c| c.is_ascii_uppercase()) {
+            bail!("currency {currency:?} must be a 3-letter ISO 4217 code");
+        }
+        let node_id = args.node_id.or(file.node_id).unwrap_or(1);
+        if node_id == 0 {
+            bail!("node id must be positive");
+        }
+        let data_dir = args
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("data").join(&cell));
+        let listen = args
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:8080".parse().expect("literal address"));
+        let peer_listen = args.peer_listen.or(file.peer_listen).unwrap_or_else(|| {
+            let mut a = listen;
+            a.set_port(listen.port().wrapping_add(1000));
+            a
+        });
+        let advertise = args
+            .advertise
+            .or(file.advertise)
+            .unwrap_or_else(|| listen.to_string());
+        let peer_advertise = args
+            .peer_advertise
+            .or(file.peer_advertise)
+            .unwrap_or_else(|| peer_listen.to_string());
+        if listen.ip().is_unspecified() && advertise == listen.to_string() {
+            bail!("--listen {listen} needs --advertise with a reachable address");
+        }
+        if peer_listen.ip().is_unspecified() && peer_advertise == peer_listen.to_string() {
+            bail!("--peer-listen {peer_listen} needs --peer-advertise with a reachable address");
+        }
+        let tls = match (args.tls_cert.or(file.tls_cert), args.tls_key.or(file.tls_key)) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert,
+                key,
+                ca: args.ca.or(file.ca),
+            }),
+            (None, None) => None,
+            _ => bail!("--tls-cert and --tls-key go together"),
+        };
+        let insecure = args.insecure_http || file.insecure_http.unwrap_or(false);
+        if tls.is_none() && !insecure {
+            for addr in [listen, peer_listen] {
+                if !addr.ip().is_loopback() {
+                    bail!(
+                        "refusing plain HTTP on {addr}: give --tls-cert/--tls-key, \
+                         or --insecure-http to accept it knowingly"
+                    );
+                }
+            }
+        }
+        let ops_token_file = args
+            .ops_token_file
+            .or(file.ops_token_file)
+            .unwrap_or_else(|| data_dir.join("ops-token"));
+        Ok(Self {
+            cell,
+            region,
+            currency,
+            node_id,
+            data_dir,
+            listen,
+            peer_listen,
+            advertise,
+            peer_advertise,
+            tls,
+            ops_token_file,
+            bootstrap: !(args.join || file.join.unwrap_or(false)),
+            log_json: args.log_json || file.log_json.unwrap_or(false),
+        })
+    }
+
+    pub fn raft_dir(&self) -> PathBuf {
+        self.data_dir.join("raft")
+    }
+
+    pub fn cache_dir(&self) -> PathBuf {
+        self.data_dir.join("cache")
+    }
+
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+}
+
+/// Read the ops bootstrap token, creating it (mode 0600) if absent.
+pub fn load_or_create_ops_token(path: &Path) -> anyhow::Result<(String, bool)> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => {
+            let token = s.trim().to_string();
+            if token.len() < 32 {
+                bail!("ops token in {} is shorter than 32 characters", path.display());
+            }
+            Ok((token, false))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            let bytes: [u8; 32] = rand::random();
+            let token = format!("mc_ops_{}", hex::encode(bytes));
+            write_private(path, token.as_bytes())?;
+            Ok((token, true))
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Create a file readable only by its owner.
+pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_embedded_single_node_cell() {
+        let c = CellConfig::resolve(Args::default()).unwrap();
+        assert_eq!(c.cell, "local");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.data_dir, PathBuf::from("data/local"));
+        assert!(c.bootstrap);
+    }
+
+    #[test]
+    fn plain_http_off_loopback_needs_consent() {
+        let args = Args {
+            listen: Some("0.0.0.0:8080".parse().unwrap()),
+            advertise: Some("10.0.0.1:8080".into()),
+            ..Default::default()
+        };
+        assert!(CellConfig::resolve(args).is_err());
+        let args = Args {
+            listen: Some("0.0.0.0:8080".parse().unwrap()),
+            advertise: Some("10.0.0.1:8080".into()),
+            peer_listen: Some("127.0.0.1:9080".parse().unwrap()),
+            insecure_http: true,
+            ..Default::default()
+        };
+        assert!(CellConfig::resolve(args).is_ok());
+    }
+
+    #[test]
+    fn cell_names() {
+        assert!(valid_cell_name("nyc"));
+        assert!(valid_cell_name("a-1"));
+        assert!(!valid_cell_name("1a"));
+        assert!(!valid_cell_name("Nyc"));
+        assert!(!valid_cell_name(""));
+        assert!(!valid_cell_name(&"a".repeat(33)));
+    }
+}

@@ -1,0 +1,258 @@
+//! `/admin`: cluster membership, snapshots and backups (ops only).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use axum::{
+    body::{Body, Bytes},
+    extract::{Path, State},
+    http::{header, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{delete, get, post},
+    Json, Router,
+};
+use raft::NodeInfo;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::{
+    extract::{Ops, StrictJson},
+    info_api::role_name,
+    problem::{ApiError, ApiResult},
+    AppState,
+};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/admin/cluster", get(cluster))
+        .route("/admin/cluster/init", post(init))
+        .route("/admin/cluster/nodes", post(add_node))
+        .route("/admin/cluster/nodes/{id}", delete(remove_node))
+        .route("/admin/cluster/membership", post(membership))
+        .route("/admin/snapshot", post(snapshot))
+        .route("/admin/backup", get(backup))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    pub id: u64,
+    pub api_addr: String,
+    pub peer_addr: String,
+}
+
+impl NodeSpec {
+    fn validate(&self) -> ApiResult<NodeInfo> {
+        if self.id == 0 {
+            return Err(ApiError::validation("node id must be positive"));
+        }
+        for (name, addr) in [("api_addr", &self.api_addr), ("peer_addr", &self.peer_addr)] {
+            let ok = !addr.is_empty()
+                && addr.len() <= 255
+                && addr.rsplit_once(':').is_some_and(|(host, port)| {
+                    !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+                })
+                && !addr.contains('/')
+                && !addr.chars().any(char::is_whitespace);
+            if !ok {
+                return Err(ApiError::validation(format!("{name} must be host:port, got {addr:?}")));
+            }
+        }
+        Ok(NodeInfo {
+            api_addr: self.api_addr.clone(),
+            peer_addr: self.peer_addr.clone(),
+        })
+    }
+}
+
+async fn cluster(State(s): State<AppState>, _ops: Ops) -> Json<serde_json::Value> {
+    let m = s.node.metrics();
+    let membership = m.membership_config.membership();
+    let voters: Vec<u64> = membership.voter_ids().collect();
+    let learners: Vec<u64> = membership.learner_ids().collect();
+    let nodes: BTreeMap<String, serde_json::Value> = membership
+        .nodes()
+        .map(|(id, n)| (id.to_string(), json!({"api_addr": n.api_addr, "peer_addr": n.peer_addr})))
+        .collect();
+    let committed = s.node.committed_index().await;
+    Json(json!({
+        "cell": s.cfg.cell,
+        "node_id": s.node.id(),
+        "role": role_name(m.state),
+        "leader": m.current_leader,
+        "term": m.current_term,
+        "voters": voters,
+        "learners": learners,
+        "nodes": nodes,
+        "last_log_index": m.last_log_index.unwrap_or(0),
+        "committed": committed.unwrap_or(0),
+        "applied": s.node.applied_index(),
+        "snapshot_index": m.snapshot.map(|l| l.index).unwrap_or(0),
+        "purged_index": m.purged.map(|l| l.index),
+    }))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InitRequest {
+    #[serde(default)]
+    nodes: Vec<NodeSpec>,
+}
+
+async fn init(State(s): State<AppState>, _ops: Ops, body: Bytes) -> ApiResult<Json<serde_json::Value>> {
+    let req: InitRequest = if body.is_empty() {
+        InitRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::validation(format!("invalid JSON body: {e}")))?
+    };
+    let mut nodes = BTreeMap::new();
+    for spec in &req.nodes {
+        if nodes.insert(spec.id, spec.validate()?).is_some() {
+            return Err(ApiError::validation(format!("node {} listed twice", spec.id)));
+        }
+    }
+    nodes.entry(s.node.id()).or_insert_with(|| NodeInfo {
+        api_addr: s.cfg.advertise.clone(),
+        peer_addr: s.cfg.peer_advertise.clone(),
+    });
+    if s.node.is_initialized().await? {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "this node already belongs to a cluster",
+        ));
+    }
+    let ids: Vec<u64> = nodes.keys().copied().collect();
+    s.node.initialize(nodes).await?;
+    Ok(Json(json!({"initialized": true, "voters": ids})))
+}
+
+async fn add_node(
+    State(s): State<AppState>,
+    _ops: Ops,
+    StrictJson(spec): StrictJson<NodeSpec>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let info = spec.validate()?;
+    let index = s.node.add_learner(spec.id, info).await?;
+    Ok(Json(json!({"added": spec.id, "role": "learner", "index": index})))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MembershipRequest {
+    voters: Vec<u64>,
+}
+
+async fn membership(
+    State(s): State<AppState>,
+    _ops: Ops,
+    StrictJson(req): StrictJson<MembershipRequest>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let voters: BTreeSet<u64> = req.voters.iter().copied().collect();
+    if voters.is_empty() || voters.len() != req.voters.len() {
+        return Err(ApiError::validation("voters must be a non-empty list of distinct node ids"));
+    }
+    if voters.len() > 7 {
+        return Err(ApiError::validation("a cell has at most 7 voters"));
+    }
+    let m = s.node.metrics();
+    let known: BTreeSet<u64> = m.membership_config.membership().nodes().map(|(id, _)| *id).collect();
+    if let Some(unknown) = voters.iter().find(|v| !known.contains(v)) {
+        return Err(ApiError::validation(format!(
+            "node {unknown} is not a member; add it first (POST /admin/cluster/nodes)"
+        )));
+    }
+    let index = s.node.change_membership(voters.clone()).await?;
+    Ok(Json(json!({"voters": voters, "index": index})))
+}
+
+async fn remove_node(
+    State(s): State<AppState>,
+    _ops: Ops,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let id: u64 = id
+        .parse()
+        .map_err(|_| ApiError::validation("node id must be a positive integer"))?;
+    let index = s.node.remove_node(id).await?;
+    Ok(Json(json!({"removed": id, "index": index})))
+}
+
+async fn snapshot(State(s): State<AppState>, _ops: Ops) -> ApiResult<Json<serde_json::Value>> {
+    let index = s.node.snapshot().await?;
+    Ok(Json(json!({"snapshot_index": index})))
+}
+
+/// Sends written bytes to the response body in chunks, blocking the
+/// (blocking-pool) writer when the client reads slowly.
+struct ChannelWriter {
+    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    buf: Vec<u8>,
+}
+
+impl ChannelWriter {
+    const CHUNK: usize = 256 * 1024;
+
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(Self::CHUNK)));
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))
+    }
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= Self::CHUNK {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}
+
+/// A consistent backup of the whole state, streamed as it is read.
+async fn backup(State(s): State<AppState>, _ops: Ops) -> Response {
+    let (tx, rx) = mpsc::channel(8);
+    let node = s.node.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut w = ChannelWriter {
+            tx: tx.clone(),
+            buf: Vec::with_capacity(ChannelWriter::CHUNK),
+        };
+        match node.backup(&mut w) {
+            Ok(summary) => {
+                tracing::info!(entries = summary.entries, bytes = summary.bytes, "backup streamed");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "backup failed");
+                // Breaks the body so the client sees a failed transfer
+                // instead of a silently truncated file.
+                let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+            }
+        }
+    });
+    let stream = tokio_stream_from(rx);
+    let name = format!("attachment; filename=\"{}-backup.mcsnap\"", s.cfg.cell);
+    (
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_DISPOSITION, name),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+fn tokio_stream_from(
+    mut rx: mpsc::Receiver<Result<Bytes, std::io::Error>>,
+) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}

@@ -1,0 +1,134 @@
+//! Request extractors that turn bad input into problem+json.
+
+use axum::{
+    extract::{FromRequest, FromRequestParts, Request},
+    http::{header, request::Parts},
+};
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+use super::{problem::ApiError, AppState};
+
+/// JSON body with unknown fields rejected by the target type
+/// (`#[serde(deny_unknown_fields)]`) and every failure a `400`/`413`/`415`
+/// problem.
+pub struct StrictJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for StrictJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|ct| {
+                let ct = ct.split(';').next().unwrap_or("").trim();
+                ct.eq_ignore_ascii_case("application/json") || ct.ends_with("+json")
+            })
+            .unwrap_or(false);
+        if !is_json {
+            return Err(ApiError::new(
+                axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send Content-Type: application/json",
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(body_rejection)?;
+        serde_json::from_slice(&bytes)
+            .map(StrictJson)
+            .map_err(|e| ApiError::validation(format!("invalid JSON body: {e}")))
+    }
+}
+
+pub fn body_rejection(e: axum::extract::rejection::BytesRejection) -> ApiError {
+    let status = e.status();
+    if status == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(status, "payload_too_large", "request body is too large")
+    } else {
+        ApiError::new(status, "validation_failed", e.body_text())
+    }
+}
+
+/// The caller holds the ops bootstrap token.
+pub struct Ops;
+
+pub fn token_hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+    let value = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token>"))?;
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::unauthorized("malformed Authorization header"))?;
+    let (scheme, token) = value
+        .split_once(' ')
+        .ok_or_else(|| ApiError::unauthorized("malformed Authorization header"))?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(ApiError::unauthorized("expected a Bearer token"));
+    }
+    Ok(token.trim())
+}
+
+impl FromRequestParts<AppState> for Ops {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts)?;
+        // Compare digests so the comparison time does not depend on where
+        // the token first differs.
+        let given = token_hash(token);
+        let mut diff = 0u8;
+        for (a, b) in given.iter().zip(state.ops_token_hash.iter()) {
+            diff |= a ^ b;
+        }
+        if diff != 0 {
+            return Err(ApiError::unauthorized("invalid token"));
+        }
+        Ok(Ops)
+    }
+}
+
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consistency {
+    /// Whatever this node has applied.
+    Local,
+    /// At least this applied index (`X-Cell-Index`).
+    AtLeast(u64),
+    /// `X-Consistency: linearizable`.
+    Linearizable,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Consistency {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        if let Some(v) = parts.headers.get("x-consistency") {
+            match v.to_str().map(|s| s.trim().to_ascii_lowercase()) {
+                Ok(s) if s == "linearizable" => return Ok(Consistency::Linearizable),
+                Ok(s) if s == "session" || s == "local" => {}
+                _ => {
+                    return Err(ApiError::validation(
+                        "X-Consistency must be linearizable, session or local",
+                    ))
+                }
+            }
+        }
+        match parts.headers.get("x-cell-index") {
+            None => Ok(Consistency::Local),
+            Some(v) => v
+                .to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .map(Consistency::AtLeast)
+                .ok_or_else(|| ApiError::validation("X-Cell-Index must be a non-negative integer")),
+        }
+    }
+}

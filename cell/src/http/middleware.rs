@@ -1,0 +1,128 @@
+//! The edge: request ids, security headers, load shedding, timeouts,
+//! latency metrics, and problem+json for every error.
+
+use std::time::{Duration, Instant};
+
+use axum::{
+    extract::{MatchedPath, Request, State},
+    http::{header, HeaderValue, StatusCode},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+
+use super::{
+    problem::{ApiError, PROBLEM_JSON, REQUEST_ID},
+    AppState,
+};
+use crate::metrics::{HttpLabels, ReasonLabels};
+
+fn valid_request_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+/// Outermost layer: assigns the request id, records latency, guarantees
+/// problem+json bodies and security headers on every response.
+pub async fn edge(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| valid_request_id(s))
+        .map(str::to_string)
+        .unwrap_or_else(|| ulid::Ulid::new().to_string());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let inner = state.clone();
+    let mut resp = REQUEST_ID
+        .scope(id.clone(), async move {
+            let resp = shed_and_time(&inner, req, next).await;
+            ensure_problem(resp)
+        })
+        .await;
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        h.insert("x-request-id", v);
+    }
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+    );
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    if state.tls {
+        h.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        );
+    }
+    let status = resp.status().as_u16();
+    state
+        .metrics
+        .http_duration
+        .get_or_create(&HttpLabels { route, method, status })
+        .observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+async fn shed_and_time(state: &AppState, req: Request, next: Next) -> Response {
+    // Shed instead of queueing without bound: a full node answers fast.
+    let Ok(_permit) = state.inflight.clone().try_acquire_owned() else {
+        state
+            .metrics
+            .shed
+            .get_or_create(&ReasonLabels { reason: "overload".into() })
+            .inc();
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "too many requests in flight")
+            .retry_after(1)
+            .into_response();
+    };
+    match tokio::time::timeout(state.request_timeout, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => {
+            state
+                .metrics
+                .shed
+                .get_or_create(&ReasonLabels { reason: "timeout".into() })
+                .inc();
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "the request took too long")
+                .retry_after(1)
+                .into_response()
+        }
+    }
+}
+
+/// Errors produced below the handlers (405, 413 from a layer, ...) come
+/// without a problem body; give them one.
+fn ensure_problem(resp: Response) -> Response {
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let is_problem = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.as_bytes() == PROBLEM_JSON.as_bytes())
+        .unwrap_or(false);
+    if is_problem {
+        return resp;
+    }
+    let (parts, _) = resp.into_parts();
+    let mut fixed = ApiError::from_status(status).into_response();
+    for name in [header::ALLOW, header::RETRY_AFTER] {
+        if let Some(v) = parts.headers.get(&name) {
+            fixed.headers_mut().insert(name, v.clone());
+        }
+    }
+    fixed
+}
+
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);

@@ -1,0 +1,51 @@
+//! The HTTP edge of a node: public `/v1`, `/admin`, health and metrics.
+
+mod admin_api;
+mod extract;
+mod info_api;
+mod kv_api;
+mod middleware;
+pub mod problem;
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{extract::DefaultBodyLimit, middleware::from_fn_with_state, routing::get, Router};
+use raft::RaftNode;
+use storage::ReadCache;
+use tokio::sync::Semaphore;
+
+pub use extract::token_hash;
+pub use middleware::DEFAULT_TIMEOUT;
+
+use crate::{app::CellApp, config::CellConfig, metrics::Metrics};
+
+/// Largest request body accepted anywhere on the public API.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Everything a handler may need; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub node: Arc<RaftNode<CellApp>>,
+    pub app: Arc<CellApp>,
+    pub cfg: Arc<CellConfig>,
+    pub ops_token_hash: [u8; 32],
+    pub metrics: Arc<Metrics>,
+    pub cache: Arc<ReadCache>,
+    pub inflight: Arc<Semaphore>,
+    pub request_timeout: Duration,
+    pub tls: bool,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(info_api::healthz))
+        .route("/readyz", get(info_api::readyz))
+        .route("/metrics", get(info_api::metrics))
+        .route("/v1/cell", get(info_api::cell_info))
+        .merge(kv_api::routes())
+        .merge(admin_api::routes())
+        .fallback(info_api::not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(from_fn_with_state(state.clone(), middleware::edge))
+        .with_state(state)
+}

@@ -1,0 +1,160 @@
+//! Node assembly: storage, Raft, cache, listeners, bootstrap, shutdown.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use raft::{NodeConfig, NodeInfo, RaftNode};
+use storage::{CacheConfig, ReadCache};
+use tokio::{net::TcpListener, sync::Semaphore};
+
+use crate::{
+    app::{CellApp, Change},
+    config::{load_or_create_ops_token, CellConfig},
+    http::{self, AppState},
+    metrics::Metrics,
+};
+
+/// Most requests a node works on at once before it sheds load.
+const MAX_INFLIGHT: usize = 2048;
+
+pub async fn run(cfg: CellConfig) -> anyhow::Result<()> {
+    let cfg = Arc::new(cfg);
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    let (ops_token, created) = load_or_create_ops_token(&cfg.ops_token_file)?;
+
+    let (api_tls, peer_server_tls, peer_client_tls) = match &cfg.tls {
+        Some(t) => {
+            let api = raft::tls::server_config(&t.cert, &t.key, None)?;
+            let peer = raft::tls::server_config(&t.cert, &t.key, t.ca.as_deref())?;
+            let ca = t.ca.as_deref().unwrap_or(&t.cert);
+            let client = raft::tls::client_config(ca, Some((&t.cert, &t.key)))?;
+            (Some(api), Some(peer), Some(client))
+        }
+        None => (None, None, None),
+    };
+
+    let info = NodeInfo {
+        api_addr: cfg.advertise.clone(),
+        peer_addr: cfg.peer_advertise.clone(),
+    };
+    let app = Arc::new(CellApp::new());
+    let node = RaftNode::start(
+        NodeConfig {
+            id: cfg.node_id,
+            data_dir: cfg.raft_dir(),
+            info: info.clone(),
+            raft: NodeConfig::default_raft_config(&cfg.cell),
+            peer_tls: peer_client_tls,
+            write_timeout: Duration::from_secs(10),
+            state_cache_bytes: 128 * 1024 * 1024,
+        },
+        app.clone(),
+    )
+    .await
+    .context("starting raft")?;
+
+    let peer_listener = TcpListener::bind(cfg.peer_listen)
+        .await
+        .with_context(|| format!("binding peer port {}", cfg.peer_listen))?;
+    tokio::spawn(raft::tls::serve(
+        peer_listener,
+        raft::peer_router(node.clone()),
+        peer_server_tls,
+    ));
+
+    if cfg.bootstrap && !node.is_initialized().await? {
+        node.initialize(BTreeMap::from([(cfg.node_id, info)]))
+            .await
+            .context("initialising a single-node cluster")?;
+        tracing::info!(node = cfg.node_id, "initialised a new single-node cell");
+    }
+
+    let cache = Arc::new(
+        ReadCache::open(&CacheConfig {
+            dir: cfg.cache_dir(),
+            memory_bytes: 64 * 1024 * 1024,
+            disk_bytes: 256 * 1024 * 1024,
+        })
+        .await?,
+    );
+    spawn_cache_invalidation(&app, cache.clone());
+
+    let state = AppState {
+        node: node.clone(),
+        app: app.clone(),
+        cfg: cfg.clone(),
+        ops_token_hash: http::token_hash(&ops_token),
+        metrics: Arc::new(Metrics::new()),
+        cache: cache.clone(),
+        inflight: Arc::new(Semaphore::new(MAX_INFLIGHT)),
+        request_timeout: http::DEFAULT_TIMEOUT,
+        tls: api_tls.is_some(),
+    };
+    let api_listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("binding API port {}", cfg.listen))?;
+    let api = tokio::spawn(raft::tls::serve(api_listener, http::router(state), api_tls));
+
+    println!(
+        "cell {} node {} listening on {}://{} (peer port {})",
+        cfg.cell,
+        cfg.node_id,
+        cfg.scheme(),
+        cfg.listen,
+        cfg.peer_listen
+    );
+    println!(
+        "ops bootstrap token {} {}",
+        if created { "written to" } else { "read from" },
+        cfg.ops_token_file.display()
+    );
+    tracing::info!(cell = %cfg.cell, node = cfg.node_id, listen = %cfg.listen, peer = %cfg.peer_listen, "node started");
+
+    tokio::select! {
+        _ = shutdown_signal() => tracing::info!("shutting down"),
+        r = api => tracing::error!(result = ?r, "API server stopped"),
+    }
+    node.shutdown().await;
+    let _ = cache.close().await;
+    Ok(())
+}
+
+/// Every node drops cached read models whose source changed, on apply.
+fn spawn_cache_invalidation(app: &CellApp, cache: Arc<ReadCache>) {
+    let mut rx = app.subscribe();
+    tokio::spawn(async move {
+        loop {
+            match rx.recv().await {
+                Ok(Change::Kv { key }) => cache.invalidate(format!("kv/{key}").as_bytes()),
+                Ok(Change::Everything) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    // Missed changes: nothing cached can be trusted.
+                    if let Err(e) = cache.clear().await {
+                        tracing::warn!(error = %e, "cache clear failed");
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
