@@ -66,6 +66,18 @@ pub struct Args {
     /// Log as JSON lines.
     #[arg(long, env = "CELL_LOG_JSON")]
     pub log_json: bool,
+    /// Local IP to dial peers from (multi-homed hosts).
+    #[arg(long, env = "CELL_PEER_SOURCE_IP")]
+    pub peer_source_ip: Option<std::net::IpAddr>,
+    /// Build a snapshot after this many log entries.
+    #[arg(long, env = "CELL_RAFT_SNAPSHOT_EVERY")]
+    pub raft_snapshot_every: Option<u64>,
+    /// Log entries kept behind a snapshot for lagging followers.
+    #[arg(long, env = "CELL_RAFT_KEEP_LOGS")]
+    pub raft_keep_logs: Option<u64>,
+    /// Seed this (empty) node from a backup file, as a single-voter cell.
+    #[arg(long)]
+    pub restore_from: Option<PathBuf>,
 }
 
 /// The same settings as read from a config file.
@@ -88,6 +100,9 @@ struct FileConfig {
     ops_token_file: Option<PathBuf>,
     join: Option<bool>,
     log_json: Option<bool>,
+    peer_source_ip: Option<std::net::IpAddr>,
+    raft_snapshot_every: Option<u64>,
+    raft_keep_logs: Option<u64>,
 }
 
 /// TLS material of a node.
@@ -114,6 +129,10 @@ pub struct CellConfig {
     pub ops_token_file: PathBuf,
     pub bootstrap: bool,
     pub log_json: bool,
+    pub peer_source_ip: Option<std::net::IpAddr>,
+    pub raft_snapshot_every: u64,
+    pub raft_keep_logs: u64,
+    pub restore_from: Option<PathBuf>,
 }
 
 pub fn valid_cell_name(name: &str) -> bool {
@@ -211,6 +230,10 @@ impl CellConfig {
             ops_token_file,
             bootstrap: !(args.join || file.join.unwrap_or(false)),
             log_json: args.log_json || file.log_json.unwrap_or(false),
+            peer_source_ip: args.peer_source_ip.or(file.peer_source_ip),
+            raft_snapshot_every: args.raft_snapshot_every.or(file.raft_snapshot_every).unwrap_or(20_000).max(1),
+            raft_keep_logs: args.raft_keep_logs.or(file.raft_keep_logs).unwrap_or(5_000),
+            restore_from: args.restore_from,
         })
     }
 

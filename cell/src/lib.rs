@@ -7,3 +7,4 @@ pub mod http;
 pub mod kv;
 pub mod metrics;
 pub mod server;
+pub mod local;

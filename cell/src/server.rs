@@ -38,14 +38,29 @@ pub async fn run(cfg: CellConfig) -> anyhow::Result<()> {
         api_addr: cfg.advertise.clone(),
         peer_addr: cfg.peer_advertise.clone(),
     };
+    if let Some(backup) = &cfg.restore_from {
+        let file = std::fs::File::open(backup).with_context(|| format!("opening {}", backup.display()))?;
+        let r = raft::restore::restore_backup(&cfg.raft_dir(), cfg.node_id, info.clone(), file)
+            .with_context(|| format!("restoring from {}", backup.display()))?;
+        println!(
+            "restored {} entries up to log index {} from {}",
+            r.entries,
+            r.applied_index,
+            backup.display()
+        );
+    }
+    let mut raft_config = NodeConfig::default_raft_config(&cfg.cell);
+    raft_config.snapshot_policy = openraft::SnapshotPolicy::LogsSinceLast(cfg.raft_snapshot_every);
+    raft_config.max_in_snapshot_log_to_keep = cfg.raft_keep_logs;
     let app = Arc::new(CellApp::new());
     let node = RaftNode::start(
         NodeConfig {
             id: cfg.node_id,
             data_dir: cfg.raft_dir(),
             info: info.clone(),
-            raft: NodeConfig::default_raft_config(&cfg.cell),
+            raft: raft_config,
             peer_tls: peer_client_tls,
+            peer_source_ip: cfg.peer_source_ip,
             write_timeout: Duration::from_secs(10),
             state_cache_bytes: 128 * 1024 * 1024,
         },

@@ -1,1 +1,235 @@
-fn main() {}
+//! cellctl: operate marketcell cells (and routers) from the command line.
+
+mod bench;
+mod certs;
+mod client;
+mod cluster;
+mod output;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cellctl", version, about = "Operate marketcell cells")]
+struct Cli {
+    /// Base URL of a cell node (any node: admin work is forwarded to the leader).
+    #[arg(long, global = true, env = "CELLCTL_ENDPOINT", default_value = "http://127.0.0.1:8080")]
+    endpoint: String,
+    /// Ops token (bootstrap token or a minted ops JWT).
+    #[arg(long, global = true, env = "CELLCTL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Read the ops token from this file (default: ./data/local/ops-token if present).
+    #[arg(long, global = true, env = "CELLCTL_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// CA certificate to trust for https endpoints.
+    #[arg(long, global = true, env = "CELLCTL_CA")]
+    ca: Option<PathBuf>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Cluster membership and status.
+    Cluster {
+        #[command(subcommand)]
+        cmd: ClusterCmd,
+    },
+    /// Build a snapshot on the node now (the log behind it gets purged).
+    Snapshot,
+    /// Stream a consistent backup of the cell's state to a file.
+    Backup {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Internal CA and node certificates.
+    Certs {
+        #[command(subcommand)]
+        cmd: CertsCmd,
+    },
+    /// Benchmarks (start their own local clusters).
+    Bench {
+        #[command(subcommand)]
+        cmd: BenchCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Show the node's view of the cluster.
+    Status,
+    /// Form a new cluster from the endpoint's node (plus --node ID=API,PEER ...).
+    Init {
+        #[arg(long = "node")]
+        nodes: Vec<String>,
+    },
+    /// Add a running node (started with --join) as a learner; waits until it caught up.
+    AddNode {
+        #[arg(long)]
+        id: u64,
+        /// Its API address, host:port.
+        #[arg(long)]
+        api: String,
+        /// Its peer address, host:port.
+        #[arg(long)]
+        peer: String,
+    },
+    /// Make learners voters (keeps the current voters).
+    Promote {
+        #[arg(long = "id", required = true)]
+        ids: Vec<u64>,
+    },
+    /// Set the exact voter set.
+    Voters {
+        #[arg(required = true)]
+        ids: Vec<u64>,
+    },
+    /// Remove a node from the cluster.
+    RemoveNode {
+        #[arg(long)]
+        id: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCmd {
+    /// Create an internal CA (ca.pem, ca-key.pem).
+    Init {
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        #[arg(long, default_value = "marketcell internal CA")]
+        name: String,
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a node certificate (server + client use) signed by the CA.
+    Issue {
+        #[arg(long, default_value = "certs")]
+        ca_dir: PathBuf,
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+        /// File name stem: <name>.pem and <name>-key.pem.
+        #[arg(long)]
+        name: String,
+        /// DNS names or IP addresses the certificate is valid for.
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+        #[arg(long, default_value_t = 825)]
+        days: u32,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Config-store writes on a local 3-node cell vs a local 3-node etcd.
+    Kv {
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+        clients: Vec<usize>,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long, default_value_t = 256)]
+        value_size: usize,
+        /// Skip the etcd reference.
+        #[arg(long)]
+        no_etcd: bool,
+        #[arg(long)]
+        etcd_bin: Option<PathBuf>,
+        /// Where to put the clusters' data (default: a temp dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Nodes in the marketcell cell (the etcd reference always has 3).
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+    },
+    /// Load state into a single node and report its memory.
+    Memory {
+        #[arg(long, default_value_t = 1024)]
+        megabytes: u64,
+    },
+}
+
+fn token(cli: &Cli) -> anyhow::Result<Option<String>> {
+    if let Some(t) = &cli.token {
+        return Ok(Some(t.clone()));
+    }
+    let file = cli
+        .token_file
+        .clone()
+        .or_else(|| Some(PathBuf::from("data/local/ops-token")).filter(|p| p.is_file()));
+    match file {
+        Some(f) => Ok(Some(
+            std::fs::read_to_string(&f)
+                .with_context(|| format!("reading {}", f.display()))?
+                .trim()
+                .to_string(),
+        )),
+        None => Ok(None),
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli).await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let api = || client::Api::new(&cli.endpoint, token(&cli)?, cli.ca.as_deref());
+    let j = cli.json;
+    match &cli.cmd {
+        Cmd::Cluster { cmd } => {
+            let api = api()?;
+            match cmd {
+                ClusterCmd::Status => cluster::status(&api, j).await,
+                ClusterCmd::Init { nodes } => cluster::init(&api, nodes, j).await,
+                ClusterCmd::AddNode { id, api: a, peer } => cluster::add_node(&api, *id, a, peer, j).await,
+                ClusterCmd::Promote { ids } => cluster::promote(&api, ids, j).await,
+                ClusterCmd::Voters { ids } => cluster::set_voters(&api, ids, j).await,
+                ClusterCmd::RemoveNode { id } => cluster::remove_node(&api, *id, j).await,
+            }
+        }
+        Cmd::Snapshot => cluster::snapshot(&api()?, j).await,
+        Cmd::Backup { out } => cluster::backup(&api()?, out, j).await,
+        Cmd::Certs { cmd } => match cmd {
+            CertsCmd::Init { dir, name, days, force } => {
+                certs::init_ca(dir, name, *days, *force)?;
+                println!("CA written to {}/ca.pem (key: ca-key.pem, keep it private)", dir.display());
+                Ok(())
+            }
+            CertsCmd::Issue { ca_dir, out_dir, name, hosts, days, force } => {
+                let out = out_dir.clone().unwrap_or_else(|| ca_dir.clone());
+                let (cert, key) = certs::issue(ca_dir, &out, name, hosts, *days, *force)?;
+                println!("certificate {} key {}", cert.display(), key.display());
+                Ok(())
+            }
+        },
+        Cmd::Bench { cmd } => match cmd {
+            BenchCmd::Kv { clients, seconds, value_size, no_etcd, etcd_bin, dir, nodes } => {
+                bench::kv(bench::KvBenchOptions {
+                    clients: clients.clone(),
+                    seconds: *seconds,
+                    value_size: *value_size,
+                    etcd: !no_etcd,
+                    etcd_bin: etcd_bin.clone(),
+                    dir: dir.clone(),
+                    json: j,
+                    nodes: *nodes,
+                })
+                .await
+            }
+            BenchCmd::Memory { megabytes } => bench::memory(*megabytes, j).await,
+        },
+    }
+}

@@ -38,6 +38,22 @@ pub enum RaftError {
 }
 
 impl RaftError {
+    /// A copy for each waiter of a failed batch (sources become text).
+    pub fn duplicate(&self) -> RaftError {
+        match self {
+            RaftError::NotLeader { leader } => RaftError::NotLeader { leader: leader.clone() },
+            RaftError::NoQuorum(s) => RaftError::NoQuorum(s.clone()),
+            RaftError::Timeout(s) => RaftError::Timeout(s.clone()),
+            RaftError::MembershipInProgress => RaftError::MembershipInProgress,
+            RaftError::OutcomeUnknown(s) => RaftError::OutcomeUnknown(s.clone()),
+            RaftError::Invalid(s) => RaftError::Invalid(s.clone()),
+            RaftError::Undecodable(s) => RaftError::Undecodable(s.clone()),
+            RaftError::Network(s) => RaftError::Network(s.clone()),
+            RaftError::Tls(s) => RaftError::Tls(s.clone()),
+            other => RaftError::Fatal(other.to_string()),
+        }
+    }
+
     /// True when retrying the same request later may succeed.
     pub fn is_transient(&self) -> bool {
         matches!(

@@ -9,11 +9,13 @@
 //!
 //! This crate knows nothing about the marketplace or the public HTTP API.
 
+mod batcher;
 mod error;
 pub mod log_store;
 pub mod network;
 pub mod node;
 pub mod peer_api;
+pub mod restore;
 pub mod state_machine;
 pub mod tls;
 pub mod types;

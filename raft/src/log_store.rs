@@ -5,7 +5,13 @@
 //! previous fsync ran and commits it as one durable transaction, so
 //! concurrent writers share fsyncs and no fsync ever blocks an async worker.
 
-use std::{fmt::Debug, ops::RangeBounds, path::Path, sync::mpsc, thread};
+use std::{
+    fmt::Debug,
+    ops::RangeBounds,
+    path::Path,
+    sync::{mpsc, Arc, Mutex},
+    thread,
+};
 
 use openraft::{
     storage::{LogFlushed, RaftLogStorage},
@@ -28,7 +34,6 @@ const MAX_BATCH: usize = 4096;
 enum Op {
     Append(Vec<Entry>),
     Vote(Vote),
-    Committed(Option<LogId>),
     Truncate(u64),
     Purge(LogId),
 }
@@ -43,14 +48,21 @@ struct Job {
 pub struct LogStore {
     store: Store,
     writer: mpsc::Sender<Job>,
+    /// The latest committed log id, persisted with the next write batch
+    /// rather than with an fsync of its own: openraft only uses it to
+    /// re-apply faster after a restart, and a stale value is safe.
+    committed: Arc<Mutex<Option<Option<LogId>>>>,
 }
 
 fn key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
 
-fn write_batch(store: &Store, jobs: &[Job]) -> storage::Result<()> {
+fn write_batch(store: &Store, jobs: &[Job], committed: Option<Option<LogId>>) -> storage::Result<()> {
     let txn = store.write()?;
+    if let Some(c) = committed {
+        txn.put(LOG_ID, KEY_COMMITTED, &c)?;
+    }
     for job in jobs {
         match &job.op {
             Op::Append(entries) => {
@@ -59,7 +71,6 @@ fn write_batch(store: &Store, jobs: &[Job]) -> storage::Result<()> {
                 }
             }
             Op::Vote(v) => txn.put(VOTE, KEY_VOTE, v)?,
-            Op::Committed(c) => txn.put(LOG_ID, KEY_COMMITTED, c)?,
             Op::Truncate(from) => {
                 txn.delete_range(LOGS, key(*from).to_vec()..)?;
             }
@@ -72,7 +83,7 @@ fn write_batch(store: &Store, jobs: &[Job]) -> storage::Result<()> {
     txn.commit(Durability::Immediate)
 }
 
-fn writer_loop(store: Store, rx: mpsc::Receiver<Job>) {
+fn writer_loop(store: Store, rx: mpsc::Receiver<Job>, committed: Arc<Mutex<Option<Option<LogId>>>>) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
@@ -81,7 +92,8 @@ fn writer_loop(store: Store, rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let result = write_batch(&store, &jobs).map_err(|e| e.to_string());
+        let pending_committed = committed.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let result = write_batch(&store, &jobs, pending_committed).map_err(|e| e.to_string());
         if let Err(e) = &result {
             tracing::error!(error = %e, ops = jobs.len(), "raft log write failed");
         }
@@ -100,10 +112,16 @@ impl LogStore {
         let store = Store::open(path, 64 * 1024 * 1024)?;
         let (tx, rx) = mpsc::channel();
         let s = store.clone();
+        let committed = Arc::new(Mutex::new(None));
+        let c = committed.clone();
         thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || writer_loop(s, rx))?;
-        Ok(Self { store, writer: tx })
+            .spawn(move || writer_loop(s, rx, c))?;
+        Ok(Self {
+            store,
+            writer: tx,
+            committed,
+        })
     }
 
     async fn submit(&self, op: Op) -> Result<(), std::io::Error> {
@@ -171,12 +189,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), OStorageError> {
-        self.submit(Op::Committed(committed))
-            .await
-            .map_err(|e| StorageIOError::write(&e).into())
+        *self.committed.lock().unwrap_or_else(|p| p.into_inner()) = Some(committed);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, OStorageError> {
+        if let Some(c) = *self.committed.lock().unwrap_or_else(|p| p.into_inner()) {
+            return Ok(c);
+        }
         self.read_log_id(KEY_COMMITTED)
     }
 
@@ -207,6 +227,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.submit(Op::Purge(log_id))
             .await
             .map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+}
+
+impl LogStore {
+    /// Write a vote directly (restore only, before Raft starts).
+    pub(crate) fn seed_vote(&self, vote: Vote) -> storage::Result<()> {
+        let w = self.store.write()?;
+        w.put(VOTE, KEY_VOTE, &vote)?;
+        w.commit(Durability::Immediate)
     }
 }
 

@@ -58,8 +58,10 @@ pub struct PeerClient {
 }
 
 impl PeerClient {
-    pub fn new(tls: Option<rustls::ClientConfig>) -> Result<Self, RaftError> {
+    /// `source`: local address to dial peers from (multi-homed hosts).
+    pub fn new(tls: Option<rustls::ClientConfig>, source: Option<std::net::IpAddr>) -> Result<Self, RaftError> {
         let builder = reqwest::Client::builder()
+            .local_address(source)
             .http2_prior_knowledge()
             .connect_timeout(Duration::from_secs(2))
             .pool_idle_timeout(Duration::from_secs(60))

@@ -20,7 +20,8 @@ use crate::{
     log_store::{check_node_id, LogStore},
     network::{CallError, NetworkFactory, PeerClient},
     state_machine::{Application, StateMachineStore},
-    types::{Command, NodeId, NodeInfo, Raft, RaftMetrics, Reply},
+    batcher,
+    types::{ItemReply, NodeId, NodeInfo, Raft, RaftMetrics},
     wire::{LeaderOk, LeaderOp},
     RaftError,
 };
@@ -35,6 +36,8 @@ pub struct NodeConfig {
     pub raft: openraft::Config,
     /// TLS for calls to peers (mTLS identity included); `None` = plain h2c.
     pub peer_tls: Option<rustls::ClientConfig>,
+    /// Local address for connections to peers (multi-homed hosts).
+    pub peer_source_ip: Option<std::net::IpAddr>,
     /// How long a write may wait for a leader and a quorum.
     pub write_timeout: Duration,
     /// Page cache of `state.redb` in bytes.
@@ -74,6 +77,7 @@ pub struct RaftNode<A: Application> {
     pub(crate) client: PeerClient,
     write_timeout: Duration,
     applied: watch::Receiver<u64>,
+    batcher: tokio::sync::mpsc::Sender<batcher::Pending>,
 }
 
 impl<A: Application> RaftNode<A> {
@@ -89,7 +93,7 @@ impl<A: Application> RaftNode<A> {
         }
         let sm = StateMachineStore::open(&cfg.data_dir, app, cfg.state_cache_bytes)?;
         let applied = sm.applied_index();
-        let client = PeerClient::new(cfg.peer_tls.clone())?;
+        let client = PeerClient::new(cfg.peer_tls.clone(), cfg.peer_source_ip)?;
         let network = NetworkFactory {
             client: client.clone(),
             snapshot_timeout: Duration::from_millis(cfg.raft.install_snapshot_timeout.max(10_000)),
@@ -103,13 +107,14 @@ impl<A: Application> RaftNode<A> {
         let raft = Raft::new(cfg.id, config, network, log, sm.clone())
             .await
             .map_err(|e| RaftError::Fatal(e.to_string()))?;
-        let node = Arc::new(Self {
+        let node = Arc::new_cyclic(|weak| Self {
             id: cfg.id,
             raft,
             sm,
             client,
             write_timeout: cfg.write_timeout,
             applied,
+            batcher: batcher::spawn(weak.clone()),
         });
         node.spawn_flusher();
         Ok(node)
@@ -204,20 +209,27 @@ impl<A: Application> RaftNode<A> {
     /// here (on the leader). Followers forward to the leader.
     pub async fn write(&self, cmd: &A::Command) -> Result<Written<A::Response>, RaftError> {
         let bytes = storage::encode(cmd)?;
-        match self.leader_op(LeaderOp::Write(Command(bytes))).await? {
-            LeaderOk::Written { index, reply } => {
-                let response = match reply {
-                    Reply::App(b) => storage::decode(&b)?,
-                    Reply::Undecodable(e) => return Err(RaftError::Undecodable(e)),
-                    Reply::Internal => return Err(RaftError::Fatal("unexpected internal reply".into())),
-                };
-                // A forwarded write was applied on the leader; make it
-                // visible here too before answering.
-                self.wait_applied(index, self.write_timeout).await?;
-                Ok(Written { index, response })
-            }
-            other => Err(RaftError::Fatal(format!("unexpected leader answer {other:?}"))),
-        }
+        let (index, mut replies) = self.submit(vec![bytes]).await?;
+        let response = match replies.pop() {
+            Some(ItemReply::App(b)) => storage::decode(&b)?,
+            Some(ItemReply::Undecodable(e)) => return Err(RaftError::Undecodable(e)),
+            None => return Err(RaftError::Fatal("empty batch reply".into())),
+        };
+        // A forwarded write was applied on the leader; make it visible
+        // here too before answering.
+        self.wait_applied(index, self.write_timeout).await?;
+        Ok(Written { index, response })
+    }
+
+    /// Hand encoded commands to the group-commit batcher.
+    pub(crate) async fn submit(&self, items: Vec<Vec<u8>>) -> Result<(u64, Vec<ItemReply>), RaftError> {
+        let (done, rx) = tokio::sync::oneshot::channel();
+        self.batcher
+            .send(batcher::Pending { items, done })
+            .await
+            .map_err(|_| RaftError::Fatal("write batcher stopped".into()))?;
+        rx.await
+            .map_err(|_| RaftError::OutcomeUnknown("write batcher dropped the request".into()))?
     }
 
     /// Confirm leadership with a quorum (ReadIndex) and wait until this node
@@ -235,7 +247,7 @@ impl<A: Application> RaftNode<A> {
     /// Run `op` here if we lead, else on the leader; keep trying through an
     /// election until the write timeout, but never resend a request whose
     /// outcome is unknown.
-    async fn leader_op(&self, op: LeaderOp) -> Result<LeaderOk, RaftError> {
+    pub(crate) async fn leader_op(&self, op: LeaderOp) -> Result<LeaderOk, RaftError> {
         let deadline = Instant::now() + self.write_timeout;
         let mut backoff = Duration::from_millis(20);
         loop {

@@ -22,7 +22,7 @@ use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use crate::{
     network::{PATH_APPEND, PATH_LEADER, PATH_SNAPSHOT, PATH_VOTE},
     state_machine::Application,
-    types::{NodeId, Snapshot, SnapshotMeta, TypeConfig, Vote},
+    types::{NodeId, Reply, Snapshot, SnapshotMeta, TypeConfig, Vote},
     wire::{LeaderErr, LeaderOk, LeaderOp},
     RaftNode,
 };
@@ -77,8 +77,20 @@ async fn leader<A: Application>(State(node): State<Arc<RaftNode<A>>>, body: Byte
         Ok(r) => r,
         Err(e) => return bad_request(format!("bad leader-op body: {e}")),
     };
-    let answer: Result<LeaderOk, LeaderErr> = node.run_as_leader(&op).await.map_err(LeaderErr::from);
-    encoded(&answer)
+    let answer = match op {
+        // Forwarded writes join this leader's own batches. A forwarded
+        // request is never forwarded again: that could loop during an
+        // election.
+        LeaderOp::Write(cmd) if node.is_leader() => node
+            .submit(cmd.0)
+            .await
+            .map(|(index, replies)| LeaderOk::Written {
+                index,
+                reply: Reply::Batch(replies),
+            }),
+        op => node.run_as_leader(&op).await,
+    };
+    encoded(&answer.map_err(LeaderErr::from))
 }
 
 /// Receive a whole snapshot into a temporary file, verify it end to end,

@@ -23,7 +23,7 @@ use storage::{Durability, Store, Table, WriteTxn};
 use tokio::sync::watch;
 
 use crate::types::{
-    Entry, LogId, OStorageError, Reply, Snapshot, SnapshotMeta, StoredMembership, TypeConfig,
+    Entry, ItemReply, LogId, OStorageError, Reply, Snapshot, SnapshotMeta, StoredMembership, TypeConfig,
 };
 
 /// What a node replicates. `apply` must be deterministic: it may read only
@@ -63,8 +63,10 @@ impl<E> ApplyContext<E> {
     }
 }
 
-const META_APPLIED: Table<Option<LogId>> = Table::new("_raft_applied");
-const META_MEMBERSHIP: Table<StoredMembership> = Table::new("_raft_membership");
+pub(crate) const META_APPLIED_NAME: &str = "_raft_applied";
+pub(crate) const META_MEMBERSHIP_NAME: &str = "_raft_membership";
+const META_APPLIED: Table<Option<LogId>> = Table::new(META_APPLIED_NAME);
+const META_MEMBERSHIP: Table<StoredMembership> = Table::new(META_MEMBERSHIP_NAME);
 const KEY: &[u8] = b"v";
 const CURRENT_META: &str = "current.meta";
 
@@ -241,21 +243,28 @@ impl<A: Application> StateMachineStore<A> {
                     membership = Some(StoredMembership::new(Some(entry.log_id), m));
                     Reply::Internal
                 }
-                EntryPayload::Normal(cmd) => match storage::decode::<A::Command>(&cmd.0) {
-                    Err(e) => Reply::Undecodable(e.to_string()),
-                    Ok(cmd) => {
-                        let mut ctx = ApplyContext {
-                            index: entry.log_id.index,
-                            effects: Vec::new(),
+                EntryPayload::Normal(batch) => {
+                    let mut items = Vec::with_capacity(batch.0.len());
+                    for bytes in &batch.0 {
+                        let item = match storage::decode::<A::Command>(bytes) {
+                            Err(e) => ItemReply::Undecodable(e.to_string()),
+                            Ok(cmd) => {
+                                let mut ctx = ApplyContext {
+                                    index: entry.log_id.index,
+                                    effects: Vec::new(),
+                                };
+                                let resp = self
+                                    .app
+                                    .apply(&txn, &mut ctx, cmd)
+                                    .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+                                effects.append(&mut ctx.effects);
+                                ItemReply::App(storage::encode(&resp).map_err(|e| sm_err(ErrorVerb::Write, e))?)
+                            }
                         };
-                        let resp = self
-                            .app
-                            .apply(&txn, &mut ctx, cmd)
-                            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
-                        effects.append(&mut ctx.effects);
-                        Reply::App(storage::encode(&resp).map_err(|e| sm_err(ErrorVerb::Write, e))?)
+                        items.push(item);
                     }
-                },
+                    Reply::Batch(items)
+                }
             };
             replies.push(reply);
         }

@@ -17,24 +17,32 @@ impl fmt::Display for NodeInfo {
     }
 }
 
-/// A log entry's payload: an application command encoded by the
-/// application's codec. The raft crate never looks inside.
+/// A log entry's payload: a batch of application commands, each encoded
+/// by the application's codec. Concurrent writes travel as one entry so
+/// they share one fsync on every node. The raft crate never looks inside.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Command(pub Vec<u8>);
+pub struct Command(pub Vec<Vec<u8>>);
 
 impl fmt::Debug for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Command({} bytes)", self.0.len())
+        write!(f, "Command({} items)", self.0.len())
     }
+}
+
+/// What applying one command of a batch produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ItemReply {
+    /// The application's encoded response.
+    App(Vec<u8>),
+    /// The command bytes could not be decoded; nothing was changed.
+    Undecodable(String),
 }
 
 /// What applying one entry produced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
-    /// The application's encoded response.
-    App(Vec<u8>),
-    /// The command bytes could not be decoded; nothing was changed.
-    Undecodable(String),
+    /// One reply per command of the batch, in order.
+    Batch(Vec<ItemReply>),
     /// Blank and membership entries carry no command.
     Internal,
 }

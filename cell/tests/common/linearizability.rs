@@ -1,0 +1,858 @@
+//! Linearizability checker for a versioned key-value register.
+//!
+//! Tests record a concurrent history of reads, writes, deletes and
+//! compare-and-set operations against the store (one [`Event`] per operation,
+//! with its real-time invocation/completion window and what the client saw)
+//! and ask [`check`] whether some total order of the operations, consistent
+//! with real time, explains every outcome under the sequential register model
+//! below.
+//!
+//! # Model
+//!
+//! Each key is an independent register whose state is either absent or a
+//! `(value, version)` pair. Versions are a store-wide revision assigned by the
+//! server, so the checker cannot predict them; it takes the version a write
+//! reports as the version of the state it produced, and demands that reads
+//! observe exactly that state:
+//!
+//! * `Write(Some(v))` with `Written(ver)` makes the state `(v, ver)`;
+//!   `Write(None)` (delete) with `Written(_)` makes it absent.
+//! * `Read` must return exactly the current state.
+//! * `Cas { expect: Some(ver), .. }` succeeds iff the current version is
+//!   `ver`; `expect: None` succeeds iff the key is absent. `Written(ver)` is
+//!   legal iff the condition holds and produces `(new, ver)`; `CasFailed` is
+//!   legal iff it does not hold and leaves the state alone.
+//! * An `Unknown` outcome (timeout, connection lost) may have taken effect at
+//!   any point after its invocation, or never. A write of unknown outcome that
+//!   did take effect has an unknown version, modelled as a wildcard that the
+//!   first read of that value pins down. Reads of unknown outcome constrain
+//!   nothing and are ignored.
+//!
+//! # Algorithm
+//!
+//! The history is split per key (linearizability is compositional, so the
+//! whole history is linearizable iff every key's sub-history is), then each
+//! key is searched with Wing & Gong's algorithm as refined by Lowe (and used
+//! by Porcupine/Knossos): depth-first, linearizing at each step an operation
+//! invoked before the earliest completion among the operations still pending,
+//! with a cache of already-explored (linearized set, state) configurations.
+//!
+//! Operations of unknown outcome never complete, so they never bound the
+//! search and never need to be linearized: the search succeeds once every
+//! operation with a known outcome is placed. Left alone they would blow the
+//! cache up exponentially (every subset of them that happened to be
+//! linearized would count as a distinct configuration), so the cache treats a
+//! configuration as covered by any explored one with the same definite
+//! operations and state and a *subset* of the optional ones (the latter can
+//! still do everything the former can), and the search tries definite
+//! operations before optional ones so that the dominating configuration is
+//! normally the one explored first.
+
+use std::collections::hash_map::Entry as MapEntry;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::time::Instant;
+
+/// An operation on one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Read,
+    /// `None` deletes the key.
+    Write(Option<Vec<u8>>),
+    /// Write `new` iff the key is at version `expect` (`None`: iff absent).
+    Cas { expect: Option<u64>, new: Vec<u8> },
+}
+
+/// What the client observed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Value and version read; `None` means the key was absent.
+    Read(Option<(Vec<u8>, u64)>),
+    /// A write or successful CAS produced this version (for a delete: the
+    /// version of the delete, which the model does not otherwise use).
+    Written(u64),
+    /// The CAS precondition did not hold.
+    CasFailed,
+    /// Timed out or otherwise ambiguous: may or may not have taken effect, at
+    /// any time after `invoke`.
+    Unknown,
+}
+
+/// One operation of a history.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub client: usize,
+    pub key: String,
+    pub op: Op,
+    pub invoke: Instant,
+    /// `None` for an operation that never completed (normally with
+    /// [`Outcome::Unknown`]); a known outcome without a completion time is
+    /// accepted and may take effect any time after `invoke`.
+    pub complete: Option<Instant>,
+    pub outcome: Outcome,
+}
+
+/// Search steps allowed per key by [`check`] before giving up. Valid
+/// histories of thousands of operations need a few times as many steps as
+/// they have operations; the limit only exists so that a pathological history
+/// (say, hundreds of concurrent ambiguous writes of one value) fails loudly
+/// instead of hanging the test run.
+pub const DEFAULT_STEP_BUDGET: u64 = 50_000_000;
+
+/// Checks that `history` is linearizable. On failure, describes the first key
+/// (in order of first appearance) whose sub-history is not, or the first
+/// malformed event.
+pub fn check(history: &[Event]) -> Result<(), String> {
+    check_with_budget(history, DEFAULT_STEP_BUDGET)
+}
+
+/// [`check`] with an explicit per-key search step budget; running out of it
+/// is reported as an (inconclusive) error.
+pub fn check_with_budget(history: &[Event], budget: u64) -> Result<(), String> {
+    let Some(base) = history.iter().map(|e| e.invoke).min() else {
+        return Ok(());
+    };
+    let mut keys: Vec<&str> = Vec::new();
+    let mut by_key: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, e) in history.iter().enumerate() {
+        by_key
+            .entry(e.key.as_str())
+            .or_insert_with(|| {
+                keys.push(e.key.as_str());
+                Vec::new()
+            })
+            .push(i);
+    }
+    for key in keys {
+        let indices = by_key.get(key).map(Vec::as_slice).unwrap_or_default();
+        let sub = KeyHistory::build(history, key, indices, base)?;
+        match sub.search(budget) {
+            Ok(()) => {}
+            Err(Failure::NotLinearizable(stuck)) => {
+                return Err(sub.explain(&stuck, "is not linearizable"));
+            }
+            Err(Failure::BudgetExhausted(stuck)) => {
+                let why = format!(
+                    "could not be decided: search budget of {budget} steps exhausted \
+                     (result inconclusive, not a proof of a violation)"
+                );
+                return Err(sub.explain(&stuck, &why));
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Per-key preprocessing
+
+/// Timestamps are nanoseconds since the earliest invocation; `INF` stands for
+/// "never completed".
+const INF: u64 = u64::MAX;
+
+/// Index into the per-key table of distinct values, so that states are small
+/// `Copy` values that hash cheaply.
+type ValueId = u32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Ver {
+    Known(u64),
+    /// Written by an operation of unknown outcome: could be any version.
+    Any,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum State {
+    Absent,
+    Present { val: ValueId, ver: Ver },
+}
+
+/// An operation reduced to its effect on the model.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Read(Option<(ValueId, u64)>),
+    /// Unconditional write; `val: None` deletes.
+    Put { val: Option<ValueId>, ver: Ver },
+    CasOk { expect: Option<u64>, new: ValueId, ver: Ver },
+    CasFailed { expect: Option<u64> },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cond {
+    Holds,
+    Fails,
+    /// Depends on the unknown version of a wildcard state.
+    Either,
+}
+
+fn cas_cond(state: State, expect: Option<u64>) -> Cond {
+    match (expect, state) {
+        (None, State::Absent) => Cond::Holds,
+        (None, State::Present { .. }) | (Some(_), State::Absent) => Cond::Fails,
+        (Some(e), State::Present { ver: Ver::Known(v), .. }) => {
+            if e == v {
+                Cond::Holds
+            } else {
+                Cond::Fails
+            }
+        }
+        (Some(_), State::Present { ver: Ver::Any, .. }) => Cond::Either,
+    }
+}
+
+/// The sequential specification: the state after applying `kind` to `state`,
+/// or `None` if the recorded outcome is impossible in `state`.
+fn step(state: State, kind: Kind) -> Option<State> {
+    match kind {
+        Kind::Read(None) => (state == State::Absent).then_some(state),
+        Kind::Read(Some((val, ver))) => match state {
+            State::Present { val: cur, ver: Ver::Known(v) } if cur == val && v == ver => Some(state),
+            // The first read of a wildcard write reveals its version.
+            State::Present { val: cur, ver: Ver::Any } if cur == val => Some(State::Present {
+                val,
+                ver: Ver::Known(ver),
+            }),
+            _ => None,
+        },
+        Kind::Put { val: None, .. } => Some(State::Absent),
+        Kind::Put { val: Some(val), ver } => Some(State::Present { val, ver }),
+        Kind::CasOk { expect, new, ver } => {
+            (cas_cond(state, expect) != Cond::Fails).then_some(State::Present { val: new, ver })
+        }
+        Kind::CasFailed { expect } => (cas_cond(state, expect) != Cond::Holds).then_some(state),
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct KeyOp {
+    /// Index of the event in the caller's history.
+    event: usize,
+    kind: Kind,
+    invoke: u64,
+    complete: u64,
+}
+
+/// One key's sub-history, split into definite operations (which must all be
+/// linearized) and optional ones (unknown outcome: linearized only if that
+/// helps).
+struct KeyHistory<'a> {
+    history: &'a [Event],
+    key: &'a str,
+    base: Instant,
+    values: Vec<&'a [u8]>,
+    required: Vec<KeyOp>,
+    optional: Vec<KeyOp>,
+    /// Nodes of the definite operations' event list, in time order: node
+    /// `2 + 2i` is the invocation and `3 + 2i` the completion of
+    /// `required[i]`; 0 and 1 are the head and tail sentinels.
+    req_order: Vec<usize>,
+    /// Nodes of the optional operations' list, by invocation time: node
+    /// `2 + i` is `optional[i]`.
+    opt_order: Vec<usize>,
+}
+
+const HEAD: usize = 0;
+const TAIL: usize = 1;
+
+fn call_node(slot: usize) -> usize {
+    2 + 2 * slot
+}
+fn is_return_node(node: usize) -> bool {
+    node % 2 == 1
+}
+fn node_slot(node: usize) -> usize {
+    (node - 2) / 2
+}
+
+impl<'a> KeyHistory<'a> {
+    fn build(
+        history: &'a [Event],
+        key: &'a str,
+        indices: &[usize],
+        base: Instant,
+    ) -> Result<Self, String> {
+        let mut sub = KeyHistory {
+            history,
+            key,
+            base,
+            values: Vec::new(),
+            required: Vec::new(),
+            optional: Vec::new(),
+            req_order: Vec::new(),
+            opt_order: Vec::new(),
+        };
+        let mut interned: HashMap<&'a [u8], ValueId> = HashMap::new();
+        let mut intern = |v: &'a [u8], values: &mut Vec<&'a [u8]>| -> ValueId {
+            *interned.entry(v).or_insert_with(|| {
+                values.push(v);
+                // More than 4 billion distinct values in one key's history
+                // would not fit in memory anyway.
+                ValueId::try_from(values.len() - 1).unwrap_or(ValueId::MAX)
+            })
+        };
+
+        for &i in indices {
+            let Some(e) = history.get(i) else { continue };
+            let invoke = sub.nanos(e.invoke);
+            let complete = match e.complete {
+                Some(c) if c < e.invoke => {
+                    return Err(format!(
+                        "malformed history: event #{i} on key {key:?} completes before it is invoked: {}",
+                        sub.describe(i)
+                    ));
+                }
+                Some(c) => sub.nanos(c),
+                None => INF,
+            };
+            let unknown = e.outcome == Outcome::Unknown;
+            let kind = match (&e.op, &e.outcome) {
+                // An ambiguous read has no effect and observed nothing.
+                (Op::Read, Outcome::Unknown) => continue,
+                (Op::Read, Outcome::Read(seen)) => Kind::Read(
+                    seen.as_ref()
+                        .map(|(v, ver)| (intern(v, &mut sub.values), *ver)),
+                ),
+                (Op::Write(val), Outcome::Written(_) | Outcome::Unknown) => Kind::Put {
+                    val: val.as_deref().map(|v| intern(v, &mut sub.values)),
+                    ver: match e.outcome {
+                        Outcome::Written(v) => Ver::Known(v),
+                        _ => Ver::Any,
+                    },
+                },
+                (Op::Cas { expect, new }, Outcome::Written(_) | Outcome::Unknown) => Kind::CasOk {
+                    expect: *expect,
+                    new: intern(new, &mut sub.values),
+                    ver: match e.outcome {
+                        Outcome::Written(v) => Ver::Known(v),
+                        _ => Ver::Any,
+                    },
+                },
+                (Op::Cas { expect, .. }, Outcome::CasFailed) => Kind::CasFailed { expect: *expect },
+                _ => {
+                    return Err(format!(
+                        "malformed history: event #{i} on key {key:?} has an outcome that \
+                         does not fit its operation: {}",
+                        sub.describe(i)
+                    ));
+                }
+            };
+            // Whatever the completion time says, an ambiguous operation may
+            // take effect arbitrarily late.
+            let op = KeyOp {
+                event: i,
+                kind,
+                invoke,
+                complete: if unknown { INF } else { complete },
+            };
+            if unknown {
+                sub.optional.push(op);
+            } else {
+                sub.required.push(op);
+            }
+        }
+
+        // Invocations sort before completions at equal timestamps: clocks are
+        // coarse, and treating touching operations as concurrent can only
+        // hide a violation, never invent one.
+        let mut entries: Vec<(u64, bool, usize)> = Vec::with_capacity(2 * sub.required.len());
+        for (slot, op) in sub.required.iter().enumerate() {
+            entries.push((op.invoke, false, call_node(slot)));
+            entries.push((op.complete, true, call_node(slot) + 1));
+        }
+        entries.sort_unstable();
+        sub.req_order = entries.into_iter().map(|(_, _, node)| node).collect();
+
+        let mut opt: Vec<(u64, usize)> = sub
+            .optional
+            .iter()
+            .enumerate()
+            .map(|(slot, op)| (op.invoke, 2 + slot))
+            .collect();
+        opt.sort_unstable();
+        sub.opt_order = opt.into_iter().map(|(_, node)| node).collect();
+        Ok(sub)
+    }
+
+    fn nanos(&self, t: Instant) -> u64 {
+        // Saturates below INF so that a finite time never reads as "never".
+        let n = t.saturating_duration_since(self.base).as_nanos();
+        u64::try_from(n).unwrap_or(INF - 1).min(INF - 1)
+    }
+
+    fn search(&self, budget: u64) -> Result<(), Failure> {
+        let n_req = self.required.len();
+        let n_opt = self.optional.len();
+        let mut req_list = List::new(2 + 2 * n_req, &self.req_order);
+        let mut opt_list = List::new(2 + n_opt, &self.opt_order);
+        let mut req_bits = Bits::new(n_req);
+        let mut opt_bits = Bits::new(n_opt);
+        let mut cache = Cache::default();
+        let mut stack: Vec<Frame> = Vec::new();
+        let mut state = State::Absent;
+        let mut remaining = n_req;
+        let mut cursor = Cursor::Req(req_list.next[HEAD]);
+        let mut stuck = Stuck {
+            depth: 0,
+            req_bits: req_bits.clone(),
+            opt_bits: opt_bits.clone(),
+            state,
+            recent: Vec::new(),
+        };
+        let mut steps: u64 = 0;
+
+        loop {
+            if remaining == 0 {
+                eprintln!("STATS ok steps {steps} cache {}", cache.0.len());
+                return Ok(());
+            }
+            steps += 1;
+            if steps > budget {
+                return Err(Failure::BudgetExhausted(stuck));
+            }
+
+            // Pick the next candidate at the current configuration: definite
+            // operations invoked before the earliest pending completion, then
+            // optional ones invoked before that same bound.
+            let candidate = match cursor {
+                Cursor::Req(node) if node == TAIL => {
+                    cursor = Cursor::Opt { node: opt_list.next[HEAD], bound: INF };
+                    continue;
+                }
+                Cursor::Req(node) if is_return_node(node) => {
+                    let bound = self.required[node_slot(node)].complete;
+                    cursor = Cursor::Opt { node: opt_list.next[HEAD], bound };
+                    continue;
+                }
+                Cursor::Req(node) => Some((node, None)),
+                Cursor::Opt { node, bound } => {
+                    (node != TAIL && self.optional[node - 2].invoke <= bound)
+                        .then_some((node, Some(bound)))
+                }
+            };
+
+            let Some((node, opt_bound)) = candidate else {
+                // Every candidate failed: undo the last linearization and try
+                // the alternatives after it.
+                let Some(frame) = stack.pop() else {
+                eprintln!("STATS bad steps {steps} cache {}", cache.0.len());
+                    return Err(Failure::NotLinearizable(stuck));
+                };
+                state = frame.prev;
+                match frame.opt_bound {
+                    None => {
+                        let slot = node_slot(frame.node);
+                        req_list.relink(frame.node + 1);
+                        req_list.relink(frame.node);
+                        req_bits.clear(slot);
+                        remaining += 1;
+                        cursor = Cursor::Req(req_list.next[frame.node]);
+                    }
+                    Some(bound) => {
+                        opt_list.relink(frame.node);
+                        opt_bits.clear(frame.node - 2);
+                        cursor = Cursor::Opt { node: opt_list.next[frame.node], bound };
+                    }
+                }
+                continue;
+            };
+
+            let (op, bits) = match opt_bound {
+                None => (&self.required[node_slot(node)], &mut req_bits),
+                Some(_) => (&self.optional[node - 2], &mut opt_bits),
+            };
+            let bit = match opt_bound {
+                None => node_slot(node),
+                Some(_) => node - 2,
+            };
+            let next_state = match step(state, op.kind) {
+                // An optional operation that changes nothing is the same as
+                // not linearizing it, which the search covers anyway.
+                Some(s) if !(opt_bound.is_some() && s == state) => Some(s),
+                _ => None,
+            };
+            let advanced = match opt_bound {
+                None => Cursor::Req(req_list.next[node]),
+                Some(bound) => Cursor::Opt { node: opt_list.next[node], bound },
+            };
+            let Some(next_state) = next_state else {
+                cursor = advanced;
+                continue;
+            };
+            bits.set(bit);
+            if !cache.visit(&req_bits, next_state, &opt_bits) {
+                match opt_bound {
+                    None => req_bits.clear(bit),
+                    Some(_) => opt_bits.clear(bit),
+                }
+                cursor = advanced;
+                continue;
+            }
+
+            stack.push(Frame { node, prev: state, opt_bound });
+            match opt_bound {
+                None => {
+                    req_list.unlink(node);
+                    req_list.unlink(node + 1);
+                    remaining -= 1;
+                }
+                Some(_) => opt_list.unlink(node),
+            }
+            state = next_state;
+            cursor = Cursor::Req(req_list.next[HEAD]);
+
+            let depth = n_req - remaining;
+            if depth > stuck.depth {
+                stuck = Stuck {
+                    depth,
+                    req_bits: req_bits.clone(),
+                    opt_bits: opt_bits.clone(),
+                    state,
+                    recent: stack
+                        .iter()
+                        .rev()
+                        .take(RECENT)
+                        .rev()
+                        .map(|f| match f.opt_bound {
+                            None => self.required[node_slot(f.node)].event,
+                            Some(_) => self.optional[f.node - 2].event,
+                        })
+                        .collect(),
+                };
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------
+    // Reporting
+
+    /// Renders the configuration where the search got furthest: what had been
+    /// linearized, and why none of the possible next operations fits.
+    fn explain(&self, stuck: &Stuck, verdict: &str) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "key {:?} {verdict}: {} operations with known outcome, {} of unknown outcome.",
+            self.key,
+            self.required.len(),
+            self.optional.len()
+        );
+        let _ = writeln!(
+            out,
+            "At best {} of the {} known-outcome operations could be linearized; state then: {}.",
+            stuck.depth,
+            self.required.len(),
+            self.fmt_state(stuck.state)
+        );
+        if !stuck.recent.is_empty() {
+            let _ = writeln!(out, "Last operations linearized, in order:");
+            for &e in &stuck.recent {
+                let _ = writeln!(out, "  {}", self.describe(e));
+            }
+        }
+
+        let pending = self
+            .required
+            .iter()
+            .enumerate()
+            .filter(|(slot, _)| !stuck.req_bits.get(*slot));
+        let Some((_, first_done)) = pending.clone().min_by_key(|(_, op)| op.complete) else {
+            return out;
+        };
+        let bound = first_done.complete;
+        let _ = writeln!(
+            out,
+            "Next, one of these had to take effect before {} completed:",
+            self.describe_short(first_done.event)
+        );
+        let mut candidates: Vec<&KeyOp> = pending
+            .filter(|(_, op)| op.invoke <= bound)
+            .map(|(_, op)| op)
+            .chain(
+                self.optional
+                    .iter()
+                    .enumerate()
+                    .filter(|(slot, op)| !stuck.opt_bits.get(*slot) && op.invoke <= bound)
+                    .map(|(_, op)| op),
+            )
+            .collect();
+        candidates.sort_by_key(|op| op.invoke);
+        for op in candidates.iter().take(MAX_LISTED) {
+            let why = match step(stuck.state, op.kind) {
+                None => "impossible in that state",
+                Some(_) => "possible, but the rest of the history cannot follow it",
+            };
+            let _ = writeln!(out, "  {}\n      -> {why}", self.describe(op.event));
+        }
+        if candidates.len() > MAX_LISTED {
+            let _ = writeln!(out, "  ... and {} more", candidates.len() - MAX_LISTED);
+        }
+        out
+    }
+
+    fn fmt_state(&self, state: State) -> String {
+        match state {
+            State::Absent => "absent".to_string(),
+            State::Present { val, ver } => {
+                let val = self
+                    .values
+                    .get(val as usize)
+                    .map_or_else(|| "?".to_string(), |v| fmt_value(v));
+                match ver {
+                    Ver::Known(v) => format!("{val} @ version {v}"),
+                    Ver::Any => format!("{val} @ unknown version (ambiguous write)"),
+                }
+            }
+        }
+    }
+
+    fn fmt_time(&self, t: Instant) -> String {
+        fmt_nanos(self.nanos(t))
+    }
+
+    fn describe_short(&self, i: usize) -> String {
+        match self.history.get(i) {
+            Some(e) => format!("#{i} (client {}, {})", e.client, fmt_op(&e.op)),
+            None => format!("#{i}"),
+        }
+    }
+
+    fn describe(&self, i: usize) -> String {
+        let Some(e) = self.history.get(i) else {
+            return format!("#{i}");
+        };
+        let outcome = match &e.outcome {
+            Outcome::Read(None) => "absent".to_string(),
+            Outcome::Read(Some((v, ver))) => format!("{} @ version {ver}", fmt_value(v)),
+            Outcome::Written(v) => format!("ok, version {v}"),
+            Outcome::CasFailed => "precondition failed".to_string(),
+            Outcome::Unknown => "unknown".to_string(),
+        };
+        let complete = e
+            .complete
+            .map_or_else(|| "never".to_string(), |c| self.fmt_time(c));
+        format!(
+            "#{i} client {}: {} -> {outcome}  [{} .. {complete}]",
+            e.client,
+            fmt_op(&e.op),
+            self.fmt_time(e.invoke),
+        )
+    }
+}
+
+/// How many linearized operations, and how many candidates, a report lists.
+const RECENT: usize = 5;
+const MAX_LISTED: usize = 10;
+
+fn fmt_op(op: &Op) -> String {
+    match op {
+        Op::Read => "read".to_string(),
+        Op::Write(Some(v)) => format!("write {}", fmt_value(v)),
+        Op::Write(None) => "delete".to_string(),
+        Op::Cas { expect: Some(ver), new } => {
+            format!("cas(if version {ver}) {}", fmt_value(new))
+        }
+        Op::Cas { expect: None, new } => format!("cas(if absent) {}", fmt_value(new)),
+    }
+}
+
+/// Values as quoted text when they are readable, hex otherwise, cut short
+/// either way so that a report stays legible.
+fn fmt_value(v: &[u8]) -> String {
+    const MAX_CHARS: usize = 40;
+    match std::str::from_utf8(v) {
+        Ok(s) if !s.chars().any(char::is_control) => {
+            if s.chars().count() > MAX_CHARS {
+                let cut: String = s.chars().take(MAX_CHARS).collect();
+                format!("{cut:?}...")
+            } else {
+                format!("{s:?}")
+            }
+        }
+        _ => {
+            let hex: String = v.iter().take(MAX_CHARS / 2).map(|b| format!("{b:02x}")).collect();
+            let more = if v.len() > MAX_CHARS / 2 { "..." } else { "" };
+            format!("0x{hex}{more} ({} bytes)", v.len())
+        }
+    }
+}
+
+fn fmt_nanos(n: u64) -> String {
+    if n == INF {
+        "never".to_string()
+    } else {
+        format!("t+{}.{:03}us", n / 1000, n % 1000)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Search machinery
+
+enum Failure {
+    NotLinearizable(Stuck),
+    BudgetExhausted(Stuck),
+}
+
+/// The deepest configuration the search reached, kept for the report.
+struct Stuck {
+    /// Definite operations linearized.
+    depth: usize,
+    req_bits: Bits,
+    opt_bits: Bits,
+    state: State,
+    /// Events of the last few linearized operations, oldest first.
+    recent: Vec<usize>,
+}
+
+/// A linearization on the DFS stack.
+struct Frame {
+    node: usize,
+    prev: State,
+    /// `Some(bound)` for an optional operation, with the bound that was in
+    /// force when it was picked (to resume the scan after backtracking).
+    opt_bound: Option<u64>,
+}
+
+#[derive(Clone, Copy)]
+enum Cursor {
+    Req(usize),
+    Opt { node: usize, bound: u64 },
+}
+
+/// Doubly linked list over node ids with O(1) unlink/relink (dancing links):
+/// an unlinked node keeps its pointers, so relinking in reverse order of
+/// unlinking restores the list exactly, which is all a DFS ever does.
+struct List {
+    next: Vec<usize>,
+    prev: Vec<usize>,
+}
+
+impl List {
+    fn new(len: usize, order: &[usize]) -> Self {
+        let mut list = List { next: vec![TAIL; len], prev: vec![HEAD; len] };
+        let mut last = HEAD;
+        for &node in order {
+            list.next[last] = node;
+            list.prev[node] = last;
+            last = node;
+        }
+        list.next[last] = TAIL;
+        list.prev[TAIL] = last;
+        list
+    }
+
+    fn unlink(&mut self, node: usize) {
+        let (p, n) = (self.prev[node], self.next[node]);
+        self.next[p] = n;
+        self.prev[n] = p;
+    }
+
+    fn relink(&mut self, node: usize) {
+        let (p, n) = (self.prev[node], self.next[node]);
+        self.next[p] = node;
+        self.prev[n] = node;
+    }
+}
+
+#[derive(Clone, PartialEq, Eq)]
+struct Bits(Box<[u64]>);
+
+impl Bits {
+    fn new(n: usize) -> Self {
+        Bits(vec![0; n.div_ceil(64)].into_boxed_slice())
+    }
+    fn get(&self, i: usize) -> bool {
+        self.0.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+    fn set(&mut self, i: usize) {
+        if let Some(w) = self.0.get_mut(i / 64) {
+            *w |= 1 << (i % 64);
+        }
+    }
+    fn clear(&mut self, i: usize) {
+        if let Some(w) = self.0.get_mut(i / 64) {
+            *w &= !(1 << (i % 64));
+        }
+    }
+    fn is_subset_of(&self, other: &Bits) -> bool {
+        self.0.iter().zip(other.0.iter()).all(|(a, b)| a & !b == 0)
+    }
+}
+
+#[derive(PartialEq, Eq)]
+struct ConfigKey {
+    req: Bits,
+    state: State,
+}
+
+impl Hash for ConfigKey {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        for w in self.req.0.iter() {
+            h.write_u64(*w);
+        }
+        self.state.hash(h);
+    }
+}
+
+/// Explored configurations: per (definite operations, state), the antichain
+/// of optional-operation sets explored with it.
+#[derive(Default)]
+struct Cache(HashMap<ConfigKey, Vec<Bits>, BuildHasherDefault<FxHasher>>);
+
+impl Cache {
+    /// Records the configuration; false if an explored one already covers it.
+    fn visit(&mut self, req: &Bits, state: State, opt: &Bits) -> bool {
+        match self.0.entry(ConfigKey { req: req.clone(), state }) {
+            MapEntry::Vacant(e) => {
+                e.insert(vec![opt.clone()]);
+                true
+            }
+            MapEntry::Occupied(mut e) => {
+                let seen = e.get_mut();
+                if seen.iter().any(|s| s.is_subset_of(opt)) {
+                    return false;
+                }
+                seen.retain(|s| !opt.is_subset_of(s));
+                seen.push(opt.clone());
+                true
+            }
+        }
+    }
+}
+
+/// The multiply-rotate hash from rustc (FxHash): the cache keys are bitsets
+/// hashed once per search step, where SipHash would dominate the run time and
+/// its DoS resistance buys nothing.
+#[derive(Default)]
+struct FxHasher(u64);
+
+impl FxHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+    fn write_u8(&mut self, n: u8) {
+        self.add(u64::from(n));
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
