@@ -25,6 +25,8 @@ pub struct NodeProc {
     pub peer_advertise: String,
     pub data_dir: PathBuf,
     pub log_file: PathBuf,
+    /// Flags for this node only, on every start.
+    pub args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -130,6 +132,7 @@ impl LocalCell {
                 peer_advertise: peer_advertise.unwrap_or_else(|| peer_listen.to_string()),
                 log_file: self.dir.join(format!("node{id}.log")),
                 data_dir,
+                args: Vec::new(),
                 child: None,
             },
         );
@@ -166,6 +169,7 @@ impl LocalCell {
             .arg("--ops-token-file")
             .arg(&self.token_file)
             .args(&self.extra_args)
+            .args(&n.args)
             .env_remove("CELL_CONFIG")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

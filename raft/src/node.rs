@@ -287,19 +287,27 @@ impl<A: Application> RaftNode<A> {
             return Err(RaftError::NotLeader { leader: self.leader() });
         }
         match op {
-            LeaderOp::Write(cmd) => match self.raft.client_write(cmd.clone()).await {
-                Ok(resp) => Ok(LeaderOk::Written {
+            LeaderOp::Write(cmd) => match tokio::time::timeout(self.write_timeout, self.raft.client_write(cmd.clone()))
+                .await
+            {
+                // Appended but not committed in time (e.g. a leader cut off
+                // from its followers): it may still commit later.
+                Err(_) => Err(RaftError::OutcomeUnknown("no commit within the write timeout".into())),
+                Ok(Ok(resp)) => Ok(LeaderOk::Written {
                     index: resp.log_id.index,
                     reply: resp.data,
                 }),
                 // We believed we led, so the entry may have been appended
                 // before leadership moved: the outcome is unknown.
-                Err(ORaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(
+                Ok(Err(ORaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(
                     RaftError::OutcomeUnknown("leadership changed during the write".into()),
                 ),
-                Err(e) => Err(RaftError::Fatal(e.to_string())),
+                Ok(Err(e)) => Err(RaftError::Fatal(e.to_string())),
             },
-            LeaderOp::ReadIndex => match self.raft.get_read_log_id().await {
+            LeaderOp::ReadIndex => match tokio::time::timeout(self.write_timeout, self.raft.get_read_log_id())
+                .await
+                .map_err(|_| RaftError::NoQuorum("leadership not confirmed within the timeout".into()))?
+            {
                 Ok((read, _applied)) => Ok(LeaderOk::ReadIndex(read.map(|l| l.index).unwrap_or(0))),
                 Err(ORaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
                     Err(RaftError::NotLeader { leader: self.leader() })

@@ -113,6 +113,7 @@ pub fn check_with_budget(history: &[Event], budget: u64) -> Result<(), String> {
     let Some(base) = history.iter().map(|e| e.invoke).min() else {
         return Ok(());
     };
+    let claims = version_claims(history);
     let mut keys: Vec<&str> = Vec::new();
     let mut by_key: HashMap<&str, Vec<usize>> = HashMap::new();
     for (i, e) in history.iter().enumerate() {
@@ -126,7 +127,7 @@ pub fn check_with_budget(history: &[Event], budget: u64) -> Result<(), String> {
     }
     for key in keys {
         let indices = by_key.get(key).map(Vec::as_slice).unwrap_or_default();
-        let sub = KeyHistory::build(history, key, indices, base)?;
+        let sub = KeyHistory::build(history, key, indices, base, &claims)?;
         match sub.search(budget) {
             Ok(()) => {}
             Err(Failure::NotLinearizable(stuck)) => {
@@ -171,11 +172,75 @@ enum State {
 /// An operation reduced to its effect on the model.
 #[derive(Debug, Clone, Copy)]
 enum Kind {
-    Read(Option<(ValueId, u64)>),
+    Read {
+        seen: Option<(ValueId, u64)>,
+        /// Whether the version seen could be that of an ambiguous write.
+        wild_ok: bool,
+    },
     /// Unconditional write; `val: None` deletes.
     Put { val: Option<ValueId>, ver: Ver },
-    CasOk { expect: Option<u64>, new: ValueId, ver: Ver },
-    CasFailed { expect: Option<u64> },
+    CasOk { expect: Expect, new: ValueId, ver: Ver },
+    CasFailed { expect: Expect },
+}
+
+/// A CAS precondition.
+#[derive(Debug, Clone, Copy)]
+struct Expect {
+    /// `None`: the key must be absent.
+    version: Option<u64>,
+    /// Which wildcard states could be at `version`.
+    wild: Wild,
+}
+
+/// Which values written by an ambiguous write could carry a given version.
+///
+/// Revisions are unique store-wide, so an ambiguous write's version is none
+/// of the versions that definite writes reported, and a version that some
+/// read saw with value `x` on this key can only belong to a write of `x`.
+/// Without this, every unobserved ambiguous write would let any CAS succeed
+/// or fail at any point, and the search would drown in such orders.
+#[derive(Debug, Clone, Copy)]
+enum Wild {
+    Never,
+    Only(ValueId),
+    AnyValue,
+}
+
+/// What the whole history says about which write produced a version.
+#[derive(Debug, Clone, Copy)]
+enum Claim<'a> {
+    /// Reported by a write with a known outcome.
+    Definite,
+    /// Only ever read as this (key, value).
+    ReadAs(&'a str, &'a [u8]),
+    /// Read as different (key, value) pairs: something is wrong elsewhere,
+    /// so assume nothing here.
+    Contested,
+}
+
+fn version_claims(history: &[Event]) -> HashMap<u64, Claim<'_>> {
+    let mut claims = HashMap::new();
+    for e in history {
+        if let (Op::Write(_) | Op::Cas { .. }, Outcome::Written(v)) = (&e.op, &e.outcome) {
+            claims.insert(*v, Claim::Definite);
+        }
+    }
+    for e in history {
+        if let (Op::Read, Outcome::Read(Some((val, v)))) = (&e.op, &e.outcome) {
+            let seen = Claim::ReadAs(e.key.as_str(), val.as_slice());
+            claims
+                .entry(*v)
+                .and_modify(|c| {
+                    if let Claim::ReadAs(k, x) = *c {
+                        if (k, x) != (e.key.as_str(), val.as_slice()) {
+                            *c = Claim::Contested;
+                        }
+                    }
+                })
+                .or_insert(seen);
+        }
+    }
+    claims
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,8 +251,8 @@ enum Cond {
     Either,
 }
 
-fn cas_cond(state: State, expect: Option<u64>) -> Cond {
-    match (expect, state) {
+fn cas_cond(state: State, expect: Expect) -> Cond {
+    match (expect.version, state) {
         (None, State::Absent) => Cond::Holds,
         (None, State::Present { .. }) | (Some(_), State::Absent) => Cond::Fails,
         (Some(e), State::Present { ver: Ver::Known(v), .. }) => {
@@ -197,7 +262,11 @@ fn cas_cond(state: State, expect: Option<u64>) -> Cond {
                 Cond::Fails
             }
         }
-        (Some(_), State::Present { ver: Ver::Any, .. }) => Cond::Either,
+        (Some(_), State::Present { val, ver: Ver::Any }) => match expect.wild {
+            Wild::Never => Cond::Fails,
+            Wild::Only(x) if x != val => Cond::Fails,
+            Wild::Only(_) | Wild::AnyValue => Cond::Either,
+        },
     }
 }
 
@@ -205,11 +274,11 @@ fn cas_cond(state: State, expect: Option<u64>) -> Cond {
 /// or `None` if the recorded outcome is impossible in `state`.
 fn step(state: State, kind: Kind) -> Option<State> {
     match kind {
-        Kind::Read(None) => (state == State::Absent).then_some(state),
-        Kind::Read(Some((val, ver))) => match state {
+        Kind::Read { seen: None, .. } => (state == State::Absent).then_some(state),
+        Kind::Read { seen: Some((val, ver)), wild_ok } => match state {
             State::Present { val: cur, ver: Ver::Known(v) } if cur == val && v == ver => Some(state),
             // The first read of a wildcard write reveals its version.
-            State::Present { val: cur, ver: Ver::Any } if cur == val => Some(State::Present {
+            State::Present { val: cur, ver: Ver::Any } if cur == val && wild_ok => Some(State::Present {
                 val,
                 ver: Ver::Known(ver),
             }),
@@ -221,6 +290,20 @@ fn step(state: State, kind: Kind) -> Option<State> {
             (cas_cond(state, expect) != Cond::Fails).then_some(State::Present { val: new, ver })
         }
         Kind::CasFailed { expect } => (cas_cond(state, expect) != Cond::Holds).then_some(state),
+    }
+}
+
+fn wild_for<'a>(
+    expect: Option<u64>,
+    key: &str,
+    claims: &HashMap<u64, Claim<'a>>,
+    intern: &mut impl FnMut(&'a [u8]) -> ValueId,
+) -> Wild {
+    match expect.and_then(|v| claims.get(&v)) {
+        None | Some(Claim::Contested) => Wild::AnyValue,
+        Some(Claim::Definite) => Wild::Never,
+        Some(Claim::ReadAs(k, x)) if *k == key => Wild::Only(intern(x)),
+        Some(Claim::ReadAs(..)) => Wild::Never,
     }
 }
 
@@ -271,6 +354,7 @@ impl<'a> KeyHistory<'a> {
         key: &'a str,
         indices: &[usize],
         base: Instant,
+        claims: &HashMap<u64, Claim<'a>>,
     ) -> Result<Self, String> {
         let mut sub = KeyHistory {
             history,
@@ -309,10 +393,14 @@ impl<'a> KeyHistory<'a> {
             let kind = match (&e.op, &e.outcome) {
                 // An ambiguous read has no effect and observed nothing.
                 (Op::Read, Outcome::Unknown) => continue,
-                (Op::Read, Outcome::Read(seen)) => Kind::Read(
-                    seen.as_ref()
+                (Op::Read, Outcome::Read(seen)) => Kind::Read {
+                    seen: seen
+                        .as_ref()
                         .map(|(v, ver)| (intern(v, &mut sub.values), *ver)),
-                ),
+                    wild_ok: seen
+                        .as_ref()
+                        .is_none_or(|(_, ver)| !matches!(claims.get(ver), Some(Claim::Definite))),
+                },
                 (Op::Write(val), Outcome::Written(_) | Outcome::Unknown) => Kind::Put {
                     val: val.as_deref().map(|v| intern(v, &mut sub.values)),
                     ver: match e.outcome {
@@ -321,14 +409,22 @@ impl<'a> KeyHistory<'a> {
                     },
                 },
                 (Op::Cas { expect, new }, Outcome::Written(_) | Outcome::Unknown) => Kind::CasOk {
-                    expect: *expect,
+                    expect: Expect {
+                        version: *expect,
+                        wild: wild_for(*expect, key, claims, &mut |x| intern(x, &mut sub.values)),
+                    },
                     new: intern(new, &mut sub.values),
                     ver: match e.outcome {
                         Outcome::Written(v) => Ver::Known(v),
                         _ => Ver::Any,
                     },
                 },
-                (Op::Cas { expect, .. }, Outcome::CasFailed) => Kind::CasFailed { expect: *expect },
+                (Op::Cas { expect, .. }, Outcome::CasFailed) => Kind::CasFailed {
+                    expect: Expect {
+                        version: *expect,
+                        wild: wild_for(*expect, key, claims, &mut |x| intern(x, &mut sub.values)),
+                    },
+                },
                 _ => {
                     return Err(format!(
                         "malformed history: event #{i} on key {key:?} has an outcome that \
@@ -403,7 +499,6 @@ impl<'a> KeyHistory<'a> {
 
         loop {
             if remaining == 0 {
-                eprintln!("STATS ok steps {steps} cache {}", cache.0.len());
                 return Ok(());
             }
             steps += 1;
@@ -435,7 +530,6 @@ impl<'a> KeyHistory<'a> {
                 // Every candidate failed: undo the last linearization and try
                 // the alternatives after it.
                 let Some(frame) = stack.pop() else {
-                eprintln!("STATS bad steps {steps} cache {}", cache.0.len());
                     return Err(Failure::NotLinearizable(stuck));
                 };
                 state = frame.prev;
@@ -465,10 +559,13 @@ impl<'a> KeyHistory<'a> {
                 None => node_slot(node),
                 Some(_) => node - 2,
             };
-            let next_state = match step(state, op.kind) {
-                // An optional operation that changes nothing is the same as
-                // not linearizing it, which the search covers anyway.
-                Some(s) if !(opt_bound.is_some() && s == state) => Some(s),
+            let next_state = match (step(state, op.kind), opt_bound) {
+                (Some(s), None) => Some(s),
+                (Some(s), Some(bound))
+                    if self.optional_matters(&req_list, &opt_list, node, bound, state, s) =>
+                {
+                    Some(s)
+                }
                 _ => None,
             };
             let advanced = match opt_bound {
@@ -521,6 +618,50 @@ impl<'a> KeyHistory<'a> {
                 };
             }
         }
+    }
+
+    /// Whether linearizing the optional operation at `node`, taking the
+    /// state from `before` to `after`, can be necessary here.
+    ///
+    /// It is not if no operation X that could come next cares: if X ends in
+    /// the same state either way, the optional operation can be dropped from
+    /// any linearization that continues with X; if X is legal and changes
+    /// nothing either way, the optional operation (which never completes) can
+    /// be moved after X. Repeating either rewrite turns any linearization into
+    /// one that only uses optional operations where this returns true, so the
+    /// search loses nothing by trying them only there, and avoids exploring
+    /// every point at which each unobserved ambiguous write might have landed.
+    fn optional_matters(
+        &self,
+        req: &List,
+        opt: &List,
+        node: usize,
+        bound: u64,
+        before: State,
+        after: State,
+    ) -> bool {
+        if after == before {
+            return false;
+        }
+        let matters = |kind: Kind| {
+            let (with, without) = (step(after, kind), step(before, kind));
+            with.is_some() && with != without && !(with == Some(after) && without == Some(before))
+        };
+        let mut n = req.next[HEAD];
+        while n != TAIL && !is_return_node(n) {
+            if matters(self.required[node_slot(n)].kind) {
+                return true;
+            }
+            n = req.next[n];
+        }
+        let mut n = opt.next[HEAD];
+        while n != TAIL && self.optional[n - 2].invoke <= bound {
+            if n != node && matters(self.optional[n - 2].kind) {
+                return true;
+            }
+            n = opt.next[n];
+        }
+        false
     }
 
     // -----------------------------------------------------------------------

@@ -1,3 +1,5 @@
 #![allow(dead_code)]
 
+pub mod harness;
 pub mod linearizability;
+pub mod proxy;

@@ -1,0 +1,281 @@
+//! Cluster behaviour with real `cell` processes on loopback: bootstrap,
+//! leader failure under load, restart and catch-up, snapshot install,
+//! membership changes and a partitioned leader.
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use common::harness::TestCell;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+/// Every acknowledged write must be on `node` with exactly that version.
+async fn assert_has_all(tc: &TestCell, node: u64, acked: &BTreeMap<String, u64>, index: u64) {
+    let have: BTreeMap<String, u64> = tc.dump(node, index).await.expect("dump").into_iter().collect();
+    for (k, v) in acked {
+        assert_eq!(have.get(k), Some(v), "node {node} lost acknowledged write {k} (version {v})");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_bootstrap_replicate_and_forward() {
+    let tc = TestCell::start(3, false, &[]).await.expect("cell");
+    let leader = tc.cell.wait_leader(Duration::from_secs(10)).await.expect("leader");
+    for id in 1..=3 {
+        let s = tc.status(id).await.expect("status");
+        assert_eq!(s["voters"], json!([1, 2, 3]), "node {id}: {s}");
+        assert_eq!(s["leader"], json!(leader));
+    }
+    // A write sent to a follower is forwarded to the leader.
+    let follower = (1..=3).find(|&i| i != leader).expect("a follower");
+    let a = tc.put(follower, "hello", "world").await.expect("put");
+    assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.json());
+    let index = a.index.expect("x-cell-index");
+    for id in 1..=3 {
+        let r = tc.get_at(id, "hello", index).await.expect("get");
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.body, b"world");
+        assert_eq!(r.etag, a.etag);
+    }
+    // Linearizable read on a follower sees it as well.
+    let r = tc
+        .request(follower, Method::GET, "/v1/kv/hello", &[("x-consistency", "linearizable".into())], None)
+        .await
+        .expect("get");
+    assert_eq!(r.body, b"world");
+}
+
+/// Writers keep going while the leader is killed with SIGKILL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_kill_loses_no_acknowledged_write_and_restart_catches_up() {
+    let tc = Arc::new(Mutex::new(TestCell::start(3, false, &[]).await.expect("cell")));
+    let (urls, token) = {
+        let g = tc.lock().expect("tc");
+        ((1..=3).map(|i| g.url(i)).collect::<Vec<_>>(), g.cell.token.clone())
+    };
+    let leader = {
+        let g = tc.lock().expect("tc");
+        g.cell.wait_leader(Duration::from_secs(10)).await.expect("leader")
+    };
+    let acked: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
+    let max_index = Arc::new(Mutex::new(0u64));
+    let stop = Arc::new(AtomicBool::new(false));
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().expect("client");
+    let mut writers = Vec::new();
+    for w in 0..6 {
+        let (urls, token, acked, max_index, stop, http) =
+            (urls.clone(), token.clone(), acked.clone(), max_index.clone(), stop.clone(), http.clone());
+        writers.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("w{w}-{i}");
+                i += 1;
+                let url = &urls[(i as usize + w) % urls.len()];
+                let r = http
+                    .put(format!("{url}/v1/kv/{key}"))
+                    .bearer_auth(&token)
+                    .body(format!("v{i}"))
+                    .send()
+                    .await;
+                let Ok(r) = r else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                if r.status().is_success() {
+                    let version: u64 = r.headers()["etag"].to_str().unwrap().trim_matches('"').parse().unwrap();
+                    let index: u64 = r.headers()["x-cell-index"].to_str().unwrap().parse().unwrap();
+                    acked.lock().unwrap().insert(key, version);
+                    let mut m = max_index.lock().unwrap();
+                    *m = (*m).max(index);
+                } else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before_kill = acked.lock().unwrap().len();
+    assert!(before_kill > 0, "no write succeeded before the kill");
+
+    let killed_at = Instant::now();
+    tc.lock().unwrap().cell.kill(leader);
+    // A new leader among the survivors within 3 s.
+    let new_leader = loop {
+        let mut found = None;
+        {
+            let g = tc.lock().unwrap();
+            for id in (1..=3).filter(|&i| i != leader) {
+                if let Ok(s) = g.status(id).await {
+                    if s["role"] == "leader" {
+                        found = Some(id);
+                    }
+                }
+            }
+        }
+        if let Some(l) = found {
+            break l;
+        }
+        assert!(killed_at.elapsed() < Duration::from_secs(3), "no new leader within 3 s");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let election = killed_at.elapsed();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    let index = *max_index.lock().unwrap();
+    assert!(acked.len() > before_kill, "no write succeeded after the failover");
+    eprintln!("new leader {new_leader} after {election:?}; {} acknowledged writes", acked.len());
+
+    let mut g = tc.lock().unwrap();
+    for id in (1..=3).filter(|&i| i != leader) {
+        assert_has_all(&g, id, &acked, index).await;
+    }
+    // The killed node comes back and catches up.
+    g.start_node(leader).unwrap();
+    g.cell.wait_healthy(leader, Duration::from_secs(30)).await.unwrap();
+    g.wait_applied(leader, index, Duration::from_secs(30)).await.unwrap();
+    assert_has_all(&g, leader, &acked, index).await;
+    let s = g.status(leader).await.unwrap();
+    assert_eq!(s["role"], "follower", "{s}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_added_after_log_purge_receives_a_snapshot() {
+    let mut tc = TestCell::start(3, false, &["--raft-snapshot-every", "50", "--raft-keep-logs", "5"])
+        .await
+        .expect("cell");
+    let leader = tc.cell.wait_leader(Duration::from_secs(10)).await.unwrap();
+    let mut last = None;
+    for i in 0..300 {
+        let a = tc.put(leader, &format!("k{i:03}"), &format!("value {i}")).await.unwrap();
+        assert!(a.status.is_success());
+        last = Some(a);
+    }
+    let last = last.unwrap();
+    let index = last.index.unwrap();
+    tc.admin(leader, Method::POST, "/admin/snapshot", None).await.unwrap();
+    let s = tc.status(leader).await.unwrap();
+    assert!(s["purged_index"].as_u64().unwrap_or(0) > 0, "leader log not purged: {s}");
+
+    tc.launch_joiner(4).await.unwrap();
+    tc.cell.add_node(leader, 4).await.unwrap();
+    tc.wait_applied(4, index, Duration::from_secs(30)).await.unwrap();
+    let s4 = tc.status(4).await.unwrap();
+    assert!(s4["snapshot_index"].as_u64().unwrap_or(0) > 0, "node 4 got no snapshot: {s4}");
+    let r = tc.get_at(4, "k000", index).await.unwrap();
+    assert_eq!(r.body, b"value 0");
+    let r = tc.get_at(4, "k299", index).await.unwrap();
+    assert_eq!(r.body, b"value 299");
+    assert_eq!(r.etag, last.etag);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_grows_to_five_and_shrinks_back_to_three() {
+    let mut tc = TestCell::start(3, false, &[]).await.expect("cell");
+    let leader = tc.cell.wait_leader(Duration::from_secs(10)).await.unwrap();
+    tc.put(leader, "before", "3").await.unwrap();
+    for id in [4, 5] {
+        tc.launch_joiner(id).await.unwrap();
+        tc.cell.add_node(leader, id).await.unwrap();
+    }
+    tc.cell.set_voters(leader, &[1, 2, 3, 4, 5]).await.unwrap();
+    let s = tc.status(leader).await.unwrap();
+    assert_eq!(s["voters"], json!([1, 2, 3, 4, 5]));
+    let a = tc.put(5, "during", "5").await.unwrap();
+    assert!(a.status.is_success(), "{:?}", a.json());
+    tc.wait_applied(4, a.index.unwrap(), Duration::from_secs(10)).await.unwrap();
+
+    tc.cell.set_voters(leader, &[1, 2, 3]).await.unwrap();
+    for id in [4, 5] {
+        tc.admin(leader, Method::DELETE, &format!("/admin/cluster/nodes/{id}"), None)
+            .await
+            .unwrap();
+    }
+    let s = tc.status(leader).await.unwrap();
+    assert_eq!(s["voters"], json!([1, 2, 3]), "{s}");
+    assert_eq!(s["learners"], json!([]), "{s}");
+    // Removing nodes 4 and 5 leaves a working 3-node cell.
+    tc.cell.kill(4);
+    tc.cell.kill(5);
+    let a = tc.put(leader, "after", "3").await.unwrap();
+    assert!(a.status.is_success(), "{:?}", a.json());
+    for id in 1..=3 {
+        let r = tc.get_at(id, "during", a.index.unwrap()).await.unwrap();
+        assert_eq!(r.body, b"5");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_leader_cannot_commit_and_the_cell_converges_after_healing() {
+    let tc = TestCell::start(3, true, &[]).await.expect("cell");
+    let net = tc.net.clone().unwrap();
+    let old = tc.cell.wait_leader(Duration::from_secs(10)).await.unwrap();
+    let a = tc.put(old, "stable", "1").await.unwrap();
+    assert!(a.status.is_success());
+
+    net.isolate(old, &[1, 2, 3]);
+    let others: Vec<u64> = (1..=3).filter(|&i| i != old).collect();
+
+    // The minority cannot commit.
+    let minority = tc.put(old, "minority", "lost").await.unwrap();
+    assert!(!minority.status.is_success(), "isolated leader committed: {:?}", minority.json());
+
+    // The majority elects a leader and commits.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let new_leader = loop {
+        let mut found = None;
+        for &id in &others {
+            if let Ok(s) = tc.status(id).await {
+                if s["role"] == "leader" {
+                    found = Some(id);
+                }
+            }
+        }
+        if let Some(l) = found {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "majority elected no leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let majority = tc.put(new_leader, "majority", "kept").await.unwrap();
+    assert!(majority.status.is_success(), "{:?}", majority.json());
+    let index = majority.index.unwrap();
+
+    net.heal();
+    for id in 1..=3 {
+        tc.wait_applied(id, index, Duration::from_secs(20)).await.unwrap();
+    }
+    // Give the old leader time to learn the new term.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = tc.status(old).await.unwrap();
+        if s["role"] == "follower" && s["leader"] == json!(new_leader) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "old leader did not step down: {s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dumps: Vec<_> = {
+        let mut v = Vec::new();
+        for id in 1..=3 {
+            v.push(tc.dump(id, index).await.unwrap());
+        }
+        v
+    };
+    assert_eq!(dumps[0], dumps[1]);
+    assert_eq!(dumps[1], dumps[2]);
+    let keys: Vec<&str> = dumps[0].iter().map(|(k, _)| k.as_str()).collect();
+    assert!(keys.contains(&"majority") && keys.contains(&"stable"), "{keys:?}");
+    assert!(!keys.contains(&"minority"), "uncommitted minority write survived: {keys:?}");
+}
