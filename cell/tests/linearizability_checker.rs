@@ -503,7 +503,7 @@ fn randomized_history_with_stale_read_fails() {
 
 #[test]
 fn scratch_stress() {
-    for (keys, rate) in [(1usize, 0.0f64), (1, 0.02), (1, 0.05)] {
+    for (keys, rate) in [(1usize, 0.0f64), (1, 0.02), (1, 0.05), (1, 0.1), (1, 0.3), (3, 0.1)] {
     for seed in 0..3 {
         let mut history = simulated_history(seed, 2000 * keys, 8, keys, rate);
         let start = Instant::now();

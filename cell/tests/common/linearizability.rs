@@ -499,6 +499,7 @@ impl<'a> KeyHistory<'a> {
 
         loop {
             if remaining == 0 {
+                eprintln!("STATS ok steps {steps} cache {}", cache.0.len());
                 return Ok(());
             }
             steps += 1;
@@ -530,6 +531,7 @@ impl<'a> KeyHistory<'a> {
                 // Every candidate failed: undo the last linearization and try
                 // the alternatives after it.
                 let Some(frame) = stack.pop() else {
+                eprintln!("STATS bad steps {steps} cache {}", cache.0.len());
                     return Err(Failure::NotLinearizable(stuck));
                 };
                 state = frame.prev;
