@@ -230,24 +230,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
-impl LogStore {
-    /// Write a vote directly (restore only, before Raft starts).
-    pub(crate) fn seed_vote(&self, vote: Vote) -> storage::Result<()> {
-        let w = self.store.write()?;
-        w.put(VOTE, KEY_VOTE, &vote)?;
-        w.commit(Durability::Immediate)
-    }
+/// Create a log for node `id` holding only `vote` (restore, before Raft
+/// starts), so the node's next election runs in a later term.
+pub(crate) fn seed(path: &Path, id: NodeId, vote: Vote) -> storage::Result<()> {
+    let store = Store::open(path, 1024 * 1024)?;
+    let w = store.write()?;
+    w.put(NODE_ID, b"id", &id)?;
+    w.put(VOTE, KEY_VOTE, &vote)?;
+    w.commit(Durability::Immediate)
 }
+
+const NODE_ID: Table<NodeId> = Table::new("raft_node_id");
 
 /// The node id, kept with the log so a data directory cannot be started
 /// under a different identity by mistake.
 pub fn check_node_id(store: &LogStore, id: NodeId) -> storage::Result<Result<(), NodeId>> {
-    const ID: Table<NodeId> = Table::new("raft_node_id");
-    if let Some(existing) = store.store.read()?.get(ID, b"id")? {
+    if let Some(existing) = store.store.read()?.get(NODE_ID, b"id")? {
         return Ok(if existing == id { Ok(()) } else { Err(existing) });
     }
     let w = store.store.write()?;
-    w.put(ID, b"id", &id)?;
+    w.put(NODE_ID, b"id", &id)?;
     w.commit(Durability::Immediate)?;
     Ok(Ok(()))
 }

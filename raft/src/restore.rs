@@ -7,7 +7,6 @@ use std::{collections::BTreeMap, io::Read, path::Path};
 use storage::{Durability, Store, Table};
 
 use crate::{
-    log_store::LogStore,
     types::{LogId, Membership, NodeId, NodeInfo, StoredMembership, Vote},
     RaftError,
 };
@@ -57,9 +56,7 @@ pub fn restore_backup(dir: &Path, id: NodeId, info: NodeInfo, backup: impl Read)
     txn.commit(Durability::Immediate)?;
     drop(store);
     // Continue in a term after the backup's, so new log ids sort after it.
-    let log = LogStore::open(dir.join("log.redb"))?;
-    crate::log_store::check_node_id(&log, id)?.map_err(|other| RaftError::Invalid(format!("log belongs to node {other}")))?;
-    log.seed_vote(Vote::new(applied.leader_id.term, id))?;
+    crate::log_store::seed(&dir.join("log.redb"), id, Vote::new(applied.leader_id.term, id))?;
     Ok(Restored {
         applied_index: applied.index,
         entries: summary.entries,
