@@ -21,7 +21,9 @@ pub enum Response {
 /// What changed, announced in-process after commit.
 #[derive(Debug, Clone)]
 pub enum Change {
-    Kv { key: String },
+    Kv {
+        key: String,
+    },
     /// A snapshot replaced the whole state.
     Everything,
 }

@@ -157,7 +157,10 @@ impl CellConfig {
             bail!("cell name {cell:?} must match [a-z][a-z0-9-]{{0,31}}");
         }
         let region = args.region.or(file.region).unwrap_or_else(|| cell.clone());
-        let currency = args.currency.or(file.currency).unwrap_or_else(|| "USD".into());
+        let currency = args
+            .currency
+            .or(file.currency)
+            .unwrap_or_else(|| "USD".into());
         if currency.len() != 3 || !currency.chars().all(|c| c.is_ascii_uppercase()) {
             bail!("currency {currency:?} must be a 3-letter ISO 4217 code");
         }
@@ -192,7 +195,10 @@ impl CellConfig {
         if peer_listen.ip().is_unspecified() && peer_advertise == peer_listen.to_string() {
             bail!("--peer-listen {peer_listen} needs --peer-advertise with a reachable address");
         }
-        let tls = match (args.tls_cert.or(file.tls_cert), args.tls_key.or(file.tls_key)) {
+        let tls = match (
+            args.tls_cert.or(file.tls_cert),
+            args.tls_key.or(file.tls_key),
+        ) {
             (Some(cert), Some(key)) => Some(TlsFiles {
                 cert,
                 key,
@@ -231,7 +237,11 @@ impl CellConfig {
             bootstrap: !(args.join || file.join.unwrap_or(false)),
             log_json: args.log_json || file.log_json.unwrap_or(false),
             peer_source_ip: args.peer_source_ip.or(file.peer_source_ip),
-            raft_snapshot_every: args.raft_snapshot_every.or(file.raft_snapshot_every).unwrap_or(20_000).max(1),
+            raft_snapshot_every: args
+                .raft_snapshot_every
+                .or(file.raft_snapshot_every)
+                .unwrap_or(20_000)
+                .max(1),
             raft_keep_logs: args.raft_keep_logs.or(file.raft_keep_logs).unwrap_or(5_000),
             restore_from: args.restore_from,
         })
@@ -260,7 +270,10 @@ pub fn load_or_create_ops_token(path: &Path) -> anyhow::Result<(String, bool)> {
         Ok(s) => {
             let token = s.trim().to_string();
             if token.len() < 32 {
-                bail!("ops token in {} is shorter than 32 characters", path.display());
+                bail!(
+                    "ops token in {} is shorter than 32 characters",
+                    path.display()
+                );
             }
             Ok((token, false))
         }

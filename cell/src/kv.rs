@@ -48,11 +48,18 @@ pub enum KvCommand {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvResponse {
-    Put { version: u64, created: bool },
-    Deleted { version: u64 },
+    Put {
+        version: u64,
+        created: bool,
+    },
+    Deleted {
+        version: u64,
+    },
     NotFound,
     /// The condition failed; `current` is the key's version, if it exists.
-    PreconditionFailed { current: Option<u64> },
+    PreconditionFailed {
+        current: Option<u64>,
+    },
 }
 
 /// Why a key is not acceptable.
@@ -64,7 +71,9 @@ pub fn validate_key(key: &str) -> Result<(), String> {
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '/')))
     {
-        return Err(format!("key contains {c:?}; allowed: A-Z a-z 0-9 . _ - : /"));
+        return Err(format!(
+            "key contains {c:?}; allowed: A-Z a-z 0-9 . _ - : /"
+        ));
     }
     if key.starts_with('/') || key.ends_with('/') || key.contains("//") {
         return Err("key must not start or end with '/' or contain '//'".into());
@@ -178,23 +187,58 @@ mod tests {
         let store = Store::open(dir.path().join("s.redb"), 1 << 20).unwrap();
         let w = store.write().unwrap();
         let (r, _) = apply(&w, put("a", "1", Expect::Absent)).unwrap();
-        assert_eq!(r, KvResponse::Put { version: 1, created: true });
+        assert_eq!(
+            r,
+            KvResponse::Put {
+                version: 1,
+                created: true
+            }
+        );
         let (r, _) = apply(&w, put("a", "2", Expect::Absent)).unwrap();
         assert_eq!(r, KvResponse::PreconditionFailed { current: Some(1) });
         let (r, _) = apply(&w, put("a", "2", Expect::Version(7))).unwrap();
         assert_eq!(r, KvResponse::PreconditionFailed { current: Some(1) });
         let (r, _) = apply(&w, put("a", "2", Expect::Version(1))).unwrap();
-        assert_eq!(r, KvResponse::Put { version: 2, created: false });
-        let (r, _) = apply(&w, KvCommand::Delete { key: "b".into(), expect: Expect::Any }).unwrap();
+        assert_eq!(
+            r,
+            KvResponse::Put {
+                version: 2,
+                created: false
+            }
+        );
+        let (r, _) = apply(
+            &w,
+            KvCommand::Delete {
+                key: "b".into(),
+                expect: Expect::Any,
+            },
+        )
+        .unwrap();
         assert_eq!(r, KvResponse::NotFound);
-        let (r, _) = apply(&w, KvCommand::Delete { key: "a".into(), expect: Expect::Version(2) }).unwrap();
+        let (r, _) = apply(
+            &w,
+            KvCommand::Delete {
+                key: "a".into(),
+                expect: Expect::Version(2),
+            },
+        )
+        .unwrap();
         assert_eq!(r, KvResponse::Deleted { version: 3 });
         let (r, _) = apply(&w, put("a", "x", Expect::Any)).unwrap();
-        assert_eq!(r, KvResponse::Put { version: 4, created: true });
+        assert_eq!(
+            r,
+            KvResponse::Put {
+                version: 4,
+                created: true
+            }
+        );
         w.commit(Durability::Immediate).unwrap();
         let read = store.read().unwrap();
         assert_eq!(get(&read, "a").unwrap().unwrap().value, b"x");
-        assert_eq!(list(&read, "", None, 10).unwrap(), vec![("a".to_string(), 4)]);
+        assert_eq!(
+            list(&read, "", None, 10).unwrap(),
+            vec![("a".to_string(), 4)]
+        );
     }
 
     #[test]

@@ -5,6 +5,6 @@ pub mod app;
 pub mod config;
 pub mod http;
 pub mod kv;
+pub mod local;
 pub mod metrics;
 pub mod server;
-pub mod local;

@@ -70,7 +70,8 @@ pub fn find_cell_binary() -> anyhow::Result<PathBuf> {
             return Ok(candidate);
         }
     }
-    which("cell").ok_or_else(|| anyhow!("cannot find the `cell` binary (build it, or set CELL_BIN)"))
+    which("cell")
+        .ok_or_else(|| anyhow!("cannot find the `cell` binary (build it, or set CELL_BIN)"))
 }
 
 pub fn which(name: &str) -> Option<PathBuf> {
@@ -229,14 +230,23 @@ impl LocalCell {
                 }
             }
             if Instant::now() > deadline {
-                bail!("node {id} not healthy after {timeout:?}; see {}", self.nodes[&id].log_file.display());
+                bail!(
+                    "node {id} not healthy after {timeout:?}; see {}",
+                    self.nodes[&id].log_file.display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     /// Call an admin endpoint of node `id` with the ops token.
-    pub async fn admin(&self, id: u64, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    pub async fn admin(
+        &self,
+        id: u64,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.api_url(id)))
@@ -254,7 +264,8 @@ impl LocalCell {
     }
 
     pub async fn cluster_status(&self, id: u64) -> anyhow::Result<Value> {
-        self.admin(id, reqwest::Method::GET, "/admin/cluster", None).await
+        self.admin(id, reqwest::Method::GET, "/admin/cluster", None)
+            .await
     }
 
     /// The leader id as seen by any running node.
@@ -320,7 +331,10 @@ impl LocalCell {
             {
                 Ok(_) => return Ok(()),
                 // A previous change still committing: retry, as openraft asks.
-                Err(e) if e.to_string().contains("membership_in_progress") && Instant::now() < deadline => {
+                Err(e)
+                    if e.to_string().contains("membership_in_progress")
+                        && Instant::now() < deadline =>
+                {
                     tokio::time::sleep(Duration::from_millis(100)).await
                 }
                 Err(e) => return Err(e),

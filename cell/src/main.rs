@@ -4,9 +4,13 @@ use tracing_subscriber::EnvFilter;
 fn main() -> anyhow::Result<()> {
     let args = cell::config::Args::parse();
     let cfg = cell::config::CellConfig::resolve(args)?;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn,foyer_storage=warn,foyer=warn"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn,foyer_storage=warn,foyer=warn"));
     if cfg.log_json {
-        tracing_subscriber::fmt().with_env_filter(filter).json().init();
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .json()
+            .init();
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }

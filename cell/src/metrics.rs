@@ -45,7 +45,8 @@ impl Metrics {
         let mut registry = Registry::default();
         let http_duration = Family::<HttpLabels, Histogram>::new_with_constructor(|| {
             Histogram::new([
-                0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                5.0, 10.0,
             ])
         });
         registry.register(
@@ -54,7 +55,11 @@ impl Metrics {
             http_duration.clone(),
         );
         let shed = Family::<ReasonLabels, Counter>::default();
-        registry.register("http_requests_shed", "Requests refused by the edge (overload, timeout)", shed.clone());
+        registry.register(
+            "http_requests_shed",
+            "Requests refused by the edge (overload, timeout)",
+            shed.clone(),
+        );
         macro_rules! gauge {
             ($name:literal, $help:literal) => {{
                 let g: Gauge<i64, AtomicI64> = Gauge::default();
@@ -66,17 +71,33 @@ impl Metrics {
         let raft_leader = gauge!("raft_leader_id", "Id of the known leader (0 = unknown)");
         let raft_is_leader = gauge!("raft_is_leader", "1 if this node is the leader");
         let raft_last_log_index = gauge!("raft_last_log_index", "Last log index on this node");
-        let raft_committed_index = gauge!("raft_committed_index", "Highest committed log index known here");
-        let raft_applied_index = gauge!("raft_applied_index", "Last log index applied to the state machine");
+        let raft_committed_index = gauge!(
+            "raft_committed_index",
+            "Highest committed log index known here"
+        );
+        let raft_applied_index = gauge!(
+            "raft_applied_index",
+            "Last log index applied to the state machine"
+        );
         let raft_apply_lag = gauge!("raft_apply_lag", "Committed minus applied entries");
-        let raft_snapshot_index = gauge!("raft_snapshot_index", "Last log index covered by the current snapshot");
+        let raft_snapshot_index = gauge!(
+            "raft_snapshot_index",
+            "Last log index covered by the current snapshot"
+        );
         let raft_voters = gauge!("raft_voters", "Number of voting members");
         let cache_hits = gauge!("cache_hits", "Read-cache hits since start");
         let cache_misses = gauge!("cache_misses", "Read-cache misses since start");
-        let cache_memory_bytes = gauge!("cache_memory_bytes", "Read-cache memory tier usage in bytes");
+        let cache_memory_bytes = gauge!(
+            "cache_memory_bytes",
+            "Read-cache memory tier usage in bytes"
+        );
         let cache_entries = gauge!("cache_entries", "Entries in the read-cache memory tier");
         let state_bytes: Gauge<f64, AtomicU64> = Gauge::default();
-        registry.register("state_file_bytes", "Size of state.redb on disk", state_bytes.clone());
+        registry.register(
+            "state_file_bytes",
+            "Size of state.redb on disk",
+            state_bytes.clone(),
+        );
         Self {
             registry,
             http_duration,

@@ -39,7 +39,8 @@ pub async fn run(cfg: CellConfig) -> anyhow::Result<()> {
         peer_addr: cfg.peer_advertise.clone(),
     };
     if let Some(backup) = &cfg.restore_from {
-        let file = std::fs::File::open(backup).with_context(|| format!("opening {}", backup.display()))?;
+        let file =
+            std::fs::File::open(backup).with_context(|| format!("opening {}", backup.display()))?;
         let r = raft::restore::restore_backup(&cfg.raft_dir(), cfg.node_id, info.clone(), file)
             .with_context(|| format!("restoring from {}", backup.display()))?;
         println!(
@@ -142,7 +143,8 @@ fn spawn_cache_invalidation(app: &CellApp, cache: Arc<ReadCache>) {
         loop {
             match rx.recv().await {
                 Ok(Change::Kv { key }) => cache.invalidate(format!("kv/{key}").as_bytes()),
-                Ok(Change::Everything) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                Ok(Change::Everything)
+                | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                     // Missed changes: nothing cached can be trusted.
                     if let Err(e) = cache.clear().await {
                         tracing::warn!(error = %e, "cache clear failed");
@@ -158,13 +160,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -10,11 +10,19 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 
 fn assert_problem(a: &common::harness::Answer, status: StatusCode, code: &str) {
-    assert_eq!(a.status, status, "body: {}", String::from_utf8_lossy(&a.body));
+    assert_eq!(
+        a.status,
+        status,
+        "body: {}",
+        String::from_utf8_lossy(&a.body)
+    );
     let p = a.json();
     assert_eq!(p["code"], code, "{p}");
     assert_eq!(p["status"], status.as_u16());
-    assert!(p["request_id"].as_str().is_some_and(|s| !s.is_empty()), "{p}");
+    assert!(
+        p["request_id"].as_str().is_some_and(|s| !s.is_empty()),
+        "{p}"
+    );
     assert!(p["title"].is_string() && p["detail"].is_string() && p["type"].is_string());
 }
 
@@ -33,7 +41,12 @@ async fn malformed_requests_get_problem_json_and_change_nothing() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    let r = tc.http.get(format!("{}/admin/cluster", tc.url(1))).send().await.unwrap();
+    let r = tc
+        .http
+        .get(format!("{}/admin/cluster", tc.url(1)))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(r.headers()["content-type"], "application/problem+json");
 
@@ -56,24 +69,52 @@ async fn malformed_requests_get_problem_json_and_change_nothing() {
         assert_problem(&a, StatusCode::BAD_REQUEST, "validation_failed");
     }
     let a = tc
-        .request(1, Method::POST, "/admin/cluster/membership", &[], json_body(json!({"voters": [1]})))
+        .request(
+            1,
+            Method::POST,
+            "/admin/cluster/membership",
+            &[],
+            json_body(json!({"voters": [1]})),
+        )
         .await
         .unwrap();
-    assert_problem(&a, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
+    assert_problem(
+        &a,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    );
     let a = tc
-        .request(1, Method::POST, "/admin/cluster/nodes", &[ct_json()], json_body(json!({"id": 0, "api_addr": "x", "peer_addr": "y"})))
+        .request(
+            1,
+            Method::POST,
+            "/admin/cluster/nodes",
+            &[ct_json()],
+            json_body(json!({"id": 0, "api_addr": "x", "peer_addr": "y"})),
+        )
         .await
         .unwrap();
     assert_problem(&a, StatusCode::BAD_REQUEST, "validation_failed");
     let a = tc
-        .request(1, Method::POST, "/admin/cluster/nodes", &[ct_json()], json_body(json!({"id": 9, "api_addr": "127.0.0.1:1", "peer_addr": "no port"})))
+        .request(
+            1,
+            Method::POST,
+            "/admin/cluster/nodes",
+            &[ct_json()],
+            json_body(json!({"id": 9, "api_addr": "127.0.0.1:1", "peer_addr": "no port"})),
+        )
         .await
         .unwrap();
     assert_problem(&a, StatusCode::BAD_REQUEST, "validation_failed");
 
     // Oversized values and bodies.
     let a = tc
-        .request(1, Method::PUT, "/v1/kv/big", &[], Some(vec![b'x'; 64 * 1024 + 1]))
+        .request(
+            1,
+            Method::PUT,
+            "/v1/kv/big",
+            &[],
+            Some(vec![b'x'; 64 * 1024 + 1]),
+        )
         .await
         .unwrap();
     assert_problem(&a, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
@@ -100,28 +141,58 @@ async fn malformed_requests_get_problem_json_and_change_nothing() {
         ("if-none-match", "\"3\""),
     ] {
         let a = tc
-            .request(1, Method::PUT, "/v1/kv/keep", &[(h, v.to_string())], Some(b"x".to_vec()))
+            .request(
+                1,
+                Method::PUT,
+                "/v1/kv/keep",
+                &[(h, v.to_string())],
+                Some(b"x".to_vec()),
+            )
             .await
             .unwrap();
         assert_problem(&a, StatusCode::BAD_REQUEST, "validation_failed");
     }
     let a = tc
-        .request(1, Method::GET, "/v1/kv/keep", &[("x-cell-index", "-1".into())], None)
+        .request(
+            1,
+            Method::GET,
+            "/v1/kv/keep",
+            &[("x-cell-index", "-1".into())],
+            None,
+        )
         .await
         .unwrap();
     assert_problem(&a, StatusCode::BAD_REQUEST, "validation_failed");
     let a = tc
-        .request(1, Method::GET, "/v1/kv/keep", &[("x-consistency", "sometimes".into())], None)
+        .request(
+            1,
+            Method::GET,
+            "/v1/kv/keep",
+            &[("x-consistency", "sometimes".into())],
+            None,
+        )
         .await
         .unwrap();
     assert_problem(&a, StatusCode::BAD_REQUEST, "validation_failed");
-    let a = tc.request(1, Method::GET, "/v1/kv?limit=0", &[], None).await.unwrap();
+    let a = tc
+        .request(1, Method::GET, "/v1/kv?limit=0", &[], None)
+        .await
+        .unwrap();
     assert_problem(&a, StatusCode::BAD_REQUEST, "validation_failed");
-    let a = tc.request(1, Method::GET, "/v1/kv?bogus=1", &[], None).await.unwrap();
+    let a = tc
+        .request(1, Method::GET, "/v1/kv?bogus=1", &[], None)
+        .await
+        .unwrap();
     assert_problem(&a, StatusCode::BAD_REQUEST, "validation_failed");
-    let a = tc.request(1, Method::GET, "/v1/nothing-here", &[], None).await.unwrap();
+    let a = tc
+        .request(1, Method::GET, "/v1/nothing-here", &[], None)
+        .await
+        .unwrap();
     assert_problem(&a, StatusCode::NOT_FOUND, "not_found");
-    let a = tc.request(1, Method::PATCH, "/v1/kv/keep", &[], None).await.unwrap();
+    let a = tc
+        .request(1, Method::PATCH, "/v1/kv/keep", &[], None)
+        .await
+        .unwrap();
     assert_problem(&a, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
     // Nothing above reached the log.
     let s = tc.status(1).await.unwrap();
@@ -129,7 +200,13 @@ async fn malformed_requests_get_problem_json_and_change_nothing() {
 
     // CAS on a stale version: decided (and refused) in the log.
     let a = tc
-        .request(1, Method::PUT, "/v1/kv/keep", &[("if-match", "\"999\"".into())], Some(b"x".to_vec()))
+        .request(
+            1,
+            Method::PUT,
+            "/v1/kv/keep",
+            &[("if-match", "\"999\"".into())],
+            Some(b"x".to_vec()),
+        )
         .await
         .unwrap();
     assert_problem(&a, StatusCode::PRECONDITION_FAILED, "precondition_failed");
@@ -150,7 +227,11 @@ async fn garbage_on_the_peer_port_and_corrupt_snapshots_are_rejected() {
     let peer = tc.cell.nodes[&1].peer_listen;
 
     // Raw garbage bytes.
-    for garbage in [&b"\x00\x01\x02garbage\r\n\r\n"[..], &[0xffu8; 4096][..], b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"] {
+    for garbage in [
+        &b"\x00\x01\x02garbage\r\n\r\n"[..],
+        &[0xffu8; 4096][..],
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    ] {
         let mut s = std::net::TcpStream::connect(peer).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         let _ = s.write_all(garbage);
@@ -160,16 +241,41 @@ async fn garbage_on_the_peer_port_and_corrupt_snapshots_are_rejected() {
     }
 
     // Well-formed HTTP/2, garbage payloads.
-    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
-    for path in ["/raft/append", "/raft/vote", "/raft/leader", "/raft/snapshot"] {
-        for body in [Vec::new(), b"junk".to_vec(), vec![1u8; 10_000], vec![1, 0xff, 0xff, 0xff, 0xff, 0x0f]] {
-            let r = h2.post(format!("http://{peer}{path}")).body(body).send().await.unwrap();
-            assert!(r.status().is_client_error() || path == "/raft/snapshot", "{path}: {}", r.status());
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for path in [
+        "/raft/append",
+        "/raft/vote",
+        "/raft/leader",
+        "/raft/snapshot",
+    ] {
+        for body in [
+            Vec::new(),
+            b"junk".to_vec(),
+            vec![1u8; 10_000],
+            vec![1, 0xff, 0xff, 0xff, 0xff, 0x0f],
+        ] {
+            let r = h2
+                .post(format!("http://{peer}{path}"))
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert!(
+                r.status().is_client_error() || path == "/raft/snapshot",
+                "{path}: {}",
+                r.status()
+            );
             if path == "/raft/snapshot" {
                 // Either a 400-class answer or an encoded rejection; never a success.
                 let status = r.status();
                 let bytes = r.bytes().await.unwrap();
-                assert!(status.is_client_error() || status.is_success() && bytes.len() > 1, "{path}: {status}");
+                assert!(
+                    status.is_client_error() || status.is_success() && bytes.len() > 1,
+                    "{path}: {status}"
+                );
             }
         }
     }
@@ -192,7 +298,10 @@ async fn garbage_on_the_peer_port_and_corrupt_snapshots_are_rejected() {
     // Header: (vote, meta) encoded like a real sender would, with a higher
     // term so the node would accept a valid snapshot.
     let header = raft_header(term + 5, index + 1000);
-    let mut bad_streams = vec![backup[..backup.len() / 2].to_vec(), backup[..backup.len() - 3].to_vec()];
+    let mut bad_streams = vec![
+        backup[..backup.len() / 2].to_vec(),
+        backup[..backup.len() - 3].to_vec(),
+    ];
     let mut flipped = backup.clone();
     let mid = flipped.len() / 2;
     flipped[mid] ^= 0x55;
@@ -202,7 +311,12 @@ async fn garbage_on_the_peer_port_and_corrupt_snapshots_are_rejected() {
         let mut body = (header.len() as u32).to_le_bytes().to_vec();
         body.extend_from_slice(&header);
         body.extend_from_slice(&stream);
-        let r = h2.post(format!("http://{peer}/raft/snapshot")).body(body).send().await.unwrap();
+        let r = h2
+            .post(format!("http://{peer}/raft/snapshot"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
         let status = r.status();
         let bytes = r.bytes().await.unwrap();
         let answer: Result<Result<serde_json::Value, String>, _> = decode_answer(&bytes);

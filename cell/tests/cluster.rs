@@ -19,16 +19,29 @@ use serde_json::json;
 
 /// Every acknowledged write must be on `node` with exactly that version.
 async fn assert_has_all(tc: &TestCell, node: u64, acked: &BTreeMap<String, u64>, index: u64) {
-    let have: BTreeMap<String, u64> = tc.dump(node, index).await.expect("dump").into_iter().collect();
+    let have: BTreeMap<String, u64> = tc
+        .dump(node, index)
+        .await
+        .expect("dump")
+        .into_iter()
+        .collect();
     for (k, v) in acked {
-        assert_eq!(have.get(k), Some(v), "node {node} lost acknowledged write {k} (version {v})");
+        assert_eq!(
+            have.get(k),
+            Some(v),
+            "node {node} lost acknowledged write {k} (version {v})"
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_bootstrap_replicate_and_forward() {
     let tc = TestCell::start(3, false, &[]).await.expect("cell");
-    let leader = tc.cell.wait_leader(Duration::from_secs(10)).await.expect("leader");
+    let leader = tc
+        .cell
+        .wait_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
     for id in 1..=3 {
         let s = tc.status(id).await.expect("status");
         assert_eq!(s["voters"], json!([1, 2, 3]), "node {id}: {s}");
@@ -47,7 +60,13 @@ async fn three_nodes_bootstrap_replicate_and_forward() {
     }
     // Linearizable read on a follower sees it as well.
     let r = tc
-        .request(follower, Method::GET, "/v1/kv/hello", &[("x-consistency", "linearizable".into())], None)
+        .request(
+            follower,
+            Method::GET,
+            "/v1/kv/hello",
+            &[("x-consistency", "linearizable".into())],
+            None,
+        )
         .await
         .expect("get");
     assert_eq!(r.body, b"world");
@@ -56,23 +75,31 @@ async fn three_nodes_bootstrap_replicate_and_forward() {
 /// Writers keep going while the leader is killed with SIGKILL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_kill_loses_no_acknowledged_write_and_restart_catches_up() {
-    let tc = Arc::new(Mutex::new(TestCell::start(3, false, &[]).await.expect("cell")));
-    let (urls, token) = {
-        let g = tc.lock().expect("tc");
-        ((1..=3).map(|i| g.url(i)).collect::<Vec<_>>(), g.cell.token.clone())
-    };
-    let leader = {
-        let g = tc.lock().expect("tc");
-        g.cell.wait_leader(Duration::from_secs(10)).await.expect("leader")
-    };
+    let mut tc = TestCell::start(3, false, &[]).await.expect("cell");
+    let urls: Vec<String> = (1..=3).map(|i| tc.url(i)).collect();
+    let token = tc.cell.token.clone();
+    let leader = tc
+        .cell
+        .wait_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
     let acked: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
     let max_index = Arc::new(Mutex::new(0u64));
     let stop = Arc::new(AtomicBool::new(false));
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().expect("client");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .expect("client");
     let mut writers = Vec::new();
     for w in 0..6 {
-        let (urls, token, acked, max_index, stop, http) =
-            (urls.clone(), token.clone(), acked.clone(), max_index.clone(), stop.clone(), http.clone());
+        let (urls, token, acked, max_index, stop, http) = (
+            urls.clone(),
+            token.clone(),
+            acked.clone(),
+            max_index.clone(),
+            stop.clone(),
+            http.clone(),
+        );
         writers.push(tokio::spawn(async move {
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -90,8 +117,17 @@ async fn leader_kill_loses_no_acknowledged_write_and_restart_catches_up() {
                     continue;
                 };
                 if r.status().is_success() {
-                    let version: u64 = r.headers()["etag"].to_str().unwrap().trim_matches('"').parse().unwrap();
-                    let index: u64 = r.headers()["x-cell-index"].to_str().unwrap().parse().unwrap();
+                    let version: u64 = r.headers()["etag"]
+                        .to_str()
+                        .unwrap()
+                        .trim_matches('"')
+                        .parse()
+                        .unwrap();
+                    let index: u64 = r.headers()["x-cell-index"]
+                        .to_str()
+                        .unwrap()
+                        .parse()
+                        .unwrap();
                     acked.lock().unwrap().insert(key, version);
                     let mut m = max_index.lock().unwrap();
                     *m = (*m).max(index);
@@ -106,24 +142,24 @@ async fn leader_kill_loses_no_acknowledged_write_and_restart_catches_up() {
     assert!(before_kill > 0, "no write succeeded before the kill");
 
     let killed_at = Instant::now();
-    tc.lock().unwrap().cell.kill(leader);
+    tc.cell.kill(leader);
     // A new leader among the survivors within 3 s.
     let new_leader = loop {
         let mut found = None;
-        {
-            let g = tc.lock().unwrap();
-            for id in (1..=3).filter(|&i| i != leader) {
-                if let Ok(s) = g.status(id).await {
-                    if s["role"] == "leader" {
-                        found = Some(id);
-                    }
+        for id in (1..=3).filter(|&i| i != leader) {
+            if let Ok(s) = tc.status(id).await {
+                if s["role"] == "leader" {
+                    found = Some(id);
                 }
             }
         }
         if let Some(l) = found {
             break l;
         }
-        assert!(killed_at.elapsed() < Duration::from_secs(3), "no new leader within 3 s");
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(3),
+            "no new leader within 3 s"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     };
     let election = killed_at.elapsed();
@@ -134,45 +170,72 @@ async fn leader_kill_loses_no_acknowledged_write_and_restart_catches_up() {
     }
     let acked = acked.lock().unwrap().clone();
     let index = *max_index.lock().unwrap();
-    assert!(acked.len() > before_kill, "no write succeeded after the failover");
-    eprintln!("new leader {new_leader} after {election:?}; {} acknowledged writes", acked.len());
+    assert!(
+        acked.len() > before_kill,
+        "no write succeeded after the failover"
+    );
+    eprintln!(
+        "new leader {new_leader} after {election:?}; {} acknowledged writes",
+        acked.len()
+    );
 
-    let mut g = tc.lock().unwrap();
     for id in (1..=3).filter(|&i| i != leader) {
-        assert_has_all(&g, id, &acked, index).await;
+        assert_has_all(&tc, id, &acked, index).await;
     }
     // The killed node comes back and catches up.
-    g.start_node(leader).unwrap();
-    g.cell.wait_healthy(leader, Duration::from_secs(30)).await.unwrap();
-    g.wait_applied(leader, index, Duration::from_secs(30)).await.unwrap();
-    assert_has_all(&g, leader, &acked, index).await;
-    let s = g.status(leader).await.unwrap();
+    tc.start_node(leader).unwrap();
+    tc.cell
+        .wait_healthy(leader, Duration::from_secs(30))
+        .await
+        .unwrap();
+    tc.wait_applied(leader, index, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_has_all(&tc, leader, &acked, index).await;
+    let s = tc.status(leader).await.unwrap();
     assert_eq!(s["role"], "follower", "{s}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_added_after_log_purge_receives_a_snapshot() {
-    let mut tc = TestCell::start(3, false, &["--raft-snapshot-every", "50", "--raft-keep-logs", "5"])
-        .await
-        .expect("cell");
+    let mut tc = TestCell::start(
+        3,
+        false,
+        &["--raft-snapshot-every", "50", "--raft-keep-logs", "5"],
+    )
+    .await
+    .expect("cell");
     let leader = tc.cell.wait_leader(Duration::from_secs(10)).await.unwrap();
     let mut last = None;
     for i in 0..300 {
-        let a = tc.put(leader, &format!("k{i:03}"), &format!("value {i}")).await.unwrap();
+        let a = tc
+            .put(leader, &format!("k{i:03}"), &format!("value {i}"))
+            .await
+            .unwrap();
         assert!(a.status.is_success());
         last = Some(a);
     }
     let last = last.unwrap();
     let index = last.index.unwrap();
-    tc.admin(leader, Method::POST, "/admin/snapshot", None).await.unwrap();
+    tc.admin(leader, Method::POST, "/admin/snapshot", None)
+        .await
+        .unwrap();
     let s = tc.status(leader).await.unwrap();
-    assert!(s["purged_index"].as_u64().unwrap_or(0) > 0, "leader log not purged: {s}");
+    assert!(
+        s["purged_index"].as_u64().unwrap_or(0) > 0,
+        "leader log not purged: {s}"
+    );
 
     tc.launch_joiner(4).await.unwrap();
     tc.cell.add_node(leader, 4).await.unwrap();
-    tc.wait_applied(4, index, Duration::from_secs(30)).await.unwrap();
+    tc.wait_applied(4, index, Duration::from_secs(30))
+        .await
+        .unwrap();
     let s4 = tc.status(4).await.unwrap();
-    assert!(s4["snapshot_index"].as_u64().unwrap_or(0) > 0, "node 4 got no snapshot: {s4}");
+    assert!(
+        s4["snapshot_index"].as_u64().unwrap_or(0) > 0,
+        "node 4 got no snapshot: {s4}"
+    );
     let r = tc.get_at(4, "k000", index).await.unwrap();
     assert_eq!(r.body, b"value 0");
     let r = tc.get_at(4, "k299", index).await.unwrap();
@@ -194,13 +257,20 @@ async fn membership_grows_to_five_and_shrinks_back_to_three() {
     assert_eq!(s["voters"], json!([1, 2, 3, 4, 5]));
     let a = tc.put(5, "during", "5").await.unwrap();
     assert!(a.status.is_success(), "{:?}", a.json());
-    tc.wait_applied(4, a.index.unwrap(), Duration::from_secs(10)).await.unwrap();
+    tc.wait_applied(4, a.index.unwrap(), Duration::from_secs(10))
+        .await
+        .unwrap();
 
     tc.cell.set_voters(leader, &[1, 2, 3]).await.unwrap();
     for id in [4, 5] {
-        tc.admin(leader, Method::DELETE, &format!("/admin/cluster/nodes/{id}"), None)
-            .await
-            .unwrap();
+        tc.admin(
+            leader,
+            Method::DELETE,
+            &format!("/admin/cluster/nodes/{id}"),
+            None,
+        )
+        .await
+        .unwrap();
     }
     let s = tc.status(leader).await.unwrap();
     assert_eq!(s["voters"], json!([1, 2, 3]), "{s}");
@@ -229,7 +299,11 @@ async fn partitioned_leader_cannot_commit_and_the_cell_converges_after_healing()
 
     // The minority cannot commit.
     let minority = tc.put(old, "minority", "lost").await.unwrap();
-    assert!(!minority.status.is_success(), "isolated leader committed: {:?}", minority.json());
+    assert!(
+        !minority.status.is_success(),
+        "isolated leader committed: {:?}",
+        minority.json()
+    );
 
     // The majority elects a leader and commits.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -254,7 +328,9 @@ async fn partitioned_leader_cannot_commit_and_the_cell_converges_after_healing()
 
     net.heal();
     for id in 1..=3 {
-        tc.wait_applied(id, index, Duration::from_secs(20)).await.unwrap();
+        tc.wait_applied(id, index, Duration::from_secs(20))
+            .await
+            .unwrap();
     }
     // Give the old leader time to learn the new term.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -263,7 +339,10 @@ async fn partitioned_leader_cannot_commit_and_the_cell_converges_after_healing()
         if s["role"] == "follower" && s["leader"] == json!(new_leader) {
             break;
         }
-        assert!(Instant::now() < deadline, "old leader did not step down: {s}");
+        assert!(
+            Instant::now() < deadline,
+            "old leader did not step down: {s}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let dumps: Vec<_> = {
@@ -276,6 +355,12 @@ async fn partitioned_leader_cannot_commit_and_the_cell_converges_after_healing()
     assert_eq!(dumps[0], dumps[1]);
     assert_eq!(dumps[1], dumps[2]);
     let keys: Vec<&str> = dumps[0].iter().map(|(k, _)| k.as_str()).collect();
-    assert!(keys.contains(&"majority") && keys.contains(&"stable"), "{keys:?}");
-    assert!(!keys.contains(&"minority"), "uncommitted minority write survived: {keys:?}");
+    assert!(
+        keys.contains(&"majority") && keys.contains(&"stable"),
+        "{keys:?}"
+    );
+    assert!(
+        !keys.contains(&"minority"),
+        "uncommitted minority write survived: {keys:?}"
+    );
 }

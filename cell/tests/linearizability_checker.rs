@@ -21,7 +21,10 @@ struct History {
 
 impl History {
     fn new() -> Self {
-        History { base: Instant::now(), events: Vec::new() }
+        History {
+            base: Instant::now(),
+            events: Vec::new(),
+        }
     }
 
     fn at(&self, us: u64) -> Instant {
@@ -69,7 +72,10 @@ fn delete() -> Op {
 }
 
 fn cas(expect: Option<u64>, new: &str) -> Op {
-    Op::Cas { expect, new: new.as_bytes().to_vec() }
+    Op::Cas {
+        expect,
+        new: new.as_bytes().to_vec(),
+    }
 }
 
 fn saw(v: &str, version: u64) -> Outcome {
@@ -162,7 +168,10 @@ fn stale_read_fails() {
     let err = expect_violation(&h);
     // The report names the key and the offending operations.
     assert!(err.contains("key \"k\""), "{err}");
-    assert!(err.contains("#2 client 1: read -> \"a\" @ version 1"), "{err}");
+    assert!(
+        err.contains("#2 client 1: read -> \"a\" @ version 1"),
+        "{err}"
+    );
     assert!(err.contains("impossible in that state"), "{err}");
 }
 
@@ -309,7 +318,9 @@ fn malformed_events_are_errors_not_panics() {
     // A known outcome without completion time may take effect any time later.
     let mut h = History::new().op(0, "k", write("a"), (0, 10), Outcome::Written(1));
     h.events[0].complete = None;
-    h = h.op(1, "k", Op::Read, (0, 5), absent()).op(1, "k", Op::Read, (20, 30), saw("a", 1));
+    h = h
+        .op(1, "k", Op::Read, (0, 5), absent())
+        .op(1, "k", Op::Read, (20, 30), saw("a", 1));
     assert_eq!(h.check(), Ok(()));
 }
 
@@ -325,9 +336,21 @@ fn many_unobserved_unknown_writes_stay_fast() {
             h = h.ambiguous(1, "k", write(&format!("lost{i}")), t);
         } else if i % 2 == 0 {
             version += 1;
-            h = h.op(0, "k", write(&format!("v{i}")), (t, t + 50), Outcome::Written(version));
+            h = h.op(
+                0,
+                "k",
+                write(&format!("v{i}")),
+                (t, t + 50),
+                Outcome::Written(version),
+            );
         } else {
-            h = h.op(2, "k", Op::Read, (t, t + 50), saw(&format!("v{}", i - 1), version));
+            h = h.op(
+                2,
+                "k",
+                Op::Read,
+                (t, t + 50),
+                saw(&format!("v{}", i - 1), version),
+            );
         }
     }
     let start = Instant::now();
@@ -344,7 +367,13 @@ fn many_unobserved_unknown_writes_stay_fast() {
 /// register at strictly increasing instants `t`, each wrapped in a random
 /// invocation/completion window around `t` (never overlapping its client's
 /// previous operation). Linearizable by construction.
-fn simulated_history(seed: u64, n_ops: usize, clients: usize, keys: usize, ambiguous_rate: f64) -> Vec<Event> {
+fn simulated_history(
+    seed: u64,
+    n_ops: usize,
+    clients: usize,
+    keys: usize,
+    ambiguous_rate: f64,
+) -> Vec<Event> {
     const SPREAD_US: u64 = 150;
     let mut rng = StdRng::seed_from_u64(seed);
     let base = Instant::now();
@@ -417,7 +446,14 @@ fn simulated_history(seed: u64, n_ops: usize, clients: usize, keys: usize, ambig
             }
         };
         let complete = (outcome != Outcome::Unknown).then(|| at(complete));
-        events.push(Event { client, key, op, invoke: at(invoke), complete, outcome });
+        events.push(Event {
+            client,
+            key,
+            op,
+            invoke: at(invoke),
+            complete,
+            outcome,
+        });
     }
     events
 }
@@ -427,8 +463,12 @@ fn simulated_history(seed: u64, n_ops: usize, clients: usize, keys: usize, ambig
 /// after W) another write X, both finished before the read was invoked, and
 /// the read now claims W's value and version. Returns the read's index.
 fn make_stale_read(history: &mut [Event]) -> usize {
-    let done = |e: &Event| e.complete.unwrap_or_else(|| panic!("definite event expected"));
-    let wrote = |e: &Event| matches!(e.outcome, Outcome::Written(_)) && !matches!(e.op, Op::Write(None));
+    let done = |e: &Event| {
+        e.complete
+            .unwrap_or_else(|| panic!("definite event expected"))
+    };
+    let wrote =
+        |e: &Event| matches!(e.outcome, Outcome::Written(_)) && !matches!(e.op, Op::Write(None));
     for r in history.len() / 2..history.len() {
         if !matches!(history[r].outcome, Outcome::Read(_)) {
             continue;
@@ -440,14 +480,20 @@ fn make_stale_read(history: &mut [Event]) -> usize {
         // The latest W that some X overwrote in time, for a barely-stale read.
         let stale = writes
             .iter()
-            .filter(|&&w| writes.iter().any(|&x| history[x].invoke > done(&history[w])))
+            .filter(|&&w| {
+                writes
+                    .iter()
+                    .any(|&x| history[x].invoke > done(&history[w]))
+            })
             .max_by_key(|&&w| done(&history[w]));
         if let Some(&w) = stale {
             let value = match &history[w].op {
                 Op::Write(Some(v)) | Op::Cas { new: v, .. } => v.clone(),
                 _ => continue,
             };
-            let Outcome::Written(version) = history[w].outcome else { continue };
+            let Outcome::Written(version) = history[w].outcome else {
+                continue;
+            };
             if history[r].outcome == Outcome::Read(Some((value.clone(), version))) {
                 continue;
             }
@@ -467,7 +513,10 @@ fn randomized_valid_history_passes_quickly() {
         let elapsed = start.elapsed();
         eprintln!("seed {seed}: 3000 ops, 8 clients, 3 keys checked in {elapsed:?}");
         assert_eq!(result, Ok(()), "seed {seed}");
-        assert!(elapsed < Duration::from_secs(5), "seed {seed} took {elapsed:?}");
+        assert!(
+            elapsed < Duration::from_secs(5),
+            "seed {seed} took {elapsed:?}"
+        );
     }
 }
 
@@ -494,7 +543,10 @@ fn randomized_history_with_stale_read_fails() {
         eprintln!("seed {seed}: stale read #{r} found in {elapsed:?}");
         let err = result.expect_err("stale read must be caught");
         assert!(err.contains(&format!("key {:?}", history[r].key)), "{err}");
-        assert!(elapsed < Duration::from_secs(5), "seed {seed} took {elapsed:?}");
+        assert!(
+            elapsed < Duration::from_secs(5),
+            "seed {seed} took {elapsed:?}"
+        );
         if seed == 0 {
             eprintln!("{err}");
         }
@@ -503,16 +555,37 @@ fn randomized_history_with_stale_read_fails() {
 
 #[test]
 fn scratch_stress() {
-    for (keys, rate) in [(1usize, 0.0f64), (1, 0.02), (1, 0.05), (1, 0.1), (1, 0.3), (3, 0.1)] {
-    for seed in 0..3 {
-        let mut history = simulated_history(seed, 2000 * keys, 8, keys, rate);
-        let start = Instant::now();
-        let res = common::linearizability::check_with_budget(&history, 50_000_000);
-        eprintln!("rate {rate} seed {seed} valid: {:?} {}", start.elapsed(), match &res { Ok(()) => "OK".to_string(), Err(e) => e.lines().next().unwrap().to_string() });
-        let r = make_stale_read(&mut history);
-        let start = Instant::now();
-        let res = common::linearizability::check_with_budget(&history, 50_000_000);
-        eprintln!("rate {rate} seed {seed} r {r}: {:?} {}", start.elapsed(), match &res { Ok(()) => "OK!!".to_string(), Err(e) => e.lines().next().unwrap().to_string() });
-    }
+    for (keys, rate) in [
+        (1usize, 0.0f64),
+        (1, 0.02),
+        (1, 0.05),
+        (1, 0.1),
+        (1, 0.3),
+        (3, 0.1),
+    ] {
+        for seed in 0..3 {
+            let mut history = simulated_history(seed, 2000 * keys, 8, keys, rate);
+            let start = Instant::now();
+            let res = common::linearizability::check_with_budget(&history, 50_000_000);
+            eprintln!(
+                "rate {rate} seed {seed} valid: {:?} {}",
+                start.elapsed(),
+                match &res {
+                    Ok(()) => "OK".to_string(),
+                    Err(e) => e.lines().next().unwrap().to_string(),
+                }
+            );
+            let r = make_stale_read(&mut history);
+            let start = Instant::now();
+            let res = common::linearizability::check_with_budget(&history, 50_000_000);
+            eprintln!(
+                "rate {rate} seed {seed} r {r}: {:?} {}",
+                start.elapsed(),
+                match &res {
+                    Ok(()) => "OK!!".to_string(),
+                    Err(e) => e.lines().next().unwrap().to_string(),
+                }
+            );
+        }
     }
 }

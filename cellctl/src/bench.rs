@@ -69,7 +69,12 @@ impl Target {
 
 /// Drive `target` with `clients` closed-loop writers for `duration` after
 /// a warm-up, each writer on its own keys.
-async fn run_level(target: &Target, clients: usize, value_size: usize, duration: Duration) -> anyhow::Result<LevelResult> {
+async fn run_level(
+    target: &Target,
+    clients: usize,
+    value_size: usize,
+    duration: Duration,
+) -> anyhow::Result<LevelResult> {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(clients + 8)
         .tcp_nodelay(true)
@@ -86,7 +91,8 @@ async fn run_level(target: &Target, clients: usize, value_size: usize, duration:
         let target = target.clone();
         let value = value.clone();
         tasks.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("static bounds");
+            let mut hist =
+                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("static bounds");
             let mut errors = 0u64;
             let mut i = 0u64;
             loop {
@@ -233,7 +239,12 @@ async fn etcd_leader(cluster: &EtcdCluster) -> anyhow::Result<String> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         for c in &cluster.clients {
-            if let Ok(r) = http.post(format!("{c}/v3/maintenance/status")).json(&json!({})).send().await {
+            if let Ok(r) = http
+                .post(format!("{c}/v3/maintenance/status"))
+                .json(&json!({}))
+                .send()
+                .await
+            {
                 if let Ok(v) = r.json::<Value>().await {
                     let me = &v["header"]["member_id"];
                     if !me.is_null() && me == &v["leader"] {
@@ -283,12 +294,18 @@ pub async fn kv(opts: KvBenchOptions) -> anyhow::Result<()> {
     };
     let duration = Duration::from_secs(opts.seconds);
     let (floor_p50, floor_p99) = fsync_floor(&dir, 300)?;
-    eprintln!("fsync floor on {}: p50 {} p99 {}", dir.display(), us(floor_p50), us(floor_p99));
+    eprintln!(
+        "fsync floor on {}: p50 {} p99 {}",
+        dir.display(),
+        us(floor_p50),
+        us(floor_p99)
+    );
 
     let etcd_bin = if opts.etcd {
         Some(match &opts.etcd_bin {
             Some(p) => p.clone(),
-            None => which("etcd").context("etcd not found: apt-get install etcd-server, or pass --no-etcd")?,
+            None => which("etcd")
+                .context("etcd not found: apt-get install etcd-server, or pass --no-etcd")?,
         })
     } else {
         None
@@ -305,7 +322,13 @@ pub async fn kv(opts: KvBenchOptions) -> anyhow::Result<()> {
         };
         for &c in &opts.clients {
             let r = run_level(&target, c, opts.value_size, duration).await?;
-            eprintln!("marketcell {:>4} clients: {:>9.0} ops/s  p50 {}  p99 {}", c, r.throughput(), us(r.p50_us), us(r.p99_us));
+            eprintln!(
+                "marketcell {:>4} clients: {:>9.0} ops/s  p50 {}  p99 {}",
+                c,
+                r.throughput(),
+                us(r.p50_us),
+                us(r.p99_us)
+            );
             ours.push(r);
         }
         cell.stop_all();
@@ -317,7 +340,13 @@ pub async fn kv(opts: KvBenchOptions) -> anyhow::Result<()> {
         let target = Target::Etcd { base: leader };
         for &c in &opts.clients {
             let r = run_level(&target, c, opts.value_size, duration).await?;
-            eprintln!("etcd       {:>4} clients: {:>9.0} ops/s  p50 {}  p99 {}", c, r.throughput(), us(r.p50_us), us(r.p99_us));
+            eprintln!(
+                "etcd       {:>4} clients: {:>9.0} ops/s  p50 {}  p99 {}",
+                c,
+                r.throughput(),
+                us(r.p50_us),
+                us(r.p99_us)
+            );
             theirs.push(r);
         }
     }
@@ -336,7 +365,11 @@ pub async fn kv(opts: KvBenchOptions) -> anyhow::Result<()> {
         "\nconfig-store writes, 3 nodes on loopback, fsync on, {}-byte values, {} s per level",
         opts.value_size, opts.seconds
     );
-    println!("fsync floor (256 B write + fdatasync): p50 {}  p99 {}\n", us(floor_p50), us(floor_p99));
+    println!(
+        "fsync floor (256 B write + fdatasync): p50 {}  p99 {}\n",
+        us(floor_p50),
+        us(floor_p99)
+    );
     let mut rows = Vec::new();
     for (i, o) in ours.iter().enumerate() {
         let e = theirs.get(i);
@@ -346,16 +379,31 @@ pub async fn kv(opts: KvBenchOptions) -> anyhow::Result<()> {
             us(o.p50_us),
             us(o.p99_us),
             us(o.p999_us),
-            e.map(|e| format!("{:.0}", e.throughput())).unwrap_or("-".into()),
+            e.map(|e| format!("{:.0}", e.throughput()))
+                .unwrap_or("-".into()),
             e.map(|e| us(e.p50_us)).unwrap_or("-".into()),
             e.map(|e| us(e.p99_us)).unwrap_or("-".into()),
-            e.map(|e| format!("{:.2}x", o.throughput() / e.throughput().max(1e-9))).unwrap_or("-".into()),
-            e.map(|e| format!("{:.2}x", o.p99_us as f64 / e.p99_us.max(1) as f64)).unwrap_or("-".into()),
+            e.map(|e| format!("{:.2}x", o.throughput() / e.throughput().max(1e-9)))
+                .unwrap_or("-".into()),
+            e.map(|e| format!("{:.2}x", o.p99_us as f64 / e.p99_us.max(1) as f64))
+                .unwrap_or("-".into()),
             o.errors.to_string(),
         ]);
     }
     output::table(
-        &["CLIENTS", "OPS/S", "P50", "P99", "P999", "ETCD OPS/S", "ETCD P50", "ETCD P99", "THRPT RATIO", "P99 RATIO", "ERRORS"],
+        &[
+            "CLIENTS",
+            "OPS/S",
+            "P50",
+            "P99",
+            "P999",
+            "ETCD OPS/S",
+            "ETCD P50",
+            "ETCD P99",
+            "THRPT RATIO",
+            "P99 RATIO",
+            "ERRORS",
+        ],
         &rows,
     );
     if let Some(single) = ours.iter().find(|r| r.clients == 1) {
@@ -385,7 +433,9 @@ pub async fn memory(megabytes: u64, as_json: bool) -> anyhow::Result<()> {
         let base = base.clone();
         let token = token.clone();
         tasks.push(tokio::spawn(async move {
-            let value: Vec<u8> = (0..value_size).map(|i| (i * 31 + w as usize) as u8).collect();
+            let value: Vec<u8> = (0..value_size)
+                .map(|i| (i * 31 + w as usize) as u8)
+                .collect();
             let mut k = w;
             while k < total_keys {
                 let r = http
@@ -407,7 +457,9 @@ pub async fn memory(megabytes: u64, as_json: bool) -> anyhow::Result<()> {
     }
     let load_secs = started.elapsed().as_secs_f64();
     let rss_loaded = cell.rss_bytes(1).unwrap_or(0);
-    let snap = cell.admin(1, reqwest::Method::POST, "/admin/snapshot", None).await?;
+    let snap = cell
+        .admin(1, reqwest::Method::POST, "/admin/snapshot", None)
+        .await?;
     let rss_after_snapshot = cell.rss_bytes(1).unwrap_or(0);
     let state_bytes = std::fs::metadata(cell.nodes[&1].data_dir.join("raft/state.redb"))
         .map(|m| m.len())
@@ -442,7 +494,11 @@ pub struct TempDir {
 
 impl TempDir {
     pub fn new(prefix: &str) -> anyhow::Result<Self> {
-        let path = std::env::temp_dir().join(format!("{prefix}-{}-{:x}", std::process::id(), rand::random::<u32>()));
+        let path = std::env::temp_dir().join(format!(
+            "{prefix}-{}-{:x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
         std::fs::create_dir_all(&path)?;
         Ok(Self { path })
     }

@@ -45,7 +45,12 @@ impl Api {
     }
 
     /// Send and decode JSON; a problem+json answer becomes a readable error.
-    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
         let mut req = self.req(method, path)?;
         if let Some(b) = body {
             req = req.json(&b);

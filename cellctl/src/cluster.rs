@@ -68,20 +68,37 @@ pub fn parse_node(spec: &str) -> anyhow::Result<Value> {
     let Some((api, peer)) = addrs.split_once(',') else {
         bail!("node spec must be ID=API_ADDR,PEER_ADDR, got {spec}");
     };
-    let id: u64 = id.parse().map_err(|_| anyhow::anyhow!("bad node id in {spec}"))?;
+    let id: u64 = id
+        .parse()
+        .map_err(|_| anyhow::anyhow!("bad node id in {spec}"))?;
     Ok(json!({"id": id, "api_addr": api, "peer_addr": peer}))
 }
 
 pub async fn init(api: &Api, nodes: &[String], as_json: bool) -> anyhow::Result<()> {
-    let nodes: Vec<Value> = nodes.iter().map(|n| parse_node(n)).collect::<anyhow::Result<_>>()?;
+    let nodes: Vec<Value> = nodes
+        .iter()
+        .map(|n| parse_node(n))
+        .collect::<anyhow::Result<_>>()?;
     let r = api
-        .call(Method::POST, "/admin/cluster/init", Some(json!({ "nodes": nodes })))
+        .call(
+            Method::POST,
+            "/admin/cluster/init",
+            Some(json!({ "nodes": nodes })),
+        )
         .await?;
-    report(&r, as_json, || format!("initialised; voters {}", r["voters"]));
+    report(&r, as_json, || {
+        format!("initialised; voters {}", r["voters"])
+    });
     Ok(())
 }
 
-pub async fn add_node(api: &Api, id: u64, api_addr: &str, peer_addr: &str, as_json: bool) -> anyhow::Result<()> {
+pub async fn add_node(
+    api: &Api,
+    id: u64,
+    api_addr: &str,
+    peer_addr: &str,
+    as_json: bool,
+) -> anyhow::Result<()> {
     let r = api
         .call(
             Method::POST,
@@ -89,7 +106,9 @@ pub async fn add_node(api: &Api, id: u64, api_addr: &str, peer_addr: &str, as_js
             Some(json!({"id": id, "api_addr": api_addr, "peer_addr": peer_addr})),
         )
         .await?;
-    report(&r, as_json, || format!("node {id} added as a learner and caught up"));
+    report(&r, as_json, || {
+        format!("node {id} added as a learner and caught up")
+    });
     Ok(())
 }
 
@@ -99,7 +118,11 @@ pub async fn promote(api: &Api, ids_to_add: &[u64], as_json: bool) -> anyhow::Re
     let mut voters = ids(&s["voters"]);
     voters.extend(ids_to_add.iter().copied());
     let r = api
-        .call(Method::POST, "/admin/cluster/membership", Some(json!({ "voters": voters })))
+        .call(
+            Method::POST,
+            "/admin/cluster/membership",
+            Some(json!({ "voters": voters })),
+        )
         .await?;
     report(&r, as_json, || format!("voters now {}", r["voters"]));
     Ok(())
@@ -107,7 +130,11 @@ pub async fn promote(api: &Api, ids_to_add: &[u64], as_json: bool) -> anyhow::Re
 
 pub async fn set_voters(api: &Api, voters: &[u64], as_json: bool) -> anyhow::Result<()> {
     let r = api
-        .call(Method::POST, "/admin/cluster/membership", Some(json!({ "voters": voters })))
+        .call(
+            Method::POST,
+            "/admin/cluster/membership",
+            Some(json!({ "voters": voters })),
+        )
         .await?;
     report(&r, as_json, || format!("voters now {}", r["voters"]));
     Ok(())
@@ -123,14 +150,18 @@ pub async fn remove_node(api: &Api, id: u64, as_json: bool) -> anyhow::Result<()
 
 pub async fn snapshot(api: &Api, as_json: bool) -> anyhow::Result<()> {
     let r = api.call(Method::POST, "/admin/snapshot", None).await?;
-    report(&r, as_json, || format!("snapshot at index {}", r["snapshot_index"]));
+    report(&r, as_json, || {
+        format!("snapshot at index {}", r["snapshot_index"])
+    });
     Ok(())
 }
 
 pub async fn backup(api: &Api, out: &Path, as_json: bool) -> anyhow::Result<()> {
     let n = api.download("/admin/backup", out).await?;
     let r = json!({"file": out.display().to_string(), "bytes": n});
-    report(&r, as_json, || format!("wrote {n} bytes to {}", out.display()));
+    report(&r, as_json, || {
+        format!("wrote {n} bytes to {}", out.display())
+    });
     Ok(())
 }
 

@@ -15,7 +15,12 @@ use clap::{Parser, Subcommand};
 #[command(name = "cellctl", version, about = "Operate marketcell cells")]
 struct Cli {
     /// Base URL of a cell node (any node: admin work is forwarded to the leader).
-    #[arg(long, global = true, env = "CELLCTL_ENDPOINT", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        global = true,
+        env = "CELLCTL_ENDPOINT",
+        default_value = "http://127.0.0.1:8080"
+    )]
     endpoint: String,
     /// Ops token (bootstrap token or a minted ops JWT).
     #[arg(long, global = true, env = "CELLCTL_TOKEN", hide_env_values = true)]
@@ -194,7 +199,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             match cmd {
                 ClusterCmd::Status => cluster::status(&api, j).await,
                 ClusterCmd::Init { nodes } => cluster::init(&api, nodes, j).await,
-                ClusterCmd::AddNode { id, api: a, peer } => cluster::add_node(&api, *id, a, peer, j).await,
+                ClusterCmd::AddNode { id, api: a, peer } => {
+                    cluster::add_node(&api, *id, a, peer, j).await
+                }
                 ClusterCmd::Promote { ids } => cluster::promote(&api, ids, j).await,
                 ClusterCmd::Voters { ids } => cluster::set_voters(&api, ids, j).await,
                 ClusterCmd::RemoveNode { id } => cluster::remove_node(&api, *id, j).await,
@@ -203,12 +210,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Snapshot => cluster::snapshot(&api()?, j).await,
         Cmd::Backup { out } => cluster::backup(&api()?, out, j).await,
         Cmd::Certs { cmd } => match cmd {
-            CertsCmd::Init { dir, name, days, force } => {
+            CertsCmd::Init {
+                dir,
+                name,
+                days,
+                force,
+            } => {
                 certs::init_ca(dir, name, *days, *force)?;
-                println!("CA written to {}/ca.pem (key: ca-key.pem, keep it private)", dir.display());
+                println!(
+                    "CA written to {}/ca.pem (key: ca-key.pem, keep it private)",
+                    dir.display()
+                );
                 Ok(())
             }
-            CertsCmd::Issue { ca_dir, out_dir, name, hosts, days, force } => {
+            CertsCmd::Issue {
+                ca_dir,
+                out_dir,
+                name,
+                hosts,
+                days,
+                force,
+            } => {
                 let out = out_dir.clone().unwrap_or_else(|| ca_dir.clone());
                 let (cert, key) = certs::issue(ca_dir, &out, name, hosts, *days, *force)?;
                 println!("certificate {} key {}", cert.display(), key.display());
@@ -216,7 +238,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         },
         Cmd::Bench { cmd } => match cmd {
-            BenchCmd::Kv { clients, seconds, value_size, no_etcd, etcd_bin, dir, nodes } => {
+            BenchCmd::Kv {
+                clients,
+                seconds,
+                value_size,
+                no_etcd,
+                etcd_bin,
+                dir,
+                nodes,
+            } => {
                 bench::kv(bench::KvBenchOptions {
                     clients: clients.clone(),
                     seconds: *seconds,

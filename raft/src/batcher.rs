@@ -43,7 +43,9 @@ async fn run<A: Application>(node: Weak<RaftNode<A>>, mut rx: mpsc::Receiver<Pen
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     while let Some(first) = rx.recv().await {
         // Wait for a slot before draining: the queue grows meanwhile.
-        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let mut bytes: usize = first.items.iter().map(Vec::len).sum();
         let mut count = first.items.len();
         let mut group = vec![first];
@@ -87,7 +89,9 @@ async fn commit_group<A: Application>(node: &RaftNode<A>, group: Vec<Pending>) {
         }
         Ok(other) => {
             for done in senders {
-                let _ = done.send(Err(RaftError::Fatal(format!("unexpected leader answer {other:?}"))));
+                let _ = done.send(Err(RaftError::Fatal(format!(
+                    "unexpected leader answer {other:?}"
+                ))));
             }
         }
         Err(e) => {

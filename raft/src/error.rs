@@ -41,7 +41,9 @@ impl RaftError {
     /// A copy for each waiter of a failed batch (sources become text).
     pub fn duplicate(&self) -> RaftError {
         match self {
-            RaftError::NotLeader { leader } => RaftError::NotLeader { leader: leader.clone() },
+            RaftError::NotLeader { leader } => RaftError::NotLeader {
+                leader: leader.clone(),
+            },
             RaftError::NoQuorum(s) => RaftError::NoQuorum(s.clone()),
             RaftError::Timeout(s) => RaftError::Timeout(s.clone()),
             RaftError::MembershipInProgress => RaftError::MembershipInProgress,

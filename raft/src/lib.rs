@@ -9,6 +9,10 @@
 //!
 //! This crate knows nothing about the marketplace or the public HTTP API.
 
+// openraft's storage traits return its `StorageError` (224 bytes); our
+// helpers return the same type rather than boxing and unboxing it.
+#![allow(clippy::result_large_err)]
+
 mod batcher;
 mod error;
 pub mod log_store;

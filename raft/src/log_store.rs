@@ -58,7 +58,11 @@ fn key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
 
-fn write_batch(store: &Store, jobs: &[Job], committed: Option<Option<LogId>>) -> storage::Result<()> {
+fn write_batch(
+    store: &Store,
+    jobs: &[Job],
+    committed: Option<Option<LogId>>,
+) -> storage::Result<()> {
     let txn = store.write()?;
     if let Some(c) = committed {
         txn.put(LOG_ID, KEY_COMMITTED, &c)?;
@@ -83,7 +87,11 @@ fn write_batch(store: &Store, jobs: &[Job], committed: Option<Option<LogId>>) ->
     txn.commit(Durability::Immediate)
 }
 
-fn writer_loop(store: Store, rx: mpsc::Receiver<Job>, committed: Arc<Mutex<Option<Option<LogId>>>>) {
+fn writer_loop(
+    store: Store,
+    rx: mpsc::Receiver<Job>,
+    committed: Arc<Mutex<Option<Option<LogId>>>>,
+) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
@@ -135,7 +143,10 @@ impl LogStore {
     }
 
     fn read_log_id(&self, k: &[u8]) -> Result<Option<LogId>, OStorageError> {
-        let r = self.store.read().map_err(|e| StorageIOError::read_logs(&e))?;
+        let r = self
+            .store
+            .read()
+            .map_err(|e| StorageIOError::read_logs(&e))?;
         Ok(r.get(LOG_ID, k)
             .map_err(|e| StorageIOError::read_logs(&e))?
             .flatten())
@@ -149,7 +160,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
     ) -> Result<Vec<Entry>, OStorageError> {
         let start = range.start_bound().map(|i| key(*i).to_vec());
         let end = range.end_bound().map(|i| key(*i).to_vec());
-        let r = self.store.read().map_err(|e| StorageIOError::read_logs(&e))?;
+        let r = self
+            .store
+            .read()
+            .map_err(|e| StorageIOError::read_logs(&e))?;
         let rows = r
             .range(LOGS, (start, end), usize::MAX)
             .map_err(|e| StorageIOError::read_logs(&e))?;
@@ -162,7 +176,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, OStorageError> {
         let purged = self.read_log_id(KEY_PURGED)?;
-        let r = self.store.read().map_err(|e| StorageIOError::read_logs(&e))?;
+        let r = self
+            .store
+            .read()
+            .map_err(|e| StorageIOError::read_logs(&e))?;
         let last = r
             .last(LOGS)
             .map_err(|e| StorageIOError::read_logs(&e))?
@@ -184,8 +201,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, OStorageError> {
-        let r = self.store.read().map_err(|e| StorageIOError::read_vote(&e))?;
-        Ok(r.get(VOTE, KEY_VOTE).map_err(|e| StorageIOError::read_vote(&e))?)
+        let r = self
+            .store
+            .read()
+            .map_err(|e| StorageIOError::read_vote(&e))?;
+        Ok(r.get(VOTE, KEY_VOTE)
+            .map_err(|e| StorageIOError::read_vote(&e))?)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), OStorageError> {
@@ -200,7 +221,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.read_log_id(KEY_COMMITTED)
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), OStorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), OStorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -209,7 +234,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Durable (and readable) before we report completion: openraft
         // acknowledges these entries to the leader on the strength of it.
         let result = self.submit(Op::Append(entries)).await;
-        let failed = result.as_ref().err().map(|e| StorageIOError::write_logs(e));
+        let failed = result.as_ref().err().map(StorageIOError::write_logs);
         callback.log_io_completed(result);
         match failed {
             Some(e) => Err(e.into()),
@@ -246,7 +271,11 @@ const NODE_ID: Table<NodeId> = Table::new("raft_node_id");
 /// under a different identity by mistake.
 pub fn check_node_id(store: &LogStore, id: NodeId) -> storage::Result<Result<(), NodeId>> {
     if let Some(existing) = store.store.read()?.get(NODE_ID, b"id")? {
-        return Ok(if existing == id { Ok(()) } else { Err(existing) });
+        return Ok(if existing == id {
+            Ok(())
+        } else {
+            Err(existing)
+        });
     }
     let w = store.store.write()?;
     w.put(NODE_ID, b"id", &id)?;

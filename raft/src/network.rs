@@ -7,8 +7,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use openraft::{
     error::{
-        Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError as ORaftError,
-        RemoteError, ReplicationClosed, StreamingError, Unreachable,
+        Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError as ORaftError, RemoteError,
+        ReplicationClosed, StreamingError, Unreachable,
     },
     network::RPCOption,
     raft::{
@@ -59,7 +59,10 @@ pub struct PeerClient {
 
 impl PeerClient {
     /// `source`: local address to dial peers from (multi-homed hosts).
-    pub fn new(tls: Option<rustls::ClientConfig>, source: Option<std::net::IpAddr>) -> Result<Self, RaftError> {
+    pub fn new(
+        tls: Option<rustls::ClientConfig>,
+        source: Option<std::net::IpAddr>,
+    ) -> Result<Self, RaftError> {
         let builder = reqwest::Client::builder()
             .local_address(source)
             .http2_prior_knowledge()
@@ -72,9 +75,7 @@ impl PeerClient {
             Some(cfg) => (builder.use_preconfigured_tls(cfg), "https"),
             None => (builder, "http"),
         };
-        let http = builder
-            .build()
-            .map_err(|e| RaftError::Tls(e.to_string()))?;
+        let http = builder.build().map_err(|e| RaftError::Tls(e.to_string()))?;
         Ok(Self { http, scheme })
     }
 
@@ -149,8 +150,9 @@ impl PeerClient {
             .await
             .map_err(|e| CallError::Unreachable(e.to_string()))?;
         let file = *snapshot.snapshot;
-        let stream = futures::stream::once(async move { Ok::<Bytes, std::io::Error>(Bytes::from(prefix)) })
-            .chain(ReaderStream::with_capacity(file, 256 * 1024));
+        let stream =
+            futures::stream::once(async move { Ok::<Bytes, std::io::Error>(Bytes::from(prefix)) })
+                .chain(ReaderStream::with_capacity(file, 256 * 1024));
         let resp = self
             .http
             .post(self.url(addr, PATH_SNAPSHOT))
@@ -194,7 +196,11 @@ type RpcResult<T, E = openraft::error::Infallible> =
     Result<T, RPCError<NodeId, NodeInfo, ORaftError<NodeId, E>>>;
 
 impl PeerNetwork {
-    async fn rpc<Req: Serialize, Resp: DeserializeOwned, E: std::error::Error + DeserializeOwned>(
+    async fn rpc<
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    >(
         &self,
         path: &str,
         req: &Req,
@@ -205,7 +211,9 @@ impl PeerNetwork {
             .call(&self.addr, path, req, option.hard_ttl())
             .await
             .map_err(|e| match e {
-                CallError::Unreachable(s) => RPCError::Unreachable(Unreachable::from(AnyError::error(s))),
+                CallError::Unreachable(s) => {
+                    RPCError::Unreachable(Unreachable::from(AnyError::error(s)))
+                }
                 CallError::Failed(s) => RPCError::Network(NetworkError::from(AnyError::error(s))),
             })?;
         answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
@@ -221,7 +229,11 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         self.rpc(PATH_APPEND, &rpc, &option).await
     }
 
-    async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> RpcResult<VoteResponse<NodeId>> {
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>> {
         self.rpc(PATH_VOTE, &rpc, &option).await
     }
 
@@ -255,13 +267,15 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         };
         match result {
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(remote)) => Err(StreamingError::Network(NetworkError::from(AnyError::error(
-                format!("peer rejected snapshot: {remote}"),
-            )))),
-            Err(CallError::Unreachable(s)) => {
-                Err(StreamingError::Unreachable(Unreachable::from(AnyError::error(s))))
-            }
-            Err(CallError::Failed(s)) => Err(StreamingError::Network(NetworkError::from(AnyError::error(s)))),
+            Ok(Err(remote)) => Err(StreamingError::Network(NetworkError::from(
+                AnyError::error(format!("peer rejected snapshot: {remote}")),
+            ))),
+            Err(CallError::Unreachable(s)) => Err(StreamingError::Unreachable(Unreachable::from(
+                AnyError::error(s),
+            ))),
+            Err(CallError::Failed(s)) => Err(StreamingError::Network(NetworkError::from(
+                AnyError::error(s),
+            ))),
         }
     }
 }

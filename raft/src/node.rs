@@ -17,10 +17,10 @@ use openraft::{
 use tokio::sync::watch;
 
 use crate::{
+    batcher,
     log_store::{check_node_id, LogStore},
     network::{CallError, NetworkFactory, PeerClient},
     state_machine::{Application, StateMachineStore},
-    batcher,
     types::{ItemReply, NodeId, NodeInfo, Raft, RaftMetrics},
     wire::{LeaderOk, LeaderOp},
     RaftError,
@@ -222,7 +222,10 @@ impl<A: Application> RaftNode<A> {
     }
 
     /// Hand encoded commands to the group-commit batcher.
-    pub(crate) async fn submit(&self, items: Vec<Vec<u8>>) -> Result<(u64, Vec<ItemReply>), RaftError> {
+    pub(crate) async fn submit(
+        &self,
+        items: Vec<Vec<u8>>,
+    ) -> Result<(u64, Vec<ItemReply>), RaftError> {
         let (done, rx) = tokio::sync::oneshot::channel();
         self.batcher
             .send(batcher::Pending { items, done })
@@ -240,7 +243,9 @@ impl<A: Application> RaftNode<A> {
                 self.wait_applied(index, self.write_timeout).await?;
                 Ok(index)
             }
-            other => Err(RaftError::Fatal(format!("unexpected leader answer {other:?}"))),
+            other => Err(RaftError::Fatal(format!(
+                "unexpected leader answer {other:?}"
+            ))),
         }
     }
 
@@ -255,11 +260,17 @@ impl<A: Application> RaftNode<A> {
                 Some((leader, _)) if leader == self.id => self.run_as_leader(&op).await,
                 Some((_, node)) => {
                     let left = deadline.saturating_duration_since(Instant::now());
-                    match self.client.leader_op(&node.peer_addr, &op, left.max(Duration::from_millis(100))).await {
+                    match self
+                        .client
+                        .leader_op(&node.peer_addr, &op, left.max(Duration::from_millis(100)))
+                        .await
+                    {
                         Ok(answer) => answer.map_err(RaftError::from),
-                        Err(CallError::Unreachable(e)) => Err(RaftError::NotLeader { leader: None }).inspect_err(|_| {
-                            tracing::debug!(error = %e, "leader unreachable, retrying");
-                        }),
+                        Err(CallError::Unreachable(e)) => {
+                            Err(RaftError::NotLeader { leader: None }).inspect_err(|_| {
+                                tracing::debug!(error = %e, "leader unreachable, retrying");
+                            })
+                        }
                         Err(CallError::Failed(e)) => Err(RaftError::OutcomeUnknown(e)),
                     }
                 }
@@ -273,7 +284,9 @@ impl<A: Application> RaftNode<A> {
                     backoff = (backoff * 2).min(Duration::from_millis(200));
                 }
                 Err(RaftError::NotLeader { .. }) => {
-                    return Err(RaftError::NotLeader { leader: self.leader() })
+                    return Err(RaftError::NotLeader {
+                        leader: self.leader(),
+                    })
                 }
                 other => return other,
             }
@@ -284,39 +297,52 @@ impl<A: Application> RaftNode<A> {
     /// may have taken effect.
     pub(crate) async fn run_as_leader(&self, op: &LeaderOp) -> Result<LeaderOk, RaftError> {
         if !self.is_leader() {
-            return Err(RaftError::NotLeader { leader: self.leader() });
+            return Err(RaftError::NotLeader {
+                leader: self.leader(),
+            });
         }
         match op {
-            LeaderOp::Write(cmd) => match tokio::time::timeout(self.write_timeout, self.raft.client_write(cmd.clone()))
-                .await
-            {
-                // Appended but not committed in time (e.g. a leader cut off
-                // from its followers): it may still commit later.
-                Err(_) => Err(RaftError::OutcomeUnknown("no commit within the write timeout".into())),
-                Ok(Ok(resp)) => Ok(LeaderOk::Written {
-                    index: resp.log_id.index,
-                    reply: resp.data,
-                }),
-                // We believed we led, so the entry may have been appended
-                // before leadership moved: the outcome is unknown.
-                Ok(Err(ORaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(
-                    RaftError::OutcomeUnknown("leadership changed during the write".into()),
-                ),
-                Ok(Err(e)) => Err(RaftError::Fatal(e.to_string())),
-            },
-            LeaderOp::ReadIndex => match tokio::time::timeout(self.write_timeout, self.raft.get_read_log_id())
-                .await
-                .map_err(|_| RaftError::NoQuorum("leadership not confirmed within the timeout".into()))?
-            {
-                Ok((read, _applied)) => Ok(LeaderOk::ReadIndex(read.map(|l| l.index).unwrap_or(0))),
-                Err(ORaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
-                    Err(RaftError::NotLeader { leader: self.leader() })
+            LeaderOp::Write(cmd) => {
+                match tokio::time::timeout(self.write_timeout, self.raft.client_write(cmd.clone()))
+                    .await
+                {
+                    // Appended but not committed in time (e.g. a leader cut off
+                    // from its followers): it may still commit later.
+                    Err(_) => Err(RaftError::OutcomeUnknown(
+                        "no commit within the write timeout".into(),
+                    )),
+                    Ok(Ok(resp)) => Ok(LeaderOk::Written {
+                        index: resp.log_id.index,
+                        reply: resp.data,
+                    }),
+                    // We believed we led, so the entry may have been appended
+                    // before leadership moved: the outcome is unknown.
+                    Ok(Err(ORaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(
+                        RaftError::OutcomeUnknown("leadership changed during the write".into()),
+                    ),
+                    Ok(Err(e)) => Err(RaftError::Fatal(e.to_string())),
                 }
-                Err(ORaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => {
-                    Err(RaftError::NoQuorum(q.to_string()))
+            }
+            LeaderOp::ReadIndex => {
+                match tokio::time::timeout(self.write_timeout, self.raft.get_read_log_id())
+                    .await
+                    .map_err(|_| {
+                        RaftError::NoQuorum("leadership not confirmed within the timeout".into())
+                    })? {
+                    Ok((read, _applied)) => {
+                        Ok(LeaderOk::ReadIndex(read.map(|l| l.index).unwrap_or(0)))
+                    }
+                    Err(ORaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
+                        Err(RaftError::NotLeader {
+                            leader: self.leader(),
+                        })
+                    }
+                    Err(ORaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => {
+                        Err(RaftError::NoQuorum(q.to_string()))
+                    }
+                    Err(e) => Err(RaftError::Fatal(e.to_string())),
                 }
-                Err(e) => Err(RaftError::Fatal(e.to_string())),
-            },
+            }
             LeaderOp::AddLearner { id, node } => {
                 let r = self.raft.add_learner(*id, node.clone(), true).await;
                 membership_result(self, r)
@@ -332,7 +358,8 @@ impl<A: Application> RaftNode<A> {
                 let m = self.metrics();
                 let membership = m.membership_config.membership();
                 if membership.voter_ids().any(|v| v == *id) {
-                    let voters: BTreeSet<NodeId> = membership.voter_ids().filter(|v| v != id).collect();
+                    let voters: BTreeSet<NodeId> =
+                        membership.voter_ids().filter(|v| v != id).collect();
                     if voters.is_empty() {
                         return Err(RaftError::Invalid("cannot remove the last voter".into()));
                     }
@@ -356,9 +383,9 @@ impl<A: Application> RaftNode<A> {
     pub async fn initialize(&self, nodes: BTreeMap<NodeId, NodeInfo>) -> Result<(), RaftError> {
         match self.raft.initialize(nodes).await {
             Ok(()) => Ok(()),
-            Err(ORaftError::APIError(InitializeError::NotAllowed(_))) => {
-                Err(RaftError::Invalid("this node is already part of a cluster".into()))
-            }
+            Err(ORaftError::APIError(InitializeError::NotAllowed(_))) => Err(RaftError::Invalid(
+                "this node is already part of a cluster".into(),
+            )),
             Err(ORaftError::APIError(e)) => Err(RaftError::Invalid(e.to_string())),
             Err(e) => Err(RaftError::Fatal(e.to_string())),
         }
@@ -375,15 +402,22 @@ impl<A: Application> RaftNode<A> {
     pub async fn add_learner(&self, id: NodeId, node: NodeInfo) -> Result<u64, RaftError> {
         match self.leader_op(LeaderOp::AddLearner { id, node }).await? {
             LeaderOk::Done { index } => Ok(index),
-            other => Err(RaftError::Fatal(format!("unexpected leader answer {other:?}"))),
+            other => Err(RaftError::Fatal(format!(
+                "unexpected leader answer {other:?}"
+            ))),
         }
     }
 
     /// Make exactly `voters` the voting members (others stay learners).
     pub async fn change_membership(&self, voters: BTreeSet<NodeId>) -> Result<u64, RaftError> {
-        match self.leader_op(LeaderOp::ChangeMembership { voters }).await? {
+        match self
+            .leader_op(LeaderOp::ChangeMembership { voters })
+            .await?
+        {
             LeaderOk::Done { index } => Ok(index),
-            other => Err(RaftError::Fatal(format!("unexpected leader answer {other:?}"))),
+            other => Err(RaftError::Fatal(format!(
+                "unexpected leader answer {other:?}"
+            ))),
         }
     }
 
@@ -391,7 +425,9 @@ impl<A: Application> RaftNode<A> {
     pub async fn remove_node(&self, id: NodeId) -> Result<u64, RaftError> {
         match self.leader_op(LeaderOp::RemoveNode { id }).await? {
             LeaderOk::Done { index } => Ok(index),
-            other => Err(RaftError::Fatal(format!("unexpected leader answer {other:?}"))),
+            other => Err(RaftError::Fatal(format!(
+                "unexpected leader answer {other:?}"
+            ))),
         }
     }
 
@@ -445,7 +481,9 @@ fn membership_result<A: Application>(
             index: resp.log_id.index,
         }),
         Err(ORaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-            Err(RaftError::NotLeader { leader: node.leader() })
+            Err(RaftError::NotLeader {
+                leader: node.leader(),
+            })
         }
         Err(ORaftError::APIError(ClientWriteError::ChangeMembershipError(
             ChangeMembershipError::InProgress(_),

@@ -81,13 +81,14 @@ async fn leader<A: Application>(State(node): State<Arc<RaftNode<A>>>, body: Byte
         // Forwarded writes join this leader's own batches. A forwarded
         // request is never forwarded again: that could loop during an
         // election.
-        LeaderOp::Write(cmd) if node.is_leader() => node
-            .submit(cmd.0)
-            .await
-            .map(|(index, replies)| LeaderOk::Written {
-                index,
-                reply: Reply::Batch(replies),
-            }),
+        LeaderOp::Write(cmd) if node.is_leader() => {
+            node.submit(cmd.0)
+                .await
+                .map(|(index, replies)| LeaderOk::Written {
+                    index,
+                    reply: Reply::Batch(replies),
+                })
+        }
         op => node.run_as_leader(&op).await,
     };
     encoded(&answer.map_err(LeaderErr::from))
@@ -145,7 +146,9 @@ async fn receive_snapshot<A: Application>(
         }
         let len = u32::from_le_bytes([pending[0], pending[1], pending[2], pending[3]]) as usize;
         if len > MAX_SNAPSHOT_HEADER {
-            return Err(SnapshotReject::Bad(format!("snapshot header of {len} bytes")));
+            return Err(SnapshotReject::Bad(format!(
+                "snapshot header of {len} bytes"
+            )));
         }
         if pending.len() < 4 + len {
             continue;
@@ -158,7 +161,8 @@ async fn receive_snapshot<A: Application>(
             .map_err(|e| SnapshotReject::Local(e.to_string()))?;
         pending = Vec::new();
     }
-    let (vote, meta) = header.ok_or_else(|| SnapshotReject::Bad("snapshot stream ended before its header".into()))?;
+    let (vote, meta) = header
+        .ok_or_else(|| SnapshotReject::Bad("snapshot stream ended before its header".into()))?;
     file.sync_all()
         .await
         .map_err(|e| SnapshotReject::Local(e.to_string()))?;

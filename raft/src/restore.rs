@@ -20,7 +20,12 @@ pub struct Restored {
 
 /// Import `backup` into the empty raft data directory `dir` for node `id`.
 /// Refuses to touch a directory that already holds a log or state.
-pub fn restore_backup(dir: &Path, id: NodeId, info: NodeInfo, backup: impl Read) -> Result<Restored, RaftError> {
+pub fn restore_backup(
+    dir: &Path,
+    id: NodeId,
+    info: NodeInfo,
+    backup: impl Read,
+) -> Result<Restored, RaftError> {
     for f in ["log.redb", "state.redb"] {
         if dir.join(f).exists() {
             return Err(RaftError::Invalid(format!(
@@ -31,32 +36,44 @@ pub fn restore_backup(dir: &Path, id: NodeId, info: NodeInfo, backup: impl Read)
     }
     std::fs::create_dir_all(dir)?;
     let applied_table: Table<Option<LogId>> = Table::new(crate::state_machine::META_APPLIED_NAME);
-    let membership_table: Table<StoredMembership> = Table::new(crate::state_machine::META_MEMBERSHIP_NAME);
+    let membership_table: Table<StoredMembership> =
+        Table::new(crate::state_machine::META_MEMBERSHIP_NAME);
     let store = Store::open(dir.join("state.redb"), 16 * 1024 * 1024)?;
     let txn = store.write()?;
-    let summary = match storage::import_snapshot(&txn, std::io::BufReader::with_capacity(1 << 20, backup)) {
-        Ok(s) => s,
-        Err(e) => {
-            drop(txn);
-            drop(store);
-            let _ = std::fs::remove_file(dir.join("state.redb"));
-            return Err(e.into());
-        }
-    };
+    let summary =
+        match storage::import_snapshot(&txn, std::io::BufReader::with_capacity(1 << 20, backup)) {
+            Ok(s) => s,
+            Err(e) => {
+                drop(txn);
+                drop(store);
+                let _ = std::fs::remove_file(dir.join("state.redb"));
+                return Err(e.into());
+            }
+        };
     let applied = txn.get(applied_table, b"v")?.flatten();
     let Some(applied) = applied else {
         drop(txn);
         drop(store);
         let _ = std::fs::remove_file(dir.join("state.redb"));
-        return Err(RaftError::Invalid("the backup holds no applied log id: not a cell backup".into()));
+        return Err(RaftError::Invalid(
+            "the backup holds no applied log id: not a cell backup".into(),
+        ));
     };
     // The restored node alone forms the new cell.
     let membership = Membership::from(BTreeMap::from([(id, info)]));
-    txn.put(membership_table, b"v", &StoredMembership::new(Some(applied), membership))?;
+    txn.put(
+        membership_table,
+        b"v",
+        &StoredMembership::new(Some(applied), membership),
+    )?;
     txn.commit(Durability::Immediate)?;
     drop(store);
     // Continue in a term after the backup's, so new log ids sort after it.
-    crate::log_store::seed(&dir.join("log.redb"), id, Vote::new(applied.leader_id.term, id))?;
+    crate::log_store::seed(
+        &dir.join("log.redb"),
+        id,
+        Vote::new(applied.leader_id.term, id),
+    )?;
     Ok(Restored {
         applied_index: applied.index,
         entries: summary.entries,

@@ -23,7 +23,8 @@ use storage::{Durability, Store, Table, WriteTxn};
 use tokio::sync::watch;
 
 use crate::types::{
-    Entry, ItemReply, LogId, OStorageError, Reply, Snapshot, SnapshotMeta, StoredMembership, TypeConfig,
+    Entry, ItemReply, LogId, OStorageError, Reply, Snapshot, SnapshotMeta, StoredMembership,
+    TypeConfig,
 };
 
 /// What a node replicates. `apply` must be deterministic: it may read only
@@ -135,7 +136,8 @@ impl SnapshotFiles {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
-        self.dir.join(format!("{kind}-{n:x}-{:x}.tmp", std::process::id()))
+        self.dir
+            .join(format!("{kind}-{n:x}-{:x}.tmp", std::process::id()))
     }
 
     /// Make `data` (already fsynced, in `dir`) the current snapshot.
@@ -230,7 +232,10 @@ impl<A: Application> StateMachineStore<A> {
     }
 
     fn apply_batch(&self, entries: Vec<Entry>) -> Result<Vec<Reply>, OStorageError> {
-        let txn = self.store.write().map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        let txn = self
+            .store
+            .write()
+            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
         let mut replies = Vec::with_capacity(entries.len());
         let mut effects = Vec::new();
         let mut last: Option<LogId> = None;
@@ -258,7 +263,10 @@ impl<A: Application> StateMachineStore<A> {
                                     .apply(&txn, &mut ctx, cmd)
                                     .map_err(|e| sm_err(ErrorVerb::Write, e))?;
                                 effects.append(&mut ctx.effects);
-                                ItemReply::App(storage::encode(&resp).map_err(|e| sm_err(ErrorVerb::Write, e))?)
+                                ItemReply::App(
+                                    storage::encode(&resp)
+                                        .map_err(|e| sm_err(ErrorVerb::Write, e))?,
+                                )
                             }
                         };
                         items.push(item);
@@ -285,8 +293,13 @@ impl<A: Application> StateMachineStore<A> {
     fn build(&self) -> Result<Snapshot, OStorageError> {
         // Everything the snapshot covers must be durable in state.redb
         // before the log below it may be purged.
-        self.store.flush().map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        let read = self.store.read().map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        self.store
+            .flush()
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        let read = self
+            .store
+            .read()
+            .map_err(|e| snap_err(ErrorVerb::Read, e))?;
         let last = read
             .get(META_APPLIED, KEY)
             .map_err(|e| snap_err(ErrorVerb::Read, e))?

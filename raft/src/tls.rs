@@ -127,7 +127,9 @@ pub async fn serve(
             let service = TowerToHyperService::new(app.into_service());
             let result = match acceptor {
                 Some(acceptor) => {
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                        .await
+                    {
                         Ok(Ok(tls)) => {
                             builder
                                 .serve_connection_with_upgrades(TokioIo::new(tls), service)

@@ -16,9 +16,16 @@ pub enum LeaderOp {
     /// Confirm leadership with a quorum and return the index a
     /// linearizable read must wait for.
     ReadIndex,
-    AddLearner { id: NodeId, node: NodeInfo },
-    ChangeMembership { voters: BTreeSet<NodeId> },
-    RemoveNode { id: NodeId },
+    AddLearner {
+        id: NodeId,
+        node: NodeInfo,
+    },
+    ChangeMembership {
+        voters: BTreeSet<NodeId>,
+    },
+    RemoveNode {
+        id: NodeId,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -16,7 +16,12 @@ impl Application for Counter {
     type Response = u64;
     type Effect = ();
 
-    fn apply(&self, txn: &storage::WriteTxn, _ctx: &mut ApplyContext<()>, add: u64) -> storage::Result<u64> {
+    fn apply(
+        &self,
+        txn: &storage::WriteTxn,
+        _ctx: &mut ApplyContext<()>,
+        add: u64,
+    ) -> storage::Result<u64> {
         let n = txn.get(COUNT, b"n")?.unwrap_or(0) + add;
         txn.put(COUNT, b"n", &n)?;
         Ok(n)
@@ -25,12 +30,15 @@ impl Application for Counter {
 
 struct Builder;
 
-impl StoreBuilder<raft::types::TypeConfig, LogStore, StateMachineStore<Counter>, tempfile::TempDir> for Builder {
+impl StoreBuilder<raft::types::TypeConfig, LogStore, StateMachineStore<Counter>, tempfile::TempDir>
+    for Builder
+{
     async fn build(
         &self,
     ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore<Counter>), StorageError<u64>> {
         let dir = tempfile::tempdir().map_err(|e| StorageIOError::write(&e))?;
-        let log = LogStore::open(dir.path().join("log.redb")).map_err(|e| StorageIOError::write(&e))?;
+        let log =
+            LogStore::open(dir.path().join("log.redb")).map_err(|e| StorageIOError::write(&e))?;
         let sm = StateMachineStore::open(dir.path(), Arc::new(Counter), 4 << 20)
             .map_err(|e| StorageIOError::write(&e))?;
         Ok((dir, log, sm))
@@ -38,6 +46,8 @@ impl StoreBuilder<raft::types::TypeConfig, LogStore, StateMachineStore<Counter>,
 }
 
 #[test]
-fn openraft_storage_suite() -> Result<(), StorageError<u64>> {
-    openraft::testing::Suite::test_all(Builder)
+fn openraft_storage_suite() {
+    if let Err(e) = openraft::testing::Suite::test_all(Builder) {
+        panic!("storage suite failed: {e}");
+    }
 }

@@ -59,7 +59,10 @@ mod tests {
 
     #[test]
     fn roundtrip_and_version_checks() {
-        let t = Thing { name: "a".into(), n: 7 };
+        let t = Thing {
+            name: "a".into(),
+            n: 7,
+        };
         let bytes = encode(&t).unwrap();
         assert_eq!(bytes[0], SCHEMA_VERSION);
         assert_eq!(decode::<Thing>(&bytes).unwrap(), t);
@@ -70,7 +73,10 @@ mod tests {
             decode::<Thing>(&other),
             Err(StorageError::SchemaVersion { found: 99, .. })
         ));
-        assert!(matches!(decode::<Thing>(&[]), Err(StorageError::EmptyValue)));
+        assert!(matches!(
+            decode::<Thing>(&[]),
+            Err(StorageError::EmptyValue)
+        ));
         let mut trailing = bytes.clone();
         trailing.push(0);
         assert!(decode::<Thing>(&trailing).is_err());

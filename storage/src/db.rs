@@ -213,7 +213,11 @@ impl WriteTxn {
     }
 
     /// Remove every key in `range`; returns how many were removed.
-    pub fn delete_range<V>(&self, table: Table<V>, range: impl RangeBounds<Vec<u8>>) -> Result<u64> {
+    pub fn delete_range<V>(
+        &self,
+        table: Table<V>,
+        range: impl RangeBounds<Vec<u8>>,
+    ) -> Result<u64> {
         let start = range.start_bound().map(|v| v.as_slice());
         let end = range.end_bound().map(|v| v.as_slice());
         let mut t = self.inner.open_table(table.def())?;

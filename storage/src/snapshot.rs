@@ -19,6 +19,8 @@ use crate::{
     Result, StorageError,
 };
 
+type RawTable<'t> = redb::Table<'t, &'static [u8], &'static [u8]>;
+
 const MAGIC: &[u8; 8] = b"MCSNAP01";
 const TAG_TABLE: u8 = b'T';
 const TAG_ENTRY: u8 = b'E';
@@ -235,7 +237,7 @@ pub fn import_snapshot<R: Read>(txn: &WriteTxn, input: R) -> Result<SnapshotSumm
     for name in existing {
         txn.inner.delete_table(raw_def(&name))?;
     }
-    let mut open: Option<(String, redb::Table<'_, &'static [u8], &'static [u8]>)> = None;
+    let mut open: Option<(String, RawTable<'_>)> = None;
     let summary = walk(input, |t, k, v| {
         if open.as_ref().map(|(n, _)| n.as_str()) != Some(t) {
             open = None;
@@ -263,7 +265,8 @@ mod tests {
         let store = Store::open(dir.path().join("x.redb"), 1 << 20).unwrap();
         let w = store.write().unwrap();
         for i in 0..500u64 {
-            w.put(A, format!("k{i:04}").as_bytes(), &format!("value {i}")).unwrap();
+            w.put(A, format!("k{i:04}").as_bytes(), &format!("value {i}"))
+                .unwrap();
             w.put(B, &i.to_be_bytes(), &(i * 3)).unwrap();
         }
         w.commit(Durability::Immediate).unwrap();

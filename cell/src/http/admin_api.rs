@@ -55,7 +55,9 @@ impl NodeSpec {
                 && !addr.contains('/')
                 && !addr.chars().any(char::is_whitespace);
             if !ok {
-                return Err(ApiError::validation(format!("{name} must be host:port, got {addr:?}")));
+                return Err(ApiError::validation(format!(
+                    "{name} must be host:port, got {addr:?}"
+                )));
             }
         }
         Ok(NodeInfo {
@@ -72,7 +74,12 @@ async fn cluster(State(s): State<AppState>, _ops: Ops) -> Json<serde_json::Value
     let learners: Vec<u64> = membership.learner_ids().collect();
     let nodes: BTreeMap<String, serde_json::Value> = membership
         .nodes()
-        .map(|(id, n)| (id.to_string(), json!({"api_addr": n.api_addr, "peer_addr": n.peer_addr})))
+        .map(|(id, n)| {
+            (
+                id.to_string(),
+                json!({"api_addr": n.api_addr, "peer_addr": n.peer_addr}),
+            )
+        })
         .collect();
     let committed = s.node.committed_index().await;
     Json(json!({
@@ -99,16 +106,24 @@ struct InitRequest {
     nodes: Vec<NodeSpec>,
 }
 
-async fn init(State(s): State<AppState>, _ops: Ops, body: Bytes) -> ApiResult<Json<serde_json::Value>> {
+async fn init(
+    State(s): State<AppState>,
+    _ops: Ops,
+    body: Bytes,
+) -> ApiResult<Json<serde_json::Value>> {
     let req: InitRequest = if body.is_empty() {
         InitRequest::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::validation(format!("invalid JSON body: {e}")))?
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::validation(format!("invalid JSON body: {e}")))?
     };
     let mut nodes = BTreeMap::new();
     for spec in &req.nodes {
         if nodes.insert(spec.id, spec.validate()?).is_some() {
-            return Err(ApiError::validation(format!("node {} listed twice", spec.id)));
+            return Err(ApiError::validation(format!(
+                "node {} listed twice",
+                spec.id
+            )));
         }
     }
     nodes.entry(s.node.id()).or_insert_with(|| NodeInfo {
@@ -134,7 +149,9 @@ async fn add_node(
 ) -> ApiResult<Json<serde_json::Value>> {
     let info = spec.validate()?;
     let index = s.node.add_learner(spec.id, info).await?;
-    Ok(Json(json!({"added": spec.id, "role": "learner", "index": index})))
+    Ok(Json(
+        json!({"added": spec.id, "role": "learner", "index": index}),
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -150,13 +167,20 @@ async fn membership(
 ) -> ApiResult<Json<serde_json::Value>> {
     let voters: BTreeSet<u64> = req.voters.iter().copied().collect();
     if voters.is_empty() || voters.len() != req.voters.len() {
-        return Err(ApiError::validation("voters must be a non-empty list of distinct node ids"));
+        return Err(ApiError::validation(
+            "voters must be a non-empty list of distinct node ids",
+        ));
     }
     if voters.len() > 7 {
         return Err(ApiError::validation("a cell has at most 7 voters"));
     }
     let m = s.node.metrics();
-    let known: BTreeSet<u64> = m.membership_config.membership().nodes().map(|(id, _)| *id).collect();
+    let known: BTreeSet<u64> = m
+        .membership_config
+        .membership()
+        .nodes()
+        .map(|(id, _)| *id)
+        .collect();
     if let Some(unknown) = voters.iter().find(|v| !known.contains(v)) {
         return Err(ApiError::validation(format!(
             "node {unknown} is not a member; add it first (POST /admin/cluster/nodes)"
@@ -197,7 +221,10 @@ impl ChannelWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(Self::CHUNK)));
+        let chunk = Bytes::from(std::mem::replace(
+            &mut self.buf,
+            Vec::with_capacity(Self::CHUNK),
+        ));
         self.tx
             .blocking_send(Ok(chunk))
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))
@@ -229,7 +256,11 @@ async fn backup(State(s): State<AppState>, _ops: Ops) -> Response {
         };
         match node.backup(&mut w) {
             Ok(summary) => {
-                tracing::info!(entries = summary.entries, bytes = summary.bytes, "backup streamed");
+                tracing::info!(
+                    entries = summary.entries,
+                    bytes = summary.bytes,
+                    "backup streamed"
+                );
             }
             Err(e) => {
                 tracing::error!(error = %e, "backup failed");

@@ -79,7 +79,10 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
 impl FromRequestParts<AppState> for Ops {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let token = bearer(parts)?;
         // Compare digests so the comparison time does not depend on where
         // the token first differs.

@@ -34,7 +34,12 @@ pub async fn healthz() -> Json<serde_json::Value> {
 pub async fn readyz(State(s): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
     let m = s.node.metrics();
     let not_ready = |why: &str| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", why.to_string()).retry_after(1)
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            why.to_string(),
+        )
+        .retry_after(1)
     };
     if m.running_state.is_err() {
         return Err(not_ready("raft has stopped"));
@@ -79,13 +84,17 @@ pub async fn metrics(State(s): State<AppState>) -> Response {
     let applied = s.node.applied_index() as i64;
     mx.raft_term.set(m.current_term as i64);
     mx.raft_leader.set(m.current_leader.unwrap_or(0) as i64);
-    mx.raft_is_leader.set((m.state == ServerState::Leader) as i64);
-    mx.raft_last_log_index.set(m.last_log_index.unwrap_or(0) as i64);
+    mx.raft_is_leader
+        .set((m.state == ServerState::Leader) as i64);
+    mx.raft_last_log_index
+        .set(m.last_log_index.unwrap_or(0) as i64);
     mx.raft_committed_index.set(committed);
     mx.raft_applied_index.set(applied);
     mx.raft_apply_lag.set((committed - applied).max(0));
-    mx.raft_snapshot_index.set(m.snapshot.map(|l| l.index).unwrap_or(0) as i64);
-    mx.raft_voters.set(m.membership_config.membership().voter_ids().count() as i64);
+    mx.raft_snapshot_index
+        .set(m.snapshot.map(|l| l.index).unwrap_or(0) as i64);
+    mx.raft_voters
+        .set(m.membership_config.membership().voter_ids().count() as i64);
     let c = s.cache.stats();
     mx.cache_hits.set(c.hits as i64);
     mx.cache_misses.set(c.misses as i64);
@@ -95,7 +104,10 @@ pub async fn metrics(State(s): State<AppState>) -> Response {
         mx.state_bytes.set(md.len() as f64);
     }
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         mx.render(),
     )
         .into_response()

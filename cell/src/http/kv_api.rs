@@ -24,9 +24,10 @@ use crate::{
 };
 
 pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/kv", get(list))
-        .route("/v1/kv/{*key}", get(get_key).put(put_key).delete(delete_key))
+    Router::new().route("/v1/kv", get(list)).route(
+        "/v1/kv/{*key}",
+        get(get_key).put(put_key).delete(delete_key),
+    )
 }
 
 /// How long a read waits for this node to catch up with `X-Cell-Index`
@@ -40,7 +41,11 @@ pub async fn ensure_fresh(s: &AppState, c: Consistency) -> ApiResult<u64> {
         Consistency::Local => Ok(s.node.applied_index()),
         Consistency::AtLeast(n) => match s.node.wait_applied(n, SESSION_WAIT).await {
             Ok(()) => Ok(s.node.applied_index()),
-            Err(_) => Ok(s.node.linearizable_barrier().await?.max(s.node.applied_index())),
+            Err(_) => Ok(s
+                .node
+                .linearizable_barrier()
+                .await?
+                .max(s.node.applied_index())),
         },
         Consistency::Linearizable => {
             s.node.linearizable_barrier().await?;
@@ -66,7 +71,9 @@ fn expectation(headers: &HeaderMap) -> ApiResult<Expect> {
     let if_match = headers.get(header::IF_MATCH);
     let if_none = headers.get(header::IF_NONE_MATCH);
     match (if_match, if_none) {
-        (Some(_), Some(_)) => Err(ApiError::validation("send If-Match or If-None-Match, not both")),
+        (Some(_), Some(_)) => Err(ApiError::validation(
+            "send If-Match or If-None-Match, not both",
+        )),
         (Some(v), None) => {
             let s = v.to_str().unwrap_or("").trim();
             let s = s.strip_prefix("W/").unwrap_or(s);
@@ -74,7 +81,9 @@ fn expectation(headers: &HeaderMap) -> ApiResult<Expect> {
                 .and_then(|s| s.strip_suffix('"'))
                 .and_then(|s| s.parse::<u64>().ok())
                 .map(Expect::Version)
-                .ok_or_else(|| ApiError::validation("If-Match must be a quoted version like \"42\""))
+                .ok_or_else(|| {
+                    ApiError::validation("If-Match must be a quoted version like \"42\"")
+                })
         }
         (None, Some(v)) if v.as_bytes() == b"*" => Ok(Expect::Absent),
         (None, Some(_)) => Err(ApiError::validation("only If-None-Match: * is supported")),
@@ -87,7 +96,11 @@ fn precondition_failed(current: Option<u64>) -> ApiError {
         Some(v) => format!("the key is at version {v}"),
         None => "the key does not exist".to_string(),
     };
-    ApiError::new(StatusCode::PRECONDITION_FAILED, "precondition_failed", detail)
+    ApiError::new(
+        StatusCode::PRECONDITION_FAILED,
+        "precondition_failed",
+        detail,
+    )
 }
 
 async fn get_key(
@@ -104,7 +117,8 @@ async fn get_key(
     };
     let index = ensure_fresh(&s, consistency).await?;
     let read = s.node.store().read()?;
-    let entry = kv::get(&read, &key)?.ok_or_else(|| ApiError::not_found(format!("no key {key:?}")))?;
+    let entry =
+        kv::get(&read, &key)?.ok_or_else(|| ApiError::not_found(format!("no key {key:?}")))?;
     let ct = HeaderValue::from_str(&entry.content_type)
         .unwrap_or(HeaderValue::from_static("application/octet-stream"));
     Ok((
@@ -138,7 +152,11 @@ async fn put_key(
         None => "application/octet-stream".to_string(),
         Some(v) => match v.to_str() {
             Ok(ct) if !ct.is_empty() && ct.len() <= kv::MAX_CONTENT_TYPE_LEN => ct.to_string(),
-            _ => return Err(ApiError::validation("Content-Type must be printable and at most 128 bytes")),
+            _ => {
+                return Err(ApiError::validation(
+                    "Content-Type must be printable and at most 128 bytes",
+                ))
+            }
         },
     };
     let cmd = Command::Kv(KvCommand::Put {
@@ -151,7 +169,11 @@ async fn put_key(
     let AppResponse::Kv(resp) = written.response;
     match resp {
         KvResponse::Put { version, created } => {
-            let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
             Ok((
                 status,
                 [(header::ETAG, etag(version))],
@@ -161,7 +183,9 @@ async fn put_key(
                 .into_response())
         }
         KvResponse::PreconditionFailed { current } => Err(precondition_failed(current)),
-        other => Err(ApiError::internal(format!("unexpected kv response {other:?}"))),
+        other => Err(ApiError::internal(format!(
+            "unexpected kv response {other:?}"
+        ))),
     }
 }
 
@@ -173,10 +197,17 @@ async fn delete_key(
 ) -> ApiResult<Response> {
     valid_key(&key)?;
     let expect = match expectation(&headers)? {
-        Expect::Absent => return Err(ApiError::validation("If-None-Match makes no sense on DELETE")),
+        Expect::Absent => {
+            return Err(ApiError::validation(
+                "If-None-Match makes no sense on DELETE",
+            ))
+        }
         e => e,
     };
-    let cmd = Command::Kv(KvCommand::Delete { key: key.clone(), expect });
+    let cmd = Command::Kv(KvCommand::Delete {
+        key: key.clone(),
+        expect,
+    });
     let written = s.node.write(&cmd).await?;
     let AppResponse::Kv(resp) = written.response;
     match resp {
@@ -185,7 +216,9 @@ async fn delete_key(
         }
         KvResponse::NotFound => Err(ApiError::not_found(format!("no key {key:?}"))),
         KvResponse::PreconditionFailed { current } => Err(precondition_failed(current)),
-        other => Err(ApiError::internal(format!("unexpected kv response {other:?}"))),
+        other => Err(ApiError::internal(format!(
+            "unexpected kv response {other:?}"
+        ))),
     }
 }
 

@@ -17,7 +17,10 @@ use super::{
 use crate::metrics::{HttpLabels, ReasonLabels};
 
 fn valid_request_id(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
 /// Outermost layer: assigns the request id, records latency, guarantees
@@ -48,9 +51,15 @@ pub async fn edge(State(state): State<AppState>, req: Request, next: Next) -> Re
     if let Ok(v) = HeaderValue::from_str(&id) {
         h.insert("x-request-id", v);
     }
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
@@ -68,7 +77,11 @@ pub async fn edge(State(state): State<AppState>, req: Request, next: Next) -> Re
     state
         .metrics
         .http_duration
-        .get_or_create(&HttpLabels { route, method, status })
+        .get_or_create(&HttpLabels {
+            route,
+            method,
+            status,
+        })
         .observe(started.elapsed().as_secs_f64());
     resp
 }
@@ -79,11 +92,17 @@ async fn shed_and_time(state: &AppState, req: Request, next: Next) -> Response {
         state
             .metrics
             .shed
-            .get_or_create(&ReasonLabels { reason: "overload".into() })
+            .get_or_create(&ReasonLabels {
+                reason: "overload".into(),
+            })
             .inc();
-        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "too many requests in flight")
-            .retry_after(1)
-            .into_response();
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "too many requests in flight",
+        )
+        .retry_after(1)
+        .into_response();
     };
     match tokio::time::timeout(state.request_timeout, next.run(req)).await {
         Ok(resp) => resp,
@@ -91,11 +110,17 @@ async fn shed_and_time(state: &AppState, req: Request, next: Next) -> Response {
             state
                 .metrics
                 .shed
-                .get_or_create(&ReasonLabels { reason: "timeout".into() })
+                .get_or_create(&ReasonLabels {
+                    reason: "timeout".into(),
+                })
                 .inc();
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "the request took too long")
-                .retry_after(1)
-                .into_response()
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                "the request took too long",
+            )
+            .retry_after(1)
+            .into_response()
         }
     }
 }

@@ -107,7 +107,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let title = self.status.canonical_reason().unwrap_or("Error");
         let body = ProblemBody {
-            kind: format!("https://marketcell.dev/problems/{}", self.code.replace('_', "-")),
+            kind: format!(
+                "https://marketcell.dev/problems/{}",
+                self.code.replace('_', "-")
+            ),
             title,
             status: self.status.as_u16(),
             detail: &self.detail,
@@ -119,7 +122,8 @@ impl IntoResponse for ApiError {
         resp.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if let Some(s) = self.retry_after {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut()

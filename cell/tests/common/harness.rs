@@ -45,7 +45,11 @@ impl TestCell {
     pub async fn start(n: u64, partitionable: bool, extra: &[&str]) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let mut cell = LocalCell::new(&cell_bin(), "test", dir.path())?.with_args(extra);
-        let net = if partitionable { Some(Network::default()) } else { None };
+        let net = if partitionable {
+            Some(Network::default())
+        } else {
+            None
+        };
         for id in 1..=n {
             Self::define(&mut cell, net.as_ref(), id).await?;
         }
@@ -130,18 +134,35 @@ impl TestCell {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim_matches('"').parse().ok());
         let body = resp.bytes().await?.to_vec();
-        Ok(Answer { status, index, etag, body })
+        Ok(Answer {
+            status,
+            index,
+            etag,
+            body,
+        })
     }
 
     pub async fn put(&self, id: u64, key: &str, value: &str) -> anyhow::Result<Answer> {
-        self.request(id, Method::PUT, &format!("/v1/kv/{key}"), &[], Some(value.as_bytes().to_vec()))
-            .await
+        self.request(
+            id,
+            Method::PUT,
+            &format!("/v1/kv/{key}"),
+            &[],
+            Some(value.as_bytes().to_vec()),
+        )
+        .await
     }
 
     /// Read `key` from node `id`'s own state once it applied `index`.
     pub async fn get_at(&self, id: u64, key: &str, index: u64) -> anyhow::Result<Answer> {
-        self.request(id, Method::GET, &format!("/v1/kv/{key}"), &[("x-cell-index", index.to_string())], None)
-            .await
+        self.request(
+            id,
+            Method::GET,
+            &format!("/v1/kv/{key}"),
+            &[("x-cell-index", index.to_string())],
+            None,
+        )
+        .await
     }
 
     pub async fn status(&self, id: u64) -> anyhow::Result<Value> {
@@ -174,9 +195,20 @@ impl TestCell {
                 path.push_str(&format!("&cursor={c}"));
             }
             let a = self
-                .request(id, Method::GET, &path, &[("x-cell-index", index.to_string())], None)
+                .request(
+                    id,
+                    Method::GET,
+                    &path,
+                    &[("x-cell-index", index.to_string())],
+                    None,
+                )
                 .await?;
-            anyhow::ensure!(a.status == StatusCode::OK, "list on node {id}: {} {:?}", a.status, a.json());
+            anyhow::ensure!(
+                a.status == StatusCode::OK,
+                "list on node {id}: {} {:?}",
+                a.status,
+                a.json()
+            );
             let v = a.json();
             for item in v["items"].as_array().cloned().unwrap_or_default() {
                 out.push((
@@ -191,7 +223,13 @@ impl TestCell {
         }
     }
 
-    pub async fn admin(&self, id: u64, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    pub async fn admin(
+        &self,
+        id: u64,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
         self.cell.admin(id, method, path, body).await
     }
 }

@@ -61,7 +61,10 @@ pub enum Op {
     /// `None` deletes the key.
     Write(Option<Vec<u8>>),
     /// Write `new` iff the key is at version `expect` (`None`: iff absent).
-    Cas { expect: Option<u64>, new: Vec<u8> },
+    Cas {
+        expect: Option<u64>,
+        new: Vec<u8>,
+    },
 }
 
 /// What the client observed.
@@ -178,9 +181,18 @@ enum Kind {
         wild_ok: bool,
     },
     /// Unconditional write; `val: None` deletes.
-    Put { val: Option<ValueId>, ver: Ver },
-    CasOk { expect: Expect, new: ValueId, ver: Ver },
-    CasFailed { expect: Expect },
+    Put {
+        val: Option<ValueId>,
+        ver: Ver,
+    },
+    CasOk {
+        expect: Expect,
+        new: ValueId,
+        ver: Ver,
+    },
+    CasFailed {
+        expect: Expect,
+    },
 }
 
 /// A CAS precondition.
@@ -255,7 +267,12 @@ fn cas_cond(state: State, expect: Expect) -> Cond {
     match (expect.version, state) {
         (None, State::Absent) => Cond::Holds,
         (None, State::Present { .. }) | (Some(_), State::Absent) => Cond::Fails,
-        (Some(e), State::Present { ver: Ver::Known(v), .. }) => {
+        (
+            Some(e),
+            State::Present {
+                ver: Ver::Known(v), ..
+            },
+        ) => {
             if e == v {
                 Cond::Holds
             } else {
@@ -275,17 +292,29 @@ fn cas_cond(state: State, expect: Expect) -> Cond {
 fn step(state: State, kind: Kind) -> Option<State> {
     match kind {
         Kind::Read { seen: None, .. } => (state == State::Absent).then_some(state),
-        Kind::Read { seen: Some((val, ver)), wild_ok } => match state {
-            State::Present { val: cur, ver: Ver::Known(v) } if cur == val && v == ver => Some(state),
+        Kind::Read {
+            seen: Some((val, ver)),
+            wild_ok,
+        } => match state {
+            State::Present {
+                val: cur,
+                ver: Ver::Known(v),
+            } if cur == val && v == ver => Some(state),
             // The first read of a wildcard write reveals its version.
-            State::Present { val: cur, ver: Ver::Any } if cur == val && wild_ok => Some(State::Present {
+            State::Present {
+                val: cur,
+                ver: Ver::Any,
+            } if cur == val && wild_ok => Some(State::Present {
                 val,
                 ver: Ver::Known(ver),
             }),
             _ => None,
         },
         Kind::Put { val: None, .. } => Some(State::Absent),
-        Kind::Put { val: Some(val), ver } => Some(State::Present { val, ver }),
+        Kind::Put {
+            val: Some(val),
+            ver,
+        } => Some(State::Present { val, ver }),
         Kind::CasOk { expect, new, ver } => {
             (cas_cond(state, expect) != Cond::Fails).then_some(State::Present { val: new, ver })
         }
@@ -512,26 +541,31 @@ impl<'a> KeyHistory<'a> {
             // optional ones invoked before that same bound.
             let candidate = match cursor {
                 Cursor::Req(node) if node == TAIL => {
-                    cursor = Cursor::Opt { node: opt_list.next[HEAD], bound: INF };
+                    cursor = Cursor::Opt {
+                        node: opt_list.next[HEAD],
+                        bound: INF,
+                    };
                     continue;
                 }
                 Cursor::Req(node) if is_return_node(node) => {
                     let bound = self.required[node_slot(node)].complete;
-                    cursor = Cursor::Opt { node: opt_list.next[HEAD], bound };
+                    cursor = Cursor::Opt {
+                        node: opt_list.next[HEAD],
+                        bound,
+                    };
                     continue;
                 }
                 Cursor::Req(node) => Some((node, None)),
-                Cursor::Opt { node, bound } => {
-                    (node != TAIL && self.optional[node - 2].invoke <= bound)
-                        .then_some((node, Some(bound)))
-                }
+                Cursor::Opt { node, bound } => (node != TAIL
+                    && self.optional[node - 2].invoke <= bound)
+                    .then_some((node, Some(bound))),
             };
 
             let Some((node, opt_bound)) = candidate else {
                 // Every candidate failed: undo the last linearization and try
                 // the alternatives after it.
                 let Some(frame) = stack.pop() else {
-                eprintln!("STATS bad steps {steps} cache {}", cache.0.len());
+                    eprintln!("STATS bad steps {steps} cache {}", cache.0.len());
                     return Err(Failure::NotLinearizable(stuck));
                 };
                 state = frame.prev;
@@ -547,7 +581,10 @@ impl<'a> KeyHistory<'a> {
                     Some(bound) => {
                         opt_list.relink(frame.node);
                         opt_bits.clear(frame.node - 2);
-                        cursor = Cursor::Opt { node: opt_list.next[frame.node], bound };
+                        cursor = Cursor::Opt {
+                            node: opt_list.next[frame.node],
+                            bound,
+                        };
                     }
                 }
                 continue;
@@ -572,7 +609,10 @@ impl<'a> KeyHistory<'a> {
             };
             let advanced = match opt_bound {
                 None => Cursor::Req(req_list.next[node]),
-                Some(bound) => Cursor::Opt { node: opt_list.next[node], bound },
+                Some(bound) => Cursor::Opt {
+                    node: opt_list.next[node],
+                    bound,
+                },
             };
             let Some(next_state) = next_state else {
                 cursor = advanced;
@@ -588,7 +628,11 @@ impl<'a> KeyHistory<'a> {
                 continue;
             }
 
-            stack.push(Frame { node, prev: state, opt_bound });
+            stack.push(Frame {
+                node,
+                prev: state,
+                opt_bound,
+            });
             match opt_bound {
                 None => {
                     req_list.unlink(node);
@@ -792,7 +836,10 @@ fn fmt_op(op: &Op) -> String {
         Op::Read => "read".to_string(),
         Op::Write(Some(v)) => format!("write {}", fmt_value(v)),
         Op::Write(None) => "delete".to_string(),
-        Op::Cas { expect: Some(ver), new } => {
+        Op::Cas {
+            expect: Some(ver),
+            new,
+        } => {
             format!("cas(if version {ver}) {}", fmt_value(new))
         }
         Op::Cas { expect: None, new } => format!("cas(if absent) {}", fmt_value(new)),
@@ -813,7 +860,11 @@ fn fmt_value(v: &[u8]) -> String {
             }
         }
         _ => {
-            let hex: String = v.iter().take(MAX_CHARS / 2).map(|b| format!("{b:02x}")).collect();
+            let hex: String = v
+                .iter()
+                .take(MAX_CHARS / 2)
+                .map(|b| format!("{b:02x}"))
+                .collect();
             let more = if v.len() > MAX_CHARS / 2 { "..." } else { "" };
             format!("0x{hex}{more} ({} bytes)", v.len())
         }
@@ -872,7 +923,10 @@ struct List {
 
 impl List {
     fn new(len: usize, order: &[usize]) -> Self {
-        let mut list = List { next: vec![TAIL; len], prev: vec![HEAD; len] };
+        let mut list = List {
+            next: vec![TAIL; len],
+            prev: vec![HEAD; len],
+        };
         let mut last = HEAD;
         for &node in order {
             list.next[last] = node;
@@ -945,7 +999,10 @@ struct Cache(HashMap<ConfigKey, Vec<Bits>, BuildHasherDefault<FxHasher>>);
 impl Cache {
     /// Records the configuration; false if an explored one already covers it.
     fn visit(&mut self, req: &Bits, state: State, opt: &Bits) -> bool {
-        match self.0.entry(ConfigKey { req: req.clone(), state }) {
+        match self.0.entry(ConfigKey {
+            req: req.clone(),
+            state,
+        }) {
             MapEntry::Vacant(e) => {
                 e.insert(vec![opt.clone()]);
                 true

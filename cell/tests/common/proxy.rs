@@ -48,7 +48,9 @@ impl Network {
         let net = self.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((inbound, peer)) = listener.accept().await else { continue };
+                let Ok((inbound, peer)) = listener.accept().await else {
+                    continue;
+                };
                 let from = node_of(peer.ip()).unwrap_or(0);
                 if net.is_blocked(from, to) {
                     drop(inbound);
@@ -71,7 +73,11 @@ impl Network {
     }
 
     fn is_blocked(&self, from: u64, to: u64) -> bool {
-        self.state.lock().expect("proxy state").blocked.contains(&(from, to))
+        self.state
+            .lock()
+            .expect("proxy state")
+            .blocked
+            .contains(&(from, to))
     }
 
     /// Cut every link between `a` and the rest of `all`, both ways.
