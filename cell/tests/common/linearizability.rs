@@ -525,6 +525,7 @@ impl<'a> KeyHistory<'a> {
             recent: Vec::new(),
         };
         let mut steps: u64 = 0;
+        let mut self_stats: std::collections::BTreeMap<String, u64> = Default::default();
 
         loop {
             if remaining == 0 {
@@ -533,6 +534,7 @@ impl<'a> KeyHistory<'a> {
             }
             steps += 1;
             if steps > budget {
+                eprintln!("STATS budget {self_stats:?}");
                 return Err(Failure::BudgetExhausted(stuck));
             }
 
@@ -565,7 +567,10 @@ impl<'a> KeyHistory<'a> {
                 // Every candidate failed: undo the last linearization and try
                 // the alternatives after it.
                 let Some(frame) = stack.pop() else {
-                    eprintln!("STATS bad steps {steps} cache {}", cache.0.len());
+                    eprintln!(
+                        "STATS bad steps {steps} cache {} {self_stats:?}",
+                        cache.0.len()
+                    );
                     return Err(Failure::NotLinearizable(stuck));
                 };
                 state = frame.prev;
