@@ -183,6 +183,13 @@ fn token(cli: &Cli) -> anyhow::Result<Option<String>> {
 
 #[tokio::main]
 async fn main() {
+    // Like other command-line tools, end quietly when the reader of our
+    // output goes away (`cellctl ... | head`).
+    #[cfg(unix)]
+    unsafe {
+        // SAFETY: restoring the default disposition of one signal at start-up.
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     if let Err(e) = run(cli).await {
         eprintln!("error: {e:#}");
