@@ -2,6 +2,7 @@
 //! assembly of a running node.
 
 pub mod app;
+pub mod certs;
 pub mod config;
 pub mod http;
 pub mod kv;

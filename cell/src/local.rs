@@ -50,6 +50,7 @@ pub struct LocalCell {
     bin: PathBuf,
     http: reqwest::Client,
     extra_args: Vec<String>,
+    scheme: &'static str,
 }
 
 /// A free TCP port on loopback (bound then released).
@@ -106,7 +107,20 @@ impl LocalCell {
             bin: bin.to_path_buf(),
             http,
             extra_args: Vec::new(),
+            scheme: "http",
         })
+    }
+
+    /// Talk HTTPS to the nodes, trusting `ca` (nodes must be started with
+    /// certificates issued by it).
+    pub fn use_tls(&mut self, ca: &Path) -> anyhow::Result<()> {
+        let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+        self.http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem)?)
+            .build()?;
+        self.scheme = "https";
+        Ok(())
     }
 
     /// Extra flags given to every node started from now on.
@@ -116,7 +130,7 @@ impl LocalCell {
     }
 
     pub fn api_url(&self, id: u64) -> String {
-        format!("http://{}", self.nodes[&id].api)
+        format!("{}://{}", self.scheme, self.nodes[&id].api)
     }
 
     /// Register node `id` (ports chosen now) without starting it.

@@ -1,7 +1,6 @@
 //! cellctl: operate marketcell cells (and routers) from the command line.
 
 mod bench;
-mod certs;
 mod client;
 mod cluster;
 mod output;
@@ -223,7 +222,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 days,
                 force,
             } => {
-                certs::init_ca(dir, name, *days, *force)?;
+                cell::certs::init_ca(dir, name, *days, *force)?;
                 println!(
                     "CA written to {}/ca.pem (key: ca-key.pem, keep it private)",
                     dir.display()
@@ -239,7 +238,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 force,
             } => {
                 let out = out_dir.clone().unwrap_or_else(|| ca_dir.clone());
-                let (cert, key) = certs::issue(ca_dir, &out, name, hosts, *days, *force)?;
+                let (cert, key) = cell::certs::issue(ca_dir, &out, name, hosts, *days, *force)?;
                 println!("certificate {} key {}", cert.display(), key.display());
                 Ok(())
             }
