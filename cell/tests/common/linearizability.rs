@@ -27,6 +27,17 @@
 //!   did take effect has an unknown version, modelled as a wildcard that the
 //!   first read of that value pins down. Reads of unknown outcome constrain
 //!   nothing and are ignored.
+//! * Every write gets its own revision, so one version never belongs to two
+//!   writes: a history where two writes report the same version, or reads see
+//!   one version with different keys or values, is rejected outright, and a
+//!   wildcard never matches a version that a known-outcome write reported or
+//!   that reads saw with another key or value.
+//!
+//! The wildcard is deliberately loose in one respect: a CAS compared against
+//! it may succeed or fail without pinning it down, and two wildcards may be
+//! pinned to the same version. So a history is occasionally accepted that
+//! only an impossible assignment of versions to ambiguous writes explains;
+//! what the checker rejects is always a real violation of the model.
 //!
 //! # Algorithm
 //!
@@ -39,14 +50,20 @@
 //!
 //! Operations of unknown outcome never complete, so they never bound the
 //! search and never need to be linearized: the search succeeds once every
-//! operation with a known outcome is placed. Left alone they would blow the
-//! cache up exponentially (every subset of them that happened to be
-//! linearized would count as a distinct configuration), so the cache treats a
-//! configuration as covered by any explored one with the same definite
-//! operations and state and a *subset* of the optional ones (the latter can
-//! still do everything the former can), and the search tries definite
-//! operations before optional ones so that the dominating configuration is
-//! normally the one explored first.
+//! operation with a known outcome is placed. Treated naively they make the
+//! search exponential (each may or may not have happened, at any later point),
+//! so four reductions keep it tractable, each preserving the answer:
+//!
+//! * The cache treats a configuration as covered by an explored one with the
+//!   same definite operations and state and a *subset* of the ambiguous ones
+//!   (which can still do everything the former can); definite operations are
+//!   tried first, so the covering configuration is normally explored first.
+//! * An ambiguous operation is only tried where some operation that could
+//!   come right after it depends on it (see `optional_matters`).
+//! * Values that no read returned are indistinguishable, so they share one
+//!   id, and ambiguous operations with the same effect are used in invocation
+//!   order only (see `UNREAD` and `KeyHistory::twin`).
+//! * Wildcards only match versions that could be theirs (see `Wild`).
 
 use std::collections::hash_map::Entry as MapEntry;
 use std::collections::HashMap;
@@ -96,12 +113,14 @@ pub struct Event {
     pub outcome: Outcome,
 }
 
-/// Search steps allowed per key by [`check`] before giving up. Valid
-/// histories of thousands of operations need a few times as many steps as
-/// they have operations; the limit only exists so that a pathological history
-/// (say, hundreds of concurrent ambiguous writes of one value) fails loudly
-/// instead of hanging the test run.
-pub const DEFAULT_STEP_BUDGET: u64 = 50_000_000;
+/// Search steps allowed per key by [`check`] before giving up: a few seconds
+/// in a release build, half a minute in a debug one. Valid histories of
+/// thousands of operations need a few dozen steps per operation, and refuting
+/// an invalid one rarely takes more than a few million; the limit only exists
+/// so that a pathological history (a single key with hundreds of ambiguous
+/// writes, all of which reads did observe) fails loudly instead of hanging
+/// the test run.
+pub const DEFAULT_STEP_BUDGET: u64 = 200_000_000;
 
 /// Checks that `history` is linearizable. On failure, describes the first key
 /// (in order of first appearance) whose sub-history is not, or the first
@@ -116,7 +135,7 @@ pub fn check_with_budget(history: &[Event], budget: u64) -> Result<(), String> {
     let Some(base) = history.iter().map(|e| e.invoke).min() else {
         return Ok(());
     };
-    let claims = version_claims(history);
+    let claims = version_claims(history, base)?;
     let mut keys: Vec<&str> = Vec::new();
     let mut by_key: HashMap<&str, Vec<usize>> = HashMap::new();
     for (i, e) in history.iter().enumerate() {
@@ -159,6 +178,13 @@ const INF: u64 = u64::MAX;
 /// `Copy` values that hash cheaply.
 type ValueId = u32;
 
+/// The id shared by all values that no read of the key returned. Nothing in
+/// the model can tell such values apart (reads compare values, everything
+/// else compares versions), so merging them loses nothing and lets the cache
+/// and the twin rule below treat, say, every unobserved ambiguous write as
+/// the same operation.
+const UNREAD: ValueId = 0;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Ver {
     Known(u64),
@@ -173,7 +199,7 @@ enum State {
 }
 
 /// An operation reduced to its effect on the model.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Kind {
     Read {
         seen: Option<(ValueId, u64)>,
@@ -196,7 +222,7 @@ enum Kind {
 }
 
 /// A CAS precondition.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Expect {
     /// `None`: the key must be absent.
     version: Option<u64>,
@@ -211,48 +237,64 @@ struct Expect {
 /// read saw with value `x` on this key can only belong to a write of `x`.
 /// Without this, every unobserved ambiguous write would let any CAS succeed
 /// or fail at any point, and the search would drown in such orders.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Wild {
     Never,
     Only(ValueId),
     AnyValue,
 }
 
-/// What the whole history says about which write produced a version.
+/// Which write the whole history says produced a version.
 #[derive(Debug, Clone, Copy)]
 enum Claim<'a> {
-    /// Reported by a write with a known outcome.
-    Definite,
-    /// Only ever read as this (key, value).
-    ReadAs(&'a str, &'a [u8]),
-    /// Read as different (key, value) pairs: something is wrong elsewhere,
-    /// so assume nothing here.
-    Contested,
+    /// Reported by this event, a write with a known outcome.
+    Definite(usize),
+    /// Not reported by any write, but read as this key and value by this
+    /// event.
+    ReadAs(&'a str, &'a [u8], usize),
 }
 
-fn version_claims(history: &[Event]) -> HashMap<u64, Claim<'_>> {
+/// Collects the claims, and rejects histories in which one version belongs
+/// to two different writes: two writes reporting it, or reads seeing it with
+/// different keys or values. Per-key checking cannot see the cross-key cases
+/// (say, a revision handed out twice, once on each of two keys), and the
+/// wildcard treatment of ambiguous writes would otherwise quietly accept
+/// some same-key ones.
+fn version_claims(history: &[Event], base: Instant) -> Result<HashMap<u64, Claim<'_>>, String> {
     let mut claims = HashMap::new();
-    for e in history {
+    let line = |i: usize| {
+        let key = history.get(i).map_or("?", |e| e.key.as_str());
+        format!("key {key:?}: {}", describe(history, base, i))
+    };
+    let clash = |v: u64, i: usize, j: usize| {
+        format!(
+            "version {v} belongs to two different writes, but every write gets its own \
+             revision:\n  {}\n  {}",
+            line(i),
+            line(j)
+        )
+    };
+    for (i, e) in history.iter().enumerate() {
         if let (Op::Write(_) | Op::Cas { .. }, Outcome::Written(v)) = (&e.op, &e.outcome) {
-            claims.insert(*v, Claim::Definite);
+            if let Some(Claim::Definite(j)) = claims.insert(*v, Claim::Definite(i)) {
+                return Err(clash(*v, j, i));
+            }
         }
     }
-    for e in history {
+    for (i, e) in history.iter().enumerate() {
         if let (Op::Read, Outcome::Read(Some((val, v)))) = (&e.op, &e.outcome) {
-            let seen = Claim::ReadAs(e.key.as_str(), val.as_slice());
-            claims
-                .entry(*v)
-                .and_modify(|c| {
-                    if let Claim::ReadAs(k, x) = *c {
-                        if (k, x) != (e.key.as_str(), val.as_slice()) {
-                            *c = Claim::Contested;
-                        }
-                    }
-                })
-                .or_insert(seen);
+            let this = (e.key.as_str(), val.as_slice());
+            match claims.get(v) {
+                None => {
+                    claims.insert(*v, Claim::ReadAs(this.0, this.1, i));
+                }
+                Some(Claim::ReadAs(k, x, j)) if (*k, *x) != this => return Err(clash(*v, *j, i)),
+                // Whether a read matches its write is for the search to judge.
+                Some(_) => {}
+            }
         }
     }
-    claims
+    Ok(claims)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -322,18 +364,49 @@ fn step(state: State, kind: Kind) -> Option<State> {
     }
 }
 
-fn wild_for<'a>(
-    expect: Option<u64>,
-    key: &str,
-    claims: &HashMap<u64, Claim<'a>>,
-    intern: &mut impl FnMut(&'a [u8]) -> ValueId,
-) -> Wild {
-    match expect.and_then(|v| claims.get(&v)) {
-        None | Some(Claim::Contested) => Wild::AnyValue,
-        Some(Claim::Definite) => Wild::Never,
-        Some(Claim::ReadAs(k, x)) if *k == key => Wild::Only(intern(x)),
-        Some(Claim::ReadAs(..)) => Wild::Never,
-    }
+/// Reduces an event to its effect on the model, or `None` if the outcome
+/// does not fit the operation.
+fn reduce(
+    e: &Event,
+    id: &impl Fn(&[u8]) -> ValueId,
+    claims: &HashMap<u64, Claim<'_>>,
+) -> Option<Kind> {
+    let ver = match e.outcome {
+        Outcome::Written(v) => Ver::Known(v),
+        _ => Ver::Any,
+    };
+    let expect = |version: Option<u64>| Expect {
+        version,
+        wild: match version.and_then(|v| claims.get(&v)) {
+            None => Wild::AnyValue,
+            Some(Claim::Definite(_)) => Wild::Never,
+            Some(Claim::ReadAs(k, x, _)) if *k == e.key => Wild::Only(id(x)),
+            Some(Claim::ReadAs(..)) => Wild::Never,
+        },
+    };
+    Some(match (&e.op, &e.outcome) {
+        (Op::Read, Outcome::Unknown) => Kind::Read {
+            seen: None,
+            wild_ok: false,
+        },
+        (Op::Read, Outcome::Read(seen)) => Kind::Read {
+            seen: seen.as_ref().map(|(v, ver)| (id(v), *ver)),
+            wild_ok: seen
+                .as_ref()
+                .is_none_or(|(_, ver)| !matches!(claims.get(ver), Some(Claim::Definite(_)))),
+        },
+        (Op::Write(val), Outcome::Written(_) | Outcome::Unknown) => Kind::Put {
+            val: val.as_deref().map(id),
+            ver,
+        },
+        (Op::Cas { expect: e, new }, Outcome::Written(_) | Outcome::Unknown) => Kind::CasOk {
+            expect: expect(*e),
+            new: id(new),
+            ver,
+        },
+        (Op::Cas { expect: e, .. }, Outcome::CasFailed) => Kind::CasFailed { expect: expect(*e) },
+        _ => return None,
+    })
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -352,16 +425,22 @@ struct KeyHistory<'a> {
     history: &'a [Event],
     key: &'a str,
     base: Instant,
-    values: Vec<&'a [u8]>,
+    /// Display form of each `ValueId`; `None` for `UNREAD`.
+    values: Vec<Option<&'a [u8]>>,
     required: Vec<KeyOp>,
     optional: Vec<KeyOp>,
     /// Nodes of the definite operations' event list, in time order: node
     /// `2 + 2i` is the invocation and `3 + 2i` the completion of
     /// `required[i]`; 0 and 1 are the head and tail sentinels.
     req_order: Vec<usize>,
-    /// Nodes of the optional operations' list, by invocation time: node
-    /// `2 + i` is `optional[i]`.
+    /// Nodes of the optional operations' list: node `2 + i` is
+    /// `optional[i]`, which is sorted by invocation time.
     opt_order: Vec<usize>,
+    /// For each optional operation, the previous one with the same effect.
+    /// Such twins are interchangeable (both never complete, and the earlier
+    /// one is a candidate whenever the later one is), so the search only uses
+    /// them in invocation order instead of trying every subset.
+    twin: Vec<Option<usize>>,
 }
 
 const HEAD: usize = 0;
@@ -389,21 +468,27 @@ impl<'a> KeyHistory<'a> {
             history,
             key,
             base,
-            values: Vec::new(),
+            values: vec![None],
             required: Vec::new(),
             optional: Vec::new(),
             req_order: Vec::new(),
             opt_order: Vec::new(),
+            twin: Vec::new(),
         };
-        let mut interned: HashMap<&'a [u8], ValueId> = HashMap::new();
-        let mut intern = |v: &'a [u8], values: &mut Vec<&'a [u8]>| -> ValueId {
-            *interned.entry(v).or_insert_with(|| {
-                values.push(v);
-                // More than 4 billion distinct values in one key's history
-                // would not fit in memory anyway.
-                ValueId::try_from(values.len() - 1).unwrap_or(ValueId::MAX)
-            })
-        };
+
+        // Only values some read returned get their own id; see `UNREAD`.
+        let mut ids: HashMap<&'a [u8], ValueId> = HashMap::new();
+        for e in indices.iter().filter_map(|&i| history.get(i)) {
+            if let (Op::Read, Outcome::Read(Some((v, _)))) = (&e.op, &e.outcome) {
+                ids.entry(v.as_slice()).or_insert_with(|| {
+                    sub.values.push(Some(v.as_slice()));
+                    // More than 4 billion distinct values in one key's
+                    // history would not fit in memory anyway.
+                    ValueId::try_from(sub.values.len() - 1).unwrap_or(ValueId::MAX)
+                });
+            }
+        }
+        let id = |v: &[u8]| ids.get(v).copied().unwrap_or(UNREAD);
 
         for &i in indices {
             let Some(e) = history.get(i) else { continue };
@@ -411,69 +496,39 @@ impl<'a> KeyHistory<'a> {
             let complete = match e.complete {
                 Some(c) if c < e.invoke => {
                     return Err(format!(
-                        "malformed history: event #{i} on key {key:?} completes before it is invoked: {}",
+                        "malformed history: event #{i} on key {key:?} completes before \
+                         it is invoked: {}",
                         sub.describe(i)
                     ));
                 }
                 Some(c) => sub.nanos(c),
                 None => INF,
             };
+            let Some(kind) = reduce(e, &id, claims) else {
+                return Err(format!(
+                    "malformed history: event #{i} on key {key:?} has an outcome that \
+                     does not fit its operation: {}",
+                    sub.describe(i)
+                ));
+            };
             let unknown = e.outcome == Outcome::Unknown;
-            let kind = match (&e.op, &e.outcome) {
+            match kind {
                 // An ambiguous read has no effect and observed nothing.
-                (Op::Read, Outcome::Unknown) => continue,
-                (Op::Read, Outcome::Read(seen)) => Kind::Read {
-                    seen: seen
-                        .as_ref()
-                        .map(|(v, ver)| (intern(v, &mut sub.values), *ver)),
-                    wild_ok: seen
-                        .as_ref()
-                        .is_none_or(|(_, ver)| !matches!(claims.get(ver), Some(Claim::Definite))),
-                },
-                (Op::Write(val), Outcome::Written(_) | Outcome::Unknown) => Kind::Put {
-                    val: val.as_deref().map(|v| intern(v, &mut sub.values)),
-                    ver: match e.outcome {
-                        Outcome::Written(v) => Ver::Known(v),
-                        _ => Ver::Any,
-                    },
-                },
-                (Op::Cas { expect, new }, Outcome::Written(_) | Outcome::Unknown) => Kind::CasOk {
-                    expect: Expect {
-                        version: *expect,
-                        wild: wild_for(*expect, key, claims, &mut |x| intern(x, &mut sub.values)),
-                    },
-                    new: intern(new, &mut sub.values),
-                    ver: match e.outcome {
-                        Outcome::Written(v) => Ver::Known(v),
-                        _ => Ver::Any,
-                    },
-                },
-                (Op::Cas { expect, .. }, Outcome::CasFailed) => Kind::CasFailed {
-                    expect: Expect {
-                        version: *expect,
-                        wild: wild_for(*expect, key, claims, &mut |x| intern(x, &mut sub.values)),
-                    },
-                },
-                _ => {
-                    return Err(format!(
-                        "malformed history: event #{i} on key {key:?} has an outcome that \
-                         does not fit its operation: {}",
-                        sub.describe(i)
-                    ));
-                }
-            };
-            // Whatever the completion time says, an ambiguous operation may
-            // take effect arbitrarily late.
-            let op = KeyOp {
-                event: i,
-                kind,
-                invoke,
-                complete: if unknown { INF } else { complete },
-            };
-            if unknown {
-                sub.optional.push(op);
-            } else {
-                sub.required.push(op);
+                Kind::Read { .. } if unknown => {}
+                // Whatever the completion time says, an ambiguous operation
+                // may take effect arbitrarily late.
+                _ if unknown => sub.optional.push(KeyOp {
+                    event: i,
+                    kind,
+                    invoke,
+                    complete: INF,
+                }),
+                _ => sub.required.push(KeyOp {
+                    event: i,
+                    kind,
+                    invoke,
+                    complete,
+                }),
             }
         }
 
@@ -488,21 +543,17 @@ impl<'a> KeyHistory<'a> {
         entries.sort_unstable();
         sub.req_order = entries.into_iter().map(|(_, _, node)| node).collect();
 
-        let mut opt: Vec<(u64, usize)> = sub
-            .optional
-            .iter()
-            .enumerate()
-            .map(|(slot, op)| (op.invoke, 2 + slot))
-            .collect();
-        opt.sort_unstable();
-        sub.opt_order = opt.into_iter().map(|(_, node)| node).collect();
+        sub.optional.sort_by_key(|op| (op.invoke, op.event));
+        sub.opt_order = (2..2 + sub.optional.len()).collect();
+        let mut last_of_kind: HashMap<Kind, usize> = HashMap::new();
+        for (slot, op) in sub.optional.iter().enumerate() {
+            sub.twin.push(last_of_kind.insert(op.kind, slot));
+        }
         Ok(sub)
     }
 
     fn nanos(&self, t: Instant) -> u64 {
-        // Saturates below INF so that a finite time never reads as "never".
-        let n = t.saturating_duration_since(self.base).as_nanos();
-        u64::try_from(n).unwrap_or(INF - 1).min(INF - 1)
+        nanos_since(self.base, t)
     }
 
     fn search(&self, budget: u64) -> Result<(), Failure> {
@@ -525,16 +576,13 @@ impl<'a> KeyHistory<'a> {
             recent: Vec::new(),
         };
         let mut steps: u64 = 0;
-        let mut self_stats: std::collections::BTreeMap<String, u64> = Default::default();
 
         loop {
             if remaining == 0 {
-                eprintln!("STATS ok steps {steps} cache {}", cache.0.len());
                 return Ok(());
             }
             steps += 1;
             if steps > budget {
-                eprintln!("STATS budget {self_stats:?}");
                 return Err(Failure::BudgetExhausted(stuck));
             }
 
@@ -567,10 +615,6 @@ impl<'a> KeyHistory<'a> {
                 // Every candidate failed: undo the last linearization and try
                 // the alternatives after it.
                 let Some(frame) = stack.pop() else {
-                    eprintln!(
-                        "STATS bad steps {steps} cache {} {self_stats:?}",
-                        cache.0.len()
-                    );
                     return Err(Failure::NotLinearizable(stuck));
                 };
                 state = frame.prev;
@@ -595,18 +639,15 @@ impl<'a> KeyHistory<'a> {
                 continue;
             };
 
-            let (op, bits) = match opt_bound {
-                None => (&self.required[node_slot(node)], &mut req_bits),
-                Some(_) => (&self.optional[node - 2], &mut opt_bits),
-            };
-            let bit = match opt_bound {
-                None => node_slot(node),
-                Some(_) => node - 2,
+            let (op, bit) = match opt_bound {
+                None => (&self.required[node_slot(node)], node_slot(node)),
+                Some(_) => (&self.optional[node - 2], node - 2),
             };
             let next_state = match (step(state, op.kind), opt_bound) {
                 (Some(s), None) => Some(s),
                 (Some(s), Some(bound))
-                    if self.optional_matters(&req_list, &opt_list, node, bound, state, s) =>
+                    if self.twin[bit].is_none_or(|t| opt_bits.get(t))
+                        && self.optional_matters(&req_list, &opt_list, node, bound, state, s) =>
                 {
                     Some(s)
                 }
@@ -622,6 +663,10 @@ impl<'a> KeyHistory<'a> {
             let Some(next_state) = next_state else {
                 cursor = advanced;
                 continue;
+            };
+            let bits = match opt_bound {
+                None => &mut req_bits,
+                Some(_) => &mut opt_bits,
             };
             bits.set(bit);
             if !cache.visit(&req_bits, next_state, &opt_bits) {
@@ -757,49 +802,56 @@ impl<'a> KeyHistory<'a> {
             "Next, one of these had to take effect before {} completed:",
             self.describe_short(first_done.event)
         );
-        let mut candidates: Vec<&KeyOp> = pending
+        let mut definite: Vec<&KeyOp> = pending
             .filter(|(_, op)| op.invoke <= bound)
             .map(|(_, op)| op)
-            .chain(
-                self.optional
-                    .iter()
-                    .enumerate()
-                    .filter(|(slot, op)| !stuck.opt_bits.get(*slot) && op.invoke <= bound)
-                    .map(|(_, op)| op),
-            )
             .collect();
-        candidates.sort_by_key(|op| op.invoke);
-        for op in candidates.iter().take(MAX_LISTED) {
-            let why = match step(stuck.state, op.kind) {
+        definite.sort_by_key(|op| op.invoke);
+        self.list_candidates(&mut out, stuck.state, &definite);
+        let ambiguous: Vec<&KeyOp> = self
+            .optional
+            .iter()
+            .enumerate()
+            .filter(|(slot, op)| !stuck.opt_bits.get(*slot) && op.invoke <= bound)
+            .map(|(_, op)| op)
+            .collect();
+        if !ambiguous.is_empty() {
+            let _ = writeln!(
+                out,
+                "or, before it, one of these ambiguous ones (which may also never have happened):"
+            );
+            self.list_candidates(&mut out, stuck.state, &ambiguous);
+        }
+        out
+    }
+
+    fn list_candidates(&self, out: &mut String, state: State, ops: &[&KeyOp]) {
+        for op in ops.iter().take(MAX_LISTED) {
+            let why = match step(state, op.kind) {
                 None => "impossible in that state",
                 Some(_) => "possible, but the rest of the history cannot follow it",
             };
             let _ = writeln!(out, "  {}\n      -> {why}", self.describe(op.event));
         }
-        if candidates.len() > MAX_LISTED {
-            let _ = writeln!(out, "  ... and {} more", candidates.len() - MAX_LISTED);
+        if ops.len() > MAX_LISTED {
+            let _ = writeln!(out, "  ... and {} more", ops.len() - MAX_LISTED);
         }
-        out
     }
 
     fn fmt_state(&self, state: State) -> String {
         match state {
             State::Absent => "absent".to_string(),
             State::Present { val, ver } => {
-                let val = self
-                    .values
-                    .get(val as usize)
-                    .map_or_else(|| "?".to_string(), |v| fmt_value(v));
+                let val = match self.values.get(val as usize) {
+                    Some(Some(v)) => fmt_value(v),
+                    _ => "a value no read returned".to_string(),
+                };
                 match ver {
                     Ver::Known(v) => format!("{val} @ version {v}"),
                     Ver::Any => format!("{val} @ unknown version (ambiguous write)"),
                 }
             }
         }
-    }
-
-    fn fmt_time(&self, t: Instant) -> String {
-        fmt_nanos(self.nanos(t))
     }
 
     fn describe_short(&self, i: usize) -> String {
@@ -810,26 +862,37 @@ impl<'a> KeyHistory<'a> {
     }
 
     fn describe(&self, i: usize) -> String {
-        let Some(e) = self.history.get(i) else {
-            return format!("#{i}");
-        };
-        let outcome = match &e.outcome {
-            Outcome::Read(None) => "absent".to_string(),
-            Outcome::Read(Some((v, ver))) => format!("{} @ version {ver}", fmt_value(v)),
-            Outcome::Written(v) => format!("ok, version {v}"),
-            Outcome::CasFailed => "precondition failed".to_string(),
-            Outcome::Unknown => "unknown".to_string(),
-        };
-        let complete = e
-            .complete
-            .map_or_else(|| "never".to_string(), |c| self.fmt_time(c));
-        format!(
-            "#{i} client {}: {} -> {outcome}  [{} .. {complete}]",
-            e.client,
-            fmt_op(&e.op),
-            self.fmt_time(e.invoke),
-        )
+        describe(self.history, self.base, i)
     }
+}
+
+/// Timestamps are kept as nanoseconds since `base`; saturates below `INF`
+/// so that a finite time never reads as "never".
+fn nanos_since(base: Instant, t: Instant) -> u64 {
+    let n = t.saturating_duration_since(base).as_nanos();
+    u64::try_from(n).unwrap_or(INF - 1).min(INF - 1)
+}
+
+/// One event as a report line: index, client, operation, outcome, window.
+fn describe(history: &[Event], base: Instant, i: usize) -> String {
+    let Some(e) = history.get(i) else {
+        return format!("#{i}");
+    };
+    let outcome = match &e.outcome {
+        Outcome::Read(None) => "absent".to_string(),
+        Outcome::Read(Some((v, ver))) => format!("{} @ version {ver}", fmt_value(v)),
+        Outcome::Written(v) => format!("ok, version {v}"),
+        Outcome::CasFailed => "precondition failed".to_string(),
+        Outcome::Unknown => "unknown".to_string(),
+    };
+    let time = |t: Instant| fmt_nanos(nanos_since(base, t));
+    let complete = e.complete.map_or_else(|| "never".to_string(), time);
+    format!(
+        "#{i} client {}: {} -> {outcome}  [{} .. {complete}]",
+        e.client,
+        fmt_op(&e.op),
+        time(e.invoke),
+    )
 }
 
 /// How many linearized operations, and how many candidates, a report lists.
