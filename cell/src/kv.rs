@@ -17,6 +17,7 @@ const REVISION: &[u8] = b"revision";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvEntry {
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     pub content_type: String,
     pub version: u64,
@@ -36,6 +37,7 @@ pub enum Expect {
 pub enum KvCommand {
     Put {
         key: String,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         content_type: String,
         expect: Expect,

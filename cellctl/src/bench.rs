@@ -270,6 +270,20 @@ pub struct KvBenchOptions {
     pub json: bool,
     /// Nodes in the marketcell cell (etcd always runs 3).
     pub nodes: u64,
+    /// Alternating rounds per level; medians are reported.
+    pub rounds: usize,
+}
+
+fn median_f64(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// The round with the median throughput.
+fn median_round(mut rounds: Vec<LevelResult>) -> LevelResult {
+    rounds.sort_by(|a, b| a.throughput().total_cmp(&b.throughput()));
+    let mid = rounds.len() / 2;
+    rounds.swap_remove(mid)
 }
 
 fn us(v: u64) -> String {
@@ -311,45 +325,68 @@ pub async fn kv(opts: KvBenchOptions) -> anyhow::Result<()> {
         None
     };
 
+    // Both clusters run side by side (idle but for heartbeats while the
+    // other is measured); each level alternates between them `rounds`
+    // times and reports the median round, so machine noise hits both.
+    let mut cell = LocalCell::new(&find_cell_binary()?, "bench", &dir.join("cell"))?;
+    cell.form(opts.nodes).await?;
+    let leader = cell.wait_leader(Duration::from_secs(30)).await?;
+    let ours_target = Target::Cell {
+        base: cell.api_url(leader),
+        token: cell.token.clone(),
+    };
+    let etcd = match &etcd_bin {
+        Some(bin) => {
+            let cluster = start_etcd(bin, &dir.join("etcd")).await?;
+            let leader = etcd_leader(&cluster).await?;
+            Some((cluster, Target::Etcd { base: leader }))
+        }
+        None => None,
+    };
     let mut ours = Vec::new();
-    {
-        let mut cell = LocalCell::new(&find_cell_binary()?, "bench", &dir.join("cell"))?;
-        cell.form(opts.nodes).await?;
-        let leader = cell.wait_leader(Duration::from_secs(30)).await?;
-        let target = Target::Cell {
-            base: cell.api_url(leader),
-            token: cell.token.clone(),
-        };
-        for &c in &opts.clients {
-            let r = run_level(&target, c, opts.value_size, duration).await?;
-            eprintln!(
-                "marketcell {:>4} clients: {:>9.0} ops/s  p50 {}  p99 {}",
-                c,
-                r.throughput(),
-                us(r.p50_us),
-                us(r.p99_us)
-            );
-            ours.push(r);
-        }
-        cell.stop_all();
-    }
     let mut theirs = Vec::new();
-    if let Some(bin) = etcd_bin {
-        let cluster = start_etcd(&bin, &dir.join("etcd")).await?;
-        let leader = etcd_leader(&cluster).await?;
-        let target = Target::Etcd { base: leader };
-        for &c in &opts.clients {
-            let r = run_level(&target, c, opts.value_size, duration).await?;
+    let mut ratios = Vec::new();
+    for &c in &opts.clients {
+        let mut o_rounds = Vec::new();
+        let mut e_rounds = Vec::new();
+        for round in 0..opts.rounds.max(1) {
+            let o = run_level(&ours_target, c, opts.value_size, duration).await?;
             eprintln!(
-                "etcd       {:>4} clients: {:>9.0} ops/s  p50 {}  p99 {}",
-                c,
-                r.throughput(),
-                us(r.p50_us),
-                us(r.p99_us)
+                "round {round} marketcell {c:>4} clients: {:>9.0} ops/s  p50 {}  p99 {}",
+                o.throughput(),
+                us(o.p50_us),
+                us(o.p99_us)
             );
-            theirs.push(r);
+            if let Some((_, target)) = &etcd {
+                let e = run_level(target, c, opts.value_size, duration).await?;
+                eprintln!(
+                    "round {round} etcd       {c:>4} clients: {:>9.0} ops/s  p50 {}  p99 {}",
+                    e.throughput(),
+                    us(e.p50_us),
+                    us(e.p99_us)
+                );
+                e_rounds.push(e);
+            }
+            o_rounds.push(o);
         }
+        if !e_rounds.is_empty() {
+            let mut t: Vec<f64> = o_rounds
+                .iter()
+                .zip(&e_rounds)
+                .map(|(o, e)| o.throughput() / e.throughput().max(1e-9))
+                .collect();
+            let mut p: Vec<f64> = o_rounds
+                .iter()
+                .zip(&e_rounds)
+                .map(|(o, e)| o.p99_us as f64 / e.p99_us.max(1) as f64)
+                .collect();
+            ratios.push((median_f64(&mut t), median_f64(&mut p)));
+            theirs.push(median_round(e_rounds));
+        }
+        ours.push(median_round(o_rounds));
     }
+    cell.stop_all();
+    drop(etcd);
 
     if opts.json {
         output::json(&json!({
@@ -358,12 +395,14 @@ pub async fn kv(opts: KvBenchOptions) -> anyhow::Result<()> {
             "fsync_floor_us": {"p50": floor_p50, "p99": floor_p99},
             "marketcell": ours.iter().map(LevelResult::to_json).collect::<Vec<_>>(),
             "etcd": theirs.iter().map(LevelResult::to_json).collect::<Vec<_>>(),
+            "median_ratios": ratios.iter().map(|(t, p)| json!({"throughput": t, "p99": p})).collect::<Vec<_>>(),
         }));
         return Ok(());
     }
     println!(
-        "\nconfig-store writes, 3 nodes on loopback, fsync on, {}-byte values, {} s per level",
-        opts.value_size, opts.seconds
+        "\nconfig-store writes, {} marketcell nodes vs 3 etcd nodes on loopback, fsync on, {}-byte values,\n\
+         {} s per level, {} alternating rounds (median round shown; ratios are medians of per-round ratios)",
+        opts.nodes, opts.value_size, opts.seconds, opts.rounds
     );
     println!(
         "fsync floor (256 B write + fdatasync): p50 {}  p99 {}\n",

@@ -153,6 +153,9 @@ enum BenchCmd {
         /// Nodes in the marketcell cell (the etcd reference always has 3).
         #[arg(long, default_value_t = 3)]
         nodes: u64,
+        /// Alternating rounds per level (medians are reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     /// Load state into a single node and report its memory.
     Memory {
@@ -252,6 +255,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 etcd_bin,
                 dir,
                 nodes,
+                rounds,
             } => {
                 bench::kv(bench::KvBenchOptions {
                     clients: clients.clone(),
@@ -262,6 +266,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     dir: dir.clone(),
                     json: j,
                     nodes: *nodes,
+                    rounds: *rounds,
                 })
                 .await
             }

@@ -72,7 +72,7 @@ async fn commit_group<A: Application>(node: &RaftNode<A>, group: Vec<Pending>) {
     let mut senders = Vec::with_capacity(group.len());
     let mut items = Vec::with_capacity(sizes.iter().sum());
     for p in group {
-        items.extend(p.items);
+        items.extend(p.items.into_iter().map(serde_bytes::ByteBuf::from));
         senders.push(p.done);
     }
     let result = node.leader_op(LeaderOp::Write(Command(items))).await;

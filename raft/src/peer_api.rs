@@ -81,14 +81,18 @@ async fn leader<A: Application>(State(node): State<Arc<RaftNode<A>>>, body: Byte
         // Forwarded writes join this leader's own batches. A forwarded
         // request is never forwarded again: that could loop during an
         // election.
-        LeaderOp::Write(cmd) if node.is_leader() => {
-            node.submit(cmd.0)
-                .await
-                .map(|(index, replies)| LeaderOk::Written {
-                    index,
-                    reply: Reply::Batch(replies),
-                })
-        }
+        LeaderOp::Write(cmd) if node.is_leader() => node
+            .submit(
+                cmd.0
+                    .into_iter()
+                    .map(serde_bytes::ByteBuf::into_vec)
+                    .collect(),
+            )
+            .await
+            .map(|(index, replies)| LeaderOk::Written {
+                index,
+                reply: Reply::Batch(replies),
+            }),
         op => node.run_as_leader(&op).await,
     };
     encoded(&answer.map_err(LeaderErr::from))

@@ -21,7 +21,7 @@ impl fmt::Display for NodeInfo {
 /// by the application's codec. Concurrent writes travel as one entry so
 /// they share one fsync on every node. The raft crate never looks inside.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Command(pub Vec<Vec<u8>>);
+pub struct Command(pub Vec<serde_bytes::ByteBuf>);
 
 impl fmt::Debug for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -33,7 +33,7 @@ impl fmt::Debug for Command {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ItemReply {
     /// The application's encoded response.
-    App(Vec<u8>),
+    App(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The command bytes could not be decoded; nothing was changed.
     Undecodable(String),
 }
