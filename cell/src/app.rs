@@ -5,17 +5,22 @@ use serde::{Deserialize, Serialize};
 use storage::WriteTxn;
 use tokio::sync::broadcast;
 
-use crate::kv::{self, KvCommand, KvResponse};
+use crate::{
+    identity::{self, IdentityCommand, IdentityResponse},
+    kv::{self, KvCommand, KvResponse},
+};
 
 /// Everything that goes through the Raft log.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Command {
     Kv(KvCommand),
+    Identity(IdentityCommand),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Response {
     Kv(KvResponse),
+    Identity(IdentityResponse),
 }
 
 /// What changed, announced in-process after commit.
@@ -70,6 +75,7 @@ impl raft::Application for CellApp {
                 }
                 Ok(Response::Kv(resp))
             }
+            Command::Identity(c) => Ok(Response::Identity(identity::apply(txn, c)?)),
         }
     }
 

@@ -75,6 +75,10 @@ pub struct Args {
     /// Log entries kept behind a snapshot for lagging followers.
     #[arg(long, env = "CELL_RAFT_KEEP_LOGS")]
     pub raft_keep_logs: Option<u64>,
+    /// PEM file of Ed25519 access-token keys (first = signing key, the rest
+    /// verify only); created on first start. All nodes of a cell share it.
+    #[arg(long, env = "CELL_JWT_KEYS_FILE")]
+    pub jwt_keys_file: Option<PathBuf>,
     /// Seed this (empty) node from a backup file, as a single-voter cell.
     #[arg(long)]
     pub restore_from: Option<PathBuf>,
@@ -103,6 +107,7 @@ struct FileConfig {
     peer_source_ip: Option<std::net::IpAddr>,
     raft_snapshot_every: Option<u64>,
     raft_keep_logs: Option<u64>,
+    jwt_keys_file: Option<PathBuf>,
 }
 
 /// TLS material of a node.
@@ -133,6 +138,7 @@ pub struct CellConfig {
     pub raft_snapshot_every: u64,
     pub raft_keep_logs: u64,
     pub restore_from: Option<PathBuf>,
+    pub jwt_keys_file: PathBuf,
 }
 
 pub fn valid_cell_name(name: &str) -> bool {
@@ -222,6 +228,7 @@ impl CellConfig {
             .ops_token_file
             .or(file.ops_token_file)
             .unwrap_or_else(|| data_dir.join("ops-token"));
+        let data_dir_for_keys = data_dir.clone();
         Ok(Self {
             cell,
             region,
@@ -244,6 +251,10 @@ impl CellConfig {
                 .max(1),
             raft_keep_logs: args.raft_keep_logs.or(file.raft_keep_logs).unwrap_or(5_000),
             restore_from: args.restore_from,
+            jwt_keys_file: args
+                .jwt_keys_file
+                .or(file.jwt_keys_file)
+                .unwrap_or_else(|| data_dir_for_keys.join("jwt-keys.pem")),
         })
     }
 

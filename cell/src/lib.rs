@@ -2,9 +2,11 @@
 //! assembly of a running node.
 
 pub mod app;
+pub mod auth;
 pub mod certs;
 pub mod config;
 pub mod http;
+pub mod identity;
 pub mod kv;
 pub mod local;
 pub mod metrics;

@@ -95,6 +95,10 @@ impl LocalCell {
                 token
             }
         };
+        // One access-token key set for the whole cell.
+        let keys_file = dir.join("jwt-keys.pem");
+        crate::auth::jwt::KeySet::load_or_create(&keys_file)
+            .map_err(|e| anyhow!("access-token keys: {e}"))?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .build()?;
@@ -183,6 +187,8 @@ impl LocalCell {
             .arg(&n.peer_advertise)
             .arg("--ops-token-file")
             .arg(&self.token_file)
+            .arg("--jwt-keys-file")
+            .arg(self.dir.join("jwt-keys.pem"))
             .args(&self.extra_args)
             .args(&n.args)
             .env_remove("CELL_CONFIG")

@@ -9,6 +9,7 @@ use tokio::{net::TcpListener, sync::Semaphore};
 
 use crate::{
     app::{CellApp, Change},
+    auth::jwt::KeySet,
     config::{load_or_create_ops_token, CellConfig},
     http::{self, AppState},
     metrics::Metrics,
@@ -22,6 +23,15 @@ pub async fn run(cfg: CellConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     let (ops_token, created) = load_or_create_ops_token(&cfg.ops_token_file)?;
+    // Keys from the environment (PEM text) win over the key file.
+    let keys = match std::env::var("CELL_JWT_KEYS") {
+        Ok(pem) if !pem.trim().is_empty() => KeySet::from_pem(&pem).context("CELL_JWT_KEYS")?,
+        _ => {
+            KeySet::load_or_create(&cfg.jwt_keys_file)
+                .with_context(|| format!("access-token keys in {}", cfg.jwt_keys_file.display()))?
+                .0
+        }
+    };
 
     let (api_tls, peer_server_tls, peer_client_tls) = match &cfg.tls {
         Some(t) => {
@@ -101,6 +111,7 @@ pub async fn run(cfg: CellConfig) -> anyhow::Result<()> {
         app: app.clone(),
         cfg: cfg.clone(),
         ops_token_hash: http::token_hash(&ops_token),
+        keys: Arc::new(keys),
         metrics: Arc::new(Metrics::new()),
         cache: cache.clone(),
         inflight: Arc::new(Semaphore::new(MAX_INFLIGHT)),

@@ -51,6 +51,11 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Access tokens.
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
     /// Internal CA and node certificates.
     Certs {
         #[command(subcommand)]
@@ -97,6 +102,21 @@ enum ClusterCmd {
     RemoveNode {
         #[arg(long)]
         id: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Mint a short-lived access token with the ops bootstrap token.
+    Mint {
+        #[arg(long, default_value = "ops")]
+        role: String,
+        /// Lifetime in seconds (at most a day).
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+        /// Subject of the token (default: a fresh ops-<id>).
+        #[arg(long)]
+        sub: Option<String>,
     },
 }
 
@@ -217,6 +237,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Snapshot => cluster::snapshot(&api()?, j).await,
+        Cmd::Token {
+            cmd: TokenCmd::Mint { role, ttl, sub },
+        } => {
+            let r = api()?
+                .call(
+                    reqwest::Method::POST,
+                    "/admin/tokens",
+                    Some(serde_json::json!({"role": role, "ttl_seconds": ttl, "sub": sub})),
+                )
+                .await?;
+            if j {
+                output::json(&r);
+            } else {
+                println!("{}", output::show(&r["access_token"]));
+            }
+            Ok(())
+        }
         Cmd::Backup { out } => cluster::backup(&api()?, out, j).await,
         Cmd::Certs { cmd } => match cmd {
             CertsCmd::Init {

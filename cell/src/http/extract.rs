@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 use super::{problem::ApiError, AppState};
+use crate::auth::jwt::Role;
 
 /// JSON body with unknown fields rejected by the target type
 /// (`#[serde(deny_unknown_fields)]`) and every failure a `400`/`413`/`415`
@@ -52,8 +53,20 @@ pub fn body_rejection(e: axum::extract::rejection::BytesRejection) -> ApiError {
     }
 }
 
-/// The caller holds the ops bootstrap token.
-pub struct Ops;
+/// Who is calling: from a verified access token, or the ops bootstrap token.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub sub: String,
+    pub role: Role,
+    /// Authenticated with the ops bootstrap token itself.
+    pub bootstrap: bool,
+}
+
+/// The caller acts as ops (bootstrap token or an ops access token).
+#[derive(Debug, Clone)]
+pub struct Ops {
+    pub bootstrap: bool,
+}
 
 pub fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
@@ -76,13 +89,16 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
     Ok(token.trim())
 }
 
-impl FromRequestParts<AppState> for Ops {
+impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        if let Some(p) = parts.extensions.get::<Principal>() {
+            return Ok(p.clone());
+        }
         let token = bearer(parts)?;
         // Compare digests so the comparison time does not depend on where
         // the token first differs.
@@ -91,10 +107,43 @@ impl FromRequestParts<AppState> for Ops {
         for (a, b) in given.iter().zip(state.ops_token_hash.iter()) {
             diff |= a ^ b;
         }
-        if diff != 0 {
-            return Err(ApiError::unauthorized("invalid token"));
+        let principal = if diff == 0 {
+            Principal {
+                sub: "ops-bootstrap".into(),
+                role: Role::Ops,
+                bootstrap: true,
+            }
+        } else {
+            let now = crate::http::identity_api::now_ms() / 1000;
+            let claims = state
+                .keys
+                .verify(token, now, &state.cfg.cell)
+                .map_err(|e| ApiError::unauthorized(format!("invalid token: {e}")))?;
+            Principal {
+                sub: claims.sub,
+                role: claims.role,
+                bootstrap: false,
+            }
+        };
+        parts.extensions.insert(principal.clone());
+        Ok(principal)
+    }
+}
+
+impl FromRequestParts<AppState> for Ops {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let p = Principal::from_request_parts(parts, state).await?;
+        if p.role != Role::Ops {
+            return Err(ApiError::forbidden("this needs the ops role"));
         }
-        Ok(Ops)
+        Ok(Ops {
+            bootstrap: p.bootstrap,
+        })
     }
 }
 

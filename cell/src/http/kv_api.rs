@@ -166,7 +166,9 @@ async fn put_key(
         expect,
     });
     let written = s.node.write(&cmd).await?;
-    let AppResponse::Kv(resp) = written.response;
+    let AppResponse::Kv(resp) = written.response else {
+        return Err(ApiError::internal("unexpected response to a kv command"));
+    };
     match resp {
         KvResponse::Put { version, created } => {
             let status = if created {
@@ -209,7 +211,9 @@ async fn delete_key(
         expect,
     });
     let written = s.node.write(&cmd).await?;
-    let AppResponse::Kv(resp) = written.response;
+    let AppResponse::Kv(resp) = written.response else {
+        return Err(ApiError::internal("unexpected response to a kv command"));
+    };
     match resp {
         KvResponse::Deleted { .. } => {
             Ok((StatusCode::NO_CONTENT, [index_header(written.index)]).into_response())

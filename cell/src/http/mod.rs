@@ -2,6 +2,7 @@
 
 mod admin_api;
 mod extract;
+pub mod identity_api;
 mod info_api;
 mod kv_api;
 mod middleware;
@@ -17,7 +18,7 @@ use tokio::sync::Semaphore;
 pub use extract::token_hash;
 pub use middleware::DEFAULT_TIMEOUT;
 
-use crate::{app::CellApp, config::CellConfig, metrics::Metrics};
+use crate::{app::CellApp, auth::jwt::KeySet, config::CellConfig, metrics::Metrics};
 
 /// Largest request body accepted anywhere on the public API.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -29,6 +30,8 @@ pub struct AppState {
     pub app: Arc<CellApp>,
     pub cfg: Arc<CellConfig>,
     pub ops_token_hash: [u8; 32],
+    /// Access-token signing and verification keys.
+    pub keys: Arc<KeySet>,
     pub metrics: Arc<Metrics>,
     pub cache: Arc<ReadCache>,
     pub inflight: Arc<Semaphore>,
@@ -43,6 +46,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(info_api::metrics))
         .route("/v1/cell", get(info_api::cell_info))
         .merge(kv_api::routes())
+        .merge(identity_api::routes())
         .merge(admin_api::routes())
         .fallback(info_api::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

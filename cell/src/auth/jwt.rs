@@ -1,0 +1,1186 @@
+//! Access tokens: short-lived JWTs signed with Ed25519 by the home cell
+//! (DESIGN.md §8).
+//!
+//! Hand-rolled on purpose instead of using a general JWT library: the only
+//! algorithm is `EdDSA`, fixed in this file, so a token cannot talk the
+//! verifier into `alg: none` or into HMAC-with-the-public-key, whatever its
+//! header says. Verification is strict and never panics: every byte of a token
+//! is attacker-controlled.
+//!
+//! Keys live in a PEM file (or the `CELL_JWT_KEYS` environment variable): the
+//! first `PRIVATE KEY` block signs, later `PRIVATE KEY` / `PUBLIC KEY` blocks
+//! only verify, so tokens signed before a rotation stay valid until they
+//! expire. A line `retire-after: <unix seconds>` directly before a verify-only
+//! block stops that key verifying after the given time.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::fs;
+use std::io::{self, Write as _};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+use ed25519_dalek::pkcs8::{DecodePrivateKey as _, DecodePublicKey as _, EncodePrivateKey as _};
+use ed25519_dalek::{Signature, Signer as _, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+
+/// The one accepted `alg`.
+pub const ALGORITHM: &str = "EdDSA";
+/// Longer tokens are rejected before any decoding, which bounds the work an
+/// unauthenticated request can cause.
+pub const MAX_TOKEN_LEN: usize = 4096;
+/// Tolerated clock skew between cells' nodes, for `exp` and `iat`.
+pub const LEEWAY_SECS: i64 = 30;
+
+const RETIRE_AFTER: &str = "retire-after:";
+const PRIVATE_KEY_LABEL: &str = "PRIVATE KEY";
+const PUBLIC_KEY_LABEL: &str = "PUBLIC KEY";
+/// Attacker-supplied strings echoed in errors are clipped so they cannot
+/// flood logs.
+const ECHO_LIMIT: usize = 64;
+
+/// Who the bearer is; authorization is role plus ownership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Customer,
+    Vendor,
+    Driver,
+    Ops,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::Customer, Role::Vendor, Role::Driver, Role::Ops];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Customer => "customer",
+            Role::Vendor => "vendor",
+            Role::Driver => "driver",
+            Role::Ops => "ops",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown role {0:?} (expected customer, vendor, driver or ops)")]
+pub struct ParseRoleError(pub String);
+
+impl FromStr for Role {
+    type Err = ParseRoleError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Role::ALL
+            .into_iter()
+            .find(|role| role.as_str() == s)
+            .ok_or_else(|| ParseRoleError(clip(s)))
+    }
+}
+
+/// The token payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Claims {
+    /// Account id.
+    pub sub: String,
+    pub role: Role,
+    /// The issuing (home) cell; a token is only accepted by that cell.
+    pub cell: String,
+    /// Expiry, unix seconds.
+    pub exp: i64,
+    /// Issued at, unix seconds.
+    pub iat: i64,
+    /// Token id.
+    pub jti: String,
+}
+
+/// Why a token was rejected. All of these mean `401` at the edge; the
+/// variants exist for logs and tests.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("malformed token: {0}")]
+    Malformed(String),
+    #[error("unsupported token algorithm {0:?}")]
+    UnsupportedAlgorithm(String),
+    #[error("token signed by unknown key {0:?}")]
+    UnknownKey(String),
+    #[error("token signed by retired key {0:?}")]
+    RetiredKey(String),
+    #[error("bad token signature")]
+    BadSignature,
+    #[error("token expired")]
+    Expired,
+    #[error("token not yet valid")]
+    NotYetValid,
+    #[error("token is for cell {found:?}, this is cell {expected:?}")]
+    WrongCell { expected: String, found: String },
+}
+
+/// Why key material could not be loaded or stored. Messages never contain
+/// key bytes.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("key file {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("invalid key material: {0}")]
+    Invalid(String),
+    #[error("no PRIVATE KEY block: a signing key is required")]
+    NoSigningKey,
+    #[error("key {0} appears more than once")]
+    DuplicateKey(String),
+}
+
+impl KeyError {
+    fn io(path: &Path, source: io::Error) -> Self {
+        KeyError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// An Ed25519 private key with its key id.
+pub struct SigningKey {
+    kid: String,
+    key: ed25519_dalek::SigningKey,
+}
+
+impl SigningKey {
+    pub fn generate() -> Self {
+        Self::new(ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng))
+    }
+
+    fn new(key: ed25519_dalek::SigningKey) -> Self {
+        SigningKey {
+            kid: kid_of(&key.verifying_key()),
+            key,
+        }
+    }
+
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    pub fn verifying_key(&self) -> VerifyingKey {
+        self.key.verifying_key()
+    }
+
+    fn to_pem(&self) -> Result<String, KeyError> {
+        let pem = self
+            .key
+            .to_pkcs8_pem(LineEnding::LF)
+            .map_err(|e| KeyError::Invalid(format!("encoding a private key: {e}")))?;
+        Ok(pem.as_str().to_owned())
+    }
+}
+
+// Hand-written so that the secret half can never end up in a log.
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Key id: the first 16 hex digits of SHA-256 over the raw public key, so
+/// every node holding the same key derives the same id without coordination.
+fn kid_of(key: &VerifyingKey) -> String {
+    let digest = Sha256::digest(key.as_bytes());
+    hex::encode(&digest[..8])
+}
+
+#[derive(Debug, Clone)]
+struct VerifyOnlyKey {
+    kid: String,
+    key: VerifyingKey,
+    retire_after: Option<i64>,
+}
+
+/// The signing key of this cell plus the older public keys that still verify.
+#[derive(Debug)]
+pub struct KeySet {
+    active: SigningKey,
+    verify_only: Vec<VerifyOnlyKey>,
+}
+
+impl KeySet {
+    /// A key set with one fresh key, held only in memory (tests, throw-away
+    /// nodes).
+    pub fn generate() -> Self {
+        KeySet {
+            active: SigningKey::generate(),
+            verify_only: Vec::new(),
+        }
+    }
+
+    /// Loads the key file, creating it with one fresh key (mode 0600) if it
+    /// does not exist; `true` means it was created. See the module docs for
+    /// the format.
+    pub fn load_or_create(path: &Path) -> Result<(Self, bool), KeyError> {
+        match fs::read_to_string(path) {
+            Ok(text) => {
+                warn_if_exposed(path);
+                Ok((Self::from_pem(&text)?, false))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let active = SigningKey::generate();
+                let pem = active.to_pem()?;
+                match write_file_atomically(path, pem.as_bytes(), false) {
+                    Ok(()) => Ok((
+                        KeySet {
+                            active,
+                            verify_only: Vec::new(),
+                        },
+                        true,
+                    )),
+                    // Someone else created it first; theirs wins.
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        let text = fs::read_to_string(path).map_err(|e| KeyError::io(path, e))?;
+                        Ok((Self::from_pem(&text)?, false))
+                    }
+                    Err(e) => Err(KeyError::io(path, e)),
+                }
+            }
+            Err(e) => Err(KeyError::io(path, e)),
+        }
+    }
+
+    /// Parses key material from PEM text (the key file's contents, or the
+    /// `CELL_JWT_KEYS` environment variable).
+    pub fn from_pem(pem: &str) -> Result<Self, KeyError> {
+        let mut active: Option<SigningKey> = None;
+        let mut verify_only = Vec::new();
+        let mut seen = HashSet::new();
+        for block in split_pem(pem)? {
+            let (kid, key) = match block.label.as_str() {
+                PRIVATE_KEY_LABEL => {
+                    let key =
+                        ed25519_dalek::SigningKey::from_pkcs8_pem(&block.text).map_err(|e| {
+                            KeyError::Invalid(format!(
+                                "line {}: PRIVATE KEY is not a PKCS#8 Ed25519 key: {e}",
+                                block.line
+                            ))
+                        })?;
+                    let key = SigningKey::new(key);
+                    if !seen.insert(key.kid.clone()) {
+                        return Err(KeyError::DuplicateKey(key.kid));
+                    }
+                    if active.is_none() {
+                        if block.retire_after.is_some() {
+                            return Err(KeyError::Invalid(format!(
+                                "line {}: the active (first) PRIVATE KEY cannot be retired",
+                                block.line
+                            )));
+                        }
+                        active = Some(key);
+                        continue;
+                    }
+                    (key.kid.clone(), key.verifying_key())
+                }
+                PUBLIC_KEY_LABEL => {
+                    let key = VerifyingKey::from_public_key_pem(&block.text).map_err(|e| {
+                        KeyError::Invalid(format!(
+                            "line {}: PUBLIC KEY is not an Ed25519 key: {e}",
+                            block.line
+                        ))
+                    })?;
+                    let kid = kid_of(&key);
+                    if !seen.insert(kid.clone()) {
+                        return Err(KeyError::DuplicateKey(kid));
+                    }
+                    (kid, key)
+                }
+                other => {
+                    return Err(KeyError::Invalid(format!(
+                        "line {}: unsupported PEM block {:?} (expected PRIVATE KEY or PUBLIC KEY)",
+                        block.line,
+                        clip(other)
+                    )))
+                }
+            };
+            verify_only.push(VerifyOnlyKey {
+                kid,
+                key,
+                retire_after: block.retire_after,
+            });
+        }
+        let active = active.ok_or(KeyError::NoSigningKey)?;
+        Ok(KeySet {
+            active,
+            verify_only,
+        })
+    }
+
+    /// Rotation: prepends a fresh key to the key file, so it signs from now
+    /// on while the previous keys keep verifying. Returns the new kid. Nodes
+    /// pick the change up when they reload the file. Read-modify-write: two
+    /// concurrent rotations of one file can lose a key.
+    pub fn rotate_file(path: &Path) -> Result<String, KeyError> {
+        Self::rotate_file_with_retirement(path, None)
+    }
+
+    /// Like [`KeySet::rotate_file`], and marks the previously active key
+    /// `retire-after: <unix seconds>` (typically now + the access-token
+    /// lifetime + leeway), after which tokens it signed are refused.
+    pub fn rotate_file_with_retirement(
+        path: &Path,
+        retire_after: Option<i64>,
+    ) -> Result<String, KeyError> {
+        let old = fs::read_to_string(path).map_err(|e| KeyError::io(path, e))?;
+        // Refuse to build on top of a file that would not load anyway.
+        Self::from_pem(&old)?;
+        let new = SigningKey::generate();
+        let mut text = new.to_pem()?;
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        let mut annotated = false;
+        for line in old.lines() {
+            if !annotated && line.trim() == begin_line(PRIVATE_KEY_LABEL) {
+                if let Some(at) = retire_after {
+                    text.push_str(&format!("{RETIRE_AFTER} {at}\n"));
+                }
+                annotated = true;
+            }
+            text.push_str(line);
+            text.push('\n');
+        }
+        let check = Self::from_pem(&text)?;
+        if check.active_kid() != new.kid() {
+            return Err(KeyError::Invalid(
+                "rotated key file does not start with the new key".into(),
+            ));
+        }
+        write_file_atomically(path, text.as_bytes(), true).map_err(|e| KeyError::io(path, e))?;
+        Ok(new.kid)
+    }
+
+    pub fn active_kid(&self) -> &str {
+        self.active.kid()
+    }
+
+    /// Signs with the active key. Claims are trusted input here; keep them
+    /// small enough that the token stays under [`MAX_TOKEN_LEN`].
+    pub fn sign(&self, claims: &Claims) -> String {
+        #[derive(Serialize)]
+        struct Header<'a> {
+            alg: &'static str,
+            typ: &'static str,
+            kid: &'a str,
+        }
+        let header = Header {
+            alg: ALGORITHM,
+            typ: "JWT",
+            kid: self.active.kid(),
+        };
+        // Serializing plain strings and integers cannot fail.
+        let header = serde_json::to_vec(&header).expect("JWT header serializes");
+        let payload = serde_json::to_vec(claims).expect("JWT claims serialize");
+        let mut token = URL_SAFE_NO_PAD.encode(header);
+        token.push('.');
+        token.push_str(&URL_SAFE_NO_PAD.encode(payload));
+        let signature = self.active.key.sign(token.as_bytes());
+        token.push('.');
+        token.push_str(&URL_SAFE_NO_PAD.encode(signature.to_bytes()));
+        token
+    }
+
+    /// Verifies a token issued for `expected_cell` at time `now_unix`.
+    ///
+    /// The signature is checked before the claims are even parsed, so
+    /// unauthenticated payloads never reach the claims parser.
+    pub fn verify(
+        &self,
+        token: &str,
+        now_unix: i64,
+        expected_cell: &str,
+    ) -> Result<Claims, TokenError> {
+        if token.is_empty() {
+            return Err(malformed("empty token"));
+        }
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(malformed(format!("longer than {MAX_TOKEN_LEN} bytes")));
+        }
+        let mut parts = token.split('.');
+        let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(malformed("expected three dot-separated parts"));
+        };
+        let header = decode_part(header_b64, "header")?;
+        let payload = decode_part(payload_b64, "payload")?;
+        let signature = decode_part(signature_b64, "signature")?;
+
+        let header: serde_json::Map<String, Value> = serde_json::from_slice(&header)
+            .map_err(|_| malformed("header is not a JSON object"))?;
+        match header.get("alg") {
+            Some(Value::String(alg)) if alg == ALGORITHM => {}
+            Some(Value::String(alg)) => return Err(TokenError::UnsupportedAlgorithm(clip(alg))),
+            Some(other) => return Err(TokenError::UnsupportedAlgorithm(clip(&other.to_string()))),
+            None => return Err(malformed("header has no alg")),
+        }
+        // Only what we issue: an unknown field such as `crit`, `jku` or `x5u`
+        // would ask for semantics we do not implement.
+        for (name, value) in &header {
+            match name.as_str() {
+                "alg" | "kid" => {}
+                "typ" if value.as_str() == Some("JWT") => {}
+                "typ" => return Err(malformed("header typ is not JWT")),
+                other => {
+                    return Err(malformed(format!(
+                        "unexpected header field {:?}",
+                        clip(other)
+                    )))
+                }
+            }
+        }
+        let Some(Value::String(kid)) = header.get("kid") else {
+            return Err(malformed("header has no kid"));
+        };
+        let key = self.verifying_key(kid, now_unix)?;
+
+        let signature: [u8; ed25519_dalek::SIGNATURE_LENGTH] = signature
+            .as_slice()
+            .try_into()
+            .map_err(|_| malformed("signature is not 64 bytes"))?;
+        let signature = Signature::from_bytes(&signature);
+        let signed = &token[..header_b64.len() + 1 + payload_b64.len()];
+        // verify_strict rejects small-order keys and non-canonical
+        // signatures, so a signature cannot be malleated into a second
+        // valid token.
+        key.verify_strict(signed.as_bytes(), &signature)
+            .map_err(|_| TokenError::BadSignature)?;
+
+        let claims: Claims =
+            serde_json::from_slice(&payload).map_err(|e| malformed(format!("claims: {e}")))?;
+        if claims.exp.saturating_add(LEEWAY_SECS) <= now_unix {
+            return Err(TokenError::Expired);
+        }
+        if claims.iat > now_unix.saturating_add(LEEWAY_SECS) {
+            return Err(TokenError::NotYetValid);
+        }
+        if claims.cell != expected_cell {
+            return Err(TokenError::WrongCell {
+                expected: expected_cell.to_owned(),
+                found: clip(&claims.cell),
+            });
+        }
+        Ok(claims)
+    }
+
+    fn verifying_key(&self, kid: &str, now_unix: i64) -> Result<VerifyingKey, TokenError> {
+        if kid == self.active.kid() {
+            return Ok(self.active.verifying_key());
+        }
+        let key = self
+            .verify_only
+            .iter()
+            .find(|k| k.kid == kid)
+            .ok_or_else(|| TokenError::UnknownKey(clip(kid)))?;
+        match key.retire_after {
+            Some(at) if now_unix > at => Err(TokenError::RetiredKey(key.kid.clone())),
+            _ => Ok(key.key),
+        }
+    }
+
+    /// The public keys as a JWK set (RFC 8037 `OKP`), for
+    /// `/.well-known/jwks.json`; the active key comes first.
+    pub fn jwks(&self) -> Value {
+        let active = (self.active.kid(), self.active.verifying_key());
+        let keys: Vec<Value> = std::iter::once(active)
+            .chain(self.verify_only.iter().map(|k| (k.kid.as_str(), k.key)))
+            .map(|(kid, key)| {
+                serde_json::json!({
+                    "kty": "OKP",
+                    "crv": "Ed25519",
+                    "x": URL_SAFE_NO_PAD.encode(key.as_bytes()),
+                    "kid": kid,
+                    "alg": ALGORITHM,
+                    "use": "sig",
+                })
+            })
+            .collect();
+        serde_json::json!({ "keys": keys })
+    }
+}
+
+fn malformed(why: impl Into<String>) -> TokenError {
+    TokenError::Malformed(why.into())
+}
+
+/// The URL-safe alphabet without padding, canonical trailing bits only: a
+/// token has exactly one accepted spelling.
+fn decode_part(part: &str, what: &str) -> Result<Vec<u8>, TokenError> {
+    URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| malformed(format!("{what} is not base64url without padding")))
+}
+
+fn clip(s: &str) -> String {
+    s.chars().take(ECHO_LIMIT).collect()
+}
+
+fn begin_line(label: &str) -> String {
+    format!("-----BEGIN {label}-----")
+}
+
+struct PemBlock {
+    label: String,
+    /// The block normalized to `\n` line endings, BEGIN to END inclusive.
+    text: String,
+    /// 1-based line of the BEGIN line, for error messages.
+    line: usize,
+    retire_after: Option<i64>,
+}
+
+/// Splits PEM text into blocks. Blank lines and `#` comments between blocks
+/// are allowed; any other stray text is an error, because in a key file it
+/// most likely means a truncated or mangled paste.
+fn split_pem(text: &str) -> Result<Vec<PemBlock>, KeyError> {
+    let mut blocks = Vec::new();
+    let mut current: Option<PemBlock> = None;
+    let mut retire_after: Option<i64> = None;
+    for (index, line) in text.lines().enumerate() {
+        let n = index + 1;
+        let line = line.trim();
+        if let Some(block) = current.as_mut() {
+            if line.starts_with("-----BEGIN ") {
+                return Err(KeyError::Invalid(format!(
+                    "line {n}: BEGIN inside the block started on line {}",
+                    block.line
+                )));
+            }
+            block.text.push_str(line);
+            block.text.push('\n');
+            if line == format!("-----END {}-----", block.label) {
+                blocks.extend(current.take());
+            }
+            continue;
+        }
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some(at) = line.strip_prefix(RETIRE_AFTER) {
+            let at = at.trim().parse::<i64>().map_err(|_| {
+                KeyError::Invalid(format!("line {n}: {RETIRE_AFTER} needs unix seconds"))
+            })?;
+            if retire_after.replace(at).is_some() {
+                return Err(KeyError::Invalid(format!(
+                    "line {n}: two {RETIRE_AFTER} lines for one block"
+                )));
+            }
+            continue;
+        }
+        if let Some(label) = line
+            .strip_prefix("-----BEGIN ")
+            .and_then(|rest| rest.strip_suffix("-----"))
+        {
+            current = Some(PemBlock {
+                label: label.to_owned(),
+                text: format!("{line}\n"),
+                line: n,
+                retire_after: retire_after.take(),
+            });
+            continue;
+        }
+        return Err(KeyError::Invalid(format!(
+            "line {n}: unexpected text outside a PEM block"
+        )));
+    }
+    if let Some(block) = current {
+        return Err(KeyError::Invalid(format!(
+            "line {}: {} block has no END line",
+            block.line,
+            clip(&block.label)
+        )));
+    }
+    if retire_after.is_some() {
+        return Err(KeyError::Invalid(format!(
+            "{RETIRE_AFTER} line is not followed by a key"
+        )));
+    }
+    Ok(blocks)
+}
+
+#[cfg(unix)]
+fn warn_if_exposed(path: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Ok(meta) = fs::metadata(path) {
+        let mode = meta.permissions().mode();
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                mode = format!("{:o}", mode & 0o777),
+                "JWT key file is accessible to group or others; it should be mode 0600"
+            );
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn warn_if_exposed(_path: &Path) {}
+
+/// Writes through a 0600 temporary file in the same directory so readers
+/// never see a half-written key file and the secret is never briefly
+/// world-readable. Without `replace`, an existing file is left alone and
+/// `AlreadyExists` is returned.
+fn write_file_atomically(path: &Path, contents: &[u8], replace: bool) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a file path"))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}-{:016x}",
+        name.to_string_lossy(),
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let result = options.open(&tmp).and_then(|mut file| {
+        file.write_all(contents)?;
+        file.sync_all()?;
+        drop(file);
+        if replace {
+            fs::rename(&tmp, path)
+        } else {
+            // A hard link fails if the target exists, unlike rename.
+            fs::hard_link(&tmp, path).map(|()| {
+                let _ = fs::remove_file(&tmp);
+            })
+        }
+    });
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result?;
+    #[cfg(unix)]
+    fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CELL: &str = "eu-west";
+    const NOW: i64 = 1_700_000_000;
+
+    fn claims() -> Claims {
+        Claims {
+            sub: "01HZX3N6W9Q8K2M4P5R7T9V1XB".into(),
+            role: Role::Customer,
+            cell: CELL.into(),
+            exp: NOW + 900,
+            iat: NOW,
+            jti: "01HZX3N6W9Q8K2M4P5R7T9V1XC".into(),
+        }
+    }
+
+    fn b64(bytes: impl AsRef<[u8]>) -> String {
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    /// Builds a token with an arbitrary header and payload, signed by `key`.
+    fn forge(header: &Value, payload: &[u8], key: &ed25519_dalek::SigningKey) -> String {
+        let input = format!("{}.{}", b64(header.to_string()), b64(payload));
+        let signature = key.sign(input.as_bytes());
+        format!("{input}.{}", b64(signature.to_bytes()))
+    }
+
+    fn parts(token: &str) -> Vec<String> {
+        token.split('.').map(str::to_owned).collect()
+    }
+
+    fn header_of(token: &str) -> Value {
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&parts(token)[0]).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn sign_verify_roundtrip() {
+        let keys = KeySet::generate();
+        let token = keys.sign(&claims());
+        assert_eq!(keys.verify(&token, NOW, CELL), Ok(claims()));
+        let header = header_of(&token);
+        assert_eq!(header["alg"], "EdDSA");
+        assert_eq!(header["typ"], "JWT");
+        assert_eq!(header["kid"], keys.active_kid());
+        assert_eq!(keys.active_kid().len(), 16);
+        assert!(keys.active_kid().bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn expiry_with_leeway() {
+        let keys = KeySet::generate();
+        let token = keys.sign(&claims());
+        let exp = claims().exp;
+        assert!(keys.verify(&token, exp + LEEWAY_SECS - 1, CELL).is_ok());
+        assert_eq!(
+            keys.verify(&token, exp + LEEWAY_SECS, CELL),
+            Err(TokenError::Expired)
+        );
+        let mut extreme = claims();
+        extreme.exp = i64::MIN;
+        let token = keys.sign(&extreme);
+        assert_eq!(keys.verify(&token, NOW, CELL), Err(TokenError::Expired));
+    }
+
+    #[test]
+    fn issued_in_the_future() {
+        let keys = KeySet::generate();
+        let mut c = claims();
+        c.iat = NOW + LEEWAY_SECS;
+        assert!(keys.verify(&keys.sign(&c), NOW, CELL).is_ok());
+        c.iat = NOW + 3600;
+        c.exp = NOW + 7200;
+        assert_eq!(
+            keys.verify(&keys.sign(&c), NOW, CELL),
+            Err(TokenError::NotYetValid)
+        );
+        // Extreme values must not overflow the leeway arithmetic.
+        c.iat = i64::MAX;
+        c.exp = i64::MAX;
+        assert_eq!(
+            keys.verify(&keys.sign(&c), i64::MAX - 1, CELL),
+            Ok(c.clone())
+        );
+        assert_eq!(
+            keys.verify(&keys.sign(&c), NOW, CELL),
+            Err(TokenError::NotYetValid)
+        );
+    }
+
+    #[test]
+    fn flipped_signature_byte() {
+        let keys = KeySet::generate();
+        let p = parts(&keys.sign(&claims()));
+        let mut signature = URL_SAFE_NO_PAD.decode(&p[2]).unwrap();
+        for i in [0, 31, 63] {
+            signature[i] ^= 0x01;
+            let token = format!("{}.{}.{}", p[0], p[1], b64(&signature));
+            assert_eq!(
+                keys.verify(&token, NOW, CELL),
+                Err(TokenError::BadSignature)
+            );
+            signature[i] ^= 0x01;
+        }
+    }
+
+    #[test]
+    fn other_key_claiming_our_kid() {
+        let keys = KeySet::generate();
+        let attacker = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+        let header = serde_json::json!({"alg": "EdDSA", "typ": "JWT", "kid": keys.active_kid()});
+        let payload = serde_json::to_vec(&claims()).unwrap();
+        let token = forge(&header, &payload, &attacker);
+        assert_eq!(
+            keys.verify(&token, NOW, CELL),
+            Err(TokenError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn unknown_kid_and_missing_kid() {
+        let keys = KeySet::generate();
+        let other = KeySet::generate();
+        let token = other.sign(&claims());
+        assert_eq!(
+            keys.verify(&token, NOW, CELL),
+            Err(TokenError::UnknownKey(other.active_kid().to_owned()))
+        );
+        let payload = serde_json::to_vec(&claims()).unwrap();
+        let token = forge(
+            &serde_json::json!({"alg": "EdDSA", "typ": "JWT"}),
+            &payload,
+            &keys.active.key,
+        );
+        assert!(matches!(
+            keys.verify(&token, NOW, CELL),
+            Err(TokenError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn alg_none_is_refused() {
+        let keys = KeySet::generate();
+        let payload = serde_json::to_vec(&claims()).unwrap();
+        for header in [
+            serde_json::json!({"alg": "none", "typ": "JWT"}),
+            serde_json::json!({"alg": "none", "typ": "JWT", "kid": keys.active_kid()}),
+        ] {
+            let token = format!("{}.{}.", b64(header.to_string()), b64(&payload));
+            assert_eq!(
+                keys.verify(&token, NOW, CELL),
+                Err(TokenError::UnsupportedAlgorithm("none".into()))
+            );
+        }
+        for alg in [
+            serde_json::json!("NONE"),
+            serde_json::json!("eddsa"),
+            serde_json::json!("Ed25519"),
+            serde_json::json!(null),
+            serde_json::json!(["EdDSA"]),
+        ] {
+            let header = serde_json::json!({"alg": alg, "kid": keys.active_kid()});
+            let token = forge(&header, &payload, &keys.active.key);
+            assert!(matches!(
+                keys.verify(&token, NOW, CELL),
+                Err(TokenError::UnsupportedAlgorithm(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn hs256_with_public_key_as_secret_is_refused() {
+        let keys = KeySet::generate();
+        let header = serde_json::json!({"alg": "HS256", "typ": "JWT", "kid": keys.active_kid()});
+        let input = format!(
+            "{}.{}",
+            b64(header.to_string()),
+            b64(serde_json::to_vec(&claims()).unwrap())
+        );
+        // Stand-in for HMAC keyed with the public key: any MAC a confused
+        // verifier would accept.
+        let mut mac = Sha256::new();
+        mac.update(keys.active.verifying_key().as_bytes());
+        mac.update(input.as_bytes());
+        let token = format!("{input}.{}", b64(mac.finalize()));
+        assert_eq!(
+            keys.verify(&token, NOW, CELL),
+            Err(TokenError::UnsupportedAlgorithm("HS256".into()))
+        );
+    }
+
+    #[test]
+    fn tampered_claims() {
+        let keys = KeySet::generate();
+        let p = parts(&keys.sign(&claims()));
+        let mut payload: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&p[1]).unwrap()).unwrap();
+        payload["role"] = Value::from("ops");
+        let token = format!("{}.{}.{}", p[0], b64(payload.to_string()), p[2]);
+        assert_eq!(
+            keys.verify(&token, NOW, CELL),
+            Err(TokenError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn wrong_cell() {
+        let keys = KeySet::generate();
+        let token = keys.sign(&claims());
+        assert_eq!(
+            keys.verify(&token, NOW, "us-east"),
+            Err(TokenError::WrongCell {
+                expected: "us-east".into(),
+                found: CELL.into()
+            })
+        );
+    }
+
+    #[test]
+    fn strict_header_and_claims() {
+        let keys = KeySet::generate();
+        let kid = keys.active_kid().to_owned();
+        let payload = serde_json::to_vec(&claims()).unwrap();
+        for header in [
+            serde_json::json!({"alg": "EdDSA", "kid": kid, "crit": ["exp"]}),
+            serde_json::json!({"alg": "EdDSA", "kid": kid, "jku": "https://evil"}),
+            serde_json::json!({"alg": "EdDSA", "kid": kid, "typ": "at+jwt"}),
+            serde_json::json!({"alg": "EdDSA", "kid": 7}),
+            serde_json::json!(["EdDSA"]),
+        ] {
+            let token = forge(&header, &payload, &keys.active.key);
+            assert!(
+                matches!(
+                    keys.verify(&token, NOW, CELL),
+                    Err(TokenError::Malformed(_))
+                ),
+                "{header}"
+            );
+        }
+        // Without `typ` is fine: it is optional in RFC 7519.
+        let token = forge(
+            &serde_json::json!({"alg": "EdDSA", "kid": kid}),
+            &payload,
+            &keys.active.key,
+        );
+        assert!(keys.verify(&token, NOW, CELL).is_ok());
+
+        let header = serde_json::json!({"alg": "EdDSA", "typ": "JWT", "kid": kid});
+        let mut extra = serde_json::to_value(claims()).unwrap();
+        extra["admin"] = Value::from(true);
+        let mut bad_role = serde_json::to_value(claims()).unwrap();
+        bad_role["role"] = Value::from("root");
+        let mut missing = serde_json::to_value(claims()).unwrap();
+        missing.as_object_mut().unwrap().remove("jti");
+        for payload in [extra, bad_role, missing] {
+            let token = forge(&header, payload.to_string().as_bytes(), &keys.active.key);
+            assert!(matches!(
+                keys.verify(&token, NOW, CELL),
+                Err(TokenError::Malformed(_))
+            ));
+        }
+        let duplicate = br#"{"sub":"a","role":"customer","role":"ops","cell":"eu-west","exp":1700000900,"iat":1700000000,"jti":"j"}"#;
+        let token = forge(&header, duplicate, &keys.active.key);
+        assert!(matches!(
+            keys.verify(&token, NOW, CELL),
+            Err(TokenError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn garbage_is_malformed() {
+        let keys = KeySet::generate();
+        let token = keys.sign(&claims());
+        let p = parts(&token);
+        let cases = [
+            String::new(),
+            "abc".into(),
+            ".".into(),
+            "..".into(),
+            "...".into(),
+            format!("{}.{}", p[0], p[1]),
+            format!("{token}.{}", p[2]),
+            format!("{}.{}.{}", p[0], "!!!", p[2]),
+            format!("{}.{}.{}", "***", p[1], p[2]),
+            format!("{}.{}.{}", p[0], p[1], "a+b/"),
+            format!("{}=.{}.{}", p[0], p[1], p[2]),
+            format!("{}.{}.{}", p[0], p[1], &p[2][..10]),
+            format!("{}.{}.{}", b64("not json"), p[1], p[2]),
+            format!("{}.{}.{}", b64("{\"alg\":"), p[1], p[2]),
+            format!("{}.{}.{}", p[0], p[1], "é"),
+            "a".repeat(MAX_TOKEN_LEN + 1),
+            format!("{token}{}", "A".repeat(MAX_TOKEN_LEN)),
+            "\0.\0.\0".into(),
+        ];
+        for case in cases {
+            let result = keys.verify(&case, NOW, CELL);
+            assert!(
+                matches!(result, Err(TokenError::Malformed(_))),
+                "{:?}: {result:?}",
+                clip(&case)
+            );
+        }
+    }
+
+    #[test]
+    fn every_single_character_change_is_rejected() {
+        let keys = KeySet::generate();
+        let token = keys.sign(&claims());
+        let bytes = token.as_bytes();
+        for i in 0..bytes.len() {
+            for replacement in [b'A', b'.', b'_', 0xff] {
+                if bytes[i] == replacement {
+                    continue;
+                }
+                let mut mutated = bytes.to_vec();
+                mutated[i] = replacement;
+                let mutated = String::from_utf8_lossy(&mutated);
+                assert!(keys.verify(&mutated, NOW, CELL).is_err(), "position {i}");
+            }
+        }
+        for len in 0..token.len() {
+            assert!(keys.verify(&token[..len], NOW, CELL).is_err());
+        }
+    }
+
+    #[test]
+    fn key_file_create_load_rotate() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwt-keys.pem");
+
+        let (keys, created) = KeySet::load_or_create(&path).unwrap();
+        assert!(created);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let (again, created) = KeySet::load_or_create(&path).unwrap();
+        assert!(!created);
+        assert_eq!(again.active_kid(), keys.active_kid());
+        let old_kid = keys.active_kid().to_owned();
+        let old_token = keys.sign(&claims());
+
+        let new_kid = KeySet::rotate_file(&path).unwrap();
+        assert_ne!(new_kid, old_kid);
+        let (rotated, created) = KeySet::load_or_create(&path).unwrap();
+        assert!(!created);
+        assert_eq!(rotated.active_kid(), new_kid);
+        assert_eq!(rotated.verify(&old_token, NOW, CELL), Ok(claims()));
+        let new_token = rotated.sign(&claims());
+        assert_eq!(header_of(&new_token)["kid"], new_kid.as_str());
+        assert_eq!(rotated.verify(&new_token, NOW, CELL), Ok(claims()));
+        // A node that has not reloaded yet does not know the new key.
+        assert_eq!(
+            keys.verify(&new_token, NOW, CELL),
+            Err(TokenError::UnknownKey(new_kid.clone()))
+        );
+
+        let jwks = rotated.jwks();
+        let listed: Vec<&str> = jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap())
+            .collect();
+        assert_eq!(listed, [new_kid.as_str(), old_kid.as_str()]);
+        let first = &jwks["keys"][0];
+        assert_eq!(first["kty"], "OKP");
+        assert_eq!(first["crv"], "Ed25519");
+        assert_eq!(first["alg"], "EdDSA");
+        assert_eq!(first["use"], "sig");
+        let x = URL_SAFE_NO_PAD
+            .decode(first["x"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(x, rotated.active.verifying_key().as_bytes());
+
+        let newest = KeySet::rotate_file_with_retirement(&path, Some(NOW + 100)).unwrap();
+        let (thrice, _) = KeySet::load_or_create(&path).unwrap();
+        assert_eq!(thrice.active_kid(), newest);
+        assert_eq!(thrice.jwks()["keys"].as_array().unwrap().len(), 3);
+        let mut long_lived = claims();
+        long_lived.exp = NOW + 10_000;
+        let middle_token = rotated.sign(&long_lived);
+        assert!(thrice.verify(&middle_token, NOW + 100, CELL).is_ok());
+        assert_eq!(
+            thrice.verify(&middle_token, NOW + 101, CELL),
+            Err(TokenError::RetiredKey(new_kid.clone()))
+        );
+        // The oldest key carries no retirement and still verifies.
+        assert_eq!(thrice.verify(&old_token, NOW, CELL), Ok(claims()));
+    }
+
+    #[test]
+    fn rotate_refuses_missing_or_broken_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.pem");
+        assert!(matches!(
+            KeySet::rotate_file(&path),
+            Err(KeyError::Io { .. })
+        ));
+        fs::write(&path, "garbage\n").unwrap();
+        assert!(matches!(
+            KeySet::rotate_file(&path),
+            Err(KeyError::Invalid(_))
+        ));
+        assert_eq!(fs::read_to_string(&path).unwrap(), "garbage\n");
+    }
+
+    #[test]
+    fn pem_with_public_only_keys() {
+        let active = SigningKey::generate();
+        let destroyed = SigningKey::generate();
+        let public = ed25519_dalek::pkcs8::EncodePublicKey::to_public_key_pem(
+            &destroyed.verifying_key(),
+            LineEnding::CRLF,
+        )
+        .unwrap();
+        let text = format!(
+            "# comment\n\n{}\n{RETIRE_AFTER} {}\n{public}",
+            active.to_pem().unwrap(),
+            NOW + 5
+        );
+        let keys = KeySet::from_pem(&text).unwrap();
+        assert_eq!(keys.active_kid(), active.kid());
+        let old = KeySet {
+            active: destroyed,
+            verify_only: Vec::new(),
+        };
+        let token = old.sign(&claims());
+        assert_eq!(keys.verify(&token, NOW, CELL), Ok(claims()));
+        assert_eq!(
+            keys.verify(&token, NOW + 6, CELL),
+            Err(TokenError::RetiredKey(old.active_kid().to_owned()))
+        );
+        assert_eq!(keys.jwks()["keys"].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn bad_pem() {
+        let a = SigningKey::generate().to_pem().unwrap();
+        let public = ed25519_dalek::pkcs8::EncodePublicKey::to_public_key_pem(
+            &SigningKey::generate().verifying_key(),
+            LineEnding::LF,
+        )
+        .unwrap();
+        assert!(matches!(KeySet::from_pem(""), Err(KeyError::NoSigningKey)));
+        assert!(matches!(
+            KeySet::from_pem(&public),
+            Err(KeyError::NoSigningKey)
+        ));
+        assert!(matches!(
+            KeySet::from_pem(&format!("{a}{a}")),
+            Err(KeyError::DuplicateKey(_))
+        ));
+        let truncated = &a[..a.len() - 10];
+        let body_broken = {
+            let mut lines: Vec<String> = a.lines().map(str::to_owned).collect();
+            let first = if lines[1].starts_with('M') { "N" } else { "M" };
+            lines[1].replace_range(..1, first);
+            lines.join("\n")
+        };
+        let cases = [
+            "hello".to_owned(),
+            truncated.to_owned(),
+            body_broken,
+            a.replace("PRIVATE KEY", "RSA PRIVATE KEY"),
+            format!("{RETIRE_AFTER} soon\n{a}"),
+            format!("{RETIRE_AFTER} 5\n{a}"),
+            format!("{a}{RETIRE_AFTER} 5\n"),
+            format!("{a}trailing words\n"),
+        ];
+        for case in cases {
+            assert!(
+                matches!(KeySet::from_pem(&case), Err(KeyError::Invalid(_))),
+                "{case}"
+            );
+        }
+    }
+
+    #[test]
+    fn role_names() {
+        for role in Role::ALL {
+            assert_eq!(role.to_string().parse::<Role>(), Ok(role));
+            assert_eq!(
+                serde_json::to_value(role).unwrap(),
+                Value::from(role.to_string())
+            );
+        }
+        assert!("Ops".parse::<Role>().is_err());
+        assert!("admin".parse::<Role>().is_err());
+    }
+
+    #[test]
+    fn debug_does_not_leak_the_secret() {
+        let keys = KeySet::generate();
+        let secret = hex::encode(keys.active.key.to_bytes());
+        let debug = format!("{keys:?}");
+        assert!(debug.contains(keys.active_kid()));
+        assert!(!debug.contains(&secret));
+        assert!(!debug.contains(&format!("{:?}", keys.active.key.to_bytes())));
+    }
+}
