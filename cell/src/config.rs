@@ -9,6 +9,8 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::http::rate_limit::{Limit, Limits};
+
 /// A marketcell node. With no arguments: a single-node cell named `local`
 /// on http://127.0.0.1:8080 with its data in ./data/local.
 #[derive(Debug, Parser, Default)]
@@ -79,6 +81,15 @@ pub struct Args {
     /// verify only); created on first start. All nodes of a cell share it.
     #[arg(long, env = "CELL_JWT_KEYS_FILE")]
     pub jwt_keys_file: Option<PathBuf>,
+    /// Requests per second per client IP for unauthenticated calls.
+    #[arg(long, env = "CELL_RATE_LIMIT_IP")]
+    pub rate_limit_ip: Option<f64>,
+    /// Requests per second per client IP on /v1/auth/*.
+    #[arg(long, env = "CELL_RATE_LIMIT_AUTH")]
+    pub rate_limit_auth: Option<f64>,
+    /// Requests per second per authenticated principal (ops is exempt).
+    #[arg(long, env = "CELL_RATE_LIMIT_PRINCIPAL")]
+    pub rate_limit_principal: Option<f64>,
     /// Seed this (empty) node from a backup file, as a single-voter cell.
     #[arg(long)]
     pub restore_from: Option<PathBuf>,
@@ -108,6 +119,9 @@ struct FileConfig {
     raft_snapshot_every: Option<u64>,
     raft_keep_logs: Option<u64>,
     jwt_keys_file: Option<PathBuf>,
+    rate_limit_ip: Option<f64>,
+    rate_limit_auth: Option<f64>,
+    rate_limit_principal: Option<f64>,
 }
 
 /// TLS material of a node.
@@ -139,6 +153,7 @@ pub struct CellConfig {
     pub raft_keep_logs: u64,
     pub restore_from: Option<PathBuf>,
     pub jwt_keys_file: PathBuf,
+    pub limits: Limits,
 }
 
 pub fn valid_cell_name(name: &str) -> bool {
@@ -229,6 +244,37 @@ impl CellConfig {
             .or(file.ops_token_file)
             .unwrap_or_else(|| data_dir.join("ops-token"));
         let data_dir_for_keys = data_dir.clone();
+        let mut limits = Limits::default();
+        let rate = |v: Option<f64>, name: &str| -> anyhow::Result<Option<f64>> {
+            match v {
+                Some(r) if !(r > 0.0 && r.is_finite()) => bail!("{name} must be a positive number"),
+                other => Ok(other),
+            }
+        };
+        if let Some(r) = rate(args.rate_limit_ip.or(file.rate_limit_ip), "--rate-limit-ip")? {
+            limits.ip = Limit {
+                per_second: r,
+                burst: 2.0 * r,
+            };
+        }
+        if let Some(r) = rate(
+            args.rate_limit_auth.or(file.rate_limit_auth),
+            "--rate-limit-auth",
+        )? {
+            limits.auth_ip = Limit {
+                per_second: r,
+                burst: 6.0 * r,
+            };
+        }
+        if let Some(r) = rate(
+            args.rate_limit_principal.or(file.rate_limit_principal),
+            "--rate-limit-principal",
+        )? {
+            limits.principal = Limit {
+                per_second: r,
+                burst: 2.0 * r,
+            };
+        }
         Ok(Self {
             cell,
             region,
@@ -255,6 +301,7 @@ impl CellConfig {
                 .jwt_keys_file
                 .or(file.jwt_keys_file)
                 .unwrap_or_else(|| data_dir_for_keys.join("jwt-keys.pem")),
+            limits,
         })
     }
 

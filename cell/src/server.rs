@@ -115,6 +115,7 @@ pub async fn run(cfg: CellConfig) -> anyhow::Result<()> {
         metrics: Arc::new(Metrics::new()),
         cache: cache.clone(),
         inflight: Arc::new(Semaphore::new(MAX_INFLIGHT)),
+        limiter: Arc::new(http::rate_limit::RateLimiter::new(cfg.limits)),
         request_timeout: http::DEFAULT_TIMEOUT,
         tls: api_tls.is_some(),
     };

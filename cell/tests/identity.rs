@@ -39,7 +39,11 @@ fn b64(v: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signup_login_refresh_logout_and_token_attacks() {
-    let tc = TestCell::start(3, false, &[]).await.expect("cell");
+    // Many auth calls from one IP in a few seconds: lift that limit here
+    // (it has a test of its own below).
+    let tc = TestCell::start(3, false, &["--rate-limit-auth", "1000"])
+        .await
+        .expect("cell");
     let leader = tc.cell.wait_leader(Duration::from_secs(10)).await.unwrap();
     let other = (1..=3).find(|&i| i != leader).unwrap();
 
@@ -393,4 +397,68 @@ fn test_key_pem() -> String {
     let path = dir.path().join("k.pem");
     KeySet::load_or_create(&path).unwrap();
     std::fs::read_to_string(path).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_endpoints_are_rate_limited_per_ip_and_ops_is_not() {
+    let tc = TestCell::start(
+        1,
+        false,
+        &["--rate-limit-auth", "1", "--rate-limit-ip", "5"],
+    )
+    .await
+    .expect("cell");
+    let mut limited = None;
+    for _ in 0..20 {
+        let r = tc
+            .http
+            .post(format!("{}/v1/auth/login", tc.url(1)))
+            .json(&json!({"email": "x@example.com", "password": "wrong password"}))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(r);
+            break;
+        }
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    let r = limited.expect("20 quick logins from one IP were never limited");
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry >= 1);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["code"], "rate_limited");
+    // Ops traffic is not limited.
+    for _ in 0..50 {
+        let (s, _) = call(
+            &tc,
+            1,
+            Method::GET,
+            "/admin/cluster",
+            Some(&tc.cell.token),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    // Anonymous traffic has its own, looser per-IP bucket.
+    let mut statuses = Vec::new();
+    for _ in 0..30 {
+        statuses.push(
+            tc.http
+                .get(format!("{}/v1/cell", tc.url(1)))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+        );
+    }
+    assert!(
+        statuses.contains(&StatusCode::OK) && statuses.contains(&StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
 }

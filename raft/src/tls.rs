@@ -124,7 +124,14 @@ pub async fn serve(
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10));
             builder.http2().max_concurrent_streams(1024);
-            let service = TowerToHyperService::new(app.into_service());
+            // Handlers see the client address as axum's `ConnectInfo`.
+            let service = TowerToHyperService::new(tower::service_fn(
+                move |mut req: http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    tower::ServiceExt::oneshot(app.clone(), req)
+                },
+            ));
             let result = match acceptor {
                 Some(acceptor) => {
                     match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))

@@ -89,6 +89,35 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
     Ok(token.trim())
 }
 
+/// The principal behind a request's bearer token, if it has one.
+pub fn resolve_principal(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
+    let token = bearer(parts)?;
+    // Compare digests so the comparison time does not depend on where
+    // the token first differs.
+    let given = token_hash(token);
+    let mut diff = 0u8;
+    for (a, b) in given.iter().zip(state.ops_token_hash.iter()) {
+        diff |= a ^ b;
+    }
+    if diff == 0 {
+        return Ok(Principal {
+            sub: "ops-bootstrap".into(),
+            role: Role::Ops,
+            bootstrap: true,
+        });
+    }
+    let now = crate::http::identity_api::now_ms() / 1000;
+    let claims = state
+        .keys
+        .verify(token, now, &state.cfg.cell)
+        .map_err(|e| ApiError::unauthorized(format!("invalid token: {e}")))?;
+    Ok(Principal {
+        sub: claims.sub,
+        role: claims.role,
+        bootstrap: false,
+    })
+}
+
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
@@ -96,35 +125,11 @@ impl FromRequestParts<AppState> for Principal {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        // The edge already verified the token for rate limiting.
         if let Some(p) = parts.extensions.get::<Principal>() {
             return Ok(p.clone());
         }
-        let token = bearer(parts)?;
-        // Compare digests so the comparison time does not depend on where
-        // the token first differs.
-        let given = token_hash(token);
-        let mut diff = 0u8;
-        for (a, b) in given.iter().zip(state.ops_token_hash.iter()) {
-            diff |= a ^ b;
-        }
-        let principal = if diff == 0 {
-            Principal {
-                sub: "ops-bootstrap".into(),
-                role: Role::Ops,
-                bootstrap: true,
-            }
-        } else {
-            let now = crate::http::identity_api::now_ms() / 1000;
-            let claims = state
-                .keys
-                .verify(token, now, &state.cfg.cell)
-                .map_err(|e| ApiError::unauthorized(format!("invalid token: {e}")))?;
-            Principal {
-                sub: claims.sub,
-                role: claims.role,
-                bootstrap: false,
-            }
-        };
+        let principal = resolve_principal(parts, state)?;
         parts.extensions.insert(principal.clone());
         Ok(principal)
     }

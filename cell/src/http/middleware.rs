@@ -11,10 +11,15 @@ use axum::{
 };
 
 use super::{
+    extract::resolve_principal,
     problem::{ApiError, PROBLEM_JSON, REQUEST_ID},
+    rate_limit::{principal_key, BucketKey},
     AppState,
 };
+use crate::auth::jwt::Role;
 use crate::metrics::{HttpLabels, ReasonLabels};
+use axum::extract::ConnectInfo;
+use std::net::SocketAddr;
 
 fn valid_request_id(s: &str) -> bool {
     !s.is_empty()
@@ -86,7 +91,58 @@ pub async fn edge(State(state): State<AppState>, req: Request, next: Next) -> Re
     resp
 }
 
-async fn shed_and_time(state: &AppState, req: Request, next: Next) -> Response {
+/// Per-principal and per-IP token buckets; ops is never limited.
+fn rate_limit(state: &AppState, req: &mut Request) -> Result<(), ApiError> {
+    let now = std::time::Instant::now();
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let (mut parts, body) =
+        std::mem::replace(req, Request::new(axum::body::Body::empty())).into_parts();
+    let principal = if parts.headers.contains_key(header::AUTHORIZATION) {
+        resolve_principal(&parts, state).ok()
+    } else {
+        None
+    };
+    if let Some(p) = &principal {
+        parts.extensions.insert(p.clone());
+    }
+    let is_auth = parts.uri.path().starts_with("/v1/auth/");
+    *req = Request::from_parts(parts, body);
+    let mut keys = Vec::with_capacity(2);
+    match &principal {
+        Some(p) if p.role == Role::Ops => return Ok(()),
+        Some(p) => keys.push(principal_key(&p.sub)),
+        None => keys.extend(ip.map(BucketKey::Ip)),
+    }
+    if is_auth {
+        keys.extend(ip.map(BucketKey::AuthIp));
+    }
+    for key in keys {
+        if let Err(retry) = state.limiter.take(key, now) {
+            state
+                .metrics
+                .shed
+                .get_or_create(&ReasonLabels {
+                    reason: "rate_limit".into(),
+                })
+                .inc();
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many requests; slow down",
+            )
+            .retry_after(retry));
+        }
+    }
+    Ok(())
+}
+
+async fn shed_and_time(state: &AppState, mut req: Request, next: Next) -> Response {
+    if let Err(e) = rate_limit(state, &mut req) {
+        return e.into_response();
+    }
     // Shed instead of queueing without bound: a full node answers fast.
     let Ok(_permit) = state.inflight.clone().try_acquire_owned() else {
         state

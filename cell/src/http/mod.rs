@@ -7,6 +7,7 @@ mod info_api;
 mod kv_api;
 mod middleware;
 pub mod problem;
+pub mod rate_limit;
 
 use std::{sync::Arc, time::Duration};
 
@@ -35,6 +36,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub cache: Arc<ReadCache>,
     pub inflight: Arc<Semaphore>,
+    pub limiter: Arc<rate_limit::RateLimiter>,
     pub request_timeout: Duration,
     pub tls: bool,
 }
