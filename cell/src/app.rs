@@ -5,9 +5,13 @@ use serde::{Deserialize, Serialize};
 use storage::WriteTxn;
 use tokio::sync::broadcast;
 
+use std::sync::Arc;
+
 use crate::{
+    catalog::{self, CatalogCommand, CatalogResponse, Touched},
     identity::{self, IdentityCommand, IdentityResponse},
     kv::{self, KvCommand, KvResponse},
+    read_models::ReadModels,
 };
 
 /// Everything that goes through the Raft log.
@@ -15,12 +19,14 @@ use crate::{
 pub enum Command {
     Kv(KvCommand),
     Identity(IdentityCommand),
+    Catalog(CatalogCommand),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Response {
     Kv(KvResponse),
     Identity(IdentityResponse),
+    Catalog(CatalogResponse),
 }
 
 /// What changed, announced in-process after commit.
@@ -29,30 +35,38 @@ pub enum Change {
     Kv {
         key: String,
     },
+    Vendor {
+        id: String,
+    },
+    Product {
+        id: String,
+    },
     /// A snapshot replaced the whole state.
     Everything,
 }
 
 pub struct CellApp {
     changes: broadcast::Sender<Change>,
+    read_models: Arc<ReadModels>,
 }
 
 impl CellApp {
-    pub fn new() -> Self {
+    pub fn new(read_models: Arc<ReadModels>) -> Self {
         let (changes, _) = broadcast::channel(4096);
-        Self { changes }
+        Self {
+            changes,
+            read_models,
+        }
+    }
+
+    pub fn read_models(&self) -> &Arc<ReadModels> {
+        &self.read_models
     }
 
     /// In-process change notifications (cache invalidation, indexers,
     /// long-poll waiters). Lagging subscribers must resynchronise.
     pub fn subscribe(&self) -> broadcast::Receiver<Change> {
         self.changes.subscribe()
-    }
-}
-
-impl Default for CellApp {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
@@ -76,16 +90,37 @@ impl raft::Application for CellApp {
                 Ok(Response::Kv(resp))
             }
             Command::Identity(c) => Ok(Response::Identity(identity::apply(txn, c)?)),
+            Command::Catalog(c) => {
+                let (resp, touched) = catalog::apply(txn, c)?;
+                for t in touched {
+                    ctx.emit(match t {
+                        Touched::Vendor(id) => Change::Vendor { id },
+                        Touched::Product(id) => Change::Product { id },
+                    });
+                }
+                Ok(Response::Catalog(resp))
+            }
         }
     }
 
+    /// Runs before the applied index advances: cached read models are
+    /// dropped before any reader can wait for this index.
     fn committed(&self, _applied_index: u64, effects: Vec<Change>) {
         for e in effects {
+            match &e {
+                Change::Vendor { id } => {
+                    self.read_models.invalidate(&format!("vendor/{id}"));
+                    self.read_models.invalidate(&format!("menu/{id}"));
+                }
+                Change::Product { id } => self.read_models.invalidate(&format!("product/{id}")),
+                Change::Kv { .. } | Change::Everything => {}
+            }
             let _ = self.changes.send(e);
         }
     }
 
     fn snapshot_installed(&self, _applied_index: u64) {
+        self.read_models.invalidate_all();
         let _ = self.changes.send(Change::Everything);
     }
 }

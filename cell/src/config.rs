@@ -90,6 +90,10 @@ pub struct Args {
     /// Requests per second per authenticated principal (ops is exempt).
     #[arg(long, env = "CELL_RATE_LIMIT_PRINCIPAL")]
     pub rate_limit_principal: Option<f64>,
+    /// Serve vendor and product reads straight from redb, without the
+    /// read cache (for comparisons).
+    #[arg(long, env = "CELL_NO_READ_CACHE")]
+    pub no_read_cache: bool,
     /// Seed this (empty) node from a backup file, as a single-voter cell.
     #[arg(long)]
     pub restore_from: Option<PathBuf>,
@@ -154,6 +158,7 @@ pub struct CellConfig {
     pub restore_from: Option<PathBuf>,
     pub jwt_keys_file: PathBuf,
     pub limits: Limits,
+    pub read_cache: bool,
 }
 
 pub fn valid_cell_name(name: &str) -> bool {
@@ -302,6 +307,7 @@ impl CellConfig {
                 .or(file.jwt_keys_file)
                 .unwrap_or_else(|| data_dir_for_keys.join("jwt-keys.pem")),
             limits,
+            read_cache: !args.no_read_cache,
         })
     }
 

@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod catalog;
 pub mod certs;
 pub mod config;
 pub mod http;
@@ -10,4 +11,5 @@ pub mod identity;
 pub mod kv;
 pub mod local;
 pub mod metrics;
+pub mod read_models;
 pub mod server;

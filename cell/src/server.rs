@@ -8,11 +8,12 @@ use storage::{CacheConfig, ReadCache};
 use tokio::{net::TcpListener, sync::Semaphore};
 
 use crate::{
-    app::{CellApp, Change},
+    app::CellApp,
     auth::jwt::KeySet,
     config::{load_or_create_ops_token, CellConfig},
     http::{self, AppState},
     metrics::Metrics,
+    read_models::ReadModels,
 };
 
 /// Most requests a node works on at once before it sheds load.
@@ -63,7 +64,20 @@ pub async fn run(cfg: CellConfig) -> anyhow::Result<()> {
     let mut raft_config = NodeConfig::default_raft_config(&cfg.cell);
     raft_config.snapshot_policy = openraft::SnapshotPolicy::LogsSinceLast(cfg.raft_snapshot_every);
     raft_config.max_in_snapshot_log_to_keep = cfg.raft_keep_logs;
-    let app = Arc::new(CellApp::new());
+    let cache = if cfg.read_cache {
+        Some(Arc::new(
+            ReadCache::open(&CacheConfig {
+                dir: cfg.cache_dir(),
+                memory_bytes: 64 * 1024 * 1024,
+                disk_bytes: 256 * 1024 * 1024,
+            })
+            .await?,
+        ))
+    } else {
+        None
+    };
+    let read_models = Arc::new(ReadModels::new(cache.clone()));
+    let app = Arc::new(CellApp::new(read_models.clone()));
     let node = RaftNode::start(
         NodeConfig {
             id: cfg.node_id,
@@ -96,16 +110,6 @@ pub async fn run(cfg: CellConfig) -> anyhow::Result<()> {
         tracing::info!(node = cfg.node_id, "initialised a new single-node cell");
     }
 
-    let cache = Arc::new(
-        ReadCache::open(&CacheConfig {
-            dir: cfg.cache_dir(),
-            memory_bytes: 64 * 1024 * 1024,
-            disk_bytes: 256 * 1024 * 1024,
-        })
-        .await?,
-    );
-    spawn_cache_invalidation(&app, cache.clone());
-
     let state = AppState {
         node: node.clone(),
         app: app.clone(),
@@ -113,7 +117,7 @@ pub async fn run(cfg: CellConfig) -> anyhow::Result<()> {
         ops_token_hash: http::token_hash(&ops_token),
         keys: Arc::new(keys),
         metrics: Arc::new(Metrics::new()),
-        cache: cache.clone(),
+        read_models,
         inflight: Arc::new(Semaphore::new(MAX_INFLIGHT)),
         limiter: Arc::new(http::rate_limit::RateLimiter::new(cfg.limits)),
         request_timeout: http::DEFAULT_TIMEOUT,
@@ -144,28 +148,10 @@ pub async fn run(cfg: CellConfig) -> anyhow::Result<()> {
         r = api => tracing::error!(result = ?r, "API server stopped"),
     }
     node.shutdown().await;
-    let _ = cache.close().await;
+    if let Some(cache) = cache {
+        let _ = cache.close().await;
+    }
     Ok(())
-}
-
-/// Every node drops cached read models whose source changed, on apply.
-fn spawn_cache_invalidation(app: &CellApp, cache: Arc<ReadCache>) {
-    let mut rx = app.subscribe();
-    tokio::spawn(async move {
-        loop {
-            match rx.recv().await {
-                Ok(Change::Kv { key }) => cache.invalidate(format!("kv/{key}").as_bytes()),
-                Ok(Change::Everything)
-                | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    // Missed changes: nothing cached can be trusted.
-                    if let Err(e) = cache.clear().await {
-                        tracing::warn!(error = %e, "cache clear failed");
-                    }
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-            }
-        }
-    });
 }
 
 async fn shutdown_signal() {

@@ -95,11 +95,13 @@ pub async fn metrics(State(s): State<AppState>) -> Response {
         .set(m.snapshot.map(|l| l.index).unwrap_or(0) as i64);
     mx.raft_voters
         .set(m.membership_config.membership().voter_ids().count() as i64);
-    let c = s.cache.stats();
-    mx.cache_hits.set(c.hits as i64);
-    mx.cache_misses.set(c.misses as i64);
-    mx.cache_memory_bytes.set(c.memory_bytes as i64);
-    mx.cache_entries.set(c.memory_entries as i64);
+    if let Some(cache) = s.read_models.cache() {
+        let c = cache.stats();
+        mx.cache_hits.set(c.hits as i64);
+        mx.cache_misses.set(c.misses as i64);
+        mx.cache_memory_bytes.set(c.memory_bytes as i64);
+        mx.cache_entries.set(c.memory_entries as i64);
+    }
     if let Ok(md) = std::fs::metadata(s.cfg.raft_dir().join("state.redb")) {
         mx.state_bytes.set(md.len() as f64);
     }

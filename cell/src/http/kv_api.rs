@@ -36,7 +36,7 @@ const SESSION_WAIT: Duration = Duration::from_secs(2);
 
 /// Make this node's state fresh enough for `c`; returns the applied index
 /// the read is served at.
-pub async fn ensure_fresh(s: &AppState, c: Consistency) -> ApiResult<u64> {
+pub(super) async fn ensure_fresh(s: &AppState, c: Consistency) -> ApiResult<u64> {
     match c {
         Consistency::Local => Ok(s.node.applied_index()),
         Consistency::AtLeast(n) => match s.node.wait_applied(n, SESSION_WAIT).await {

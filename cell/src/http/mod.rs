@@ -1,6 +1,7 @@
 //! The HTTP edge of a node: public `/v1`, `/admin`, health and metrics.
 
 mod admin_api;
+mod catalog_api;
 mod extract;
 pub mod identity_api;
 mod info_api;
@@ -13,13 +14,14 @@ use std::{sync::Arc, time::Duration};
 
 use axum::{extract::DefaultBodyLimit, middleware::from_fn_with_state, routing::get, Router};
 use raft::RaftNode;
-use storage::ReadCache;
 use tokio::sync::Semaphore;
 
 pub use extract::token_hash;
 pub use middleware::DEFAULT_TIMEOUT;
 
-use crate::{app::CellApp, auth::jwt::KeySet, config::CellConfig, metrics::Metrics};
+use crate::{
+    app::CellApp, auth::jwt::KeySet, config::CellConfig, metrics::Metrics, read_models::ReadModels,
+};
 
 /// Largest request body accepted anywhere on the public API.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -34,7 +36,7 @@ pub struct AppState {
     /// Access-token signing and verification keys.
     pub keys: Arc<KeySet>,
     pub metrics: Arc<Metrics>,
-    pub cache: Arc<ReadCache>,
+    pub read_models: Arc<ReadModels>,
     pub inflight: Arc<Semaphore>,
     pub limiter: Arc<rate_limit::RateLimiter>,
     pub request_timeout: Duration,
@@ -49,6 +51,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/cell", get(info_api::cell_info))
         .merge(kv_api::routes())
         .merge(identity_api::routes())
+        .merge(catalog_api::routes())
         .merge(admin_api::routes())
         .fallback(info_api::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

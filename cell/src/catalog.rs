@@ -1,0 +1,455 @@
+//! Vendors (restaurants, grocers, shops, pharmacies, taxi companies) and
+//! their products, as replicated state.
+//!
+//! Ownership is checked inside apply as well as at the edge: the log order
+//! decides, so a request that raced a change of ownership cannot slip by.
+
+use serde::{Deserialize, Serialize};
+use storage::{ReadTxn, Table, WriteTxn};
+
+const VENDORS: Table<Vendor> = Table::new("vendors");
+const PRODUCTS: Table<Product> = Table::new("products");
+/// `<vendor id>/<product id>` → product id, for listing a menu in order.
+const PRODUCTS_BY_VENDOR: Table<String> = Table::new("products_by_vendor");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VendorKind {
+    Restaurant,
+    Grocery,
+    Retail,
+    Pharmacy,
+    Taxi,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VendorStatus {
+    Active,
+    Paused,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Location {
+    pub lat: f64,
+    pub lng: f64,
+}
+
+impl Location {
+    pub fn is_valid(&self) -> bool {
+        (-90.0..=90.0).contains(&self.lat) && (-180.0..=180.0).contains(&self.lng)
+    }
+}
+
+/// Integer minor units and an ISO 4217 code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Money {
+    pub amount: i64,
+    pub currency: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Vendor {
+    pub id: String,
+    pub owner_id: String,
+    pub name: String,
+    pub kind: VendorKind,
+    pub description: String,
+    pub location: Location,
+    pub address: String,
+    pub prep_minutes: u32,
+    pub tags: Vec<String>,
+    pub status: VendorStatus,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Product {
+    pub id: String,
+    pub vendor_id: String,
+    pub name: String,
+    pub description: String,
+    pub category: String,
+    pub price: Money,
+    /// `None` = unlimited.
+    pub stock: Option<i64>,
+    pub tags: Vec<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl Product {
+    pub fn available(&self) -> bool {
+        self.stock.is_none_or(|s| s > 0)
+    }
+}
+
+/// Fields a vendor update may change (already validated at the edge).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VendorPatch {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub location: Option<Location>,
+    pub address: Option<String>,
+    pub prep_minutes: Option<u32>,
+    pub tags: Option<Vec<String>>,
+    pub status: Option<VendorStatus>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProductPatch {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub category: Option<String>,
+    pub price: Option<Money>,
+    pub tags: Option<Vec<String>>,
+}
+
+/// Who is acting, as the edge authenticated it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    pub account_id: String,
+    pub is_ops: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum CatalogCommand {
+    CreateVendor {
+        vendor: Vendor,
+    },
+    UpdateVendor {
+        id: String,
+        actor: Actor,
+        patch: VendorPatch,
+        now: i64,
+    },
+    CreateProduct {
+        product: Product,
+        actor: Actor,
+    },
+    UpdateProduct {
+        id: String,
+        actor: Actor,
+        patch: ProductPatch,
+        now: i64,
+    },
+    DeleteProduct {
+        id: String,
+        actor: Actor,
+    },
+    SetStock {
+        id: String,
+        actor: Actor,
+        stock: Option<i64>,
+        now: i64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CatalogResponse {
+    Vendor(Vendor),
+    Product(Product),
+    Deleted,
+    NotFound,
+    Forbidden,
+}
+
+/// What an applied catalog command touched (for cache invalidation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Touched {
+    Vendor(String),
+    Product(String),
+}
+
+fn owns(txn: &WriteTxn, vendor_id: &str, actor: &Actor) -> storage::Result<Option<bool>> {
+    Ok(txn
+        .get(VENDORS, vendor_id.as_bytes())?
+        .map(|v| actor.is_ops || v.owner_id == actor.account_id))
+}
+
+fn menu_key(vendor_id: &str, product_id: &str) -> Vec<u8> {
+    format!("{vendor_id}/{product_id}").into_bytes()
+}
+
+/// Deterministic: reads only the command and the transaction.
+pub fn apply(
+    txn: &WriteTxn,
+    cmd: CatalogCommand,
+) -> storage::Result<(CatalogResponse, Vec<Touched>)> {
+    use CatalogResponse as R;
+    match cmd {
+        CatalogCommand::CreateVendor { vendor } => {
+            txn.put(VENDORS, vendor.id.as_bytes(), &vendor)?;
+            let touched = vec![Touched::Vendor(vendor.id.clone())];
+            Ok((R::Vendor(vendor), touched))
+        }
+        CatalogCommand::UpdateVendor {
+            id,
+            actor,
+            patch,
+            now,
+        } => {
+            let Some(mut v) = txn.get(VENDORS, id.as_bytes())? else {
+                return Ok((R::NotFound, vec![]));
+            };
+            if !(actor.is_ops || v.owner_id == actor.account_id) {
+                return Ok((R::Forbidden, vec![]));
+            }
+            if let Some(x) = patch.name {
+                v.name = x;
+            }
+            if let Some(x) = patch.description {
+                v.description = x;
+            }
+            if let Some(x) = patch.location {
+                v.location = x;
+            }
+            if let Some(x) = patch.address {
+                v.address = x;
+            }
+            if let Some(x) = patch.prep_minutes {
+                v.prep_minutes = x;
+            }
+            if let Some(x) = patch.tags {
+                v.tags = x;
+            }
+            if let Some(x) = patch.status {
+                v.status = x;
+            }
+            v.updated_at = now;
+            txn.put(VENDORS, id.as_bytes(), &v)?;
+            Ok((R::Vendor(v), vec![Touched::Vendor(id)]))
+        }
+        CatalogCommand::CreateProduct { product, actor } => {
+            match owns(txn, &product.vendor_id, &actor)? {
+                None => Ok((R::NotFound, vec![])),
+                Some(false) => Ok((R::Forbidden, vec![])),
+                Some(true) => {
+                    txn.put(PRODUCTS, product.id.as_bytes(), &product)?;
+                    txn.put(
+                        PRODUCTS_BY_VENDOR,
+                        &menu_key(&product.vendor_id, &product.id),
+                        &product.id,
+                    )?;
+                    let touched = vec![
+                        Touched::Product(product.id.clone()),
+                        Touched::Vendor(product.vendor_id.clone()),
+                    ];
+                    Ok((R::Product(product), touched))
+                }
+            }
+        }
+        CatalogCommand::UpdateProduct {
+            id,
+            actor,
+            patch,
+            now,
+        } => {
+            let Some(mut p) = txn.get(PRODUCTS, id.as_bytes())? else {
+                return Ok((R::NotFound, vec![]));
+            };
+            if owns(txn, &p.vendor_id, &actor)? != Some(true) {
+                return Ok((R::Forbidden, vec![]));
+            }
+            if let Some(x) = patch.name {
+                p.name = x;
+            }
+            if let Some(x) = patch.description {
+                p.description = x;
+            }
+            if let Some(x) = patch.category {
+                p.category = x;
+            }
+            if let Some(x) = patch.price {
+                p.price = x;
+            }
+            if let Some(x) = patch.tags {
+                p.tags = x;
+            }
+            p.updated_at = now;
+            txn.put(PRODUCTS, id.as_bytes(), &p)?;
+            Ok((R::Product(p), vec![Touched::Product(id)]))
+        }
+        CatalogCommand::DeleteProduct { id, actor } => {
+            let Some(p) = txn.get(PRODUCTS, id.as_bytes())? else {
+                return Ok((R::NotFound, vec![]));
+            };
+            if owns(txn, &p.vendor_id, &actor)? != Some(true) {
+                return Ok((R::Forbidden, vec![]));
+            }
+            txn.delete(PRODUCTS, id.as_bytes())?;
+            txn.delete(PRODUCTS_BY_VENDOR, &menu_key(&p.vendor_id, &id))?;
+            Ok((
+                R::Deleted,
+                vec![Touched::Product(id), Touched::Vendor(p.vendor_id)],
+            ))
+        }
+        CatalogCommand::SetStock {
+            id,
+            actor,
+            stock,
+            now,
+        } => {
+            let Some(mut p) = txn.get(PRODUCTS, id.as_bytes())? else {
+                return Ok((R::NotFound, vec![]));
+            };
+            if owns(txn, &p.vendor_id, &actor)? != Some(true) {
+                return Ok((R::Forbidden, vec![]));
+            }
+            p.stock = stock;
+            p.updated_at = now;
+            txn.put(PRODUCTS, id.as_bytes(), &p)?;
+            Ok((R::Product(p), vec![Touched::Product(id)]))
+        }
+    }
+}
+
+pub fn vendor(read: &ReadTxn, id: &str) -> storage::Result<Option<Vendor>> {
+    read.get(VENDORS, id.as_bytes())
+}
+
+pub fn product(read: &ReadTxn, id: &str) -> storage::Result<Option<Product>> {
+    read.get(PRODUCTS, id.as_bytes())
+}
+
+/// A vendor's products in id order, after `cursor` (a product id).
+pub fn menu(
+    read: &ReadTxn,
+    vendor_id: &str,
+    cursor: Option<&str>,
+    limit: usize,
+) -> storage::Result<Vec<Product>> {
+    let prefix = format!("{vendor_id}/");
+    let start = match cursor {
+        Some(c) => {
+            let mut k = menu_key(vendor_id, c);
+            k.push(0);
+            k
+        }
+        None => prefix.clone().into_bytes(),
+    };
+    let mut out = Vec::new();
+    for (k, pid) in read.range(PRODUCTS_BY_VENDOR, start.., limit)? {
+        if !k.starts_with(prefix.as_bytes()) {
+            break;
+        }
+        if let Some(p) = read.get(PRODUCTS, pid.as_bytes())? {
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use storage::{Durability, Store};
+
+    fn vendor(id: &str, owner: &str) -> Vendor {
+        Vendor {
+            id: id.into(),
+            owner_id: owner.into(),
+            name: "V".into(),
+            kind: VendorKind::Restaurant,
+            description: String::new(),
+            location: Location { lat: 1.0, lng: 2.0 },
+            address: "a".into(),
+            prep_minutes: 10,
+            tags: vec![],
+            status: VendorStatus::Active,
+            created_at: 1,
+            updated_at: 1,
+        }
+    }
+
+    fn product(id: &str, vendor: &str) -> Product {
+        Product {
+            id: id.into(),
+            vendor_id: vendor.into(),
+            name: "P".into(),
+            description: String::new(),
+            category: "c".into(),
+            price: Money {
+                amount: 100,
+                currency: "USD".into(),
+            },
+            stock: Some(1),
+            tags: vec![],
+            created_at: 1,
+            updated_at: 1,
+        }
+    }
+
+    #[test]
+    fn ownership_is_enforced_in_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s.redb"), 1 << 20).unwrap();
+        let w = store.write().unwrap();
+        let owner = Actor {
+            account_id: "o".into(),
+            is_ops: false,
+        };
+        let other = Actor {
+            account_id: "x".into(),
+            is_ops: false,
+        };
+        apply(
+            &w,
+            CatalogCommand::CreateVendor {
+                vendor: vendor("v1", "o"),
+            },
+        )
+        .unwrap();
+        let (r, _) = apply(
+            &w,
+            CatalogCommand::CreateProduct {
+                product: product("p1", "v1"),
+                actor: other.clone(),
+            },
+        )
+        .unwrap();
+        assert_eq!(r, CatalogResponse::Forbidden);
+        let (r, t) = apply(
+            &w,
+            CatalogCommand::CreateProduct {
+                product: product("p1", "v1"),
+                actor: owner.clone(),
+            },
+        )
+        .unwrap();
+        assert!(matches!(r, CatalogResponse::Product(_)));
+        assert!(t.contains(&Touched::Product("p1".into())));
+        let (r, _) = apply(
+            &w,
+            CatalogCommand::SetStock {
+                id: "p1".into(),
+                actor: other,
+                stock: Some(9),
+                now: 2,
+            },
+        )
+        .unwrap();
+        assert_eq!(r, CatalogResponse::Forbidden);
+        let (r, _) = apply(
+            &w,
+            CatalogCommand::SetStock {
+                id: "p1".into(),
+                actor: owner.clone(),
+                stock: Some(0),
+                now: 2,
+            },
+        )
+        .unwrap();
+        let CatalogResponse::Product(p) = r else {
+            panic!()
+        };
+        assert!(!p.available());
+        w.commit(Durability::Immediate).unwrap();
+        let r = store.read().unwrap();
+        assert_eq!(menu(&r, "v1", None, 10).unwrap().len(), 1);
+        assert_eq!(menu(&r, "v1", Some("p1"), 10).unwrap().len(), 0);
+    }
+}

@@ -1,0 +1,500 @@
+//! `/v1/vendors`, `/v1/products`: the catalog. Reads are public and go
+//! through the read cache; writes need the owning vendor (or ops for
+//! vendor profiles).
+
+use axum::{
+    extract::{Path, Query, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{get, post, put},
+    Json, Router,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{
+    extract::{Consistency, Principal, StrictJson},
+    identity_api::{now_ms, rfc3339},
+    kv_api::ensure_fresh,
+    problem::{ApiError, ApiResult},
+    AppState,
+};
+use crate::{
+    app::{Command, Response as AppResponse},
+    auth::jwt::Role,
+    catalog::{
+        self, Actor, CatalogCommand, CatalogResponse, Location, Money, Product, ProductPatch,
+        Vendor, VendorKind, VendorPatch, VendorStatus,
+    },
+};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/vendors", post(create_vendor))
+        .route("/v1/vendors/{id}", get(get_vendor).patch(patch_vendor))
+        .route(
+            "/v1/vendors/{id}/products",
+            get(list_products).post(create_product),
+        )
+        .route(
+            "/v1/products/{id}",
+            get(get_product).patch(patch_product).delete(delete_product),
+        )
+        .route("/v1/products/{id}/stock", put(set_stock))
+}
+
+const MAX_TEXT: usize = 2000;
+const MAX_NAME: usize = 120;
+const MAX_TAGS: usize = 20;
+const MAX_PRICE: i64 = 100_000_000;
+const MAX_STOCK: i64 = 1_000_000_000;
+
+fn text(field: &str, v: &str, min: usize, max: usize) -> ApiResult<String> {
+    let t = v.trim();
+    let n = t.chars().count();
+    if n < min || n > max || t.chars().any(|c| c.is_control() && c != '\n') {
+        return Err(ApiError::validation(format!(
+            "{field} must be {min} to {max} printable characters"
+        )));
+    }
+    Ok(t.to_string())
+}
+
+fn tags(v: &[String]) -> ApiResult<Vec<String>> {
+    if v.len() > MAX_TAGS {
+        return Err(ApiError::validation(format!("at most {MAX_TAGS} tags")));
+    }
+    v.iter()
+        .map(|t| text("tag", t, 1, 32).map(|t| t.to_lowercase()))
+        .collect()
+}
+
+fn location(l: &Location) -> ApiResult<Location> {
+    if !l.is_valid() {
+        return Err(ApiError::validation(
+            "location must have lat in [-90, 90] and lng in [-180, 180]",
+        ));
+    }
+    Ok(*l)
+}
+
+fn price(s: &AppState, m: &Money) -> ApiResult<Money> {
+    if m.currency != s.cfg.currency {
+        return Err(ApiError::validation(format!(
+            "prices in this cell are in {}",
+            s.cfg.currency
+        )));
+    }
+    if !(0..=MAX_PRICE).contains(&m.amount) {
+        return Err(ApiError::validation(format!(
+            "price amount must be 0..={MAX_PRICE} minor units"
+        )));
+    }
+    Ok(m.clone())
+}
+
+fn stock(v: Option<i64>) -> ApiResult<Option<i64>> {
+    match v {
+        Some(n) if !(0..=MAX_STOCK).contains(&n) => Err(ApiError::validation(format!(
+            "stock must be 0..={MAX_STOCK} or null (unlimited)"
+        ))),
+        other => Ok(other),
+    }
+}
+
+/// Ids name their cell and kind; anything else is not found here.
+fn check_id(s: &AppState, id: &str, kind: &str) -> ApiResult<()> {
+    let prefix = format!("{}.{kind}_", s.cfg.cell);
+    let ok = id.len() <= 80
+        && id
+            .strip_prefix(&prefix)
+            .is_some_and(|u| u.len() == 26 && u.chars().all(|c| c.is_ascii_alphanumeric()));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(format!(
+            "no such {}",
+            if kind == "ven" { "vendor" } else { "product" }
+        )))
+    }
+}
+
+pub fn vendor_json(v: &Vendor) -> Value {
+    json!({
+        "id": v.id, "owner_id": v.owner_id, "name": v.name, "kind": v.kind,
+        "description": v.description, "location": {"lat": v.location.lat, "lng": v.location.lng},
+        "address": v.address, "prep_minutes": v.prep_minutes, "tags": v.tags, "status": v.status,
+        "created_at": rfc3339(v.created_at), "updated_at": rfc3339(v.updated_at),
+    })
+}
+
+pub fn product_json(p: &Product) -> Value {
+    json!({
+        "id": p.id, "vendor_id": p.vendor_id, "name": p.name, "description": p.description,
+        "category": p.category, "price": {"amount": p.price.amount, "currency": p.price.currency},
+        "stock": p.stock, "available": p.available(), "tags": p.tags,
+        "created_at": rfc3339(p.created_at), "updated_at": rfc3339(p.updated_at),
+    })
+}
+
+fn actor(p: &Principal) -> Actor {
+    Actor {
+        account_id: p.sub.clone(),
+        is_ops: p.role == Role::Ops,
+    }
+}
+
+fn require(p: &Principal, roles: &[Role]) -> ApiResult<()> {
+    if roles.contains(&p.role) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(format!(
+            "this needs the {} role",
+            roles[0]
+        )))
+    }
+}
+
+async fn write(s: &AppState, cmd: CatalogCommand) -> ApiResult<(CatalogResponse, u64)> {
+    let written = s.node.write(&Command::Catalog(cmd)).await?;
+    match written.response {
+        AppResponse::Catalog(r) => Ok((r, written.index)),
+        other => Err(ApiError::internal(format!("unexpected response {other:?}"))),
+    }
+}
+
+fn answer(resp: CatalogResponse, index: u64, status: StatusCode) -> ApiResult<Response> {
+    let body = match resp {
+        CatalogResponse::Vendor(v) => vendor_json(&v),
+        CatalogResponse::Product(p) => product_json(&p),
+        CatalogResponse::Deleted => {
+            return Ok((
+                StatusCode::NO_CONTENT,
+                [("x-cell-index", index.to_string())],
+            )
+                .into_response())
+        }
+        CatalogResponse::NotFound => return Err(ApiError::not_found("no such vendor or product")),
+        CatalogResponse::Forbidden => {
+            return Err(ApiError::forbidden("only the owner may change this"))
+        }
+    };
+    Ok((status, [("x-cell-index", index.to_string())], Json(body)).into_response())
+}
+
+fn cached_json(bytes: Vec<u8>) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        bytes,
+    )
+        .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateVendor {
+    name: String,
+    kind: VendorKind,
+    #[serde(default)]
+    description: String,
+    location: Location,
+    address: String,
+    prep_minutes: u32,
+    #[serde(default)]
+    tags: Vec<String>,
+}
+
+async fn create_vendor(
+    State(s): State<AppState>,
+    p: Principal,
+    StrictJson(r): StrictJson<CreateVendor>,
+) -> ApiResult<Response> {
+    require(&p, &[Role::Vendor])?;
+    if r.prep_minutes > 240 {
+        return Err(ApiError::validation("prep_minutes must be 0..=240"));
+    }
+    let now = now_ms();
+    let vendor = Vendor {
+        id: format!("{}.ven_{}", s.cfg.cell, ulid::Ulid::new()),
+        owner_id: p.sub.clone(),
+        name: text("name", &r.name, 1, MAX_NAME)?,
+        kind: r.kind,
+        description: text("description", &r.description, 0, MAX_TEXT)?,
+        location: location(&r.location)?,
+        address: text("address", &r.address, 1, 300)?,
+        prep_minutes: r.prep_minutes,
+        tags: tags(&r.tags)?,
+        status: VendorStatus::Active,
+        created_at: now,
+        updated_at: now,
+    };
+    let (resp, index) = write(&s, CatalogCommand::CreateVendor { vendor }).await?;
+    answer(resp, index, StatusCode::CREATED)
+}
+
+async fn get_vendor(
+    State(s): State<AppState>,
+    c: Consistency,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    check_id(&s, &id, "ven")?;
+    ensure_fresh(&s, c).await?;
+    let node = s.node.clone();
+    let found = s
+        .read_models
+        .get_or_load::<ApiError>(&format!("vendor/{id}"), || {
+            let v = catalog::vendor(&node.store().read()?, &id)?;
+            Ok(v.map(|v| serde_json::to_vec(&vendor_json(&v)).unwrap_or_default()))
+        })
+        .await?;
+    found
+        .map(cached_json)
+        .ok_or_else(|| ApiError::not_found("no such vendor"))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchVendor {
+    name: Option<String>,
+    description: Option<String>,
+    location: Option<Location>,
+    address: Option<String>,
+    prep_minutes: Option<u32>,
+    tags: Option<Vec<String>>,
+    status: Option<VendorStatus>,
+}
+
+async fn patch_vendor(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    StrictJson(r): StrictJson<PatchVendor>,
+) -> ApiResult<Response> {
+    require(&p, &[Role::Vendor, Role::Ops])?;
+    check_id(&s, &id, "ven")?;
+    if r.prep_minutes.is_some_and(|m| m > 240) {
+        return Err(ApiError::validation("prep_minutes must be 0..=240"));
+    }
+    let patch = VendorPatch {
+        name: r
+            .name
+            .as_deref()
+            .map(|v| text("name", v, 1, MAX_NAME))
+            .transpose()?,
+        description: r
+            .description
+            .as_deref()
+            .map(|v| text("description", v, 0, MAX_TEXT))
+            .transpose()?,
+        location: r.location.as_ref().map(location).transpose()?,
+        address: r
+            .address
+            .as_deref()
+            .map(|v| text("address", v, 1, 300))
+            .transpose()?,
+        prep_minutes: r.prep_minutes,
+        tags: r.tags.as_deref().map(tags).transpose()?,
+        status: r.status,
+    };
+    let cmd = CatalogCommand::UpdateVendor {
+        id,
+        actor: actor(&p),
+        patch,
+        now: now_ms(),
+    };
+    let (resp, index) = write(&s, cmd).await?;
+    answer(resp, index, StatusCode::OK)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+async fn list_products(
+    State(s): State<AppState>,
+    c: Consistency,
+    Path(id): Path<String>,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let Query(q) = q.map_err(|e| ApiError::validation(e.body_text()))?;
+    check_id(&s, &id, "ven")?;
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::validation("limit must be 1..=100"));
+    }
+    ensure_fresh(&s, c).await?;
+    let read = s.node.store().read()?;
+    if catalog::vendor(&read, &id)?.is_none() {
+        return Err(ApiError::not_found("no such vendor"));
+    }
+    let mut items = catalog::menu(&read, &id, q.cursor.as_deref(), limit + 1)?;
+    let next = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(|p| p.id.clone())
+    } else {
+        None
+    };
+    Ok(Json(
+        json!({"items": items.iter().map(product_json).collect::<Vec<_>>(), "next_cursor": next}),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateProduct {
+    name: String,
+    #[serde(default)]
+    description: String,
+    category: String,
+    price: Money,
+    stock: Option<i64>,
+    #[serde(default)]
+    tags: Vec<String>,
+}
+
+async fn create_product(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(vendor_id): Path<String>,
+    StrictJson(r): StrictJson<CreateProduct>,
+) -> ApiResult<Response> {
+    require(&p, &[Role::Vendor])?;
+    check_id(&s, &vendor_id, "ven")?;
+    let now = now_ms();
+    let product = Product {
+        id: format!("{}.prd_{}", s.cfg.cell, ulid::Ulid::new()),
+        vendor_id,
+        name: text("name", &r.name, 1, MAX_NAME)?,
+        description: text("description", &r.description, 0, MAX_TEXT)?,
+        category: text("category", &r.category, 1, 60)?.to_lowercase(),
+        price: price(&s, &r.price)?,
+        stock: stock(r.stock)?,
+        tags: tags(&r.tags)?,
+        created_at: now,
+        updated_at: now,
+    };
+    let (resp, index) = write(
+        &s,
+        CatalogCommand::CreateProduct {
+            product,
+            actor: actor(&p),
+        },
+    )
+    .await?;
+    answer(resp, index, StatusCode::CREATED)
+}
+
+async fn get_product(
+    State(s): State<AppState>,
+    c: Consistency,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    check_id(&s, &id, "prd")?;
+    ensure_fresh(&s, c).await?;
+    let node = s.node.clone();
+    let found = s
+        .read_models
+        .get_or_load::<ApiError>(&format!("product/{id}"), || {
+            let p = catalog::product(&node.store().read()?, &id)?;
+            Ok(p.map(|p| serde_json::to_vec(&product_json(&p)).unwrap_or_default()))
+        })
+        .await?;
+    found
+        .map(cached_json)
+        .ok_or_else(|| ApiError::not_found("no such product"))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchProduct {
+    name: Option<String>,
+    description: Option<String>,
+    category: Option<String>,
+    price: Option<Money>,
+    tags: Option<Vec<String>>,
+}
+
+async fn patch_product(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    StrictJson(r): StrictJson<PatchProduct>,
+) -> ApiResult<Response> {
+    require(&p, &[Role::Vendor])?;
+    check_id(&s, &id, "prd")?;
+    let patch = ProductPatch {
+        name: r
+            .name
+            .as_deref()
+            .map(|v| text("name", v, 1, MAX_NAME))
+            .transpose()?,
+        description: r
+            .description
+            .as_deref()
+            .map(|v| text("description", v, 0, MAX_TEXT))
+            .transpose()?,
+        category: r
+            .category
+            .as_deref()
+            .map(|v| text("category", v, 1, 60).map(|c| c.to_lowercase()))
+            .transpose()?,
+        price: r.price.as_ref().map(|m| price(&s, m)).transpose()?,
+        tags: r.tags.as_deref().map(tags).transpose()?,
+    };
+    let (resp, index) = write(
+        &s,
+        CatalogCommand::UpdateProduct {
+            id,
+            actor: actor(&p),
+            patch,
+            now: now_ms(),
+        },
+    )
+    .await?;
+    answer(resp, index, StatusCode::OK)
+}
+
+async fn delete_product(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    require(&p, &[Role::Vendor])?;
+    check_id(&s, &id, "prd")?;
+    let (resp, index) = write(
+        &s,
+        CatalogCommand::DeleteProduct {
+            id,
+            actor: actor(&p),
+        },
+    )
+    .await?;
+    answer(resp, index, StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetStock {
+    stock: Option<i64>,
+}
+
+async fn set_stock(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    StrictJson(r): StrictJson<SetStock>,
+) -> ApiResult<Response> {
+    require(&p, &[Role::Vendor])?;
+    check_id(&s, &id, "prd")?;
+    let cmd = CatalogCommand::SetStock {
+        id,
+        actor: actor(&p),
+        stock: stock(r.stock)?,
+        now: now_ms(),
+    };
+    let (resp, index) = write(&s, cmd).await?;
+    answer(resp, index, StatusCode::OK)
+}
