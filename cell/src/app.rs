@@ -11,6 +11,7 @@ use crate::{
     catalog::{self, CatalogCommand, CatalogResponse, Touched},
     identity::{self, IdentityCommand, IdentityResponse},
     kv::{self, KvCommand, KvResponse},
+    orders::{self, OrderCommand, OrderResponse},
     read_models::ReadModels,
 };
 
@@ -19,14 +20,16 @@ use crate::{
 pub enum Command {
     Kv(KvCommand),
     Identity(IdentityCommand),
-    Catalog(CatalogCommand),
+    Catalog(Box<CatalogCommand>),
+    Orders(Box<OrderCommand>),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Response {
     Kv(KvResponse),
     Identity(IdentityResponse),
-    Catalog(CatalogResponse),
+    Catalog(Box<CatalogResponse>),
+    Orders(Box<OrderResponse>),
 }
 
 /// What changed, announced in-process after commit.
@@ -91,14 +94,26 @@ impl raft::Application for CellApp {
             }
             Command::Identity(c) => Ok(Response::Identity(identity::apply(txn, c)?)),
             Command::Catalog(c) => {
-                let (resp, touched) = catalog::apply(txn, c)?;
+                let (resp, touched) = catalog::apply(txn, *c)?;
                 for t in touched {
                     ctx.emit(match t {
                         Touched::Vendor(id) => Change::Vendor { id },
                         Touched::Product(id) => Change::Product { id },
                     });
                 }
-                Ok(Response::Catalog(resp))
+                Ok(Response::Catalog(Box::new(resp)))
+            }
+            Command::Orders(c) => {
+                let resp = orders::apply(txn, *c)?;
+                // Checkout and refunds change stock: cached products too.
+                if let OrderResponse::Placed(o) | OrderResponse::Order(o) = &resp {
+                    for item in &o.items {
+                        ctx.emit(Change::Product {
+                            id: item.product_id.clone(),
+                        });
+                    }
+                }
+                Ok(Response::Orders(Box::new(resp)))
             }
         }
     }

@@ -9,6 +9,9 @@ use storage::{ReadTxn, Table, WriteTxn};
 
 const VENDORS: Table<Vendor> = Table::new("vendors");
 const PRODUCTS: Table<Product> = Table::new("products");
+/// For checkout, which reserves stock in the same transaction.
+pub(crate) const VENDORS_TABLE: Table<Vendor> = VENDORS;
+pub(crate) const PRODUCTS_TABLE: Table<Product> = PRODUCTS;
 /// `<vendor id>/<product id>` → product id, for listing a menu in order.
 const PRODUCTS_BY_VENDOR: Table<String> = Table::new("products_by_vendor");
 

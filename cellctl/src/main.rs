@@ -51,6 +51,11 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Ledger checks.
+    Ledger {
+        #[command(subcommand)]
+        cmd: LedgerCmd,
+    },
     /// Access tokens.
     Token {
         #[command(subcommand)]
@@ -103,6 +108,13 @@ enum ClusterCmd {
         #[arg(long)]
         id: u64,
     },
+}
+
+#[derive(Subcommand)]
+enum LedgerCmd {
+    /// Verify that every transaction balances, all postings sum to zero and
+    /// stored balances match the postings (exit code 1 if not).
+    Check,
 }
 
 #[derive(Subcommand)]
@@ -237,6 +249,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Snapshot => cluster::snapshot(&api()?, j).await,
+        Cmd::Ledger {
+            cmd: LedgerCmd::Check,
+        } => {
+            let r = api()?
+                .call(reqwest::Method::GET, "/admin/ledger/check", None)
+                .await?;
+            if j {
+                output::json(&r);
+            } else {
+                println!(
+                    "{} transactions, {} postings, sum of postings {}, unbalanced {}, balance mismatches {}",
+                    output::show(&r["transactions"]),
+                    output::show(&r["postings"]),
+                    output::show(&r["postings_sum"]),
+                    r["unbalanced"].as_array().map(|a| a.len()).unwrap_or(0),
+                    r["balance_mismatches"].as_array().map(|a| a.len()).unwrap_or(0),
+                );
+            }
+            if r["ok"] != serde_json::Value::Bool(true) {
+                anyhow::bail!("the ledger does not balance");
+            }
+            println!("ledger ok");
+            Ok(())
+        }
         Cmd::Token {
             cmd: TokenCmd::Mint { role, ttl, sub },
         } => {

@@ -156,9 +156,9 @@ fn require(p: &Principal, roles: &[Role]) -> ApiResult<()> {
 }
 
 async fn write(s: &AppState, cmd: CatalogCommand) -> ApiResult<(CatalogResponse, u64)> {
-    let written = s.node.write(&Command::Catalog(cmd)).await?;
+    let written = s.node.write(&Command::Catalog(Box::new(cmd))).await?;
     match written.response {
-        AppResponse::Catalog(r) => Ok((r, written.index)),
+        AppResponse::Catalog(r) => Ok((*r, written.index)),
         other => Err(ApiError::internal(format!("unexpected response {other:?}"))),
     }
 }

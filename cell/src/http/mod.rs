@@ -7,6 +7,7 @@ pub mod identity_api;
 mod info_api;
 mod kv_api;
 mod middleware;
+pub mod orders_api;
 pub mod problem;
 pub mod rate_limit;
 
@@ -52,6 +53,7 @@ pub fn router(state: AppState) -> Router {
         .merge(kv_api::routes())
         .merge(identity_api::routes())
         .merge(catalog_api::routes())
+        .merge(orders_api::routes())
         .merge(admin_api::routes())
         .fallback(info_api::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

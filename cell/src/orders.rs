@@ -1,0 +1,463 @@
+//! Quotes, carts, orders (goods and rides) and their lifecycle, as
+//! replicated state.
+//!
+//! Checkout is one command: idempotency, quote, prices and stock are
+//! checked and stock is reserved, the order stored and the charge posted
+//! to the ledger in the same transaction — all or nothing, in log order,
+//! so concurrent checkouts of the last unit admit exactly one.
+
+use serde::{Deserialize, Serialize};
+use storage::{ReadTxn, Table, WriteTxn};
+
+use crate::{
+    catalog::{self, Location, Money},
+    ledger::{self, LedgerTx, Posting},
+};
+
+const QUOTES: Table<Quote> = Table::new("quotes");
+const CARTS: Table<Cart> = Table::new("carts");
+const ORDERS: Table<Order> = Table::new("orders");
+/// `<customer>/<order>` and `<vendor owner>/<order>` → order id.
+const BY_CUSTOMER: Table<String> = Table::new("orders_by_customer");
+const BY_OWNER: Table<String> = Table::new("orders_by_vendor_owner");
+/// `<customer>/<idempotency key>` → order id.
+const IDEMPOTENCY: Table<String> = Table::new("order_idempotency");
+const COUNTERS: Table<i64> = Table::new("order_counters");
+const OPEN_ORDERS: &[u8] = b"open";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderKind {
+    Delivery,
+    Ride,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    OnDemand,
+    Scheduled,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Quote {
+    pub id: String,
+    pub customer_id: String,
+    pub vendor_id: String,
+    pub kind: OrderKind,
+    pub mode: Mode,
+    pub pickup: Location,
+    pub dropoff: Location,
+    pub window_start: Option<i64>,
+    pub fee: Money,
+    /// Surge multiplier in thousandths (1000 = 1.0).
+    pub surge_milli: u32,
+    pub eta_minutes: u32,
+    pub expires_at: i64,
+    pub used: bool,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CartItem {
+    pub product_id: String,
+    pub quantity: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cart {
+    pub vendor_id: String,
+    pub items: Vec<CartItem>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    Placed,
+    Accepted,
+    Ready,
+    PickedUp,
+    Delivered,
+    Rejected,
+    Cancelled,
+    Failed,
+}
+
+impl OrderStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Delivered | Self::Rejected | Self::Cancelled | Self::Failed
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderItem {
+    pub product_id: String,
+    pub name: String,
+    pub quantity: u32,
+    /// Minor units, as priced at checkout.
+    pub unit_price: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Order {
+    pub id: String,
+    pub kind: OrderKind,
+    pub customer_id: String,
+    pub vendor_id: String,
+    /// Filled in by apply from the vendor record.
+    pub vendor_owner_id: String,
+    pub status: OrderStatus,
+    pub items: Vec<OrderItem>,
+    pub currency: String,
+    pub subtotal: i64,
+    pub delivery_fee: i64,
+    pub tip: i64,
+    pub platform_fee: i64,
+    pub total: i64,
+    pub pickup: Location,
+    pub dropoff: Location,
+    pub dropoff_address: String,
+    pub notes: Option<String>,
+    pub mode: Mode,
+    pub window_start: Option<i64>,
+    pub eta_minutes: u32,
+    pub quote_id: String,
+    pub payment_ref: String,
+    pub charge_tx: String,
+    pub idempotency_key: String,
+    pub proof_code: String,
+    pub clear_cart: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub history: Vec<(OrderStatus, i64)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Accept,
+    Reject,
+    Ready,
+    Cancel,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OrderActor {
+    pub account_id: String,
+    pub is_ops: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum OrderCommand {
+    CreateQuote {
+        quote: Quote,
+    },
+    PutCart {
+        customer_id: String,
+        cart: Cart,
+    },
+    Place {
+        order: Box<Order>,
+        now: i64,
+    },
+    Transition {
+        order_id: String,
+        actor: OrderActor,
+        action: Action,
+        now: i64,
+        refund_tx: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum OrderResponse {
+    Quote(Quote),
+    Cart(Cart),
+    Placed(Order),
+    /// The idempotency key was used before: the first order.
+    Existing(Order),
+    QuoteExpired,
+    QuoteForbidden,
+    OutOfStock {
+        product_id: String,
+    },
+    /// A price, product or vendor changed since the request was priced.
+    Stale(String),
+    Order(Order),
+    NotFound,
+    Forbidden,
+    IllegalTransition {
+        from: OrderStatus,
+    },
+}
+
+fn idem_key(customer: &str, key: &str) -> Vec<u8> {
+    format!("{customer}/{key}").into_bytes()
+}
+
+fn bump_open(txn: &WriteTxn, delta: i64) -> storage::Result<()> {
+    let n = txn.get(COUNTERS, OPEN_ORDERS)?.unwrap_or(0) + delta;
+    txn.put(COUNTERS, OPEN_ORDERS, &n.max(0))
+}
+
+fn charge(order: &Order, at: i64) -> LedgerTx {
+    let vendor_share = order.subtotal - order.platform_fee;
+    let mut postings = vec![Posting {
+        account: ledger::CLEARING.into(),
+        amount: -order.total,
+    }];
+    for (account, amount) in [
+        (ledger::vendor_account(&order.vendor_id), vendor_share),
+        (ledger::PLATFORM_FEES.to_string(), order.platform_fee),
+        (ledger::DELIVERY_FEES.to_string(), order.delivery_fee),
+        (ledger::TIPS_PAYABLE.to_string(), order.tip),
+    ] {
+        if amount != 0 {
+            postings.push(Posting { account, amount });
+        }
+    }
+    LedgerTx {
+        id: order.charge_tx.clone(),
+        order_id: order.id.clone(),
+        kind: "charge".into(),
+        currency: order.currency.clone(),
+        postings,
+        at,
+    }
+}
+
+/// Deterministic: reads only the command and the transaction.
+pub fn apply(txn: &WriteTxn, cmd: OrderCommand) -> storage::Result<OrderResponse> {
+    use OrderResponse as R;
+    match cmd {
+        OrderCommand::CreateQuote { quote } => {
+            txn.put(QUOTES, quote.id.as_bytes(), &quote)?;
+            Ok(R::Quote(quote))
+        }
+        OrderCommand::PutCart { customer_id, cart } => {
+            if cart.items.is_empty() {
+                txn.delete(CARTS, customer_id.as_bytes())?;
+            } else {
+                txn.put(CARTS, customer_id.as_bytes(), &cart)?;
+            }
+            Ok(R::Cart(cart))
+        }
+        OrderCommand::Place { mut order, now } => {
+            let ik = idem_key(&order.customer_id, &order.idempotency_key);
+            if let Some(existing) = txn.get(IDEMPOTENCY, &ik)? {
+                if let Some(o) = txn.get(ORDERS, existing.as_bytes())? {
+                    return Ok(R::Existing(o));
+                }
+            }
+            let Some(mut quote) = txn.get(QUOTES, order.quote_id.as_bytes())? else {
+                return Ok(R::QuoteExpired);
+            };
+            if quote.customer_id != order.customer_id {
+                return Ok(R::QuoteForbidden);
+            }
+            if quote.used || quote.expires_at <= now || quote.vendor_id != order.vendor_id {
+                return Ok(R::QuoteExpired);
+            }
+            let Some(vendor) = txn.get(catalog::VENDORS_TABLE, order.vendor_id.as_bytes())? else {
+                return Ok(R::Stale("the vendor no longer exists".into()));
+            };
+            // Check every line before changing anything.
+            let mut products = Vec::with_capacity(order.items.len());
+            for item in &order.items {
+                let Some(p) = txn.get(catalog::PRODUCTS_TABLE, item.product_id.as_bytes())? else {
+                    return Ok(R::Stale(format!("product {} is gone", item.product_id)));
+                };
+                if p.vendor_id != order.vendor_id || p.price.amount != item.unit_price {
+                    return Ok(R::Stale(format!(
+                        "product {} changed; quote again",
+                        item.product_id
+                    )));
+                }
+                if p.stock.is_some_and(|s| s < item.quantity as i64) {
+                    return Ok(R::OutOfStock {
+                        product_id: item.product_id.clone(),
+                    });
+                }
+                products.push(p);
+            }
+            for (mut p, item) in products.into_iter().zip(&order.items) {
+                if let Some(s) = p.stock {
+                    p.stock = Some(s - item.quantity as i64);
+                    txn.put(catalog::PRODUCTS_TABLE, p.id.as_bytes(), &p)?;
+                }
+            }
+            quote.used = true;
+            txn.put(QUOTES, quote.id.as_bytes(), &quote)?;
+            order.vendor_owner_id = vendor.owner_id;
+            order.status = OrderStatus::Placed;
+            order.history = vec![(OrderStatus::Placed, now)];
+            if !ledger::post(txn, &charge(&order, now))? {
+                return Ok(R::Stale("the charge does not balance".into()));
+            }
+            txn.put(ORDERS, order.id.as_bytes(), &order)?;
+            txn.put(
+                BY_CUSTOMER,
+                format!("{}/{}", order.customer_id, order.id).as_bytes(),
+                &order.id,
+            )?;
+            txn.put(
+                BY_OWNER,
+                format!("{}/{}", order.vendor_owner_id, order.id).as_bytes(),
+                &order.id,
+            )?;
+            txn.put(IDEMPOTENCY, &ik, &order.id)?;
+            if order.clear_cart {
+                txn.delete(CARTS, order.customer_id.as_bytes())?;
+            }
+            bump_open(txn, 1)?;
+            Ok(R::Placed(*order))
+        }
+        OrderCommand::Transition {
+            order_id,
+            actor,
+            action,
+            now,
+            refund_tx,
+        } => {
+            let Some(mut order) = txn.get(ORDERS, order_id.as_bytes())? else {
+                return Ok(R::NotFound);
+            };
+            let is_vendor = actor.account_id == order.vendor_owner_id;
+            let is_customer = actor.account_id == order.customer_id;
+            let allowed = match action {
+                Action::Accept | Action::Reject | Action::Ready => is_vendor,
+                Action::Cancel => is_customer || actor.is_ops,
+            };
+            if !allowed {
+                return Ok(R::Forbidden);
+            }
+            use OrderStatus as S;
+            let next = match (action, order.status) {
+                (Action::Accept, S::Placed) => S::Accepted,
+                (Action::Reject, S::Placed) => S::Rejected,
+                (Action::Ready, S::Accepted) => S::Ready,
+                (Action::Cancel, S::Placed | S::Accepted | S::Ready) => S::Cancelled,
+                (_, from) => return Ok(R::IllegalTransition { from }),
+            };
+            if matches!(next, S::Rejected | S::Cancelled) {
+                // Refund exactly what was charged and put the stock back.
+                if let Some(charged) = ledger::transaction(txn, &order.charge_tx)? {
+                    let kind = if next == S::Rejected {
+                        "refund_rejected"
+                    } else {
+                        "refund_cancelled"
+                    };
+                    ledger::post(txn, &ledger::reversal(&charged, refund_tx, kind, now))?;
+                }
+                for item in &order.items {
+                    if let Some(mut p) =
+                        txn.get(catalog::PRODUCTS_TABLE, item.product_id.as_bytes())?
+                    {
+                        if let Some(s) = p.stock {
+                            p.stock = Some(s + item.quantity as i64);
+                            txn.put(catalog::PRODUCTS_TABLE, p.id.as_bytes(), &p)?;
+                        }
+                    }
+                }
+                bump_open(txn, -1)?;
+            }
+            order.status = next;
+            order.updated_at = now;
+            order.history.push((next, now));
+            txn.put(ORDERS, order.id.as_bytes(), &order)?;
+            Ok(R::Order(order))
+        }
+    }
+}
+
+pub fn quote(read: &ReadTxn, id: &str) -> storage::Result<Option<Quote>> {
+    read.get(QUOTES, id.as_bytes())
+}
+
+pub fn cart(read: &ReadTxn, customer: &str) -> storage::Result<Option<Cart>> {
+    read.get(CARTS, customer.as_bytes())
+}
+
+pub fn order(read: &ReadTxn, id: &str) -> storage::Result<Option<Order>> {
+    read.get(ORDERS, id.as_bytes())
+}
+
+/// The order a customer already placed with this idempotency key.
+pub fn by_idempotency_key(
+    read: &ReadTxn,
+    customer: &str,
+    key: &str,
+) -> storage::Result<Option<Order>> {
+    match read.get(IDEMPOTENCY, &idem_key(customer, key))? {
+        Some(id) => read.get(ORDERS, id.as_bytes()),
+        None => Ok(None),
+    }
+}
+
+pub fn open_orders(read: &ReadTxn) -> storage::Result<i64> {
+    Ok(read.get(COUNTERS, OPEN_ORDERS)?.unwrap_or(0))
+}
+
+/// Whose orders a listing covers.
+pub enum Scope<'a> {
+    Customer(&'a str),
+    VendorOwner(&'a str),
+    All,
+}
+
+/// Orders in id order after `cursor`, optionally of one status.
+pub fn list(
+    read: &ReadTxn,
+    scope: Scope<'_>,
+    status: Option<OrderStatus>,
+    cursor: Option<&str>,
+    limit: usize,
+) -> storage::Result<(Vec<Order>, Option<String>)> {
+    let (index, prefix) = match scope {
+        Scope::Customer(c) => (Some(BY_CUSTOMER), format!("{c}/")),
+        Scope::VendorOwner(o) => (Some(BY_OWNER), format!("{o}/")),
+        Scope::All => (None, String::new()),
+    };
+    let mut out = Vec::new();
+    let mut next: Vec<u8> = match cursor {
+        Some(c) => {
+            let mut k = format!("{prefix}{c}").into_bytes();
+            k.push(0);
+            k
+        }
+        None => prefix.clone().into_bytes(),
+    };
+    // Scan in pages; a status filter may skip many orders.
+    loop {
+        let ids: Vec<(Vec<u8>, String)> = match index {
+            Some(t) => read.range(t, next.clone().., 256)?,
+            None => read
+                .range(ORDERS, next.clone().., 256)?
+                .into_iter()
+                .map(|(k, o)| (k, o.id))
+                .collect(),
+        };
+        let exhausted = ids.len() < 256;
+        for (k, id) in ids {
+            if !k.starts_with(prefix.as_bytes()) {
+                return Ok((out, None));
+            }
+            next = k.clone();
+            next.push(0);
+            if let Some(o) = read.get(ORDERS, id.as_bytes())? {
+                if status.is_none_or(|s| s == o.status) {
+                    out.push(o);
+                    if out.len() == limit {
+                        return Ok((out, Some(id)));
+                    }
+                }
+            }
+        }
+        if exhausted {
+            return Ok((out, None));
+        }
+    }
+}

@@ -1,0 +1,592 @@
+//! Checkout and the order lifecycle through HTTP on a real 3-node cell:
+//! the customer–vendor flow, idempotent checkout (also across a leader
+//! kill), no oversell under concurrency, rides, and a balanced ledger.
+
+mod common;
+
+use std::{sync::Arc, time::Duration};
+
+use common::harness::TestCell;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+/// A client that reads its own writes on any node, as apps do: it echoes
+/// the highest `X-Cell-Index` it has seen.
+#[derive(Clone)]
+struct Api {
+    http: reqwest::Client,
+    urls: Vec<String>,
+    seen: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Api {
+    fn new(tc: &TestCell) -> Self {
+        Self {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(15))
+                .build()
+                .unwrap(),
+            urls: (1..=tc.cell.nodes.len() as u64)
+                .map(|i| tc.url(i))
+                .collect(),
+            seen: Arc::default(),
+        }
+    }
+
+    async fn call(
+        &self,
+        node: usize,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+        key: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .http
+            .request(
+                method,
+                format!("{}{path}", self.urls[node % self.urls.len()]),
+            )
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        if let Some(k) = key {
+            req = req.header("idempotency-key", k);
+        }
+        use std::sync::atomic::Ordering;
+        req = req.header(
+            "x-cell-index",
+            self.seen.load(Ordering::Relaxed).to_string(),
+        );
+        match req.send().await {
+            Ok(r) => {
+                let s = r.status();
+                if let Some(i) = r
+                    .headers()
+                    .get("x-cell-index")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                {
+                    self.seen.fetch_max(i, Ordering::Relaxed);
+                }
+                (s, r.json().await.unwrap_or(Value::Null))
+            }
+            Err(_) => (StatusCode::SERVICE_UNAVAILABLE, Value::Null),
+        }
+    }
+
+    async fn signup(&self, email: &str, role: &str) -> (String, String) {
+        let r = self
+            .http
+            .post(format!("{}/v1/auth/signup", self.urls[0]))
+            .json(&json!({"email": email, "password": "a long password", "name": email, "role": role}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let v: Value = r.json().await.unwrap();
+        (
+            v["account"]["id"].as_str().unwrap().into(),
+            v["access_token"].as_str().unwrap().into(),
+        )
+    }
+}
+
+/// A vendor with one product of `stock` units (None = unlimited) at 1000.
+async fn shop(api: &Api, email: &str, kind: &str, stock: Option<i64>) -> (String, String, String) {
+    let (_, token) = api.signup(email, "vendor").await;
+    let (s, v) = api
+        .call(0, Method::POST, "/v1/vendors", &token, Some(json!({
+            "name": email, "kind": kind, "location": {"lat": 40.70, "lng": -74.00}, "address": "1 Main St", "prep_minutes": 10
+        })), None)
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let vid = v["id"].as_str().unwrap().to_string();
+    let mut pid = String::new();
+    if kind != "taxi" {
+        let (s, p) = api
+            .call(0, Method::POST, &format!("/v1/vendors/{vid}/products"), &token, Some(json!({
+                "name": "Thing", "category": "things", "price": {"amount": 1000, "currency": "USD"}, "stock": stock
+            })), None)
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{p}");
+        pid = p["id"].as_str().unwrap().to_string();
+    }
+    (token, vid, pid)
+}
+
+async fn quote(api: &Api, node: usize, token: &str, vid: &str) -> String {
+    let (s, q) = api
+        .call(node, Method::POST, "/v1/quotes", token, Some(json!({"vendor_id": vid, "dropoff": {"lat": 40.72, "lng": -74.01}, "mode": "on_demand"})), None)
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{q}");
+    assert!(q["fee"]["amount"].as_i64().unwrap() > 0);
+    q["id"].as_str().unwrap().to_string()
+}
+
+fn order_body(quote: &str, pid: &str, qty: u32) -> Value {
+    json!({
+        "quote_id": quote, "items": [{"product_id": pid, "quantity": qty}],
+        "dropoff": {"location": {"lat": 40.72, "lng": -74.01}, "address": "2 Side St"},
+        "tip": {"amount": 200, "currency": "USD"}
+    })
+}
+
+async fn ledger_ok(api: &Api, node: usize, ops: &str) -> Value {
+    let (s, v) = api
+        .call(node, Method::GET, "/admin/ledger/check", ops, None, None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["postings_sum"], 0);
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn customer_vendor_flow_with_idempotency_and_refunds() {
+    let tc = TestCell::start(3, false, &["--rate-limit-auth", "1000"])
+        .await
+        .expect("cell");
+    let api = Api::new(&tc);
+    let ops = tc.cell.token.clone();
+    let (vendor, vid, pid) = shop(&api, "shop@example.com", "grocery", Some(10)).await;
+    let (rival_vendor, _, _) = shop(&api, "rival@example.com", "retail", None).await;
+    let (cust_id, cust) = api.signup("cus@example.com", "customer").await;
+    let (_, other) = api.signup("other@example.com", "customer").await;
+
+    // Cart, then checkout from the cart.
+    let (s, cart) = api
+        .call(
+            1,
+            Method::PUT,
+            "/v1/cart",
+            &cust,
+            Some(json!({"vendor_id": vid, "items": [{"product_id": pid, "quantity": 2}]})),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{cart}");
+    let (s, cart) = api
+        .call(1, Method::GET, "/v1/cart", &cust, None, None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(cart["items"][0]["quantity"], 2);
+    let q = quote(&api, 1, &cust, &vid).await;
+    let body = json!({"quote_id": q, "dropoff": {"location": {"lat": 40.72, "lng": -74.01}, "address": "2 Side St"}});
+    let (s, v) = api
+        .call(
+            2,
+            Method::POST,
+            "/v1/orders",
+            &cust,
+            Some(body.clone()),
+            None,
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::BAD_REQUEST,
+        "checkout without Idempotency-Key: {v}"
+    );
+    let (s, first) = api
+        .call(
+            2,
+            Method::POST,
+            "/v1/orders",
+            &cust,
+            Some(body.clone()),
+            Some("k-1"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{first}");
+    assert_eq!(first["status"], "placed");
+    assert_eq!(first["subtotal"]["amount"], 2000);
+    assert_eq!(first["customer_id"], cust_id.as_str());
+    let total = first["total"]["amount"].as_i64().unwrap();
+    assert_eq!(
+        total,
+        2000 + first["delivery_fee"]["amount"].as_i64().unwrap()
+    );
+    let oid = first["id"].as_str().unwrap().to_string();
+    // Same key again: the same order, not a second one.
+    let (s, again) = api
+        .call(
+            0,
+            Method::POST,
+            "/v1/orders",
+            &cust,
+            Some(body.clone()),
+            Some("k-1"),
+        )
+        .await;
+    assert!(s == StatusCode::OK || s == StatusCode::CREATED, "{again}");
+    assert_eq!(again["id"], oid.as_str());
+    // The quote is spent.
+    let (s, v) = api
+        .call(
+            0,
+            Method::POST,
+            "/v1/orders",
+            &cust,
+            Some(body.clone()),
+            Some("k-2"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert_eq!(v["code"], "quote_expired");
+    // Someone else's quote.
+    let (s, _) = api
+        .call(
+            0,
+            Method::POST,
+            "/v1/orders",
+            &other,
+            Some(body),
+            Some("k-3"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    // The cart was used up.
+    let (_, cart) = api
+        .call(0, Method::GET, "/v1/cart", &cust, None, None)
+        .await;
+    assert_eq!(cart["items"], json!([]));
+
+    // Who sees the order.
+    for (token, expect) in [
+        (&cust, StatusCode::OK),
+        (&vendor, StatusCode::OK),
+        (&ops, StatusCode::OK),
+        (&other, StatusCode::NOT_FOUND),
+        (&rival_vendor, StatusCode::NOT_FOUND),
+    ] {
+        let (s, _) = api
+            .call(
+                0,
+                Method::GET,
+                &format!("/v1/orders/{oid}"),
+                token,
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(s, expect);
+    }
+    let (_, list) = api
+        .call(
+            0,
+            Method::GET,
+            "/v1/orders?status=placed",
+            &vendor,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    let (_, list) = api
+        .call(0, Method::GET, "/v1/orders", &rival_vendor, None, None)
+        .await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 0);
+
+    // Lifecycle: only the vendor moves it along; illegal moves are 409.
+    let (s, _) = api
+        .call(
+            0,
+            Method::POST,
+            &format!("/v1/orders/{oid}/accept"),
+            &cust,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = api
+        .call(
+            0,
+            Method::POST,
+            &format!("/v1/orders/{oid}/accept"),
+            &rival_vendor,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = api
+        .call(
+            0,
+            Method::POST,
+            &format!("/v1/orders/{oid}/ready"),
+            &vendor,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    let (s, v) = api
+        .call(
+            1,
+            Method::POST,
+            &format!("/v1/orders/{oid}/accept"),
+            &vendor,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = api
+        .call(
+            1,
+            Method::POST,
+            &format!("/v1/orders/{oid}/ready"),
+            &vendor,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!((s, v["status"].clone()), (StatusCode::OK, json!("ready")));
+    let (s, _) = api
+        .call(
+            1,
+            Method::POST,
+            &format!("/v1/orders/{oid}/reject"),
+            &vendor,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    // The customer cancels before pickup: refund, stock back.
+    let (s, v) = api
+        .call(
+            2,
+            Method::POST,
+            &format!("/v1/orders/{oid}/cancel"),
+            &cust,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, v["status"].clone()),
+        (StatusCode::OK, json!("cancelled")),
+        "{v}"
+    );
+    let (_, p) = api
+        .call(
+            0,
+            Method::GET,
+            &format!("/v1/products/{pid}"),
+            &cust,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(p["stock"], 10);
+    let l = ledger_ok(&api, 0, &ops).await;
+    assert_eq!(l["transactions"], 2, "one charge and one refund: {l}");
+
+    // A ride with a taxi company.
+    let (_, taxi_vid, _) = shop(&api, "taxi@example.com", "taxi", None).await;
+    let (s, rq) = api
+        .call(0, Method::POST, "/v1/quotes", &cust, Some(json!({"kind": "ride", "vendor_id": taxi_vid, "pickup": {"lat": 40.70, "lng": -74.0}, "dropoff": {"lat": 40.75, "lng": -73.98}})), None)
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{rq}");
+    let (s, ride) = api
+        .call(0, Method::POST, "/v1/orders", &cust, Some(json!({"kind": "ride", "quote_id": rq["id"], "pickup": {"lat": 40.70, "lng": -74.0}, "dropoff": {"lat": 40.75, "lng": -73.98}})), Some("ride-1"))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{ride}");
+    assert_eq!(ride["kind"], "ride");
+    assert_eq!(ride["items"], json!([]));
+    ledger_ok(&api, 0, &ops).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_checkouts_never_oversell_and_the_ledger_balances() {
+    let tc = TestCell::start(3, false, &["--rate-limit-auth", "1000"])
+        .await
+        .expect("cell");
+    let api = Api::new(&tc);
+    let ops = tc.cell.token.clone();
+    let (vendor, vid, pid) = shop(&api, "last@example.com", "retail", Some(3)).await;
+    let mut customers = Vec::new();
+    for i in 0..10 {
+        customers.push(api.signup(&format!("c{i}@example.com"), "customer").await.1);
+    }
+    let mut tasks = Vec::new();
+    for (i, c) in customers.iter().enumerate() {
+        let (api, c, vid, pid) = (api.clone(), c.clone(), vid.clone(), pid.clone());
+        tasks.push(tokio::spawn(async move {
+            let q = quote(&api, i, &c, &vid).await;
+            api.call(
+                i,
+                Method::POST,
+                "/v1/orders",
+                &c,
+                Some(order_body(&q, &pid, 1)),
+                Some(&format!("buy-{i}")),
+            )
+            .await
+        }));
+    }
+    let mut placed = 0;
+    let mut sold_out = 0;
+    for t in tasks {
+        let (s, v) = t.await.unwrap();
+        match s {
+            StatusCode::CREATED => placed += 1,
+            StatusCode::CONFLICT if v["code"] == "out_of_stock" => sold_out += 1,
+            other => panic!("unexpected {other}: {v}"),
+        }
+    }
+    assert_eq!((placed, sold_out), (3, 7));
+    let (_, p) = api
+        .call(
+            0,
+            Method::GET,
+            &format!("/v1/products/{pid}"),
+            &vendor,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(p["stock"], 0);
+
+    // A random mix of orders, cancels and rejects keeps the ledger at zero.
+    let (s, _) = api
+        .call(
+            0,
+            Method::PUT,
+            &format!("/v1/products/{pid}/stock"),
+            &vendor,
+            Some(json!({"stock": null})),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let mut rng = StdRng::seed_from_u64(7);
+    for n in 0..12 {
+        let c = &customers[rng.gen_range(0..customers.len())];
+        let q = quote(&api, n, c, &vid).await;
+        let (s, o) = api
+            .call(
+                n,
+                Method::POST,
+                "/v1/orders",
+                c,
+                Some(order_body(&q, &pid, rng.gen_range(1..4))),
+                Some(&format!("mix-{n}")),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{o}");
+        let oid = o["id"].as_str().unwrap();
+        match rng.gen_range(0..3) {
+            0 => assert_eq!(
+                api.call(
+                    n,
+                    Method::POST,
+                    &format!("/v1/orders/{oid}/cancel"),
+                    c,
+                    None,
+                    None
+                )
+                .await
+                .0,
+                StatusCode::OK
+            ),
+            1 => assert_eq!(
+                api.call(
+                    n,
+                    Method::POST,
+                    &format!("/v1/orders/{oid}/reject"),
+                    &vendor,
+                    None,
+                    None
+                )
+                .await
+                .0,
+                StatusCode::OK
+            ),
+            _ => {}
+        }
+    }
+    ledger_ok(&api, 0, &ops).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkout_retried_across_a_leader_kill_creates_one_order() {
+    let mut tc = TestCell::start(3, false, &["--rate-limit-auth", "1000"])
+        .await
+        .expect("cell");
+    let api = Arc::new(Api::new(&tc));
+    let ops = tc.cell.token.clone();
+    let (_, vid, pid) = shop(&api, "fo@example.com", "retail", Some(5)).await;
+    let (_, cust) = api.signup("retry@example.com", "customer").await;
+    let q = quote(&api, 0, &cust, &vid).await;
+    let leader = tc.cell.wait_leader(Duration::from_secs(10)).await.unwrap();
+    let body = order_body(&q, &pid, 2);
+    // Fire the checkout at the leader and kill it at once.
+    let first = {
+        let (api, cust, body) = (api.clone(), cust.clone(), body.clone());
+        tokio::spawn(async move {
+            api.call(
+                leader as usize - 1,
+                Method::POST,
+                "/v1/orders",
+                &cust,
+                Some(body),
+                Some("once"),
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    tc.cell.kill(leader);
+    let _ = first.await;
+    // Retry the same request on the survivors until it answers.
+    let mut answer = None;
+    for attempt in 0..100 {
+        let node = (leader as usize + attempt) % 3;
+        if node == leader as usize - 1 {
+            continue;
+        }
+        let (s, v) = api
+            .call(
+                node,
+                Method::POST,
+                "/v1/orders",
+                &cust,
+                Some(body.clone()),
+                Some("once"),
+            )
+            .await;
+        if s == StatusCode::OK || s == StatusCode::CREATED {
+            answer = Some(v);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let order = answer.expect("the retried checkout never succeeded");
+    let survivor = (0..3).find(|&n| n != leader as usize - 1).unwrap();
+    let (_, list) = api
+        .call(survivor, Method::GET, "/v1/orders", &cust, None, None)
+        .await;
+    let orders = list["items"].as_array().unwrap();
+    assert_eq!(orders.len(), 1, "{list}");
+    assert_eq!(orders[0]["id"], order["id"]);
+    let (_, p) = api
+        .call(
+            survivor,
+            Method::GET,
+            &format!("/v1/products/{pid}"),
+            &cust,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(p["stock"], 3, "stock reserved once");
+    let l = ledger_ok(&api, survivor, &ops).await;
+    assert_eq!(l["transactions"], 1, "exactly one charge: {l}");
+}
