@@ -69,48 +69,32 @@ impl Target {
 
 /// Drive `target` with `clients` closed-loop writers for `duration` after
 /// a warm-up, each writer on its own keys.
-async fn run_level(
-    target: &Target,
+/// One operation of a closed-loop client: `true` when it succeeded.
+pub type Op = Arc<dyn Fn(usize, u64) -> futures::future::BoxFuture<'static, bool> + Send + Sync>;
+
+/// `clients` closed-loop clients run `op` back to back for `duration`
+/// after a one-second warm-up; latencies of successful operations are
+/// recorded.
+pub async fn closed_loop(
     clients: usize,
-    value_size: usize,
     duration: Duration,
+    op: Op,
 ) -> anyhow::Result<LevelResult> {
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(clients + 8)
-        .tcp_nodelay(true)
-        .timeout(Duration::from_secs(30))
-        .build()?;
-    let value: Arc<Vec<u8>> = Arc::new((0..value_size).map(|i| b'a' + (i % 26) as u8).collect());
-    let warmup = Duration::from_millis(1000);
     let start = Instant::now();
-    let measure_from = start + warmup;
+    let measure_from = start + Duration::from_millis(1000);
     let end = measure_from + duration;
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let http = http.clone();
-        let target = target.clone();
-        let value = value.clone();
+        let op = op.clone();
         tasks.push(tokio::spawn(async move {
             let mut hist =
                 Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("static bounds");
             let mut errors = 0u64;
             let mut i = 0u64;
-            loop {
-                let now = Instant::now();
-                if now >= end {
-                    break;
-                }
-                let key = format!("bench-{c}-{}", i % 128);
-                i += 1;
+            while Instant::now() < end {
                 let sent = Instant::now();
-                let ok = match target.request(&http, &key, &value).send().await {
-                    Ok(r) => {
-                        let ok = r.status().is_success();
-                        let _ = r.bytes().await;
-                        ok
-                    }
-                    Err(_) => false,
-                };
+                let ok = op(c, i).await;
+                i += 1;
                 let done = Instant::now();
                 if sent >= measure_from && done <= end {
                     if ok {
@@ -139,6 +123,43 @@ async fn run_level(
         p99_us: total.value_at_quantile(0.99),
         p999_us: total.value_at_quantile(0.999),
     })
+}
+
+/// An HTTP client for `clients` concurrent connections.
+pub fn bench_client(clients: usize) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .pool_max_idle_per_host(clients + 8)
+        .tcp_nodelay(true)
+        .timeout(Duration::from_secs(30))
+        .build()?)
+}
+
+/// Send and drain; success is a 2xx.
+pub async fn ok(req: reqwest::RequestBuilder) -> bool {
+    match req.send().await {
+        Ok(r) => {
+            let ok = r.status().is_success();
+            let _ = r.bytes().await;
+            ok
+        }
+        Err(_) => false,
+    }
+}
+
+async fn run_level(
+    target: &Target,
+    clients: usize,
+    value_size: usize,
+    duration: Duration,
+) -> anyhow::Result<LevelResult> {
+    let http = bench_client(clients)?;
+    let value: Arc<Vec<u8>> = Arc::new((0..value_size).map(|i| b'a' + (i % 26) as u8).collect());
+    let target = target.clone();
+    let op: Op = Arc::new(move |c, i| {
+        let req = target.request(&http, &format!("bench-{c}-{}", i % 128), &value);
+        Box::pin(ok(req))
+    });
+    closed_loop(clients, duration, op).await
 }
 
 /// Median and p99 of a 256-byte write + fdatasync on this disk: the floor

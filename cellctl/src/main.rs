@@ -1,6 +1,7 @@
 //! cellctl: operate marketcell cells (and routers) from the command line.
 
 mod bench;
+mod bench_market;
 mod client;
 mod cluster;
 mod output;
@@ -189,6 +190,26 @@ enum BenchCmd {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Checkout (quote + order) throughput vs config-store puts on a 3-node cell.
+    Checkout {
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
+    /// Product reads with a Zipf key distribution, read cache on vs off.
+    Reads {
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, default_value_t = 1000)]
+        products: usize,
+    },
     /// Load state into a single node and report its memory.
     Memory {
         #[arg(long, default_value_t = 1024)]
@@ -344,6 +365,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
             }
             BenchCmd::Memory { megabytes } => bench::memory(*megabytes, j).await,
+            BenchCmd::Checkout {
+                clients,
+                seconds,
+                rounds,
+            } => bench_market::checkout(*clients, *seconds, *rounds, j).await,
+            BenchCmd::Reads {
+                clients,
+                seconds,
+                rounds,
+                products,
+            } => bench_market::reads(*clients, *seconds, *rounds, *products, j).await,
         },
     }
 }

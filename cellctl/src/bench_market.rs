@@ -1,0 +1,329 @@
+//! Marketplace benchmarks: checkout throughput against config-store puts
+//! on the same 3-node cell, and cached product reads with the read cache
+//! on and off.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::{bail, Context};
+use cell::local::{find_cell_binary, LocalCell};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use serde_json::{json, Value};
+
+use crate::{
+    bench::{bench_client, closed_loop, ok, LevelResult, Op, TempDir},
+    output,
+};
+
+/// Limits lifted: the benchmark client is one IP with many principals.
+const NO_LIMITS: [&str; 6] = [
+    "--rate-limit-ip",
+    "1000000",
+    "--rate-limit-auth",
+    "1000000",
+    "--rate-limit-principal",
+    "1000000",
+];
+
+async fn post(
+    http: &reqwest::Client,
+    url: String,
+    token: Option<&str>,
+    body: Value,
+) -> anyhow::Result<Value> {
+    let mut req = http.post(&url).json(&body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let r = req.send().await?;
+    let status = r.status();
+    let v: Value = r.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        bail!("{url}: {status}: {v}");
+    }
+    Ok(v)
+}
+
+async fn signup(
+    http: &reqwest::Client,
+    base: &str,
+    email: &str,
+    role: &str,
+) -> anyhow::Result<String> {
+    let v = post(
+        http,
+        format!("{base}/v1/auth/signup"),
+        None,
+        json!({"email": email, "password": "benchmark password", "name": email, "role": role}),
+    )
+    .await?;
+    v["access_token"]
+        .as_str()
+        .map(str::to_string)
+        .context("no token")
+}
+
+/// A vendor with `n` unlimited products; returns (vendor id, product ids).
+async fn seed_shop(
+    http: &reqwest::Client,
+    base: &str,
+    n: usize,
+) -> anyhow::Result<(String, Vec<String>)> {
+    let token = signup(http, base, "bench-shop@example.com", "vendor").await?;
+    let v = post(
+        http,
+        format!("{base}/v1/vendors"),
+        Some(&token),
+        json!({"name": "Bench Shop", "kind": "grocery", "location": {"lat": 40.7, "lng": -74.0}, "address": "1 Bench St", "prep_minutes": 5}),
+    )
+    .await?;
+    let vid = v["id"].as_str().context("vendor id")?.to_string();
+    let mut products = Vec::with_capacity(n);
+    for i in 0..n {
+        let p = post(
+            http,
+            format!("{base}/v1/vendors/{vid}/products"),
+            Some(&token),
+            json!({"name": format!("Item {i}"), "description": "a benchmark product with a realistic description length", "category": "pantry", "price": {"amount": 250 + i as i64, "currency": "USD"}, "stock": null, "tags": ["bench"]}),
+        )
+        .await?;
+        products.push(p["id"].as_str().context("product id")?.to_string());
+    }
+    Ok((vid, products))
+}
+
+fn median_f64(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn report_line(name: &str, r: &LevelResult) -> Vec<String> {
+    vec![
+        name.to_string(),
+        r.clients.to_string(),
+        format!("{:.0}", r.throughput()),
+        format!("{:.2}ms", r.p50_us as f64 / 1000.0),
+        format!("{:.2}ms", r.p99_us as f64 / 1000.0),
+        r.errors.to_string(),
+    ]
+}
+
+/// Checkout (quote + order) throughput vs config-store puts, 3-node cell.
+pub async fn checkout(
+    clients: usize,
+    seconds: u64,
+    rounds: usize,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    let tmp = TempDir::new("marketcell-checkout")?;
+    let mut cell = LocalCell::new(&find_cell_binary()?, "bench", &tmp.path)?.with_args(&NO_LIMITS);
+    cell.form(3).await?;
+    let leader = cell.wait_leader(Duration::from_secs(30)).await?;
+    let base = cell.api_url(leader);
+    let http = bench_client(clients)?;
+    let (vid, products) = seed_shop(&http, &base, 20).await?;
+    let mut customers = Vec::with_capacity(clients);
+    for c in 0..clients {
+        customers.push(signup(&http, &base, &format!("buyer{c}@example.com"), "customer").await?);
+    }
+    let customers = Arc::new(customers);
+    let products = Arc::new(products);
+    let duration = Duration::from_secs(seconds);
+
+    let kv_op: Op = {
+        let (http, base, token) = (http.clone(), base.clone(), cell.token.clone());
+        let value = vec![b'v'; 256];
+        Arc::new(move |c, i| {
+            let req = http
+                .put(format!("{base}/v1/kv/bench-{c}-{}", i % 128))
+                .bearer_auth(&token)
+                .body(value.clone());
+            Box::pin(ok(req))
+        })
+    };
+    let checkout_op: Op = {
+        let (http, base, vid) = (http.clone(), base.clone(), vid.clone());
+        Arc::new(move |c, i| {
+            let (http, base, vid, customers, products) = (
+                http.clone(),
+                base.clone(),
+                vid.clone(),
+                customers.clone(),
+                products.clone(),
+            );
+            Box::pin(async move {
+                let token = &customers[c];
+                let Ok(q) = post(
+                    &http,
+                    format!("{base}/v1/quotes"),
+                    Some(token),
+                    json!({"vendor_id": vid, "dropoff": {"lat": 40.72, "lng": -74.01}}),
+                )
+                .await
+                else {
+                    return false;
+                };
+                let pid = &products[(c + i as usize) % products.len()];
+                let body = json!({
+                    "quote_id": q["id"], "items": [{"product_id": pid, "quantity": 1}],
+                    "dropoff": {"location": {"lat": 40.72, "lng": -74.01}, "address": "2 Bench Ave"}
+                });
+                ok(http
+                    .post(format!("{base}/v1/orders"))
+                    .bearer_auth(token)
+                    .header("idempotency-key", format!("bench-{c}-{i}"))
+                    .json(&body))
+                .await
+            })
+        })
+    };
+    let mut kv_runs = Vec::new();
+    let mut co_runs = Vec::new();
+    let mut ratios = Vec::new();
+    for round in 0..rounds.max(1) {
+        let k = closed_loop(clients, duration, kv_op.clone()).await?;
+        let o = closed_loop(clients, duration, checkout_op.clone()).await?;
+        eprintln!(
+            "round {round}: kv put {:.0}/s p99 {:.1}ms; checkout {:.0}/s p50 {:.1}ms p99 {:.1}ms",
+            k.throughput(),
+            k.p99_us as f64 / 1000.0,
+            o.throughput(),
+            o.p50_us as f64 / 1000.0,
+            o.p99_us as f64 / 1000.0
+        );
+        ratios.push(o.throughput() / k.throughput().max(1e-9));
+        kv_runs.push(k);
+        co_runs.push(o);
+    }
+    let ledger = cell
+        .admin(leader, reqwest::Method::GET, "/admin/ledger/check", None)
+        .await?;
+    cell.stop_all();
+    let pick = |mut v: Vec<LevelResult>| {
+        v.sort_by(|a, b| a.throughput().total_cmp(&b.throughput()));
+        let mid = v.len() / 2;
+        v.swap_remove(mid)
+    };
+    let (k, o, ratio) = (pick(kv_runs), pick(co_runs), median_f64(ratios));
+    if as_json {
+        output::json(&json!({
+            "clients": clients, "seconds": seconds, "rounds": rounds,
+            "kv_put": {"ops_per_sec": k.throughput(), "p50_us": k.p50_us, "p99_us": k.p99_us},
+            "checkout": {"ops_per_sec": o.throughput(), "p50_us": o.p50_us, "p99_us": o.p99_us, "errors": o.errors},
+            "checkout_to_kv_ratio": ratio, "ledger_ok": ledger["ok"],
+        }));
+        return Ok(());
+    }
+    println!("\n3-node cell on loopback, {clients} concurrent clients, {seconds} s per run, {rounds} alternating rounds (median)");
+    println!("checkout = POST /v1/quotes + POST /v1/orders (one item, Idempotency-Key)\n");
+    output::table(
+        &["WORKLOAD", "CLIENTS", "OPS/S", "P50", "P99", "ERRORS"],
+        &[
+            report_line("kv put (256 B)", &k),
+            report_line("checkout", &o),
+        ],
+    );
+    println!(
+        "\ncheckout / kv-put throughput = {ratio:.2}x (median of rounds); ledger ok: {}",
+        ledger["ok"]
+    );
+    Ok(())
+}
+
+/// Zipf(1.0) ranks over `n` items.
+struct Zipf {
+    cdf: Vec<f64>,
+}
+
+impl Zipf {
+    fn new(n: usize) -> Self {
+        let mut acc = 0.0;
+        let mut cdf = Vec::with_capacity(n);
+        for k in 1..=n {
+            acc += 1.0 / k as f64;
+            cdf.push(acc);
+        }
+        for v in &mut cdf {
+            *v /= acc;
+        }
+        Self { cdf }
+    }
+
+    fn sample(&self, rng: &mut impl Rng) -> usize {
+        let u: f64 = rng.gen();
+        self.cdf.partition_point(|&c| c < u).min(self.cdf.len() - 1)
+    }
+}
+
+/// `GET /v1/products/{id}` with Zipf-distributed ids: read cache on vs off.
+pub async fn reads(
+    clients: usize,
+    seconds: u64,
+    rounds: usize,
+    products: usize,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    let tmp = TempDir::new("marketcell-reads")?;
+    let bin = find_cell_binary()?;
+    let mut cached = LocalCell::new(&bin, "cached", &tmp.path.join("on"))?.with_args(&NO_LIMITS);
+    let mut uncached_args = NO_LIMITS.to_vec();
+    uncached_args.push("--no-read-cache");
+    let mut uncached =
+        LocalCell::new(&bin, "uncached", &tmp.path.join("off"))?.with_args(&uncached_args);
+    cached.form(1).await?;
+    uncached.form(1).await?;
+    let http = bench_client(clients)?;
+    let zipf = Arc::new(Zipf::new(products));
+    let mut ops = Vec::new();
+    for cell in [&cached, &uncached] {
+        let base = cell.api_url(1);
+        let (_, ids) = seed_shop(&http, &base, products).await?;
+        let ids = Arc::new(ids);
+        let (http, zipf) = (http.clone(), zipf.clone());
+        let op: Op = Arc::new(move |c, i| {
+            let mut rng = StdRng::seed_from_u64(((c as u64) << 32) ^ i);
+            let id = &ids[zipf.sample(&mut rng)];
+            Box::pin(ok(http.get(format!("{base}/v1/products/{id}"))))
+        });
+        ops.push(op);
+    }
+    let duration = Duration::from_secs(seconds);
+    let (mut on_runs, mut off_runs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds.max(1) {
+        let on = closed_loop(clients, duration, ops[0].clone()).await?;
+        let off = closed_loop(clients, duration, ops[1].clone()).await?;
+        eprintln!(
+            "round {round}: cache on {:.0}/s p99 {:.2}ms; cache off {:.0}/s p99 {:.2}ms",
+            on.throughput(),
+            on.p99_us as f64 / 1000.0,
+            off.throughput(),
+            off.p99_us as f64 / 1000.0
+        );
+        ratios.push(on.throughput() / off.throughput().max(1e-9));
+        on_runs.push(on);
+        off_runs.push(off);
+    }
+    cached.stop_all();
+    uncached.stop_all();
+    let pick = |mut v: Vec<LevelResult>| {
+        v.sort_by(|a, b| a.throughput().total_cmp(&b.throughput()));
+        let mid = v.len() / 2;
+        v.swap_remove(mid)
+    };
+    let (on, off, ratio) = (pick(on_runs), pick(off_runs), median_f64(ratios));
+    if as_json {
+        output::json(&json!({
+            "clients": clients, "products": products, "seconds": seconds, "rounds": rounds,
+            "cache_on": {"ops_per_sec": on.throughput(), "p50_us": on.p50_us, "p99_us": on.p99_us},
+            "cache_off": {"ops_per_sec": off.throughput(), "p50_us": off.p50_us, "p99_us": off.p99_us},
+            "ratio": ratio,
+        }));
+        return Ok(());
+    }
+    println!("\nGET /v1/products/{{id}}, Zipf(1.0) over {products} products, {clients} connections, single node, {seconds} s per run, {rounds} rounds (median)\n");
+    output::table(
+        &["READ CACHE", "CLIENTS", "OPS/S", "P50", "P99", "ERRORS"],
+        &[report_line("on", &on), report_line("off", &off)],
+    );
+    println!("\ncache on / cache off throughput = {ratio:.2}x (median of rounds)");
+    Ok(())
+}
