@@ -6,6 +6,7 @@ pub mod auth;
 pub mod catalog;
 pub mod certs;
 pub mod config;
+pub mod events;
 pub mod http;
 pub mod identity;
 pub mod kv;

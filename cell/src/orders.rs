@@ -11,6 +11,7 @@ use storage::{ReadTxn, Table, WriteTxn};
 
 use crate::{
     catalog::{self, Location, Money},
+    events,
     ledger::{self, LedgerTx, Posting},
 };
 
@@ -194,6 +195,14 @@ pub enum OrderResponse {
     },
 }
 
+/// Tell the customer and the vendor about an order change.
+fn notify(txn: &WriteTxn, order: &Order, kind: &str, at: i64) -> storage::Result<()> {
+    let data = serde_json::json!({"order_id": order.id, "status": order.status, "vendor_id": order.vendor_id});
+    events::append(txn, &order.customer_id, kind, at, &data)?;
+    events::append(txn, &order.vendor_owner_id, kind, at, &data)?;
+    Ok(())
+}
+
 fn idem_key(customer: &str, key: &str) -> Vec<u8> {
     format!("{customer}/{key}").into_bytes()
 }
@@ -313,6 +322,7 @@ pub fn apply(txn: &WriteTxn, cmd: OrderCommand) -> storage::Result<OrderResponse
                 txn.delete(CARTS, order.customer_id.as_bytes())?;
             }
             bump_open(txn, 1)?;
+            notify(txn, &order, "order.placed", now)?;
             Ok(R::Placed(*order))
         }
         OrderCommand::Transition {
@@ -368,6 +378,13 @@ pub fn apply(txn: &WriteTxn, cmd: OrderCommand) -> storage::Result<OrderResponse
             order.updated_at = now;
             order.history.push((next, now));
             txn.put(ORDERS, order.id.as_bytes(), &order)?;
+            let kind = match next {
+                S::Accepted => "order.accepted",
+                S::Ready => "order.ready",
+                S::Rejected => "order.rejected",
+                _ => "order.cancelled",
+            };
+            notify(txn, &order, kind, now)?;
             Ok(R::Order(order))
         }
     }

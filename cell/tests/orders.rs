@@ -590,3 +590,148 @@ async fn checkout_retried_across_a_leader_kill_creates_one_order() {
     let l = ledger_ok(&api, survivor, &ops).await;
     assert_eq!(l["transactions"], 1, "exactly one charge: {l}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_events_reach_customer_and_vendor_in_order_and_wake_long_polls() {
+    let tc = TestCell::start(3, false, &["--rate-limit-auth", "1000"])
+        .await
+        .expect("cell");
+    let api = Api::new(&tc);
+    let (vendor, vid, pid) = shop(&api, "ev@example.com", "grocery", None).await;
+    let (_, cust) = api.signup("evc@example.com", "customer").await;
+    let (_, stranger) = api.signup("evs@example.com", "customer").await;
+    let q = quote(&api, 0, &cust, &vid).await;
+    let (s, o) = api
+        .call(
+            0,
+            Method::POST,
+            "/v1/orders",
+            &cust,
+            Some(order_body(&q, &pid, 1)),
+            Some("ev-1"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{o}");
+    let oid = o["id"].as_str().unwrap().to_string();
+
+    // A long poll on a follower is woken by the vendor's accept.
+    let leader = tc.cell.wait_leader(Duration::from_secs(10)).await.unwrap() as usize;
+    let follower = (0..3).find(|&n| n + 1 != leader).unwrap();
+    let (_, first) = api
+        .call(follower, Method::GET, "/v1/events", &cust, None, None)
+        .await;
+    let next = first["next"].as_u64().unwrap();
+    let poll = {
+        let (api, cust) = (api.clone(), cust.clone());
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let r = api
+                .call(
+                    follower,
+                    Method::GET,
+                    &format!("/v1/events?after={next}&wait=20"),
+                    &cust,
+                    None,
+                    None,
+                )
+                .await;
+            (r, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let accepted_at = std::time::Instant::now();
+    let (s, _) = api
+        .call(
+            leader - 1,
+            Method::POST,
+            &format!("/v1/orders/{oid}/accept"),
+            &vendor,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let ((s, woke), elapsed) = poll.await.unwrap();
+    assert_eq!(s, StatusCode::OK, "{woke}");
+    assert_eq!(woke["events"][0]["type"], "order.accepted", "{woke}");
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "long poll not woken: {elapsed:?}"
+    );
+    eprintln!(
+        "woken {:?} after the accept was sent",
+        accepted_at.elapsed()
+    );
+
+    api.call(
+        0,
+        Method::POST,
+        &format!("/v1/orders/{oid}/ready"),
+        &vendor,
+        None,
+        None,
+    )
+    .await;
+    api.call(
+        0,
+        Method::POST,
+        &format!("/v1/orders/{oid}/cancel"),
+        &cust,
+        None,
+        None,
+    )
+    .await;
+    for token in [&cust, &vendor] {
+        let (_, feed) = api
+            .call(1, Method::GET, "/v1/events", token, None, None)
+            .await;
+        let kinds: Vec<&str> = feed["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["type"].as_str())
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "order.placed",
+                "order.accepted",
+                "order.ready",
+                "order.cancelled"
+            ],
+            "{feed}"
+        );
+        let seqs: Vec<u64> = feed["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["seq"].as_u64())
+            .collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+    }
+    let (_, feed) = api
+        .call(1, Method::GET, "/v1/events", &stranger, None, None)
+        .await;
+    assert_eq!(feed["events"], json!([]), "someone else's events leaked");
+    let (s, _) = api
+        .call(1, Method::GET, "/v1/events?wait=61", &cust, None, None)
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    // A bounded wait with nothing new returns empty, on time.
+    let started = std::time::Instant::now();
+    let (s, v) = api
+        .call(
+            1,
+            Method::GET,
+            "/v1/events?after=100&wait=1",
+            &cust,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!((s, v["events"].clone()), (StatusCode::OK, json!([])));
+    assert!(
+        started.elapsed() >= Duration::from_millis(900)
+            && started.elapsed() < Duration::from_secs(5)
+    );
+}

@@ -160,7 +160,15 @@ async fn shed_and_time(state: &AppState, mut req: Request, next: Next) -> Respon
         .retry_after(1)
         .into_response();
     };
-    match tokio::time::timeout(state.request_timeout, next.run(req)).await {
+    // Long polls may legitimately wait up to a minute.
+    let timeout = if req.uri().path() == "/v1/events" {
+        state
+            .request_timeout
+            .max(Duration::from_secs(super::events_api::MAX_WAIT_SECS + 15))
+    } else {
+        state.request_timeout
+    };
+    match tokio::time::timeout(timeout, next.run(req)).await {
         Ok(resp) => resp,
         Err(_) => {
             state

@@ -2,6 +2,7 @@
 
 mod admin_api;
 mod catalog_api;
+mod events_api;
 mod extract;
 pub mod identity_api;
 mod info_api;
@@ -54,6 +55,7 @@ pub fn router(state: AppState) -> Router {
         .merge(identity_api::routes())
         .merge(catalog_api::routes())
         .merge(orders_api::routes())
+        .merge(events_api::routes())
         .merge(admin_api::routes())
         .fallback(info_api::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

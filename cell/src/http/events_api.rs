@@ -1,0 +1,81 @@
+//! `GET /v1/events?after=&wait=`: a principal's event feed, long-polled.
+//! Any node serves it; waiters wake when their node applies anything.
+
+use std::time::{Duration, Instant};
+
+use axum::{
+    extract::{Query, State},
+    routing::get,
+    Json, Router,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{
+    extract::{Consistency, Principal},
+    identity_api::rfc3339,
+    kv_api::ensure_fresh,
+    problem::{ApiError, ApiResult},
+    AppState,
+};
+use crate::events;
+
+/// Longest `wait` a client may ask for, in seconds.
+pub const MAX_WAIT_SECS: u64 = 60;
+const PAGE: usize = 100;
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/v1/events", get(feed))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeedQuery {
+    after: Option<u64>,
+    wait: Option<u64>,
+}
+
+async fn feed(
+    State(s): State<AppState>,
+    p: Principal,
+    c: Consistency,
+    q: Result<Query<FeedQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let Query(q) = q.map_err(|e| ApiError::validation(e.body_text()))?;
+    let wait = q.wait.unwrap_or(0);
+    if wait > MAX_WAIT_SECS {
+        return Err(ApiError::validation(format!(
+            "wait is at most {MAX_WAIT_SECS} seconds"
+        )));
+    }
+    let after = q.after.unwrap_or(0);
+    ensure_fresh(&s, c).await?;
+    let deadline = Instant::now() + Duration::from_secs(wait);
+    let mut applied = s.node.applied_watch();
+    loop {
+        // Mark the current applied index seen before reading, so a change
+        // applied between the read and the wait still wakes us.
+        applied.borrow_and_update();
+        let found = events::after(&s.node.store().read()?, &p.sub, after, PAGE)?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !found.is_empty() || left.is_zero() {
+            let next = found.last().map(|e| e.seq).unwrap_or(after);
+            let items: Vec<Value> = found
+                .iter()
+                .map(|e| {
+                    json!({
+                        "seq": e.seq, "type": e.kind, "at": rfc3339(e.at),
+                        "data": serde_json::from_str::<Value>(&e.data).unwrap_or(Value::Null),
+                    })
+                })
+                .collect();
+            return Ok(Json(json!({"events": items, "next": next})));
+        }
+        if tokio::time::timeout(left, applied.changed())
+            .await
+            .is_ok_and(|r| r.is_err())
+        {
+            return Err(ApiError::internal("the state machine stopped"));
+        }
+    }
+}
