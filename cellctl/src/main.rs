@@ -5,6 +5,7 @@ mod bench_market;
 mod client;
 mod cluster;
 mod output;
+mod seed;
 
 use std::path::PathBuf;
 
@@ -51,6 +52,24 @@ enum Cmd {
     Backup {
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Load demo data through the public API.
+    Seed {
+        /// A believable demo region: vendors of every kind, products, customers, drivers.
+        #[arg(long, required = true)]
+        demo: bool,
+        #[arg(long, default_value_t = 40.73)]
+        lat: f64,
+        #[arg(long, default_value_t = -73.99)]
+        lng: f64,
+        #[arg(long, default_value_t = 30)]
+        customers: usize,
+        #[arg(long, default_value_t = 15)]
+        drivers: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[arg(long, default_value = "demo password 1")]
+        password: String,
     },
     /// Ledger checks.
     Ledger {
@@ -268,6 +287,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ClusterCmd::Voters { ids } => cluster::set_voters(&api, ids, j).await,
                 ClusterCmd::RemoveNode { id } => cluster::remove_node(&api, *id, j).await,
             }
+        }
+        Cmd::Seed {
+            demo: _,
+            lat,
+            lng,
+            customers,
+            drivers,
+            seed,
+            password,
+        } => {
+            seed::demo(
+                seed::SeedOptions {
+                    base: cli.endpoint.clone(),
+                    ops_token: token(&cli)?,
+                    lat: *lat,
+                    lng: *lng,
+                    customers: *customers,
+                    drivers: *drivers,
+                    seed: *seed,
+                    password: password.clone(),
+                },
+                j,
+            )
+            .await
         }
         Cmd::Snapshot => cluster::snapshot(&api()?, j).await,
         Cmd::Ledger {
