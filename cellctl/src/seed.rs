@@ -8,7 +8,11 @@ use anyhow::{bail, Context};
 use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
 use serde_json::{json, Value};
 
-const KINDS: [(&str, &[&str], &[(&str, &[&str])]); 4] = [
+/// A category and its items.
+type Menu = &'static [(&'static str, &'static [&'static str])];
+
+/// Vendor kind, vendor names, menu.
+const KINDS: [(&str, &[&str], Menu); 4] = [
     (
         "restaurant",
         &[
