@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{
-    extract::{Consistency, Principal, StrictJson},
+    extract::{page_limit, Consistency, Principal, StrictJson},
     identity_api::{now_ms, rfc3339},
     kv_api::ensure_fresh,
     problem::{ApiError, ApiResult},
@@ -182,12 +182,28 @@ fn answer(resp: CatalogResponse, index: u64, status: StatusCode) -> ApiResult<Re
     Ok((status, [("x-cell-index", index.to_string())], Json(body)).into_response())
 }
 
-fn cached_json(bytes: Vec<u8>) -> Response {
-    (
+/// A public read model: from the read cache, else rendered from redb and
+/// cached under `<kind>/<id>`.
+async fn cached_view(
+    s: &AppState,
+    kind: &str,
+    id: &str,
+    render: impl FnOnce(&storage::ReadTxn, &str) -> ApiResult<Option<Value>>,
+) -> ApiResult<Response> {
+    let node = s.node.clone();
+    let found = s
+        .read_models
+        .get_or_load::<ApiError>(&format!("{kind}/{id}"), || {
+            let view = render(&node.store().read()?, id)?;
+            Ok(view.map(|v| serde_json::to_vec(&v).unwrap_or_default()))
+        })
+        .await?;
+    let bytes = found.ok_or_else(|| ApiError::not_found(format!("no such {kind}")))?;
+    Ok((
         [(axum::http::header::CONTENT_TYPE, "application/json")],
         bytes,
     )
-        .into_response()
+        .into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -239,17 +255,10 @@ async fn get_vendor(
 ) -> ApiResult<Response> {
     check_id(&s, &id, "ven")?;
     ensure_fresh(&s, c).await?;
-    let node = s.node.clone();
-    let found = s
-        .read_models
-        .get_or_load::<ApiError>(&format!("vendor/{id}"), || {
-            let v = catalog::vendor(&node.store().read()?, &id)?;
-            Ok(v.map(|v| serde_json::to_vec(&vendor_json(&v)).unwrap_or_default()))
-        })
-        .await?;
-    found
-        .map(cached_json)
-        .ok_or_else(|| ApiError::not_found("no such vendor"))
+    cached_view(&s, "vendor", &id, |read, id| {
+        Ok(catalog::vendor(read, id)?.map(|v| vendor_json(&v)))
+    })
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -321,10 +330,7 @@ async fn list_products(
 ) -> ApiResult<Json<Value>> {
     let Query(q) = q.map_err(|e| ApiError::validation(e.body_text()))?;
     check_id(&s, &id, "ven")?;
-    let limit = q.limit.unwrap_or(20);
-    if !(1..=100).contains(&limit) {
-        return Err(ApiError::validation("limit must be 1..=100"));
-    }
+    let limit = page_limit(q.limit)?;
     ensure_fresh(&s, c).await?;
     let read = s.node.store().read()?;
     if catalog::vendor(&read, &id)?.is_none() {
@@ -394,17 +400,10 @@ async fn get_product(
 ) -> ApiResult<Response> {
     check_id(&s, &id, "prd")?;
     ensure_fresh(&s, c).await?;
-    let node = s.node.clone();
-    let found = s
-        .read_models
-        .get_or_load::<ApiError>(&format!("product/{id}"), || {
-            let p = catalog::product(&node.store().read()?, &id)?;
-            Ok(p.map(|p| serde_json::to_vec(&product_json(&p)).unwrap_or_default()))
-        })
-        .await?;
-    found
-        .map(cached_json)
-        .ok_or_else(|| ApiError::not_found("no such product"))
+    cached_view(&s, "product", &id, |read, id| {
+        Ok(catalog::product(read, id)?.map(|p| product_json(&p)))
+    })
+    .await
 }
 
 #[derive(Debug, Deserialize)]

@@ -189,3 +189,13 @@ impl<S: Send + Sync> FromRequestParts<S> for Consistency {
         }
     }
 }
+
+/// `?limit=` of a list: 20 by default, at most 100.
+pub fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    let limit = limit.unwrap_or(20);
+    if (1..=100).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::validation("limit must be 1..=100"))
+    }
+}

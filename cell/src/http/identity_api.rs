@@ -158,6 +158,18 @@ fn new_refresh_token() -> String {
     )
 }
 
+/// A fresh refresh token in a new family: the token for the client, its
+/// hash for the log.
+fn new_session_refresh() -> (String, NewRefresh) {
+    let token = new_refresh_token();
+    let refresh = NewRefresh {
+        token_hash: hash_token(&token),
+        family: ulid::Ulid::new().to_string(),
+        expires_at: now_ms() + REFRESH_TTL.as_millis() as i64,
+    };
+    (token, refresh)
+}
+
 /// Hashing is deliberately slow: keep it off the async workers.
 async fn hash_password(password: String) -> ApiResult<String> {
     tokio::task::spawn_blocking(move || {
@@ -260,7 +272,7 @@ async fn signup(
         }
     }
     let password_hash = hash_password(req.password).await?;
-    let refresh_token = new_refresh_token();
+    let (refresh_token, refresh) = new_session_refresh();
     let account = Account {
         id: format!("{}.acc_{}", s.cfg.cell, ulid::Ulid::new()),
         email,
@@ -269,11 +281,6 @@ async fn signup(
         cell: s.cfg.cell.clone(),
         password_hash,
         created_at: now_ms(),
-    };
-    let refresh = NewRefresh {
-        token_hash: hash_token(&refresh_token),
-        family: ulid::Ulid::new().to_string(),
-        expires_at: now_ms() + REFRESH_TTL.as_millis() as i64,
     };
     let (resp, index) = write_identity(
         &s,
@@ -323,12 +330,7 @@ async fn login(
     let Some(account) = account.filter(|_| ok) else {
         return Err(bad_credentials());
     };
-    let refresh_token = new_refresh_token();
-    let refresh = NewRefresh {
-        token_hash: hash_token(&refresh_token),
-        family: ulid::Ulid::new().to_string(),
-        expires_at: now_ms() + REFRESH_TTL.as_millis() as i64,
-    };
+    let (refresh_token, refresh) = new_session_refresh();
     let (resp, index) = write_identity(
         &s,
         IdentityCommand::IssueRefresh {

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{
-    extract::{Consistency, Ops},
+    extract::{page_limit, Consistency, Ops},
     problem::{ApiError, ApiResult},
     AppState,
 };
@@ -242,10 +242,7 @@ async fn list(
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(q) = query.map_err(|e| ApiError::validation(e.body_text()))?;
-    let limit = q.limit.unwrap_or(20);
-    if !(1..=100).contains(&limit) {
-        return Err(ApiError::validation("limit must be 1..=100"));
-    }
+    let limit = page_limit(q.limit)?;
     if q.prefix.len() > kv::MAX_KEY_LEN {
         return Err(ApiError::validation("prefix too long"));
     }

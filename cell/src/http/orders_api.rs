@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::{
-    extract::{Consistency, Ops, Principal, StrictJson},
+    extract::{page_limit, Consistency, Ops, Principal, StrictJson},
     identity_api::{now_ms, rfc3339},
     kv_api::ensure_fresh,
     problem::{ApiError, ApiResult},
@@ -139,6 +139,15 @@ fn quote_json(q: &Quote) -> Value {
 
 // ---- cart ----
 
+fn cart_json(c: &Cart) -> Value {
+    let items: Vec<Value> = c
+        .items
+        .iter()
+        .map(|i| json!({"product_id": i.product_id, "quantity": i.quantity}))
+        .collect();
+    json!({"vendor_id": c.vendor_id, "items": items})
+}
+
 async fn get_cart(
     State(s): State<AppState>,
     p: Principal,
@@ -148,9 +157,7 @@ async fn get_cart(
     ensure_fresh(&s, c).await?;
     let cart = orders::cart(&s.node.store().read()?, &p.sub)?;
     Ok(Json(match cart {
-        Some(c) => {
-            json!({"vendor_id": c.vendor_id, "items": c.items.iter().map(|i| json!({"product_id": i.product_id, "quantity": i.quantity})).collect::<Vec<_>>()})
-        }
+        Some(c) => cart_json(&c),
         None => json!({"vendor_id": Value::Null, "items": []}),
     }))
 }
@@ -233,7 +240,7 @@ async fn put_cart(
     .await?;
     Ok((
         [("x-cell-index", index.to_string())],
-        Json(json!({"vendor_id": cart.vendor_id, "items": cart.items.iter().map(|i| json!({"product_id": i.product_id, "quantity": i.quantity})).collect::<Vec<_>>()})),
+        Json(cart_json(&cart)),
     )
         .into_response())
 }
@@ -690,10 +697,7 @@ async fn list_orders(
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
     let Query(q) = q.map_err(|e| ApiError::validation(e.body_text()))?;
-    let limit = q.limit.unwrap_or(20);
-    if !(1..=100).contains(&limit) {
-        return Err(ApiError::validation("limit must be 1..=100"));
-    }
+    let limit = page_limit(q.limit)?;
     let scope = match p.role {
         Role::Customer => Scope::Customer(&p.sub),
         Role::Vendor => Scope::VendorOwner(&p.sub),
