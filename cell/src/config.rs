@@ -94,6 +94,10 @@ pub struct Args {
     /// read cache (for comparisons).
     #[arg(long, env = "CELL_NO_READ_CACHE")]
     pub no_read_cache: bool,
+    /// Async worker threads (default: one per core). Nodes sharing a
+    /// machine should split its cores.
+    #[arg(long, env = "CELL_THREADS")]
+    pub threads: Option<usize>,
     /// Seed this (empty) node from a backup file, as a single-voter cell.
     #[arg(long)]
     pub restore_from: Option<PathBuf>,

@@ -3,6 +3,7 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
     let args = cell::config::Args::parse();
+    let threads = args.threads;
     let cfg = cell::config::CellConfig::resolve(args)?;
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn,foyer_storage=warn,foyer=warn"));
@@ -14,9 +15,10 @@ fn main() -> anyhow::Result<()> {
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("cell")
-        .build()?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads.filter(|n| *n > 0) {
+        builder.worker_threads(n);
+    }
+    let runtime = builder.enable_all().thread_name("cell").build()?;
     runtime.block_on(cell::server::run(cfg))
 }

@@ -197,7 +197,7 @@ impl Drop for EtcdCluster {
     }
 }
 
-async fn start_etcd(bin: &Path, dir: &Path) -> anyhow::Result<EtcdCluster> {
+async fn start_etcd(bin: &Path, dir: &Path, threads: Option<usize>) -> anyhow::Result<EtcdCluster> {
     let mut peers = Vec::new();
     let mut clients = Vec::new();
     for _ in 0..3 {
@@ -211,7 +211,11 @@ async fn start_etcd(bin: &Path, dir: &Path) -> anyhow::Result<EtcdCluster> {
         let data = dir.join(format!("etcd{i}"));
         std::fs::create_dir_all(&data)?;
         let log = std::fs::File::create(dir.join(format!("etcd{i}.log")))?;
-        let child = Command::new(bin)
+        let mut cmd = Command::new(bin);
+        if let Some(n) = threads {
+            cmd.env("GOMAXPROCS", n.to_string());
+        }
+        let child = cmd
             .args(["--name", &format!("e{i}")])
             .arg("--data-dir")
             .arg(&data)
@@ -293,6 +297,9 @@ pub struct KvBenchOptions {
     pub nodes: u64,
     /// Alternating rounds per level; medians are reported.
     pub rounds: usize,
+    /// Worker threads per process for both systems (`--threads` for cell
+    /// nodes, GOMAXPROCS for etcd); default: each takes every core.
+    pub threads: Option<usize>,
 }
 
 fn median_f64(v: &mut [f64]) -> f64 {
@@ -349,7 +356,13 @@ pub async fn kv(opts: KvBenchOptions) -> anyhow::Result<()> {
     // Both clusters run side by side (idle but for heartbeats while the
     // other is measured); each level alternates between them `rounds`
     // times and reports the median round, so machine noise hits both.
-    let mut cell = LocalCell::new(&find_cell_binary()?, "bench", &dir.join("cell"))?;
+    let threads = opts.threads.map(|n| n.to_string());
+    let mut cell = LocalCell::new(&find_cell_binary()?, "bench", &dir.join("cell"))?.with_args(
+        &threads
+            .as_deref()
+            .map(|n| vec!["--threads", n])
+            .unwrap_or_default(),
+    );
     cell.form(opts.nodes).await?;
     let leader = cell.wait_leader(Duration::from_secs(30)).await?;
     let ours_target = Target::Cell {
@@ -358,7 +371,7 @@ pub async fn kv(opts: KvBenchOptions) -> anyhow::Result<()> {
     };
     let etcd = match &etcd_bin {
         Some(bin) => {
-            let cluster = start_etcd(bin, &dir.join("etcd")).await?;
+            let cluster = start_etcd(bin, &dir.join("etcd"), opts.threads).await?;
             let leader = etcd_leader(&cluster).await?;
             Some((cluster, Target::Etcd { base: leader }))
         }

@@ -208,6 +208,10 @@ enum BenchCmd {
         /// Alternating rounds per level (medians are reported).
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// Worker threads per process for both systems (cell --threads,
+        /// etcd GOMAXPROCS), e.g. 1 when six processes share two cores.
+        #[arg(long)]
+        threads: Option<usize>,
     },
     /// Checkout (quote + order) throughput vs config-store puts on a 3-node cell.
     Checkout {
@@ -393,6 +397,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 dir,
                 nodes,
                 rounds,
+                threads,
             } => {
                 bench::kv(bench::KvBenchOptions {
                     clients: clients.clone(),
@@ -404,6 +409,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     json: j,
                     nodes: *nodes,
                     rounds: *rounds,
+                    threads: *threads,
                 })
                 .await
             }
