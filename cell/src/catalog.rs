@@ -15,7 +15,7 @@ pub(crate) const PRODUCTS_TABLE: Table<Product> = PRODUCTS;
 /// `<vendor id>/<product id>` → product id, for listing a menu in order.
 const PRODUCTS_BY_VENDOR: Table<String> = Table::new("products_by_vendor");
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum VendorKind {
     Restaurant,
@@ -25,14 +25,14 @@ pub enum VendorKind {
     Taxi,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum VendorStatus {
     Active,
     Paused,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Location {
     pub lat: f64,
@@ -46,7 +46,7 @@ impl Location {
 }
 
 /// Integer minor units and an ISO 4217 code.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Money {
     pub amount: i64,

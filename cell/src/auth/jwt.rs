@@ -45,7 +45,7 @@ const PUBLIC_KEY_LABEL: &str = "PUBLIC KEY";
 const ECHO_LIMIT: usize = 64;
 
 /// Who the bearer is; authorization is role plus ownership.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Customer,

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use super::{
     extract::{Ops, StrictJson},
     info_api::role_name,
+    openapi::*,
     problem::{ApiError, ApiResult},
     AppState,
 };
@@ -33,7 +34,7 @@ pub fn routes() -> Router<AppState> {
         .route("/admin/backup", get(backup))
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NodeSpec {
     pub id: u64,
@@ -67,7 +68,8 @@ impl NodeSpec {
     }
 }
 
-async fn cluster(State(s): State<AppState>, _ops: Ops) -> Json<serde_json::Value> {
+#[utoipa::path(get, path = "/admin/cluster", tag = "admin", responses((status = 200, description = "this node's view of the cluster", body = ClusterStatus), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+pub(super) async fn cluster(State(s): State<AppState>, _ops: Ops) -> Json<serde_json::Value> {
     let m = s.node.metrics();
     let membership = m.membership_config.membership();
     let voters: Vec<u64> = membership.voter_ids().collect();
@@ -99,14 +101,15 @@ async fn cluster(State(s): State<AppState>, _ops: Ops) -> Json<serde_json::Value
     }))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct InitRequest {
+pub(super) struct InitRequest {
     #[serde(default)]
     nodes: Vec<NodeSpec>,
 }
 
-async fn init(
+#[utoipa::path(post, path = "/admin/cluster/init", tag = "admin", request_body(content = InitRequest, description = "optional: other initial voters"), responses((status = 200, description = "initialised"), (status = 409, description = "already in a cluster", body = Problem), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+pub(super) async fn init(
     State(s): State<AppState>,
     _ops: Ops,
     body: Bytes,
@@ -142,7 +145,8 @@ async fn init(
     Ok(Json(json!({"initialized": true, "voters": ids})))
 }
 
-async fn add_node(
+#[utoipa::path(post, path = "/admin/cluster/nodes", tag = "admin", request_body = NodeSpec, responses((status = 200, description = "added as a learner and caught up"), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+pub(super) async fn add_node(
     State(s): State<AppState>,
     _ops: Ops,
     StrictJson(spec): StrictJson<NodeSpec>,
@@ -154,13 +158,14 @@ async fn add_node(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct MembershipRequest {
+pub(super) struct MembershipRequest {
     voters: Vec<u64>,
 }
 
-async fn membership(
+#[utoipa::path(post, path = "/admin/cluster/membership", tag = "admin", request_body = MembershipRequest, responses((status = 200, description = "voters changed"), (status = 409, description = "a change is in progress", body = Problem), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+pub(super) async fn membership(
     State(s): State<AppState>,
     _ops: Ops,
     StrictJson(req): StrictJson<MembershipRequest>,
@@ -190,7 +195,8 @@ async fn membership(
     Ok(Json(json!({"voters": voters, "index": index})))
 }
 
-async fn remove_node(
+#[utoipa::path(delete, path = "/admin/cluster/nodes/{id}", tag = "admin", params(("id" = u64, Path)), responses((status = 200, description = "removed"), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+pub(super) async fn remove_node(
     State(s): State<AppState>,
     _ops: Ops,
     Path(id): Path<String>,
@@ -202,14 +208,18 @@ async fn remove_node(
     Ok(Json(json!({"removed": id, "index": index})))
 }
 
-async fn snapshot(State(s): State<AppState>, _ops: Ops) -> ApiResult<Json<serde_json::Value>> {
+#[utoipa::path(post, path = "/admin/snapshot", tag = "admin", responses((status = 200, description = "snapshot built"), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+pub(super) async fn snapshot(
+    State(s): State<AppState>,
+    _ops: Ops,
+) -> ApiResult<Json<serde_json::Value>> {
     let index = s.node.snapshot().await?;
     Ok(Json(json!({"snapshot_index": index})))
 }
 
 /// Sends written bytes to the response body in chunks, blocking the
 /// (blocking-pool) writer when the client reads slowly.
-struct ChannelWriter {
+pub(super) struct ChannelWriter {
     tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
     buf: Vec<u8>,
 }
@@ -246,7 +256,8 @@ impl std::io::Write for ChannelWriter {
 }
 
 /// A consistent backup of the whole state, streamed as it is read.
-async fn backup(State(s): State<AppState>, _ops: Ops) -> Response {
+#[utoipa::path(get, path = "/admin/backup", tag = "admin", responses((status = 200, description = "a consistent backup stream", content_type = "application/octet-stream"), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+pub(super) async fn backup(State(s): State<AppState>, _ops: Ops) -> Response {
     let (tx, rx) = mpsc::channel(8);
     let node = s.node.clone();
     tokio::task::spawn_blocking(move || {

@@ -16,6 +16,7 @@ use super::{
     extract::{page_limit, Consistency, Principal, StrictJson},
     identity_api::{now_ms, rfc3339},
     kv_api::ensure_fresh,
+    openapi::*,
     problem::{ApiError, ApiResult},
     AppState,
 };
@@ -206,9 +207,9 @@ async fn cached_view(
         .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateVendor {
+pub(super) struct CreateVendor {
     name: String,
     kind: VendorKind,
     #[serde(default)]
@@ -220,7 +221,8 @@ struct CreateVendor {
     tags: Vec<String>,
 }
 
-async fn create_vendor(
+#[utoipa::path(post, path = "/v1/vendors", tag = "catalog", request_body = CreateVendor, responses((status = 201, description = "the vendor", body = VendorView), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+pub(super) async fn create_vendor(
     State(s): State<AppState>,
     p: Principal,
     StrictJson(r): StrictJson<CreateVendor>,
@@ -248,7 +250,8 @@ async fn create_vendor(
     answer(resp, index, StatusCode::CREATED)
 }
 
-async fn get_vendor(
+#[utoipa::path(get, path = "/v1/vendors/{id}", tag = "catalog", params(("id" = String, Path, description = "object id, <cell>.<kind>_<ulid>")), responses((status = 200, description = "the vendor", body = VendorView), (status = 404, description = "no such vendor", body = Problem), (status = "4XX", description = "problem+json", body = Problem)))]
+pub(super) async fn get_vendor(
     State(s): State<AppState>,
     c: Consistency,
     Path(id): Path<String>,
@@ -261,9 +264,9 @@ async fn get_vendor(
     .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PatchVendor {
+pub(super) struct PatchVendor {
     name: Option<String>,
     description: Option<String>,
     location: Option<Location>,
@@ -273,7 +276,8 @@ struct PatchVendor {
     status: Option<VendorStatus>,
 }
 
-async fn patch_vendor(
+#[utoipa::path(patch, path = "/v1/vendors/{id}", tag = "catalog", params(("id" = String, Path, description = "object id, <cell>.<kind>_<ulid>")), request_body = PatchVendor, responses((status = 200, description = "the vendor", body = VendorView), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+pub(super) async fn patch_vendor(
     State(s): State<AppState>,
     p: Principal,
     Path(id): Path<String>,
@@ -317,12 +321,13 @@ async fn patch_vendor(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ListQuery {
+pub(super) struct ListQuery {
     limit: Option<usize>,
     cursor: Option<String>,
 }
 
-async fn list_products(
+#[utoipa::path(get, path = "/v1/vendors/{id}/products", tag = "catalog", params(("id" = String, Path, description = "object id, <cell>.<kind>_<ulid>"), ("limit" = Option<usize>, Query), ("cursor" = Option<String>, Query)), responses((status = 200, description = "the menu", body = ProductPage), (status = "4XX", description = "problem+json", body = Problem)))]
+pub(super) async fn list_products(
     State(s): State<AppState>,
     c: Consistency,
     Path(id): Path<String>,
@@ -348,9 +353,9 @@ async fn list_products(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateProduct {
+pub(super) struct CreateProduct {
     name: String,
     #[serde(default)]
     description: String,
@@ -361,7 +366,8 @@ struct CreateProduct {
     tags: Vec<String>,
 }
 
-async fn create_product(
+#[utoipa::path(post, path = "/v1/vendors/{id}/products", tag = "catalog", params(("id" = String, Path, description = "object id, <cell>.<kind>_<ulid>")), request_body = CreateProduct, responses((status = 201, description = "the product", body = ProductView), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+pub(super) async fn create_product(
     State(s): State<AppState>,
     p: Principal,
     Path(vendor_id): Path<String>,
@@ -393,7 +399,8 @@ async fn create_product(
     answer(resp, index, StatusCode::CREATED)
 }
 
-async fn get_product(
+#[utoipa::path(get, path = "/v1/products/{id}", tag = "catalog", params(("id" = String, Path, description = "object id, <cell>.<kind>_<ulid>")), responses((status = 200, description = "the product", body = ProductView), (status = 404, description = "no such product", body = Problem), (status = "4XX", description = "problem+json", body = Problem)))]
+pub(super) async fn get_product(
     State(s): State<AppState>,
     c: Consistency,
     Path(id): Path<String>,
@@ -406,9 +413,9 @@ async fn get_product(
     .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PatchProduct {
+pub(super) struct PatchProduct {
     name: Option<String>,
     description: Option<String>,
     category: Option<String>,
@@ -416,7 +423,8 @@ struct PatchProduct {
     tags: Option<Vec<String>>,
 }
 
-async fn patch_product(
+#[utoipa::path(patch, path = "/v1/products/{id}", tag = "catalog", params(("id" = String, Path, description = "object id, <cell>.<kind>_<ulid>")), request_body = PatchProduct, responses((status = 200, description = "the product", body = ProductView), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+pub(super) async fn patch_product(
     State(s): State<AppState>,
     p: Principal,
     Path(id): Path<String>,
@@ -456,7 +464,8 @@ async fn patch_product(
     answer(resp, index, StatusCode::OK)
 }
 
-async fn delete_product(
+#[utoipa::path(delete, path = "/v1/products/{id}", tag = "catalog", params(("id" = String, Path, description = "object id, <cell>.<kind>_<ulid>")), responses((status = 204, description = "deleted"), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+pub(super) async fn delete_product(
     State(s): State<AppState>,
     p: Principal,
     Path(id): Path<String>,
@@ -474,13 +483,14 @@ async fn delete_product(
     answer(resp, index, StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct SetStock {
+pub(super) struct SetStock {
     stock: Option<i64>,
 }
 
-async fn set_stock(
+#[utoipa::path(put, path = "/v1/products/{id}/stock", tag = "catalog", params(("id" = String, Path, description = "object id, <cell>.<kind>_<ulid>")), request_body = SetStock, responses((status = 200, description = "the product", body = ProductView), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+pub(super) async fn set_stock(
     State(s): State<AppState>,
     p: Principal,
     Path(id): Path<String>,

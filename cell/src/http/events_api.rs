@@ -15,6 +15,7 @@ use super::{
     extract::{Consistency, Principal},
     identity_api::rfc3339,
     kv_api::ensure_fresh,
+    openapi::*,
     problem::{ApiError, ApiResult},
     AppState,
 };
@@ -30,12 +31,13 @@ pub fn routes() -> Router<AppState> {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FeedQuery {
+pub(super) struct FeedQuery {
     after: Option<u64>,
     wait: Option<u64>,
 }
 
-async fn feed(
+#[utoipa::path(get, path = "/v1/events", tag = "events", params(("after" = Option<u64>, Query), ("wait" = Option<u64>, Query, description = "seconds, at most 60")), responses((status = 200, description = "events after `after`", body = EventsPage), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+pub(super) async fn feed(
     State(s): State<AppState>,
     p: Principal,
     c: Consistency,

@@ -20,12 +20,14 @@ use sha2::{Digest, Sha256};
 
 use super::{
     extract::{Ops, Principal, StrictJson},
+    openapi::*,
     problem::{ApiError, ApiResult},
     AppState,
 };
 use crate::{
     app::{Command, Response as AppResponse},
     auth::jwt::{Claims, Role},
+    catalog::Location,
     identity::{self, Account, IdentityCommand, IdentityResponse, NewRefresh},
 };
 
@@ -54,16 +56,9 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Location {
-    pub lat: f64,
-    pub lng: f64,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SignupRequest {
+pub(super) struct SignupRequest {
     email: String,
     password: String,
     name: String,
@@ -72,20 +67,20 @@ struct SignupRequest {
     region: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct LoginRequest {
+pub(super) struct LoginRequest {
     email: String,
     password: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RefreshRequest {
+pub(super) struct RefreshRequest {
     refresh_token: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AccountView {
     pub id: String,
     pub email: String,
@@ -241,7 +236,8 @@ async fn write_identity(s: &AppState, cmd: IdentityCommand) -> ApiResult<(Identi
     }
 }
 
-async fn signup(
+#[utoipa::path(post, path = "/v1/auth/signup", tag = "identity", request_body = SignupRequest, responses((status = 201, description = "account and tokens", body = Session), (status = 409, description = "email taken", body = Problem), (status = "4XX", description = "problem+json", body = Problem)))]
+pub(super) async fn signup(
     State(s): State<AppState>,
     StrictJson(req): StrictJson<SignupRequest>,
 ) -> ApiResult<Response> {
@@ -311,7 +307,8 @@ fn bad_credentials() -> ApiError {
     ApiError::unauthorized("wrong email or password")
 }
 
-async fn login(
+#[utoipa::path(post, path = "/v1/auth/login", tag = "identity", request_body = LoginRequest, responses((status = 200, description = "tokens", body = Session), (status = 401, description = "wrong credentials", body = Problem), (status = "4XX", description = "problem+json", body = Problem)))]
+pub(super) async fn login(
     State(s): State<AppState>,
     StrictJson(req): StrictJson<LoginRequest>,
 ) -> ApiResult<Response> {
@@ -345,7 +342,8 @@ async fn login(
     }
 }
 
-async fn refresh(
+#[utoipa::path(post, path = "/v1/auth/refresh", tag = "identity", request_body = RefreshRequest, responses((status = 200, description = "a new pair; the old refresh token is spent", body = Session), (status = 401, description = "invalid or reused (the family is revoked)", body = Problem), (status = "4XX", description = "problem+json", body = Problem)))]
+pub(super) async fn refresh(
     State(s): State<AppState>,
     StrictJson(req): StrictJson<RefreshRequest>,
 ) -> ApiResult<Response> {
@@ -378,7 +376,8 @@ async fn refresh(
 }
 
 /// Revokes the refresh family of the given refresh token (the caller's own).
-async fn logout(
+#[utoipa::path(post, path = "/v1/auth/logout", tag = "identity", request_body = RefreshRequest, responses((status = 204, description = "the refresh family is revoked"), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+pub(super) async fn logout(
     State(s): State<AppState>,
     principal: Principal,
     StrictJson(req): StrictJson<RefreshRequest>,
@@ -398,7 +397,11 @@ async fn logout(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn me(State(s): State<AppState>, principal: Principal) -> ApiResult<Json<AccountView>> {
+#[utoipa::path(get, path = "/v1/me", tag = "identity", responses((status = 200, description = "the account", body = AccountView), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+pub(super) async fn me(
+    State(s): State<AppState>,
+    principal: Principal,
+) -> ApiResult<Json<AccountView>> {
     if principal.role == Role::Ops && !principal.sub.contains(".acc_") {
         return Err(ApiError::not_found("ops tokens belong to no account"));
     }
@@ -416,7 +419,8 @@ async fn me(State(s): State<AppState>, principal: Principal) -> ApiResult<Json<A
     Ok(Json(AccountView::from(&account)))
 }
 
-async fn jwks(State(s): State<AppState>) -> Response {
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "identity", responses((status = 200, description = "Ed25519 public keys (JWKS)"), (status = "4XX", description = "problem+json", body = Problem)))]
+pub(super) async fn jwks(State(s): State<AppState>) -> Response {
     (
         [(axum::http::header::CACHE_CONTROL, "public, max-age=300")],
         Json(s.keys.jwks()),
@@ -424,16 +428,17 @@ async fn jwks(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct MintRequest {
+pub(super) struct MintRequest {
     role: Role,
     ttl_seconds: Option<u64>,
     sub: Option<String>,
 }
 
 /// Short-lived tokens for operators and tools (`cellctl token mint`).
-async fn mint(
+#[utoipa::path(post, path = "/admin/tokens", tag = "admin", request_body = MintRequest, responses((status = 200, description = "a short-lived access token", body = MintedToken), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+pub(super) async fn mint(
     State(s): State<AppState>,
     ops: Ops,
     StrictJson(req): StrictJson<MintRequest>,

@@ -8,6 +8,7 @@ pub mod identity_api;
 mod info_api;
 mod kv_api;
 mod middleware;
+pub mod openapi;
 pub mod orders_api;
 pub mod problem;
 pub mod rate_limit;
@@ -56,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         .merge(catalog_api::routes())
         .merge(orders_api::routes())
         .merge(events_api::routes())
+        .merge(openapi::routes())
         .merge(admin_api::routes())
         .fallback(info_api::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -16,6 +16,7 @@ use super::{
     extract::{page_limit, Consistency, Ops, Principal, StrictJson},
     identity_api::{now_ms, rfc3339},
     kv_api::ensure_fresh,
+    openapi::*,
     problem::{ApiError, ApiResult},
     AppState,
 };
@@ -47,7 +48,7 @@ const MAX_TIP: i64 = 100_000;
 
 /// Pricing parameters, from the config store (`pricing/<name>`, a JSON
 /// number) with defaults.
-struct Pricing {
+pub(super) struct Pricing {
     base_fee: f64,
     per_km: f64,
     per_minute: f64,
@@ -148,7 +149,8 @@ fn cart_json(c: &Cart) -> Value {
     json!({"vendor_id": c.vendor_id, "items": items})
 }
 
-async fn get_cart(
+#[utoipa::path(get, path = "/v1/cart", tag = "orders", responses((status = 200, description = "the cart", body = CartView), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+pub(super) async fn get_cart(
     State(s): State<AppState>,
     p: Principal,
     c: Consistency,
@@ -162,16 +164,16 @@ async fn get_cart(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ItemBody {
+pub(super) struct ItemBody {
     product_id: String,
     quantity: u32,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CartBody {
+pub(super) struct CartBody {
     vendor_id: String,
     items: Vec<ItemBody>,
 }
@@ -211,7 +213,8 @@ fn check_items(
     Ok(out)
 }
 
-async fn put_cart(
+#[utoipa::path(put, path = "/v1/cart", tag = "orders", request_body = CartBody, responses((status = 200, description = "the cart", body = CartView), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+pub(super) async fn put_cart(
     State(s): State<AppState>,
     p: Principal,
     c: Consistency,
@@ -247,9 +250,9 @@ async fn put_cart(
 
 // ---- quotes ----
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct QuoteBody {
+pub(super) struct QuoteBody {
     kind: Option<OrderKind>,
     vendor_id: String,
     pickup: Option<Location>,
@@ -264,7 +267,8 @@ fn parse_time(s: &str) -> ApiResult<i64> {
         .map_err(|_| ApiError::validation("times are RFC 3339, e.g. 2026-11-26T18:30:00Z"))
 }
 
-async fn create_quote(
+#[utoipa::path(post, path = "/v1/quotes", tag = "orders", request_body = QuoteBody, responses((status = 201, description = "a price-locking quote", body = QuoteView), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+pub(super) async fn create_quote(
     State(s): State<AppState>,
     p: Principal,
     c: Consistency,
@@ -373,21 +377,22 @@ async fn create_quote(
 
 // ---- checkout ----
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Dropoff {
+pub(super) struct Dropoff {
     location: Location,
     address: String,
     notes: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct OrderBody {
+pub(super) struct OrderBody {
     kind: Option<OrderKind>,
     quote_id: String,
     items: Option<Vec<ItemBody>>,
     /// A `Dropoff` for deliveries, a `Location` for rides.
+    #[schema(value_type = Object)]
     dropoff: Value,
     pickup: Option<Location>,
     tip: Option<Money>,
@@ -438,7 +443,8 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<String> {
     Ok(v.to_string())
 }
 
-async fn place_order(
+#[utoipa::path(post, path = "/v1/orders", tag = "orders", params(("Idempotency-Key" = String, Header, description = "required; a retry returns the first order")), request_body = OrderBody, responses((status = 201, description = "placed", body = OrderView), (status = 200, description = "the order placed earlier with this key", body = OrderView), (status = 409, description = "out_of_stock, quote_expired or conflict", body = Problem), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+pub(super) async fn place_order(
     State(s): State<AppState>,
     p: Principal,
     headers: HeaderMap,
@@ -666,7 +672,8 @@ fn may_see(p: &Principal, o: &Order) -> bool {
     }
 }
 
-async fn get_order(
+#[utoipa::path(get, path = "/v1/orders/{id}", tag = "orders", params(("id" = String, Path, description = "object id, <cell>.<kind>_<ulid>")), responses((status = 200, description = "the order", body = OrderView), (status = 404, description = "no such order (or not yours)", body = Problem), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+pub(super) async fn get_order(
     State(s): State<AppState>,
     p: Principal,
     c: Consistency,
@@ -684,13 +691,14 @@ async fn get_order(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ListQuery {
+pub(super) struct ListQuery {
     status: Option<OrderStatus>,
     limit: Option<usize>,
     cursor: Option<String>,
 }
 
-async fn list_orders(
+#[utoipa::path(get, path = "/v1/orders", tag = "orders", params(("status" = Option<OrderStatus>, Query), ("limit" = Option<usize>, Query), ("cursor" = Option<String>, Query)), responses((status = 200, description = "the caller's orders (vendor: its stores'; ops: all)", body = OrderPage), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+pub(super) async fn list_orders(
     State(s): State<AppState>,
     p: Principal,
     c: Consistency,
@@ -712,7 +720,8 @@ async fn list_orders(
     ))
 }
 
-async fn transition(
+#[utoipa::path(post, path = "/v1/orders/{id}/{action}", tag = "orders", params(("id" = String, Path, description = "object id, <cell>.<kind>_<ulid>"), ("action" = String, Path, description = "accept | reject | ready (the vendor) or cancel (the customer before pickup, ops)")), responses((status = 200, description = "the order", body = OrderView), (status = 409, description = "illegal transition", body = Problem), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+pub(super) async fn transition(
     State(s): State<AppState>,
     p: Principal,
     c: Consistency,
@@ -759,7 +768,8 @@ async fn transition(
     }
 }
 
-async fn ledger_check(
+#[utoipa::path(get, path = "/admin/ledger/check", tag = "admin", responses((status = 200, description = "ledger verification", body = LedgerCheckView), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+pub(super) async fn ledger_check(
     State(s): State<AppState>,
     _ops: Ops,
     c: Consistency,

@@ -1,0 +1,290 @@
+//! `GET /openapi.json`, generated from the handlers' `#[utoipa::path]`
+//! annotations. The response shapes below document what the handlers
+//! render; `cell/tests/openapi.rs` checks that every route is described
+//! and that real responses carry the documented fields.
+
+#![allow(dead_code)]
+
+use axum::{routing::get, Json, Router};
+use serde::Serialize;
+use utoipa::{
+    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+    Modify, OpenApi, ToSchema,
+};
+
+pub use super::identity_api::AccountView;
+use super::AppState;
+use crate::{
+    catalog::{Location, Money, VendorKind, VendorStatus},
+    orders::{Mode, OrderKind, OrderStatus},
+};
+
+/// RFC 9457 problem details; `code` is stable and machine-readable.
+#[derive(Serialize, ToSchema)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    pub code: String,
+    pub request_id: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CellInfo {
+    pub cell: String,
+    pub region: String,
+    pub currency: String,
+    pub node_id: u64,
+    pub leader_id: Option<u64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct KvWritten {
+    pub key: String,
+    pub version: u64,
+    pub created: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct KvItem {
+    pub key: String,
+    pub version: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct KvPage {
+    pub items: Vec<KvItem>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ClusterStatus {
+    pub cell: String,
+    pub node_id: u64,
+    /// leader | follower | candidate | learner | shutdown
+    pub role: String,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    /// Every member by node id.
+    pub nodes: std::collections::BTreeMap<String, NodeAddrs>,
+    pub last_log_index: u64,
+    pub committed: u64,
+    pub applied: u64,
+    pub snapshot_index: u64,
+    pub purged_index: Option<u64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct NodeAddrs {
+    pub api_addr: String,
+    pub peer_addr: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Session {
+    pub account: AccountView,
+    pub access_token: String,
+    pub refresh_token: String,
+    pub expires_in: u64,
+    pub token_type: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MintedToken {
+    pub access_token: String,
+    pub expires_in: u64,
+    pub token_type: String,
+    pub kid: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct VendorView {
+    pub id: String,
+    pub owner_id: String,
+    pub name: String,
+    pub kind: VendorKind,
+    pub description: String,
+    pub location: Location,
+    pub address: String,
+    pub prep_minutes: u32,
+    pub tags: Vec<String>,
+    pub status: VendorStatus,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ProductView {
+    pub id: String,
+    pub vendor_id: String,
+    pub name: String,
+    pub description: String,
+    pub category: String,
+    pub price: Money,
+    /// null = unlimited
+    pub stock: Option<i64>,
+    pub available: bool,
+    pub tags: Vec<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ProductPage {
+    pub items: Vec<ProductView>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CartLine {
+    pub product_id: String,
+    pub quantity: u32,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CartView {
+    pub vendor_id: Option<String>,
+    pub items: Vec<CartLine>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct QuoteView {
+    pub id: String,
+    pub kind: OrderKind,
+    pub vendor_id: String,
+    pub mode: Mode,
+    pub fee: Money,
+    pub surge: f64,
+    pub eta_minutes: u32,
+    pub expires_at: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OrderLine {
+    pub product_id: String,
+    pub name: String,
+    pub quantity: u32,
+    pub unit_price: Money,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DropoffView {
+    pub location: Location,
+    pub address: String,
+    pub notes: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct StatusChange {
+    pub status: OrderStatus,
+    pub at: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OrderView {
+    pub id: String,
+    pub kind: OrderKind,
+    pub status: OrderStatus,
+    pub customer_id: String,
+    pub vendor_id: String,
+    pub items: Vec<OrderLine>,
+    pub subtotal: Money,
+    pub delivery_fee: Money,
+    pub tip: Money,
+    pub platform_fee: Money,
+    pub total: Money,
+    pub pickup: Location,
+    pub dropoff: DropoffView,
+    pub mode: Mode,
+    pub window_start: Option<String>,
+    pub eta: String,
+    pub eta_minutes: u32,
+    pub delivery_id: Option<String>,
+    pub quote_id: String,
+    pub payment_ref: String,
+    /// Shown to the customer; the driver enters it on completion.
+    pub proof_code: String,
+    pub history: Vec<StatusChange>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OrderPage {
+    pub items: Vec<OrderView>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct LedgerCheckView {
+    pub transactions: u64,
+    pub postings: u64,
+    pub postings_sum: i64,
+    pub unbalanced: Vec<String>,
+    pub balance_mismatches: Vec<String>,
+    pub ok: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EventView {
+    pub seq: u64,
+    /// e.g. order.placed, order.accepted
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub at: String,
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EventsPage {
+    pub events: Vec<EventView>,
+    pub next: u64,
+}
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        let components = api.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "marketcell cell API", description = "One regional cell: identity, catalog, orders, events, config store and operations."),
+    modifiers(&BearerAuth),
+    paths(
+        super::info_api::cell_info, super::info_api::healthz, super::info_api::readyz, super::info_api::metrics,
+        super::kv_api::list, super::kv_api::get_key, super::kv_api::put_key, super::kv_api::delete_key,
+        super::admin_api::cluster, super::admin_api::init, super::admin_api::add_node, super::admin_api::membership,
+        super::admin_api::remove_node, super::admin_api::snapshot, super::admin_api::backup,
+        super::identity_api::signup, super::identity_api::login, super::identity_api::refresh, super::identity_api::logout,
+        super::identity_api::me, super::identity_api::jwks, super::identity_api::mint,
+        super::catalog_api::create_vendor, super::catalog_api::get_vendor, super::catalog_api::patch_vendor,
+        super::catalog_api::list_products, super::catalog_api::create_product, super::catalog_api::get_product,
+        super::catalog_api::patch_product, super::catalog_api::delete_product, super::catalog_api::set_stock,
+        super::orders_api::get_cart, super::orders_api::put_cart, super::orders_api::create_quote,
+        super::orders_api::place_order, super::orders_api::list_orders, super::orders_api::get_order,
+        super::orders_api::transition, super::orders_api::ledger_check,
+        super::events_api::feed,
+    )
+)]
+pub struct ApiDoc;
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+}
