@@ -36,6 +36,7 @@ async fn assert_has_all(tc: &TestCell, node: u64, acked: &BTreeMap<String, u64>,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_bootstrap_replicate_and_forward() {
+    let _serial = common::SERIAL.lock().await;
     let tc = TestCell::start(3, false, &[]).await.expect("cell");
     let leader = tc
         .cell
@@ -75,6 +76,7 @@ async fn three_nodes_bootstrap_replicate_and_forward() {
 /// Writers keep going while the leader is killed with SIGKILL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_kill_loses_no_acknowledged_write_and_restart_catches_up() {
+    let _serial = common::SERIAL.lock().await;
     let mut tc = TestCell::start(3, false, &[]).await.expect("cell");
     let urls: Vec<String> = (1..=3).map(|i| tc.url(i)).collect();
     let token = tc.cell.token.clone();
@@ -198,6 +200,7 @@ async fn leader_kill_loses_no_acknowledged_write_and_restart_catches_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_added_after_log_purge_receives_a_snapshot() {
+    let _serial = common::SERIAL.lock().await;
     let mut tc = TestCell::start(
         3,
         false,
@@ -245,6 +248,7 @@ async fn node_added_after_log_purge_receives_a_snapshot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn membership_grows_to_five_and_shrinks_back_to_three() {
+    let _serial = common::SERIAL.lock().await;
     let mut tc = TestCell::start(3, false, &[]).await.expect("cell");
     let leader = tc.cell.wait_leader(Duration::from_secs(10)).await.unwrap();
     tc.put(leader, "before", "3").await.unwrap();
@@ -288,6 +292,7 @@ async fn membership_grows_to_five_and_shrinks_back_to_three() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitioned_leader_cannot_commit_and_the_cell_converges_after_healing() {
+    let _serial = common::SERIAL.lock().await;
     let tc = TestCell::start(3, true, &[]).await.expect("cell");
     let net = tc.net.clone().unwrap();
     let old = tc.cell.wait_leader(Duration::from_secs(10)).await.unwrap();
