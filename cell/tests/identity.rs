@@ -408,12 +408,14 @@ async fn auth_endpoints_are_rate_limited_per_ip_and_ops_is_not() {
     )
     .await
     .expect("cell");
+    // Malformed logins are cheap to answer, so the loop measures the
+    // limiter rather than password hashing.
     let mut limited = None;
     for _ in 0..20 {
         let r = tc
             .http
             .post(format!("{}/v1/auth/login", tc.url(1)))
-            .json(&json!({"email": "x@example.com", "password": "wrong password"}))
+            .json(&json!({"email": "x@example.com"}))
             .send()
             .await
             .unwrap();
@@ -421,7 +423,7 @@ async fn auth_endpoints_are_rate_limited_per_ip_and_ops_is_not() {
             limited = Some(r);
             break;
         }
-        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     }
     let r = limited.expect("20 quick logins from one IP were never limited");
     let retry: u64 = r.headers()["retry-after"]
