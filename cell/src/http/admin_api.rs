@@ -68,7 +68,16 @@ impl NodeSpec {
     }
 }
 
-#[utoipa::path(get, path = "/admin/cluster", tag = "admin", responses((status = 200, description = "this node's view of the cluster", body = ClusterStatus), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(
+    get,
+    path = "/admin/cluster",
+    tag = "admin",
+    responses(
+        (status = 200, description = "this node's view of the cluster", body = ClusterStatus),
+        (status = "4XX", description = "problem+json", body = Problem),
+    ),
+    security(("bearer" = [])),
+)]
 pub(super) async fn cluster(State(s): State<AppState>, _ops: Ops) -> Json<serde_json::Value> {
     let m = s.node.metrics();
     let membership = m.membership_config.membership();
@@ -108,7 +117,18 @@ pub(super) struct InitRequest {
     nodes: Vec<NodeSpec>,
 }
 
-#[utoipa::path(post, path = "/admin/cluster/init", tag = "admin", request_body(content = InitRequest, description = "optional: other initial voters"), responses((status = 200, description = "initialised"), (status = 409, description = "already in a cluster", body = Problem), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(
+    post,
+    path = "/admin/cluster/init",
+    tag = "admin",
+    request_body(content = InitRequest, description = "optional: other initial voters"),
+    responses(
+        (status = 200, description = "initialised"),
+        (status = 409, description = "already in a cluster", body = Problem),
+        (status = "4XX", description = "problem+json", body = Problem),
+    ),
+    security(("bearer" = [])),
+)]
 pub(super) async fn init(
     State(s): State<AppState>,
     _ops: Ops,
@@ -145,7 +165,17 @@ pub(super) async fn init(
     Ok(Json(json!({"initialized": true, "voters": ids})))
 }
 
-#[utoipa::path(post, path = "/admin/cluster/nodes", tag = "admin", request_body = NodeSpec, responses((status = 200, description = "added as a learner and caught up"), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(
+    post,
+    path = "/admin/cluster/nodes",
+    tag = "admin",
+    request_body = NodeSpec,
+    responses(
+        (status = 200, description = "added as a learner and caught up"),
+        (status = "4XX", description = "problem+json", body = Problem),
+    ),
+    security(("bearer" = [])),
+)]
 pub(super) async fn add_node(
     State(s): State<AppState>,
     _ops: Ops,
@@ -164,7 +194,18 @@ pub(super) struct MembershipRequest {
     voters: Vec<u64>,
 }
 
-#[utoipa::path(post, path = "/admin/cluster/membership", tag = "admin", request_body = MembershipRequest, responses((status = 200, description = "voters changed"), (status = 409, description = "a change is in progress", body = Problem), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(
+    post,
+    path = "/admin/cluster/membership",
+    tag = "admin",
+    request_body = MembershipRequest,
+    responses(
+        (status = 200, description = "voters changed"),
+        (status = 409, description = "a change is in progress", body = Problem),
+        (status = "4XX", description = "problem+json", body = Problem),
+    ),
+    security(("bearer" = [])),
+)]
 pub(super) async fn membership(
     State(s): State<AppState>,
     _ops: Ops,
@@ -195,7 +236,19 @@ pub(super) async fn membership(
     Ok(Json(json!({"voters": voters, "index": index})))
 }
 
-#[utoipa::path(delete, path = "/admin/cluster/nodes/{id}", tag = "admin", params(("id" = u64, Path)), responses((status = 200, description = "removed"), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(
+    delete,
+    path = "/admin/cluster/nodes/{id}",
+    tag = "admin",
+    params(
+        ("id" = u64, Path),
+    ),
+    responses(
+        (status = 200, description = "removed"),
+        (status = "4XX", description = "problem+json", body = Problem),
+    ),
+    security(("bearer" = [])),
+)]
 pub(super) async fn remove_node(
     State(s): State<AppState>,
     _ops: Ops,
@@ -208,7 +261,16 @@ pub(super) async fn remove_node(
     Ok(Json(json!({"removed": id, "index": index})))
 }
 
-#[utoipa::path(post, path = "/admin/snapshot", tag = "admin", responses((status = 200, description = "snapshot built"), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(
+    post,
+    path = "/admin/snapshot",
+    tag = "admin",
+    responses(
+        (status = 200, description = "snapshot built"),
+        (status = "4XX", description = "problem+json", body = Problem),
+    ),
+    security(("bearer" = [])),
+)]
 pub(super) async fn snapshot(
     State(s): State<AppState>,
     _ops: Ops,
@@ -256,7 +318,16 @@ impl std::io::Write for ChannelWriter {
 }
 
 /// A consistent backup of the whole state, streamed as it is read.
-#[utoipa::path(get, path = "/admin/backup", tag = "admin", responses((status = 200, description = "a consistent backup stream", content_type = "application/octet-stream"), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(
+    get,
+    path = "/admin/backup",
+    tag = "admin",
+    responses(
+        (status = 200, description = "a consistent backup stream", content_type = "application/octet-stream"),
+        (status = "4XX", description = "problem+json", body = Problem),
+    ),
+    security(("bearer" = [])),
+)]
 pub(super) async fn backup(State(s): State<AppState>, _ops: Ops) -> Response {
     let (tx, rx) = mpsc::channel(8);
     let node = s.node.clone();

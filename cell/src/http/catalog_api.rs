@@ -221,7 +221,17 @@ pub(super) struct CreateVendor {
     tags: Vec<String>,
 }
 
-#[utoipa::path(post, path = "/v1/vendors", tag = "catalog", request_body = CreateVendor, responses((status = 201, description = "the vendor", body = VendorView), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(
+    post,
+    path = "/v1/vendors",
+    tag = "catalog",
+    request_body = CreateVendor,
+    responses(
+        (status = 201, description = "the vendor", body = VendorView),
+        (status = "4XX", description = "problem+json", body = Problem),
+    ),
+    security(("bearer" = [])),
+)]
 pub(super) async fn create_vendor(
     State(s): State<AppState>,
     p: Principal,
@@ -250,7 +260,19 @@ pub(super) async fn create_vendor(
     answer(resp, index, StatusCode::CREATED)
 }
 
-#[utoipa::path(get, path = "/v1/vendors/{id}", tag = "catalog", params(("id" = String, Path, description = "object id, <cell>.<kind>_<ulid>")), responses((status = 200, description = "the vendor", body = VendorView), (status = 404, description = "no such vendor", body = Problem), (status = "4XX", description = "problem+json", body = Problem)))]
+#[utoipa::path(
+    get,
+    path = "/v1/vendors/{id}",
+    tag = "catalog",
+    params(
+        ("id" = String, Path, description = "object id, <cell>.<kind>_<ulid>"),
+    ),
+    responses(
+        (status = 200, description = "the vendor", body = VendorView),
+        (status = 404, description = "no such vendor", body = Problem),
+        (status = "4XX", description = "problem+json", body = Problem),
+    ),
+)]
 pub(super) async fn get_vendor(
     State(s): State<AppState>,
     c: Consistency,
@@ -276,7 +298,20 @@ pub(super) struct PatchVendor {
     status: Option<VendorStatus>,
 }
 
-#[utoipa::path(patch, path = "/v1/vendors/{id}", tag = "catalog", params(("id" = String, Path, description = "object id, <cell>.<kind>_<ulid>")), request_body = PatchVendor, responses((status = 200, description = "the vendor", body = VendorView), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(
+    patch,
+    path = "/v1/vendors/{id}",
+    tag = "catalog",
+    params(
+        ("id" = String, Path, description = "object id, <cell>.<kind>_<ulid>"),
+    ),
+    request_body = PatchVendor,
+    responses(
+        (status = 200, description = "the vendor", body = VendorView),
+        (status = "4XX", description = "problem+json", body = Problem),
+    ),
+    security(("bearer" = [])),
+)]
 pub(super) async fn patch_vendor(
     State(s): State<AppState>,
     p: Principal,
@@ -326,7 +361,20 @@ pub(super) struct ListQuery {
     cursor: Option<String>,
 }
 
-#[utoipa::path(get, path = "/v1/vendors/{id}/products", tag = "catalog", params(("id" = String, Path, description = "object id, <cell>.<kind>_<ulid>"), ("limit" = Option<usize>, Query), ("cursor" = Option<String>, Query)), responses((status = 200, description = "the menu", body = ProductPage), (status = "4XX", description = "problem+json", body = Problem)))]
+#[utoipa::path(
+    get,
+    path = "/v1/vendors/{id}/products",
+    tag = "catalog",
+    params(
+        ("id" = String, Path, description = "object id, <cell>.<kind>_<ulid>"),
+        ("limit" = Option<usize>, Query),
+        ("cursor" = Option<String>, Query),
+    ),
+    responses(
+        (status = 200, description = "the menu", body = ProductPage),
+        (status = "4XX", description = "problem+json", body = Problem),
+    ),
+)]
 pub(super) async fn list_products(
     State(s): State<AppState>,
     c: Consistency,
@@ -366,7 +414,20 @@ pub(super) struct CreateProduct {
     tags: Vec<String>,
 }
 
-#[utoipa::path(post, path = "/v1/vendors/{id}/products", tag = "catalog", params(("id" = String, Path, description = "object id, <cell>.<kind>_<ulid>")), request_body = CreateProduct, responses((status = 201, description = "the product", body = ProductView), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(
+    post,
+    path = "/v1/vendors/{id}/products",
+    tag = "catalog",
+    params(
+        ("id" = String, Path, description = "object id, <cell>.<kind>_<ulid>"),
+    ),
+    request_body = CreateProduct,
+    responses(
+        (status = 201, description = "the product", body = ProductView),
+        (status = "4XX", description = "problem+json", body = Problem),
+    ),
+    security(("bearer" = [])),
+)]
 pub(super) async fn create_product(
     State(s): State<AppState>,
     p: Principal,
@@ -399,7 +460,19 @@ pub(super) async fn create_product(
     answer(resp, index, StatusCode::CREATED)
 }
 
-#[utoipa::path(get, path = "/v1/products/{id}", tag = "catalog", params(("id" = String, Path, description = "object id, <cell>.<kind>_<ulid>")), responses((status = 200, description = "the product", body = ProductView), (status = 404, description = "no such product", body = Problem), (status = "4XX", description = "problem+json", body = Problem)))]
+#[utoipa::path(
+    get,
+    path = "/v1/products/{id}",
+    tag = "catalog",
+    params(
+        ("id" = String, Path, description = "object id, <cell>.<kind>_<ulid>"),
+    ),
+    responses(
+        (status = 200, description = "the product", body = ProductView),
+        (status = 404, description = "no such product", body = Problem),
+        (status = "4XX", description = "problem+json", body = Problem),
+    ),
+)]
 pub(super) async fn get_product(
     State(s): State<AppState>,
     c: Consistency,
@@ -423,7 +496,20 @@ pub(super) struct PatchProduct {
     tags: Option<Vec<String>>,
 }
 
-#[utoipa::path(patch, path = "/v1/products/{id}", tag = "catalog", params(("id" = String, Path, description = "object id, <cell>.<kind>_<ulid>")), request_body = PatchProduct, responses((status = 200, description = "the product", body = ProductView), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(
+    patch,
+    path = "/v1/products/{id}",
+    tag = "catalog",
+    params(
+        ("id" = String, Path, description = "object id, <cell>.<kind>_<ulid>"),
+    ),
+    request_body = PatchProduct,
+    responses(
+        (status = 200, description = "the product", body = ProductView),
+        (status = "4XX", description = "problem+json", body = Problem),
+    ),
+    security(("bearer" = [])),
+)]
 pub(super) async fn patch_product(
     State(s): State<AppState>,
     p: Principal,
@@ -464,7 +550,19 @@ pub(super) async fn patch_product(
     answer(resp, index, StatusCode::OK)
 }
 
-#[utoipa::path(delete, path = "/v1/products/{id}", tag = "catalog", params(("id" = String, Path, description = "object id, <cell>.<kind>_<ulid>")), responses((status = 204, description = "deleted"), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(
+    delete,
+    path = "/v1/products/{id}",
+    tag = "catalog",
+    params(
+        ("id" = String, Path, description = "object id, <cell>.<kind>_<ulid>"),
+    ),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = "4XX", description = "problem+json", body = Problem),
+    ),
+    security(("bearer" = [])),
+)]
 pub(super) async fn delete_product(
     State(s): State<AppState>,
     p: Principal,
@@ -489,7 +587,20 @@ pub(super) struct SetStock {
     stock: Option<i64>,
 }
 
-#[utoipa::path(put, path = "/v1/products/{id}/stock", tag = "catalog", params(("id" = String, Path, description = "object id, <cell>.<kind>_<ulid>")), request_body = SetStock, responses((status = 200, description = "the product", body = ProductView), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(
+    put,
+    path = "/v1/products/{id}/stock",
+    tag = "catalog",
+    params(
+        ("id" = String, Path, description = "object id, <cell>.<kind>_<ulid>"),
+    ),
+    request_body = SetStock,
+    responses(
+        (status = 200, description = "the product", body = ProductView),
+        (status = "4XX", description = "problem+json", body = Problem),
+    ),
+    security(("bearer" = [])),
+)]
 pub(super) async fn set_stock(
     State(s): State<AppState>,
     p: Principal,

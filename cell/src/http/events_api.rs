@@ -36,7 +36,20 @@ pub(super) struct FeedQuery {
     wait: Option<u64>,
 }
 
-#[utoipa::path(get, path = "/v1/events", tag = "events", params(("after" = Option<u64>, Query), ("wait" = Option<u64>, Query, description = "seconds, at most 60")), responses((status = 200, description = "events after `after`", body = EventsPage), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "events",
+    params(
+        ("after" = Option<u64>, Query),
+        ("wait" = Option<u64>, Query, description = "seconds, at most 60"),
+    ),
+    responses(
+        (status = 200, description = "events after `after`", body = EventsPage),
+        (status = "4XX", description = "problem+json", body = Problem),
+    ),
+    security(("bearer" = [])),
+)]
 pub(super) async fn feed(
     State(s): State<AppState>,
     p: Principal,

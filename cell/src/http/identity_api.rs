@@ -236,7 +236,17 @@ async fn write_identity(s: &AppState, cmd: IdentityCommand) -> ApiResult<(Identi
     }
 }
 
-#[utoipa::path(post, path = "/v1/auth/signup", tag = "identity", request_body = SignupRequest, responses((status = 201, description = "account and tokens", body = Session), (status = 409, description = "email taken", body = Problem), (status = "4XX", description = "problem+json", body = Problem)))]
+#[utoipa::path(
+    post,
+    path = "/v1/auth/signup",
+    tag = "identity",
+    request_body = SignupRequest,
+    responses(
+        (status = 201, description = "account and tokens", body = Session),
+        (status = 409, description = "email taken", body = Problem),
+        (status = "4XX", description = "problem+json", body = Problem),
+    ),
+)]
 pub(super) async fn signup(
     State(s): State<AppState>,
     StrictJson(req): StrictJson<SignupRequest>,
@@ -307,7 +317,17 @@ fn bad_credentials() -> ApiError {
     ApiError::unauthorized("wrong email or password")
 }
 
-#[utoipa::path(post, path = "/v1/auth/login", tag = "identity", request_body = LoginRequest, responses((status = 200, description = "tokens", body = Session), (status = 401, description = "wrong credentials", body = Problem), (status = "4XX", description = "problem+json", body = Problem)))]
+#[utoipa::path(
+    post,
+    path = "/v1/auth/login",
+    tag = "identity",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "tokens", body = Session),
+        (status = 401, description = "wrong credentials", body = Problem),
+        (status = "4XX", description = "problem+json", body = Problem),
+    ),
+)]
 pub(super) async fn login(
     State(s): State<AppState>,
     StrictJson(req): StrictJson<LoginRequest>,
@@ -342,7 +362,17 @@ pub(super) async fn login(
     }
 }
 
-#[utoipa::path(post, path = "/v1/auth/refresh", tag = "identity", request_body = RefreshRequest, responses((status = 200, description = "a new pair; the old refresh token is spent", body = Session), (status = 401, description = "invalid or reused (the family is revoked)", body = Problem), (status = "4XX", description = "problem+json", body = Problem)))]
+#[utoipa::path(
+    post,
+    path = "/v1/auth/refresh",
+    tag = "identity",
+    request_body = RefreshRequest,
+    responses(
+        (status = 200, description = "a new pair; the old refresh token is spent", body = Session),
+        (status = 401, description = "invalid or reused (the family is revoked)", body = Problem),
+        (status = "4XX", description = "problem+json", body = Problem),
+    ),
+)]
 pub(super) async fn refresh(
     State(s): State<AppState>,
     StrictJson(req): StrictJson<RefreshRequest>,
@@ -376,7 +406,17 @@ pub(super) async fn refresh(
 }
 
 /// Revokes the refresh family of the given refresh token (the caller's own).
-#[utoipa::path(post, path = "/v1/auth/logout", tag = "identity", request_body = RefreshRequest, responses((status = 204, description = "the refresh family is revoked"), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(
+    post,
+    path = "/v1/auth/logout",
+    tag = "identity",
+    request_body = RefreshRequest,
+    responses(
+        (status = 204, description = "the refresh family is revoked"),
+        (status = "4XX", description = "problem+json", body = Problem),
+    ),
+    security(("bearer" = [])),
+)]
 pub(super) async fn logout(
     State(s): State<AppState>,
     principal: Principal,
@@ -397,7 +437,16 @@ pub(super) async fn logout(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-#[utoipa::path(get, path = "/v1/me", tag = "identity", responses((status = 200, description = "the account", body = AccountView), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(
+    get,
+    path = "/v1/me",
+    tag = "identity",
+    responses(
+        (status = 200, description = "the account", body = AccountView),
+        (status = "4XX", description = "problem+json", body = Problem),
+    ),
+    security(("bearer" = [])),
+)]
 pub(super) async fn me(
     State(s): State<AppState>,
     principal: Principal,
@@ -419,7 +468,15 @@ pub(super) async fn me(
     Ok(Json(AccountView::from(&account)))
 }
 
-#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "identity", responses((status = 200, description = "Ed25519 public keys (JWKS)"), (status = "4XX", description = "problem+json", body = Problem)))]
+#[utoipa::path(
+    get,
+    path = "/.well-known/jwks.json",
+    tag = "identity",
+    responses(
+        (status = 200, description = "Ed25519 public keys (JWKS)"),
+        (status = "4XX", description = "problem+json", body = Problem),
+    ),
+)]
 pub(super) async fn jwks(State(s): State<AppState>) -> Response {
     (
         [(axum::http::header::CACHE_CONTROL, "public, max-age=300")],
@@ -437,7 +494,17 @@ pub(super) struct MintRequest {
 }
 
 /// Short-lived tokens for operators and tools (`cellctl token mint`).
-#[utoipa::path(post, path = "/admin/tokens", tag = "admin", request_body = MintRequest, responses((status = 200, description = "a short-lived access token", body = MintedToken), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(
+    post,
+    path = "/admin/tokens",
+    tag = "admin",
+    request_body = MintRequest,
+    responses(
+        (status = 200, description = "a short-lived access token", body = MintedToken),
+        (status = "4XX", description = "problem+json", body = Problem),
+    ),
+    security(("bearer" = [])),
+)]
 pub(super) async fn mint(
     State(s): State<AppState>,
     ops: Ops,

@@ -15,7 +15,15 @@ use super::{
     AppState,
 };
 
-#[utoipa::path(get, path = "/v1/cell", tag = "cell", responses((status = 200, description = "this cell", body = CellInfo), (status = "4XX", description = "problem+json", body = Problem)))]
+#[utoipa::path(
+    get,
+    path = "/v1/cell",
+    tag = "cell",
+    responses(
+        (status = 200, description = "this cell", body = CellInfo),
+        (status = "4XX", description = "problem+json", body = Problem),
+    ),
+)]
 pub(super) async fn cell_info(State(s): State<AppState>) -> Json<serde_json::Value> {
     let leader = s.node.leader().map(|(id, _)| id);
     Json(json!({
@@ -27,14 +35,31 @@ pub(super) async fn cell_info(State(s): State<AppState>) -> Json<serde_json::Val
     }))
 }
 
-#[utoipa::path(get, path = "/healthz", tag = "cell", responses((status = 200, description = "the process is up"), (status = "4XX", description = "problem+json", body = Problem)))]
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "cell",
+    responses(
+        (status = 200, description = "the process is up"),
+        (status = "4XX", description = "problem+json", body = Problem),
+    ),
+)]
 pub(super) async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
 /// Ready = a member of a cluster that has a leader, and caught up with
 /// what this node knows to be committed.
-#[utoipa::path(get, path = "/readyz", tag = "cell", responses((status = 200, description = "member of a cluster with a leader, caught up"), (status = 503, description = "not ready", body = Problem), (status = "4XX", description = "problem+json", body = Problem)))]
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "cell",
+    responses(
+        (status = 200, description = "member of a cluster with a leader, caught up"),
+        (status = 503, description = "not ready", body = Problem),
+        (status = "4XX", description = "problem+json", body = Problem),
+    ),
+)]
 pub(super) async fn readyz(State(s): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
     let m = s.node.metrics();
     let not_ready = |why: &str| {
@@ -81,7 +106,15 @@ pub fn role_name(s: ServerState) -> &'static str {
     }
 }
 
-#[utoipa::path(get, path = "/metrics", tag = "cell", responses((status = 200, description = "Prometheus text format", content_type = "application/openmetrics-text"), (status = "4XX", description = "problem+json", body = Problem)))]
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "cell",
+    responses(
+        (status = 200, description = "Prometheus text format", content_type = "application/openmetrics-text"),
+        (status = "4XX", description = "problem+json", body = Problem),
+    ),
+)]
 pub(super) async fn metrics(State(s): State<AppState>) -> Response {
     let m = s.node.metrics();
     let mx = &s.metrics;

@@ -104,7 +104,20 @@ fn precondition_failed(current: Option<u64>) -> ApiError {
     )
 }
 
-#[utoipa::path(get, path = "/v1/kv/{key}", tag = "config store", params(("key" = String, Path)), responses((status = 200, description = "the value (its stored content type); ETag is the version"), (status = 404, description = "no such key", body = Problem), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(
+    get,
+    path = "/v1/kv/{key}",
+    tag = "config store",
+    params(
+        ("key" = String, Path),
+    ),
+    responses(
+        (status = 200, description = "the value (its stored content type); ETag is the version"),
+        (status = 404, description = "no such key", body = Problem),
+        (status = "4XX", description = "problem+json", body = Problem),
+    ),
+    security(("bearer" = [])),
+)]
 pub(super) async fn get_key(
     State(s): State<AppState>,
     _ops: Ops,
@@ -134,7 +147,24 @@ pub(super) async fn get_key(
         .into_response())
 }
 
-#[utoipa::path(put, path = "/v1/kv/{key}", tag = "config store", params(("key" = String, Path), ("If-Match" = Option<String>, Header, description = "\"<version>\": compare-and-set"), ("If-None-Match" = Option<String>, Header, description = "*: create only")), request_body(content = Vec<u8>, description = "the value, any content type, at most 64 KiB", content_type = "application/octet-stream"), responses((status = 201, description = "created", body = KvWritten), (status = 200, description = "updated", body = KvWritten), (status = 412, description = "version mismatch", body = Problem), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(
+    put,
+    path = "/v1/kv/{key}",
+    tag = "config store",
+    params(
+        ("key" = String, Path),
+        ("If-Match" = Option<String>, Header, description = "\"<version>\": compare-and-set"),
+        ("If-None-Match" = Option<String>, Header, description = "*: create only"),
+    ),
+    request_body(content = Vec<u8>, description = "the value, any content type, at most 64 KiB", content_type = "application/octet-stream"),
+    responses(
+        (status = 201, description = "created", body = KvWritten),
+        (status = 200, description = "updated", body = KvWritten),
+        (status = 412, description = "version mismatch", body = Problem),
+        (status = "4XX", description = "problem+json", body = Problem),
+    ),
+    security(("bearer" = [])),
+)]
 pub(super) async fn put_key(
     State(s): State<AppState>,
     _ops: Ops,
@@ -194,7 +224,22 @@ pub(super) async fn put_key(
     }
 }
 
-#[utoipa::path(delete, path = "/v1/kv/{key}", tag = "config store", params(("key" = String, Path), ("If-Match" = Option<String>, Header)), responses((status = 204, description = "deleted"), (status = 404, description = "no such key", body = Problem), (status = 412, description = "version mismatch", body = Problem), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(
+    delete,
+    path = "/v1/kv/{key}",
+    tag = "config store",
+    params(
+        ("key" = String, Path),
+        ("If-Match" = Option<String>, Header),
+    ),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 404, description = "no such key", body = Problem),
+        (status = 412, description = "version mismatch", body = Problem),
+        (status = "4XX", description = "problem+json", body = Problem),
+    ),
+    security(("bearer" = [])),
+)]
 pub(super) async fn delete_key(
     State(s): State<AppState>,
     _ops: Ops,
@@ -239,7 +284,21 @@ pub(super) struct ListQuery {
     cursor: Option<String>,
 }
 
-#[utoipa::path(get, path = "/v1/kv", tag = "config store", params(("prefix" = Option<String>, Query), ("limit" = Option<usize>, Query), ("cursor" = Option<String>, Query)), responses((status = 200, description = "keys and versions", body = KvPage), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(
+    get,
+    path = "/v1/kv",
+    tag = "config store",
+    params(
+        ("prefix" = Option<String>, Query),
+        ("limit" = Option<usize>, Query),
+        ("cursor" = Option<String>, Query),
+    ),
+    responses(
+        (status = 200, description = "keys and versions", body = KvPage),
+        (status = "4XX", description = "problem+json", body = Problem),
+    ),
+    security(("bearer" = [])),
+)]
 pub(super) async fn list(
     State(s): State<AppState>,
     _ops: Ops,

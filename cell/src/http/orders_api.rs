@@ -149,7 +149,16 @@ fn cart_json(c: &Cart) -> Value {
     json!({"vendor_id": c.vendor_id, "items": items})
 }
 
-#[utoipa::path(get, path = "/v1/cart", tag = "orders", responses((status = 200, description = "the cart", body = CartView), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(
+    get,
+    path = "/v1/cart",
+    tag = "orders",
+    responses(
+        (status = 200, description = "the cart", body = CartView),
+        (status = "4XX", description = "problem+json", body = Problem),
+    ),
+    security(("bearer" = [])),
+)]
 pub(super) async fn get_cart(
     State(s): State<AppState>,
     p: Principal,
@@ -213,7 +222,17 @@ fn check_items(
     Ok(out)
 }
 
-#[utoipa::path(put, path = "/v1/cart", tag = "orders", request_body = CartBody, responses((status = 200, description = "the cart", body = CartView), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(
+    put,
+    path = "/v1/cart",
+    tag = "orders",
+    request_body = CartBody,
+    responses(
+        (status = 200, description = "the cart", body = CartView),
+        (status = "4XX", description = "problem+json", body = Problem),
+    ),
+    security(("bearer" = [])),
+)]
 pub(super) async fn put_cart(
     State(s): State<AppState>,
     p: Principal,
@@ -267,7 +286,17 @@ fn parse_time(s: &str) -> ApiResult<i64> {
         .map_err(|_| ApiError::validation("times are RFC 3339, e.g. 2026-11-26T18:30:00Z"))
 }
 
-#[utoipa::path(post, path = "/v1/quotes", tag = "orders", request_body = QuoteBody, responses((status = 201, description = "a price-locking quote", body = QuoteView), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(
+    post,
+    path = "/v1/quotes",
+    tag = "orders",
+    request_body = QuoteBody,
+    responses(
+        (status = 201, description = "a price-locking quote", body = QuoteView),
+        (status = "4XX", description = "problem+json", body = Problem),
+    ),
+    security(("bearer" = [])),
+)]
 pub(super) async fn create_quote(
     State(s): State<AppState>,
     p: Principal,
@@ -443,7 +472,22 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<String> {
     Ok(v.to_string())
 }
 
-#[utoipa::path(post, path = "/v1/orders", tag = "orders", params(("Idempotency-Key" = String, Header, description = "required; a retry returns the first order")), request_body = OrderBody, responses((status = 201, description = "placed", body = OrderView), (status = 200, description = "the order placed earlier with this key", body = OrderView), (status = 409, description = "out_of_stock, quote_expired or conflict", body = Problem), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(
+    post,
+    path = "/v1/orders",
+    tag = "orders",
+    params(
+        ("Idempotency-Key" = String, Header, description = "required; a retry returns the first order"),
+    ),
+    request_body = OrderBody,
+    responses(
+        (status = 201, description = "placed", body = OrderView),
+        (status = 200, description = "the order placed earlier with this key", body = OrderView),
+        (status = 409, description = "out_of_stock, quote_expired or conflict", body = Problem),
+        (status = "4XX", description = "problem+json", body = Problem),
+    ),
+    security(("bearer" = [])),
+)]
 pub(super) async fn place_order(
     State(s): State<AppState>,
     p: Principal,
@@ -672,7 +716,20 @@ fn may_see(p: &Principal, o: &Order) -> bool {
     }
 }
 
-#[utoipa::path(get, path = "/v1/orders/{id}", tag = "orders", params(("id" = String, Path, description = "object id, <cell>.<kind>_<ulid>")), responses((status = 200, description = "the order", body = OrderView), (status = 404, description = "no such order (or not yours)", body = Problem), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(
+    get,
+    path = "/v1/orders/{id}",
+    tag = "orders",
+    params(
+        ("id" = String, Path, description = "object id, <cell>.<kind>_<ulid>"),
+    ),
+    responses(
+        (status = 200, description = "the order", body = OrderView),
+        (status = 404, description = "no such order (or not yours)", body = Problem),
+        (status = "4XX", description = "problem+json", body = Problem),
+    ),
+    security(("bearer" = [])),
+)]
 pub(super) async fn get_order(
     State(s): State<AppState>,
     p: Principal,
@@ -697,7 +754,21 @@ pub(super) struct ListQuery {
     cursor: Option<String>,
 }
 
-#[utoipa::path(get, path = "/v1/orders", tag = "orders", params(("status" = Option<OrderStatus>, Query), ("limit" = Option<usize>, Query), ("cursor" = Option<String>, Query)), responses((status = 200, description = "the caller's orders (vendor: its stores'; ops: all)", body = OrderPage), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(
+    get,
+    path = "/v1/orders",
+    tag = "orders",
+    params(
+        ("status" = Option<OrderStatus>, Query),
+        ("limit" = Option<usize>, Query),
+        ("cursor" = Option<String>, Query),
+    ),
+    responses(
+        (status = 200, description = "the caller's orders (vendor: its stores'; ops: all)", body = OrderPage),
+        (status = "4XX", description = "problem+json", body = Problem),
+    ),
+    security(("bearer" = [])),
+)]
 pub(super) async fn list_orders(
     State(s): State<AppState>,
     p: Principal,
@@ -720,7 +791,21 @@ pub(super) async fn list_orders(
     ))
 }
 
-#[utoipa::path(post, path = "/v1/orders/{id}/{action}", tag = "orders", params(("id" = String, Path, description = "object id, <cell>.<kind>_<ulid>"), ("action" = String, Path, description = "accept | reject | ready (the vendor) or cancel (the customer before pickup, ops)")), responses((status = 200, description = "the order", body = OrderView), (status = 409, description = "illegal transition", body = Problem), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(
+    post,
+    path = "/v1/orders/{id}/{action}",
+    tag = "orders",
+    params(
+        ("id" = String, Path, description = "object id, <cell>.<kind>_<ulid>"),
+        ("action" = String, Path, description = "accept | reject | ready (the vendor) or cancel (the customer before pickup, ops)"),
+    ),
+    responses(
+        (status = 200, description = "the order", body = OrderView),
+        (status = 409, description = "illegal transition", body = Problem),
+        (status = "4XX", description = "problem+json", body = Problem),
+    ),
+    security(("bearer" = [])),
+)]
 pub(super) async fn transition(
     State(s): State<AppState>,
     p: Principal,
@@ -768,7 +853,16 @@ pub(super) async fn transition(
     }
 }
 
-#[utoipa::path(get, path = "/admin/ledger/check", tag = "admin", responses((status = 200, description = "ledger verification", body = LedgerCheckView), (status = "4XX", description = "problem+json", body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(
+    get,
+    path = "/admin/ledger/check",
+    tag = "admin",
+    responses(
+        (status = 200, description = "ledger verification", body = LedgerCheckView),
+        (status = "4XX", description = "problem+json", body = Problem),
+    ),
+    security(("bearer" = [])),
+)]
 pub(super) async fn ledger_check(
     State(s): State<AppState>,
     _ops: Ops,
