@@ -13,6 +13,7 @@ use crate::{
     kv::{self, KvCommand, KvResponse},
     orders::{self, OrderCommand, OrderResponse},
     read_models::ReadModels,
+    search_service::Dirty,
 };
 
 /// Everything that goes through the Raft log.
@@ -51,6 +52,7 @@ pub enum Change {
 pub struct CellApp {
     changes: broadcast::Sender<Change>,
     read_models: Arc<ReadModels>,
+    search: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Dirty>>,
 }
 
 impl CellApp {
@@ -59,6 +61,19 @@ impl CellApp {
         Self {
             changes,
             read_models,
+            search: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Where catalog changes go to be indexed (set before Raft starts, so
+    /// no applied change is missed).
+    pub fn set_search(&self, tx: tokio::sync::mpsc::UnboundedSender<Dirty>) {
+        let _ = self.search.set(tx);
+    }
+
+    fn index(&self, d: Dirty) {
+        if let Some(tx) = self.search.get() {
+            let _ = tx.send(d);
         }
     }
 
@@ -126,8 +141,12 @@ impl raft::Application for CellApp {
                 Change::Vendor { id } => {
                     self.read_models.invalidate(&format!("vendor/{id}"));
                     self.read_models.invalidate(&format!("menu/{id}"));
+                    self.index(Dirty::Vendor(id.clone()));
                 }
-                Change::Product { id } => self.read_models.invalidate(&format!("product/{id}")),
+                Change::Product { id } => {
+                    self.read_models.invalidate(&format!("product/{id}"));
+                    self.index(Dirty::Product(id.clone()));
+                }
                 Change::Kv { .. } | Change::Everything => {}
             }
             let _ = self.changes.send(e);
@@ -136,6 +155,7 @@ impl raft::Application for CellApp {
 
     fn snapshot_installed(&self, _applied_index: u64) {
         self.read_models.invalidate_all();
+        self.index(Dirty::All);
         let _ = self.changes.send(Change::Everything);
     }
 }

@@ -314,6 +314,15 @@ pub fn vendor(read: &ReadTxn, id: &str) -> storage::Result<Option<Vendor>> {
     read.get(VENDORS, id.as_bytes())
 }
 
+/// Every vendor, in id order.
+pub fn all_vendors(read: &ReadTxn) -> storage::Result<Vec<Vendor>> {
+    Ok(read
+        .range(VENDORS, .., usize::MAX)?
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect())
+}
+
 pub fn product(read: &ReadTxn, id: &str) -> storage::Result<Option<Product>> {
     read.get(PRODUCTS, id.as_bytes())
 }

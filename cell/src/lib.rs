@@ -15,4 +15,5 @@ pub mod local;
 pub mod metrics;
 pub mod orders;
 pub mod read_models;
+pub mod search_service;
 pub mod server;

@@ -78,6 +78,8 @@ pub async fn run(cfg: CellConfig) -> anyhow::Result<()> {
     };
     let read_models = Arc::new(ReadModels::new(cache.clone()));
     let app = Arc::new(CellApp::new(read_models.clone()));
+    let (search_tx, search_rx) = tokio::sync::mpsc::unbounded_channel();
+    app.set_search(search_tx);
     let node = RaftNode::start(
         NodeConfig {
             id: cfg.node_id,
@@ -93,6 +95,10 @@ pub async fn run(cfg: CellConfig) -> anyhow::Result<()> {
     )
     .await
     .context("starting raft")?;
+
+    let search =
+        crate::search_service::start(&cfg.data_dir.join("search"), node.clone(), search_rx)
+            .context("opening the search index")?;
 
     let peer_listener = TcpListener::bind(cfg.peer_listen)
         .await
@@ -118,6 +124,7 @@ pub async fn run(cfg: CellConfig) -> anyhow::Result<()> {
         keys: Arc::new(keys),
         metrics: Arc::new(Metrics::new()),
         read_models,
+        search,
         inflight: Arc::new(Semaphore::new(MAX_INFLIGHT)),
         limiter: Arc::new(http::rate_limit::RateLimiter::new(cfg.limits)),
         request_timeout: http::DEFAULT_TIMEOUT,

@@ -31,6 +31,7 @@ const CONTRACT: &[(&str, &str)] = &[
     ("get", "/v1/orders/{id}"),
     ("post", "/v1/orders/{id}/{action}"),
     ("get", "/v1/events"),
+    ("get", "/v1/search"),
     ("get", "/v1/kv/{key}"),
     ("put", "/v1/kv/{key}"),
     ("delete", "/v1/kv/{key}"),

@@ -12,6 +12,7 @@ pub mod openapi;
 pub mod orders_api;
 pub mod problem;
 pub mod rate_limit;
+mod search_api;
 
 use std::{sync::Arc, time::Duration};
 
@@ -40,6 +41,7 @@ pub struct AppState {
     pub keys: Arc<KeySet>,
     pub metrics: Arc<Metrics>,
     pub read_models: Arc<ReadModels>,
+    pub search: Arc<search::SearchIndex>,
     pub inflight: Arc<Semaphore>,
     pub limiter: Arc<rate_limit::RateLimiter>,
     pub request_timeout: Duration,
@@ -58,6 +60,7 @@ pub fn router(state: AppState) -> Router {
         .merge(orders_api::routes())
         .merge(events_api::routes())
         .merge(openapi::routes())
+        .merge(search_api::routes())
         .merge(admin_api::routes())
         .fallback(info_api::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -246,6 +246,40 @@ pub struct EventsPage {
     pub next: u64,
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct SearchVendorRef {
+    pub id: String,
+    pub name: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SearchHit {
+    pub id: String,
+    /// product | vendor
+    pub kind: String,
+    pub name: String,
+    /// HTML with matched words in `<b>`.
+    pub snippet: String,
+    pub score: f32,
+    pub distance_km: Option<f64>,
+    pub price: Option<Money>,
+    pub vendor: Option<SearchVendorRef>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SearchFacets {
+    /// category → number of matches
+    pub category: std::collections::BTreeMap<String, u64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SearchPage {
+    pub hits: Vec<SearchHit>,
+    pub facets: SearchFacets,
+    pub total: u64,
+    pub next_cursor: Option<String>,
+}
+
 struct BearerAuth;
 
 impl Modify for BearerAuth {
@@ -280,7 +314,7 @@ impl Modify for BearerAuth {
         super::orders_api::get_cart, super::orders_api::put_cart, super::orders_api::create_quote,
         super::orders_api::place_order, super::orders_api::list_orders, super::orders_api::get_order,
         super::orders_api::transition, super::orders_api::ledger_check,
-        super::events_api::feed,
+        super::events_api::feed, super::search_api::search,
     )
 )]
 pub struct ApiDoc;

@@ -1,0 +1,176 @@
+//! Keeps the node's tantivy index in step with its state: applied catalog
+//! changes are batched (≤ 200 ms) into one index commit that records the
+//! applied log index; a missing, stale or replaced index is rebuilt from
+//! `state.redb`.
+
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
+
+use search::{Change, ProductDoc, SearchIndex, VendorDoc};
+use tokio::sync::mpsc;
+
+use crate::{
+    app::CellApp,
+    catalog::{self, Product, Vendor},
+};
+
+/// What the indexer is told after commit.
+#[derive(Debug)]
+pub enum Dirty {
+    Vendor(String),
+    Product(String),
+    /// Rebuild everything (snapshot installed, or notifications lost).
+    All,
+}
+
+/// Longest a committed change waits before it is indexed.
+const BATCH_WINDOW: Duration = Duration::from_millis(200);
+
+fn kind_name<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn vendor_doc(v: &Vendor) -> VendorDoc {
+    VendorDoc {
+        id: v.id.clone(),
+        name: v.name.clone(),
+        kind: kind_name(&v.kind),
+        description: v.description.clone(),
+        tags: v.tags.clone(),
+        lat: v.location.lat,
+        lng: v.location.lng,
+        rating: None,
+    }
+}
+
+fn product_doc(p: &Product, v: &Vendor) -> ProductDoc {
+    ProductDoc {
+        id: p.id.clone(),
+        vendor_id: v.id.clone(),
+        vendor_name: v.name.clone(),
+        vendor_kind: kind_name(&v.kind),
+        name: p.name.clone(),
+        description: p.description.clone(),
+        category: p.category.clone(),
+        tags: p.tags.clone(),
+        price: p.price.amount,
+        in_stock: p.available(),
+        lat: v.location.lat,
+        lng: v.location.lng,
+        rating: None,
+    }
+}
+
+/// Index changes for what `dirty` names, as the state is now.
+fn changes_for(
+    read: &storage::ReadTxn,
+    dirty: &BTreeSet<(bool, String)>,
+) -> storage::Result<Vec<Change>> {
+    let mut out = Vec::new();
+    for (is_vendor, id) in dirty {
+        if *is_vendor {
+            match catalog::vendor(read, id)? {
+                Some(v) => {
+                    // Products carry their vendor's name and place.
+                    for p in catalog::menu(read, id, None, usize::MAX)? {
+                        out.push(Change::UpsertProduct(product_doc(&p, &v)));
+                    }
+                    out.push(Change::UpsertVendor(vendor_doc(&v)));
+                }
+                None => out.push(Change::Delete { id: id.clone() }),
+            }
+        } else {
+            let doc = catalog::product(read, id)?.and_then(|p| {
+                catalog::vendor(read, &p.vendor_id)
+                    .ok()
+                    .flatten()
+                    .map(|v| product_doc(&p, &v))
+            });
+            out.push(match doc {
+                Some(d) => Change::UpsertProduct(d),
+                None => Change::Delete { id: id.clone() },
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn rebuild(index: &SearchIndex, store: &storage::Store, applied: u64) -> anyhow::Result<()> {
+    let read = store.read()?;
+    let mut changes = Vec::new();
+    for v in catalog::all_vendors(&read)? {
+        for p in catalog::menu(&read, &v.id, None, usize::MAX)? {
+            changes.push(Change::UpsertProduct(product_doc(&p, &v)));
+        }
+        changes.push(Change::UpsertVendor(vendor_doc(&v)));
+    }
+    index.clear()?;
+    index.apply(&changes, applied)?;
+    tracing::info!(docs = changes.len(), applied, "search index rebuilt");
+    Ok(())
+}
+
+/// Start the indexer for `node`'s state; returns the index to query.
+pub fn start(
+    dir: &std::path::Path,
+    node: Arc<raft::RaftNode<CellApp>>,
+    mut rx: mpsc::UnboundedReceiver<Dirty>,
+) -> anyhow::Result<Arc<SearchIndex>> {
+    let index = match SearchIndex::open_in_dir(dir) {
+        Ok(i) => i,
+        Err(e) => {
+            // A different schema or a damaged index: rebuild from state.
+            tracing::warn!(error = %e, "search index unusable; rebuilding");
+            let _ = std::fs::remove_dir_all(dir);
+            SearchIndex::open_in_dir(dir)?
+        }
+    };
+    let index = Arc::new(index);
+    let applied = node.applied_index();
+    if index.indexed_index() != applied || applied == 0 {
+        rebuild(&index, node.store(), applied)?;
+    }
+    let idx = index.clone();
+    tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            let mut all = matches!(first, Dirty::All);
+            let mut dirty = BTreeSet::new();
+            let note = |d: Dirty, all: &mut bool, dirty: &mut BTreeSet<(bool, String)>| match d {
+                Dirty::Vendor(id) => {
+                    dirty.insert((true, id));
+                }
+                Dirty::Product(id) => {
+                    dirty.insert((false, id));
+                }
+                Dirty::All => *all = true,
+            };
+            note(first, &mut all, &mut dirty);
+            let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
+            while let Ok(Some(d)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+                note(d, &mut all, &mut dirty);
+                if dirty.len() > 10_000 {
+                    break;
+                }
+            }
+            let (index, node) = (idx.clone(), node.clone());
+            let result = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+                let applied = node.applied_index();
+                if all {
+                    return rebuild(&index, node.store(), applied);
+                }
+                let changes = changes_for(&node.store().read()?, &dirty)?;
+                index.apply(&changes, applied)?;
+                Ok(())
+            })
+            .await;
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "search indexing failed"),
+                Err(e) => tracing::error!(error = %e, "search indexer task failed"),
+            }
+        }
+    });
+    Ok(index)
+}
