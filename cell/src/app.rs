@@ -71,6 +71,11 @@ impl CellApp {
         let _ = self.search.set(tx);
     }
 
+    /// Ask the indexer to rebuild from state (`POST /admin/search/reindex`).
+    pub fn reindex(&self) {
+        self.index(Dirty::All);
+    }
+
     fn index(&self, d: Dirty) {
         if let Some(tx) = self.search.get() {
             let _ = tx.send(d);

@@ -38,6 +38,9 @@ pub struct Metrics {
     pub cache_memory_bytes: Gauge<i64, AtomicI64>,
     pub cache_entries: Gauge<i64, AtomicI64>,
     pub state_bytes: Gauge<f64, AtomicU64>,
+    pub search_seconds: Histogram,
+    pub search_docs: Gauge<i64, AtomicI64>,
+    pub search_index_bytes: Gauge<i64, AtomicI64>,
 }
 
 impl Metrics {
@@ -92,6 +95,19 @@ impl Metrics {
             "Read-cache memory tier usage in bytes"
         );
         let cache_entries = gauge!("cache_entries", "Entries in the read-cache memory tier");
+        let search_seconds = Histogram::new([
+            0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5,
+        ]);
+        registry.register(
+            "search_query_seconds",
+            "Time to run a search query",
+            search_seconds.clone(),
+        );
+        let search_docs = gauge!("search_documents", "Documents in this node's search index");
+        let search_index_bytes = gauge!(
+            "search_index_bytes",
+            "Size of this node's search index on disk"
+        );
         let state_bytes: Gauge<f64, AtomicU64> = Gauge::default();
         registry.register(
             "state_file_bytes",
@@ -116,6 +132,9 @@ impl Metrics {
             cache_memory_bytes,
             cache_entries,
             state_bytes,
+            search_seconds,
+            search_docs,
+            search_index_bytes,
         }
     }
 

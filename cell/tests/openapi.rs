@@ -32,6 +32,7 @@ const CONTRACT: &[(&str, &str)] = &[
     ("post", "/v1/orders/{id}/{action}"),
     ("get", "/v1/events"),
     ("get", "/v1/search"),
+    ("post", "/admin/search/reindex"),
     ("get", "/v1/kv/{key}"),
     ("put", "/v1/kv/{key}"),
     ("delete", "/v1/kv/{key}"),

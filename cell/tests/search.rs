@@ -201,6 +201,38 @@ async fn committed_changes_become_searchable_on_every_node() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 
+    // A rebuild on request leaves the same answers; metrics show the index.
+    let r = http
+        .post(format!("{base}/admin/search/reindex"))
+        .bearer_auth(&tc.cell.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let r = http
+        .post(format!("{base}/admin/search/reindex"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    search_until(&tc, 1, "q=formaggi", |v| ids(v).contains(&pids[0])).await;
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("search_query_seconds_count"), "{metrics}");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("search_documents ") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+
     // A restarted node comes back with a consistent index.
     tc.cell.kill(2);
     tc.start_node(2).unwrap();

@@ -140,6 +140,17 @@ pub(super) async fn metrics(State(s): State<AppState>) -> Response {
         mx.cache_memory_bytes.set(c.memory_bytes as i64);
         mx.cache_entries.set(c.memory_entries as i64);
     }
+    mx.search_docs.set(s.search.doc_count() as i64);
+    let search_dir = s.cfg.data_dir.join("search");
+    let index_bytes: u64 = std::fs::read_dir(&search_dir)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0);
+    mx.search_index_bytes.set(index_bytes as i64);
     if let Ok(md) = std::fs::metadata(s.cfg.raft_dir().join("state.redb")) {
         mx.state_bytes.set(md.len() as f64);
     }

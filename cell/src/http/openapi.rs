@@ -314,7 +314,7 @@ impl Modify for BearerAuth {
         super::orders_api::get_cart, super::orders_api::put_cart, super::orders_api::create_quote,
         super::orders_api::place_order, super::orders_api::list_orders, super::orders_api::get_order,
         super::orders_api::transition, super::orders_api::ledger_check,
-        super::events_api::feed, super::search_api::search,
+        super::events_api::feed, super::search_api::search, super::search_api::reindex,
     )
 )]
 pub struct ApiDoc;

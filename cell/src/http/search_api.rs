@@ -10,14 +10,32 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{
-    extract::page_limit,
+    extract::{page_limit, Ops},
     openapi::{Problem, SearchPage},
     problem::{ApiError, ApiResult},
     AppState,
 };
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/v1/search", get(search))
+    Router::new()
+        .route("/v1/search", get(search))
+        .route("/admin/search/reindex", axum::routing::post(reindex))
+}
+
+/// Rebuild this node's index from its state, in the background.
+#[utoipa::path(
+    post,
+    path = "/admin/search/reindex",
+    tag = "admin",
+    responses(
+        (status = 202, description = "a rebuild is queued on this node"),
+        (status = "4XX", description = "problem+json", body = Problem),
+    ),
+    security(("bearer" = [])),
+)]
+pub(super) async fn reindex(State(s): State<AppState>, _ops: Ops) -> axum::http::StatusCode {
+    s.app.reindex();
+    axum::http::StatusCode::ACCEPTED
 }
 
 #[derive(Debug, Deserialize)]
@@ -150,7 +168,9 @@ pub(super) async fn search(
         .await
         .map_err(ApiError::internal)?
         .map_err(|e| ApiError::validation(format!("bad search: {e}")))?;
-    tracing::debug!(micros = started.elapsed().as_micros() as u64, "search");
+    s.metrics
+        .search_seconds
+        .observe(started.elapsed().as_secs_f64());
     let currency = s.cfg.currency.clone();
     let hits: Vec<Value> = results
         .hits
