@@ -96,9 +96,11 @@ pub async fn run(cfg: CellConfig) -> anyhow::Result<()> {
     .await
     .context("starting raft")?;
 
-    let search =
+    // Opening may rebuild the index from state: blocking work.
+    let search = tokio::task::block_in_place(|| {
         crate::search_service::start(&cfg.data_dir.join("search"), node.clone(), search_rx)
-            .context("opening the search index")?;
+    })
+    .context("opening the search index")?;
 
     let peer_listener = TcpListener::bind(cfg.peer_listen)
         .await
