@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use serde::Deserialize;
 
-use crate::http::rate_limit::{Limit, Limits};
+use edge::rate_limit::{Limit, Limits};
 
 /// A marketcell node. With no arguments: a single-node cell named `local`
 /// on http://127.0.0.1:8080 with its data in ./data/local.
@@ -101,6 +101,15 @@ pub struct Args {
     /// Seed this (empty) node from a backup file, as a single-voter cell.
     #[arg(long)]
     pub restore_from: Option<PathBuf>,
+    /// Address of a router (or other proxy) whose `X-Forwarded-For` is
+    /// believed for per-IP rate limits; repeatable. Without it every request
+    /// through a router would share the router's IP bucket.
+    #[arg(
+        long = "trusted-proxy",
+        env = "CELL_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 /// The same settings as read from a config file.
@@ -130,6 +139,7 @@ struct FileConfig {
     rate_limit_ip: Option<f64>,
     rate_limit_auth: Option<f64>,
     rate_limit_principal: Option<f64>,
+    trusted_proxies: Option<Vec<std::net::IpAddr>>,
 }
 
 /// TLS material of a node.
@@ -163,6 +173,7 @@ pub struct CellConfig {
     pub jwt_keys_file: PathBuf,
     pub limits: Limits,
     pub read_cache: bool,
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 pub fn valid_cell_name(name: &str) -> bool {
@@ -312,6 +323,11 @@ impl CellConfig {
                 .unwrap_or_else(|| data_dir_for_keys.join("jwt-keys.pem")),
             limits,
             read_cache: !args.no_read_cache,
+            trusted_proxies: if args.trusted_proxies.is_empty() {
+                file.trusted_proxies.unwrap_or_default()
+            } else {
+                args.trusted_proxies
+            },
         })
     }
 

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 use storage::{ReadTxn, Table, WriteTxn};
 
-use crate::auth::jwt::Role;
+use edge::token::Role;
 
 const ACCOUNTS: Table<Account> = Table::new("accounts");
 const ACCOUNT_BY_EMAIL: Table<String> = Table::new("account_by_email");

@@ -2,7 +2,6 @@
 //! assembly of a running node.
 
 pub mod app;
-pub mod auth;
 pub mod catalog;
 pub mod certs;
 pub mod config;

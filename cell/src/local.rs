@@ -97,7 +97,7 @@ impl LocalCell {
         };
         // One access-token key set for the whole cell.
         let keys_file = dir.join("jwt-keys.pem");
-        crate::auth::jwt::KeySet::load_or_create(&keys_file)
+        edge::token::KeySet::load_or_create(&keys_file)
             .map_err(|e| anyhow!("access-token keys: {e}"))?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))

@@ -1,5 +1,6 @@
 //! Node assembly: storage, Raft, cache, listeners, bootstrap, shutdown.
 
+use edge::token::KeySet;
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use anyhow::Context;
@@ -9,7 +10,6 @@ use tokio::{net::TcpListener, sync::Semaphore};
 
 use crate::{
     app::CellApp,
-    auth::jwt::KeySet,
     config::{load_or_create_ops_token, CellConfig},
     http::{self, AppState},
     metrics::Metrics,
@@ -36,10 +36,10 @@ pub async fn run(cfg: CellConfig) -> anyhow::Result<()> {
 
     let (api_tls, peer_server_tls, peer_client_tls) = match &cfg.tls {
         Some(t) => {
-            let api = raft::tls::server_config(&t.cert, &t.key, None)?;
-            let peer = raft::tls::server_config(&t.cert, &t.key, t.ca.as_deref())?;
+            let api = edge::tls::server_config(&t.cert, &t.key, None)?;
+            let peer = edge::tls::server_config(&t.cert, &t.key, t.ca.as_deref())?;
             let ca = t.ca.as_deref().unwrap_or(&t.cert);
-            let client = raft::tls::client_config(ca, Some((&t.cert, &t.key)))?;
+            let client = edge::tls::client_config(ca, Some((&t.cert, &t.key)))?;
             (Some(api), Some(peer), Some(client))
         }
         None => (None, None, None),
@@ -105,7 +105,7 @@ pub async fn run(cfg: CellConfig) -> anyhow::Result<()> {
     let peer_listener = TcpListener::bind(cfg.peer_listen)
         .await
         .with_context(|| format!("binding peer port {}", cfg.peer_listen))?;
-    tokio::spawn(raft::tls::serve(
+    tokio::spawn(edge::tls::serve(
         peer_listener,
         raft::peer_router(node.clone()),
         peer_server_tls,
@@ -128,14 +128,14 @@ pub async fn run(cfg: CellConfig) -> anyhow::Result<()> {
         read_models,
         search,
         inflight: Arc::new(Semaphore::new(MAX_INFLIGHT)),
-        limiter: Arc::new(http::rate_limit::RateLimiter::new(cfg.limits)),
+        limiter: Arc::new(edge::rate_limit::RateLimiter::new(cfg.limits)),
         request_timeout: http::DEFAULT_TIMEOUT,
         tls: api_tls.is_some(),
     };
     let api_listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("binding API port {}", cfg.listen))?;
-    let api = tokio::spawn(raft::tls::serve(api_listener, http::router(state), api_tls));
+    let api = tokio::spawn(edge::tls::serve(api_listener, http::router(state), api_tls));
 
     println!(
         "cell {} node {} listening on {}://{} (peer port {})",

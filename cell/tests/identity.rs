@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use base64::Engine;
-use cell::auth::jwt::{Claims, KeySet, Role};
 use common::harness::{ct_json, json_body, TestCell};
+use edge::token::{Claims, KeySet, Role};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 

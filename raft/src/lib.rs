@@ -5,7 +5,6 @@
 //! - [`network`] / [`peer_api`]: the peer port (HTTP/2, bincode bodies, optional mTLS);
 //! - [`node`]: a running node — writes with leader forwarding, linearizable
 //!   and session reads, membership changes;
-//! - [`tls`]: rustls configuration and the accept loop.
 //!
 //! This crate knows nothing about the marketplace or the public HTTP API.
 
@@ -21,7 +20,6 @@ pub mod node;
 pub mod peer_api;
 pub mod restore;
 pub mod state_machine;
-pub mod tls;
 pub mod types;
 mod wire;
 

@@ -9,6 +9,7 @@ use axum::{
     routing::{get, post, put},
     Json, Router,
 };
+use edge::token::Role;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -22,7 +23,6 @@ use super::{
 };
 use crate::{
     app::{Command, Response as AppResponse},
-    auth::jwt::Role,
     catalog::{
         self, Actor, CatalogCommand, CatalogResponse, Location, Money, Product, ProductPatch,
         Vendor, VendorKind, VendorPatch, VendorStatus,

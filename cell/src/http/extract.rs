@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 use super::{problem::ApiError, AppState};
-use crate::auth::jwt::Role;
+use edge::token::Role;
 
 /// JSON body with unknown fields rejected by the target type
 /// (`#[serde(deny_unknown_fields)]`) and every failure a `400`/`413`/`415`

@@ -1,5 +1,6 @@
 //! `/v1/auth/*`, `/v1/me`, the JWKS document and ops token minting.
 
+use edge::token::{Claims, Role};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use argon2::{
@@ -26,7 +27,6 @@ use super::{
 };
 use crate::{
     app::{Command, Response as AppResponse},
-    auth::jwt::{Claims, Role},
     catalog::Location,
     identity::{self, Account, IdentityCommand, IdentityResponse, NewRefresh},
 };
@@ -145,18 +145,20 @@ fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-fn new_refresh_token() -> String {
+/// `<cell>.mcr_<random>`: the cell prefix is how a router finds the home
+/// cell of an opaque refresh token, like the prefix of any other id.
+fn new_refresh_token(cell: &str) -> String {
     let bytes: [u8; 32] = rand::random();
     format!(
-        "mcr_{}",
+        "{cell}.mcr_{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
     )
 }
 
 /// A fresh refresh token in a new family: the token for the client, its
 /// hash for the log.
-fn new_session_refresh() -> (String, NewRefresh) {
-    let token = new_refresh_token();
+fn new_session_refresh(cell: &str) -> (String, NewRefresh) {
+    let token = new_refresh_token(cell);
     let refresh = NewRefresh {
         token_hash: hash_token(&token),
         family: ulid::Ulid::new().to_string(),
@@ -278,7 +280,7 @@ pub(super) async fn signup(
         }
     }
     let password_hash = hash_password(req.password).await?;
-    let (refresh_token, refresh) = new_session_refresh();
+    let (refresh_token, refresh) = new_session_refresh(&s.cfg.cell);
     let account = Account {
         id: format!("{}.acc_{}", s.cfg.cell, ulid::Ulid::new()),
         email,
@@ -347,7 +349,7 @@ pub(super) async fn login(
     let Some(account) = account.filter(|_| ok) else {
         return Err(bad_credentials());
     };
-    let (refresh_token, refresh) = new_session_refresh();
+    let (refresh_token, refresh) = new_session_refresh(&s.cfg.cell);
     let (resp, index) = write_identity(
         &s,
         IdentityCommand::IssueRefresh {
@@ -380,7 +382,7 @@ pub(super) async fn refresh(
     if req.refresh_token.len() > 256 {
         return Err(ApiError::unauthorized("invalid refresh token"));
     }
-    let new_token = new_refresh_token();
+    let new_token = new_refresh_token(&s.cfg.cell);
     let now = now_ms();
     let (resp, index) = write_identity(
         &s,

@@ -1,6 +1,7 @@
 //! The edge: request ids, security headers, load shedding, timeouts,
 //! latency metrics, and problem+json for every error.
 
+use edge::rate_limit::{principal_key, BucketKey};
 use std::time::{Duration, Instant};
 
 use axum::{
@@ -13,13 +14,12 @@ use axum::{
 use super::{
     extract::resolve_principal,
     problem::{ApiError, PROBLEM_JSON, REQUEST_ID},
-    rate_limit::{principal_key, BucketKey},
     AppState,
 };
-use crate::auth::jwt::Role;
 use crate::metrics::{HttpLabels, ReasonLabels};
 use axum::extract::ConnectInfo;
-use std::net::SocketAddr;
+use edge::token::Role;
+use std::net::{IpAddr, SocketAddr};
 
 fn valid_request_id(s: &str) -> bool {
     !s.is_empty()
@@ -91,13 +91,38 @@ pub async fn edge(State(state): State<AppState>, req: Request, next: Next) -> Re
     resp
 }
 
+/// The client's address: the TCP peer, unless that is a trusted proxy, in
+/// which case the right-most `X-Forwarded-For` entry not added by a trusted
+/// proxy (entries further left are the client's own claims and can be
+/// forged).
+fn client_ip(peer: IpAddr, headers: &header::HeaderMap, trusted: &[IpAddr]) -> IpAddr {
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    let mut client = peer;
+    for value in headers.get_all("x-forwarded-for").iter().rev() {
+        let Ok(value) = value.to_str() else {
+            return client;
+        };
+        for entry in value.rsplit(',') {
+            match entry.trim().parse::<IpAddr>() {
+                Ok(ip) if trusted.contains(&ip) => client = ip,
+                Ok(ip) => return ip,
+                Err(_) => return client,
+            }
+        }
+    }
+    client
+}
+
 /// Per-principal and per-IP token buckets; ops is never limited.
 fn rate_limit(state: &AppState, req: &mut Request) -> Result<(), ApiError> {
     let now = std::time::Instant::now();
-    let ip = req
+    let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
+    let ip = peer.map(|peer| client_ip(peer, req.headers(), &state.cfg.trusted_proxies));
     let (mut parts, body) =
         std::mem::replace(req, Request::new(axum::body::Body::empty())).into_parts();
     let principal = if parts.headers.contains_key(header::AUTHORIZATION) {
@@ -215,3 +240,40 @@ fn ensure_problem(resp: Response) -> Response {
 }
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn xff(values: &[&str]) -> header::HeaderMap {
+        let mut h = header::HeaderMap::new();
+        for v in values {
+            h.append("x-forwarded-for", v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let router = ip("10.0.0.1");
+        let trusted = [router, ip("10.0.0.2")];
+        let forged = xff(&["6.6.6.6, 1.2.3.4"]);
+        // An untrusted peer's header is ignored entirely.
+        assert_eq!(client_ip(ip("9.9.9.9"), &forged, &trusted), ip("9.9.9.9"));
+        // A trusted peer: the right-most entry is what it saw; the client's
+        // own claim further left is ignored.
+        assert_eq!(client_ip(router, &forged, &trusted), ip("1.2.3.4"));
+        // A chain of trusted proxies is walked through.
+        assert_eq!(
+            client_ip(router, &xff(&["1.2.3.4", "10.0.0.2"]), &trusted),
+            ip("1.2.3.4")
+        );
+        // Missing or junk header: the proxy itself.
+        assert_eq!(client_ip(router, &xff(&[]), &trusted), router);
+        assert_eq!(client_ip(router, &xff(&["junk"]), &trusted), router);
+    }
+}

@@ -11,9 +11,9 @@ mod middleware;
 pub mod openapi;
 pub mod orders_api;
 pub mod problem;
-pub mod rate_limit;
 mod search_api;
 
+use edge::token::KeySet;
 use std::{sync::Arc, time::Duration};
 
 use axum::{extract::DefaultBodyLimit, middleware::from_fn_with_state, routing::get, Router};
@@ -23,9 +23,7 @@ use tokio::sync::Semaphore;
 pub use extract::token_hash;
 pub use middleware::DEFAULT_TIMEOUT;
 
-use crate::{
-    app::CellApp, auth::jwt::KeySet, config::CellConfig, metrics::Metrics, read_models::ReadModels,
-};
+use crate::{app::CellApp, config::CellConfig, metrics::Metrics, read_models::ReadModels};
 
 /// Largest request body accepted anywhere on the public API.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -43,7 +41,7 @@ pub struct AppState {
     pub read_models: Arc<ReadModels>,
     pub search: Arc<search::SearchIndex>,
     pub inflight: Arc<Semaphore>,
-    pub limiter: Arc<rate_limit::RateLimiter>,
+    pub limiter: Arc<edge::rate_limit::RateLimiter>,
     pub request_timeout: Duration,
     pub tls: bool,
 }

@@ -8,6 +8,7 @@ use axum::{
     routing::{get, post},
     Json, Router,
 };
+use edge::token::Role;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -22,7 +23,6 @@ use super::{
 };
 use crate::{
     app::{Command, Response as AppResponse},
-    auth::jwt::Role,
     catalog::{self, Location, Money, VendorKind},
     kv, ledger,
     orders::{

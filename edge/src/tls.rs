@@ -12,17 +12,20 @@ use hyper_util::{
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 
-use crate::RaftError;
+/// TLS material that could not be loaded or combined.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("TLS: {0}")]
+pub struct TlsError(pub String);
 
-fn tls_err(e: impl ToString) -> RaftError {
-    RaftError::Tls(e.to_string())
+fn tls_err(e: impl ToString) -> TlsError {
+    TlsError(e.to_string())
 }
 
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, RaftError> {
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = std::fs::read(path).map_err(|e| tls_err(format!("{}: {e}", path.display())))?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
         .collect::<Result<_, _>>()
@@ -33,14 +36,14 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, RaftError
     Ok(certs)
 }
 
-pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, RaftError> {
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let pem = std::fs::read(path).map_err(|e| tls_err(format!("{}: {e}", path.display())))?;
     rustls_pemfile::private_key(&mut pem.as_slice())
         .map_err(|e| tls_err(format!("{}: {e}", path.display())))?
         .ok_or_else(|| tls_err(format!("{}: no private key found", path.display())))
 }
 
-fn root_store(ca: &Path) -> Result<rustls::RootCertStore, RaftError> {
+fn root_store(ca: &Path) -> Result<rustls::RootCertStore, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     for c in load_certs(ca)? {
         roots.add(c).map_err(tls_err)?;
@@ -54,7 +57,7 @@ pub fn server_config(
     cert: &Path,
     key: &Path,
     client_ca: Option<&Path>,
-) -> Result<Arc<rustls::ServerConfig>, RaftError> {
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(tls_err)?;
@@ -81,7 +84,7 @@ pub fn server_config(
 pub fn client_config(
     ca: &Path,
     identity: Option<(&Path, &Path)>,
-) -> Result<rustls::ClientConfig, RaftError> {
+) -> Result<rustls::ClientConfig, TlsError> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(tls_err)?

@@ -402,86 +402,15 @@ impl KeySet {
     }
 
     /// Verifies a token issued for `expected_cell` at time `now_unix`.
-    ///
-    /// The signature is checked before the claims are even parsed, so
-    /// unauthenticated payloads never reach the claims parser.
     pub fn verify(
         &self,
         token: &str,
         now_unix: i64,
         expected_cell: &str,
     ) -> Result<Claims, TokenError> {
-        if token.is_empty() {
-            return Err(malformed("empty token"));
-        }
-        if token.len() > MAX_TOKEN_LEN {
-            return Err(malformed(format!("longer than {MAX_TOKEN_LEN} bytes")));
-        }
-        let mut parts = token.split('.');
-        let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(malformed("expected three dot-separated parts"));
-        };
-        let header = decode_part(header_b64, "header")?;
-        let payload = decode_part(payload_b64, "payload")?;
-        let signature = decode_part(signature_b64, "signature")?;
-
-        let header: serde_json::Map<String, Value> = serde_json::from_slice(&header)
-            .map_err(|_| malformed("header is not a JSON object"))?;
-        match header.get("alg") {
-            Some(Value::String(alg)) if alg == ALGORITHM => {}
-            Some(Value::String(alg)) => return Err(TokenError::UnsupportedAlgorithm(clip(alg))),
-            Some(other) => return Err(TokenError::UnsupportedAlgorithm(clip(&other.to_string()))),
-            None => return Err(malformed("header has no alg")),
-        }
-        // Only what we issue: an unknown field such as `crit`, `jku` or `x5u`
-        // would ask for semantics we do not implement.
-        for (name, value) in &header {
-            match name.as_str() {
-                "alg" | "kid" => {}
-                "typ" if value.as_str() == Some("JWT") => {}
-                "typ" => return Err(malformed("header typ is not JWT")),
-                other => {
-                    return Err(malformed(format!(
-                        "unexpected header field {:?}",
-                        clip(other)
-                    )))
-                }
-            }
-        }
-        let Some(Value::String(kid)) = header.get("kid") else {
-            return Err(malformed("header has no kid"));
-        };
-        let key = self.verifying_key(kid, now_unix)?;
-
-        let signature: [u8; ed25519_dalek::SIGNATURE_LENGTH] = signature
-            .as_slice()
-            .try_into()
-            .map_err(|_| malformed("signature is not 64 bytes"))?;
-        let signature = Signature::from_bytes(&signature);
-        let signed = &token[..header_b64.len() + 1 + payload_b64.len()];
-        // verify_strict rejects small-order keys and non-canonical
-        // signatures, so a signature cannot be malleated into a second
-        // valid token.
-        key.verify_strict(signed.as_bytes(), &signature)
-            .map_err(|_| TokenError::BadSignature)?;
-
-        let claims: Claims =
-            serde_json::from_slice(&payload).map_err(|e| malformed(format!("claims: {e}")))?;
-        if claims.exp.saturating_add(LEEWAY_SECS) <= now_unix {
-            return Err(TokenError::Expired);
-        }
-        if claims.iat > now_unix.saturating_add(LEEWAY_SECS) {
-            return Err(TokenError::NotYetValid);
-        }
-        if claims.cell != expected_cell {
-            return Err(TokenError::WrongCell {
-                expected: expected_cell.to_owned(),
-                found: clip(&claims.cell),
-            });
-        }
-        Ok(claims)
+        verify_with(token, now_unix, expected_cell, |kid| {
+            self.verifying_key(kid, now_unix)
+        })
     }
 
     fn verifying_key(&self, kid: &str, now_unix: i64) -> Result<VerifyingKey, TokenError> {
@@ -518,6 +447,190 @@ impl KeySet {
             .collect();
         serde_json::json!({ "keys": keys })
     }
+}
+
+/// Another cell's public keys, read from its JWK set: what a router holds to
+/// verify tokens it did not issue.
+#[derive(Debug, Clone, Default)]
+pub struct PublicKeys {
+    keys: Vec<(String, VerifyingKey)>,
+}
+
+/// More keys than a cell could plausibly publish means a broken or hostile
+/// endpoint.
+const MAX_JWKS_KEYS: usize = 64;
+
+impl PublicKeys {
+    /// Parses a JWK set as served at `/.well-known/jwks.json`. Only Ed25519
+    /// `OKP` keys whose `kid` matches their key bytes are taken; anything else
+    /// makes the whole set invalid, since a half-understood set would fail in
+    /// confusing ways later.
+    pub fn from_jwks(jwks: &Value) -> Result<Self, KeyError> {
+        let Some(entries) = jwks.get("keys").and_then(Value::as_array) else {
+            return Err(KeyError::Invalid("JWK set has no keys array".into()));
+        };
+        if entries.len() > MAX_JWKS_KEYS {
+            return Err(KeyError::Invalid(format!(
+                "JWK set has more than {MAX_JWKS_KEYS} keys"
+            )));
+        }
+        let mut keys = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let field = |name: &str| entry.get(name).and_then(Value::as_str);
+            if field("kty") != Some("OKP") || field("crv") != Some("Ed25519") {
+                return Err(KeyError::Invalid("JWK is not an Ed25519 OKP key".into()));
+            }
+            let (Some(kid), Some(x)) = (field("kid"), field("x")) else {
+                return Err(KeyError::Invalid("JWK without kid or x".into()));
+            };
+            let bytes: [u8; 32] = URL_SAFE_NO_PAD
+                .decode(x)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| KeyError::Invalid("JWK x is not 32 base64url bytes".into()))?;
+            let key = VerifyingKey::from_bytes(&bytes)
+                .map_err(|_| KeyError::Invalid("JWK x is not an Ed25519 point".into()))?;
+            if kid_of(&key) != kid {
+                return Err(KeyError::Invalid(format!(
+                    "JWK kid {:?} does not match its key",
+                    clip(kid)
+                )));
+            }
+            keys.push((kid.to_owned(), key));
+        }
+        Ok(PublicKeys { keys })
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Verifies a token issued by the cell these keys belong to.
+    pub fn verify(
+        &self,
+        token: &str,
+        now_unix: i64,
+        expected_cell: &str,
+    ) -> Result<Claims, TokenError> {
+        verify_with(token, now_unix, expected_cell, |kid| {
+            self.keys
+                .iter()
+                .find(|(k, _)| k == kid)
+                .map(|(_, key)| *key)
+                .ok_or_else(|| TokenError::UnknownKey(clip(kid)))
+        })
+    }
+}
+
+/// The `cell` claim of a token, read WITHOUT verifying anything: only for
+/// choosing whose keys to verify it with. `None` when the token is not shaped
+/// like one of ours.
+pub fn unverified_cell(token: &str) -> Option<String> {
+    if token.len() > MAX_TOKEN_LEN {
+        return None;
+    }
+    let mut parts = token.split('.');
+    let (Some(_), Some(payload), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    let payload = URL_SAFE_NO_PAD.decode(payload).ok()?;
+    #[derive(Deserialize)]
+    struct CellOnly {
+        cell: String,
+    }
+    serde_json::from_slice::<CellOnly>(&payload)
+        .ok()
+        .map(|c| c.cell)
+}
+
+/// Verifies `token` for `expected_cell` at `now_unix`, taking the key for
+/// the header's `kid` from `key_for`.
+///
+/// The signature is checked before the claims are even parsed, so
+/// unauthenticated payloads never reach the claims parser.
+fn verify_with(
+    token: &str,
+    now_unix: i64,
+    expected_cell: &str,
+    key_for: impl FnOnce(&str) -> Result<VerifyingKey, TokenError>,
+) -> Result<Claims, TokenError> {
+    if token.is_empty() {
+        return Err(malformed("empty token"));
+    }
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(malformed(format!("longer than {MAX_TOKEN_LEN} bytes")));
+    }
+    let mut parts = token.split('.');
+    let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(malformed("expected three dot-separated parts"));
+    };
+    let header = decode_part(header_b64, "header")?;
+    let payload = decode_part(payload_b64, "payload")?;
+    let signature = decode_part(signature_b64, "signature")?;
+
+    let header: serde_json::Map<String, Value> =
+        serde_json::from_slice(&header).map_err(|_| malformed("header is not a JSON object"))?;
+    match header.get("alg") {
+        Some(Value::String(alg)) if alg == ALGORITHM => {}
+        Some(Value::String(alg)) => return Err(TokenError::UnsupportedAlgorithm(clip(alg))),
+        Some(other) => return Err(TokenError::UnsupportedAlgorithm(clip(&other.to_string()))),
+        None => return Err(malformed("header has no alg")),
+    }
+    // Only what we issue: an unknown field such as `crit`, `jku` or `x5u`
+    // would ask for semantics we do not implement.
+    for (name, value) in &header {
+        match name.as_str() {
+            "alg" | "kid" => {}
+            "typ" if value.as_str() == Some("JWT") => {}
+            "typ" => return Err(malformed("header typ is not JWT")),
+            other => {
+                return Err(malformed(format!(
+                    "unexpected header field {:?}",
+                    clip(other)
+                )))
+            }
+        }
+    }
+    let Some(Value::String(kid)) = header.get("kid") else {
+        return Err(malformed("header has no kid"));
+    };
+    let key = key_for(kid)?;
+
+    let signature: [u8; ed25519_dalek::SIGNATURE_LENGTH] = signature
+        .as_slice()
+        .try_into()
+        .map_err(|_| malformed("signature is not 64 bytes"))?;
+    let signature = Signature::from_bytes(&signature);
+    let signed = &token[..header_b64.len() + 1 + payload_b64.len()];
+    // verify_strict rejects small-order keys and non-canonical
+    // signatures, so a signature cannot be malleated into a second
+    // valid token.
+    key.verify_strict(signed.as_bytes(), &signature)
+        .map_err(|_| TokenError::BadSignature)?;
+
+    let claims: Claims =
+        serde_json::from_slice(&payload).map_err(|e| malformed(format!("claims: {e}")))?;
+    if claims.exp.saturating_add(LEEWAY_SECS) <= now_unix {
+        return Err(TokenError::Expired);
+    }
+    if claims.iat > now_unix.saturating_add(LEEWAY_SECS) {
+        return Err(TokenError::NotYetValid);
+    }
+    if claims.cell != expected_cell {
+        return Err(TokenError::WrongCell {
+            expected: expected_cell.to_owned(),
+            found: clip(&claims.cell),
+        });
+    }
+    Ok(claims)
 }
 
 fn malformed(why: impl Into<String>) -> TokenError {
@@ -715,6 +828,46 @@ mod tests {
 
     fn header_of(token: &str) -> Value {
         serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&parts(token)[0]).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn public_keys_from_jwks_verify_like_the_issuer() {
+        let keys = KeySet::generate();
+        let token = keys.sign(&claims());
+        let public = PublicKeys::from_jwks(&keys.jwks()).unwrap();
+        assert_eq!(public.len(), 1);
+        let now = NOW + 1;
+        assert_eq!(public.verify(&token, now, CELL).unwrap(), claims());
+        assert!(matches!(
+            public.verify(&token, now, "elsewhere"),
+            Err(TokenError::WrongCell { .. })
+        ));
+        assert_eq!(unverified_cell(&token).as_deref(), Some(CELL));
+        assert_eq!(unverified_cell("not.a.token"), None);
+        assert_eq!(unverified_cell(""), None);
+
+        let other = KeySet::generate();
+        let foreign = PublicKeys::from_jwks(&other.jwks()).unwrap();
+        assert!(matches!(
+            foreign.verify(&token, now, CELL),
+            Err(TokenError::UnknownKey(_))
+        ));
+    }
+
+    #[test]
+    fn jwks_with_lying_kid_or_junk_is_refused() {
+        let keys = KeySet::generate();
+        let mut jwks = keys.jwks();
+        jwks["keys"][0]["kid"] = Value::from("0000000000000000");
+        assert!(PublicKeys::from_jwks(&jwks).is_err());
+        for junk in [
+            serde_json::json!({}),
+            serde_json::json!({"keys": 5}),
+            serde_json::json!({"keys": [{"kty": "RSA"}]}),
+            serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "a", "x": "!!"}]}),
+        ] {
+            assert!(PublicKeys::from_jwks(&junk).is_err(), "{junk}");
+        }
     }
 
     #[test]

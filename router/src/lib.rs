@@ -1,0 +1,23 @@
+//! The global router (DESIGN.md §10): a stateless front for many cells. It
+//! knows the regions and their cells' nodes, pins each request to its home
+//! cell, balances over healthy nodes, retries what is safe to retry, and
+//! answers for a failed cell quickly without touching other cells' traffic.
+//!
+//! Modules: `config` (flags/env/file), `directory` (regions, persisted),
+//! `upstream` (per-cell pools: health, leader, ejection, retry budget, token
+//! keys), `pin` (which cell a request belongs to), `proxy` (forwarding),
+//! `admin` (own endpoints), `metrics`, `problem`, `state`, `server`.
+
+pub mod admin;
+pub mod config;
+pub mod directory;
+pub mod error;
+pub mod metrics;
+pub mod pin;
+pub mod problem;
+pub mod proxy;
+pub mod server;
+pub mod state;
+pub mod upstream;
+
+pub use error::RouterError;

@@ -1,0 +1,654 @@
+//! Forwarding to cells: token verification, rate limits, pinning, node
+//! choice, retries within a budget, streaming both ways.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use edge::rate_limit::{principal_key, BucketKey};
+use edge::token::{unverified_cell, Claims, Role, TokenError};
+use futures::stream::{FuturesUnordered, StreamExt as _};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use http_body_util::BodyExt as _;
+use hyper::body::Body as _;
+
+use crate::metrics::{CellLabels, ReasonLabels, RequestLabels, UpstreamErrorLabels};
+use crate::pin::{self, Pin};
+use crate::problem::{Problem, RequestId};
+use crate::state::RouterState;
+use crate::upstream::CellPool;
+
+/// Largest request body passed on (the cells' own limit).
+pub const MAX_BODY_BYTES: u64 = 1 << 20;
+/// Bodies up to this size are read before forwarding so that the request
+/// can be retried on another node; larger ones stream through.
+const BUFFER_BODY_BYTES: u64 = 64 * 1024;
+/// Sum of all request header names and values.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Attempts per request, first included.
+const MAX_ATTEMPTS: u32 = 8;
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+static X_CELL: HeaderName = HeaderName::from_static("x-cell");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
+/// A request body as it will be sent.
+enum Payload {
+    Buffered(Bytes),
+    Streaming(Option<Body>),
+}
+
+/// The catch-all handler: everything that is not the router's own endpoint
+/// goes to a cell.
+pub async fn handle(State(st): State<Arc<RouterState>>, req: Request) -> Response {
+    let started = Instant::now();
+    match route(&st, req).await {
+        Ok((cell, resp)) => {
+            let labels = CellLabels { cell: cell.clone() };
+            st.metrics
+                .latency
+                .get_or_create(&labels)
+                .observe(started.elapsed().as_secs_f64());
+            st.metrics
+                .requests
+                .get_or_create(&RequestLabels {
+                    cell,
+                    status: resp.status().as_u16(),
+                })
+                .inc();
+            resp
+        }
+        Err(p) => {
+            st.metrics
+                .requests
+                .get_or_create(&RequestLabels {
+                    cell: "router".into(),
+                    status: p.status.as_u16(),
+                })
+                .inc();
+            p.into_response()
+        }
+    }
+}
+
+async fn route(st: &Arc<RouterState>, req: Request) -> Result<(String, Response), Problem> {
+    let (parts, body) = req.into_parts();
+    let header_bytes: usize = parts
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return Err(reject(
+            st,
+            "headers_too_large",
+            Problem::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+                format!("request headers exceed {MAX_HEADER_BYTES} bytes"),
+            ),
+        ));
+    }
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|l| l > MAX_BODY_BYTES) || body.size_hint().lower() > MAX_BODY_BYTES {
+        return Err(reject(st, "body_too_large", too_large()));
+    }
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+
+    let claims = match bearer(&parts.headers)? {
+        Some(token) => Some(verify(st, token).await?),
+        None => None,
+    };
+    rate_limit(st, claims.as_ref(), peer, parts.uri.path())?;
+
+    let needs_body = pin::needs_body(&parts.method, parts.uri.path());
+    let hint = body.size_hint();
+    let small = hint.upper().is_some_and(|u| u <= BUFFER_BODY_BYTES);
+    let mut payload = if needs_body || small {
+        let limit = if needs_body {
+            BUFFER_BODY_BYTES as usize
+        } else {
+            MAX_BODY_BYTES as usize
+        };
+        let bytes = http_body_util::Limited::new(body, limit)
+            .collect()
+            .await
+            .map_err(|_| too_large())?
+            .to_bytes();
+        Payload::Buffered(bytes)
+    } else {
+        let limited = http_body_util::Limited::new(body, MAX_BODY_BYTES as usize);
+        Payload::Streaming(Some(Body::new(limited)))
+    };
+    let json_body = match (&payload, needs_body) {
+        (Payload::Buffered(b), true) => Some(
+            serde_json::from_slice::<serde_json::Value>(b)
+                .map_err(|_| Problem::bad_request("body is not valid JSON"))?,
+        ),
+        _ => None,
+    };
+
+    let decision = {
+        let dir = st.directory.read().unwrap_or_else(|e| e.into_inner());
+        pin::decide(
+            &dir,
+            &parts.method,
+            parts.uri.path(),
+            parts.uri.query(),
+            claims.as_ref(),
+            json_body.as_ref(),
+        )?
+    };
+    let request_id = parts
+        .extensions
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default();
+    let outgoing = Outgoing::new(&parts, peer, &request_id, st.cfg.tls.is_some());
+    match decision {
+        Pin::Cell(cell) => {
+            let pool = st
+                .pool(&cell)
+                .ok_or_else(|| Problem::not_found("unknown_cell", format!("no cell {cell:?}")))?;
+            let resp = forward(st, &pool, &outgoing, &mut payload).await?;
+            Ok((cell, resp))
+        }
+        Pin::Login { email } => {
+            let Payload::Buffered(bytes) = payload else {
+                return Err(Problem::bad_request("login body must be JSON"));
+            };
+            login(st, &outgoing, bytes, email).await
+        }
+    }
+}
+
+fn too_large() -> Problem {
+    Problem::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("request body exceeds {MAX_BODY_BYTES} bytes"),
+    )
+}
+
+fn reject(st: &RouterState, reason: &'static str, p: Problem) -> Problem {
+    st.metrics
+        .rejected
+        .get_or_create(&ReasonLabels { reason })
+        .inc();
+    p
+}
+
+fn bearer(headers: &HeaderMap) -> Result<Option<&str>, Problem> {
+    let Some(v) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let v = v
+        .to_str()
+        .map_err(|_| Problem::unauthorized("Authorization header is not ASCII"))?;
+    match v.strip_prefix("Bearer ") {
+        Some(t) if !t.trim().is_empty() => Ok(Some(t.trim())),
+        _ => Err(Problem::unauthorized(
+            "expected Authorization: Bearer <token>",
+        )),
+    }
+}
+
+/// Verifies an access token against its cell's published keys.
+async fn verify(st: &RouterState, token: &str) -> Result<Claims, Problem> {
+    let unauthorized = |why: String| reject(st, "bad_token", Problem::unauthorized(why));
+    let cell = unverified_cell(token).ok_or_else(|| {
+        unauthorized("not an access token (ops bootstrap tokens go to cells directly)".into())
+    })?;
+    let pool = st
+        .pool(&cell)
+        .ok_or_else(|| unauthorized("token issued by a cell this router does not know".into()))?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let keys = pool.keys(&st.client, false).await.ok_or_else(|| {
+        Problem::unavailable(
+            "cell_unavailable",
+            format!("cell {cell:?} cannot be reached to verify the token"),
+        )
+    })?;
+    let verdict = match keys.verify(token, now, &cell) {
+        Err(TokenError::UnknownKey(_)) => match pool.keys(&st.client, true).await {
+            Some(fresh) => fresh.verify(token, now, &cell),
+            None => Err(TokenError::UnknownKey(String::new())),
+        },
+        other => other,
+    };
+    verdict.map_err(|e| unauthorized(e.to_string()))
+}
+
+fn rate_limit(
+    st: &RouterState,
+    claims: Option<&Claims>,
+    ip: Option<IpAddr>,
+    path: &str,
+) -> Result<(), Problem> {
+    let now = Instant::now();
+    let mut keys = Vec::with_capacity(2);
+    match claims {
+        Some(c) if c.role == Role::Ops => return Ok(()),
+        Some(c) => keys.push(principal_key(&format!("{}/{}", c.cell, c.sub))),
+        None => keys.extend(ip.map(BucketKey::Ip)),
+    }
+    if path.starts_with("/v1/auth/") {
+        keys.extend(ip.map(BucketKey::AuthIp));
+    }
+    for k in keys {
+        if let Err(wait) = st.limiter.take(k, now) {
+            return Err(reject(
+                st,
+                "rate_limit",
+                Problem::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "too many requests; slow down",
+                )
+                .retry_after(wait),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The parts of the upstream request that are the same on every attempt.
+struct Outgoing {
+    method: Method,
+    path_and_query: String,
+    headers: HeaderMap,
+    timeout: Duration,
+}
+
+impl Outgoing {
+    fn new(
+        parts: &http::request::Parts,
+        peer: Option<IpAddr>,
+        request_id: &str,
+        tls: bool,
+    ) -> Self {
+        let mut headers = parts.headers.clone();
+        for h in HOP_BY_HOP {
+            headers.remove(h);
+        }
+        // A `Connection: x` header names more hop-by-hop headers.
+        if let Some(named) = parts.headers.get(header::CONNECTION) {
+            if let Ok(named) = named.to_str() {
+                for name in named.split(',') {
+                    headers.remove(name.trim());
+                }
+            }
+        }
+        headers.remove(header::HOST);
+        if let Some(ip) = peer {
+            let xff = match parts
+                .headers
+                .get(&X_FORWARDED_FOR)
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(prior) => format!("{prior}, {ip}"),
+                None => ip.to_string(),
+            };
+            if let Ok(v) = HeaderValue::from_str(&xff) {
+                headers.insert(X_FORWARDED_FOR.clone(), v);
+            }
+        }
+        headers.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(if tls { "https" } else { "http" }),
+        );
+        if let Ok(v) = HeaderValue::from_str(request_id) {
+            headers.insert(X_REQUEST_ID.clone(), v);
+        }
+        let traceparent = next_traceparent(parts.headers.get(&TRACEPARENT));
+        if let Ok(v) = HeaderValue::from_str(&traceparent) {
+            headers.insert(TRACEPARENT.clone(), v);
+        }
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        Outgoing {
+            method: parts.method.clone(),
+            timeout: route_timeout(parts.uri.path(), parts.uri.query()),
+            path_and_query,
+            headers,
+        }
+    }
+
+    fn safe(&self) -> bool {
+        matches!(self.method, Method::GET | Method::HEAD | Method::OPTIONS)
+    }
+
+    fn idempotent(&self) -> bool {
+        self.safe() || self.headers.contains_key(&IDEMPOTENCY_KEY)
+    }
+}
+
+/// Long polls (`wait=` up to 60 s) get their wait plus a margin; everything
+/// else the default.
+fn route_timeout(path: &str, query: Option<&str>) -> Duration {
+    let long_poll = matches!(path, "/v1/events" | "/v1/routes/available");
+    let wait = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|kv| kv.strip_prefix("wait="))
+        .and_then(|w| w.parse::<u64>().ok());
+    match (long_poll, wait) {
+        (true, Some(w)) => Duration::from_secs(w.min(60) + 15),
+        _ => DEFAULT_TIMEOUT,
+    }
+}
+
+/// W3C trace context: keep the caller's trace id and flags, with a new
+/// parent id for the router's hop; start a trace when there is none (or
+/// it is malformed).
+fn next_traceparent(incoming: Option<&HeaderValue>) -> String {
+    let span: [u8; 8] = rand::random();
+    let valid = incoming.and_then(|v| v.to_str().ok()).and_then(|v| {
+        let p: Vec<&str> = v.split('-').collect();
+        let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+        let ok = p.len() == 4
+            && p[0] == "00"
+            && hex(p[1], 32)
+            && p[1] != "0".repeat(32)
+            && hex(p[2], 16)
+            && hex(p[3], 2);
+        ok.then(|| (p[1].to_ascii_lowercase(), p[3].to_string()))
+    });
+    match valid {
+        Some((trace, flags)) => format!("00-{trace}-{}-{flags}", hex::encode(span)),
+        None => {
+            let trace: [u8; 16] = rand::random();
+            format!("00-{}-{}-01", hex::encode(trace), hex::encode(span))
+        }
+    }
+}
+
+/// Counts a request as in flight to a cell until dropped.
+struct InFlight<'a>(&'a RouterState, &'a CellPool);
+
+impl<'a> InFlight<'a> {
+    fn new(st: &'a RouterState, pool: &'a CellPool) -> Self {
+        pool.started_request();
+        st.metrics
+            .in_flight
+            .get_or_create(&CellLabels {
+                cell: pool.cell.clone(),
+            })
+            .inc();
+        InFlight(st, pool)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.1.finished_request();
+        self.0
+            .metrics
+            .in_flight
+            .get_or_create(&CellLabels {
+                cell: self.1.cell.clone(),
+            })
+            .dec();
+    }
+}
+
+/// Sends the request to a node of the cell, retrying on another node when
+/// that is safe: always when the connection could not even be made (the
+/// request never left), otherwise only for safe methods or requests with an
+/// `Idempotency-Key`, and only while the cell's retry budget lasts.
+async fn forward(
+    st: &RouterState,
+    pool: &CellPool,
+    out: &Outgoing,
+    payload: &mut Payload,
+) -> Result<Response, Problem> {
+    let _in_flight = InFlight::new(st, pool);
+    let deadline = Instant::now() + out.timeout;
+    let labels = CellLabels {
+        cell: pool.cell.clone(),
+    };
+    let mut tried = Vec::new();
+    let mut attempt = 0u32;
+    let unavailable = || {
+        Problem::unavailable(
+            "cell_unavailable",
+            format!("no node of cell {:?} is reachable", pool.cell),
+        )
+    };
+    loop {
+        attempt += 1;
+        let i = pool.pick(!out.safe(), &tried).ok_or_else(unavailable)?;
+        tried.push(i);
+        let (body, buffered) = match payload {
+            Payload::Buffered(b) => (Body::from(b.clone()), true),
+            Payload::Streaming(b) => (b.take().ok_or_else(unavailable)?, false),
+        };
+        let uri = format!("{}{}", pool.nodes[i].url, out.path_and_query);
+        let mut req = http::Request::builder()
+            .method(out.method.clone())
+            .uri(uri)
+            .body(body)
+            .map_err(|_| Problem::bad_request("request target cannot be forwarded"))?;
+        *req.headers_mut() = out.headers.clone();
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let result = tokio::time::timeout(remaining, st.client.request(req)).await;
+        let retry = |st: &RouterState| {
+            let backoff = Duration::from_millis((25u64 << attempt.min(5)).min(500))
+                + Duration::from_millis(rand::random::<u64>() % 25);
+            let ok =
+                attempt < MAX_ATTEMPTS && Instant::now() + backoff < deadline && pool.take_retry();
+            if ok {
+                st.metrics.retries.get_or_create(&labels).inc();
+            }
+            ok.then_some(backoff)
+        };
+        match result {
+            Ok(Ok(resp)) => {
+                pool.record_success(i);
+                let status = resp.status();
+                let transient = matches!(
+                    status,
+                    StatusCode::BAD_GATEWAY
+                        | StatusCode::SERVICE_UNAVAILABLE
+                        | StatusCode::GATEWAY_TIMEOUT
+                );
+                if transient && buffered && out.idempotent() {
+                    if let Some(backoff) = retry(st) {
+                        drop(resp);
+                        tokio::time::sleep(backoff).await;
+                        continue;
+                    }
+                }
+                return Ok(into_response(resp, &pool.cell));
+            }
+            Ok(Err(e)) => {
+                let connect = e.is_connect();
+                st.metrics
+                    .upstream_errors
+                    .get_or_create(&UpstreamErrorLabels {
+                        cell: pool.cell.clone(),
+                        kind: if connect { "connect" } else { "transport" },
+                    })
+                    .inc();
+                if connect {
+                    pool.mark_down(i);
+                } else if pool.record_failure(i) {
+                    st.metrics.ejections.get_or_create(&labels).inc();
+                }
+                tracing::debug!(cell = %pool.cell, node = %pool.nodes[i].url, error = %e, "upstream attempt failed");
+                if buffered && (connect || out.idempotent()) {
+                    if let Some(backoff) = retry(st) {
+                        tokio::time::sleep(backoff).await;
+                        continue;
+                    }
+                }
+                return Err(if pool.any_available() {
+                    Problem::new(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream_failed",
+                        format!("cell {:?} did not answer the request", pool.cell),
+                    )
+                } else {
+                    unavailable()
+                });
+            }
+            Err(_) => {
+                st.metrics
+                    .upstream_errors
+                    .get_or_create(&UpstreamErrorLabels {
+                        cell: pool.cell.clone(),
+                        kind: "timeout",
+                    })
+                    .inc();
+                if pool.record_failure(i) {
+                    st.metrics.ejections.get_or_create(&labels).inc();
+                }
+                return Err(Problem::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream_timeout",
+                    format!("cell {:?} did not answer in time", pool.cell),
+                ));
+            }
+        }
+    }
+}
+
+fn into_response(resp: http::Response<hyper::body::Incoming>, cell: &str) -> Response {
+    let (mut parts, body) = resp.into_parts();
+    for h in HOP_BY_HOP {
+        parts.headers.remove(h);
+    }
+    if let Ok(v) = HeaderValue::from_str(cell) {
+        parts.headers.insert(X_CELL.clone(), v);
+    }
+    Response::from_parts(parts, Body::new(body))
+}
+
+/// Login without knowing the home cell: ask every cell at once, take the one
+/// that accepts, remember the answer.
+async fn login(
+    st: &RouterState,
+    out: &Outgoing,
+    body: Bytes,
+    email: String,
+) -> Result<(String, Response), Problem> {
+    let draining_region = |pool: &CellPool| {
+        st.directory
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&pool.region)
+            .is_some_and(|r| r.draining)
+    };
+    if let Some(pool) = st.login_cell(&email).and_then(|c| st.pool(&c)) {
+        if draining_region(&pool) {
+            return Err(pin::draining(&pool.region));
+        }
+        let resp = forward(st, &pool, out, &mut Payload::Buffered(body)).await?;
+        return Ok((pool.cell.clone(), resp));
+    }
+    let pools = st.all_pools();
+    let mut asks: FuturesUnordered<_> = pools
+        .iter()
+        .map(|pool| {
+            let body = body.clone();
+            async move {
+                let r = forward(st, pool, out, &mut Payload::Buffered(body)).await;
+                (pool, r)
+            }
+        })
+        .collect();
+    // What to answer when no cell accepts: a rate limit beats "wrong
+    // credentials" beats an outage.
+    let mut best: Option<(u8, String, Result<Response, Problem>)> = None;
+    while let Some((pool, r)) = asks.next().await {
+        let rank = match &r {
+            Ok(resp) if resp.status().is_success() => {
+                if draining_region(pool) {
+                    return Err(pin::draining(&pool.region));
+                }
+                st.remember_login(email, pool.cell.clone());
+                return r.map(|resp| (pool.cell.clone(), resp));
+            }
+            Ok(resp) if resp.status() == StatusCode::TOO_MANY_REQUESTS => 3,
+            Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED => 2,
+            Ok(_) => 1,
+            Err(_) => 0,
+        };
+        if best.as_ref().is_none_or(|(b, _, _)| rank > *b) {
+            best = Some((rank, pool.cell.clone(), r));
+        }
+    }
+    match best {
+        Some((_, cell, r)) => r.map(|resp| (cell, resp)),
+        None => Err(Problem::unavailable(
+            "cell_unavailable",
+            "no cells are configured",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_keeps_the_trace_and_replaces_the_span() {
+        let incoming =
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let next = next_traceparent(Some(&incoming));
+        assert!(next.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(next.ends_with("-01"));
+        assert_ne!(next, incoming.to_str().unwrap());
+        for bad in ["garbage", "00-0000-00f067aa0ba902b7-01", ""] {
+            let v = HeaderValue::from_str(bad).unwrap();
+            let fresh = next_traceparent(Some(&v));
+            assert_eq!(fresh.len(), 55, "{fresh}");
+        }
+    }
+
+    #[test]
+    fn long_polls_get_their_wait() {
+        assert_eq!(
+            route_timeout("/v1/events", Some("after=3&wait=60")),
+            Duration::from_secs(75)
+        );
+        assert_eq!(
+            route_timeout("/v1/events", Some("wait=9999")),
+            Duration::from_secs(75)
+        );
+        assert_eq!(
+            route_timeout("/v1/orders", Some("wait=60")),
+            DEFAULT_TIMEOUT
+        );
+    }
+}

@@ -1,0 +1,99 @@
+//! Assembly: the router's own routes, the proxy fallback, the edge
+//! middleware, listeners.
+
+use std::sync::Arc;
+
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::{get, post, put};
+use http::{header, HeaderValue};
+
+use crate::admin;
+use crate::problem::{Problem, RequestId};
+use crate::proxy;
+use crate::state::RouterState;
+
+pub fn app(state: Arc<RouterState>) -> axum::Router {
+    axum::Router::new()
+        .route("/healthz", get(admin::healthz))
+        .route("/readyz", get(admin::readyz))
+        .route("/metrics", get(admin::metrics))
+        .route("/admin/regions", get(admin::list))
+        .route(
+            "/admin/regions/{name}",
+            put(admin::put).delete(admin::remove),
+        )
+        .route("/admin/regions/{name}/drain", post(admin::drain))
+        .fallback(proxy::handle)
+        .layer(axum::middleware::from_fn(edge_layer))
+        .with_state(state)
+}
+
+/// Longest client-supplied request id that is passed on.
+const MAX_REQUEST_ID: usize = 128;
+
+/// Request ids in and out, problem bodies with the id, and the security
+/// headers on the router's own answers (cells set their own).
+async fn edge_layer(mut req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty() && v.len() <= MAX_REQUEST_ID && v.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| ulid::Ulid::new().to_string());
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let mut resp = next.run(req).await;
+    if let Some(p) = resp.extensions_mut().remove::<Problem>() {
+        resp = p.render(&id);
+    }
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        h.insert("x-request-id", v);
+    }
+    h.entry(header::X_CONTENT_TYPE_OPTIONS)
+        .or_insert(HeaderValue::from_static("nosniff"));
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// Serves until the process is told to stop.
+pub async fn run(state: Arc<RouterState>) -> anyhow::Result<()> {
+    let tls = match &state.cfg.tls {
+        Some((cert, key)) => Some(edge::tls::server_config(cert, key, None)?),
+        None => None,
+    };
+    let listener = tokio::net::TcpListener::bind(state.cfg.listen).await?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(listen = %listener.local_addr()?, %scheme, "router listening");
+    println!("router listening on {scheme}://{}", listener.local_addr()?);
+    println!("ops token in {}", state.cfg.ops_token_file.display());
+    tokio::spawn(state.clone().health_loop());
+    let server = tokio::spawn(edge::tls::serve(listener, app(state), tls));
+    tokio::select! {
+        _ = shutdown_signal() => tracing::info!("shutting down"),
+        r = server => tracing::error!(result = ?r, "server stopped"),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

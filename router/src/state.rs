@@ -1,0 +1,146 @@
+//! What a router instance holds: the directory, one pool per cell, the
+//! HTTP client, limits and metrics.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use edge::rate_limit::RateLimiter;
+
+use crate::config::RouterConfig;
+use crate::directory::{Directory, Region};
+use crate::error::RouterError;
+use crate::metrics::{Metrics, NodeLabels};
+use crate::upstream::{self, CellPool, Client};
+
+/// Remembered email → home cell answers of login fan-outs; cleared when full
+/// (a miss only costs one fan-out).
+const LOGIN_CACHE_MAX: usize = 100_000;
+
+pub struct RouterState {
+    pub cfg: RouterConfig,
+    pub client: Client,
+    pub directory: RwLock<Directory>,
+    pools: RwLock<HashMap<String, Arc<CellPool>>>,
+    pub limiter: RateLimiter,
+    pub metrics: Metrics,
+    pub ops_token: String,
+    login_cells: Mutex<HashMap<String, String>>,
+}
+
+impl RouterState {
+    pub fn new(cfg: RouterConfig, ops_token: String) -> Result<Arc<Self>, RouterError> {
+        let client = upstream::build_client(cfg.ca.as_deref())?;
+        let mut directory = Directory::load(&cfg.directory_file())?;
+        for (name, spec) in &cfg.regions {
+            let region = Region::from_spec(name, spec.clone())?;
+            let unchanged = directory
+                .get(name)
+                .is_some_and(|r| r.spec() == region.spec());
+            if !unchanged {
+                directory.put(region)?;
+            }
+        }
+        let state = Arc::new(RouterState {
+            limiter: RateLimiter::new(cfg.limits),
+            cfg,
+            client,
+            directory: RwLock::new(directory),
+            pools: RwLock::new(HashMap::new()),
+            metrics: Metrics::new(),
+            ops_token,
+            login_cells: Mutex::new(HashMap::new()),
+        });
+        state.rebuild_pools();
+        Ok(state)
+    }
+
+    /// Re-derives the pools from the directory, keeping what is known about
+    /// nodes that stay.
+    pub fn rebuild_pools(&self) {
+        let dir = self.directory.read().unwrap_or_else(|e| e.into_inner());
+        let mut pools = self.pools.write().unwrap_or_else(|e| e.into_inner());
+        let mut next = HashMap::new();
+        for region in dir.regions() {
+            let pool = CellPool::new(region);
+            if let Some(old) = pools.get(&region.cell) {
+                pool.inherit(old);
+            }
+            next.insert(region.cell.clone(), Arc::new(pool));
+        }
+        *pools = next;
+    }
+
+    pub fn pool(&self, cell: &str) -> Option<Arc<CellPool>> {
+        self.pools
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(cell)
+            .cloned()
+    }
+
+    pub fn all_pools(&self) -> Vec<Arc<CellPool>> {
+        self.pools
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn login_cell(&self, email: &str) -> Option<String> {
+        self.login_cells.lock().ok()?.get(email).cloned()
+    }
+
+    pub fn remember_login(&self, email: String, cell: String) {
+        if let Ok(mut m) = self.login_cells.lock() {
+            if m.len() >= LOGIN_CACHE_MAX {
+                m.clear();
+            }
+            m.insert(email, cell);
+        }
+    }
+
+    /// Health-checks every node of every cell, forever.
+    pub async fn health_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.cfg.health_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let timeout = self
+            .cfg
+            .health_interval
+            .max(Duration::from_millis(500))
+            .min(Duration::from_secs(2));
+        loop {
+            tick.tick().await;
+            let pools = self.all_pools();
+            let checks = pools.iter().flat_map(|pool| {
+                pool.nodes.iter().enumerate().map(|(i, node)| {
+                    let pool = pool.clone();
+                    let client = self.client.clone();
+                    let url = node.url.clone();
+                    async move {
+                        let h = upstream::check(&client, &url, timeout).await;
+                        pool.record_health(i, h);
+                    }
+                })
+            });
+            futures::future::join_all(checks).await;
+            for pool in &pools {
+                for node in &pool.nodes {
+                    let labels = NodeLabels {
+                        cell: pool.cell.clone(),
+                        node: node.url.clone(),
+                    };
+                    self.metrics
+                        .node_healthy
+                        .get_or_create(&labels)
+                        .set(node.is_healthy() as i64);
+                    self.metrics
+                        .node_leader
+                        .get_or_create(&labels)
+                        .set(node.is_leader() as i64);
+                }
+            }
+        }
+    }
+}
