@@ -394,6 +394,15 @@ impl LocalCell {
         Some(kb * 1024)
     }
 
+    /// Leaves the node processes running after this handle is dropped (for
+    /// `cellctl local up`); returns their (id, pid).
+    pub fn detach(mut self) -> Vec<(u64, u32)> {
+        self.nodes
+            .values_mut()
+            .filter_map(|n| n.child.take().map(|c| (n.id, c.id())))
+            .collect()
+    }
+
     pub fn stop_all(&mut self) {
         let ids: Vec<u64> = self.nodes.keys().copied().collect();
         for id in ids {

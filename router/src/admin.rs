@@ -17,7 +17,7 @@ use crate::problem::Problem;
 use crate::state::RouterState;
 
 /// A draining region counts as idle after this long without requests.
-const IDLE_AFTER: Duration = Duration::from_secs(5);
+const IDLE_AFTER: Duration = Duration::from_secs(2);
 const MAX_ADMIN_BODY: usize = 64 * 1024;
 
 pub async fn healthz() -> Json<Value> {

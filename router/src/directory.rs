@@ -298,16 +298,17 @@ impl Directory {
         self.regions.values().find(|r| r.cell == cell)
     }
 
-    /// The region whose area contains `at`; where areas overlap, the one
-    /// whose center is nearest. Draining regions take no new sessions.
+    /// The region whose area contains `at`; where areas overlap, one that
+    /// is not draining, then the one whose center is nearest. (The caller
+    /// refuses new sessions for a draining region.)
     pub fn at(&self, at: Location) -> Option<&Region> {
         self.regions
             .values()
-            .filter(|r| !r.draining && r.area.contains(at))
+            .filter(|r| r.area.contains(at))
             .min_by(|a, b| {
                 let da = a.area.center().distance_km(at);
                 let db = b.area.center().distance_km(at);
-                da.total_cmp(&db)
+                a.draining.cmp(&b.draining).then(da.total_cmp(&db))
             })
     }
 
@@ -392,6 +393,9 @@ mod tests {
         assert!(d.at(Location::new(51.5, -0.12).unwrap()).is_none());
         d.set_draining("nyc", true).unwrap();
         assert_eq!(d.at(manhattan).unwrap().name, "bos");
+        d.set_draining("bos", true).unwrap();
+        assert_eq!(d.at(manhattan).unwrap().name, "nyc");
+        d.set_draining("bos", false).unwrap();
 
         // Persisted, including the drain.
         let again = Directory::load(&path).unwrap();

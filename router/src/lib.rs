@@ -12,6 +12,7 @@ pub mod admin;
 pub mod config;
 pub mod directory;
 pub mod error;
+pub mod local;
 pub mod metrics;
 pub mod pin;
 pub mod problem;

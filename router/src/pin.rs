@@ -89,12 +89,14 @@ fn named_region(dir: &Directory, name: &str) -> Result<String, Problem> {
 }
 
 fn located(dir: &Directory, at: Location) -> Result<String, Problem> {
-    dir.at(at).map(|r| r.cell.clone()).ok_or_else(|| {
-        Problem::not_found(
+    match dir.at(at) {
+        Some(r) if r.draining => Err(draining(&r.name)),
+        Some(r) => Ok(r.cell.clone()),
+        None => Err(Problem::not_found(
             "no_region",
             format!("no region serves ({}, {})", at.lat, at.lng),
-        )
-    })
+        )),
+    }
 }
 
 pub fn draining(region: &str) -> Problem {

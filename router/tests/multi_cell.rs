@@ -1,0 +1,442 @@
+//! Two 3-node cells behind two routers, as real processes on loopback.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn users_are_pinned_to_their_home_cell_and_see_only_its_data() {
+    let _serial = SERIAL.lock().await;
+    let w = World::start(3, 2).await;
+    let http = &w.http;
+    let (r0, r1) = (w.router(0), w.router(1));
+
+    // Signup by location and by explicit region, through different routers.
+    let (_, nyc_cust, nyc_refresh, cell) =
+        signup(http, &r0, "ann@nyc.test", "customer", at(NYC)).await;
+    assert_eq!(cell, "nyc");
+    let (_, lon_cust, _, cell) = signup(
+        http,
+        &r1,
+        "bob@lon.test",
+        "customer",
+        json!({"region": "lon"}),
+    )
+    .await;
+    assert_eq!(cell, "lon");
+    let (nyc_vendor, vid, pid) = shop(http, &r0, "noodles@nyc.test", NYC).await;
+    assert!(vid.starts_with("nyc."), "{vid}");
+
+    // Login without saying where: router 1 has never seen ann.
+    for base in [&r1, &r1, &r0] {
+        let r = call(http, base, Method::POST, "/v1/auth/login")
+            .json(json!({"email": "ann@nyc.test", "password": "a long password"}))
+            .send()
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        assert_eq!(r.cell(), Some("nyc"));
+        assert_eq!(r.body["account"]["cell"], "nyc");
+        assert!(r.headers.contains_key("x-request-id"));
+    }
+    let r = call(http, &r1, Method::POST, "/v1/auth/login")
+        .json(json!({"email": "nobody@nowhere.test", "password": "a long password"}))
+        .send()
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    let r = call(http, &r1, Method::POST, "/v1/auth/login")
+        .json(json!({"email": "ann@nyc.test", "password": "the wrong password"}))
+        .send()
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+
+    // Refresh tokens find their cell by their prefix.
+    assert!(nyc_refresh.starts_with("nyc."), "{nyc_refresh}");
+    let r = call(http, &r1, Method::POST, "/v1/auth/refresh")
+        .json(json!({"refresh_token": nyc_refresh}))
+        .send()
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.cell(), Some("nyc"));
+
+    // Order in nyc through the routers, with the request id and trace
+    // context passed through.
+    let q = call(http, &r1, Method::POST, "/v1/quotes")
+        .token(&nyc_cust)
+        .json(quote_body(&vid, NYC))
+        .send()
+        .await;
+    assert_eq!(q.status, StatusCode::CREATED, "{}", q.body);
+    let o = call(http, &r0, Method::POST, "/v1/orders")
+        .token(&nyc_cust)
+        .header("idempotency-key", "order-1")
+        .header("x-request-id", "test-req-1")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .json(order_body(q.body["id"].as_str().unwrap(), &pid, NYC))
+        .send()
+        .await;
+    assert_eq!(o.status, StatusCode::CREATED, "{}", o.body);
+    assert_eq!(o.cell(), Some("nyc"));
+    assert_eq!(o.headers["x-request-id"], "test-req-1");
+    let oid = o.body["id"].as_str().unwrap().to_string();
+    let r = call(http, &r1, Method::GET, &format!("/v1/orders/{oid}"))
+        .token(&nyc_cust)
+        .send()
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = call(http, &r0, Method::POST, &format!("/v1/orders/{oid}/accept"))
+        .token(&nyc_vendor)
+        .send()
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+
+    // Data stays home: the london customer sees nothing of it.
+    let r = call(http, &r0, Method::GET, &format!("/v1/orders/{oid}"))
+        .token(&lon_cust)
+        .send()
+        .await;
+    assert!(
+        matches!(
+            r.status,
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND
+        ),
+        "{} {}",
+        r.status,
+        r.body
+    );
+    let r = call(http, &r1, Method::GET, "/v1/orders")
+        .token(&lon_cust)
+        .send()
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.cell(), Some("lon"));
+    assert_eq!(r.body["items"], json!([]));
+    let r = call(http, &r1, Method::GET, "/v1/orders")
+        .token(&nyc_cust)
+        .send()
+        .await;
+    assert_eq!(r.body["items"].as_array().unwrap().len(), 1, "{}", r.body);
+    let r = call(http, &w.cells["lon"].api_url(1), Method::GET, "/v1/me")
+        .token(&nyc_cust)
+        .send()
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::UNAUTHORIZED,
+        "a token works only at home"
+    );
+
+    // Anonymous browsing: by location, or by the id in the path.
+    let r = call(
+        http,
+        &r0,
+        Method::GET,
+        &format!("/v1/search?q=noodle&lat={}&lng={}", NYC.0, NYC.1),
+    )
+    .send()
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.cell(), Some("nyc"));
+    let r = call(http, &r1, Method::GET, &format!("/v1/vendors/{vid}"))
+        .send()
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["name"], "noodles@nyc.test");
+
+    // The router's metrics count the traffic per cell.
+    let m = w
+        .http
+        .get(format!("{r0}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(m.contains("router_requests_total{cell=\"nyc\""), "{m}");
+    assert!(m.contains("router_node_healthy{"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_is_rejected_at_the_router() {
+    let _serial = SERIAL.lock().await;
+    let w = World::start(1, 1).await;
+    let http = &w.http;
+    let r0 = w.router(0);
+    let (_, nyc_cust, _, _) = signup(http, &r0, "cat@nyc.test", "customer", at(NYC)).await;
+
+    let rejected_here = |r: &Reply, status: StatusCode, code: &str| {
+        assert_eq!(r.status, status, "{}", r.body);
+        assert_eq!(r.code(), code, "{}", r.body);
+        assert_eq!(r.cell(), None, "should not have reached a cell");
+        assert_eq!(
+            r.headers["content-type"], "application/problem+json",
+            "{:?}",
+            r.headers
+        );
+        assert!(r.body["request_id"].as_str().is_some_and(|s| !s.is_empty()));
+    };
+
+    // Malformed and forged tokens.
+    let forged = {
+        let keys = edge::token::KeySet::generate();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let claims = |cell: &str| edge::token::Claims {
+            sub: "nyc.acc_01HZX3N6W9Q8K2M4P5R7T9V1XB".into(),
+            role: edge::token::Role::Ops,
+            cell: cell.into(),
+            exp: now + 600,
+            iat: now,
+            jti: "x".into(),
+        };
+        [keys.sign(&claims("nyc")), keys.sign(&claims("mars"))]
+    };
+    let mut tampered = nyc_cust.clone();
+    tampered.pop();
+    tampered.push(if nyc_cust.ends_with('A') { 'B' } else { 'A' });
+    for t in [
+        "garbage",
+        "a.b.c",
+        &forged[0],
+        &forged[1],
+        &tampered,
+        &"x".repeat(5000),
+    ] {
+        let r = call(http, &r0, Method::GET, "/v1/me").token(t).send().await;
+        rejected_here(&r, StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+    let r = call(http, &r0, Method::GET, "/v1/me")
+        .token(&nyc_cust)
+        .send()
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+
+    // Unknown cells and regions; requests with nowhere to go.
+    let r = call(
+        http,
+        &r0,
+        Method::GET,
+        "/v1/orders/mars.ord_01HZX3N6W9Q8K2M4P5R7T9V1XB",
+    )
+    .token(&nyc_cust)
+    .send()
+    .await;
+    rejected_here(&r, StatusCode::NOT_FOUND, "unknown_cell");
+    let r = call(http, &r0, Method::GET, "/v1/search?q=x&region=mars")
+        .send()
+        .await;
+    rejected_here(&r, StatusCode::NOT_FOUND, "unknown_region");
+    let r = call(http, &r0, Method::GET, "/v1/search?q=x").send().await;
+    rejected_here(&r, StatusCode::BAD_REQUEST, "region_required");
+    let r = call(http, &r0, Method::GET, "/v1/search?q=x&lat=nan&lng=1")
+        .send()
+        .await;
+    rejected_here(&r, StatusCode::BAD_REQUEST, "validation_failed");
+    let r = call(http, &r0, Method::POST, "/v1/auth/signup")
+        .json(json!({"email": "z@z.test", "password": "a long password", "name": "z", "role": "customer", "location": {"lat": 0.0, "lng": 0.0}}))
+        .send()
+        .await;
+    rejected_here(&r, StatusCode::NOT_FOUND, "no_region");
+    let r = call(http, &r0, Method::POST, "/v1/auth/signup")
+        .json(json!({"email": "z@z.test", "password": "a long password", "name": "z", "role": "customer"}))
+        .send()
+        .await;
+    rejected_here(&r, StatusCode::BAD_REQUEST, "region_required");
+    let r = w
+        .http
+        .post(format!("{r0}/v1/auth/login"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+
+    // Oversized headers and bodies.
+    let r = call(http, &r0, Method::GET, "/v1/me")
+        .token(&nyc_cust)
+        .header("x-padding", &"p".repeat(20 * 1024))
+        .send()
+        .await;
+    rejected_here(
+        &r,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "headers_too_large",
+    );
+    let big = vec![b'x'; 2 * 1024 * 1024];
+    let r = w
+        .http
+        .post(format!("{r0}/v1/orders"))
+        .bearer_auth(&nyc_cust)
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(r.headers().get("x-cell").is_none());
+
+    // The admin API wants the router's own ops token.
+    let spec = json!({"cell": "par", "center": {"lat": PAR.0, "lng": PAR.1}, "radius_km": 50.0, "nodes": ["http://127.0.0.1:1"]});
+    let r = call(http, &r0, Method::PUT, "/admin/regions/par")
+        .json(spec.clone())
+        .send()
+        .await;
+    rejected_here(&r, StatusCode::UNAUTHORIZED, "unauthorized");
+    let r = call(http, &r0, Method::PUT, "/admin/regions/par")
+        .token(&nyc_cust)
+        .json(spec.clone())
+        .send()
+        .await;
+    rejected_here(&r, StatusCode::FORBIDDEN, "forbidden");
+    let ops = w.routers[0].token.clone();
+    for bad in [
+        json!({"cell": "par", "radius_km": 50.0, "nodes": ["http://127.0.0.1:1"]}),
+        json!({"cell": "par", "center": {"lat": 99.0, "lng": 0.0}, "radius_km": 5.0, "nodes": ["http://127.0.0.1:1"]}),
+        json!({"cell": "Par!", "center": {"lat": 1.0, "lng": 0.0}, "radius_km": 5.0, "nodes": ["http://127.0.0.1:1"]}),
+        json!({"cell": "par", "center": {"lat": 1.0, "lng": 0.0}, "radius_km": 5.0, "nodes": ["file:///etc/passwd"]}),
+        json!({"cell": "par", "center": {"lat": 1.0, "lng": 0.0}, "radius_km": 5.0, "nodes": [], "extra": 1}),
+    ] {
+        let r = call(http, &r0, Method::PUT, "/admin/regions/par")
+            .token(&ops)
+            .json(bad.clone())
+            .send()
+            .await;
+        rejected_here(&r, StatusCode::BAD_REQUEST, "validation_failed");
+    }
+    let r = call(http, &r0, Method::PUT, "/admin/regions/other")
+        .token(&ops)
+        .json(json!({"cell": "nyc", "center": {"lat": 1.0, "lng": 0.0}, "radius_km": 5.0, "nodes": ["http://127.0.0.1:1"]}))
+        .send()
+        .await;
+    rejected_here(&r, StatusCode::CONFLICT, "conflict");
+    let r = call(http, &r0, Method::GET, "/admin/regions")
+        .token(&ops)
+        .send()
+        .await;
+    assert_eq!(r.body["regions"].as_array().unwrap().len(), 2, "{}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn regions_are_added_drained_and_removed_at_runtime() {
+    let _serial = SERIAL.lock().await;
+    let w = World::start(1, 2).await;
+    let http = &w.http;
+    let (r0, r1) = (w.router(0), w.router(1));
+    let par = start_cell(w.dir.path(), "par", 1).await;
+    let spec = serde_json::to_value(region(&par, PAR)).unwrap();
+
+    let paris_signup = |email: &'static str, base: String| async move {
+        call(http, &base, Method::POST, "/v1/auth/signup")
+            .json(json!({"email": email, "password": "a long password", "name": "p", "role": "customer", "location": {"lat": PAR.0, "lng": PAR.1}}))
+            .send()
+            .await
+    };
+    assert_eq!(
+        paris_signup("a@par.test", r0.clone()).await.code(),
+        "no_region"
+    );
+
+    // Added on both routers at runtime, no restarts.
+    for (i, base) in [&r0, &r1].into_iter().enumerate() {
+        let r = call(http, base, Method::PUT, "/admin/regions/par")
+            .token(&w.routers[i].token)
+            .json(spec.clone())
+            .send()
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    }
+    let r = paris_signup("a@par.test", r0.clone()).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.cell(), Some("par"));
+    let par_token = r.body["access_token"].as_str().unwrap().to_string();
+    let r = call(http, &r1, Method::GET, "/v1/me")
+        .token(&par_token)
+        .send()
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+
+    // The directory survives a router restart.
+    let mut routers = w.routers;
+    routers[0].restart().unwrap();
+    routers[0].wait_up(Duration::from_secs(20)).await.unwrap();
+    let r = paris_signup("b@par.test", r0.clone()).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+
+    // Draining: no new sessions, existing ones continue, idle reported.
+    let r = call(http, &r0, Method::POST, "/admin/regions/par/drain")
+        .token(&routers[0].token)
+        .send()
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["draining"], true);
+    let r = paris_signup("c@par.test", r0.clone()).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::SERVICE_UNAVAILABLE, "region_draining")
+    );
+    let r = call(http, &r0, Method::POST, "/v1/auth/login")
+        .json(json!({"email": "a@par.test", "password": "a long password"}))
+        .send()
+        .await;
+    assert_eq!(r.code(), "region_draining", "{}", r.body);
+    let r = call(http, &r0, Method::GET, "/v1/me")
+        .token(&par_token)
+        .send()
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "existing sessions keep working");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = call(http, &r0, Method::GET, "/admin/regions")
+            .token(&routers[0].token)
+            .send()
+            .await;
+        let regions: BTreeMap<String, serde_json::Value> = r.body["regions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| (v["name"].as_str().unwrap().to_string(), v.clone()))
+            .collect();
+        assert_eq!(
+            regions["nyc"]["idle"], false,
+            "only draining regions go idle"
+        );
+        if regions["par"]["idle"] == true {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never idle: {}",
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // Removed: its tokens and ids are no longer routable.
+    let r = call(http, &r0, Method::DELETE, "/admin/regions/par")
+        .token(&routers[0].token)
+        .send()
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = call(http, &r0, Method::GET, "/v1/me")
+        .token(&par_token)
+        .send()
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    let r = call(http, &r0, Method::DELETE, "/admin/regions/par")
+        .token(&routers[0].token)
+        .send()
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    drop(par);
+}
