@@ -4,7 +4,9 @@ mod bench;
 mod bench_market;
 mod client;
 mod cluster;
+mod local_up;
 mod output;
+mod region;
 mod seed;
 
 use std::path::PathBuf;
@@ -86,10 +88,70 @@ enum Cmd {
         #[command(subcommand)]
         cmd: CertsCmd,
     },
+    /// The routers' region directory (`--endpoint` = router URL(s),
+    /// comma-separated; `--token` = the routers' ops token).
+    Region {
+        #[command(subcommand)]
+        cmd: RegionCmd,
+    },
+    /// A local multi-cell setup with a router, on loopback.
+    Local {
+        #[command(subcommand)]
+        cmd: LocalCmd,
+    },
     /// Benchmarks (start their own local clusters).
     Bench {
         #[command(subcommand)]
         cmd: BenchCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum RegionCmd {
+    /// Add (or redefine) a region on every router given.
+    Add {
+        name: String,
+        /// The cell serving the region.
+        #[arg(long)]
+        cell: String,
+        /// Center of a circular region: LAT,LNG.
+        #[arg(long, allow_hyphen_values = true)]
+        center: Option<String>,
+        #[arg(long)]
+        radius_km: Option<f64>,
+        /// A box instead: MIN_LAT,MIN_LNG,MAX_LAT,MAX_LNG.
+        #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+        bbox: Option<Vec<f64>>,
+        /// API base URL of one of the cell's nodes (repeat for each node).
+        #[arg(long = "node", required = true)]
+        nodes: Vec<String>,
+    },
+    /// List regions with health, leader and drain state.
+    List,
+    /// Stop sending the region new sessions; `list` shows when it is idle.
+    Drain { name: String },
+    /// Forget a region.
+    Remove { name: String },
+}
+
+#[derive(Subcommand)]
+enum LocalCmd {
+    /// Start a router and N cells of M nodes on loopback, in the background.
+    Up {
+        #[arg(long, default_value_t = 2)]
+        cells: usize,
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        #[arg(long, default_value = "data/multi")]
+        dir: PathBuf,
+        /// Where the router listens.
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        listen: std::net::SocketAddr,
+    },
+    /// Stop what `local up` started (data is kept).
+    Down {
+        #[arg(long, default_value = "data/multi")]
+        dir: PathBuf,
     },
 }
 
@@ -386,6 +448,44 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("certificate {} key {}", cert.display(), key.display());
                 Ok(())
             }
+        },
+        Cmd::Region { cmd } => {
+            let routers = cli
+                .endpoint
+                .split(',')
+                .map(|e| client::Api::new(e.trim(), token(&cli)?, cli.ca.as_deref()))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            match cmd {
+                RegionCmd::Add {
+                    name,
+                    cell,
+                    center,
+                    radius_km,
+                    bbox,
+                    nodes,
+                } => {
+                    let def = region::RegionDef {
+                        cell: cell.clone(),
+                        center: center.as_deref().map(region::parse_point).transpose()?,
+                        radius_km: *radius_km,
+                        bbox: bbox.clone(),
+                        nodes: nodes.clone(),
+                    };
+                    region::add(&routers, name, &def, j).await
+                }
+                RegionCmd::List => region::list(&routers, j).await,
+                RegionCmd::Drain { name } => region::drain(&routers, name, j).await,
+                RegionCmd::Remove { name } => region::remove(&routers, name).await,
+            }
+        }
+        Cmd::Local { cmd } => match cmd {
+            LocalCmd::Up {
+                cells,
+                nodes,
+                dir,
+                listen,
+            } => local_up::up(dir, *cells, *nodes, *listen, j).await,
+            LocalCmd::Down { dir } => local_up::down(dir).await,
         },
         Cmd::Bench { cmd } => match cmd {
             BenchCmd::Kv {

@@ -41,18 +41,22 @@ pub struct LocalRouter {
 }
 
 impl LocalRouter {
-    /// Writes `dir/router.toml` with `regions` and starts the router on a
-    /// free loopback port.
+    /// Writes `dir/router.toml` with `regions` and starts the router on
+    /// `listen` (default: a free loopback port).
     pub fn start(
         bin: &Path,
         dir: &Path,
         regions: &BTreeMap<String, RegionSpec>,
+        listen: Option<SocketAddr>,
         args: &[&str],
     ) -> Result<Self, RouterError> {
         std::fs::create_dir_all(dir).map_err(|e| RouterError::io(dir, e))?;
-        let addr = {
-            let l = TcpListener::bind("127.0.0.1:0").map_err(|e| RouterError::io(dir, e))?;
-            l.local_addr().map_err(|e| RouterError::io(dir, e))?
+        let addr = match listen {
+            Some(a) => a,
+            None => {
+                let l = TcpListener::bind("127.0.0.1:0").map_err(|e| RouterError::io(dir, e))?;
+                l.local_addr().map_err(|e| RouterError::io(dir, e))?
+            }
         };
         #[derive(serde::Serialize)]
         struct File<'a> {

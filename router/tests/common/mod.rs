@@ -97,6 +97,7 @@ impl World {
                 &router_bin(),
                 &dir.path().join(format!("router{i}")),
                 &regions,
+                None,
                 &ROUTER_ARGS,
             )
             .unwrap();
