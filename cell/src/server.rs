@@ -18,6 +18,8 @@ use crate::{
 
 /// Most requests a node works on at once before it sheds load.
 const MAX_INFLIGHT: usize = 2048;
+/// Most long polls a node keeps waiting at once.
+const MAX_LONG_POLLS: usize = 16_384;
 
 pub async fn run(cfg: CellConfig) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
@@ -128,6 +130,7 @@ pub async fn run(cfg: CellConfig) -> anyhow::Result<()> {
         read_models,
         search,
         inflight: Arc::new(Semaphore::new(MAX_INFLIGHT)),
+        long_polls: Arc::new(Semaphore::new(MAX_LONG_POLLS)),
         limiter: Arc::new(edge::rate_limit::RateLimiter::new(cfg.limits)),
         request_timeout: http::DEFAULT_TIMEOUT,
         tls: api_tls.is_some(),

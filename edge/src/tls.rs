@@ -126,7 +126,10 @@ pub async fn serve(
                 .http1()
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10));
-            builder.http2().max_concurrent_streams(1024);
+            // High on purpose: a router multiplexes many users' long polls
+            // to a node over one HTTP/2 connection. Work is bounded by the
+            // node's in-flight and long-poll limits, not by streams.
+            builder.http2().max_concurrent_streams(16_384);
             // Handlers see the client address as axum's `ConnectInfo`.
             let service = TowerToHyperService::new(tower::service_fn(
                 move |mut req: http::Request<hyper::body::Incoming>| {

@@ -285,6 +285,7 @@ struct Outgoing {
     path_and_query: String,
     headers: HeaderMap,
     timeout: Duration,
+    long_poll: bool,
 }
 
 impl Outgoing {
@@ -338,6 +339,7 @@ impl Outgoing {
             .unwrap_or_else(|| "/".into());
         Outgoing {
             method: parts.method.clone(),
+            long_poll: long_poll_wait(parts.uri.path(), parts.uri.query()).is_some(),
             timeout: route_timeout(parts.uri.path(), parts.uri.query()),
             path_and_query,
             headers,
@@ -353,18 +355,25 @@ impl Outgoing {
     }
 }
 
-/// Long polls (`wait=` up to 60 s) get their wait plus a margin; everything
-/// else the default.
-fn route_timeout(path: &str, query: Option<&str>) -> Duration {
-    let long_poll = matches!(path, "/v1/events" | "/v1/routes/available");
-    let wait = query
+/// The `wait` of a long poll (`/v1/events`, `/v1/routes/available`), if
+/// this is one.
+fn long_poll_wait(path: &str, query: Option<&str>) -> Option<u64> {
+    if !matches!(path, "/v1/events" | "/v1/routes/available") {
+        return None;
+    }
+    query
         .into_iter()
         .flat_map(|q| q.split('&'))
         .find_map(|kv| kv.strip_prefix("wait="))
-        .and_then(|w| w.parse::<u64>().ok());
-    match (long_poll, wait) {
-        (true, Some(w)) => Duration::from_secs(w.min(60) + 15),
-        _ => DEFAULT_TIMEOUT,
+        .and_then(|w| w.parse::<u64>().ok())
+}
+
+/// Long polls (`wait=` up to 60 s) get their wait plus a margin; everything
+/// else the default.
+fn route_timeout(path: &str, query: Option<&str>) -> Duration {
+    match long_poll_wait(path, query) {
+        Some(w) => Duration::from_secs(w.min(60) + 15).max(DEFAULT_TIMEOUT),
+        None => DEFAULT_TIMEOUT,
     }
 }
 
@@ -461,7 +470,12 @@ async fn forward(
             .map_err(|_| Problem::bad_request("request target cannot be forwarded"))?;
         *req.headers_mut() = out.headers.clone();
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let result = tokio::time::timeout(remaining, st.client.request(req)).await;
+        let client = if out.long_poll {
+            &st.long_poll_client
+        } else {
+            &st.client
+        };
+        let result = tokio::time::timeout(remaining, client.request(req)).await;
         let retry = |st: &RouterState| {
             let backoff = Duration::from_millis((25u64 << attempt.min(5)).min(500))
                 + Duration::from_millis(rand::random::<u64>() % 25);

@@ -20,6 +20,8 @@ const LOGIN_CACHE_MAX: usize = 100_000;
 pub struct RouterState {
     pub cfg: RouterConfig,
     pub client: Client,
+    /// HTTP/2-only client for long polls.
+    pub long_poll_client: Client,
     pub directory: RwLock<Directory>,
     pools: RwLock<HashMap<String, Arc<CellPool>>>,
     pub limiter: RateLimiter,
@@ -30,7 +32,7 @@ pub struct RouterState {
 
 impl RouterState {
     pub fn new(cfg: RouterConfig, ops_token: String) -> Result<Arc<Self>, RouterError> {
-        let client = upstream::build_client(cfg.ca.as_deref())?;
+        let clients = upstream::build_clients(cfg.ca.as_deref())?;
         let mut directory = Directory::load(&cfg.directory_file())?;
         for (name, spec) in &cfg.regions {
             let region = Region::from_spec(name, spec.clone())?;
@@ -44,7 +46,8 @@ impl RouterState {
         let state = Arc::new(RouterState {
             limiter: RateLimiter::new(cfg.limits),
             cfg,
-            client,
+            client: clients.pooled,
+            long_poll_client: clients.multiplexed,
             directory: RwLock::new(directory),
             pools: RwLock::new(HashMap::new()),
             metrics: Metrics::new(),

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use edge::token::PublicKeys;
 use http_body_util::BodyExt as _;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::directory::Region;
 use crate::error::RouterError;
@@ -30,9 +30,25 @@ const KEY_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
 /// Largest JWK set accepted from a cell.
 const MAX_JWKS_BYTES: usize = 64 * 1024;
 
-/// The HTTP client for cells: keep-alive pools, HTTP/1.1 (and HTTP/2 over
-/// TLS by ALPN), the internal CA for `https://` nodes.
-pub fn build_client(ca: Option<&Path>) -> Result<Client, RouterError> {
+/// The HTTP clients for cells, both trusting the internal CA for `https://`
+/// nodes.
+pub struct Clients {
+    /// Keep-alive pools of HTTP/1.1 connections (HTTP/2 over TLS by ALPN):
+    /// the fastest path for ordinary requests.
+    pub pooled: Client,
+    /// HTTP/2 only (h2c on plain nodes): long polls are multiplexed over one
+    /// connection per node instead of holding a socket each.
+    pub multiplexed: Client,
+}
+
+pub fn build_clients(ca: Option<&Path>) -> Result<Clients, RouterError> {
+    Ok(Clients {
+        pooled: build_client(ca, false)?,
+        multiplexed: build_client(ca, true)?,
+    })
+}
+
+fn build_client(ca: Option<&Path>, h2_only: bool) -> Result<Client, RouterError> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -53,12 +69,19 @@ pub fn build_client(ca: Option<&Path>) -> Result<Client, RouterError> {
         .enable_http1()
         .enable_http2()
         .wrap_connector(http);
-    Ok(
-        hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(4096)
-            .build(https),
-    )
+    let mut builder = hyper_util::client::legacy::Client::builder(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(4096);
+    if h2_only {
+        builder
+            .http2_only(true)
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .http2_keep_alive_while_idle(true);
+    }
+    Ok(builder.build(https))
 }
 
 /// One node of a cell.

@@ -91,11 +91,45 @@ async fn users_are_pinned_to_their_home_cell_and_see_only_its_data() {
         .send()
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    // A long poll through the router (multiplexed over HTTP/2 to the cell)
+    // wakes up when the vendor accepts.
+    let feed = call(http, &r1, Method::GET, "/v1/events")
+        .token(&nyc_cust)
+        .send()
+        .await;
+    assert_eq!(feed.status, StatusCode::OK, "{}", feed.body);
+    let after = feed.body["next"].as_u64().unwrap();
+    let poll = {
+        let (http, r1, cust) = (http.clone(), r1.clone(), nyc_cust.clone());
+        tokio::spawn(async move {
+            call(
+                &http,
+                &r1,
+                Method::GET,
+                &format!("/v1/events?after={after}&wait=30"),
+            )
+            .token(&cust)
+            .send()
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let r = call(http, &r0, Method::POST, &format!("/v1/orders/{oid}/accept"))
         .token(&nyc_vendor)
         .send()
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let woke = tokio::time::timeout(Duration::from_secs(10), poll)
+        .await
+        .expect("the long poll did not wake")
+        .unwrap();
+    assert_eq!(woke.status, StatusCode::OK, "{}", woke.body);
+    assert_eq!(woke.cell(), Some("nyc"));
+    assert_eq!(
+        woke.body["events"][0]["type"], "order.accepted",
+        "{}",
+        woke.body
+    );
 
     // Data stays home: the london customer sees nothing of it.
     let r = call(http, &r0, Method::GET, &format!("/v1/orders/{oid}"))

@@ -169,7 +169,13 @@ async fn shed_and_time(state: &AppState, mut req: Request, next: Next) -> Respon
         return e.into_response();
     }
     // Shed instead of queueing without bound: a full node answers fast.
-    let Ok(_permit) = state.inflight.clone().try_acquire_owned() else {
+    let long_poll = req.uri().path() == "/v1/events";
+    let permits = if long_poll {
+        &state.long_polls
+    } else {
+        &state.inflight
+    };
+    let Ok(_permit) = permits.clone().try_acquire_owned() else {
         state
             .metrics
             .shed
@@ -186,7 +192,7 @@ async fn shed_and_time(state: &AppState, mut req: Request, next: Next) -> Respon
         .into_response();
     };
     // Long polls may legitimately wait up to a minute.
-    let timeout = if req.uri().path() == "/v1/events" {
+    let timeout = if long_poll {
         state
             .request_timeout
             .max(Duration::from_secs(super::events_api::MAX_WAIT_SECS + 15))

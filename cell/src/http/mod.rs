@@ -41,6 +41,9 @@ pub struct AppState {
     pub read_models: Arc<ReadModels>,
     pub search: Arc<search::SearchIndex>,
     pub inflight: Arc<Semaphore>,
+    /// Waiting long polls, limited separately: they hold no work while
+    /// they wait, so they must not crowd out real requests.
+    pub long_polls: Arc<Semaphore>,
     pub limiter: Arc<edge::rate_limit::RateLimiter>,
     pub request_timeout: Duration,
     pub tls: bool,
