@@ -129,10 +129,11 @@ impl LocalRouter {
                 return Ok(());
             }
             if Instant::now() > deadline {
+                let log = std::fs::read_to_string(&self.log_file).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
                 return Err(RouterError::Config(format!(
-                    "router on {} did not come up (log: {})",
-                    self.addr,
-                    self.log_file.display()
+                    "router on {} did not come up; last log lines: {:?}",
+                    self.addr, tail
                 )));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -54,7 +54,7 @@ fn build_client(ca: Option<&Path>, h2_only: bool) -> Result<Client, RouterError>
     http.set_nodelay(true);
     http.set_connect_timeout(Some(Duration::from_millis(1000)));
     http.set_keepalive(Some(Duration::from_secs(30)));
-    let tls = match ca {
+    let mut tls = match ca {
         Some(ca) => edge::tls::client_config(ca, None).map_err(|e| RouterError::Tls(e.0))?,
         // Without the internal CA only plain-HTTP nodes can be reached.
         None => rustls::ClientConfig::builder_with_provider(edge::tls::provider())
@@ -63,6 +63,8 @@ fn build_client(ca: Option<&Path>, h2_only: bool) -> Result<Client, RouterError>
             .with_root_certificates(rustls::RootCertStore::empty())
             .with_no_client_auth(),
     };
+    // The connector negotiates the protocols it was built for.
+    tls.alpn_protocols.clear();
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
