@@ -15,7 +15,7 @@ use crate::{
 };
 
 /// Limits lifted: the benchmark client is one IP with many principals.
-const NO_LIMITS: [&str; 6] = [
+pub(crate) const NO_LIMITS: [&str; 6] = [
     "--rate-limit-ip",
     "1000000",
     "--rate-limit-auth",
@@ -24,7 +24,7 @@ const NO_LIMITS: [&str; 6] = [
     "1000000",
 ];
 
-async fn post(
+pub(crate) async fn post(
     http: &reqwest::Client,
     url: String,
     token: Option<&str>,
@@ -63,7 +63,7 @@ async fn signup(
 }
 
 /// A vendor with `n` unlimited products; returns (vendor id, product ids).
-async fn seed_shop(
+pub(crate) async fn seed_shop(
     http: &reqwest::Client,
     base: &str,
     n: usize,
@@ -91,12 +91,12 @@ async fn seed_shop(
     Ok((vid, products))
 }
 
-fn median_f64(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median_f64(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
-fn report_line(name: &str, r: &LevelResult) -> Vec<String> {
+pub(crate) fn report_line(name: &str, r: &LevelResult) -> Vec<String> {
     vec![
         name.to_string(),
         r.clients.to_string(),
@@ -230,12 +230,12 @@ pub async fn checkout(
 }
 
 /// Zipf(1.0) ranks over `n` items.
-struct Zipf {
+pub(crate) struct Zipf {
     cdf: Vec<f64>,
 }
 
 impl Zipf {
-    fn new(n: usize) -> Self {
+    pub(crate) fn new(n: usize) -> Self {
         let mut acc = 0.0;
         let mut cdf = Vec::with_capacity(n);
         for k in 1..=n {
@@ -248,7 +248,7 @@ impl Zipf {
         Self { cdf }
     }
 
-    fn sample(&self, rng: &mut impl Rng) -> usize {
+    pub(crate) fn sample(&self, rng: &mut impl Rng) -> usize {
         let u: f64 = rng.gen();
         self.cdf.partition_point(|&c| c < u).min(self.cdf.len() - 1)
     }

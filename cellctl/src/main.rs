@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_market;
+mod bench_router;
 mod client;
 mod cluster;
 mod local_up;
@@ -295,6 +296,26 @@ enum BenchCmd {
         #[arg(long, default_value_t = 1000)]
         products: usize,
     },
+    /// Router proxy overhead vs nginx on the same cell, and the cost of
+    /// idle long polls.
+    Router {
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, default_value_t = 1000)]
+        products: usize,
+        /// Idle long polls to hold open through each proxy (0 skips).
+        #[arg(long, default_value_t = 10_000)]
+        idle: usize,
+        /// Skip the nginx reference.
+        #[arg(long)]
+        no_nginx: bool,
+        #[arg(long)]
+        nginx_bin: Option<PathBuf>,
+    },
     /// Load state into a single node and report its memory.
     Memory {
         #[arg(long, default_value_t = 1024)]
@@ -510,6 +531,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     nodes: *nodes,
                     rounds: *rounds,
                     threads: *threads,
+                })
+                .await
+            }
+            BenchCmd::Router {
+                clients,
+                seconds,
+                rounds,
+                products,
+                idle,
+                no_nginx,
+                nginx_bin,
+            } => {
+                bench_router::run(bench_router::RouterBenchOptions {
+                    clients: *clients,
+                    seconds: *seconds,
+                    rounds: *rounds,
+                    products: *products,
+                    idle: *idle,
+                    no_nginx: *no_nginx,
+                    nginx_bin: nginx_bin.clone(),
+                    json: j,
                 })
                 .await
             }

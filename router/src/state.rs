@@ -111,7 +111,7 @@ impl RouterState {
         let timeout = self
             .cfg
             .health_interval
-            .max(Duration::from_millis(500))
+            .max(Duration::from_secs(1))
             .min(Duration::from_secs(2));
         loop {
             tick.tick().await;

@@ -93,6 +93,7 @@ pub struct Node {
     healthy: AtomicBool,
     leader: AtomicBool,
     failures: AtomicU32,
+    failed_checks: AtomicU32,
     ejections: AtomicU32,
     /// Milliseconds since the pool's epoch until which the node is ejected.
     ejected_until: AtomicU64,
@@ -107,6 +108,7 @@ impl Node {
             healthy: AtomicBool::new(true),
             leader: AtomicBool::new(false),
             failures: AtomicU32::new(0),
+            failed_checks: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
         }
@@ -124,9 +126,18 @@ impl Node {
 /// Outcome of one health check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Health {
-    Ready { leader: bool },
-    Down,
+    Ready {
+        leader: bool,
+    },
+    /// Nothing listens there: the process is gone.
+    Refused,
+    /// No good answer in time (busy, not ready, network trouble).
+    Failed,
 }
+
+/// Failed checks in a row before a node that still accepts connections is
+/// taken out of rotation: one slow answer under load is not an outage.
+const FAILED_CHECKS_TO_DOWN: u32 = 2;
 
 /// A cell: its nodes and per-cell accounting.
 #[derive(Debug)]
@@ -310,13 +321,16 @@ impl CellPool {
         let n = &self.nodes[i];
         match health {
             Health::Ready { leader } => {
+                n.failed_checks.store(0, Ordering::Relaxed);
                 n.healthy.store(true, Ordering::Relaxed);
                 n.leader.store(leader, Ordering::Relaxed);
                 if n.ejected_until.load(Ordering::Relaxed) <= self.now_ms() {
                     n.ejections.store(0, Ordering::Relaxed);
                 }
             }
-            Health::Down => {
+            Health::Failed
+                if n.failed_checks.fetch_add(1, Ordering::Relaxed) + 1 < FAILED_CHECKS_TO_DOWN => {}
+            Health::Failed | Health::Refused => {
                 n.healthy.store(false, Ordering::Relaxed);
                 n.leader.store(false, Ordering::Relaxed);
             }
@@ -383,6 +397,12 @@ impl CellPool {
     }
 }
 
+/// Why a small GET gave no document.
+enum GetError {
+    Refused,
+    Failed,
+}
+
 /// GETs a small JSON document; `None` on any failure.
 pub async fn get_json(
     client: &Client,
@@ -390,14 +410,36 @@ pub async fn get_json(
     timeout: Duration,
     max_bytes: usize,
 ) -> Option<serde_json::Value> {
-    let req = http::Request::get(url).body(Body::empty()).ok()?;
-    let resp = tokio::time::timeout(timeout, client.request(req))
-        .await
-        .ok()?
-        .ok()?;
+    try_get_json(client, url, timeout, max_bytes).await.ok()
+}
+
+async fn try_get_json(
+    client: &Client,
+    url: &str,
+    timeout: Duration,
+    max_bytes: usize,
+) -> Result<serde_json::Value, GetError> {
+    let req = http::Request::get(url)
+        .body(Body::empty())
+        .map_err(|_| GetError::Failed)?;
+    let resp = match tokio::time::timeout(timeout, client.request(req)).await {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) if e.is_connect() => return Err(GetError::Refused),
+        _ => return Err(GetError::Failed),
+    };
     if !resp.status().is_success() {
-        return None;
+        return Err(GetError::Failed);
     }
+    get_body(resp, timeout, max_bytes)
+        .await
+        .ok_or(GetError::Failed)
+}
+
+async fn get_body(
+    resp: http::Response<hyper::body::Incoming>,
+    timeout: Duration,
+    max_bytes: usize,
+) -> Option<serde_json::Value> {
     let body = http_body_util::Limited::new(resp.into_body(), max_bytes);
     let bytes: Bytes = tokio::time::timeout(timeout, body.collect())
         .await
@@ -409,11 +451,12 @@ pub async fn get_json(
 
 /// One health check: `/readyz` answers 200 with the node's Raft role.
 pub async fn check(client: &Client, base: &str, timeout: Duration) -> Health {
-    match get_json(client, &format!("{base}/readyz"), timeout, 4096).await {
-        Some(v) => Health::Ready {
+    match try_get_json(client, &format!("{base}/readyz"), timeout, 4096).await {
+        Ok(v) => Health::Ready {
             leader: v.get("role").and_then(|r| r.as_str()) == Some("leader"),
         },
-        None => Health::Down,
+        Err(GetError::Refused) => Health::Refused,
+        Err(GetError::Failed) => Health::Failed,
     }
 }
 
@@ -456,6 +499,15 @@ mod tests {
         for _ in 0..10 {
             assert_eq!(p.pick(false, &[]), Some(1));
         }
+        p.record_health(1, Health::Failed);
+        assert_eq!(
+            p.pick(false, &[]),
+            Some(1),
+            "one failed check is not an outage"
+        );
+        p.record_health(1, Health::Failed);
+        assert_eq!(p.pick(false, &[]), None);
+        p.record_health(1, Health::Ready { leader: false });
         p.mark_down(1);
         assert_eq!(p.pick(false, &[]), None);
         assert!(!p.any_available());
