@@ -1,7 +1,7 @@
 //! [`SearchIndex`]: one tantivy index, its writer and its reader.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::Mutex;
@@ -9,18 +9,19 @@ use std::sync::Mutex;
 use tantivy::collector::{Collector, SegmentCollector};
 use tantivy::columnar::{Column, StrColumn};
 use tantivy::directory::MmapDirectory;
+use tantivy::indexer::LogMergePolicy;
 use tantivy::schema::Value;
 use tantivy::snippet::SnippetGenerator;
 use tantivy::tokenizer::TokenStream;
 use tantivy::{
-    DocAddress, DocId, Index, IndexReader, IndexWriter, ReloadPolicy, Score, SegmentOrdinal,
-    SegmentReader, TantivyDocument, Term,
+    DocAddress, DocId, Index, IndexReader, IndexSettings, IndexWriter, ReloadPolicy, Score,
+    SegmentOrdinal, SegmentReader, TantivyDocument, Term,
 };
 
 use crate::error::SearchError;
 use crate::query::{
     build_query, haversine_km, query_terms, validate, Hit, QueryTerm, SearchQuery, SearchResults,
-    Sort, MAX_LIMIT,
+    Sort, TermMatcher, MAX_LIMIT,
 };
 use crate::schema::{
     analyzer, build_schema, Change, Fields, F_CATEGORY, F_LAT, F_LNG, F_PRICE, F_RATING, TOKENIZER,
@@ -28,6 +29,20 @@ use crate::schema::{
 
 /// Memory budget of the (single-threaded) index writer.
 const WRITER_MEMORY_BYTES: usize = 50_000_000;
+/// Segments of one size class merged together.
+const MERGE_MIN_SEGMENTS: usize = 4;
+/// Bytes of a compressed doc-store block. Every hit of a page reads (and
+/// decompresses) the block holding its document; small blocks keep that
+/// cheap (tantivy's default is 16 KiB).
+const DOCSTORE_BLOCK_BYTES: usize = 4096;
+
+fn index_settings() -> IndexSettings {
+    IndexSettings {
+        docstore_blocksize: DOCSTORE_BLOCK_BYTES,
+        ..IndexSettings::default()
+    }
+}
+
 /// Characters of a snippet.
 const SNIPPET_CHARS: usize = 150;
 
@@ -55,20 +70,32 @@ impl SearchIndex {
     pub fn open_in_dir(dir: &Path) -> Result<Self, SearchError> {
         std::fs::create_dir_all(dir)?;
         let (schema, fields) = build_schema();
-        let index = Index::open_or_create(MmapDirectory::open(dir)?, schema)?;
+        let index = Index::builder()
+            .schema(schema)
+            .settings(index_settings())
+            .open_or_create(MmapDirectory::open(dir)?)?;
         Self::with_index(index, fields)
     }
 
     /// A fresh index in memory.
     pub fn open_in_ram() -> Result<Self, SearchError> {
         let (schema, fields) = build_schema();
-        Self::with_index(Index::create_in_ram(schema), fields)
+        let index = Index::builder()
+            .schema(schema)
+            .settings(index_settings())
+            .create_in_ram()?;
+        Self::with_index(index, fields)
     }
 
     fn with_index(index: Index, fields: Fields) -> Result<Self, SearchError> {
         index.tokenizers().register(TOKENIZER, analyzer());
         let indexed = parse_payload(index.load_metas()?.payload.as_deref())?;
         let writer = index.writer_with_num_threads(1, WRITER_MEMORY_BYTES)?;
+        // Every query pays per segment (term dictionary walks for fuzzy
+        // terms, scorers): merge sooner than tantivy's default of 8.
+        let mut merge_policy = LogMergePolicy::default();
+        merge_policy.set_min_num_segments(MERGE_MIN_SEGMENTS);
+        writer.set_merge_policy(Box::new(merge_policy));
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
@@ -168,21 +195,30 @@ impl SearchIndex {
     pub fn search(&self, q: &SearchQuery) -> Result<SearchResults, SearchError> {
         validate(q)?;
         let terms = query_terms(&q.text);
-        let query = build_query(&self.fields, q, &terms);
+        let searcher = self.reader.searcher();
+        let query = build_query(&self.fields, q, &terms, &searcher);
         let limit = q.limit.min(MAX_LIMIT);
         let keep = q.offset.saturating_add(limit);
-        let searcher = self.reader.searcher();
         let collector = MatchCollector {
             near: q.near,
             radius_km: q.near.and(q.radius_km),
+            // the query has no price clause when there is text (see build_query)
+            price_range: (!terms.is_empty() && (q.min_price.is_some() || q.max_price.is_some()))
+                .then(|| {
+                    (
+                        q.min_price.unwrap_or(i64::MIN),
+                        q.max_price.unwrap_or(i64::MAX),
+                    )
+                }),
             sort: q.sort,
             keep,
         };
         let fruit = searcher.search(query.as_ref(), &collector)?;
         let mut hits = Vec::with_capacity(limit);
+        let matchers: Vec<TermMatcher> = terms.iter().map(QueryTerm::matcher).collect();
         for c in fruit.top.iter().skip(q.offset).take(limit) {
             let doc: TantivyDocument = searcher.doc(c.addr)?;
-            hits.push(self.hit(&doc, c, q, &terms));
+            hits.push(self.hit(&doc, c, q, &matchers));
         }
         Ok(SearchResults {
             hits,
@@ -196,7 +232,7 @@ impl SearchIndex {
         doc: &TantivyDocument,
         c: &Candidate,
         q: &SearchQuery,
-        terms: &[QueryTerm],
+        terms: &[TermMatcher],
     ) -> Hit {
         let f = &self.fields;
         let text = |field| {
@@ -218,7 +254,7 @@ impl SearchIndex {
             name,
             score: c.score,
             distance_km: c.distance,
-            price: c.price,
+            price: doc.get_first(f.price).and_then(|v| v.as_i64()),
             vendor_id,
             vendor_name,
         }
@@ -242,7 +278,7 @@ fn parse_payload(payload: Option<&str>) -> Result<u64, SearchError> {
 
 /// Highlights the query terms (including their fuzzy / prefix matches) in the
 /// description, else in the name; falls back to the start of the description.
-fn snippet(f: &Fields, terms: &[QueryTerm], name: &str, description: &str) -> String {
+fn snippet(f: &Fields, terms: &[TermMatcher], name: &str, description: &str) -> String {
     for (field, text) in [(f.description, description), (f.name, name)] {
         let matched = matched_tokens(terms, text);
         if matched.is_empty() {
@@ -262,7 +298,7 @@ fn snippet(f: &Fields, terms: &[QueryTerm], name: &str, description: &str) -> St
     escape_html(&base.chars().take(SNIPPET_CHARS).collect::<String>())
 }
 
-fn matched_tokens(terms: &[QueryTerm], text: &str) -> BTreeMap<String, Score> {
+fn matched_tokens(terms: &[TermMatcher], text: &str) -> BTreeMap<String, Score> {
     let mut out = BTreeMap::new();
     if terms.is_empty() {
         return out;
@@ -343,6 +379,8 @@ fn sort_and_truncate(sort: Sort, v: &mut Vec<Candidate>, keep: usize) {
 struct MatchCollector {
     near: Option<(f64, f64)>,
     radius_km: Option<f64>,
+    /// Inclusive; documents without a price do not match.
+    price_range: Option<(i64, i64)>,
     sort: Sort,
     keep: usize,
 }
@@ -357,17 +395,23 @@ struct MatchSegmentCollector {
     segment: SegmentOrdinal,
     near: Option<(f64, f64)>,
     radius_km: Option<f64>,
+    price_range: Option<(i64, i64)>,
     sort: Sort,
     keep: usize,
-    // `None` when no document of the segment has a value
+    // `None` when no document of the segment has a value, or when the
+    // query does not need the field (only read what the sort needs)
     lat: Option<Column<f64>>,
     lng: Option<Column<f64>>,
     price: Option<Column<i64>>,
     rating: Option<Column<f64>>,
     category: Option<StrColumn>,
-    category_counts: HashMap<u64, u64>,
+    /// Matches per category term ordinal of this segment.
+    category_counts: Vec<u64>,
     total: u64,
     top: Vec<Candidate>,
+    /// Once `top` has been cut to `keep`, its last (worst) candidate: a
+    /// match that does not sort before it cannot make the page.
+    worst: Option<Candidate>,
 }
 
 impl Collector for MatchCollector {
@@ -380,20 +424,31 @@ impl Collector for MatchCollector {
         reader: &SegmentReader,
     ) -> tantivy::Result<MatchSegmentCollector> {
         let ff = reader.fast_fields();
+        let geo = self.near.is_some();
+        let category = ff.str(F_CATEGORY)?;
+        let categories = category.as_ref().map_or(0, |c| c.num_terms());
         Ok(MatchSegmentCollector {
             segment,
             near: self.near,
             radius_km: self.radius_km,
+            price_range: self.price_range,
             sort: self.sort,
             keep: self.keep,
-            lat: ff.column_opt(F_LAT)?,
-            lng: ff.column_opt(F_LNG)?,
-            price: ff.column_opt(F_PRICE)?,
-            rating: ff.column_opt(F_RATING)?,
-            category: ff.str(F_CATEGORY)?,
-            category_counts: HashMap::new(),
+            lat: if geo { ff.column_opt(F_LAT)? } else { None },
+            lng: if geo { ff.column_opt(F_LNG)? } else { None },
+            price: match (self.sort, self.price_range) {
+                (Sort::PriceAsc | Sort::PriceDesc, _) | (_, Some(_)) => ff.column_opt(F_PRICE)?,
+                _ => None,
+            },
+            rating: match self.sort {
+                Sort::Rating => ff.column_opt(F_RATING)?,
+                _ => None,
+            },
+            category,
+            category_counts: vec![0; categories],
             total: 0,
             top: Vec::new(),
+            worst: None,
         })
     }
 
@@ -428,35 +483,52 @@ impl SegmentCollector for MatchSegmentCollector {
     type Fruit = MatchFruit;
 
     fn collect(&mut self, doc: DocId, score: Score) {
-        let distance = match (self.near, first(&self.lat, doc), first(&self.lng, doc)) {
-            (Some(near), Some(lat), Some(lng)) => Some(haversine_km(near, (lat, lng))),
-            _ => None,
-        };
+        let distance = self.near.and_then(|near| {
+            let lat = first(&self.lat, doc)?;
+            let lng = first(&self.lng, doc)?;
+            Some(haversine_km(near, (lat, lng)))
+        });
         if let Some(r) = self.radius_km {
             match distance {
                 Some(d) if d <= r => {}
                 _ => return,
             }
         }
+        let price = first(&self.price, doc);
+        if let Some((lo, hi)) = self.price_range {
+            match price {
+                Some(p) if lo <= p && p <= hi => {}
+                _ => return,
+            }
+        }
         self.total += 1;
         if let Some(col) = &self.category {
             for ord in col.term_ords(doc) {
-                *self.category_counts.entry(ord).or_insert(0) += 1;
+                if let Some(n) = self.category_counts.get_mut(ord as usize) {
+                    *n += 1;
+                }
             }
         }
         if self.keep == 0 {
             return;
         }
-        self.top.push(Candidate {
+        let candidate = Candidate {
             addr: DocAddress::new(self.segment, doc),
             score,
             distance,
-            price: first(&self.price, doc),
+            price,
             rating: first(&self.rating, doc),
-        });
+        };
+        if let Some(worst) = &self.worst {
+            if compare(self.sort, &candidate, worst) != Ordering::Less {
+                return;
+            }
+        }
+        self.top.push(candidate);
         // bound memory: prune once the buffer is twice the page end
         if self.top.len() >= self.keep.saturating_mul(2).max(1024) {
             sort_and_truncate(self.sort, &mut self.top, self.keep);
+            self.worst = self.top.last().cloned();
         }
     }
 
@@ -464,9 +536,12 @@ impl SegmentCollector for MatchSegmentCollector {
         let mut facets = BTreeMap::new();
         if let Some(col) = &self.category {
             let mut name = String::new();
-            for (ord, count) in self.category_counts {
+            for (ord, &count) in self.category_counts.iter().enumerate() {
+                if count == 0 {
+                    continue;
+                }
                 name.clear();
-                match col.ord_to_str(ord, &mut name) {
+                match col.ord_to_str(ord as u64, &mut name) {
                     Ok(true) => *facets.entry(name.clone()).or_insert(0) += count,
                     Ok(false) => {}
                     Err(e) => tracing::warn!(error = %e, "reading category dictionary"),

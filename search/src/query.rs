@@ -5,19 +5,22 @@
 //! and at most [`MAX_QUERY_TERMS`] terms are kept, so no input can produce a
 //! parse error.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
+use std::sync::OnceLock;
 
+use levenshtein_automata::{Distance, LevenshteinAutomatonBuilder, DFA, SINK_STATE};
 use serde::{Deserialize, Serialize};
 use tantivy::query::{
-    BooleanQuery, BoostQuery, ConstScoreQuery, FuzzyTermQuery, Occur, Query, RangeQuery, TermQuery,
+    AllQuery, BooleanQuery, BoostQuery, ConstScoreQuery, FuzzyTermQuery, Occur, Query, RangeQuery,
+    TermQuery,
 };
 use tantivy::schema::{Field, IndexRecordOption};
 use tantivy::tokenizer::TokenStream;
-use tantivy::Term;
+use tantivy::{Searcher, Term};
 
 use crate::error::SearchError;
-use crate::schema::{analyzer, Fields, KIND_PRODUCT, KIND_VENDOR};
+use crate::schema::{analyzer, Fields, KIND_VENDOR};
 
 /// Query text beyond this many characters is ignored.
 pub const MAX_QUERY_CHARS: usize = 256;
@@ -35,15 +38,6 @@ pub enum Kind {
     #[default]
     Product,
     Vendor,
-}
-
-impl Kind {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Kind::Product => KIND_PRODUCT,
-            Kind::Vendor => KIND_VENDOR,
-        }
-    }
 }
 
 /// Result order. Ties are broken by relevance, then index order.
@@ -207,9 +201,116 @@ fn exact(field: Field, value: &str) -> Box<dyn Query> {
     ))
 }
 
+/// A fuzzy / prefix term is expanded to at most this many indexed words
+/// per field; beyond that the automaton query is used as it is.
+const MAX_EXPANSIONS: usize = 64;
+
+/// A Levenshtein DFA as an FST automaton (the same construction tantivy's
+/// `FuzzyTermQuery` uses: transpositions cost one edit).
+struct Dfa(DFA);
+
+impl tantivy_fst::Automaton for Dfa {
+    type State = u32;
+
+    fn start(&self) -> u32 {
+        self.0.initial_state()
+    }
+
+    fn is_match(&self, state: &u32) -> bool {
+        matches!(self.0.distance(*state), Distance::Exact(_))
+    }
+
+    fn can_match(&self, state: &u32) -> bool {
+        *state != SINK_STATE
+    }
+
+    fn accept(&self, state: &u32, byte: u8) -> u32 {
+        self.0.transition(*state, byte)
+    }
+}
+
+/// Whether an indexed token matches a query term, exactly or through the
+/// term's automaton (used to highlight fuzzy and prefix matches in snippets).
+pub(crate) struct TermMatcher {
+    text: String,
+    dfa: Option<Dfa>,
+}
+
+impl TermMatcher {
+    pub(crate) fn matches(&self, token: &str) -> bool {
+        if token == self.text {
+            return true;
+        }
+        let Some(Dfa(dfa)) = &self.dfa else {
+            return false;
+        };
+        let mut state = dfa.initial_state();
+        for b in token.bytes() {
+            state = dfa.transition(state, b);
+            if state == SINK_STATE {
+                return false;
+            }
+        }
+        matches!(dfa.distance(state), Distance::Exact(_))
+    }
+}
+
+impl QueryTerm {
+    pub(crate) fn matcher(&self) -> TermMatcher {
+        TermMatcher {
+            text: self.text.clone(),
+            dfa: (self.prefix || self.distance > 0).then(|| dfa(self)),
+        }
+    }
+}
+
+fn dfa(t: &QueryTerm) -> Dfa {
+    static BUILDERS: [OnceLock<LevenshteinAutomatonBuilder>; 3] =
+        [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    let d = t.distance.min(2);
+    let builder =
+        BUILDERS[usize::from(d)].get_or_init(|| LevenshteinAutomatonBuilder::new(d, true));
+    Dfa(if t.prefix {
+        builder.build_prefix_dfa(&t.text)
+    } else {
+        builder.build_dfa(&t.text)
+    })
+}
+
+/// The indexed words of `field` (in any segment of `searcher`) that the
+/// automaton accepts, other than `exact`; `None` when there are more than
+/// [`MAX_EXPANSIONS`] or a term dictionary cannot be read.
+fn expand(searcher: &Searcher, field: Field, automaton: &Dfa, exact: &str) -> Option<Vec<String>> {
+    let mut words = BTreeSet::new();
+    for segment in searcher.segment_readers() {
+        let inverted = segment.inverted_index(field).ok()?;
+        let mut stream = inverted.terms().search(automaton).into_stream().ok()?;
+        while stream.advance() {
+            let key = stream.key();
+            if key != exact.as_bytes() {
+                words.insert(String::from_utf8_lossy(key).into_owned());
+                if words.len() > MAX_EXPANSIONS {
+                    return None;
+                }
+            }
+        }
+    }
+    Some(words.into_iter().collect())
+}
+
 /// The clause of one term: it must occur in some text field, exactly or
 /// within its edit distance (as a prefix for the last term).
-fn term_clause(f: &Fields, t: &QueryTerm) -> Box<dyn Query> {
+///
+/// Exact occurrences score BM25 × the field boost. Approximate ones (the
+/// words within the edit distance, or starting with the prefix, which the
+/// index holds) score a constant `boost * FUZZY_WEIGHT` per field, given to
+/// exact occurrences as well, so within a field an exact match always ranks
+/// above a fuzzy one. The approximate words are looked up in the term
+/// dictionaries first and queried as plain terms: most correctly spelled
+/// words have no neighbours, and then the query costs one posting list
+/// per field instead of an automaton walk into a bitset over the segment.
+fn term_clause(f: &Fields, t: &QueryTerm, searcher: &Searcher) -> Box<dyn Query> {
+    let automaton = (t.prefix || t.distance > 0).then(|| dfa(t));
     let mut should: Vec<(Occur, Box<dyn Query>)> = Vec::new();
     for (field, boost) in text_fields(f) {
         let term = Term::from_field_text(field, &t.text);
@@ -220,16 +321,27 @@ fn term_clause(f: &Fields, t: &QueryTerm) -> Box<dyn Query> {
                 boost,
             ),
         ));
-        let approx: Option<Box<dyn Query>> = if t.prefix {
-            Some(Box::new(FuzzyTermQuery::new_prefix(term, t.distance, true)))
-        } else if t.distance > 0 {
-            Some(Box::new(FuzzyTermQuery::new(term, t.distance, true)))
-        } else {
-            None
+        let Some(automaton) = &automaton else {
+            continue;
         };
-        if let Some(q) = approx {
-            should.push((Occur::Should, boosted(q, boost * FUZZY_WEIGHT)));
-        }
+        let approx: Box<dyn Query> = match expand(searcher, field, automaton, &t.text) {
+            // nothing approximate in this field: the exact clause is all
+            Some(words) if words.is_empty() => continue,
+            Some(words) => {
+                let mut any: Vec<(Occur, Box<dyn Query>)> =
+                    vec![(Occur::Should, exact(field, &t.text))];
+                for w in &words {
+                    any.push((Occur::Should, exact(field, w)));
+                }
+                Box::new(BooleanQuery::new(any))
+            }
+            None if t.prefix => Box::new(FuzzyTermQuery::new_prefix(term, t.distance, true)),
+            None => Box::new(FuzzyTermQuery::new(term, t.distance, true)),
+        };
+        should.push((
+            Occur::Should,
+            Box::new(ConstScoreQuery::new(approx, boost * FUZZY_WEIGHT)),
+        ));
     }
     Box::new(BooleanQuery::new(should))
 }
@@ -290,12 +402,24 @@ fn f64_range(field: Field, lo: f64, hi: f64) -> Box<dyn Query> {
     ))
 }
 
-/// Builds the tantivy query: all text terms must match (somewhere), and all filters.
-pub(crate) fn build_query(f: &Fields, q: &SearchQuery, terms: &[QueryTerm]) -> Box<dyn Query> {
+/// Builds the tantivy query: all text terms must match (somewhere), and all
+/// filters. Fuzzy and prefix terms are expanded against `searcher`'s term
+/// dictionaries, so the query is only valid for that searcher.
+pub(crate) fn build_query(
+    f: &Fields,
+    q: &SearchQuery,
+    terms: &[QueryTerm],
+    searcher: &Searcher,
+) -> Box<dyn Query> {
     let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
-    clauses.push(filter(exact(f.kind, q.kind.as_str())));
+    // Products are nearly every document: excluding the few vendors is
+    // cheaper than intersecting with the "product" posting list.
+    match q.kind {
+        Kind::Product => clauses.push((Occur::MustNot, exact(f.kind, KIND_VENDOR))),
+        Kind::Vendor => clauses.push(filter(exact(f.kind, KIND_VENDOR))),
+    }
     for t in terms {
-        clauses.push((Occur::Must, term_clause(f, t)));
+        clauses.push((Occur::Must, term_clause(f, t, searcher)));
     }
     if let Some(c) = &q.category {
         clauses.push(filter(exact(f.category, c)));
@@ -309,7 +433,11 @@ pub(crate) fn build_query(f: &Fields, q: &SearchQuery, terms: &[QueryTerm]) -> B
     for tag in &q.tags {
         clauses.push(filter(exact(f.tags_exact, tag)));
     }
-    if q.min_price.is_some() || q.max_price.is_some() {
+    // With text to drive the search, price and distance are checked on the
+    // text matches by the collector (fast-field reads per match); range
+    // queries would scan the whole column of every segment.
+    let post_filter = !terms.is_empty();
+    if !post_filter && (q.min_price.is_some() || q.max_price.is_some()) {
         let lo = q.min_price.map_or(Bound::Unbounded, |p| {
             Bound::Included(Term::from_field_i64(f.price, p))
         });
@@ -318,24 +446,39 @@ pub(crate) fn build_query(f: &Fields, q: &SearchQuery, terms: &[QueryTerm]) -> B
         });
         clauses.push(filter(Box::new(RangeQuery::new(lo, hi))));
     }
-    if let Some(s) = q.in_stock {
-        clauses.push(filter(Box::new(TermQuery::new(
+    match (q.in_stock, q.kind) {
+        // few products are out of stock, and vendors are excluded already
+        (Some(true), Kind::Product) => clauses.push((
+            Occur::MustNot,
+            Box::new(TermQuery::new(
+                Term::from_field_bool(f.in_stock, false),
+                IndexRecordOption::Basic,
+            )),
+        )),
+        (Some(s), _) => clauses.push(filter(Box::new(TermQuery::new(
             Term::from_field_bool(f.in_stock, s),
             IndexRecordOption::Basic,
-        ))));
+        )))),
+        (None, _) => {}
     }
-    if let (Some((lat, lng)), Some(r)) = (q.near, q.radius_km) {
+    if let (Some((lat, lng)), Some(r), false) = (q.near, q.radius_km, post_filter) {
         let ((lat_lo, lat_hi), lng_range) = bounding_box(lat, lng, r);
         clauses.push(filter(f64_range(f.lat, lat_lo, lat_hi)));
         if let Some((lo, hi)) = lng_range {
             clauses.push(filter(f64_range(f.lng, lo, hi)));
         }
     }
+    if clauses.iter().all(|(occur, _)| *occur == Occur::MustNot) {
+        // a boolean query of exclusions alone matches nothing
+        clauses.push(filter(Box::new(AllQuery)));
+    }
     Box::new(BooleanQuery::new(clauses))
 }
 
 /// Optimal string alignment distance (Levenshtein with adjacent
-/// transpositions), as used by the fuzzy queries.
+/// transpositions), as used by the fuzzy queries (the reference the
+/// automata are tested against).
+#[cfg(test)]
 pub(crate) fn edit_distance(a: &[char], b: &[char]) -> usize {
     let (n, m) = (a.len(), b.len());
     let mut d = vec![vec![0usize; m + 1]; n + 1];
@@ -360,9 +503,10 @@ pub(crate) fn edit_distance(a: &[char], b: &[char]) -> usize {
     d[n][m]
 }
 
+#[cfg(test)]
 impl QueryTerm {
-    /// Whether an indexed token matches this term (used to highlight
-    /// fuzzy and prefix matches in snippets).
+    /// Whether an indexed token matches this term, by brute force (the
+    /// reference for [`TermMatcher`]).
     pub(crate) fn matches(&self, token: &str) -> bool {
         if token == self.text {
             return true;

@@ -782,3 +782,119 @@ fn segments_without_some_fast_fields() {
     let r = idx.search(&q("")).unwrap();
     assert_eq!(r.facets, BTreeMap::from([("pizza".to_string(), 1)]));
 }
+
+#[test]
+fn snippet_automata_agree_with_brute_force_edit_distance() {
+    let tokens = [
+        "margherita",
+        "margherta",
+        "margheirta",
+        "margaret",
+        "marg",
+        "mar",
+        "mozzarella",
+        "mozarella",
+        "burrito",
+        "burito",
+        "burritos",
+        "pizza",
+        "pizzas",
+        "piza",
+        "tikka",
+        "tika",
+        "chicken",
+        "chiken",
+        "chickpea",
+        "thai",
+        "that",
+        "creme",
+        "crème",
+        "brulee",
+        "x",
+        "",
+    ];
+    for text in [
+        "margherita",
+        "margh",
+        "mozarella",
+        "burito",
+        "pizz",
+        "pizz ",
+        "tikka chick",
+        "thai",
+        "creme brulee",
+        "ma",
+        "chicken ",
+    ] {
+        for t in query_terms(text) {
+            let m = t.matcher();
+            for tok in tokens {
+                assert_eq!(m.matches(tok), t.matches(tok), "{t:?} vs {tok:?}");
+            }
+        }
+    }
+}
+
+/// Price, stock and geo filters on a text query (checked on the matches
+/// rather than as range queries) select exactly the filtered text matches.
+#[test]
+fn filters_on_text_queries_agree_with_filtering_the_text_matches() {
+    let idx = corpus();
+    let by_id: BTreeMap<String, ProductDoc> =
+        products().into_iter().map(|p| (p.id.clone(), p)).collect();
+    for text in ["classic ", "fresh", "pizza ", "bowl ", "swete "] {
+        let matches = ids(&idx.search(&all(q(text))).unwrap());
+        assert!(!matches.is_empty(), "{text}");
+        type Case = (SearchQuery, Box<dyn Fn(&ProductDoc) -> bool>);
+        let cases: Vec<Case> = vec![
+            (
+                SearchQuery {
+                    min_price: Some(1000),
+                    max_price: Some(3000),
+                    ..all(q(text))
+                },
+                Box::new(|p| (1000..=3000).contains(&p.price)),
+            ),
+            (
+                SearchQuery {
+                    max_price: Some(2000),
+                    in_stock: Some(true),
+                    ..all(q(text))
+                },
+                Box::new(|p| p.price <= 2000 && p.in_stock),
+            ),
+            (
+                SearchQuery {
+                    in_stock: Some(false),
+                    ..all(q(text))
+                },
+                Box::new(|p| !p.in_stock),
+            ),
+            (
+                SearchQuery {
+                    near: Some(CENTER),
+                    radius_km: Some(8.0),
+                    min_price: Some(500),
+                    sort: Sort::Distance,
+                    ..all(q(text))
+                },
+                Box::new(|p| haversine_km(CENTER, (p.lat, p.lng)) <= 8.0 && p.price >= 500),
+            ),
+        ];
+        for (query, pred) in cases {
+            let r = idx.search(&query).unwrap();
+            let expected: BTreeSet<String> = matches
+                .iter()
+                .filter(|id| pred(&by_id[*id]))
+                .cloned()
+                .collect();
+            assert_eq!(ids(&r), expected, "{query:?}");
+            assert_eq!(r.total, expected.len() as u64, "{query:?}");
+            let mut facets = BTreeMap::new();
+            for id in &expected {
+                *facets.entry(by_id[id].category.clone()).or_insert(0) += 1;
+            }
+            assert_eq!(r.facets, facets, "{query:?}");
+        }
+    }
+}
