@@ -302,19 +302,19 @@ pub struct KvBenchOptions {
     pub threads: Option<usize>,
 }
 
-fn median_f64(v: &mut [f64]) -> f64 {
+pub fn median_f64(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// The round with the median throughput.
-fn median_round(mut rounds: Vec<LevelResult>) -> LevelResult {
+pub fn median_round(mut rounds: Vec<LevelResult>) -> LevelResult {
     rounds.sort_by(|a, b| a.throughput().total_cmp(&b.throughput()));
     let mid = rounds.len() / 2;
     rounds.swap_remove(mid)
 }
 
-fn us(v: u64) -> String {
+pub fn us(v: u64) -> String {
     if v >= 10_000 {
         format!("{:.1}ms", v as f64 / 1000.0)
     } else {

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_market;
 mod bench_router;
+mod bench_search;
 mod client;
 mod cluster;
 mod local_up;
@@ -316,6 +317,36 @@ enum BenchCmd {
         #[arg(long)]
         nginx_bin: Option<PathBuf>,
     },
+    /// Search: our index in-process vs PostgreSQL full-text search, same catalog and queries.
+    Search {
+        /// Catalog sizes to run.
+        #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
+        products: Vec<usize>,
+        #[arg(long, value_delimiter = ',', default_value = "1,16")]
+        clients: Vec<usize>,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Alternating rounds per level (medians are reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Skip the PostgreSQL reference.
+        #[arg(long)]
+        no_pg: bool,
+        /// Use this PostgreSQL (libpq key=value or URL) instead of a scratch server.
+        #[arg(long)]
+        pg_url: Option<String>,
+        /// Where to put the indexes and the scratch server (default: a temp dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Changes per index commit while indexing.
+        #[arg(long, default_value_t = 10000)]
+        batch: usize,
+        /// Distinct queries in the mix.
+        #[arg(long, default_value_t = 2000)]
+        queries: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
     /// Load state into a single node and report its memory.
     Memory {
         #[arg(long, default_value_t = 1024)]
@@ -567,6 +598,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 rounds,
                 products,
             } => bench_market::reads(*clients, *seconds, *rounds, *products, j).await,
+            BenchCmd::Search {
+                products,
+                clients,
+                seconds,
+                rounds,
+                no_pg,
+                pg_url,
+                dir,
+                batch,
+                queries,
+                seed,
+            } => {
+                bench_search::run(bench_search::SearchBenchOptions {
+                    products: products.clone(),
+                    clients: clients.clone(),
+                    seconds: *seconds,
+                    rounds: *rounds,
+                    no_pg: *no_pg,
+                    pg_url: pg_url.clone(),
+                    dir: dir.clone(),
+                    batch: *batch,
+                    queries: *queries,
+                    seed: *seed,
+                    json: j,
+                })
+                .await
+            }
         },
     }
 }
