@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::harness::TestCell;
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 async fn search_until(
@@ -47,16 +47,15 @@ fn ids(v: &Value) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn committed_changes_become_searchable_on_every_node() {
-    let mut tc = TestCell::start(3, false, &["--rate-limit-auth", "1000"])
-        .await
-        .expect("cell");
-    let http = tc.http.clone();
-    let base = tc.url(1);
-    let v: Value = http
+/// Signs up a vendor account on `base` and creates its restaurant; returns
+/// (access token, vendor id).
+async fn restaurant(tc: &TestCell, base: &str, email: &str, name: &str) -> (String, String) {
+    let v: Value = tc
+        .http
         .post(format!("{base}/v1/auth/signup"))
-        .json(&json!({"email": "s@example.com", "password": "a long password", "name": "S", "role": "vendor"}))
+        .json(
+            &json!({"email": email, "password": "a long password", "name": "S", "role": "vendor"}),
+        )
         .send()
         .await
         .unwrap()
@@ -64,10 +63,11 @@ async fn committed_changes_become_searchable_on_every_node() {
         .await
         .unwrap();
     let token = v["access_token"].as_str().unwrap().to_string();
-    let vendor: Value = http
+    let vendor: Value = tc
+        .http
         .post(format!("{base}/v1/vendors"))
         .bearer_auth(&token)
-        .json(&json!({"name": "Luigi's", "kind": "restaurant", "location": {"lat": 40.71, "lng": -74.0}, "address": "1 Main St", "prep_minutes": 10}))
+        .json(&json!({"name": name, "kind": "restaurant", "location": {"lat": 40.71, "lng": -74.0}, "address": "1 Main St", "prep_minutes": 10}))
         .send()
         .await
         .unwrap()
@@ -75,6 +75,18 @@ async fn committed_changes_become_searchable_on_every_node() {
         .await
         .unwrap();
     let vid = vendor["id"].as_str().unwrap().to_string();
+    (token, vid)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_changes_become_searchable_on_every_node() {
+    let _serial = common::SERIAL.lock().await;
+    let mut tc = TestCell::start(3, false, &["--rate-limit-auth", "1000"])
+        .await
+        .expect("cell");
+    let http = tc.http.clone();
+    let base = tc.url(1);
+    let (token, vid) = restaurant(&tc, &base, "s@example.com", "Luigi's").await;
     let mut pids = Vec::new();
     for (name, category, stock) in [
         ("Margherita Pizza", "pizza", 5),
@@ -242,4 +254,174 @@ async fn committed_changes_become_searchable_on_every_node() {
         .unwrap();
     search_until(&tc, 2, "q=formaggi", |v| ids(v).contains(&pids[0])).await;
     search_until(&tc, 2, "q=tiramisu", |v| ids(v).is_empty()).await;
+}
+
+async fn search_json(tc: &TestCell, node: u64, query: &str) -> Value {
+    tc.http
+        .get(format!("{}/v1/search?{query}", tc.url(node)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn status_u64(tc: &TestCell, node: u64, field: &str) -> u64 {
+    tc.status(node).await.unwrap()[field].as_u64().unwrap_or(0)
+}
+
+/// A follower that was down while the leader snapshotted and purged its log
+/// catches up by snapshot install, and its search index then answers like
+/// the leader's: created products found, deleted gone, updated text matches
+/// the new text only, out-of-stock products excluded by `in_stock=true`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_caught_up_by_snapshot_install_searches_like_the_leader() {
+    let _serial = common::SERIAL.lock().await;
+    let mut tc = TestCell::start(
+        3,
+        false,
+        &[
+            "--rate-limit-auth",
+            "1000",
+            "--rate-limit-principal",
+            "100000",
+            "--raft-snapshot-every",
+            "50",
+            "--raft-keep-logs",
+            "5",
+        ],
+    )
+    .await
+    .expect("cell");
+    let leader = tc.cell.wait_leader(Duration::from_secs(10)).await.unwrap();
+    let follower = (1..=3).find(|&n| n != leader).unwrap();
+    let http = tc.http.clone();
+    let base = tc.url(leader);
+    let (token, vid) = restaurant(&tc, &base, "snap@example.com", "Harbor Kitchen").await;
+    let create = |name: String, description: String, stock: i64| {
+        let (http, base, token, vid) = (http.clone(), base.clone(), token.clone(), vid.clone());
+        async move {
+            let r = http
+                .post(format!("{base}/v1/vendors/{vid}/products"))
+                .bearer_auth(&token)
+                .json(&json!({"name": name, "description": description, "category": "mains", "price": {"amount": 1200, "currency": "USD"}, "stock": stock}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::CREATED, "{name}");
+            let p: Value = r.json().await.unwrap();
+            p["id"].as_str().unwrap().to_string()
+        }
+    };
+    // What the follower indexes before it goes down.
+    let kept = create("Margherita Pizza".into(), "tomato and basil".into(), 5).await;
+    let deleted = create("Tiramisu".into(), "coffee and mascarpone".into(), 5).await;
+    let updated = create("Garlic Bread".into(), "toasted with butter".into(), 5).await;
+    let sold_out = create("Pepperoni Pizza".into(), "spicy salami".into(), 5).await;
+    search_until(&tc, follower, "q=pepperoni", |v| ids(v).contains(&sold_out)).await;
+    let follower_applied = status_u64(&tc, follower, "applied").await;
+    tc.cell.stop(follower);
+
+    // While it is down: new products, an update, a delete, a sell-out, and
+    // enough entries that the leader snapshots and purges its log (raft
+    // purges in batches of 256 entries).
+    let mut created = Vec::new();
+    for i in 0..300 {
+        created.push(create(format!("Seasonal Soup {i}"), "slow cooked broth".into(), 10).await);
+    }
+    let r = http
+        .patch(format!("{base}/v1/products/{updated}"))
+        .bearer_auth(&token)
+        .json(&json!({"name": "Rosemary Focaccia", "description": "olive oil and sea salt"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = http
+        .delete(format!("{base}/v1/products/{deleted}"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = http
+        .put(format!("{base}/v1/products/{sold_out}/stock"))
+        .bearer_auth(&token)
+        .json(&json!({"stock": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let last: u64 = r.headers()["x-cell-index"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let purged = loop {
+        tc.admin(leader, Method::POST, "/admin/snapshot", None)
+            .await
+            .unwrap();
+        let purged = status_u64(&tc, leader, "purged_index").await;
+        if purged > follower_applied {
+            break purged;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the leader's log must be purged past what the follower has (purged {purged}, follower applied {follower_applied})"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+
+    tc.start_node(follower).unwrap();
+    tc.cell
+        .wait_healthy(follower, Duration::from_secs(30))
+        .await
+        .unwrap();
+    tc.wait_applied(follower, last, Duration::from_secs(30))
+        .await
+        .unwrap();
+    // The entries after `follower_applied` up to `purged` exist only in
+    // snapshots now: the follower can only have caught up by installing one.
+    let installed = status_u64(&tc, follower, "snapshot_index").await;
+    assert!(
+        installed >= purged,
+        "follower snapshot {installed}, leader purged {purged}"
+    );
+
+    let queries = [
+        "q=margherita".to_string(),
+        "q=tiramisu".to_string(),
+        "q=focaccia".to_string(),
+        "q=garlic%20bread%20".to_string(),
+        "q=pepperoni".to_string(),
+        "q=pepperoni&in_stock=true".to_string(),
+        "q=pizza&in_stock=true".to_string(),
+        "q=seasonal%20soup%20&limit=100".to_string(),
+        "q=sup%20&limit=100".to_string(),
+        "q=&limit=100&sort=price_asc".to_string(),
+    ];
+    for q in &queries {
+        let on_leader = search_json(&tc, leader, q).await;
+        search_until(&tc, follower, q, |v| {
+            ids(v) == ids(&on_leader)
+                && v["total"] == on_leader["total"]
+                && v["facets"] == on_leader["facets"]
+        })
+        .await;
+    }
+    // And the answers are the right ones.
+    let on_follower = |q: &'static str| search_json(&tc, follower, q);
+    assert!(ids(&on_follower("q=margherita").await).contains(&kept));
+    assert!(ids(&on_follower("q=tiramisu").await).is_empty());
+    assert_eq!(ids(&on_follower("q=focaccia").await), vec![updated.clone()]);
+    assert!(!ids(&on_follower("q=garlic%20bread%20").await).contains(&updated));
+    assert!(ids(&on_follower("q=pepperoni").await).contains(&sold_out));
+    assert!(!ids(&on_follower("q=pepperoni&in_stock=true").await).contains(&sold_out));
+    let soups = on_follower("q=seasonal%20soup%20&limit=100").await;
+    assert_eq!(soups["total"], 300, "{soups}");
+    let found = ids(&soups);
+    assert_eq!(found.len(), 100);
+    assert!(found.iter().all(|id| created.contains(id)));
 }
