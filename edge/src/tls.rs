@@ -99,13 +99,35 @@ pub fn client_config(
     Ok(cfg)
 }
 
-/// Serve `app` on `listener` until the process ends. Connections that fail
-/// their handshake or speak garbage are dropped; they never reach `app`.
-pub async fn serve(
+/// An accepted connection, after the TLS handshake when there is one.
+pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Stream for T {}
+
+/// The HTTP/1.1 + HTTP/2 connection settings every listener uses.
+pub fn connection_builder() -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10));
+    // High on purpose: a router multiplexes many users' long polls to a
+    // node over one HTTP/2 connection. Work is bounded by the node's
+    // in-flight and long-poll limits, not by streams.
+    builder.http2().max_concurrent_streams(16_384);
+    builder
+}
+
+/// Accepts connections on `listener` until the process ends and hands each
+/// (after its TLS handshake, if `tls`) to `handle` on its own task.
+/// Connections that fail their handshake are dropped without reaching it.
+pub async fn accept_loop<H, F>(
     listener: TcpListener,
-    app: axum::Router,
     tls: Option<Arc<rustls::ServerConfig>>,
-) {
+    handle: H,
+) where
+    H: Fn(Box<dyn Stream>, std::net::SocketAddr) -> F + Clone + Send + 'static,
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -118,18 +140,39 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
+        let handle = handle.clone();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10));
-            // High on purpose: a router multiplexes many users' long polls
-            // to a node over one HTTP/2 connection. Work is bounded by the
-            // node's in-flight and long-poll limits, not by streams.
-            builder.http2().max_concurrent_streams(16_384);
+            let io: Box<dyn Stream> = match acceptor {
+                Some(acceptor) => {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(tls)) => Box::new(tls),
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    }
+                }
+                None => Box::new(stream),
+            };
+            handle(io, peer).await;
+        });
+    }
+}
+
+/// Serve `app` on `listener` until the process ends. Connections that fail
+/// their handshake or speak garbage are dropped; they never reach `app`.
+pub async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
+    accept_loop(listener, tls, move |io, peer| {
+        let app = app.clone();
+        async move {
             // Handlers see the client address as axum's `ConnectInfo`.
             let service = TowerToHyperService::new(tower::service_fn(
                 move |mut req: http::Request<hyper::body::Incoming>| {
@@ -138,32 +181,13 @@ pub async fn serve(
                     tower::ServiceExt::oneshot(app.clone(), req)
                 },
             ));
-            let result = match acceptor {
-                Some(acceptor) => {
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
-                        .await
-                    {
-                        Ok(Ok(tls)) => {
-                            builder
-                                .serve_connection_with_upgrades(TokioIo::new(tls), service)
-                                .await
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => return,
-                    }
-                }
-                None => {
-                    builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .await
-                }
-            };
-            if let Err(e) = result {
+            if let Err(e) = connection_builder()
+                .serve_connection_with_upgrades(TokioIo::new(io), service)
+                .await
+            {
                 tracing::debug!(%peer, error = %e, "connection ended with error");
             }
-        });
-    }
+        }
+    })
+    .await
 }

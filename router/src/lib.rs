@@ -9,6 +9,7 @@
 //! `admin` (own endpoints), `metrics`, `problem`, `state`, `server`.
 
 pub mod admin;
+pub mod affinity;
 pub mod config;
 pub mod directory;
 pub mod error;

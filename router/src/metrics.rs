@@ -12,7 +12,17 @@ pub struct RequestLabels {
     /// The cell the request went to, or `router` for the router's own
     /// answers.
     pub cell: String,
-    pub status: u16,
+    /// `2xx`, `3xx`, `4xx` or `5xx`.
+    pub class: &'static str,
+}
+
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -49,6 +59,51 @@ pub struct Metrics {
     pub node_leader: Family<NodeLabels, Gauge>,
     pub in_flight: Family<CellLabels, Gauge>,
     pub rejected: Family<ReasonLabels, Counter>,
+}
+
+/// One cell's metric handles, looked up once (label lookups on every
+/// request would cost more than the counting).
+#[derive(Debug, Clone)]
+pub struct CellMetrics {
+    pub latency: Histogram,
+    pub in_flight: Gauge,
+    pub retries: Counter,
+    pub ejections: Counter,
+    /// By status class, indexed 2xx, 3xx, 4xx, 5xx.
+    requests: [Counter; 4],
+}
+
+impl CellMetrics {
+    pub fn new(m: &Metrics, cell: &str) -> Self {
+        let labels = CellLabels {
+            cell: cell.to_string(),
+        };
+        let requests = ["2xx", "3xx", "4xx", "5xx"].map(|class| {
+            m.requests
+                .get_or_create(&RequestLabels {
+                    cell: cell.to_string(),
+                    class,
+                })
+                .clone()
+        });
+        CellMetrics {
+            latency: m.latency.get_or_create(&labels).clone(),
+            in_flight: m.in_flight.get_or_create(&labels).clone(),
+            retries: m.retries.get_or_create(&labels).clone(),
+            ejections: m.ejections.get_or_create(&labels).clone(),
+            requests,
+        }
+    }
+
+    pub fn answered(&self, status: u16) {
+        let i = match status {
+            200..=299 => 0,
+            300..=399 => 1,
+            400..=499 => 2,
+            _ => 3,
+        };
+        self.requests[i].inc();
+    }
 }
 
 impl Default for Metrics {

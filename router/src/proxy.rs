@@ -2,6 +2,7 @@
 //! choice, retries within a budget, streaming both ways.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -16,11 +17,12 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use http_body_util::BodyExt as _;
 use hyper::body::Body as _;
 
-use crate::metrics::{CellLabels, ReasonLabels, RequestLabels, UpstreamErrorLabels};
+use crate::affinity::{Affinity, ConnectError};
+use crate::metrics::{status_class, ReasonLabels, RequestLabels, UpstreamErrorLabels};
 use crate::pin::{self, Pin};
 use crate::problem::{Problem, RequestId};
 use crate::state::RouterState;
-use crate::upstream::CellPool;
+use crate::upstream::{CellPool, Node, MAX_AFFINITY_CONNECTIONS};
 
 /// Largest request body passed on (the cells' own limit).
 pub const MAX_BODY_BYTES: u64 = 1 << 20;
@@ -61,19 +63,11 @@ enum Payload {
 pub async fn handle(State(st): State<Arc<RouterState>>, req: Request) -> Response {
     let started = Instant::now();
     match route(&st, req).await {
-        Ok((cell, resp)) => {
-            let labels = CellLabels { cell: cell.clone() };
-            st.metrics
+        Ok((pool, resp)) => {
+            pool.metrics
                 .latency
-                .get_or_create(&labels)
                 .observe(started.elapsed().as_secs_f64());
-            st.metrics
-                .requests
-                .get_or_create(&RequestLabels {
-                    cell,
-                    status: resp.status().as_u16(),
-                })
-                .inc();
+            pool.metrics.answered(resp.status().as_u16());
             resp
         }
         Err(p) => {
@@ -81,7 +75,7 @@ pub async fn handle(State(st): State<Arc<RouterState>>, req: Request) -> Respons
                 .requests
                 .get_or_create(&RequestLabels {
                     cell: "router".into(),
-                    status: p.status.as_u16(),
+                    class: status_class(p.status.as_u16()),
                 })
                 .inc();
             p.into_response()
@@ -89,7 +83,7 @@ pub async fn handle(State(st): State<Arc<RouterState>>, req: Request) -> Respons
     }
 }
 
-async fn route(st: &Arc<RouterState>, req: Request) -> Result<(String, Response), Problem> {
+async fn route(st: &Arc<RouterState>, req: Request) -> Result<(Arc<CellPool>, Response), Problem> {
     let (parts, body) = req.into_parts();
     let header_bytes: usize = parts
         .headers
@@ -175,7 +169,7 @@ async fn route(st: &Arc<RouterState>, req: Request) -> Result<(String, Response)
                 .pool(&cell)
                 .ok_or_else(|| Problem::not_found("unknown_cell", format!("no cell {cell:?}")))?;
             let resp = forward(st, &pool, &outgoing, &mut payload).await?;
-            Ok((cell, resp))
+            Ok((pool, resp))
         }
         Pin::Login { email } => {
             let Payload::Buffered(bytes) = payload else {
@@ -282,10 +276,14 @@ fn rate_limit(
 /// The parts of the upstream request that are the same on every attempt.
 struct Outgoing {
     method: Method,
-    path_and_query: String,
+    path_and_query: http::uri::PathAndQuery,
     headers: HeaderMap,
     timeout: Duration,
     long_poll: bool,
+    /// The client connection's own upstream connections, once it has sent
+    /// more than one request (a connection used once should not cost an
+    /// upstream connection).
+    affinity: Option<Arc<Affinity>>,
 }
 
 impl Outgoing {
@@ -335,9 +333,15 @@ impl Outgoing {
         let path_and_query = parts
             .uri
             .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| "/".into());
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        let affinity = parts
+            .extensions
+            .get::<Arc<Affinity>>()
+            .filter(|a| a.note_request() >= 1)
+            .cloned();
         Outgoing {
+            affinity,
             method: parts.method.clone(),
             long_poll: long_poll_wait(parts.uri.path(), parts.uri.query()).is_some(),
             timeout: route_timeout(parts.uri.path(), parts.uri.query()),
@@ -403,31 +407,20 @@ fn next_traceparent(incoming: Option<&HeaderValue>) -> String {
 }
 
 /// Counts a request as in flight to a cell until dropped.
-struct InFlight<'a>(&'a RouterState, &'a CellPool);
+struct InFlight<'a>(&'a CellPool);
 
 impl<'a> InFlight<'a> {
-    fn new(st: &'a RouterState, pool: &'a CellPool) -> Self {
+    fn new(pool: &'a CellPool) -> Self {
         pool.started_request();
-        st.metrics
-            .in_flight
-            .get_or_create(&CellLabels {
-                cell: pool.cell.clone(),
-            })
-            .inc();
-        InFlight(st, pool)
+        pool.metrics.in_flight.inc();
+        InFlight(pool)
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.1.finished_request();
-        self.0
-            .metrics
-            .in_flight
-            .get_or_create(&CellLabels {
-                cell: self.1.cell.clone(),
-            })
-            .dec();
+        self.0.finished_request();
+        self.0.metrics.in_flight.dec();
     }
 }
 
@@ -441,11 +434,8 @@ async fn forward(
     out: &Outgoing,
     payload: &mut Payload,
 ) -> Result<Response, Problem> {
-    let _in_flight = InFlight::new(st, pool);
+    let _in_flight = InFlight::new(pool);
     let deadline = Instant::now() + out.timeout;
-    let labels = CellLabels {
-        cell: pool.cell.clone(),
-    };
     let mut tried = Vec::new();
     let mut attempt = 0u32;
     let unavailable = || {
@@ -462,27 +452,16 @@ async fn forward(
             Payload::Buffered(b) => (Body::from(b.clone()), true),
             Payload::Streaming(b) => (b.take().ok_or_else(unavailable)?, false),
         };
-        let uri = format!("{}{}", pool.nodes[i].url, out.path_and_query);
-        let mut req = http::Request::builder()
-            .method(out.method.clone())
-            .uri(uri)
-            .body(body)
-            .map_err(|_| Problem::bad_request("request target cannot be forwarded"))?;
-        *req.headers_mut() = out.headers.clone();
+        let node = &pool.nodes[i];
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let client = if out.long_poll {
-            &st.long_poll_client
-        } else {
-            &st.client
-        };
-        let result = tokio::time::timeout(remaining, client.request(req)).await;
-        let retry = |st: &RouterState| {
+        let result = tokio::time::timeout(remaining, send(st, pool, node, out, body)).await;
+        let retry = || {
             let backoff = Duration::from_millis((25u64 << attempt.min(5)).min(500))
                 + Duration::from_millis(rand::random::<u64>() % 25);
             let ok =
                 attempt < MAX_ATTEMPTS && Instant::now() + backoff < deadline && pool.take_retry();
             if ok {
-                st.metrics.retries.get_or_create(&labels).inc();
+                pool.metrics.retries.inc();
             }
             ok.then_some(backoff)
         };
@@ -497,7 +476,7 @@ async fn forward(
                         | StatusCode::GATEWAY_TIMEOUT
                 );
                 if transient && buffered && out.idempotent() {
-                    if let Some(backoff) = retry(st) {
+                    if let Some(backoff) = retry() {
                         drop(resp);
                         tokio::time::sleep(backoff).await;
                         continue;
@@ -506,22 +485,26 @@ async fn forward(
                 return Ok(into_response(resp, &pool.cell));
             }
             Ok(Err(e)) => {
-                let connect = e.is_connect();
+                let connect = e.not_sent;
                 st.metrics
                     .upstream_errors
                     .get_or_create(&UpstreamErrorLabels {
                         cell: pool.cell.clone(),
-                        kind: if connect { "connect" } else { "transport" },
+                        kind: if e.unreachable {
+                            "connect"
+                        } else {
+                            "transport"
+                        },
                     })
                     .inc();
-                if connect {
+                if e.unreachable {
                     pool.mark_down(i);
-                } else if pool.record_failure(i) {
-                    st.metrics.ejections.get_or_create(&labels).inc();
+                } else if !e.not_sent && pool.record_failure(i) {
+                    pool.metrics.ejections.inc();
                 }
-                tracing::debug!(cell = %pool.cell, node = %pool.nodes[i].url, error = %e, "upstream attempt failed");
+                tracing::debug!(cell = %pool.cell, node = %pool.nodes[i].url, error = %e.message, "upstream attempt failed");
                 if buffered && (connect || out.idempotent()) {
-                    if let Some(backoff) = retry(st) {
+                    if let Some(backoff) = retry() {
                         tokio::time::sleep(backoff).await;
                         continue;
                     }
@@ -545,7 +528,7 @@ async fn forward(
                     })
                     .inc();
                 if pool.record_failure(i) {
-                    st.metrics.ejections.get_or_create(&labels).inc();
+                    pool.metrics.ejections.inc();
                 }
                 return Err(Problem::new(
                     StatusCode::GATEWAY_TIMEOUT,
@@ -555,6 +538,95 @@ async fn forward(
             }
         }
     }
+}
+
+/// A failed attempt; `not_sent` means the request certainly did not reach
+/// the node (safe to send elsewhere whatever it is).
+struct SendError {
+    not_sent: bool,
+    /// The node could not be reached at all (refused, unreachable).
+    unreachable: bool,
+    message: String,
+}
+
+/// One attempt on one node: over this client connection's own upstream
+/// connection when it has earned one (see `affinity`), else the shared
+/// pool; long polls always share HTTP/2 connections.
+async fn send(
+    st: &RouterState,
+    pool: &CellPool,
+    node: &Node,
+    out: &Outgoing,
+    body: Body,
+) -> Result<http::Response<hyper::body::Incoming>, SendError> {
+    let build = |uri: http::Uri, body: Body| {
+        let mut req = http::Request::builder()
+            .method(out.method.clone())
+            .uri(uri)
+            .body(body)
+            .map_err(|e| SendError {
+                not_sent: true,
+                unreachable: false,
+                message: e.to_string(),
+            })?;
+        *req.headers_mut() = out.headers.clone();
+        Ok::<_, SendError>(req)
+    };
+    if let Some(aff) = out.affinity.as_ref().filter(|_| {
+        !out.long_poll && pool.affinity_open.load(Ordering::Relaxed) < MAX_AFFINITY_CONNECTIONS
+    }) {
+        let sender = match aff.take_ready(node) {
+            Some(s) => Some(s),
+            None if aff.may_connect(node) => Some(
+                aff.connect(node, st.affinity_tls.as_ref(), pool.affinity_open.clone())
+                    .await
+                    .map_err(|ConnectError::Connect(message)| SendError {
+                        not_sent: true,
+                        unreachable: true,
+                        message,
+                    })?,
+            ),
+            None => None,
+        };
+        if let Some(mut sender) = sender {
+            // Origin-form target and an explicit Host, as on any HTTP/1.1
+            // connection.
+            let mut req = build(http::Uri::from(out.path_and_query.clone()), body)?;
+            if let Ok(host) = HeaderValue::from_str(node.authority.as_str()) {
+                req.headers_mut().insert(header::HOST, host);
+            }
+            let answer = sender.send_request(req);
+            aff.put_back(node, sender);
+            // A canceled request never left: the kept-alive connection
+            // was closed under it, which says nothing about the node.
+            return answer.await.map_err(|e| SendError {
+                not_sent: e.is_canceled(),
+                unreachable: false,
+                message: e.to_string(),
+            });
+        }
+    }
+    let uri = http::Uri::builder()
+        .scheme(node.scheme.clone())
+        .authority(node.authority.clone())
+        .path_and_query(out.path_and_query.clone())
+        .build()
+        .map_err(|e| SendError {
+            not_sent: true,
+            unreachable: false,
+            message: e.to_string(),
+        })?;
+    let req = build(uri, body)?;
+    let client = if out.long_poll {
+        &st.long_poll_client
+    } else {
+        &st.client
+    };
+    client.request(req).await.map_err(|e| SendError {
+        not_sent: e.is_connect(),
+        unreachable: e.is_connect(),
+        message: e.to_string(),
+    })
 }
 
 fn into_response(resp: http::Response<hyper::body::Incoming>, cell: &str) -> Response {
@@ -575,7 +647,7 @@ async fn login(
     out: &Outgoing,
     body: Bytes,
     email: String,
-) -> Result<(String, Response), Problem> {
+) -> Result<(Arc<CellPool>, Response), Problem> {
     let draining_region = |pool: &CellPool| {
         st.directory
             .read()
@@ -588,7 +660,7 @@ async fn login(
             return Err(pin::draining(&pool.region));
         }
         let resp = forward(st, &pool, out, &mut Payload::Buffered(body)).await?;
-        return Ok((pool.cell.clone(), resp));
+        return Ok((pool, resp));
     }
     let pools = st.all_pools();
     let mut asks: FuturesUnordered<_> = pools
@@ -597,21 +669,21 @@ async fn login(
             let body = body.clone();
             async move {
                 let r = forward(st, pool, out, &mut Payload::Buffered(body)).await;
-                (pool, r)
+                (pool.clone(), r)
             }
         })
         .collect();
     // What to answer when no cell accepts: a rate limit beats "wrong
     // credentials" beats an outage.
-    let mut best: Option<(u8, String, Result<Response, Problem>)> = None;
+    let mut best: Option<(u8, Arc<CellPool>, Result<Response, Problem>)> = None;
     while let Some((pool, r)) = asks.next().await {
         let rank = match &r {
             Ok(resp) if resp.status().is_success() => {
-                if draining_region(pool) {
+                if draining_region(&pool) {
                     return Err(pin::draining(&pool.region));
                 }
                 st.remember_login(email, pool.cell.clone());
-                return r.map(|resp| (pool.cell.clone(), resp));
+                return r.map(|resp| (pool, resp));
             }
             Ok(resp) if resp.status() == StatusCode::TOO_MANY_REQUESTS => 3,
             Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED => 2,
@@ -619,11 +691,11 @@ async fn login(
             Err(_) => 0,
         };
         if best.as_ref().is_none_or(|(b, _, _)| rank > *b) {
-            best = Some((rank, pool.cell.clone(), r));
+            best = Some((rank, pool, r));
         }
     }
     match best {
-        Some((_, cell, r)) => r.map(|resp| (cell, resp)),
+        Some((_, pool, r)) => r.map(|resp| (pool, resp)),
         None => Err(Problem::unavailable(
             "cell_unavailable",
             "no cells are configured",

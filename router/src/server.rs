@@ -1,7 +1,14 @@
 //! Assembly: the router's own routes, the proxy fallback, the edge
 //! middleware, listeners.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt as _};
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use tokio::sync::mpsc;
 
 use axum::extract::Request;
 use axum::middleware::Next;
@@ -10,6 +17,7 @@ use axum::routing::{get, post, put};
 use http::{header, HeaderValue};
 
 use crate::admin;
+use crate::affinity::Affinity;
 use crate::problem::{Problem, RequestId};
 use crate::proxy;
 use crate::state::RouterState;
@@ -73,12 +81,46 @@ pub async fn run(state: Arc<RouterState>) -> anyhow::Result<()> {
     println!("router listening on {scheme}://{}", listener.local_addr()?);
     println!("ops token in {}", state.cfg.ops_token_file.display());
     tokio::spawn(state.clone().health_loop());
-    let server = tokio::spawn(edge::tls::serve(listener, app(state), tls));
+    let app = app(state);
+    let server = tokio::spawn(edge::tls::accept_loop(listener, tls, move |io, peer| {
+        serve_connection(io, peer, app.clone())
+    }));
     tokio::select! {
         _ = shutdown_signal() => tracing::info!("shutting down"),
         r = server => tracing::error!(result = ?r, "server stopped"),
     }
     Ok(())
+}
+
+/// One client connection, with the upstream connections it owns (see
+/// `affinity`) driven on the same task.
+async fn serve_connection(io: Box<dyn edge::tls::Stream>, peer: SocketAddr, app: axum::Router) {
+    let (driver, mut upstreams) = mpsc::unbounded_channel::<BoxFuture<'static, ()>>();
+    let affinity = Arc::new(Affinity::new(driver));
+    let service = TowerToHyperService::new(tower::service_fn(
+        move |mut req: http::Request<hyper::body::Incoming>| {
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            req.extensions_mut().insert(affinity.clone());
+            tower::ServiceExt::oneshot(app.clone(), req)
+        },
+    ));
+    let builder = edge::tls::connection_builder();
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let mut driven = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            r = &mut conn => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "connection ended with error");
+                }
+                break;
+            }
+            Some(f) = upstreams.recv() => driven.push(f),
+            Some(()) = driven.next(), if !driven.is_empty() => {}
+        }
+    }
 }
 
 async fn shutdown_signal() {

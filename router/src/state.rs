@@ -22,6 +22,8 @@ pub struct RouterState {
     pub client: Client,
     /// HTTP/2-only client for long polls.
     pub long_poll_client: Client,
+    /// TLS for client-connection-owned upstream connections.
+    pub affinity_tls: Option<tokio_rustls::TlsConnector>,
     pub directory: RwLock<Directory>,
     pools: RwLock<HashMap<String, Arc<CellPool>>>,
     pub limiter: RateLimiter,
@@ -33,6 +35,7 @@ pub struct RouterState {
 impl RouterState {
     pub fn new(cfg: RouterConfig, ops_token: String) -> Result<Arc<Self>, RouterError> {
         let clients = upstream::build_clients(cfg.ca.as_deref())?;
+        let affinity_tls = upstream::affinity_tls(cfg.ca.as_deref())?;
         let mut directory = Directory::load(&cfg.directory_file())?;
         for (name, spec) in &cfg.regions {
             let region = Region::from_spec(name, spec.clone())?;
@@ -48,6 +51,7 @@ impl RouterState {
             cfg,
             client: clients.pooled,
             long_poll_client: clients.multiplexed,
+            affinity_tls,
             directory: RwLock::new(directory),
             pools: RwLock::new(HashMap::new()),
             metrics: Metrics::new(),
@@ -65,7 +69,7 @@ impl RouterState {
         let mut pools = self.pools.write().unwrap_or_else(|e| e.into_inner());
         let mut next = HashMap::new();
         for region in dir.regions() {
-            let pool = CellPool::new(region);
+            let pool = CellPool::new(region, &self.metrics);
             if let Some(old) = pools.get(&region.cell) {
                 pool.inherit(old);
             }

@@ -16,9 +16,14 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::directory::Region;
 use crate::error::RouterError;
+use crate::metrics::{CellMetrics, Metrics};
 
 pub type Client =
     hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
+
+/// Most client-connection-owned upstream connections per cell; beyond
+/// that, requests share the pool.
+pub const MAX_AFFINITY_CONNECTIONS: usize = 2048;
 
 /// Consecutive failures after which a node is taken out of rotation.
 const EJECT_AFTER_FAILURES: u32 = 3;
@@ -46,6 +51,16 @@ pub fn build_clients(ca: Option<&Path>) -> Result<Clients, RouterError> {
         pooled: build_client(ca, false)?,
         multiplexed: build_client(ca, true)?,
     })
+}
+
+/// TLS for client-connection-owned HTTP/1.1 connections to `https` nodes.
+pub fn affinity_tls(ca: Option<&Path>) -> Result<Option<tokio_rustls::TlsConnector>, RouterError> {
+    let Some(ca) = ca else {
+        return Ok(None);
+    };
+    let mut cfg = edge::tls::client_config(ca, None).map_err(|e| RouterError::Tls(e.0))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Some(tokio_rustls::TlsConnector::from(Arc::new(cfg))))
 }
 
 fn build_client(ca: Option<&Path>, h2_only: bool) -> Result<Client, RouterError> {
@@ -90,6 +105,9 @@ fn build_client(ca: Option<&Path>, h2_only: bool) -> Result<Client, RouterError>
 #[derive(Debug)]
 pub struct Node {
     pub url: String,
+    /// `url` split once, for building request URIs without parsing.
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
     healthy: AtomicBool,
     leader: AtomicBool,
     failures: AtomicU32,
@@ -101,8 +119,18 @@ pub struct Node {
 
 impl Node {
     fn new(url: String) -> Self {
+        // The directory only admits URLs with scheme and authority.
+        let parts = url.parse::<http::Uri>().map(|u| u.into_parts()).ok();
+        let (scheme, authority) = parts
+            .and_then(|p| Some((p.scheme?, p.authority?)))
+            .unwrap_or((
+                http::uri::Scheme::HTTP,
+                http::uri::Authority::from_static("invalid.invalid"),
+            ));
         Node {
             url,
+            scheme,
+            authority,
             // Optimistic until the first check: a freshly added region
             // should take traffic at once.
             healthy: AtomicBool::new(true),
@@ -145,6 +173,9 @@ pub struct CellPool {
     pub cell: String,
     pub region: String,
     pub nodes: Vec<Node>,
+    pub metrics: CellMetrics,
+    /// Client-connection-owned upstream connections open to this cell.
+    pub affinity_open: Arc<AtomicUsize>,
     epoch: Instant,
     next: AtomicUsize,
     /// Requests on their way to this cell (for drain reports).
@@ -170,11 +201,13 @@ const RETRY_MILLIS_PER_REQUEST: u64 = 200;
 const RETRY_RESERVE: u64 = 20;
 
 impl CellPool {
-    pub fn new(region: &Region) -> Self {
+    pub fn new(region: &Region, metrics: &Metrics) -> Self {
         CellPool {
             cell: region.cell.clone(),
             region: region.name.clone(),
             nodes: region.nodes.iter().cloned().map(Node::new).collect(),
+            metrics: CellMetrics::new(metrics, &region.cell),
+            affinity_open: Arc::new(AtomicUsize::new(0)),
             epoch: Instant::now(),
             next: AtomicUsize::new(0),
             in_flight: AtomicI64::new(0),
@@ -475,7 +508,10 @@ mod tests {
                 .map(|i| format!("http://127.0.0.1:{}", 1000 + i))
                 .collect(),
         };
-        CellPool::new(&Region::from_spec("nyc", spec).unwrap())
+        CellPool::new(
+            &Region::from_spec("nyc", spec).unwrap(),
+            &crate::metrics::Metrics::new(),
+        )
     }
 
     #[test]
