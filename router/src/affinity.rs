@@ -33,6 +33,8 @@ pub enum ConnectError {
 
 /// Per client connection; put into each of its requests' extensions.
 pub struct Affinity {
+    /// The client's address as an `X-Forwarded-For` value, formatted once.
+    pub forwarded_for: Option<http::HeaderValue>,
     requests: AtomicU64,
     senders: Mutex<Vec<(String, SendRequest<Body>)>>,
     driver: mpsc::UnboundedSender<BoxFuture<'static, ()>>,
@@ -41,8 +43,12 @@ pub struct Affinity {
 impl Affinity {
     /// `driver` receives the connection futures; the client connection's
     /// task must poll them alongside the client connection.
-    pub fn new(driver: mpsc::UnboundedSender<BoxFuture<'static, ()>>) -> Self {
+    pub fn new(
+        peer: std::net::IpAddr,
+        driver: mpsc::UnboundedSender<BoxFuture<'static, ()>>,
+    ) -> Self {
         Affinity {
+            forwarded_for: http::HeaderValue::from_str(&peer.to_string()).ok(),
             requests: AtomicU64::new(0),
             senders: Mutex::new(Vec::new()),
             driver,

@@ -293,31 +293,44 @@ impl Outgoing {
         request_id: &str,
         tls: bool,
     ) -> Self {
-        let mut headers = parts.headers.clone();
-        for h in HOP_BY_HOP {
-            headers.remove(h);
-        }
-        // A `Connection: x` header names more hop-by-hop headers.
-        if let Some(named) = parts.headers.get(header::CONNECTION) {
-            if let Ok(named) = named.to_str() {
-                for name in named.split(',') {
-                    headers.remove(name.trim());
-                }
+        // One pass: copy everything but hop-by-hop headers (including those
+        // a `Connection` header names), `Host` and the forwarding headers
+        // this hop rewrites.
+        let named_by_connection: Vec<&str> = parts
+            .headers
+            .get(header::CONNECTION)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(',').map(str::trim).collect())
+            .unwrap_or_default();
+        let mut headers = HeaderMap::with_capacity(parts.headers.len() + 4);
+        for (name, value) in &parts.headers {
+            let skip = HOP_BY_HOP.contains(&name.as_str())
+                || name == header::HOST
+                || name == X_FORWARDED_FOR
+                || name == TRACEPARENT
+                || name == X_REQUEST_ID
+                || named_by_connection
+                    .iter()
+                    .any(|n| n.eq_ignore_ascii_case(name.as_str()));
+            if !skip {
+                headers.append(name.clone(), value.clone());
             }
         }
-        headers.remove(header::HOST);
-        if let Some(ip) = peer {
-            let xff = match parts
-                .headers
-                .get(&X_FORWARDED_FOR)
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(prior) => format!("{prior}, {ip}"),
-                None => ip.to_string(),
-            };
-            if let Ok(v) = HeaderValue::from_str(&xff) {
-                headers.insert(X_FORWARDED_FOR.clone(), v);
-            }
+        let prior = parts.headers.get(&X_FORWARDED_FOR);
+        let affinity = parts.extensions.get::<Arc<Affinity>>();
+        let xff = match (prior, affinity.and_then(|a| a.forwarded_for.clone())) {
+            // The usual case: this connection's address, formatted once.
+            (None, Some(own)) => Some(own),
+            (prior, _) => peer.and_then(|ip| {
+                let v = match prior.and_then(|v| v.to_str().ok()) {
+                    Some(prior) => format!("{prior}, {ip}"),
+                    None => ip.to_string(),
+                };
+                HeaderValue::from_str(&v).ok()
+            }),
+        };
+        if let Some(v) = xff {
+            headers.insert(X_FORWARDED_FOR.clone(), v);
         }
         headers.insert(
             X_FORWARDED_PROTO.clone(),
@@ -335,11 +348,7 @@ impl Outgoing {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        let affinity = parts
-            .extensions
-            .get::<Arc<Affinity>>()
-            .filter(|a| a.note_request() >= 1)
-            .cloned();
+        let affinity = affinity.filter(|a| a.note_request() >= 1).cloned();
         Outgoing {
             affinity,
             method: parts.method.clone(),

@@ -4,7 +4,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use futures::future::BoxFuture;
+use axum::body::Body;
+use axum::extract::State;
+use futures::future::{BoxFuture, Either};
 use futures::stream::{FuturesUnordered, StreamExt as _};
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
@@ -41,22 +43,29 @@ pub fn app(state: Arc<RouterState>) -> axum::Router {
 /// Longest client-supplied request id that is passed on.
 const MAX_REQUEST_ID: usize = 128;
 
-/// Request ids in and out, problem bodies with the id, and the security
-/// headers on the router's own answers (cells set their own).
-async fn edge_layer(mut req: Request, next: Next) -> Response {
-    let id = req
-        .headers()
+/// The caller's request id when it is a sensible one, else a new one.
+fn request_id(headers: &http::HeaderMap) -> String {
+    headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .filter(|v| {
             !v.is_empty() && v.len() <= MAX_REQUEST_ID && v.bytes().all(|b| b.is_ascii_graphic())
         })
         .map(str::to_string)
-        .unwrap_or_else(|| ulid::Ulid::new().to_string());
+        .unwrap_or_else(|| ulid::Ulid::new().to_string())
+}
+
+/// Request ids in and out, problem bodies with the id, and the security
+/// headers on the router's own answers (cells set their own).
+async fn edge_layer(mut req: Request, next: Next) -> Response {
+    let id = request_id(req.headers());
     req.extensions_mut().insert(RequestId(id.clone()));
-    let mut resp = next.run(req).await;
+    finish(next.run(req).await, &id)
+}
+
+fn finish(mut resp: Response, id: &str) -> Response {
     if let Some(p) = resp.extensions_mut().remove::<Problem>() {
-        resp = p.render(&id);
+        resp = p.render(id);
     }
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&id) {
@@ -67,6 +76,12 @@ async fn edge_layer(mut req: Request, next: Next) -> Response {
     h.entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
     resp
+}
+
+/// The router's own endpoints; everything else belongs to a cell.
+fn is_own_endpoint(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/metrics" | "/admin/regions")
+        || path.starts_with("/admin/regions/")
 }
 
 /// Serves until the process is told to stop.
@@ -81,9 +96,9 @@ pub async fn run(state: Arc<RouterState>) -> anyhow::Result<()> {
     println!("router listening on {scheme}://{}", listener.local_addr()?);
     println!("ops token in {}", state.cfg.ops_token_file.display());
     tokio::spawn(state.clone().health_loop());
-    let app = app(state);
+    let app = app(state.clone());
     let server = tokio::spawn(edge::tls::accept_loop(listener, tls, move |io, peer| {
-        serve_connection(io, peer, app.clone())
+        serve_connection(io, peer, app.clone(), state.clone())
     }));
     tokio::select! {
         _ = shutdown_signal() => tracing::info!("shutting down"),
@@ -94,15 +109,31 @@ pub async fn run(state: Arc<RouterState>) -> anyhow::Result<()> {
 
 /// One client connection, with the upstream connections it owns (see
 /// `affinity`) driven on the same task.
-async fn serve_connection(io: Box<dyn edge::tls::Stream>, peer: SocketAddr, app: axum::Router) {
+async fn serve_connection(
+    io: Box<dyn edge::tls::Stream>,
+    peer: SocketAddr,
+    app: axum::Router,
+    state: Arc<RouterState>,
+) {
     let (driver, mut upstreams) = mpsc::unbounded_channel::<BoxFuture<'static, ()>>();
-    let affinity = Arc::new(Affinity::new(driver));
+    let affinity = Arc::new(Affinity::new(peer.ip(), driver));
     let service = TowerToHyperService::new(tower::service_fn(
         move |mut req: http::Request<hyper::body::Incoming>| {
             req.extensions_mut()
                 .insert(axum::extract::ConnectInfo(peer));
             req.extensions_mut().insert(affinity.clone());
-            tower::ServiceExt::oneshot(app.clone(), req)
+            if is_own_endpoint(req.uri().path()) {
+                return Either::Left(tower::ServiceExt::oneshot(app.clone(), req));
+            }
+            // The proxy path skips axum's routing: same edge work, less
+            // per-request machinery.
+            let state = state.clone();
+            Either::Right(async move {
+                let id = request_id(req.headers());
+                req.extensions_mut().insert(RequestId(id.clone()));
+                let resp = proxy::handle(State(state), req.map(Body::new)).await;
+                Ok::<_, std::convert::Infallible>(finish(resp, &id))
+            })
         },
     ));
     let builder = edge::tls::connection_builder();
