@@ -68,7 +68,7 @@ fn finish(mut resp: Response, id: &str) -> Response {
         resp = p.render(id);
     }
     let h = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&id) {
+    if let Ok(v) = HeaderValue::from_str(id) {
         h.insert("x-request-id", v);
     }
     h.entry(header::X_CONTENT_TYPE_OPTIONS)
