@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use crate::{
     catalog::{self, CatalogCommand, CatalogResponse, Touched},
+    drivers::{self, DriverCommand, DriverResponse},
     identity::{self, IdentityCommand, IdentityResponse},
     kv::{self, KvCommand, KvResponse},
     orders::{self, OrderCommand, OrderResponse},
@@ -23,6 +24,7 @@ pub enum Command {
     Identity(IdentityCommand),
     Catalog(Box<CatalogCommand>),
     Orders(Box<OrderCommand>),
+    Drivers(Box<DriverCommand>),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -31,6 +33,7 @@ pub enum Response {
     Identity(IdentityResponse),
     Catalog(Box<CatalogResponse>),
     Orders(Box<OrderResponse>),
+    Drivers(Box<DriverResponse>),
 }
 
 /// What changed, announced in-process after commit.
@@ -135,6 +138,7 @@ impl raft::Application for CellApp {
                 }
                 Ok(Response::Orders(Box::new(resp)))
             }
+            Command::Drivers(c) => Ok(Response::Drivers(Box::new(drivers::apply(txn, *c)?))),
         }
     }
 

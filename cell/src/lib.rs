@@ -5,6 +5,8 @@ pub mod app;
 pub mod catalog;
 pub mod certs;
 pub mod config;
+pub mod dispatch;
+pub mod drivers;
 pub mod events;
 pub mod http;
 pub mod identity;

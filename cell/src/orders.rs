@@ -11,7 +11,7 @@ use storage::{ReadTxn, Table, WriteTxn};
 
 use crate::{
     catalog::{self, Location, Money},
-    events,
+    drivers, events,
     ledger::{self, LedgerTx, Posting},
 };
 
@@ -323,6 +323,10 @@ pub fn apply(txn: &WriteTxn, cmd: OrderCommand) -> storage::Result<OrderResponse
             }
             bump_open(txn, 1)?;
             notify(txn, &order, "order.placed", now)?;
+            // A ride needs its driver at once.
+            if order.kind == OrderKind::Ride {
+                drivers::create_delivery(txn, &order, now)?;
+            }
             Ok(R::Placed(*order))
         }
         OrderCommand::Transition {
@@ -373,6 +377,10 @@ pub fn apply(txn: &WriteTxn, cmd: OrderCommand) -> storage::Result<OrderResponse
                     }
                 }
                 bump_open(txn, -1)?;
+                drivers::cancel_for_order(txn, &order.id, now)?;
+            }
+            if next == S::Accepted && order.kind == OrderKind::Delivery {
+                drivers::create_delivery(txn, &order, now)?;
             }
             order.status = next;
             order.updated_at = now;
@@ -388,6 +396,43 @@ pub fn apply(txn: &WriteTxn, cmd: OrderCommand) -> storage::Result<OrderResponse
             Ok(R::Order(order))
         }
     }
+}
+
+/// The order, inside a write transaction (for other modules' apply).
+pub fn order_in(txn: &WriteTxn, id: &str) -> storage::Result<Option<Order>> {
+    txn.get(ORDERS, id.as_bytes())
+}
+
+/// Moves an order along as its delivery progresses (`picked_up`,
+/// `delivered`, `failed`); a failed order is refunded. Part of the
+/// delivery's apply.
+pub fn set_status(
+    txn: &WriteTxn,
+    order_id: &str,
+    status: OrderStatus,
+    event: &str,
+    now: i64,
+) -> storage::Result<()> {
+    let Some(mut order) = txn.get(ORDERS, order_id.as_bytes())? else {
+        return Ok(());
+    };
+    if order.status.is_terminal() {
+        return Ok(());
+    }
+    if status == OrderStatus::Failed {
+        if let Some(charged) = ledger::transaction(txn, &order.charge_tx)? {
+            let id = format!("{}-refund", order.charge_tx);
+            ledger::post(txn, &ledger::reversal(&charged, id, "refund_failed", now))?;
+        }
+    }
+    if status.is_terminal() {
+        bump_open(txn, -1)?;
+    }
+    order.status = status;
+    order.updated_at = now;
+    order.history.push((status, now));
+    txn.put(ORDERS, order.id.as_bytes(), &order)?;
+    notify(txn, &order, event, now)
 }
 
 pub fn quote(read: &ReadTxn, id: &str) -> storage::Result<Option<Quote>> {

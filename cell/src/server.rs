@@ -120,6 +120,8 @@ pub async fn run(cfg: CellConfig) -> anyhow::Result<()> {
         tracing::info!(node = cfg.node_id, "initialised a new single-node cell");
     }
 
+    let dispatch = Arc::new(crate::dispatch::Dispatcher::default());
+    dispatch.clone().start(node.clone(), cfg.cell.clone());
     let state = AppState {
         node: node.clone(),
         app: app.clone(),
@@ -132,6 +134,7 @@ pub async fn run(cfg: CellConfig) -> anyhow::Result<()> {
         inflight: Arc::new(Semaphore::new(MAX_INFLIGHT)),
         long_polls: Arc::new(Semaphore::new(MAX_LONG_POLLS)),
         limiter: Arc::new(edge::rate_limit::RateLimiter::new(cfg.limits)),
+        dispatch: dispatch.clone(),
         request_timeout: http::DEFAULT_TIMEOUT,
         tls: api_tls.is_some(),
     };

@@ -43,10 +43,21 @@ async fn three_nodes_bootstrap_replicate_and_forward() {
         .wait_leader(Duration::from_secs(10))
         .await
         .expect("leader");
+    // Followers learn the final membership from the log: give them a
+    // moment on a busy machine.
     for id in 1..=3 {
-        let s = tc.status(id).await.expect("status");
-        assert_eq!(s["voters"], json!([1, 2, 3]), "node {id}: {s}");
-        assert_eq!(s["leader"], json!(leader));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = tc.status(id).await.expect("status");
+            if s["voters"] == json!([1, 2, 3]) && s["leader"] == json!(leader) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node {id} never saw voters [1, 2, 3] under leader {leader}: {s}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     // A write sent to a follower is forwarded to the leader.
     let follower = (1..=3).find(|&i| i != leader).expect("a follower");

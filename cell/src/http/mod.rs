@@ -2,6 +2,7 @@
 
 mod admin_api;
 mod catalog_api;
+mod drivers_api;
 mod events_api;
 mod extract;
 pub mod identity_api;
@@ -45,6 +46,8 @@ pub struct AppState {
     /// they wait, so they must not crowd out real requests.
     pub long_polls: Arc<Semaphore>,
     pub limiter: Arc<edge::rate_limit::RateLimiter>,
+    /// Location pings and, on the leader, on-demand dispatch.
+    pub dispatch: Arc<crate::dispatch::Dispatcher>,
     pub request_timeout: Duration,
     pub tls: bool,
 }
@@ -59,6 +62,7 @@ pub fn router(state: AppState) -> Router {
         .merge(identity_api::routes())
         .merge(catalog_api::routes())
         .merge(orders_api::routes())
+        .merge(drivers_api::routes())
         .merge(events_api::routes())
         .merge(openapi::routes())
         .merge(search_api::routes())

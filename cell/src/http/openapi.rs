@@ -206,8 +206,11 @@ pub struct OrderView {
     pub delivery_id: Option<String>,
     pub quote_id: String,
     pub payment_ref: String,
-    /// Shown to the customer; the driver enters it on completion.
-    pub proof_code: String,
+    /// Shown to the customer (null for vendors and drivers); the driver
+    /// enters it on completion.
+    pub proof_code: Option<String>,
+    /// The assigned driver, once there is one (`GET /v1/orders/{id}`).
+    pub driver_id: Option<String>,
     pub history: Vec<StatusChange>,
     pub created_at: String,
     pub updated_at: String,
@@ -217,6 +220,69 @@ pub struct OrderView {
 pub struct OrderPage {
     pub items: Vec<OrderView>,
     pub next_cursor: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct StandingView {
+    pub completed: u32,
+    pub failed: u32,
+    pub declined: u32,
+    pub expired: u32,
+    pub completion_rate: f64,
+    /// 1 (best) to 3.
+    pub tier: u8,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DriverView {
+    pub id: String,
+    pub vehicle: crate::drivers::Vehicle,
+    pub capacity: u32,
+    pub qualifications: Vec<String>,
+    pub license_plate: Option<String>,
+    pub status: crate::drivers::DriverStatus,
+    pub online: bool,
+    pub location: Option<Location>,
+    pub current_delivery: Option<String>,
+    pub standing: StandingView,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OfferView {
+    pub id: String,
+    pub delivery_id: String,
+    pub status: crate::drivers::OfferStatus,
+    pub pickup: Option<Location>,
+    pub dropoff: Option<Location>,
+    pub pay: Money,
+    pub expires_at: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OffersView {
+    pub items: Vec<OfferView>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DeliveryView {
+    pub id: String,
+    pub order_id: String,
+    pub kind: OrderKind,
+    pub status: crate::drivers::DeliveryStatus,
+    pub driver_id: Option<String>,
+    pub pickup: Location,
+    pub dropoff: Location,
+    pub pay: Money,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EarningsView {
+    /// The driver's ledger account.
+    pub account: String,
+    pub balance: Money,
+    pub deliveries_completed: u32,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -315,6 +381,10 @@ impl Modify for BearerAuth {
         super::orders_api::place_order, super::orders_api::list_orders, super::orders_api::get_order,
         super::orders_api::transition, super::orders_api::ledger_check,
         super::events_api::feed, super::search_api::search, super::search_api::reindex,
+        super::drivers_api::put_me, super::drivers_api::get_me, super::drivers_api::set_status,
+        super::drivers_api::availability, super::drivers_api::location, super::drivers_api::my_offers,
+        super::drivers_api::answer_offer, super::drivers_api::get_delivery, super::drivers_api::act,
+        super::drivers_api::earnings,
     )
 )]
 pub struct ApiDoc;

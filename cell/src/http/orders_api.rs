@@ -123,7 +123,7 @@ pub fn order_json(o: &Order) -> Value {
         "dropoff": {"location": {"lat": o.dropoff.lat, "lng": o.dropoff.lng}, "address": o.dropoff_address, "notes": o.notes},
         "mode": o.mode, "window_start": o.window_start.map(rfc3339),
         "eta": rfc3339(o.created_at + o.eta_minutes as i64 * 60_000), "eta_minutes": o.eta_minutes,
-        "delivery_id": Value::Null, "quote_id": o.quote_id, "payment_ref": o.payment_ref,
+        "delivery_id": Value::Null, "driver_id": Value::Null, "quote_id": o.quote_id, "payment_ref": o.payment_ref,
         "proof_code": o.proof_code,
         "history": o.history.iter().map(|(s, at)| json!({"status": s, "at": rfc3339(*at)})).collect::<Vec<_>>(),
         "created_at": rfc3339(o.created_at), "updated_at": rfc3339(o.updated_at),
@@ -739,11 +739,24 @@ pub(super) async fn get_order(
     ensure_fresh(&s, c).await?;
     let read = s.node.store().read()?;
     let o = orders::order(&read, &id)?.ok_or_else(|| ApiError::not_found("no such order"))?;
-    if !may_see(&p, &o) {
+    let delivery = match crate::drivers::delivery_of_order(&read, &o.id)? {
+        Some(d) => crate::drivers::delivery(&read, &d)?,
+        None => None,
+    };
+    let assigned_driver = delivery.as_ref().and_then(|d| d.driver_id.as_deref());
+    let is_assigned_driver = p.role == Role::Driver && assigned_driver == Some(p.sub.as_str());
+    if !(may_see(&p, &o) || is_assigned_driver) {
         // Foreign orders are indistinguishable from missing ones.
         return Err(ApiError::not_found("no such order"));
     }
-    Ok(Json(order_json(&o)))
+    let mut v = order_json(&o);
+    v["delivery_id"] = json!(delivery.as_ref().map(|d| d.id.clone()));
+    v["driver_id"] = json!(assigned_driver);
+    // The proof code is the customer's to show the driver at the door.
+    if p.role != Role::Customer && p.role != Role::Ops {
+        v["proof_code"] = Value::Null;
+    }
+    Ok(Json(v))
 }
 
 #[derive(Debug, Deserialize)]
@@ -786,9 +799,13 @@ pub(super) async fn list_orders(
     ensure_fresh(&s, c).await?;
     let read = s.node.store().read()?;
     let (items, next) = orders::list(&read, scope, q.status, q.cursor.as_deref(), limit)?;
-    Ok(Json(
-        json!({"items": items.iter().map(order_json).collect::<Vec<_>>(), "next_cursor": next}),
-    ))
+    Ok(Json(json!({"items": items.iter().map(|o| {
+            let mut v = order_json(o);
+            if p.role == Role::Vendor {
+                v["proof_code"] = Value::Null;
+            }
+            v
+        }).collect::<Vec<_>>(), "next_cursor": next})))
 }
 
 #[utoipa::path(
@@ -840,7 +857,11 @@ pub(super) async fn transition(
     let (resp, index) = write(&s, cmd).await?;
     match resp {
         OrderResponse::Order(o) => {
-            Ok(([("x-cell-index", index.to_string())], Json(order_json(&o))).into_response())
+            let mut v = order_json(&o);
+            if p.role == Role::Vendor {
+                v["proof_code"] = Value::Null;
+            }
+            Ok(([("x-cell-index", index.to_string())], Json(v)).into_response())
         }
         OrderResponse::NotFound => Err(ApiError::not_found("no such order")),
         OrderResponse::Forbidden => Err(ApiError::forbidden("not yours to do")),

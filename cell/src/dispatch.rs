@@ -1,0 +1,260 @@
+//! The leader's dispatcher and the location buffer.
+//!
+//! Location pings (≈1 Hz per driver) are kept in memory and replicated
+//! coalesced, at most once a second per node, as one `Locations` command —
+//! so a failover loses at most about a second of positions. The dispatcher
+//! runs on whichever node leads: it ranks eligible drivers near each
+//! waiting delivery and proposes offers; whether an offer stands and who
+//! wins an accept is decided in apply (`drivers`), so a dispatcher that
+//! lost leadership mid-step cannot double-assign anything.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use raft::RaftNode;
+
+use crate::{
+    app::{CellApp, Command},
+    catalog::Location,
+    drivers::{self, Delivery, Driver, DriverCommand, DriverStatus, Ping},
+    http::orders_api::haversine_km,
+    kv,
+};
+
+/// Positions older than this do not count as "near".
+const STALE_LOCATION_MS: i64 = 60_000;
+/// Deliveries looked at per round.
+const BATCH: usize = 256;
+/// Drivers considered per cell (the candidate scan is linear).
+const MAX_DRIVERS: usize = 100_000;
+
+/// Dispatch settings from the config store (`dispatch/<name>`), with
+/// defaults.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub offer_seconds: i64,
+    /// Drivers offered a delivery at once (the first to accept wins).
+    pub wave: usize,
+    pub radius_km: f64,
+    pub max_radius_km: f64,
+    /// Rounds without candidates before a delivery is given up.
+    pub give_up_rounds: u32,
+}
+
+fn settings(read: &storage::ReadTxn) -> Settings {
+    let num = |name: &str, default: f64, lo: f64, hi: f64| -> f64 {
+        kv::get(read, &format!("dispatch/{name}"))
+            .ok()
+            .flatten()
+            .and_then(|e| {
+                std::str::from_utf8(&e.value)
+                    .ok()?
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
+            .filter(|v| v.is_finite() && (lo..=hi).contains(v))
+            .unwrap_or(default)
+    };
+    Settings {
+        offer_seconds: num("offer_seconds", 20.0, 1.0, 600.0) as i64,
+        wave: num("wave", 1.0, 1.0, 20.0) as usize,
+        radius_km: num("radius_km", 3.0, 0.1, 100.0),
+        max_radius_km: num("max_radius_km", 24.0, 0.1, 500.0),
+        give_up_rounds: num("give_up_rounds", 40.0, 1.0, 100_000.0) as u32,
+    }
+}
+
+#[derive(Default)]
+pub struct Dispatcher {
+    /// Pings not yet replicated (latest per driver).
+    pending: Mutex<HashMap<String, Ping>>,
+    /// The freshest position seen by this node, per driver.
+    live: Mutex<HashMap<String, (Location, i64)>>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Dispatcher {
+    pub fn ping(&self, p: Ping) {
+        if let Ok(mut live) = self.live.lock() {
+            live.insert(
+                p.driver_id.clone(),
+                (
+                    Location {
+                        lat: p.lat,
+                        lng: p.lng,
+                    },
+                    p.at,
+                ),
+            );
+        }
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.insert(p.driver_id.clone(), p);
+        }
+    }
+
+    /// The freshest known position: this node's last ping if newer than
+    /// the replicated one.
+    fn position(&self, d: &Driver) -> Option<(Location, i64)> {
+        let live = self.live.lock().ok().and_then(|l| l.get(&d.id).copied());
+        match (live, d.location) {
+            (Some((l, at)), _) if at >= d.location_at => Some((l, at)),
+            (_, Some(l)) => Some((l, d.location_at)),
+            (Some(x), None) => Some(x),
+            (None, None) => None,
+        }
+    }
+
+    pub fn start(self: Arc<Self>, node: Arc<RaftNode<CellApp>>, cell: String) {
+        let flusher = (self.clone(), node.clone());
+        tokio::spawn(async move {
+            let (me, node) = flusher;
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let pings: Vec<Ping> = match me.pending.lock() {
+                    Ok(mut p) => p.drain().map(|(_, v)| v).collect(),
+                    Err(_) => continue,
+                };
+                if pings.is_empty() {
+                    continue;
+                }
+                let cmd = Command::Drivers(Box::new(DriverCommand::Locations { pings }));
+                if let Err(e) = node.write(&cmd).await {
+                    tracing::debug!(error = %e, "location flush failed; positions stay local until the next ping");
+                }
+            }
+        });
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if !node.is_leader() {
+                    continue;
+                }
+                if let Err(e) = self.round(&node, &cell).await {
+                    tracing::debug!(error = %e, "dispatch round failed");
+                }
+            }
+        });
+    }
+
+    /// One pass over waiting deliveries and open offers.
+    async fn round(&self, node: &RaftNode<CellApp>, cell: &str) -> anyhow::Result<()> {
+        let now = now_ms();
+        let (settings, deliveries, drivers) = {
+            let read = node.store().read()?;
+            let settings = settings(&read);
+            let deliveries = drivers::dispatchable(&read, BATCH)?;
+            let all = drivers::all_drivers(&read, MAX_DRIVERS)?;
+            (settings, deliveries, all)
+        };
+        let mut busy: std::collections::HashSet<String> = std::collections::HashSet::new();
+        for d in deliveries {
+            if d.dispatch_after > now {
+                continue;
+            }
+            let open = {
+                let read = node.store().read()?;
+                let mut open = Vec::new();
+                for driver_id in &d.offered_to {
+                    for o in drivers::open_offers(&read, driver_id)? {
+                        if o.delivery_id == d.id {
+                            open.push(o);
+                        }
+                    }
+                }
+                open
+            };
+            let mut live_offers = 0;
+            for o in &open {
+                if o.expires_at <= now {
+                    let cmd = DriverCommand::ExpireOffer {
+                        offer_id: o.id.clone(),
+                        now,
+                    };
+                    node.write(&Command::Drivers(Box::new(cmd))).await?;
+                } else {
+                    live_offers += 1;
+                    busy.insert(o.driver_id.clone());
+                }
+            }
+            if live_offers > 0 {
+                continue;
+            }
+            let wanted = settings.wave;
+            let candidates = self.rank(&d, &drivers, &busy, &settings, now);
+            if candidates.is_empty() {
+                let give_up = d.empty_rounds + 1 >= settings.give_up_rounds;
+                let cmd = DriverCommand::NoCandidates {
+                    delivery_id: d.id.clone(),
+                    give_up,
+                    now,
+                };
+                node.write(&Command::Drivers(Box::new(cmd))).await?;
+                continue;
+            }
+            let offers: Vec<(String, String)> = candidates
+                .into_iter()
+                .take(wanted)
+                .map(|driver_id| (format!("{cell}.ofr_{}", ulid::Ulid::new()), driver_id))
+                .collect();
+            for (_, driver_id) in &offers {
+                busy.insert(driver_id.clone());
+            }
+            let cmd = DriverCommand::CreateOffers {
+                delivery_id: d.id.clone(),
+                offers,
+                expires_at: now + settings.offer_seconds * 1000,
+                now,
+            };
+            node.write(&Command::Drivers(Box::new(cmd))).await?;
+        }
+        Ok(())
+    }
+
+    /// Eligible drivers near the pickup, best first: the search radius
+    /// widens with each empty round; within it, by standing tier, then
+    /// distance.
+    fn rank(
+        &self,
+        d: &Delivery,
+        all: &[Driver],
+        busy: &std::collections::HashSet<String>,
+        s: &Settings,
+        now: i64,
+    ) -> Vec<String> {
+        let radius = (s.radius_km * 2f64.powi(d.empty_rounds.min(16) as i32)).min(s.max_radius_km);
+        let mut ranked: Vec<(u8, f64, &str)> = all
+            .iter()
+            .filter(|drv| {
+                drv.status == DriverStatus::Approved
+                    && drv.online
+                    && drv.current_delivery.is_none()
+                    && !d.offered_to.contains(&drv.id)
+                    && !busy.contains(&drv.id)
+            })
+            .filter_map(|drv| {
+                let (at, seen) = self.position(drv)?;
+                if now - seen > STALE_LOCATION_MS {
+                    return None;
+                }
+                let km = haversine_km(&at, &d.pickup);
+                (km <= radius).then_some((drv.standing.tier(), km, drv.id.as_str()))
+            })
+            .collect();
+        ranked.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(b.2)));
+        ranked
+            .into_iter()
+            .map(|(_, _, id)| id.to_string())
+            .collect()
+    }
+}

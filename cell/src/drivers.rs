@@ -1,0 +1,833 @@
+//! Drivers, deliveries and offers, as replicated state.
+//!
+//! A delivery is created in the same transaction as the order change that
+//! makes it dispatchable (accept for on-demand goods, checkout for rides).
+//! The leader's dispatcher (`dispatch`) proposes offers; whether an offer
+//! may be made, and who wins an accept, is decided here, in apply, so every
+//! node agrees and exactly one driver ever gets a delivery.
+
+use serde::{Deserialize, Serialize};
+use storage::{ReadTxn, Table, WriteTxn};
+
+use crate::{
+    catalog::Location,
+    events,
+    ledger::{self, LedgerTx, Posting},
+    orders::{self, Order, OrderKind, OrderStatus},
+};
+
+const DRIVERS: Table<Driver> = Table::new("drivers");
+const DELIVERIES: Table<Delivery> = Table::new("deliveries");
+const OFFERS: Table<Offer> = Table::new("offers");
+/// Deliveries waiting for a driver (key = delivery id).
+const DISPATCHABLE: Table<i64> = Table::new("deliveries_dispatchable");
+/// order id → delivery id.
+const BY_ORDER: Table<String> = Table::new("deliveries_by_order");
+/// `<driver id>/<offer id>` → offer id, for a driver's open offers.
+const OFFERS_BY_DRIVER: Table<String> = Table::new("offers_by_driver");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Vehicle {
+    Bike,
+    Scooter,
+    Car,
+    Van,
+    Truck,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DriverStatus {
+    Pending,
+    Approved,
+    Suspended,
+}
+
+/// Standing tier from delivery outcomes: 1 is best.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Standing {
+    pub completed: u32,
+    pub failed: u32,
+    pub declined: u32,
+    pub expired: u32,
+}
+
+impl Standing {
+    /// Completion rate over all outcomes (offers ignored or declined count
+    /// against it, lightly).
+    pub fn completion_rate(&self) -> f64 {
+        let done = self.completed as f64;
+        let bad = self.failed as f64 + 0.25 * (self.declined + self.expired) as f64;
+        if done + bad == 0.0 {
+            1.0
+        } else {
+            done / (done + bad)
+        }
+    }
+
+    pub fn tier(&self) -> u8 {
+        match self.completion_rate() {
+            r if r >= 0.95 => 1,
+            r if r >= 0.85 => 2,
+            _ => 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Driver {
+    /// The driver's account id.
+    pub id: String,
+    pub vehicle: Vehicle,
+    pub capacity: u32,
+    pub qualifications: Vec<String>,
+    pub license_plate: Option<String>,
+    pub status: DriverStatus,
+    pub online: bool,
+    /// Last replicated position (pings are coalesced, ≤ 1 s old on the
+    /// leader that wrote them).
+    pub location: Option<Location>,
+    pub location_at: i64,
+    pub current_delivery: Option<String>,
+    pub standing: Standing,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    /// Waiting for a driver (offers may be out).
+    Searching,
+    Assigned,
+    Arrived,
+    PickedUp,
+    Delivered,
+    Failed,
+    /// Nobody took it within the dispatch limits.
+    Unassigned,
+    /// The order was cancelled or rejected.
+    Cancelled,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub id: String,
+    pub order_id: String,
+    pub kind: OrderKind,
+    pub status: DeliveryStatus,
+    pub customer_id: String,
+    pub vendor_owner_id: String,
+    pub pickup: Location,
+    pub dropoff: Location,
+    /// What the driver earns: delivery fee + tip, minor units.
+    pub pay: i64,
+    pub currency: String,
+    pub driver_id: Option<String>,
+    /// Drivers offered this delivery so far (never offered twice).
+    pub offered_to: Vec<String>,
+    /// Dispatch rounds without anyone to offer it to.
+    pub empty_rounds: u32,
+    /// Scheduled orders are dispatched shortly before their window.
+    pub dispatch_after: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OfferStatus {
+    Open,
+    Accepted,
+    Declined,
+    Expired,
+    /// Someone else won the delivery.
+    Lost,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Offer {
+    pub id: String,
+    pub delivery_id: String,
+    pub driver_id: String,
+    pub status: OfferStatus,
+    pub pay: i64,
+    pub expires_at: i64,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeliveryAction {
+    Arrive,
+    Pickup,
+    Complete,
+    Fail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Profile {
+    pub vehicle: Vehicle,
+    pub capacity: u32,
+    pub qualifications: Vec<String>,
+    pub license_plate: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Ping {
+    pub driver_id: String,
+    pub lat: f64,
+    pub lng: f64,
+    pub at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum DriverCommand {
+    PutProfile {
+        driver_id: String,
+        profile: Profile,
+        now: i64,
+    },
+    SetStatus {
+        driver_id: String,
+        status: DriverStatus,
+        now: i64,
+    },
+    SetOnline {
+        driver_id: String,
+        online: bool,
+        now: i64,
+    },
+    /// Coalesced location pings (latest per driver).
+    Locations {
+        pings: Vec<Ping>,
+    },
+    /// Proposed by the leader's dispatcher.
+    CreateOffers {
+        delivery_id: String,
+        offers: Vec<(String, String)>,
+        expires_at: i64,
+        now: i64,
+    },
+    /// Dispatch found nobody this round.
+    NoCandidates {
+        delivery_id: String,
+        give_up: bool,
+        now: i64,
+    },
+    ExpireOffer {
+        offer_id: String,
+        now: i64,
+    },
+    AcceptOffer {
+        offer_id: String,
+        driver_id: String,
+        now: i64,
+    },
+    DeclineOffer {
+        offer_id: String,
+        driver_id: String,
+        now: i64,
+    },
+    Act {
+        delivery_id: String,
+        driver_id: String,
+        action: DeliveryAction,
+        proof_code: Option<String>,
+        earnings_tx: String,
+        now: i64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum DriverResponse {
+    Driver(Driver),
+    Delivery(Delivery),
+    Offer(Offer),
+    Offers(Vec<Offer>),
+    Done,
+    NotFound,
+    Forbidden,
+    /// Too late, lost the race, or not allowed in this state.
+    Conflict(String),
+    BadProof,
+}
+
+/// How long before a scheduled window its delivery is dispatched.
+const SCHEDULED_LEAD_MS: i64 = 30 * 60 * 1000;
+
+fn notify(
+    txn: &WriteTxn,
+    who: &[&str],
+    kind: &str,
+    at: i64,
+    data: &serde_json::Value,
+) -> storage::Result<()> {
+    for p in who {
+        events::append(txn, p, kind, at, data)?;
+    }
+    Ok(())
+}
+
+/// Opens a delivery for an order that just became dispatchable.
+pub fn create_delivery(txn: &WriteTxn, order: &Order, now: i64) -> storage::Result<Delivery> {
+    let id = format!("{}.dlv_{}", cell_of(&order.id), id_suffix(&order.id));
+    let d = Delivery {
+        id: id.clone(),
+        order_id: order.id.clone(),
+        kind: order.kind,
+        status: DeliveryStatus::Searching,
+        customer_id: order.customer_id.clone(),
+        vendor_owner_id: order.vendor_owner_id.clone(),
+        pickup: order.pickup,
+        dropoff: order.dropoff,
+        pay: order.delivery_fee + order.tip,
+        currency: order.currency.clone(),
+        driver_id: None,
+        offered_to: Vec::new(),
+        empty_rounds: 0,
+        dispatch_after: order
+            .window_start
+            .map(|w| (w - SCHEDULED_LEAD_MS).max(now))
+            .unwrap_or(now),
+        created_at: now,
+        updated_at: now,
+    };
+    txn.put(DELIVERIES, id.as_bytes(), &d)?;
+    txn.put(DISPATCHABLE, id.as_bytes(), &now)?;
+    txn.put(BY_ORDER, order.id.as_bytes(), &id)?;
+    Ok(d)
+}
+
+/// The order was cancelled or rejected: its delivery stops, open offers
+/// are withdrawn, an assigned driver is freed.
+pub fn cancel_for_order(txn: &WriteTxn, order_id: &str, now: i64) -> storage::Result<()> {
+    let Some(id) = txn.get(BY_ORDER, order_id.as_bytes())? else {
+        return Ok(());
+    };
+    let Some(mut d) = txn.get(DELIVERIES, id.as_bytes())? else {
+        return Ok(());
+    };
+    close_offers(txn, &d, None)?;
+    if let Some(driver_id) = &d.driver_id {
+        free_driver(txn, driver_id, now)?;
+        events::append(
+            txn,
+            driver_id,
+            "delivery.cancelled",
+            now,
+            &serde_json::json!({"delivery_id": d.id}),
+        )?;
+    }
+    d.status = DeliveryStatus::Cancelled;
+    d.updated_at = now;
+    txn.delete(DISPATCHABLE, d.id.as_bytes())?;
+    txn.put(DELIVERIES, d.id.as_bytes(), &d)
+}
+
+fn cell_of(id: &str) -> &str {
+    id.split_once('.').map(|(c, _)| c).unwrap_or("local")
+}
+
+fn id_suffix(id: &str) -> &str {
+    id.split_once('_').map(|(_, s)| s).unwrap_or(id)
+}
+
+fn free_driver(txn: &WriteTxn, driver_id: &str, now: i64) -> storage::Result<()> {
+    if let Some(mut drv) = txn.get(DRIVERS, driver_id.as_bytes())? {
+        drv.current_delivery = None;
+        drv.updated_at = now;
+        txn.put(DRIVERS, driver_id.as_bytes(), &drv)?;
+    }
+    Ok(())
+}
+
+/// Marks every open offer of the delivery lost (or the one accepted).
+fn close_offers(txn: &WriteTxn, d: &Delivery, winner: Option<&str>) -> storage::Result<()> {
+    for driver_id in &d.offered_to {
+        let prefix = format!("{driver_id}/");
+        let rows = txn.range(OFFERS_BY_DRIVER, prefix.as_bytes().to_vec().., 64)?;
+        for (k, offer_id) in rows
+            .into_iter()
+            .take_while(|(k, _)| k.starts_with(prefix.as_bytes()))
+        {
+            let Some(mut o) = txn.get(OFFERS, offer_id.as_bytes())? else {
+                continue;
+            };
+            if o.delivery_id != d.id || o.status != OfferStatus::Open {
+                continue;
+            }
+            o.status = if Some(o.id.as_str()) == winner {
+                OfferStatus::Accepted
+            } else {
+                OfferStatus::Lost
+            };
+            txn.put(OFFERS, o.id.as_bytes(), &o)?;
+            txn.delete(OFFERS_BY_DRIVER, &k)?;
+        }
+    }
+    Ok(())
+}
+
+fn bump(txn: &WriteTxn, driver_id: &str, f: impl FnOnce(&mut Standing)) -> storage::Result<()> {
+    if let Some(mut drv) = txn.get(DRIVERS, driver_id.as_bytes())? {
+        f(&mut drv.standing);
+        txn.put(DRIVERS, driver_id.as_bytes(), &drv)?;
+    }
+    Ok(())
+}
+
+fn earnings(d: &Delivery, driver_id: &str, tx_id: String, order: &Order, at: i64) -> LedgerTx {
+    let mut postings = vec![Posting {
+        account: driver_account(driver_id),
+        amount: order.delivery_fee + order.tip,
+    }];
+    if order.delivery_fee != 0 {
+        postings.push(Posting {
+            account: ledger::DELIVERY_FEES.into(),
+            amount: -order.delivery_fee,
+        });
+    }
+    if order.tip != 0 {
+        postings.push(Posting {
+            account: ledger::TIPS_PAYABLE.into(),
+            amount: -order.tip,
+        });
+    }
+    LedgerTx {
+        id: tx_id,
+        order_id: d.order_id.clone(),
+        kind: "driver_earnings".into(),
+        currency: d.currency.clone(),
+        postings,
+        at,
+    }
+}
+
+pub fn driver_account(driver_id: &str) -> String {
+    format!("driver:{driver_id}")
+}
+
+/// Deterministic: reads only the command and the transaction.
+pub fn apply(txn: &WriteTxn, cmd: DriverCommand) -> storage::Result<DriverResponse> {
+    use DriverResponse as R;
+    match cmd {
+        DriverCommand::PutProfile {
+            driver_id,
+            profile,
+            now,
+        } => {
+            let drv = match txn.get(DRIVERS, driver_id.as_bytes())? {
+                Some(mut d) => {
+                    d.vehicle = profile.vehicle;
+                    d.capacity = profile.capacity;
+                    d.qualifications = profile.qualifications;
+                    d.license_plate = profile.license_plate;
+                    d.updated_at = now;
+                    d
+                }
+                None => Driver {
+                    id: driver_id.clone(),
+                    vehicle: profile.vehicle,
+                    capacity: profile.capacity,
+                    qualifications: profile.qualifications,
+                    license_plate: profile.license_plate,
+                    status: DriverStatus::Pending,
+                    online: false,
+                    location: None,
+                    location_at: 0,
+                    current_delivery: None,
+                    standing: Standing::default(),
+                    updated_at: now,
+                },
+            };
+            txn.put(DRIVERS, driver_id.as_bytes(), &drv)?;
+            Ok(R::Driver(drv))
+        }
+        DriverCommand::SetStatus {
+            driver_id,
+            status,
+            now,
+        } => {
+            let Some(mut drv) = txn.get(DRIVERS, driver_id.as_bytes())? else {
+                return Ok(R::NotFound);
+            };
+            drv.status = status;
+            if status != DriverStatus::Approved {
+                drv.online = false;
+            }
+            drv.updated_at = now;
+            txn.put(DRIVERS, driver_id.as_bytes(), &drv)?;
+            events::append(
+                txn,
+                &driver_id,
+                "driver.status",
+                now,
+                &serde_json::json!({"status": status}),
+            )?;
+            Ok(R::Driver(drv))
+        }
+        DriverCommand::SetOnline {
+            driver_id,
+            online,
+            now,
+        } => {
+            let Some(mut drv) = txn.get(DRIVERS, driver_id.as_bytes())? else {
+                return Ok(R::NotFound);
+            };
+            if online && drv.status != DriverStatus::Approved {
+                return Ok(R::Conflict("only approved drivers go online".into()));
+            }
+            drv.online = online;
+            drv.updated_at = now;
+            txn.put(DRIVERS, driver_id.as_bytes(), &drv)?;
+            Ok(R::Driver(drv))
+        }
+        DriverCommand::Locations { pings } => {
+            for p in pings {
+                if let Some(mut drv) = txn.get(DRIVERS, p.driver_id.as_bytes())? {
+                    if p.at >= drv.location_at {
+                        drv.location = Some(Location {
+                            lat: p.lat,
+                            lng: p.lng,
+                        });
+                        drv.location_at = p.at;
+                        txn.put(DRIVERS, p.driver_id.as_bytes(), &drv)?;
+                    }
+                }
+            }
+            Ok(R::Done)
+        }
+        DriverCommand::CreateOffers {
+            delivery_id,
+            offers,
+            expires_at,
+            now,
+        } => {
+            let Some(mut d) = txn.get(DELIVERIES, delivery_id.as_bytes())? else {
+                return Ok(R::NotFound);
+            };
+            if d.status != DeliveryStatus::Searching {
+                return Ok(R::Conflict(
+                    "the delivery is not looking for a driver".into(),
+                ));
+            }
+            let mut made = Vec::new();
+            for (offer_id, driver_id) in offers {
+                let Some(drv) = txn.get(DRIVERS, driver_id.as_bytes())? else {
+                    continue;
+                };
+                let eligible = drv.status == DriverStatus::Approved
+                    && drv.online
+                    && drv.current_delivery.is_none()
+                    && !d.offered_to.contains(&driver_id);
+                if !eligible {
+                    continue;
+                }
+                let o = Offer {
+                    id: offer_id.clone(),
+                    delivery_id: d.id.clone(),
+                    driver_id: driver_id.clone(),
+                    status: OfferStatus::Open,
+                    pay: d.pay,
+                    expires_at,
+                    created_at: now,
+                };
+                txn.put(OFFERS, offer_id.as_bytes(), &o)?;
+                txn.put(
+                    OFFERS_BY_DRIVER,
+                    format!("{driver_id}/{offer_id}").as_bytes(),
+                    &offer_id,
+                )?;
+                events::append(
+                    txn,
+                    &driver_id,
+                    "offer.created",
+                    now,
+                    &serde_json::json!({"offer_id": offer_id, "delivery_id": d.id, "pay": d.pay, "expires_at": expires_at}),
+                )?;
+                d.offered_to.push(driver_id);
+                made.push(o);
+            }
+            d.empty_rounds = 0;
+            d.updated_at = now;
+            txn.put(DELIVERIES, d.id.as_bytes(), &d)?;
+            Ok(R::Offers(made))
+        }
+        DriverCommand::NoCandidates {
+            delivery_id,
+            give_up,
+            now,
+        } => {
+            let Some(mut d) = txn.get(DELIVERIES, delivery_id.as_bytes())? else {
+                return Ok(R::NotFound);
+            };
+            if d.status != DeliveryStatus::Searching {
+                return Ok(R::Done);
+            }
+            d.empty_rounds += 1;
+            d.updated_at = now;
+            if give_up {
+                d.status = DeliveryStatus::Unassigned;
+                txn.delete(DISPATCHABLE, d.id.as_bytes())?;
+                notify(
+                    txn,
+                    &[&d.customer_id, &d.vendor_owner_id],
+                    "delivery.unassigned",
+                    now,
+                    &serde_json::json!({"delivery_id": d.id, "order_id": d.order_id}),
+                )?;
+            }
+            txn.put(DELIVERIES, d.id.as_bytes(), &d)?;
+            Ok(R::Delivery(d))
+        }
+        DriverCommand::ExpireOffer { offer_id, now } => {
+            let Some(mut o) = txn.get(OFFERS, offer_id.as_bytes())? else {
+                return Ok(R::NotFound);
+            };
+            if o.status != OfferStatus::Open || o.expires_at > now {
+                return Ok(R::Done);
+            }
+            o.status = OfferStatus::Expired;
+            txn.put(OFFERS, offer_id.as_bytes(), &o)?;
+            txn.delete(
+                OFFERS_BY_DRIVER,
+                format!("{}/{}", o.driver_id, o.id).as_bytes(),
+            )?;
+            bump(txn, &o.driver_id, |s| s.expired += 1)?;
+            events::append(
+                txn,
+                &o.driver_id,
+                "offer.expired",
+                now,
+                &serde_json::json!({"offer_id": o.id, "delivery_id": o.delivery_id}),
+            )?;
+            Ok(R::Offer(o))
+        }
+        DriverCommand::DeclineOffer {
+            offer_id,
+            driver_id,
+            now,
+        } => {
+            let Some(mut o) = txn.get(OFFERS, offer_id.as_bytes())? else {
+                return Ok(R::NotFound);
+            };
+            if o.driver_id != driver_id {
+                return Ok(R::NotFound);
+            }
+            if o.status != OfferStatus::Open {
+                return Ok(R::Conflict(
+                    format!("the offer is {:?}", o.status).to_lowercase(),
+                ));
+            }
+            o.status = OfferStatus::Declined;
+            txn.put(OFFERS, offer_id.as_bytes(), &o)?;
+            txn.delete(
+                OFFERS_BY_DRIVER,
+                format!("{}/{}", o.driver_id, o.id).as_bytes(),
+            )?;
+            bump(txn, &driver_id, |s| s.declined += 1)?;
+            let _ = now;
+            Ok(R::Offer(o))
+        }
+        DriverCommand::AcceptOffer {
+            offer_id,
+            driver_id,
+            now,
+        } => {
+            let Some(mut o) = txn.get(OFFERS, offer_id.as_bytes())? else {
+                return Ok(R::NotFound);
+            };
+            if o.driver_id != driver_id {
+                return Ok(R::NotFound);
+            }
+            if o.status != OfferStatus::Open {
+                return Ok(R::Conflict(
+                    format!("the offer is {:?}", o.status).to_lowercase(),
+                ));
+            }
+            if o.expires_at <= now {
+                return Ok(R::Conflict("the offer expired".into()));
+            }
+            let Some(mut d) = txn.get(DELIVERIES, o.delivery_id.as_bytes())? else {
+                return Ok(R::NotFound);
+            };
+            if d.status != DeliveryStatus::Searching || d.driver_id.is_some() {
+                return Ok(R::Conflict("another driver has the delivery".into()));
+            }
+            let Some(mut drv) = txn.get(DRIVERS, driver_id.as_bytes())? else {
+                return Ok(R::NotFound);
+            };
+            if drv.current_delivery.is_some() || drv.status != DriverStatus::Approved {
+                return Ok(R::Conflict("you cannot take a delivery now".into()));
+            }
+            d.status = DeliveryStatus::Assigned;
+            d.driver_id = Some(driver_id.clone());
+            d.updated_at = now;
+            close_offers(txn, &d, Some(&offer_id))?;
+            o.status = OfferStatus::Accepted;
+            txn.put(OFFERS, o.id.as_bytes(), &o)?;
+            txn.delete(DISPATCHABLE, d.id.as_bytes())?;
+            txn.put(DELIVERIES, d.id.as_bytes(), &d)?;
+            drv.current_delivery = Some(d.id.clone());
+            drv.updated_at = now;
+            txn.put(DRIVERS, driver_id.as_bytes(), &drv)?;
+            notify(
+                txn,
+                &[&d.customer_id, &d.vendor_owner_id, &driver_id],
+                "delivery.assigned",
+                now,
+                &serde_json::json!({"delivery_id": d.id, "order_id": d.order_id, "driver_id": driver_id}),
+            )?;
+            Ok(R::Delivery(d))
+        }
+        DriverCommand::Act {
+            delivery_id,
+            driver_id,
+            action,
+            proof_code,
+            earnings_tx,
+            now,
+        } => {
+            let Some(mut d) = txn.get(DELIVERIES, delivery_id.as_bytes())? else {
+                return Ok(R::NotFound);
+            };
+            if d.driver_id.as_deref() != Some(driver_id.as_str()) {
+                return Ok(R::Forbidden);
+            }
+            let Some(order) = orders::order_in(txn, &d.order_id)? else {
+                return Ok(R::NotFound);
+            };
+            use DeliveryStatus as S;
+            let next = match (action, d.status) {
+                (DeliveryAction::Arrive, S::Assigned) => S::Arrived,
+                (DeliveryAction::Pickup, S::Assigned | S::Arrived) => S::PickedUp,
+                (DeliveryAction::Complete, S::PickedUp) => S::Delivered,
+                (DeliveryAction::Fail, S::Assigned | S::Arrived | S::PickedUp) => S::Failed,
+                (_, from) => {
+                    return Ok(R::Conflict(
+                        format!("the delivery is {from:?}").to_lowercase(),
+                    ))
+                }
+            };
+            // Goods can only leave a vendor that has them ready (rides have
+            // no preparation).
+            if next == S::PickedUp
+                && order.kind == OrderKind::Delivery
+                && order.status != OrderStatus::Ready
+            {
+                return Ok(R::Conflict("the order is not ready yet".into()));
+            }
+            if next == S::Delivered && proof_code.as_deref() != Some(order.proof_code.as_str()) {
+                return Ok(R::BadProof);
+            }
+            let (order_status, kind) = match next {
+                S::PickedUp => (Some(OrderStatus::PickedUp), "order.picked_up"),
+                S::Delivered => (Some(OrderStatus::Delivered), "order.delivered"),
+                S::Failed => (Some(OrderStatus::Failed), "order.failed"),
+                _ => (None, "delivery.arrived"),
+            };
+            d.status = next;
+            d.updated_at = now;
+            txn.put(DELIVERIES, d.id.as_bytes(), &d)?;
+            if let Some(st) = order_status {
+                orders::set_status(txn, &order.id, st, kind, now)?;
+            } else {
+                notify(
+                    txn,
+                    &[&d.customer_id, &d.vendor_owner_id],
+                    kind,
+                    now,
+                    &serde_json::json!({"delivery_id": d.id, "order_id": d.order_id}),
+                )?;
+            }
+            match next {
+                S::Delivered => {
+                    ledger::post(txn, &earnings(&d, &driver_id, earnings_tx, &order, now))?;
+                    free_driver(txn, &driver_id, now)?;
+                    bump(txn, &driver_id, |s| s.completed += 1)?;
+                }
+                S::Failed => {
+                    free_driver(txn, &driver_id, now)?;
+                    bump(txn, &driver_id, |s| s.failed += 1)?;
+                }
+                _ => {}
+            }
+            events::append(
+                txn,
+                &driver_id,
+                &format!("delivery.{}", status_name(next)),
+                now,
+                &serde_json::json!({"delivery_id": d.id}),
+            )?;
+            Ok(R::Delivery(d))
+        }
+    }
+}
+
+pub fn status_name(s: DeliveryStatus) -> &'static str {
+    match s {
+        DeliveryStatus::Searching => "searching",
+        DeliveryStatus::Assigned => "assigned",
+        DeliveryStatus::Arrived => "arrived",
+        DeliveryStatus::PickedUp => "picked_up",
+        DeliveryStatus::Delivered => "delivered",
+        DeliveryStatus::Failed => "failed",
+        DeliveryStatus::Unassigned => "unassigned",
+        DeliveryStatus::Cancelled => "cancelled",
+    }
+}
+
+pub fn driver(read: &ReadTxn, id: &str) -> storage::Result<Option<Driver>> {
+    read.get(DRIVERS, id.as_bytes())
+}
+
+pub fn delivery(read: &ReadTxn, id: &str) -> storage::Result<Option<Delivery>> {
+    read.get(DELIVERIES, id.as_bytes())
+}
+
+pub fn delivery_of_order(read: &ReadTxn, order_id: &str) -> storage::Result<Option<String>> {
+    read.get(BY_ORDER, order_id.as_bytes())
+}
+
+pub fn offer(read: &ReadTxn, id: &str) -> storage::Result<Option<Offer>> {
+    read.get(OFFERS, id.as_bytes())
+}
+
+/// A driver's open offers.
+pub fn open_offers(read: &ReadTxn, driver_id: &str) -> storage::Result<Vec<Offer>> {
+    let prefix = format!("{driver_id}/");
+    let rows = read.range(OFFERS_BY_DRIVER, prefix.as_bytes().to_vec().., 100)?;
+    let mut out = Vec::new();
+    for (_, id) in rows
+        .into_iter()
+        .take_while(|(k, _)| k.starts_with(prefix.as_bytes()))
+    {
+        if let Some(o) = read.get(OFFERS, id.as_bytes())? {
+            if o.status == OfferStatus::Open {
+                out.push(o);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Deliveries waiting for a driver, oldest first (bounded).
+pub fn dispatchable(read: &ReadTxn, limit: usize) -> storage::Result<Vec<Delivery>> {
+    let rows = read.range(DISPATCHABLE, Vec::new().., limit)?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (k, _) in rows {
+        if let Some(d) = read.get(DELIVERIES, &k)? {
+            out.push(d);
+        }
+    }
+    Ok(out)
+}
+
+/// Every driver (the dispatcher's candidate set; bounded per cell).
+pub fn all_drivers(read: &ReadTxn, limit: usize) -> storage::Result<Vec<Driver>> {
+    Ok(read
+        .range(DRIVERS, Vec::new().., limit)?
+        .into_iter()
+        .map(|(_, d)| d)
+        .collect())
+}

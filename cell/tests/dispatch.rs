@@ -1,0 +1,540 @@
+//! Drivers and on-demand dispatch through HTTP on a real 3-node cell:
+//! onboarding, availability, location pings, offers, the accept race,
+//! expiry to the next driver, the delivery lifecycle, earnings, events.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::harness::TestCell;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+const PICKUP: (f64, f64) = (40.70, -74.00);
+
+struct World {
+    tc: TestCell,
+    http: reqwest::Client,
+}
+
+impl World {
+    async fn start() -> World {
+        let tc = TestCell::start(3, false, &["--rate-limit-auth", "1000"])
+            .await
+            .unwrap();
+        World {
+            tc,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(15))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    /// Calls node `node` and reads its own writes via the leader-confirmed
+    /// read path (`X-Consistency: linearizable`).
+    async fn call(
+        &self,
+        node: u64,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.tc.url(node)))
+            .bearer_auth(token)
+            .header("x-consistency", "linearizable");
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.unwrap();
+        let s = r.status();
+        (s, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn signup(&self, email: &str, role: &str) -> (String, String) {
+        let (s, v) = self
+            .call(1, Method::POST, "/v1/auth/signup", "", Some(json!({"email": email, "password": "a long password", "name": email, "role": role})))
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        (
+            v["account"]["id"].as_str().unwrap().into(),
+            v["access_token"].as_str().unwrap().into(),
+        )
+    }
+
+    fn ops(&self) -> String {
+        self.tc.cell.token.clone()
+    }
+
+    async fn setting(&self, key: &str, value: &str) {
+        let r = self
+            .http
+            .put(format!("{}/v1/kv/{key}", self.tc.url(1)))
+            .bearer_auth(self.ops())
+            .body(value.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+    }
+
+    /// An approved, online driver pinging from `at`; returns (id, token).
+    async fn driver(&self, email: &str, at: (f64, f64)) -> (String, String) {
+        let (id, t) = self.signup(email, "driver").await;
+        let (s, v) = self
+            .call(
+                2,
+                Method::PUT,
+                "/v1/drivers/me",
+                &t,
+                Some(json!({"vehicle": "car", "capacity": 4, "qualifications": ["food"]})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["status"], "pending");
+        // Not approved yet: cannot go online.
+        let (s, _) = self
+            .call(
+                3,
+                Method::PUT,
+                "/v1/drivers/me/availability",
+                &t,
+                Some(json!({"online": true})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CONFLICT);
+        let (s, v) = self
+            .call(
+                1,
+                Method::POST,
+                &format!("/v1/drivers/{id}/approve"),
+                &self.ops(),
+                None,
+            )
+            .await;
+        assert_eq!(
+            (s, v["status"].clone()),
+            (StatusCode::OK, json!("approved")),
+            "{v}"
+        );
+        let (s, v) = self
+            .call(
+                3,
+                Method::PUT,
+                "/v1/drivers/me/availability",
+                &t,
+                Some(json!({"online": true})),
+            )
+            .await;
+        assert_eq!(
+            (s, v["online"].clone()),
+            (StatusCode::OK, json!(true)),
+            "{v}"
+        );
+        let (s, _) = self
+            .call(
+                2,
+                Method::PUT,
+                "/v1/drivers/me/location",
+                &t,
+                Some(json!({"lat": at.0, "lng": at.1, "heading": 90.0})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::NO_CONTENT);
+        (id, t)
+    }
+
+    /// A vendor with one unlimited product, a customer and an accepted
+    /// order; returns (vendor token, customer token, order).
+    async fn accepted_order(&self, tag: &str) -> (String, String, Value) {
+        let (_, vt) = self.signup(&format!("v-{tag}@x.test"), "vendor").await;
+        let (s, v) = self
+            .call(1, Method::POST, "/v1/vendors", &vt, Some(json!({"name": "Noodles", "kind": "restaurant", "location": {"lat": PICKUP.0, "lng": PICKUP.1}, "address": "1 Main St", "prep_minutes": 5})))
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let vid = v["id"].as_str().unwrap().to_string();
+        let (s, p) = self
+            .call(1, Method::POST, &format!("/v1/vendors/{vid}/products"), &vt, Some(json!({"name": "Soup", "category": "soups", "price": {"amount": 1000, "currency": "USD"}, "stock": null})))
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{p}");
+        let (_, ct) = self.signup(&format!("c-{tag}@x.test"), "customer").await;
+        let (s, q) = self
+            .call(2, Method::POST, "/v1/quotes", &ct, Some(json!({"vendor_id": vid, "dropoff": {"lat": 40.72, "lng": -74.01}, "mode": "on_demand"})))
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{q}");
+        let r = self
+            .http
+            .post(format!("{}/v1/orders", self.tc.url(3)))
+            .bearer_auth(&ct)
+            .header("idempotency-key", format!("order-{tag}"))
+            .json(&json!({"quote_id": q["id"], "items": [{"product_id": p["id"], "quantity": 1}], "dropoff": {"location": {"lat": 40.72, "lng": -74.01}, "address": "2 Side St"}, "tip": {"amount": 300, "currency": "USD"}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let order: Value = r.json().await.unwrap();
+        let oid = order["id"].as_str().unwrap();
+        let (s, v) = self
+            .call(
+                1,
+                Method::POST,
+                &format!("/v1/orders/{oid}/accept"),
+                &vt,
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        (vt, ct, order)
+    }
+
+    async fn offers(&self, token: &str) -> Vec<Value> {
+        let (s, v) = self
+            .call(2, Method::GET, "/v1/drivers/me/offers", token, None)
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        v["items"].as_array().cloned().unwrap_or_default()
+    }
+
+    async fn wait_offer(&self, token: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(o) = self.offers(token).await.into_iter().next() {
+                return o;
+            }
+            assert!(Instant::now() < deadline, "no offer within {within:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn feed(&self, token: &str) -> Vec<String> {
+        let (s, v) = self
+            .call(3, Method::GET, "/v1/events?after=0", token, None)
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        v["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["type"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+/// `needle` appears in `hay` in this order (other events may interleave).
+fn in_order(hay: &[String], needle: &[&str]) -> bool {
+    let mut it = hay.iter();
+    needle.iter().all(|n| it.any(|h| h == n))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn order_to_doorstep_with_an_accept_race() {
+    let _serial = common::SERIAL.lock().await;
+    let w = World::start().await;
+    // Offer each delivery to three drivers at once: they race to accept.
+    w.setting("dispatch/wave", "3").await;
+    let mut drivers = Vec::new();
+    for (i, d) in [0.001, 0.002, 0.003].into_iter().enumerate() {
+        drivers.push(
+            w.driver(&format!("d{i}@x.test"), (PICKUP.0 + d, PICKUP.1))
+                .await,
+        );
+    }
+    // A driver far away is never offered this delivery.
+    let far = w.driver("far@x.test", (41.5, -73.0)).await;
+
+    let (vt, ct, order) = w.accepted_order("race").await;
+    let oid = order["id"].as_str().unwrap().to_string();
+    let mut offers = Vec::new();
+    for (_, t) in &drivers {
+        offers.push(w.wait_offer(t, Duration::from_secs(10)).await);
+    }
+    assert!(w.offers(&far.1).await.is_empty());
+    let delivery_id = offers[0]["delivery_id"].as_str().unwrap().to_string();
+    assert!(offers
+        .iter()
+        .all(|o| o["delivery_id"] == delivery_id.as_str()));
+
+    // Everyone accepts at once, on different nodes: exactly one wins.
+    let races = drivers
+        .iter()
+        .zip(&offers)
+        .enumerate()
+        .map(|(i, ((_, t), o))| {
+            let path = format!("/v1/offers/{}/accept", o["id"].as_str().unwrap());
+            let w = &w;
+            async move { w.call(1 + i as u64 % 3, Method::POST, &path, t, None).await }
+        });
+    let results = futures::future::join_all(races).await;
+    let winners: Vec<usize> = results
+        .iter()
+        .enumerate()
+        .filter(|(_, (s, _))| *s == StatusCode::OK)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(winners.len(), 1, "{results:?}");
+    for (i, (s, v)) in results.iter().enumerate() {
+        if i != winners[0] {
+            assert_eq!(*s, StatusCode::CONFLICT, "{v}");
+        }
+    }
+    let (winner_id, wt) = drivers[winners[0]].clone();
+    let (_, delivery) = &results[winners[0]];
+    assert_eq!(delivery["driver_id"], winner_id.as_str());
+    assert_eq!(delivery["status"], "assigned");
+
+    // The driver sees the order now; the others and the far one do not.
+    let (s, o) = w
+        .call(2, Method::GET, &format!("/v1/orders/{oid}"), &wt, None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{o}");
+    assert_eq!(o["delivery_id"], delivery_id.as_str());
+    assert_eq!(
+        o["proof_code"],
+        Value::Null,
+        "the proof code is the customer's"
+    );
+    let loser = &drivers[(winners[0] + 1) % 3].1;
+    let (s, _) = w
+        .call(2, Method::GET, &format!("/v1/orders/{oid}"), loser, None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = w
+        .call(
+            2,
+            Method::GET,
+            &format!("/v1/deliveries/{delivery_id}"),
+            loser,
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // Not ready yet: no pickup. Then the lifecycle, with the proof code.
+    let act = |a: &'static str, body: Option<Value>| {
+        let (w, wt, delivery_id) = (&w, wt.clone(), delivery_id.clone());
+        async move {
+            w.call(
+                1,
+                Method::POST,
+                &format!("/v1/deliveries/{delivery_id}/{a}"),
+                &wt,
+                body,
+            )
+            .await
+        }
+    };
+    let (s, v) = act("arrive", None).await;
+    assert_eq!(
+        (s, v["status"].clone()),
+        (StatusCode::OK, json!("arrived")),
+        "{v}"
+    );
+    let (s, _) = act("pickup", None).await;
+    assert_eq!(s, StatusCode::CONFLICT, "the order is not ready");
+    let (s, _) = w
+        .call(
+            2,
+            Method::POST,
+            &format!("/v1/orders/{oid}/ready"),
+            &vt,
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, v) = act("pickup", None).await;
+    assert_eq!(
+        (s, v["status"].clone()),
+        (StatusCode::OK, json!("picked_up")),
+        "{v}"
+    );
+    let (s, v) = w
+        .call(
+            3,
+            Method::POST,
+            &format!("/v1/orders/{oid}/cancel"),
+            &ct,
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "no cancelling after pickup: {v}");
+    let (s, v) = act("complete", Some(json!({"proof_code": "nope"}))).await;
+    assert_eq!(
+        (s, v["code"].clone()),
+        (StatusCode::CONFLICT, json!("bad_proof_code"))
+    );
+    let (_, o) = w
+        .call(3, Method::GET, &format!("/v1/orders/{oid}"), &ct, None)
+        .await;
+    let proof = o["proof_code"].as_str().unwrap().to_string();
+    let (s, v) = act("complete", Some(json!({"proof_code": proof}))).await;
+    assert_eq!(
+        (s, v["status"].clone()),
+        (StatusCode::OK, json!("delivered")),
+        "{v}"
+    );
+    let (s, _) = act("complete", Some(json!({"proof_code": proof}))).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+
+    let (_, o) = w
+        .call(2, Method::GET, &format!("/v1/orders/{oid}"), &ct, None)
+        .await;
+    assert_eq!(o["status"], "delivered");
+    // Earnings: the delivery fee plus the tip, in the ledger.
+    let (s, e) = w
+        .call(1, Method::GET, "/v1/drivers/me/earnings", &wt, None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{e}");
+    let pay = o["delivery_fee"]["amount"].as_i64().unwrap() + o["tip"]["amount"].as_i64().unwrap();
+    assert_eq!(e["balance"]["amount"].as_i64().unwrap(), pay);
+    assert_eq!(e["deliveries_completed"], 1);
+    let (s, l) = w
+        .call(1, Method::GET, "/admin/ledger/check", &w.ops(), None)
+        .await;
+    assert_eq!((s, l["ok"].clone()), (StatusCode::OK, json!(true)), "{l}");
+    let (_, me) = w.call(2, Method::GET, "/v1/drivers/me", &wt, None).await;
+    assert_eq!(me["current_delivery"], Value::Null);
+    assert_eq!(me["standing"]["completed"], 1);
+
+    // Everyone saw the story in order.
+    let story = [
+        "order.placed",
+        "order.accepted",
+        "delivery.assigned",
+        "order.ready",
+        "order.picked_up",
+        "order.delivered",
+    ];
+    assert!(
+        in_order(&w.feed(&ct).await, &story),
+        "{:?}",
+        w.feed(&ct).await
+    );
+    assert!(
+        in_order(&w.feed(&vt).await, &story),
+        "{:?}",
+        w.feed(&vt).await
+    );
+    let driver_story = [
+        "offer.created",
+        "delivery.assigned",
+        "delivery.arrived",
+        "delivery.picked_up",
+        "delivery.delivered",
+    ];
+    assert!(
+        in_order(&w.feed(&wt).await, &driver_story),
+        "{:?}",
+        w.feed(&wt).await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_ignored_offer_expires_and_goes_to_the_next_driver() {
+    let _serial = common::SERIAL.lock().await;
+    let w = World::start().await;
+    w.setting("dispatch/offer_seconds", "2").await;
+    let near = w.driver("near@x.test", (PICKUP.0 + 0.001, PICKUP.1)).await;
+    let next = w.driver("next@x.test", (PICKUP.0 + 0.01, PICKUP.1)).await;
+    let (_, _, _order) = w.accepted_order("expiry").await;
+
+    // The nearest driver is asked first and does nothing.
+    let first = w.wait_offer(&near.1, Duration::from_secs(10)).await;
+    assert!(w.offers(&next.1).await.is_empty(), "one driver at a time");
+    let second = w.wait_offer(&next.1, Duration::from_secs(10)).await;
+    assert_eq!(first["delivery_id"], second["delivery_id"]);
+    // Too late for the first driver.
+    let (s, v) = w
+        .call(
+            1,
+            Method::POST,
+            &format!("/v1/offers/{}/accept", first["id"].as_str().unwrap()),
+            &near.1,
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    let (s, v) = w
+        .call(
+            2,
+            Method::POST,
+            &format!("/v1/offers/{}/accept", second["id"].as_str().unwrap()),
+            &next.1,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, v["driver_id"].clone()),
+        (StatusCode::OK, json!(next.0)),
+        "{v}"
+    );
+    assert!(w.feed(&near.1).await.contains(&"offer.expired".to_string()));
+    let (_, me) = w
+        .call(3, Method::GET, "/v1/drivers/me", &near.1, None)
+        .await;
+    assert_eq!(me["standing"]["expired"], 1);
+
+    // Bad input changes nothing.
+    for body in [
+        json!({"lat": 91.0, "lng": 0.0}),
+        json!({"lat": 1.0, "lng": 0.0, "speed": -3.0}),
+        json!({"lat": "x", "lng": 0.0}),
+        json!({"lat": 1.0, "lng": 0.0, "extra": 1}),
+    ] {
+        let (s, v) = w
+            .call(
+                1,
+                Method::PUT,
+                "/v1/drivers/me/location",
+                &next.1,
+                Some(body),
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    }
+    let (s, _) = w
+        .call(
+            1,
+            Method::PUT,
+            "/v1/drivers/me",
+            &next.1,
+            Some(json!({"vehicle": "rocket", "capacity": 1})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = w
+        .call(
+            1,
+            Method::PUT,
+            "/v1/drivers/me",
+            &next.1,
+            Some(json!({"vehicle": "car", "capacity": 0})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = w
+        .call(1, Method::POST, "/v1/offers/nope/accept", &next.1, None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // Only drivers act as drivers; only ops approve.
+    let (_, cust) = w.signup("c2@x.test", "customer").await;
+    let (s, _) = w
+        .call(1, Method::GET, "/v1/drivers/me/offers", &cust, None)
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = w
+        .call(
+            1,
+            Method::POST,
+            &format!("/v1/drivers/{}/approve", near.0),
+            &next.1,
+            None,
+        )
+        .await;
+    assert!(
+        s == StatusCode::FORBIDDEN || s == StatusCode::UNAUTHORIZED,
+        "{s}"
+    );
+}
