@@ -403,6 +403,27 @@ fn earnings(d: &Delivery, driver_id: &str, tx_id: String, order: &Order, at: i64
     }
 }
 
+/// The driver's own offer if it is still open; otherwise what to answer
+/// (someone else's offer looks like no offer at all).
+fn own_open_offer(
+    txn: &WriteTxn,
+    offer_id: &str,
+    driver_id: &str,
+) -> storage::Result<Result<Offer, DriverResponse>> {
+    let Some(o) = txn.get(OFFERS, offer_id.as_bytes())? else {
+        return Ok(Err(DriverResponse::NotFound));
+    };
+    if o.driver_id != driver_id {
+        return Ok(Err(DriverResponse::NotFound));
+    }
+    if o.status != OfferStatus::Open {
+        return Ok(Err(DriverResponse::Conflict(
+            format!("the offer is {:?}", o.status).to_lowercase(),
+        )));
+    }
+    Ok(Ok(o))
+}
+
 pub fn driver_account(driver_id: &str) -> String {
     format!("driver:{driver_id}")
 }
@@ -608,17 +629,10 @@ pub fn apply(txn: &WriteTxn, cmd: DriverCommand) -> storage::Result<DriverRespon
             driver_id,
             now,
         } => {
-            let Some(mut o) = txn.get(OFFERS, offer_id.as_bytes())? else {
-                return Ok(R::NotFound);
+            let mut o = match own_open_offer(txn, &offer_id, &driver_id)? {
+                Ok(o) => o,
+                Err(r) => return Ok(r),
             };
-            if o.driver_id != driver_id {
-                return Ok(R::NotFound);
-            }
-            if o.status != OfferStatus::Open {
-                return Ok(R::Conflict(
-                    format!("the offer is {:?}", o.status).to_lowercase(),
-                ));
-            }
             o.status = OfferStatus::Declined;
             txn.put(OFFERS, offer_id.as_bytes(), &o)?;
             txn.delete(
@@ -626,7 +640,13 @@ pub fn apply(txn: &WriteTxn, cmd: DriverCommand) -> storage::Result<DriverRespon
                 format!("{}/{}", o.driver_id, o.id).as_bytes(),
             )?;
             bump(txn, &driver_id, |s| s.declined += 1)?;
-            let _ = now;
+            events::append(
+                txn,
+                &driver_id,
+                "offer.declined",
+                now,
+                &serde_json::json!({"offer_id": o.id, "delivery_id": o.delivery_id}),
+            )?;
             Ok(R::Offer(o))
         }
         DriverCommand::AcceptOffer {
@@ -634,17 +654,10 @@ pub fn apply(txn: &WriteTxn, cmd: DriverCommand) -> storage::Result<DriverRespon
             driver_id,
             now,
         } => {
-            let Some(mut o) = txn.get(OFFERS, offer_id.as_bytes())? else {
-                return Ok(R::NotFound);
+            let mut o = match own_open_offer(txn, &offer_id, &driver_id)? {
+                Ok(o) => o,
+                Err(r) => return Ok(r),
             };
-            if o.driver_id != driver_id {
-                return Ok(R::NotFound);
-            }
-            if o.status != OfferStatus::Open {
-                return Ok(R::Conflict(
-                    format!("the offer is {:?}", o.status).to_lowercase(),
-                ));
-            }
             if o.expires_at <= now {
                 return Ok(R::Conflict("the offer expired".into()));
             }
