@@ -191,8 +191,12 @@ impl World {
     }
 
     async fn offers(&self, token: &str) -> Vec<Value> {
+        self.offers_on(2, token).await
+    }
+
+    async fn offers_on(&self, node: u64, token: &str) -> Vec<Value> {
         let (s, v) = self
-            .call(2, Method::GET, "/v1/drivers/me/offers", token, None)
+            .call(node, Method::GET, "/v1/drivers/me/offers", token, None)
             .await;
         assert_eq!(s, StatusCode::OK, "{v}");
         v["items"].as_array().cloned().unwrap_or_default()
@@ -537,4 +541,69 @@ async fn an_ignored_offer_expires_and_goes_to_the_next_driver() {
         s == StatusCode::FORBIDDEN || s == StatusCode::UNAUTHORIZED,
         "{s}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dispatch_survives_a_leader_kill() {
+    let _serial = common::SERIAL.lock().await;
+    let mut w = World::start().await;
+    w.setting("dispatch/offer_seconds", "8").await;
+    let a = w.driver("a@x.test", (PICKUP.0 + 0.001, PICKUP.1)).await;
+    let b = w.driver("b@x.test", (PICKUP.0 + 0.02, PICKUP.1)).await;
+    // Positions are replicated once a second by the node that took them.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, ct, order) = w.accepted_order("failover").await;
+
+    // The leader dies as the delivery becomes dispatchable.
+    let leader =
+        w.tc.cell
+            .wait_leader(Duration::from_secs(10))
+            .await
+            .unwrap();
+    w.tc.cell.kill(leader);
+    let alive: Vec<u64> = (1..=3).filter(|&i| i != leader).collect();
+
+    // The new leader's dispatcher takes over: one offer, to the nearest.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let offer = loop {
+        let (s, v) = w
+            .call(alive[0], Method::GET, "/v1/drivers/me/offers", &a.1, None)
+            .await;
+        if s == StatusCode::OK {
+            if let Some(o) = v["items"].as_array().and_then(|i| i.first()) {
+                break o.clone();
+            }
+        }
+        assert!(Instant::now() < deadline, "no offer after the failover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let path = format!("/v1/offers/{}/accept", offer["id"].as_str().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let delivery = loop {
+        let (s, v) = w.call(alive[1], Method::POST, &path, &a.1, None).await;
+        match s {
+            StatusCode::OK => break v,
+            StatusCode::SERVICE_UNAVAILABLE if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            other => panic!("accept: {other} {v}"),
+        }
+    };
+    assert_eq!(delivery["driver_id"], a.0.as_str());
+    let (s, _) = w.call(alive[0], Method::POST, &path, &a.1, None).await;
+    assert_eq!(s, StatusCode::CONFLICT, "accepting twice is refused");
+    assert!(
+        w.offers_on(alive[1], &b.1).await.is_empty(),
+        "nobody else was offered it"
+    );
+
+    // Every surviving node agrees on the one driver.
+    let oid = order["id"].as_str().unwrap();
+    for &n in &alive {
+        let (s, o) = w
+            .call(n, Method::GET, &format!("/v1/orders/{oid}"), &ct, None)
+            .await;
+        assert_eq!(s, StatusCode::OK, "{o}");
+        assert_eq!(o["driver_id"], a.0.as_str(), "node {n}: {o}");
+    }
 }
