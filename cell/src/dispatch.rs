@@ -258,3 +258,47 @@ impl Dispatcher {
             .collect()
     }
 }
+
+/// Supply and demand around `at`, for surge pricing: approved drivers
+/// online and idle within `radius_km`, deliveries waiting there, and whether
+/// the cell has any approved driver at all (a cell without drivers prices
+/// with the configured default supply).
+pub struct AreaLoad {
+    pub available_drivers: usize,
+    pub waiting_deliveries: usize,
+    pub cell_has_drivers: bool,
+}
+
+pub fn area_load(
+    read: &storage::ReadTxn,
+    at: &Location,
+    radius_km: f64,
+) -> storage::Result<AreaLoad> {
+    let now = now_ms();
+    let mut load = AreaLoad {
+        available_drivers: 0,
+        waiting_deliveries: 0,
+        cell_has_drivers: false,
+    };
+    for d in drivers::all_drivers(read, MAX_DRIVERS)? {
+        if d.status != DriverStatus::Approved {
+            continue;
+        }
+        load.cell_has_drivers = true;
+        let near = d
+            .location
+            .is_some_and(|l| haversine_km(&l, at) <= radius_km);
+        if d.online
+            && d.current_delivery.is_none()
+            && near
+            && now - d.location_at <= STALE_LOCATION_MS
+        {
+            load.available_drivers += 1;
+        }
+    }
+    load.waiting_deliveries = drivers::dispatchable(read, BATCH * 4)?
+        .iter()
+        .filter(|d| haversine_km(&d.pickup, at) <= radius_km)
+        .count();
+    Ok(load)
+}

@@ -480,6 +480,20 @@ async fn an_ignored_offer_expires_and_goes_to_the_next_driver() {
         .await;
     assert_eq!(me["standing"]["expired"], 1);
 
+    // Surge: nobody available near a remote vendor prices higher than
+    // here, where an idle driver waits.
+    let (_, rvt) = w.signup("remote@x.test", "vendor").await;
+    let (s, rv) = w
+        .call(1, Method::POST, "/v1/vendors", &rvt, Some(json!({"name": "Remote", "kind": "restaurant", "location": {"lat": 42.5, "lng": -72.0}, "address": "far", "prep_minutes": 5})))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{rv}");
+    let (_, qc) = w.signup("q@x.test", "customer").await;
+    let (s, remote) = w
+        .call(2, Method::POST, "/v1/quotes", &qc, Some(json!({"vendor_id": rv["id"], "dropoff": {"lat": 42.51, "lng": -72.0}, "mode": "on_demand"})))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{remote}");
+    assert!(remote["surge"].as_f64().unwrap() > 1.0, "{remote}");
+
     // Bad input changes nothing.
     for body in [
         json!({"lat": 91.0, "lng": 0.0}),

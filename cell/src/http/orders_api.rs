@@ -42,6 +42,8 @@ pub fn routes() -> Router<AppState> {
 }
 
 const QUOTE_TTL_MS: i64 = 5 * 60 * 1000;
+/// The area whose drivers and waiting deliveries set a quote's surge.
+const SURGE_AREA_KM: f64 = 5.0;
 const MAX_ITEMS: usize = 50;
 const MAX_QUANTITY: u32 = 99;
 const MAX_TIP: i64 = 100_000;
@@ -354,16 +356,25 @@ pub(super) async fn create_quote(
         }
     };
     let pr = pricing(&read)?;
-    let demand = orders::open_orders(&read)? as f64;
+    // Surge rises with open demand against available supply, bounded: in
+    // the area around the pickup once the cell has drivers, cell-wide
+    // against the configured default supply before that.
+    let load = crate::dispatch::area_load(&read, &pickup, SURGE_AREA_KM)?;
+    let (demand, supply) = if load.cell_has_drivers {
+        (
+            load.waiting_deliveries as f64 + 1.0,
+            (load.available_drivers as f64).max(0.5),
+        )
+    } else {
+        (orders::open_orders(&read)? as f64, pr.default_supply)
+    };
     drop(read);
     let km = haversine_km(&pickup, &b.dropoff);
     if km > 200.0 {
         return Err(ApiError::validation("the trip is longer than 200 km"));
     }
     let minutes = km / pr.speed_kmh * 60.0;
-    // Surge rises with open demand against available supply, bounded.
-    let surge =
-        (1.0 + ((demand / pr.default_supply) - 1.0).max(0.0) * 0.5).clamp(1.0, pr.surge_max);
+    let surge = (1.0 + ((demand / supply) - 1.0).max(0.0) * 0.5).clamp(1.0, pr.surge_max);
     let surge_milli = (surge * 1000.0).round() as u32;
     let fee = ((pr.base_fee + pr.per_km * km + pr.per_minute * minutes) * surge_milli as f64
         / 1000.0)
