@@ -15,6 +15,7 @@ use crate::{
     orders::{self, OrderCommand, OrderResponse},
     read_models::ReadModels,
     search_service::Dirty,
+    webhooks::{self, WebhookCommand, WebhookResponse},
 };
 
 /// Everything that goes through the Raft log.
@@ -25,6 +26,7 @@ pub enum Command {
     Catalog(Box<CatalogCommand>),
     Orders(Box<OrderCommand>),
     Drivers(Box<DriverCommand>),
+    Webhooks(Box<WebhookCommand>),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -34,6 +36,7 @@ pub enum Response {
     Catalog(Box<CatalogResponse>),
     Orders(Box<OrderResponse>),
     Drivers(Box<DriverResponse>),
+    Webhooks(Box<WebhookResponse>),
 }
 
 /// What changed, announced in-process after commit.
@@ -139,6 +142,7 @@ impl raft::Application for CellApp {
                 Ok(Response::Orders(Box::new(resp)))
             }
             Command::Drivers(c) => Ok(Response::Drivers(Box::new(drivers::apply(txn, *c)?))),
+            Command::Webhooks(c) => Ok(Response::Webhooks(Box::new(webhooks::apply(txn, *c)?))),
         }
     }
 

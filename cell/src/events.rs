@@ -59,6 +59,11 @@ pub fn after(
         .collect())
 }
 
+/// The last sequence number of `principal`'s feed, inside a write.
+pub fn last_seq_in(txn: &WriteTxn, principal: &str) -> storage::Result<u64> {
+    Ok(txn.get(SEQ, principal.as_bytes())?.unwrap_or(0))
+}
+
 /// The last sequence number of `principal`'s feed.
 pub fn last_seq(read: &ReadTxn, principal: &str) -> storage::Result<u64> {
     Ok(read.get(SEQ, principal.as_bytes())?.unwrap_or(0))

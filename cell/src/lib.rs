@@ -18,3 +18,4 @@ pub mod orders;
 pub mod read_models;
 pub mod search_service;
 pub mod server;
+pub mod webhooks;

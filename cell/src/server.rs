@@ -122,6 +122,7 @@ pub async fn run(cfg: CellConfig) -> anyhow::Result<()> {
 
     let dispatch = Arc::new(crate::dispatch::Dispatcher::default());
     dispatch.clone().start(node.clone(), cfg.cell.clone());
+    crate::webhooks::start(node.clone());
     let state = AppState {
         node: node.clone(),
         app: app.clone(),

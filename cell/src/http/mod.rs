@@ -13,6 +13,7 @@ pub mod openapi;
 pub mod orders_api;
 pub mod problem;
 mod search_api;
+mod webhooks_api;
 
 use edge::token::KeySet;
 use std::{sync::Arc, time::Duration};
@@ -63,6 +64,7 @@ pub fn router(state: AppState) -> Router {
         .merge(catalog_api::routes())
         .merge(orders_api::routes())
         .merge(drivers_api::routes())
+        .merge(webhooks_api::routes())
         .merge(events_api::routes())
         .merge(openapi::routes())
         .merge(search_api::routes())

@@ -286,6 +286,27 @@ pub struct EarningsView {
 }
 
 #[derive(Serialize, ToSchema)]
+pub struct WebhookView {
+    pub id: String,
+    pub vendor_id: String,
+    pub url: String,
+    /// Events acknowledged by the endpoint so far.
+    pub delivered_events: u64,
+    /// Feed sequence delivered up to.
+    pub cursor: u64,
+    /// Failed attempts in a row (0 when healthy).
+    pub failures: u32,
+    pub last_error: Option<String>,
+    pub updated_at: String,
+    pub created_at: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct WebhooksView {
+    pub items: Vec<WebhookView>,
+}
+
+#[derive(Serialize, ToSchema)]
 pub struct LedgerCheckView {
     pub transactions: u64,
     pub postings: u64,
@@ -385,6 +406,7 @@ impl Modify for BearerAuth {
         super::drivers_api::availability, super::drivers_api::location, super::drivers_api::my_offers,
         super::drivers_api::answer_offer, super::drivers_api::get_delivery, super::drivers_api::act,
         super::drivers_api::earnings,
+        super::webhooks_api::register, super::webhooks_api::list, super::webhooks_api::remove,
     )
 )]
 pub struct ApiDoc;

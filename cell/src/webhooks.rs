@@ -1,0 +1,319 @@
+//! Vendor webhooks: a vendor's events POSTed to its URL, signed with
+//! HMAC-SHA256, at least once.
+//!
+//! The outbox is the vendor owner's event feed itself (written in the same
+//! transaction as every change); a webhook only keeps a replicated cursor.
+//! The leader sends what lies past the cursor and advances it through Raft
+//! after a 2xx, so a leader change re-sends at most what was in flight —
+//! never skips. Each webhook has its own task and backoff: a dead endpoint
+//! delays nobody else.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use raft::RaftNode;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use storage::{ReadTxn, Table, WriteTxn};
+
+use crate::{
+    app::{CellApp, Command},
+    events,
+};
+
+const WEBHOOKS: Table<Webhook> = Table::new("webhooks");
+
+/// Events per POST at most (the body is a JSON array).
+const BATCH: usize = 50;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Most webhooks per vendor.
+pub const MAX_PER_VENDOR: usize = 5;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Webhook {
+    pub id: String,
+    pub vendor_id: String,
+    /// Whose feed is the outbox (the vendor's owner account).
+    pub owner_id: String,
+    pub url: String,
+    pub secret: String,
+    /// Last event sequence delivered (acknowledged with a 2xx).
+    pub cursor: u64,
+    pub delivered: u64,
+    pub last_error: Option<String>,
+    pub failures: u32,
+    pub updated_at: i64,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum WebhookCommand {
+    Register {
+        webhook: Webhook,
+    },
+    /// The leader delivered everything up to `cursor`.
+    Delivered {
+        id: String,
+        cursor: u64,
+        count: u64,
+        now: i64,
+    },
+    /// The leader's latest attempt failed (status for the vendor).
+    Failed {
+        id: String,
+        error: String,
+        failures: u32,
+        now: i64,
+    },
+    Delete {
+        id: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum WebhookResponse {
+    Webhook(Webhook),
+    Done,
+    NotFound,
+    TooMany,
+}
+
+fn key(vendor_id: &str, id: &str) -> Vec<u8> {
+    format!("{vendor_id}/{id}").into_bytes()
+}
+
+/// Deterministic: reads only the command and the transaction.
+pub fn apply(txn: &WriteTxn, cmd: WebhookCommand) -> storage::Result<WebhookResponse> {
+    use WebhookResponse as R;
+    match cmd {
+        WebhookCommand::Register { mut webhook } => {
+            let prefix = format!("{}/", webhook.vendor_id);
+            let existing = txn
+                .range(WEBHOOKS, prefix.as_bytes().to_vec().., MAX_PER_VENDOR + 1)?
+                .into_iter()
+                .take_while(|(k, _)| k.starts_with(prefix.as_bytes()))
+                .count();
+            if existing >= MAX_PER_VENDOR {
+                return Ok(R::TooMany);
+            }
+            // Start after what the feed already holds: a new webhook gets
+            // the events from now on.
+            webhook.cursor = events::last_seq_in(txn, &webhook.owner_id)?;
+            txn.put(WEBHOOKS, &key(&webhook.vendor_id, &webhook.id), &webhook)?;
+            Ok(R::Webhook(webhook))
+        }
+        WebhookCommand::Delivered {
+            id,
+            cursor,
+            count,
+            now,
+        } => {
+            let Some((k, mut w)) = find(txn, &id)? else {
+                return Ok(R::NotFound);
+            };
+            // Never move backwards (a deposed leader's late report).
+            if cursor > w.cursor {
+                w.cursor = cursor;
+                w.delivered += count;
+                w.failures = 0;
+                w.last_error = None;
+                w.updated_at = now;
+                txn.put(WEBHOOKS, &k, &w)?;
+            }
+            Ok(R::Done)
+        }
+        WebhookCommand::Failed {
+            id,
+            error,
+            failures,
+            now,
+        } => {
+            let Some((k, mut w)) = find(txn, &id)? else {
+                return Ok(R::NotFound);
+            };
+            w.last_error = Some(error.chars().take(200).collect());
+            w.failures = failures;
+            w.updated_at = now;
+            txn.put(WEBHOOKS, &k, &w)?;
+            Ok(R::Done)
+        }
+        WebhookCommand::Delete { id } => match find(txn, &id)? {
+            Some((k, _)) => {
+                txn.delete(WEBHOOKS, &k)?;
+                Ok(R::Done)
+            }
+            None => Ok(R::NotFound),
+        },
+    }
+}
+
+fn find(txn: &WriteTxn, id: &str) -> storage::Result<Option<(Vec<u8>, Webhook)>> {
+    // Ids are `<vendor id>~<ulid>`-free ulids; webhooks are few, scan them.
+    Ok(txn
+        .range(WEBHOOKS, Vec::new().., 100_000)?
+        .into_iter()
+        .find(|(_, w)| w.id == id))
+}
+
+pub fn for_vendor(read: &ReadTxn, vendor_id: &str) -> storage::Result<Vec<Webhook>> {
+    let prefix = format!("{vendor_id}/");
+    Ok(read
+        .range(WEBHOOKS, prefix.as_bytes().to_vec().., MAX_PER_VENDOR)?
+        .into_iter()
+        .take_while(|(k, _)| k.starts_with(prefix.as_bytes()))
+        .map(|(_, w)| w)
+        .collect())
+}
+
+fn all(read: &ReadTxn) -> storage::Result<Vec<Webhook>> {
+    Ok(read
+        .range(WEBHOOKS, Vec::new().., 100_000)?
+        .into_iter()
+        .map(|(_, w)| w)
+        .collect())
+}
+
+/// `sha256=<hex>` of the body under the webhook's secret.
+pub fn signature(secret: &str, body: &[u8]) -> String {
+    // HMAC accepts keys of any length.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// The leader's sender: one task per webhook while this node leads.
+pub fn start(node: Arc<RaftNode<CellApp>>) {
+    tokio::spawn(async move {
+        let http = match reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "webhook client");
+                return;
+            }
+        };
+        let mut running: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            running.retain(|_, h| !h.is_finished());
+            if !node.is_leader() {
+                for (_, h) in running.drain() {
+                    h.abort();
+                }
+                continue;
+            }
+            let hooks = match node.store().read().and_then(|r| all(&r)) {
+                Ok(h) => h,
+                Err(_) => continue,
+            };
+            for w in hooks {
+                if running.contains_key(&w.id) {
+                    continue;
+                }
+                let task = tokio::spawn(send_loop(node.clone(), http.clone(), w.id.clone()));
+                running.insert(w.id, task);
+            }
+        }
+    });
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Delivers one webhook's backlog until it is empty or leadership is lost.
+async fn send_loop(node: Arc<RaftNode<CellApp>>, http: reqwest::Client, id: String) {
+    let mut failures: u32 = 0;
+    loop {
+        if !node.is_leader() {
+            return;
+        }
+        let (hook, batch) = {
+            let Ok(read) = node.store().read() else {
+                return;
+            };
+            let Ok(Some(w)) = all(&read).map(|v| v.into_iter().find(|w| w.id == id)) else {
+                return;
+            };
+            let Ok(evs) = events::after(&read, &w.owner_id, w.cursor, BATCH) else {
+                return;
+            };
+            (w, evs)
+        };
+        // Only this vendor's events go to its webhook.
+        let last = match batch.last() {
+            Some(e) => e.seq,
+            None => return,
+        };
+        let mine: Vec<serde_json::Value> = batch
+            .iter()
+            .filter_map(|e| {
+                let data: serde_json::Value = serde_json::from_str(&e.data).ok()?;
+                (data["vendor_id"] == hook.vendor_id.as_str()).then(
+                    || serde_json::json!({"seq": e.seq, "type": e.kind, "at": e.at, "data": data}),
+                )
+            })
+            .collect();
+        let count = mine.len() as u64;
+        let outcome = if mine.is_empty() {
+            Ok(())
+        } else {
+            let body = serde_json::to_vec(&mine).unwrap_or_default();
+            let sig = signature(&hook.secret, &body);
+            let sent = http
+                .post(&hook.url)
+                .header("content-type", "application/json")
+                .header("x-marketcell-signature", sig)
+                .header("x-marketcell-webhook", hook.id.as_str())
+                .body(body)
+                .send()
+                .await;
+            match sent {
+                Ok(r) if r.status().is_success() => Ok(()),
+                Ok(r) => Err(format!("HTTP {}", r.status().as_u16())),
+                Err(e) if e.is_timeout() => Err("timed out".to_string()),
+                Err(e) => Err(format!("unreachable: {}", e.without_url())),
+            }
+        };
+        match outcome {
+            Ok(()) => {
+                failures = 0;
+                let cmd = WebhookCommand::Delivered {
+                    id: id.clone(),
+                    cursor: last,
+                    count,
+                    now: now_ms(),
+                };
+                if node.write(&Command::Webhooks(Box::new(cmd))).await.is_err() {
+                    return;
+                }
+            }
+            Err(error) => {
+                failures = failures.saturating_add(1);
+                tracing::debug!(webhook = %id, %error, failures, "webhook delivery failed");
+                let cmd = WebhookCommand::Failed {
+                    id: id.clone(),
+                    error,
+                    failures,
+                    now: now_ms(),
+                };
+                let _ = node.write(&Command::Webhooks(Box::new(cmd))).await;
+                // Exponential backoff with jitter (half to all of the cap).
+                let cap = Duration::from_millis(250u64 << failures.min(8)).min(MAX_BACKOFF);
+                let wait = cap.mul_f64(0.5 + rand::random::<f64>() * 0.5);
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! Vendor webhooks against a local receiver that fails, times out, then
+//! recovers: every event arrives, signatures verify, and a dead endpoint of
+//! another vendor holds nothing up.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::{body::Bytes, http::HeaderMap, http::StatusCode as AxStatus, routing::post, Router};
+use common::harness::TestCell;
+use hmac::{Hmac, Mac};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+const SECRET: &str = "a webhook secret of some length";
+
+#[derive(Default)]
+struct Receiver {
+    attempts: usize,
+    /// Bodies answered with 200.
+    accepted: Vec<Value>,
+    bad_signatures: usize,
+}
+
+fn verify(headers: &HeaderMap, body: &[u8]) -> bool {
+    let Some(sig) = headers
+        .get("x-marketcell-signature")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("sha256="))
+    else {
+        return false;
+    };
+    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(body);
+    hex::decode(sig).is_ok_and(|s| mac.verify_slice(&s).is_ok())
+}
+
+async fn receiver() -> (String, Arc<Mutex<Receiver>>) {
+    let state: Arc<Mutex<Receiver>> = Arc::default();
+    let st = state.clone();
+    let app = Router::new().route(
+        "/hook",
+        post(move |headers: HeaderMap, body: Bytes| {
+            let st = st.clone();
+            async move {
+                let attempt = {
+                    let mut s = st.lock().unwrap();
+                    s.attempts += 1;
+                    if !verify(&headers, &body) {
+                        s.bad_signatures += 1;
+                    }
+                    s.attempts
+                };
+                match attempt {
+                    // First a server error, then longer than the sender waits.
+                    1 => AxStatus::INTERNAL_SERVER_ERROR,
+                    2 => {
+                        tokio::time::sleep(Duration::from_secs(7)).await;
+                        AxStatus::OK
+                    }
+                    _ => {
+                        let v: Value = serde_json::from_slice(&body).unwrap();
+                        st.lock().unwrap().accepted.push(v);
+                        AxStatus::OK
+                    }
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}/hook"), state)
+}
+
+async fn call(
+    http: &reqwest::Client,
+    base: &str,
+    m: Method,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut r = http
+        .request(m, format!("{base}{path}"))
+        .bearer_auth(token)
+        .header("x-consistency", "linearizable");
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let r = r.send().await.unwrap();
+    let s = r.status();
+    (s, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn signup(http: &reqwest::Client, base: &str, email: &str, role: &str) -> String {
+    let (s, v) = call(
+        http,
+        base,
+        Method::POST,
+        "/v1/auth/signup",
+        "",
+        Some(json!({"email": email, "password": "a long password", "name": email, "role": role})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    v["access_token"].as_str().unwrap().to_string()
+}
+
+async fn vendor(http: &reqwest::Client, base: &str, token: &str, name: &str) -> String {
+    let (s, v) = call(http, base, Method::POST, "/v1/vendors", token, Some(json!({"name": name, "kind": "restaurant", "location": {"lat": 40.7, "lng": -74.0}, "address": "1 Main St", "prep_minutes": 5}))).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    v["id"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn webhooks_survive_failures_and_timeouts() {
+    let _serial = common::SERIAL.lock().await;
+    let tc = TestCell::start(3, false, &["--rate-limit-auth", "1000"])
+        .await
+        .unwrap();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .unwrap();
+    let base = tc.url(1);
+    let (url, rx) = receiver().await;
+
+    let vt = signup(&http, &base, "hooked@x.test", "vendor").await;
+    let vid = vendor(&http, &base, &vt, "Hooked").await;
+    let (s, w) = call(
+        &http,
+        &base,
+        Method::POST,
+        &format!("/v1/vendors/{vid}/webhooks"),
+        &vt,
+        Some(json!({"url": url, "secret": SECRET})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{w}");
+    assert!(w.get("secret").is_none(), "the secret is never echoed");
+
+    // Another vendor's endpoint is dead (nothing listens there).
+    let dt = signup(&http, &base, "dead@x.test", "vendor").await;
+    let dvid = vendor(&http, &base, &dt, "Dead").await;
+    let dead = format!("http://{}/hook", cell::local::free_addr().unwrap());
+    let (s, _) = call(
+        &http,
+        &base,
+        Method::POST,
+        &format!("/v1/vendors/{dvid}/webhooks"),
+        &dt,
+        Some(json!({"url": dead, "secret": SECRET})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+
+    // Bad registrations change nothing.
+    for bad in [
+        json!({"url": "ftp://x/y", "secret": SECRET}),
+        json!({"url": "http://x/y", "secret": "short"}),
+        json!({"url": "not a url", "secret": SECRET}),
+        json!({"url": "http://x/y", "secret": SECRET, "extra": 1}),
+    ] {
+        let (s, v) = call(
+            &http,
+            &base,
+            Method::POST,
+            &format!("/v1/vendors/{vid}/webhooks"),
+            &vt,
+            Some(bad),
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    }
+    let (s, _) = call(
+        &http,
+        &base,
+        Method::POST,
+        &format!("/v1/vendors/{vid}/webhooks"),
+        &dt,
+        Some(json!({"url": url, "secret": SECRET})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "not their vendor");
+
+    // Order events for both vendors.
+    let ct = signup(&http, &base, "cust@x.test", "customer").await;
+    let mut expected = 0;
+    for (token, v) in [(&vt, &vid), (&dt, &dvid)] {
+        let (s, p) = call(&http, &base, Method::POST, &format!("/v1/vendors/{v}/products"), token, Some(json!({"name": "Soup", "category": "soups", "price": {"amount": 900, "currency": "USD"}, "stock": null}))).await;
+        assert_eq!(s, StatusCode::CREATED, "{p}");
+        let (s, q) = call(&http, &base, Method::POST, "/v1/quotes", &ct, Some(json!({"vendor_id": v, "dropoff": {"lat": 40.71, "lng": -74.01}, "mode": "on_demand"}))).await;
+        assert_eq!(s, StatusCode::CREATED, "{q}");
+        let r = http
+            .post(format!("{base}/v1/orders"))
+            .bearer_auth(&ct)
+            .header("idempotency-key", format!("k-{v}"))
+            .json(&json!({"quote_id": q["id"], "items": [{"product_id": p["id"], "quantity": 1}], "dropoff": {"location": {"lat": 40.71, "lng": -74.01}, "address": "2 Side St"}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let o: Value = r.json().await.unwrap();
+        let (s, _) = call(
+            &http,
+            &base,
+            Method::POST,
+            &format!("/v1/orders/{}/accept", o["id"].as_str().unwrap()),
+            token,
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        if v == &vid {
+            expected = 2; // order.placed, order.accepted
+        }
+    }
+
+    // Everything arrives, in order, signed, after a 500 and a timeout.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let received = loop {
+        let types: Vec<(u64, String)> = {
+            let r = rx.lock().unwrap();
+            let mut seen: Vec<(u64, String)> = r
+                .accepted
+                .iter()
+                .flat_map(|batch| batch.as_array().cloned().unwrap_or_default())
+                .map(|e| {
+                    (
+                        e["seq"].as_u64().unwrap(),
+                        e["type"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect();
+            seen.sort();
+            seen.dedup();
+            seen
+        };
+        if types.len() >= expected {
+            break types;
+        }
+        assert!(Instant::now() < deadline, "only {types:?} arrived");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let kinds: Vec<&str> = received.iter().map(|(_, k)| k.as_str()).collect();
+    assert_eq!(kinds, ["order.placed", "order.accepted"]);
+    {
+        let r = rx.lock().unwrap();
+        assert!(r.attempts >= 3, "a failure and a timeout came first");
+        assert_eq!(r.bad_signatures, 0);
+        for batch in &r.accepted {
+            for e in batch.as_array().unwrap() {
+                assert_eq!(
+                    e["data"]["vendor_id"],
+                    vid.as_str(),
+                    "only this vendor's events"
+                );
+            }
+        }
+    }
+
+    // Status is visible to the vendor: healthy now; the dead one failing.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (s, v) = call(
+            &http,
+            &base,
+            Method::GET,
+            &format!("/v1/vendors/{vid}/webhooks"),
+            &vt,
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let w = &v["items"][0];
+        if w["delivered_events"].as_u64() >= Some(2) && w["failures"] == 0 {
+            assert_eq!(w["last_error"], Value::Null);
+            break;
+        }
+        assert!(Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, v) = call(
+        &http,
+        &base,
+        Method::GET,
+        &format!("/v1/vendors/{dvid}/webhooks"),
+        &dt,
+        None,
+    )
+    .await;
+    let w = &v["items"][0];
+    assert!(w["failures"].as_u64().unwrap() >= 1, "{v}");
+    assert!(
+        w["last_error"].as_str().unwrap().contains("unreachable"),
+        "{v}"
+    );
+    let (s, _) = call(
+        &http,
+        &base,
+        Method::GET,
+        &format!("/v1/vendors/{dvid}/webhooks"),
+        &vt,
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    // Removing it stops it.
+    let (s, _) = call(
+        &http,
+        &base,
+        Method::DELETE,
+        &format!("/v1/vendors/{dvid}/webhooks/{}", w["id"].as_str().unwrap()),
+        &dt,
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (_, v) = call(
+        &http,
+        &base,
+        Method::GET,
+        &format!("/v1/vendors/{dvid}/webhooks"),
+        &dt,
+        None,
+    )
+    .await;
+    assert_eq!(v["items"], json!([]));
+}
