@@ -23,6 +23,10 @@ fn key(principal: &str, seq: u64) -> Vec<u8> {
     format!("{principal}/{seq:020}").into_bytes()
 }
 
+/// Events kept per principal; older ones are dropped as new ones arrive
+/// (a cursor behind the window gets a clear `410 cursor_expired`).
+pub const RETAINED: u64 = 1000;
+
 /// Append an event to `principal`'s feed; returns its sequence number.
 pub fn append(
     txn: &WriteTxn,
@@ -30,6 +34,17 @@ pub fn append(
     kind: &str,
     at: i64,
     data: &serde_json::Value,
+) -> storage::Result<u64> {
+    append_retaining(txn, principal, kind, at, data, RETAINED)
+}
+
+fn append_retaining(
+    txn: &WriteTxn,
+    principal: &str,
+    kind: &str,
+    at: i64,
+    data: &serde_json::Value,
+    retain: u64,
 ) -> storage::Result<u64> {
     let seq = txn.get(SEQ, principal.as_bytes())?.unwrap_or(0) + 1;
     txn.put(SEQ, principal.as_bytes(), &seq)?;
@@ -40,7 +55,17 @@ pub fn append(
         data: data.to_string(),
     };
     txn.put(EVENTS, &key(principal, seq), &e)?;
+    // One in, one out: the feed holds the last `retain` events.
+    if seq > retain {
+        txn.delete(EVENTS, &key(principal, seq - retain))?;
+    }
     Ok(seq)
+}
+
+/// The oldest sequence number still in `principal`'s feed (1 while nothing
+/// was dropped).
+pub fn oldest_retained(read: &ReadTxn, principal: &str) -> storage::Result<u64> {
+    Ok(last_seq(read, principal)?.saturating_sub(RETAINED) + 1)
 }
 
 /// Up to `limit` events of `principal` after `after`.
@@ -67,4 +92,30 @@ pub fn last_seq_in(txn: &WriteTxn, principal: &str) -> storage::Result<u64> {
 /// The last sequence number of `principal`'s feed.
 pub fn last_seq(read: &ReadTxn, principal: &str) -> storage::Result<u64> {
     Ok(read.get(SEQ, principal.as_bytes())?.unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use storage::{Durability, Store};
+
+    #[test]
+    fn the_feed_keeps_a_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s.redb"), 1 << 20).unwrap();
+        let txn = store.write().unwrap();
+        for i in 0..5 {
+            append_retaining(&txn, "p", "k", i, &serde_json::json!({"i": i}), 3).unwrap();
+        }
+        append_retaining(&txn, "q", "k", 9, &serde_json::json!({}), 3).unwrap();
+        txn.commit(Durability::Immediate).unwrap();
+        let read = store.read().unwrap();
+        let seqs: Vec<u64> = after(&read, "p", 0, 10)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, [3, 4, 5]);
+        assert_eq!(after(&read, "q", 0, 10).unwrap().len(), 1);
+    }
 }

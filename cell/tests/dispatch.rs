@@ -621,3 +621,48 @@ async fn dispatch_survives_a_leader_kill() {
         assert_eq!(o["driver_id"], a.0.as_str(), "node {n}: {o}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_event_cursor_behind_the_retained_window_is_refused() {
+    let _serial = common::SERIAL.lock().await;
+    let w = World::start().await;
+    let (id, t) = w.driver("busy@x.test", PICKUP).await;
+    // Every status change is an event in the driver's feed: overflow it.
+    let writes = (0..1100).map(|i| {
+        let (w, path) = (
+            &w,
+            format!(
+                "/v1/drivers/{id}/{}",
+                if i % 2 == 0 { "suspend" } else { "approve" }
+            ),
+        );
+        async move {
+            w.call(1 + i % 3, Method::POST, &path, &w.ops(), None)
+                .await
+                .0
+        }
+    });
+    let statuses = futures::future::join_all(writes).await;
+    assert!(statuses.iter().all(|s| *s == StatusCode::OK));
+    let (s, v) = w.call(2, Method::GET, "/v1/events?after=1", &t, None).await;
+    assert_eq!(
+        (s, v["code"].clone()),
+        (StatusCode::GONE, json!("cursor_expired")),
+        "{v}"
+    );
+    // From the start of the window, and from the cursor the error names.
+    let (s, v) = w.call(2, Method::GET, "/v1/events?after=0", &t, None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let first = v["events"][0]["seq"].as_u64().unwrap();
+    assert!(first > 1, "{v}");
+    let (s, _) = w
+        .call(
+            3,
+            Method::GET,
+            &format!("/v1/events?after={}", first - 1),
+            &t,
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+}

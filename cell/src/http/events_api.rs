@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use axum::{
     extract::{Query, State},
+    http::StatusCode,
     routing::get,
     Json, Router,
 };
@@ -46,6 +47,7 @@ pub(super) struct FeedQuery {
     ),
     responses(
         (status = 200, description = "events after `after`", body = EventsPage),
+        (status = 410, description = "cursor_expired: `after` fell behind the retained window", body = Problem),
         (status = "4XX", description = "problem+json", body = Problem),
     ),
     security(("bearer" = [])),
@@ -65,6 +67,21 @@ pub(super) async fn feed(
     }
     let after = q.after.unwrap_or(0);
     ensure_fresh(&s, c).await?;
+    // `after=0` reads from the oldest retained event; a later cursor that
+    // fell behind the window would silently skip events.
+    let oldest = events::oldest_retained(&s.node.store().read()?, &p.sub)?;
+    if after > 0 && after + 1 < oldest {
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            "cursor_expired",
+            format!(
+                "events before {oldest} are no longer kept (the feed keeps the last {}); \
+                 resynchronise and continue from after={}",
+                events::RETAINED,
+                oldest - 1
+            ),
+        ));
+    }
     let deadline = Instant::now() + Duration::from_secs(wait);
     let mut applied = s.node.applied_watch();
     loop {
