@@ -14,6 +14,7 @@ use crate::{
     kv::{self, KvCommand, KvResponse},
     orders::{self, OrderCommand, OrderResponse},
     read_models::ReadModels,
+    routes::{self, RouteCommand, RouteResponse},
     search_service::Dirty,
     webhooks::{self, WebhookCommand, WebhookResponse},
 };
@@ -27,6 +28,7 @@ pub enum Command {
     Orders(Box<OrderCommand>),
     Drivers(Box<DriverCommand>),
     Webhooks(Box<WebhookCommand>),
+    Routes(Box<RouteCommand>),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -37,6 +39,7 @@ pub enum Response {
     Orders(Box<OrderResponse>),
     Drivers(Box<DriverResponse>),
     Webhooks(Box<WebhookResponse>),
+    Routes(Box<RouteResponse>),
 }
 
 /// What changed, announced in-process after commit.
@@ -143,6 +146,7 @@ impl raft::Application for CellApp {
             }
             Command::Drivers(c) => Ok(Response::Drivers(Box::new(drivers::apply(txn, *c)?))),
             Command::Webhooks(c) => Ok(Response::Webhooks(Box::new(webhooks::apply(txn, *c)?))),
+            Command::Routes(c) => Ok(Response::Routes(Box::new(routes::apply(txn, *c)?))),
         }
     }
 

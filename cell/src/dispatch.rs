@@ -132,6 +132,18 @@ impl Dispatcher {
                 }
             }
         });
+        let closer = node.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tick.tick().await;
+                if closer.is_leader() {
+                    if let Err(e) = close_window_if_due(&closer).await {
+                        tracing::debug!(error = %e, "closing the route window failed");
+                    }
+                }
+            }
+        });
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(250));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -257,6 +269,43 @@ impl Dispatcher {
             .map(|(_, _, id)| id.to_string())
             .collect()
     }
+}
+
+/// The route marketplace's matching window (`routes/window_seconds` in the
+/// config store, default 30).
+fn window_ms(read: &storage::ReadTxn) -> i64 {
+    kv::get(read, "routes/window_seconds")
+        .ok()
+        .flatten()
+        .and_then(|e| {
+            std::str::from_utf8(&e.value)
+                .ok()?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .filter(|v| v.is_finite() && (1.0..=86_400.0).contains(v))
+        .map(|s| (s * 1000.0) as i64)
+        .unwrap_or(30_000)
+}
+
+/// Proposes the window's close when its time is up; apply matches (and
+/// ignores a second proposal for the same window).
+async fn close_window_if_due(node: &RaftNode<CellApp>) -> anyhow::Result<()> {
+    let now = now_ms();
+    let (due, next) = {
+        let read = node.store().read()?;
+        let m = crate::routes::market_state(&read)?;
+        (m.window_closes_at <= now, now + window_ms(&read))
+    };
+    if due {
+        let cmd = crate::routes::RouteCommand::CloseWindow {
+            now,
+            next_closes_at: next,
+        };
+        node.write(&Command::Routes(Box::new(cmd))).await?;
+    }
+    Ok(())
 }
 
 /// Supply and demand around `at`, for surge pricing: approved drivers

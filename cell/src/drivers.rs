@@ -16,7 +16,7 @@ use crate::{
     orders::{self, Order, OrderKind, OrderStatus},
 };
 
-const DRIVERS: Table<Driver> = Table::new("drivers");
+pub(crate) const DRIVERS: Table<Driver> = Table::new("drivers");
 const DELIVERIES: Table<Delivery> = Table::new("deliveries");
 const OFFERS: Table<Offer> = Table::new("offers");
 /// Deliveries waiting for a driver (key = delivery id).
@@ -296,6 +296,12 @@ pub fn create_delivery(txn: &WriteTxn, order: &Order, now: i64) -> storage::Resu
     txn.put(DISPATCHABLE, id.as_bytes(), &now)?;
     txn.put(BY_ORDER, order.id.as_bytes(), &id)?;
     Ok(d)
+}
+
+/// A scheduled delivery waits for its route instead of on-demand dispatch.
+pub fn hold_for_route(txn: &WriteTxn, delivery_id: &str) -> storage::Result<()> {
+    txn.delete(DISPATCHABLE, delivery_id.as_bytes())?;
+    Ok(())
 }
 
 /// The order was cancelled or rejected: its delivery stops, open offers

@@ -16,6 +16,7 @@ pub mod local;
 pub mod metrics;
 pub mod orders;
 pub mod read_models;
+pub mod routes;
 pub mod search_service;
 pub mod server;
 pub mod webhooks;

@@ -13,6 +13,7 @@ use crate::{
     catalog::{self, Location, Money},
     drivers, events,
     ledger::{self, LedgerTx, Posting},
+    routes,
 };
 
 const QUOTES: Table<Quote> = Table::new("quotes");
@@ -380,7 +381,12 @@ pub fn apply(txn: &WriteTxn, cmd: OrderCommand) -> storage::Result<OrderResponse
                 drivers::cancel_for_order(txn, &order.id, now)?;
             }
             if next == S::Accepted && order.kind == OrderKind::Delivery {
-                drivers::create_delivery(txn, &order, now)?;
+                let d = drivers::create_delivery(txn, &order, now)?;
+                // Scheduled goods go to the route marketplace.
+                if let (Mode::Scheduled, Some(window_start)) = (order.mode, order.window_start) {
+                    drivers::hold_for_route(txn, &d.id)?;
+                    routes::add_scheduled(txn, &d, window_start, now)?;
+                }
             }
             order.status = next;
             order.updated_at = now;

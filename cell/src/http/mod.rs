@@ -12,6 +12,7 @@ mod middleware;
 pub mod openapi;
 pub mod orders_api;
 pub mod problem;
+mod routes_api;
 mod search_api;
 mod webhooks_api;
 
@@ -65,6 +66,7 @@ pub fn router(state: AppState) -> Router {
         .merge(orders_api::routes())
         .merge(drivers_api::routes())
         .merge(webhooks_api::routes())
+        .merge(routes_api::routes())
         .merge(events_api::routes())
         .merge(openapi::routes())
         .merge(search_api::routes())

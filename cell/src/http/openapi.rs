@@ -307,6 +307,46 @@ pub struct WebhooksView {
 }
 
 #[derive(Serialize, ToSchema)]
+pub struct RouteStopView {
+    pub delivery_id: Option<String>,
+    pub location: Location,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RouteRequirementsView {
+    pub vehicle: Option<crate::drivers::Vehicle>,
+    pub min_capacity: u32,
+    pub qualifications: Vec<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RouteView {
+    pub id: String,
+    pub zone: String,
+    pub status: crate::routes::RouteStatus,
+    pub window_start: String,
+    pub window_end: String,
+    pub stops: Vec<RouteStopView>,
+    pub pay: Money,
+    pub requirements: RouteRequirementsView,
+    pub driver_id: Option<String>,
+    /// Claims in the current window.
+    pub claims: u32,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RoutesMarketView {
+    pub version: u64,
+    pub window_closes_at: String,
+    pub routes: Vec<RouteView>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ScheduleView {
+    pub items: Vec<RouteView>,
+}
+
+#[derive(Serialize, ToSchema)]
 pub struct LedgerCheckView {
     pub transactions: u64,
     pub postings: u64,
@@ -407,6 +447,8 @@ impl Modify for BearerAuth {
         super::drivers_api::answer_offer, super::drivers_api::get_delivery, super::drivers_api::act,
         super::drivers_api::earnings,
         super::webhooks_api::register, super::webhooks_api::list, super::webhooks_api::remove,
+        super::routes_api::create, super::routes_api::available, super::routes_api::claim,
+        super::routes_api::withdraw, super::routes_api::schedule,
     )
 )]
 pub struct ApiDoc;

@@ -1,0 +1,429 @@
+//! The route marketplace for scheduled deliveries (DESIGN.md §9).
+//!
+//! Scheduled deliveries are grouped into routes by zone and hour as their
+//! orders are accepted; ops may also create routes by hand. Drivers claim
+//! routes during a matching window; when the window closes, one command —
+//! `CloseWindow`, proposed by the leader — assigns each route to one
+//! claimant, deterministically from the replicated state alone: standing
+//! tier, then fewer hours already scheduled that week, then claim time,
+//! then driver id; never two overlapping routes for one driver. Unmatched
+//! routes roll into the next window.
+
+use serde::{Deserialize, Serialize};
+use storage::{ReadTxn, Table, WriteTxn};
+
+use crate::{
+    catalog::Location,
+    drivers::{self, Driver, DriverStatus, Vehicle},
+    events,
+};
+
+const ROUTES: Table<Route> = Table::new("routes");
+/// Open routes (key = route id).
+const OPEN: Table<i64> = Table::new("routes_open");
+/// `<zone>/<hour>` → the open auto-built route collecting that slot.
+const SLOTS: Table<String> = Table::new("routes_slots");
+/// `<driver>/<route id>` → route id: a driver's assigned routes.
+const SCHEDULE: Table<String> = Table::new("routes_schedule");
+const MARKET: Table<Market> = Table::new("routes_market");
+const MARKET_KEY: &[u8] = b"market";
+
+const HOUR_MS: i64 = 3_600_000;
+const WEEK_MS: i64 = 7 * 24 * HOUR_MS;
+/// The Unix epoch was a Thursday; weeks start on Monday.
+const MONDAY_OFFSET_MS: i64 = 4 * 24 * HOUR_MS;
+/// Zones are squares of this many degrees (≈ 5.5 km of latitude).
+const ZONE_DEGREES: f64 = 0.05;
+/// Open routes matched per window at most (bounds the apply).
+const MAX_OPEN: usize = 5_000;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Requirements {
+    pub vehicle: Option<Vehicle>,
+    pub min_capacity: u32,
+    pub qualifications: Vec<String>,
+}
+
+impl Requirements {
+    pub fn met_by(&self, d: &Driver) -> bool {
+        d.status == DriverStatus::Approved
+            && self.vehicle.is_none_or(|v| v == d.vehicle)
+            && d.capacity >= self.min_capacity
+            && self
+                .qualifications
+                .iter()
+                .all(|q| d.qualifications.contains(q))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stop {
+    pub delivery_id: Option<String>,
+    pub location: Location,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Claim {
+    pub driver_id: String,
+    pub at: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteStatus {
+    Open,
+    Assigned,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Route {
+    pub id: String,
+    pub zone: String,
+    pub window_start: i64,
+    pub window_end: i64,
+    pub stops: Vec<Stop>,
+    /// Minor units.
+    pub pay: i64,
+    pub currency: String,
+    pub requirements: Requirements,
+    pub status: RouteStatus,
+    pub driver_id: Option<String>,
+    pub claims: Vec<Claim>,
+    /// Windows this route went through unmatched.
+    pub windows: u32,
+    pub created_at: i64,
+}
+
+/// The market's clock: its version (bumped by every change apps care
+/// about) and when the current matching window closes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Market {
+    pub version: u64,
+    pub window_closes_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum RouteCommand {
+    Create {
+        route: Box<Route>,
+        now: i64,
+    },
+    Claim {
+        route_id: String,
+        driver_id: String,
+        now: i64,
+    },
+    Withdraw {
+        route_id: String,
+        driver_id: String,
+    },
+    /// Proposed by the leader when the window's time is up; `next_closes_at`
+    /// is the following window's end.
+    CloseWindow {
+        now: i64,
+        next_closes_at: i64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum RouteResponse {
+    Route(Box<Route>),
+    Matched {
+        assigned: Vec<(String, String)>,
+        unmatched: usize,
+    },
+    NotFound,
+    Ineligible,
+    Conflict(String),
+}
+
+pub fn zone_of(l: &Location) -> String {
+    let lat = (l.lat / ZONE_DEGREES).floor() as i64;
+    let lng = (l.lng / ZONE_DEGREES).floor() as i64;
+    format!("z{lat}_{lng}")
+}
+
+fn market(txn: &WriteTxn) -> storage::Result<Market> {
+    Ok(txn.get(MARKET, MARKET_KEY)?.unwrap_or_default())
+}
+
+fn bump(txn: &WriteTxn) -> storage::Result<()> {
+    let mut m = market(txn)?;
+    m.version += 1;
+    txn.put(MARKET, MARKET_KEY, &m)
+}
+
+fn put_open(txn: &WriteTxn, r: &Route) -> storage::Result<()> {
+    txn.put(ROUTES, r.id.as_bytes(), r)?;
+    txn.put(OPEN, r.id.as_bytes(), &r.window_start)
+}
+
+/// Adds a scheduled delivery to the open route of its zone and hour
+/// (creating it). Part of the order accept's apply.
+pub fn add_scheduled(
+    txn: &WriteTxn,
+    delivery: &drivers::Delivery,
+    window_start: i64,
+    now: i64,
+) -> storage::Result<()> {
+    let hour = window_start.div_euclid(HOUR_MS) * HOUR_MS;
+    let zone = zone_of(&delivery.pickup);
+    let slot = format!("{zone}/{hour}");
+    let stop = Stop {
+        delivery_id: Some(delivery.id.clone()),
+        location: delivery.dropoff,
+    };
+    let existing = match txn.get(SLOTS, slot.as_bytes())? {
+        Some(id) => txn
+            .get(ROUTES, id.as_bytes())?
+            .filter(|r| r.status == RouteStatus::Open),
+        None => None,
+    };
+    let route = match existing {
+        Some(mut r) => {
+            r.stops.push(stop);
+            r.pay += delivery.pay;
+            r
+        }
+        None => {
+            let id = delivery.id.replacen(".dlv_", ".rte_", 1);
+            txn.put(SLOTS, slot.as_bytes(), &id)?;
+            Route {
+                id,
+                zone,
+                window_start: hour,
+                window_end: hour + HOUR_MS,
+                stops: vec![stop],
+                pay: delivery.pay,
+                currency: delivery.currency.clone(),
+                requirements: Requirements::default(),
+                status: RouteStatus::Open,
+                driver_id: None,
+                claims: Vec::new(),
+                windows: 0,
+                created_at: now,
+            }
+        }
+    };
+    put_open(txn, &route)?;
+    bump(txn)
+}
+
+/// Hours of `driver`'s assigned routes in the week of `at`.
+fn hours_in_week(txn: &WriteTxn, driver: &str, at: i64) -> storage::Result<f64> {
+    let week = (at - MONDAY_OFFSET_MS).div_euclid(WEEK_MS);
+    let mut ms = 0;
+    for r in schedule_in(txn, driver)? {
+        if (r.window_start - MONDAY_OFFSET_MS).div_euclid(WEEK_MS) == week {
+            ms += r.window_end - r.window_start;
+        }
+    }
+    Ok(ms as f64 / HOUR_MS as f64)
+}
+
+fn schedule_in(txn: &WriteTxn, driver: &str) -> storage::Result<Vec<Route>> {
+    let prefix = format!("{driver}/");
+    let mut out = Vec::new();
+    for (_, id) in txn
+        .range(SCHEDULE, prefix.as_bytes().to_vec().., 10_000)?
+        .into_iter()
+        .take_while(|(k, _)| k.starts_with(prefix.as_bytes()))
+    {
+        if let Some(r) = txn.get(ROUTES, id.as_bytes())? {
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
+fn overlaps(a: &Route, b: &Route) -> bool {
+    a.window_start < b.window_end && b.window_start < a.window_end
+}
+
+/// Deterministic: reads only the command and the transaction.
+pub fn apply(txn: &WriteTxn, cmd: RouteCommand) -> storage::Result<RouteResponse> {
+    use RouteResponse as R;
+    match cmd {
+        RouteCommand::Create { route, now } => {
+            let _ = now;
+            put_open(txn, &route)?;
+            bump(txn)?;
+            Ok(R::Route(route))
+        }
+        RouteCommand::Claim {
+            route_id,
+            driver_id,
+            now,
+        } => {
+            let Some(mut r) = txn.get(ROUTES, route_id.as_bytes())? else {
+                return Ok(R::NotFound);
+            };
+            if r.status != RouteStatus::Open {
+                return Ok(R::Conflict("the route is no longer open".into()));
+            }
+            let Some(d) = txn.get(drivers::DRIVERS, driver_id.as_bytes())? else {
+                return Ok(R::Ineligible);
+            };
+            if !r.requirements.met_by(&d) {
+                return Ok(R::Ineligible);
+            }
+            if !r.claims.iter().any(|c| c.driver_id == driver_id) {
+                r.claims.push(Claim { driver_id, at: now });
+                txn.put(ROUTES, r.id.as_bytes(), &r)?;
+            }
+            Ok(R::Route(Box::new(r)))
+        }
+        RouteCommand::Withdraw {
+            route_id,
+            driver_id,
+        } => {
+            let Some(mut r) = txn.get(ROUTES, route_id.as_bytes())? else {
+                return Ok(R::NotFound);
+            };
+            if r.status != RouteStatus::Open {
+                return Ok(R::Conflict("the route is no longer open".into()));
+            }
+            r.claims.retain(|c| c.driver_id != driver_id);
+            txn.put(ROUTES, r.id.as_bytes(), &r)?;
+            Ok(R::Route(Box::new(r)))
+        }
+        RouteCommand::CloseWindow {
+            now,
+            next_closes_at,
+        } => {
+            let mut m = market(txn)?;
+            if m.window_closes_at > now {
+                // Proposed twice (e.g. across a leader change): one close
+                // per window.
+                return Ok(R::Matched {
+                    assigned: Vec::new(),
+                    unmatched: 0,
+                });
+            }
+            let (assigned, unmatched) = match_window(txn, now)?;
+            m.version += 1;
+            m.window_closes_at = next_closes_at;
+            txn.put(MARKET, MARKET_KEY, &m)?;
+            Ok(R::Matched {
+                assigned,
+                unmatched,
+            })
+        }
+    }
+}
+
+/// One window's matching: routes in (window start, id) order; for each,
+/// the best eligible claimant without an overlapping route.
+fn match_window(txn: &WriteTxn, now: i64) -> storage::Result<(Vec<(String, String)>, usize)> {
+    let mut routes: Vec<Route> = Vec::new();
+    for (k, _) in txn.range(OPEN, Vec::new().., MAX_OPEN)? {
+        if let Some(r) = txn.get(ROUTES, &k)? {
+            routes.push(r);
+        }
+    }
+    routes.sort_by(|a, b| a.window_start.cmp(&b.window_start).then(a.id.cmp(&b.id)));
+    let mut assigned = Vec::new();
+    let mut unmatched = 0;
+    for mut r in routes {
+        if r.claims.is_empty() {
+            continue;
+        }
+        let mut ranked = Vec::with_capacity(r.claims.len());
+        for c in &r.claims {
+            let Some(d) = txn.get(drivers::DRIVERS, c.driver_id.as_bytes())? else {
+                continue;
+            };
+            if !r.requirements.met_by(&d) {
+                continue;
+            }
+            let busy = schedule_in(txn, &d.id)?.iter().any(|s| overlaps(s, &r));
+            if busy {
+                continue;
+            }
+            let hours = hours_in_week(txn, &d.id, r.window_start)?;
+            ranked.push((d.standing.tier(), hours, c.at, d.id.clone()));
+        }
+        ranked.sort_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then(a.1.total_cmp(&b.1))
+                .then(a.2.cmp(&b.2))
+                .then(a.3.cmp(&b.3))
+        });
+        let losers: Vec<String> = r.claims.iter().map(|c| c.driver_id.clone()).collect();
+        match ranked.first() {
+            Some((_, _, _, winner)) => {
+                let winner = winner.clone();
+                r.status = RouteStatus::Assigned;
+                r.driver_id = Some(winner.clone());
+                txn.delete(OPEN, r.id.as_bytes())?;
+                txn.put(SCHEDULE, format!("{winner}/{}", r.id).as_bytes(), &r.id)?;
+                let data = serde_json::json!({"route_id": r.id, "driver_id": winner, "window_start": r.window_start});
+                events::append(txn, &winner, "route.matched", now, &data)?;
+                for l in losers.iter().filter(|l| **l != winner) {
+                    events::append(
+                        txn,
+                        l,
+                        "route.unmatched",
+                        now,
+                        &serde_json::json!({"route_id": r.id}),
+                    )?;
+                }
+                assigned.push((r.id.clone(), winner));
+            }
+            None => {
+                unmatched += 1;
+                r.windows += 1;
+                for l in &losers {
+                    events::append(
+                        txn,
+                        l,
+                        "route.unmatched",
+                        now,
+                        &serde_json::json!({"route_id": r.id}),
+                    )?;
+                }
+            }
+        }
+        r.claims.clear();
+        txn.put(ROUTES, r.id.as_bytes(), &r)?;
+    }
+    Ok((assigned, unmatched))
+}
+
+pub fn market_state(read: &ReadTxn) -> storage::Result<Market> {
+    Ok(read.get(MARKET, MARKET_KEY)?.unwrap_or_default())
+}
+
+pub fn route(read: &ReadTxn, id: &str) -> storage::Result<Option<Route>> {
+    read.get(ROUTES, id.as_bytes())
+}
+
+/// Open routes `driver` may claim.
+pub fn available_for(read: &ReadTxn, driver: &Driver) -> storage::Result<Vec<Route>> {
+    let mut out = Vec::new();
+    for (k, _) in read.range(OPEN, Vec::new().., MAX_OPEN)? {
+        if let Some(r) = read.get(ROUTES, &k)? {
+            if r.requirements.met_by(driver) {
+                out.push(r);
+            }
+        }
+    }
+    out.sort_by(|a, b| a.window_start.cmp(&b.window_start).then(a.id.cmp(&b.id)));
+    Ok(out)
+}
+
+pub fn schedule(read: &ReadTxn, driver: &str) -> storage::Result<Vec<Route>> {
+    let prefix = format!("{driver}/");
+    let mut out = Vec::new();
+    for (_, id) in read
+        .range(SCHEDULE, prefix.as_bytes().to_vec().., 10_000)?
+        .into_iter()
+        .take_while(|(k, _)| k.starts_with(prefix.as_bytes()))
+    {
+        if let Some(r) = read.get(ROUTES, id.as_bytes())? {
+            out.push(r);
+        }
+    }
+    out.sort_by_key(|r| r.window_start);
+    Ok(out)
+}

@@ -1,0 +1,349 @@
+//! The route marketplace through HTTP on a real 3-node cell: scheduled
+//! orders grouped into routes, claims in a window, deterministic matching
+//! by tier, fairness and claim time, no double-booking, long polls.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::harness::TestCell;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+const HOUR: i64 = 3_600_000;
+
+struct W {
+    tc: TestCell,
+    http: reqwest::Client,
+}
+
+impl W {
+    async fn call(
+        &self,
+        node: u64,
+        m: Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut r = self
+            .http
+            .request(m, format!("{}{path}", self.tc.url(node)))
+            .bearer_auth(token)
+            .header("x-consistency", "linearizable");
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let r = r.send().await.unwrap();
+        let s = r.status();
+        (s, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn signup(&self, email: &str, role: &str) -> (String, String) {
+        let (s, v) = self.call(1, Method::POST, "/v1/auth/signup", "", Some(json!({"email": email, "password": "a long password", "name": email, "role": role}))).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        (
+            v["account"]["id"].as_str().unwrap().into(),
+            v["access_token"].as_str().unwrap().into(),
+        )
+    }
+
+    async fn driver(&self, email: &str, vehicle: &str) -> (String, String) {
+        let (id, t) = self.signup(email, "driver").await;
+        let (s, v) = self
+            .call(
+                2,
+                Method::PUT,
+                "/v1/drivers/me",
+                &t,
+                Some(json!({"vehicle": vehicle, "capacity": 4})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let (s, _) = self
+            .call(
+                1,
+                Method::POST,
+                &format!("/v1/drivers/{id}/approve"),
+                &self.tc.cell.token,
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        (id, t)
+    }
+
+    async fn route(&self, start: i64, end: i64, vehicle: Option<&str>) -> String {
+        let (s, v) = self
+            .call(1, Method::POST, "/v1/routes", &self.tc.cell.token, Some(json!({
+                "window_start": start, "window_end": end,
+                "stops": [{"location": {"lat": 40.71, "lng": -74.0}}, {"location": {"lat": 40.73, "lng": -73.99}}],
+                "pay": {"amount": 4500, "currency": "USD"},
+                "requirements": {"vehicle": vehicle, "min_capacity": 1},
+            })))
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        v["id"].as_str().unwrap().to_string()
+    }
+
+    async fn claim(&self, token: &str, route: &str) -> StatusCode {
+        self.call(
+            3,
+            Method::POST,
+            &format!("/v1/routes/{route}/claims"),
+            token,
+            None,
+        )
+        .await
+        .0
+    }
+
+    async fn market(&self, token: &str) -> Value {
+        let (s, v) = self
+            .call(2, Method::GET, "/v1/routes/available", token, None)
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        v
+    }
+
+    /// Waits for the market version to move past `version` (a window
+    /// closed), through the long poll.
+    async fn next_version(&self, token: &str, version: u64) -> Value {
+        let started = Instant::now();
+        loop {
+            let (s, v) = self
+                .call(
+                    1,
+                    Method::GET,
+                    &format!("/v1/routes/available?version={version}&wait=10"),
+                    token,
+                    None,
+                )
+                .await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            if v["version"].as_u64().unwrap() != version {
+                return v;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30));
+        }
+    }
+
+    async fn schedule(&self, node: u64, token: &str) -> Vec<(String, String, String)> {
+        let (s, v) = self
+            .call(node, Method::GET, "/v1/drivers/me/schedule", token, None)
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["id"].as_str().unwrap().to_string(),
+                    r["window_start"].as_str().unwrap().to_string(),
+                    r["window_end"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Waits until a window has closed after the claims made so far.
+async fn close_window(w: &W, token: &str) {
+    let v = w.market(token).await;
+    w.next_version(token, v["version"].as_u64().unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn claims_are_matched_deterministically_fairly_and_without_overlaps() {
+    let _serial = common::SERIAL.lock().await;
+    let tc = TestCell::start(3, false, &["--rate-limit-auth", "1000"])
+        .await
+        .unwrap();
+    let w = W {
+        tc,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+    };
+    let r = w
+        .http
+        .put(format!("{}/v1/kv/routes/window_seconds", w.tc.url(1)))
+        .bearer_auth(&w.tc.cell.token)
+        .body("2")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+
+    let (a_id, a) = w.driver("a@x.test", "car").await;
+    let (b_id, b) = w.driver("b@x.test", "car").await;
+    let (c_id, c) = w.driver("c@x.test", "bike").await;
+    // A pending driver sees nothing.
+    let (_, pending) = w.signup("p@x.test", "driver").await;
+    let (s, _) = w
+        .call(1, Method::GET, "/v1/routes/available", &pending, None)
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    // All routes are tomorrow, so they fall in the same week.
+    let day = (now_ms() / (24 * HOUR) + 1) * 24 * HOUR;
+    let early = w.route(day + 8 * HOUR, day + 9 * HOUR, None).await;
+    // Window 1: A alone takes the early route, so A has more hours this week.
+    assert_eq!(w.claim(&a, &early).await, StatusCode::OK);
+    close_window(&w, &a).await;
+    assert_eq!(w.schedule(1, &a).await.len(), 1);
+
+    let r1 = w.route(day + 10 * HOUR, day + 11 * HOUR, None).await;
+    let r2 = w
+        .route(day + 10 * HOUR + HOUR / 2, day + 11 * HOUR + HOUR / 2, None)
+        .await;
+    let r3 = w.route(day + 12 * HOUR, day + 13 * HOUR, None).await;
+    let van = w.route(day + 14 * HOUR, day + 15 * HOUR, Some("van")).await;
+    // Eligibility: nobody here drives a van.
+    let offered: Vec<String> = w.market(&a).await["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        offered.contains(&r1) && !offered.contains(&van),
+        "{offered:?}"
+    );
+    assert_eq!(w.claim(&a, &van).await, StatusCode::FORBIDDEN);
+
+    // Window 2: A and B both want the overlapping r1 and r2; C wants r3
+    // and also claims then withdraws r1.
+    for (t, r) in [
+        (&b, &r1),
+        (&a, &r1),
+        (&a, &r2),
+        (&b, &r2),
+        (&c, &r3),
+        (&c, &r1),
+    ] {
+        assert_eq!(w.claim(t, r).await, StatusCode::OK);
+    }
+    let (s, _) = w
+        .call(
+            2,
+            Method::DELETE,
+            &format!("/v1/routes/{r1}/claims"),
+            &c,
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    close_window(&w, &a).await;
+
+    // r1 (earlier) goes to B: same tier, fewer hours this week than A.
+    // r2 overlaps B's r1, so A gets it. C gets r3.
+    let ids =
+        |s: Vec<(String, String, String)>| s.into_iter().map(|(id, _, _)| id).collect::<Vec<_>>();
+    let sa = ids(w.schedule(1, &a).await);
+    let sb = ids(w.schedule(2, &b).await);
+    let sc = ids(w.schedule(3, &c).await);
+    assert_eq!(sb, vec![r1.clone()], "B: fewer hours wins r1");
+    assert!(
+        sa.contains(&early) && sa.contains(&r2) && !sa.contains(&r1),
+        "A: {sa:?}"
+    );
+    assert_eq!(sc, vec![r3.clone()]);
+    let _ = (&a_id, &b_id, &c_id);
+
+    // Every node holds the same assignment.
+    for token in [&a, &b, &c] {
+        let first = w.schedule(1, token).await;
+        assert_eq!(w.schedule(2, token).await, first);
+        assert_eq!(w.schedule(3, token).await, first);
+    }
+    // Assigned routes are gone from the market; claiming one is a conflict.
+    let left: Vec<String> = w.market(&b).await["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(!left.contains(&r1) && !left.contains(&r2) && !left.contains(&r3));
+    assert_eq!(w.claim(&b, &r2).await, StatusCode::CONFLICT);
+
+    // Events tell the drivers.
+    let (_, feed) = w.call(1, Method::GET, "/v1/events?after=0", &a, None).await;
+    let kinds: Vec<&str> = feed["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"route.matched") && kinds.contains(&"route.unmatched"),
+        "{kinds:?}"
+    );
+
+    // A scheduled order becomes a route stop when the vendor accepts it.
+    let (_, vt) = w.signup("v@x.test", "vendor").await;
+    let (_, vv) = w.call(1, Method::POST, "/v1/vendors", &vt, Some(json!({"name": "Bakery", "kind": "grocery", "location": {"lat": 40.71, "lng": -74.0}, "address": "1 St", "prep_minutes": 10}))).await;
+    let (_, pp) = w.call(1, Method::POST, &format!("/v1/vendors/{}/products", vv["id"].as_str().unwrap()), &vt, Some(json!({"name": "Bread", "category": "bakery", "price": {"amount": 500, "currency": "USD"}, "stock": null}))).await;
+    let (_, ct) = w.signup("cust@x.test", "customer").await;
+    let window = day + 16 * HOUR + 15 * 60_000;
+    let window_rfc = time::OffsetDateTime::from_unix_timestamp(window / 1000)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let (s, q) = w.call(2, Method::POST, "/v1/quotes", &ct, Some(json!({"vendor_id": vv["id"], "dropoff": {"lat": 40.72, "lng": -74.01}, "mode": "scheduled", "window_start": window_rfc}))).await;
+    assert_eq!(s, StatusCode::CREATED, "{q}");
+    let r = w.http.post(format!("{}/v1/orders", w.tc.url(3))).bearer_auth(&ct).header("idempotency-key", "sched-1")
+        .json(&json!({"quote_id": q["id"], "items": [{"product_id": pp["id"], "quantity": 2}], "dropoff": {"location": {"lat": 40.72, "lng": -74.01}, "address": "2 St"}, "mode": "scheduled", "window_start": window_rfc}))
+        .send().await.unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap()
+    );
+    let o: Value = w
+        .http
+        .get(format!("{}/v1/orders", w.tc.url(1)))
+        .bearer_auth(&ct)
+        .header("x-consistency", "linearizable")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let oid = o["items"][0]["id"].as_str().unwrap().to_string();
+    let (s, _) = w
+        .call(
+            1,
+            Method::POST,
+            &format!("/v1/orders/{oid}/accept"),
+            &vt,
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let market = w.market(&c).await;
+    let auto = market["routes"].as_array().unwrap().iter().find(|r| {
+        r["stops"].as_array().unwrap().iter().any(|s| {
+            s["delivery_id"]
+                .as_str()
+                .is_some_and(|d| d.ends_with(oid.split_once("_").unwrap().1))
+        })
+    });
+    assert!(auto.is_some(), "no route for the scheduled order: {market}");
+    // And it is not dispatched on demand meanwhile.
+    let (_, o) = w
+        .call(2, Method::GET, &format!("/v1/orders/{oid}"), &ct, None)
+        .await;
+    assert_eq!(o["driver_id"], Value::Null);
+}
