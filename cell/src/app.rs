@@ -54,6 +54,9 @@ pub enum Change {
     Product {
         id: String,
     },
+    /// A delivery may need a driver now (opened, or an offer declined or
+    /// expired): the leader's dispatcher runs at once.
+    Dispatchable,
     /// A snapshot replaced the whole state.
     Everything,
 }
@@ -141,10 +144,27 @@ impl raft::Application for CellApp {
                             id: item.product_id.clone(),
                         });
                     }
+                    let opened = match &resp {
+                        OrderResponse::Placed(o) => o.kind == orders::OrderKind::Ride,
+                        _ => o.status == orders::OrderStatus::Accepted,
+                    };
+                    if opened {
+                        ctx.emit(Change::Dispatchable);
+                    }
                 }
                 Ok(Response::Orders(Box::new(resp)))
             }
-            Command::Drivers(c) => Ok(Response::Drivers(Box::new(drivers::apply(txn, *c)?))),
+            Command::Drivers(c) => {
+                let redispatch = matches!(
+                    *c,
+                    DriverCommand::DeclineOffer { .. } | DriverCommand::ExpireOffer { .. }
+                );
+                let resp = drivers::apply(txn, *c)?;
+                if redispatch {
+                    ctx.emit(Change::Dispatchable);
+                }
+                Ok(Response::Drivers(Box::new(resp)))
+            }
             Command::Webhooks(c) => Ok(Response::Webhooks(Box::new(webhooks::apply(txn, *c)?))),
             Command::Routes(c) => Ok(Response::Routes(Box::new(routes::apply(txn, *c)?))),
         }
@@ -164,7 +184,7 @@ impl raft::Application for CellApp {
                     self.read_models.invalidate(&format!("product/{id}"));
                     self.index(Dirty::Product(id.clone()));
                 }
-                Change::Kv { .. } | Change::Everything => {}
+                Change::Kv { .. } | Change::Dispatchable | Change::Everything => {}
             }
             let _ = self.changes.send(e);
         }

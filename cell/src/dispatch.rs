@@ -14,8 +14,10 @@ use std::time::Duration;
 
 use raft::RaftNode;
 
+use tokio::sync::broadcast;
+
 use crate::{
-    app::{CellApp, Command},
+    app::{CellApp, Change, Command},
     catalog::Location,
     drivers::{self, Delivery, Driver, DriverCommand, DriverStatus, Ping},
     http::orders_api::haversine_km,
@@ -112,7 +114,15 @@ impl Dispatcher {
         }
     }
 
-    pub fn start(self: Arc<Self>, node: Arc<RaftNode<CellApp>>, cell: String) {
+    /// Starts the location flusher, the route-window closer and the
+    /// dispatcher, which runs every 250 ms and at once when `changes`
+    /// announces a delivery that may need a driver.
+    pub fn start(
+        self: Arc<Self>,
+        node: Arc<RaftNode<CellApp>>,
+        cell: String,
+        mut changes: tokio::sync::broadcast::Receiver<Change>,
+    ) {
         let flusher = (self.clone(), node.clone());
         tokio::spawn(async move {
             let (me, node) = flusher;
@@ -148,7 +158,14 @@ impl Dispatcher {
             let mut tick = tokio::time::interval(Duration::from_millis(250));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    r = changes.recv() => match r {
+                        Ok(Change::Dispatchable) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Ok(_) => continue,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                }
                 if !node.is_leader() {
                     continue;
                 }

@@ -121,7 +121,9 @@ pub async fn run(cfg: CellConfig) -> anyhow::Result<()> {
     }
 
     let dispatch = Arc::new(crate::dispatch::Dispatcher::default());
-    dispatch.clone().start(node.clone(), cfg.cell.clone());
+    dispatch
+        .clone()
+        .start(node.clone(), cfg.cell.clone(), app.subscribe());
     crate::webhooks::start(node.clone());
     let state = AppState {
         node: node.clone(),
