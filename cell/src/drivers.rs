@@ -130,6 +130,8 @@ pub struct Delivery {
     pub empty_rounds: u32,
     /// Scheduled orders are dispatched shortly before their window.
     pub dispatch_after: i64,
+    /// When the first offer went out (dispatch latency = this − created).
+    pub first_offer_at: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -289,6 +291,7 @@ pub fn create_delivery(txn: &WriteTxn, order: &Order, now: i64) -> storage::Resu
             .window_start
             .map(|w| (w - SCHEDULED_LEAD_MS).max(now))
             .unwrap_or(now),
+        first_offer_at: None,
         created_at: now,
         updated_at: now,
     };
@@ -577,6 +580,9 @@ pub fn apply(txn: &WriteTxn, cmd: DriverCommand) -> storage::Result<DriverRespon
             }
             d.empty_rounds = 0;
             d.updated_at = now;
+            if !made.is_empty() && d.first_offer_at.is_none() {
+                d.first_offer_at = Some(now);
+            }
             txn.put(DELIVERIES, d.id.as_bytes(), &d)?;
             Ok(R::Offers(made))
         }

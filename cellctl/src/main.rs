@@ -1,6 +1,7 @@
 //! cellctl: operate marketcell cells (and routers) from the command line.
 
 mod bench;
+mod bench_dispatch;
 mod bench_market;
 mod bench_router;
 mod bench_search;
@@ -347,6 +348,22 @@ enum BenchCmd {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    /// Location ingest, dispatch latency with many online drivers, and
+    /// deferred route matching inside the apply.
+    Dispatch {
+        #[arg(long, default_value_t = 10_000)]
+        drivers: usize,
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long, default_value_t = 100)]
+        orders: usize,
+        #[arg(long, default_value_t = 1000)]
+        routes: usize,
+        #[arg(long, default_value_t = 5000)]
+        claims: usize,
+    },
     /// Load state into a single node and report its memory.
     Memory {
         #[arg(long, default_value_t = 1024)]
@@ -582,6 +599,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     idle: *idle,
                     no_nginx: *no_nginx,
                     nginx_bin: nginx_bin.clone(),
+                    json: j,
+                })
+                .await
+            }
+            BenchCmd::Dispatch {
+                drivers,
+                clients,
+                seconds,
+                orders,
+                routes,
+                claims,
+            } => {
+                bench_dispatch::run(bench_dispatch::DispatchBenchOptions {
+                    drivers: *drivers,
+                    clients: *clients,
+                    seconds: *seconds,
+                    orders: *orders,
+                    routes: *routes,
+                    claims: *claims,
                     json: j,
                 })
                 .await

@@ -105,6 +105,8 @@ pub fn delivery_json(d: &Delivery) -> Value {
         "driver_id": d.driver_id, "pickup": loc(&d.pickup), "dropoff": loc(&d.dropoff),
         "pay": {"amount": d.pay, "currency": d.currency},
         "created_at": rfc3339(d.created_at), "updated_at": rfc3339(d.updated_at),
+        "first_offer_at": d.first_offer_at.map(rfc3339),
+        "dispatch_ms": d.first_offer_at.map(|at| at - d.created_at),
     })
 }
 

@@ -275,6 +275,10 @@ pub struct DeliveryView {
     pub pay: Money,
     pub created_at: String,
     pub updated_at: String,
+    /// When the first offer went out.
+    pub first_offer_at: Option<String>,
+    /// Milliseconds from the delivery opening to its first offer.
+    pub dispatch_ms: Option<i64>,
 }
 
 #[derive(Serialize, ToSchema)]
