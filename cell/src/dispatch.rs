@@ -288,38 +288,18 @@ impl Dispatcher {
     }
 }
 
-/// The route marketplace's matching window (`routes/window_seconds` in the
-/// config store, default 30).
-fn window_ms(read: &storage::ReadTxn) -> i64 {
-    kv::get(read, "routes/window_seconds")
-        .ok()
-        .flatten()
-        .and_then(|e| {
-            std::str::from_utf8(&e.value)
-                .ok()?
-                .trim()
-                .parse::<f64>()
-                .ok()
-        })
-        .filter(|v| v.is_finite() && (1.0..=86_400.0).contains(v))
-        .map(|s| (s * 1000.0) as i64)
-        .unwrap_or(30_000)
-}
-
-/// Proposes the window's close when its time is up; apply matches (and
-/// ignores a second proposal for the same window).
+/// Proposes the running window's close when its time is up; apply
+/// matches (and ignores a second proposal for the same window). No window
+/// running, no write.
 async fn close_window_if_due(node: &RaftNode<CellApp>) -> anyhow::Result<()> {
     let now = now_ms();
-    let (due, next) = {
+    let due = {
         let read = node.store().read()?;
         let m = crate::routes::market_state(&read)?;
-        (m.window_closes_at <= now, now + window_ms(&read))
+        m.window_closes_at != 0 && m.window_closes_at <= now
     };
     if due {
-        let cmd = crate::routes::RouteCommand::CloseWindow {
-            now,
-            next_closes_at: next,
-        };
+        let cmd = crate::routes::RouteCommand::CloseWindow { now };
         node.write(&Command::Routes(Box::new(cmd))).await?;
     }
     Ok(())

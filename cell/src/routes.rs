@@ -95,7 +95,8 @@ pub struct Route {
 }
 
 /// The market's clock: its version (bumped by every change apps care
-/// about) and when the current matching window closes.
+/// about) and when the current matching window closes (0: no window is
+/// running; the next claim starts one, so an idle market writes nothing).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Market {
     pub version: u64,
@@ -112,16 +113,17 @@ pub enum RouteCommand {
         route_id: String,
         driver_id: String,
         now: i64,
+        /// Length of the window this claim starts if none is running
+        /// (from the config store, decided before the command).
+        window_ms: i64,
     },
     Withdraw {
         route_id: String,
         driver_id: String,
     },
-    /// Proposed by the leader when the window's time is up; `next_closes_at`
-    /// is the following window's end.
+    /// Proposed by the leader when the running window's time is up.
     CloseWindow {
         now: i64,
-        next_closes_at: i64,
     },
 }
 
@@ -254,6 +256,7 @@ pub fn apply(txn: &WriteTxn, cmd: RouteCommand) -> storage::Result<RouteResponse
             route_id,
             driver_id,
             now,
+            window_ms,
         } => {
             let Some(mut r) = txn.get(ROUTES, route_id.as_bytes())? else {
                 return Ok(R::NotFound);
@@ -270,6 +273,12 @@ pub fn apply(txn: &WriteTxn, cmd: RouteCommand) -> storage::Result<RouteResponse
             if !r.claims.iter().any(|c| c.driver_id == driver_id) {
                 r.claims.push(Claim { driver_id, at: now });
                 txn.put(ROUTES, r.id.as_bytes(), &r)?;
+                let mut m = market(txn)?;
+                if m.window_closes_at == 0 {
+                    m.window_closes_at = now + window_ms.max(1);
+                    m.version += 1;
+                    txn.put(MARKET, MARKET_KEY, &m)?;
+                }
             }
             Ok(R::Route(Box::new(r)))
         }
@@ -287,12 +296,9 @@ pub fn apply(txn: &WriteTxn, cmd: RouteCommand) -> storage::Result<RouteResponse
             txn.put(ROUTES, r.id.as_bytes(), &r)?;
             Ok(R::Route(Box::new(r)))
         }
-        RouteCommand::CloseWindow {
-            now,
-            next_closes_at,
-        } => {
+        RouteCommand::CloseWindow { now } => {
             let mut m = market(txn)?;
-            if m.window_closes_at > now {
+            if m.window_closes_at == 0 || m.window_closes_at > now {
                 // Proposed twice (e.g. across a leader change): one close
                 // per window.
                 return Ok(R::Matched {
@@ -302,7 +308,7 @@ pub fn apply(txn: &WriteTxn, cmd: RouteCommand) -> storage::Result<RouteResponse
             }
             let (assigned, unmatched) = match_window(txn, now)?;
             m.version += 1;
-            m.window_closes_at = next_closes_at;
+            m.window_closes_at = 0;
             txn.put(MARKET, MARKET_KEY, &m)?;
             Ok(R::Matched {
                 assigned,

@@ -166,19 +166,14 @@ fn matching(
                 route_id,
                 driver_id,
                 now: c as i64,
+                window_ms: 30_000,
             },
         )?;
     }
     txn.commit(storage::Durability::Deferred)?;
     let txn = store.write()?;
     let started = Instant::now();
-    let r = cell::routes::apply(
-        &txn,
-        RouteCommand::CloseWindow {
-            now: 1,
-            next_closes_at: 2,
-        },
-    )?;
+    let r = cell::routes::apply(&txn, RouteCommand::CloseWindow { now: 1_000_000 })?;
     let took = started.elapsed();
     txn.commit(storage::Durability::Deferred)?;
     match r {

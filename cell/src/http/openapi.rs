@@ -341,7 +341,8 @@ pub struct RouteView {
 #[derive(Serialize, ToSchema)]
 pub struct RoutesMarketView {
     pub version: u64,
-    pub window_closes_at: String,
+    /// Null while no window runs (the next claim starts one).
+    pub window_closes_at: Option<String>,
     pub routes: Vec<RouteView>,
 }
 

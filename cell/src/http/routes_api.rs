@@ -39,6 +39,24 @@ pub fn routes() -> Router<AppState> {
 
 const MAX_STOPS: usize = 200;
 
+/// The matching window (`routes/window_seconds` in the config store,
+/// default 30).
+fn window_ms(read: &storage::ReadTxn) -> i64 {
+    crate::kv::get(read, "routes/window_seconds")
+        .ok()
+        .flatten()
+        .and_then(|e| {
+            std::str::from_utf8(&e.value)
+                .ok()?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .filter(|v| v.is_finite() && (1.0..=86_400.0).contains(v))
+        .map(|s| (s * 1000.0) as i64)
+        .unwrap_or(30_000)
+}
+
 fn route_json(r: &Route) -> Value {
     json!({
         "id": r.id, "zone": r.zone, "status": r.status,
@@ -118,7 +136,7 @@ pub(super) async fn available(
         if q.version != Some(market.version) || left.is_zero() {
             return Ok(Json(json!({
                 "version": market.version,
-                "window_closes_at": rfc3339(market.window_closes_at),
+                "window_closes_at": (market.window_closes_at != 0).then(|| rfc3339(market.window_closes_at)),
                 "routes": routes.iter().map(route_json).collect::<Vec<_>>(),
             })));
         }
@@ -158,15 +176,14 @@ pub(super) async fn claim(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     approved_driver(&s, &p)?;
-    let (r, index) = write(
-        &s,
-        RouteCommand::Claim {
-            route_id: id,
-            driver_id: p.sub.clone(),
-            now: now_ms(),
-        },
-    )
-    .await?;
+    let window_ms = window_ms(&s.node.store().read()?);
+    let cmd = RouteCommand::Claim {
+        route_id: id,
+        driver_id: p.sub.clone(),
+        now: now_ms(),
+        window_ms,
+    };
+    let (r, index) = write(&s, cmd).await?;
     answer(r, index)
 }
 
