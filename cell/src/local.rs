@@ -250,9 +250,12 @@ impl LocalCell {
                 }
             }
             if Instant::now() > deadline {
+                // The log is usually in a temp dir that is gone by the time
+                // anyone looks: quote its end.
+                let log = std::fs::read_to_string(&self.nodes[&id].log_file).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(8).collect();
                 bail!(
-                    "node {id} not healthy after {timeout:?}; see {}",
-                    self.nodes[&id].log_file.display()
+                    "node {id} not healthy after {timeout:?}; last log lines (newest first): {tail:#?}"
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

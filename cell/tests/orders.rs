@@ -147,6 +147,8 @@ async fn ledger_ok(api: &Api, node: usize, ops: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn customer_vendor_flow_with_idempotency_and_refunds() {
+    // Three nodes per test: one test at a time on two cores.
+    let _serial = common::SERIAL.lock().await;
     let tc = TestCell::start(3, false, &["--rate-limit-auth", "1000"])
         .await
         .expect("cell");
@@ -405,6 +407,8 @@ async fn customer_vendor_flow_with_idempotency_and_refunds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_checkouts_never_oversell_and_the_ledger_balances() {
+    // Three nodes per test: one test at a time on two cores.
+    let _serial = common::SERIAL.lock().await;
     let tc = TestCell::start(3, false, &["--rate-limit-auth", "1000"])
         .await
         .expect("cell");
@@ -517,6 +521,8 @@ async fn concurrent_checkouts_never_oversell_and_the_ledger_balances() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkout_retried_across_a_leader_kill_creates_one_order() {
+    // Three nodes per test: one test at a time on two cores.
+    let _serial = common::SERIAL.lock().await;
     let mut tc = TestCell::start(3, false, &["--rate-limit-auth", "1000"])
         .await
         .expect("cell");
@@ -593,6 +599,8 @@ async fn checkout_retried_across_a_leader_kill_creates_one_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn order_events_reach_customer_and_vendor_in_order_and_wake_long_polls() {
+    // Three nodes per test: one test at a time on two cores.
+    let _serial = common::SERIAL.lock().await;
     let tc = TestCell::start(3, false, &["--rate-limit-auth", "1000"])
         .await
         .expect("cell");
