@@ -211,16 +211,15 @@ pub fn add_scheduled(
     bump(txn)
 }
 
-/// Hours of `driver`'s assigned routes in the week of `at`.
-fn hours_in_week(txn: &WriteTxn, driver: &str, at: i64) -> storage::Result<f64> {
+/// Hours of the booked `windows` in the week of `at`.
+fn hours_in_week(windows: &[(i64, i64)], at: i64) -> f64 {
     let week = (at - MONDAY_OFFSET_MS).div_euclid(WEEK_MS);
-    let mut ms = 0;
-    for r in schedule_in(txn, driver)? {
-        if (r.window_start - MONDAY_OFFSET_MS).div_euclid(WEEK_MS) == week {
-            ms += r.window_end - r.window_start;
-        }
-    }
-    Ok(ms as f64 / HOUR_MS as f64)
+    let ms: i64 = windows
+        .iter()
+        .filter(|(s, _)| (s - MONDAY_OFFSET_MS).div_euclid(WEEK_MS) == week)
+        .map(|(s, e)| e - s)
+        .sum();
+    ms as f64 / HOUR_MS as f64
 }
 
 fn schedule_in(txn: &WriteTxn, driver: &str) -> storage::Result<Vec<Route>> {
@@ -236,10 +235,6 @@ fn schedule_in(txn: &WriteTxn, driver: &str) -> storage::Result<Vec<Route>> {
         }
     }
     Ok(out)
-}
-
-fn overlaps(a: &Route, b: &Route) -> bool {
-    a.window_start < b.window_end && b.window_start < a.window_end
 }
 
 /// Deterministic: reads only the command and the transaction.
@@ -330,6 +325,10 @@ fn match_window(txn: &WriteTxn, now: i64) -> storage::Result<(Vec<(String, Strin
     routes.sort_by(|a, b| a.window_start.cmp(&b.window_start).then(a.id.cmp(&b.id)));
     let mut assigned = Vec::new();
     let mut unmatched = 0;
+    // Each claimant's booked windows, read once and kept current as this
+    // window assigns routes.
+    let mut booked: std::collections::HashMap<String, Vec<(i64, i64)>> =
+        std::collections::HashMap::new();
     for mut r in routes {
         if r.claims.is_empty() {
             continue;
@@ -342,11 +341,21 @@ fn match_window(txn: &WriteTxn, now: i64) -> storage::Result<(Vec<(String, Strin
             if !r.requirements.met_by(&d) {
                 continue;
             }
-            let busy = schedule_in(txn, &d.id)?.iter().any(|s| overlaps(s, &r));
-            if busy {
+            if !booked.contains_key(&d.id) {
+                let windows = schedule_in(txn, &d.id)?
+                    .into_iter()
+                    .map(|s| (s.window_start, s.window_end))
+                    .collect();
+                booked.insert(d.id.clone(), windows);
+            }
+            let windows = &booked[&d.id];
+            if windows
+                .iter()
+                .any(|&(s, e)| s < r.window_end && r.window_start < e)
+            {
                 continue;
             }
-            let hours = hours_in_week(txn, &d.id, r.window_start)?;
+            let hours = hours_in_week(windows, r.window_start);
             ranked.push((d.standing.tier(), hours, c.at, d.id.clone()));
         }
         ranked.sort_by(|a, b| {
@@ -359,6 +368,10 @@ fn match_window(txn: &WriteTxn, now: i64) -> storage::Result<(Vec<(String, Strin
         match ranked.first() {
             Some((_, _, _, winner)) => {
                 let winner = winner.clone();
+                booked
+                    .entry(winner.clone())
+                    .or_default()
+                    .push((r.window_start, r.window_end));
                 r.status = RouteStatus::Assigned;
                 r.driver_id = Some(winner.clone());
                 txn.delete(OPEN, r.id.as_bytes())?;
