@@ -138,6 +138,7 @@ pub async fn run(cfg: CellConfig) -> anyhow::Result<()> {
         long_polls: Arc::new(Semaphore::new(MAX_LONG_POLLS)),
         limiter: Arc::new(edge::rate_limit::RateLimiter::new(cfg.limits)),
         dispatch: dispatch.clone(),
+        verified: Arc::default(),
         request_timeout: http::DEFAULT_TIMEOUT,
         tls: api_tls.is_some(),
     };

@@ -90,6 +90,39 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
 }
 
 /// The principal behind a request's bearer token, if it has one.
+/// Access tokens already verified on this node, by SHA-256 of the token:
+/// an app sends the same token with every request (a driver pings once a
+/// second), and an Ed25519 verification costs more than the request.
+/// Entries live until the token expires, and at most a minute, so key
+/// retirement still takes effect promptly.
+#[derive(Default)]
+pub struct VerifiedTokens {
+    map: std::sync::Mutex<std::collections::HashMap<[u8; 32], (Principal, i64)>>,
+}
+
+/// Tokens remembered at most; the map is cleared when full (a miss only
+/// costs one verification).
+const MAX_VERIFIED: usize = 65_536;
+const VERIFIED_FOR_SECS: i64 = 60;
+
+impl VerifiedTokens {
+    fn get(&self, digest: &[u8; 32], now: i64) -> Option<Principal> {
+        let map = self.map.lock().ok()?;
+        map.get(digest)
+            .filter(|(_, until)| now < *until)
+            .map(|(p, _)| p.clone())
+    }
+
+    fn put(&self, digest: [u8; 32], p: Principal, exp: i64, now: i64) {
+        if let Ok(mut map) = self.map.lock() {
+            if map.len() >= MAX_VERIFIED {
+                map.clear();
+            }
+            map.insert(digest, (p, exp.min(now + VERIFIED_FOR_SECS)));
+        }
+    }
+}
+
 pub fn resolve_principal(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
     let token = bearer(parts)?;
     // Compare digests so the comparison time does not depend on where
@@ -107,15 +140,20 @@ pub fn resolve_principal(parts: &Parts, state: &AppState) -> Result<Principal, A
         });
     }
     let now = crate::http::identity_api::now_ms() / 1000;
+    if let Some(p) = state.verified.get(&given, now) {
+        return Ok(p);
+    }
     let claims = state
         .keys
         .verify(token, now, &state.cfg.cell)
         .map_err(|e| ApiError::unauthorized(format!("invalid token: {e}")))?;
-    Ok(Principal {
+    let p = Principal {
         sub: claims.sub,
         role: claims.role,
         bootstrap: false,
-    })
+    };
+    state.verified.put(given, p.clone(), claims.exp, now);
+    Ok(p)
 }
 
 impl FromRequestParts<AppState> for Principal {

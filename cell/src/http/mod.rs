@@ -48,6 +48,8 @@ pub struct AppState {
     /// they wait, so they must not crowd out real requests.
     pub long_polls: Arc<Semaphore>,
     pub limiter: Arc<edge::rate_limit::RateLimiter>,
+    /// Access tokens this node already verified.
+    pub verified: Arc<extract::VerifiedTokens>,
     /// Location pings and, on the leader, on-demand dispatch.
     pub dispatch: Arc<crate::dispatch::Dispatcher>,
     pub request_timeout: Duration,
