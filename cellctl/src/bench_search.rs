@@ -1322,7 +1322,6 @@ async fn run_size(
         let (c, d, batch) = (&c, ours_dir.clone(), opts.batch.max(1));
         tokio::task::block_in_place(|| index_ours(c, &d, batch))?
     };
-    let index = Arc::new(index);
     eprintln!(
         "[{products}] ours: indexed {} docs in {:.1}s ({:.0} docs/s), {} on disk",
         ours_index.docs,
@@ -1330,6 +1329,16 @@ async fn run_size(
         ours_index.docs_per_sec(),
         mb(ours_index.bytes)
     );
+    // Queries are measured in the steady state: the background merges the
+    // bulk load started are finished (they would otherwise take CPU from
+    // the queries and leave more segments to search).
+    let t = Instant::now();
+    let segments = tokio::task::block_in_place(|| index.wait_merges())?;
+    eprintln!(
+        "[{products}] ours: merges done in {:.1}s more, {segments} segments",
+        t.elapsed().as_secs_f64()
+    );
+    let index = Arc::new(index);
     let setup = match pg_url {
         Some(url) => {
             let client = pg_connect(url).await?;

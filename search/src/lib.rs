@@ -5,12 +5,17 @@
 //! records the applied log index in the commit payload, so a restarted node
 //! knows where to resume ([`SearchIndex::indexed_index`]).
 
+mod cache;
 mod error;
+mod exec;
+mod gate;
 mod index;
 mod query;
 mod schema;
+mod snippet;
 
 pub use error::SearchError;
+pub use exec::TRACK_TOTAL_HITS;
 pub use index::SearchIndex;
 pub use query::{
     haversine_km, Hit, Kind, SearchQuery, SearchResults, Sort, MAX_LIMIT, MAX_QUERY_CHARS,

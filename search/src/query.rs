@@ -5,22 +5,15 @@
 //! and at most [`MAX_QUERY_TERMS`] terms are kept, so no input can produce a
 //! parse error.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::ops::Bound;
+use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use levenshtein_automata::{Distance, LevenshteinAutomatonBuilder, DFA, SINK_STATE};
 use serde::{Deserialize, Serialize};
-use tantivy::query::{
-    AllQuery, BooleanQuery, BoostQuery, ConstScoreQuery, FuzzyTermQuery, Occur, Query, RangeQuery,
-    TermQuery,
-};
-use tantivy::schema::{Field, IndexRecordOption};
 use tantivy::tokenizer::TokenStream;
-use tantivy::{Searcher, Term};
 
 use crate::error::SearchError;
-use crate::schema::{analyzer, Fields, KIND_VENDOR};
+use crate::schema::analyzer;
 
 /// Query text beyond this many characters is ignored.
 pub const MAX_QUERY_CHARS: usize = 256;
@@ -115,13 +108,30 @@ pub struct Hit {
 }
 
 /// A page of results.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SearchResults {
     pub hits: Vec<Hit>,
-    /// Number of matching documents (after the exact radius check).
+    /// Number of matching documents (after the exact radius check); a lower
+    /// bound when `total_exact` is false.
     pub total: u64,
-    /// Category → number of matching documents, over all matches.
+    /// False when counting stopped at [`crate::TRACK_TOTAL_HITS`] matches: there
+    /// are more than `total`, and the facets count only the first `total`.
+    /// The hits are exact either way.
+    pub total_exact: bool,
+    /// Category → number of matching documents, over all matches (over the
+    /// counted ones when `total_exact` is false).
     pub facets: BTreeMap<String, u64>,
+}
+
+impl Default for SearchResults {
+    fn default() -> Self {
+        SearchResults {
+            hits: Vec::new(),
+            total: 0,
+            total_exact: true,
+            facets: BTreeMap::new(),
+        }
+    }
 }
 
 /// One normalised query term.
@@ -172,42 +182,9 @@ pub(crate) fn query_terms(text: &str) -> Vec<QueryTerm> {
     terms
 }
 
-/// Full-text fields and their boosts.
-fn text_fields(f: &Fields) -> [(Field, f32); 4] {
-    [
-        (f.name, 3.0),
-        (f.tags, 2.0),
-        (f.vendor_name, 1.5),
-        (f.description, 1.0),
-    ]
-}
-
-/// Fuzzy and prefix matches score a constant `boost * FUZZY_WEIGHT`, so exact
-/// matches (BM25 plus this) always rank above them within a field.
-const FUZZY_WEIGHT: f32 = 0.3;
-
-fn boosted(q: Box<dyn Query>, boost: f32) -> Box<dyn Query> {
-    Box::new(BoostQuery::new(q, boost))
-}
-
-fn filter(q: Box<dyn Query>) -> (Occur, Box<dyn Query>) {
-    (Occur::Must, Box::new(ConstScoreQuery::new(q, 0.0)))
-}
-
-fn exact(field: Field, value: &str) -> Box<dyn Query> {
-    Box::new(TermQuery::new(
-        Term::from_field_text(field, value),
-        IndexRecordOption::Basic,
-    ))
-}
-
-/// A fuzzy / prefix term is expanded to at most this many indexed words
-/// per field; beyond that the automaton query is used as it is.
-const MAX_EXPANSIONS: usize = 64;
-
 /// A Levenshtein DFA as an FST automaton (the same construction tantivy's
 /// `FuzzyTermQuery` uses: transpositions cost one edit).
-struct Dfa(DFA);
+pub(crate) struct Dfa(DFA);
 
 impl tantivy_fst::Automaton for Dfa {
     type State = u32;
@@ -264,7 +241,7 @@ impl QueryTerm {
     }
 }
 
-fn dfa(t: &QueryTerm) -> Dfa {
+pub(crate) fn dfa(t: &QueryTerm) -> Dfa {
     static BUILDERS: [OnceLock<LevenshteinAutomatonBuilder>; 3] =
         [OnceLock::new(), OnceLock::new(), OnceLock::new()];
     let d = t.distance.min(2);
@@ -275,75 +252,6 @@ fn dfa(t: &QueryTerm) -> Dfa {
     } else {
         builder.build_dfa(&t.text)
     })
-}
-
-/// The indexed words of `field` (in any segment of `searcher`) that the
-/// automaton accepts, other than `exact`; `None` when there are more than
-/// [`MAX_EXPANSIONS`] or a term dictionary cannot be read.
-fn expand(searcher: &Searcher, field: Field, automaton: &Dfa, exact: &str) -> Option<Vec<String>> {
-    let mut words = BTreeSet::new();
-    for segment in searcher.segment_readers() {
-        let inverted = segment.inverted_index(field).ok()?;
-        let mut stream = inverted.terms().search(automaton).into_stream().ok()?;
-        while stream.advance() {
-            let key = stream.key();
-            if key != exact.as_bytes() {
-                words.insert(String::from_utf8_lossy(key).into_owned());
-                if words.len() > MAX_EXPANSIONS {
-                    return None;
-                }
-            }
-        }
-    }
-    Some(words.into_iter().collect())
-}
-
-/// The clause of one term: it must occur in some text field, exactly or
-/// within its edit distance (as a prefix for the last term).
-///
-/// Exact occurrences score BM25 × the field boost. Approximate ones (the
-/// words within the edit distance, or starting with the prefix, which the
-/// index holds) score a constant `boost * FUZZY_WEIGHT` per field, given to
-/// exact occurrences as well, so within a field an exact match always ranks
-/// above a fuzzy one. The approximate words are looked up in the term
-/// dictionaries first and queried as plain terms: most correctly spelled
-/// words have no neighbours, and then the query costs one posting list
-/// per field instead of an automaton walk into a bitset over the segment.
-fn term_clause(f: &Fields, t: &QueryTerm, searcher: &Searcher) -> Box<dyn Query> {
-    let automaton = (t.prefix || t.distance > 0).then(|| dfa(t));
-    let mut should: Vec<(Occur, Box<dyn Query>)> = Vec::new();
-    for (field, boost) in text_fields(f) {
-        let term = Term::from_field_text(field, &t.text);
-        should.push((
-            Occur::Should,
-            boosted(
-                Box::new(TermQuery::new(term.clone(), IndexRecordOption::WithFreqs)),
-                boost,
-            ),
-        ));
-        let Some(automaton) = &automaton else {
-            continue;
-        };
-        let approx: Box<dyn Query> = match expand(searcher, field, automaton, &t.text) {
-            // nothing approximate in this field: the exact clause is all
-            Some(words) if words.is_empty() => continue,
-            Some(words) => {
-                let mut any: Vec<(Occur, Box<dyn Query>)> =
-                    vec![(Occur::Should, exact(field, &t.text))];
-                for w in &words {
-                    any.push((Occur::Should, exact(field, w)));
-                }
-                Box::new(BooleanQuery::new(any))
-            }
-            None if t.prefix => Box::new(FuzzyTermQuery::new_prefix(term, t.distance, true)),
-            None => Box::new(FuzzyTermQuery::new(term, t.distance, true)),
-        };
-        should.push((
-            Occur::Should,
-            Box::new(ConstScoreQuery::new(approx, boost * FUZZY_WEIGHT)),
-        ));
-    }
-    Box::new(BooleanQuery::new(should))
 }
 
 /// Degrees of latitude / longitude spanned by `radius_km` around `lat`;
@@ -393,86 +301,6 @@ pub(crate) fn validate(q: &SearchQuery) -> Result<(), SearchError> {
         }
     }
     Ok(())
-}
-
-fn f64_range(field: Field, lo: f64, hi: f64) -> Box<dyn Query> {
-    Box::new(RangeQuery::new(
-        Bound::Included(Term::from_field_f64(field, lo)),
-        Bound::Included(Term::from_field_f64(field, hi)),
-    ))
-}
-
-/// Builds the tantivy query: all text terms must match (somewhere), and all
-/// filters. Fuzzy and prefix terms are expanded against `searcher`'s term
-/// dictionaries, so the query is only valid for that searcher.
-pub(crate) fn build_query(
-    f: &Fields,
-    q: &SearchQuery,
-    terms: &[QueryTerm],
-    searcher: &Searcher,
-) -> Box<dyn Query> {
-    let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
-    // Products are nearly every document: excluding the few vendors is
-    // cheaper than intersecting with the "product" posting list.
-    match q.kind {
-        Kind::Product => clauses.push((Occur::MustNot, exact(f.kind, KIND_VENDOR))),
-        Kind::Vendor => clauses.push(filter(exact(f.kind, KIND_VENDOR))),
-    }
-    for t in terms {
-        clauses.push((Occur::Must, term_clause(f, t, searcher)));
-    }
-    if let Some(c) = &q.category {
-        clauses.push(filter(exact(f.category, c)));
-    }
-    if let Some(v) = &q.vendor_id {
-        clauses.push(filter(exact(f.vendor_id, v)));
-    }
-    if let Some(v) = &q.vendor_kind {
-        clauses.push(filter(exact(f.vendor_kind, v)));
-    }
-    for tag in &q.tags {
-        clauses.push(filter(exact(f.tags_exact, tag)));
-    }
-    // With text to drive the search, price and distance are checked on the
-    // text matches by the collector (fast-field reads per match); range
-    // queries would scan the whole column of every segment.
-    let post_filter = !terms.is_empty();
-    if !post_filter && (q.min_price.is_some() || q.max_price.is_some()) {
-        let lo = q.min_price.map_or(Bound::Unbounded, |p| {
-            Bound::Included(Term::from_field_i64(f.price, p))
-        });
-        let hi = q.max_price.map_or(Bound::Unbounded, |p| {
-            Bound::Included(Term::from_field_i64(f.price, p))
-        });
-        clauses.push(filter(Box::new(RangeQuery::new(lo, hi))));
-    }
-    match (q.in_stock, q.kind) {
-        // few products are out of stock, and vendors are excluded already
-        (Some(true), Kind::Product) => clauses.push((
-            Occur::MustNot,
-            Box::new(TermQuery::new(
-                Term::from_field_bool(f.in_stock, false),
-                IndexRecordOption::Basic,
-            )),
-        )),
-        (Some(s), _) => clauses.push(filter(Box::new(TermQuery::new(
-            Term::from_field_bool(f.in_stock, s),
-            IndexRecordOption::Basic,
-        )))),
-        (None, _) => {}
-    }
-    if let (Some((lat, lng)), Some(r), false) = (q.near, q.radius_km, post_filter) {
-        let ((lat_lo, lat_hi), lng_range) = bounding_box(lat, lng, r);
-        clauses.push(filter(f64_range(f.lat, lat_lo, lat_hi)));
-        if let Some((lo, hi)) = lng_range {
-            clauses.push(filter(f64_range(f.lng, lo, hi)));
-        }
-    }
-    if clauses.iter().all(|(occur, _)| *occur == Occur::MustNot) {
-        // a boolean query of exclusions alone matches nothing
-        clauses.push(filter(Box::new(AllQuery)));
-    }
-    Box::new(BooleanQuery::new(clauses))
 }
 
 /// Optimal string alignment distance (Levenshtein with adjacent

@@ -898,3 +898,77 @@ fn filters_on_text_queries_agree_with_filtering_the_text_matches() {
         }
     }
 }
+
+#[test]
+fn counting_stops_at_the_cap_but_every_page_is_still_found() {
+    let idx = SearchIndex::open_in_ram().unwrap();
+    let template = products()[0].clone();
+    let n = 2_500usize;
+    let mut rng = Lcg(11);
+    // several commits, so several segments
+    for (batch, chunk) in (0..n).collect::<Vec<_>>().chunks(700).enumerate() {
+        let changes: Vec<Change> = chunk
+            .iter()
+            .map(|i| {
+                Change::UpsertProduct(ProductDoc {
+                    id: format!("w{i:05}"),
+                    name: format!("widget {}", NOUN[i % NOUN.len()]),
+                    category: CATEGORIES[i % CATEGORIES.len()].to_string(),
+                    price: 100 + (rng.next() % 9000) as i64,
+                    ..template.clone()
+                })
+            })
+            .collect();
+        idx.apply(&changes, batch as u64 + 1).unwrap();
+    }
+    for sort in [Sort::Relevance, Sort::PriceAsc] {
+        let first = idx
+            .search(&SearchQuery {
+                sort,
+                ..q("widget")
+            })
+            .unwrap();
+        assert_eq!(first.total, TRACK_TOTAL_HITS, "{sort:?}");
+        assert!(!first.total_exact, "{sort:?}");
+        let mut seen = BTreeSet::new();
+        let mut prices = Vec::new();
+        let mut offset = 0;
+        loop {
+            let page = idx
+                .search(&SearchQuery {
+                    sort,
+                    limit: MAX_LIMIT,
+                    offset,
+                    ..q("widget")
+                })
+                .unwrap();
+            if page.hits.is_empty() {
+                break;
+            }
+            offset += page.hits.len();
+            for h in page.hits {
+                prices.push(h.price.unwrap());
+                assert!(seen.insert(h.id), "{sort:?}: a hit on two pages");
+            }
+        }
+        assert_eq!(
+            seen.len(),
+            n,
+            "{sort:?}: paging past the cap finds every match"
+        );
+        if sort == Sort::PriceAsc {
+            assert!(prices.windows(2).all(|w| w[0] <= w[1]));
+        }
+    }
+    // under the cap the count is exact, and the facets with it
+    let r = idx
+        .search(&SearchQuery {
+            category: Some("pizza".into()),
+            ..q("widget")
+        })
+        .unwrap();
+    let pizzas = (0..n).filter(|i| i % CATEGORIES.len() == 0).count() as u64;
+    assert!(r.total_exact);
+    assert_eq!(r.total, pizzas);
+    assert_eq!(r.facets, BTreeMap::from([("pizza".to_string(), pizzas)]));
+}

@@ -408,7 +408,11 @@ pub struct SearchFacets {
 pub struct SearchPage {
     pub hits: Vec<SearchHit>,
     pub facets: SearchFacets,
+    /// Matches counted; a lower bound when `total_exact` is false (counting
+    /// stops at 1000, like Elasticsearch's `track_total_hits`, and the
+    /// facets then cover the counted matches).
     pub total: u64,
+    pub total_exact: bool,
     pub next_cursor: Option<String>,
 }
 

@@ -192,12 +192,14 @@ pub(super) async fn search(
         })
         .collect();
     let next = offset + hits.len();
-    let next_cursor = (hits.len() == limit && (next as u64) < results.total && next <= MAX_OFFSET)
-        .then(|| next.to_string());
+    // Past the counting cap `total` is a lower bound: more pages may exist.
+    let more = (next as u64) < results.total || !results.total_exact;
+    let next_cursor = (hits.len() == limit && more && next <= MAX_OFFSET).then(|| next.to_string());
     Ok(Json(json!({
         "hits": hits,
         "facets": {"category": results.facets},
         "total": results.total,
+        "total_exact": results.total_exact,
         "next_cursor": next_cursor,
     })))
 }
