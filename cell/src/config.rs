@@ -94,6 +94,10 @@ pub struct Args {
     /// read cache (for comparisons).
     #[arg(long, env = "CELL_NO_READ_CACHE")]
     pub no_read_cache: bool,
+    /// Refuse GraphQL introspection (`__schema`, `__type`) on /graphql;
+    /// the SDL stays published at /graphql/schema.graphql.
+    #[arg(long, env = "CELL_NO_GRAPHQL_INTROSPECTION")]
+    pub no_graphql_introspection: bool,
     /// Async worker threads (default: one per core). Nodes sharing a
     /// machine should split its cores.
     #[arg(long, env = "CELL_THREADS")]
@@ -129,6 +133,7 @@ struct FileConfig {
     tls_key: Option<PathBuf>,
     ca: Option<PathBuf>,
     insecure_http: Option<bool>,
+    graphql_introspection: Option<bool>,
     ops_token_file: Option<PathBuf>,
     join: Option<bool>,
     log_json: Option<bool>,
@@ -173,6 +178,8 @@ pub struct CellConfig {
     pub jwt_keys_file: PathBuf,
     pub limits: Limits,
     pub read_cache: bool,
+    /// Answer GraphQL introspection queries.
+    pub graphql_introspection: bool,
     pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
@@ -323,6 +330,8 @@ impl CellConfig {
                 .unwrap_or_else(|| data_dir_for_keys.join("jwt-keys.pem")),
             limits,
             read_cache: !args.no_read_cache,
+            graphql_introspection: !args.no_graphql_introspection
+                && file.graphql_introspection.unwrap_or(true),
             trusted_proxies: if args.trusted_proxies.is_empty() {
                 file.trusted_proxies.unwrap_or_default()
             } else {

@@ -60,6 +60,42 @@ impl ReadModels {
         Ok(loaded)
     }
 
+    /// The cached bytes for each of `keys`; the misses all rendered by
+    /// one `load(misses)` (one redb read for a whole batch) and cached.
+    pub async fn get_many_or_load<E>(
+        &self,
+        keys: &[String],
+        load: impl FnOnce(&[usize]) -> Result<Vec<Option<Vec<u8>>>, E>,
+    ) -> Result<Vec<Option<Vec<u8>>>, E>
+    where
+        E: From<storage::StorageError>,
+    {
+        let Some(cache) = &self.cache else {
+            let all: Vec<usize> = (0..keys.len()).collect();
+            return load(&all);
+        };
+        let mut found = vec![None; keys.len()];
+        let mut misses = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            match cache.get(&self.key(key)).await? {
+                Some(v) => found[i] = Some(v),
+                None => misses.push(i),
+            }
+        }
+        if misses.is_empty() {
+            return Ok(found);
+        }
+        let ticket = cache.ticket();
+        let loaded = load(&misses)?;
+        for (i, v) in misses.into_iter().zip(loaded) {
+            if let Some(v) = &v {
+                cache.fill(ticket, self.key(&keys[i]), v.clone());
+            }
+            found[i] = v;
+        }
+        Ok(found)
+    }
+
     pub fn invalidate(&self, key: &str) {
         if let Some(cache) = &self.cache {
             cache.invalidate(&self.key(key));

@@ -141,6 +141,7 @@ pub async fn run(cfg: CellConfig) -> anyhow::Result<()> {
         verified: Arc::default(),
         request_timeout: http::DEFAULT_TIMEOUT,
         tls: api_tls.is_some(),
+        graphql: http::graphql::schema(cfg.graphql_introspection),
     };
     let api_listener = TcpListener::bind(cfg.listen)
         .await

@@ -39,6 +39,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/drivers/{id}/{action}", post(set_status))
         .route("/v1/offers/{id}/{action}", post(answer_offer))
         .route("/v1/deliveries/{id}", get(get_delivery))
+        .route("/v1/deliveries/{id}/driver", get(delivery_driver))
         .route("/v1/deliveries/{id}/{action}", post(act))
 }
 
@@ -406,6 +407,86 @@ pub(super) async fn get_delivery(
         .filter(|d| may_see(&p, d))
         .ok_or_else(|| ApiError::not_found("no such delivery"))?;
     Ok(Json(delivery_json(&d)))
+}
+
+#[utoipa::path(
+    get, path = "/v1/deliveries/{id}/driver", tag = "drivers",
+    params(("id" = String, Path, description = "delivery id")),
+    responses((status = 200, description = "who is bringing it, and where they are", body = CourierView),
+              (status = 404, description = "no such delivery, or no driver assigned yet", body = Problem),
+              (status = "4XX", description = "problem+json", body = Problem)),
+    security(("bearer" = [])),
+)]
+pub(super) async fn delivery_driver(
+    State(s): State<AppState>,
+    p: Principal,
+    c: Consistency,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    ensure_fresh(&s, c).await?;
+    let read = s.node.store().read()?;
+    if !drivers::delivery(&read, &id)?.is_some_and(|d| may_see(&p, &d)) {
+        return Err(ApiError::not_found("no such delivery"));
+    }
+    couriers(&read, &p, std::slice::from_ref(&id))?
+        .remove(&id)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("no driver is assigned to this delivery yet"))
+}
+
+/// The assigned drivers of deliveries the caller may see, by delivery id,
+/// as `GET /v1/deliveries/{id}/driver` answers them; in one read.
+pub(super) fn couriers(
+    read: &storage::ReadTxn,
+    p: &Principal,
+    delivery_ids: &[String],
+) -> ApiResult<std::collections::HashMap<String, Value>> {
+    let mut out = std::collections::HashMap::new();
+    for id in delivery_ids {
+        let Some(d) = drivers::delivery(read, id)?.filter(|d| may_see(p, d)) else {
+            continue;
+        };
+        let Some(driver) = d
+            .driver_id
+            .as_deref()
+            .map(|id| drivers::driver(read, id))
+            .transpose()?
+            .flatten()
+        else {
+            continue;
+        };
+        let name = crate::identity::account(read, &driver.id)?
+            .map(|a| a.name)
+            .unwrap_or_default();
+        out.insert(
+            id.clone(),
+            json!({
+                "id": driver.id, "name": name, "vehicle": driver.vehicle,
+                "location": driver.location.map(|l| json!({"lat": l.lat, "lng": l.lng})),
+                "tier": driver.standing.tier(),
+            }),
+        );
+    }
+    Ok(out)
+}
+
+/// The deliveries of orders, by order id, as `GET /v1/deliveries/{id}`
+/// answers them, where the caller may see them; in one read.
+pub(super) fn deliveries_of_orders(
+    read: &storage::ReadTxn,
+    p: &Principal,
+    order_ids: &[String],
+) -> ApiResult<std::collections::HashMap<String, Value>> {
+    let mut out = std::collections::HashMap::new();
+    for order_id in order_ids {
+        let Some(id) = drivers::delivery_of_order(read, order_id)? else {
+            continue;
+        };
+        if let Some(d) = drivers::delivery(read, &id)?.filter(|d| may_see(p, d)) {
+            out.insert(order_id.clone(), delivery_json(&d));
+        }
+    }
+    Ok(out)
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]

@@ -5,6 +5,7 @@ mod catalog_api;
 mod drivers_api;
 mod events_api;
 mod extract;
+pub mod graphql;
 pub mod identity_api;
 mod info_api;
 mod kv_api;
@@ -54,6 +55,8 @@ pub struct AppState {
     pub dispatch: Arc<crate::dispatch::Dispatcher>,
     pub request_timeout: Duration,
     pub tls: bool,
+    /// The GraphQL schema (built once; cheap to clone).
+    pub graphql: graphql::CellSchema,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -72,6 +75,7 @@ pub fn router(state: AppState) -> Router {
         .merge(events_api::routes())
         .merge(openapi::routes())
         .merge(search_api::routes())
+        .merge(graphql::routes())
         .merge(admin_api::routes())
         .fallback(info_api::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -281,6 +281,18 @@ pub struct DeliveryView {
     pub dispatch_ms: Option<i64>,
 }
 
+/// The driver of a delivery as its customer, vendor and ops see them.
+#[derive(Serialize, ToSchema)]
+pub struct CourierView {
+    pub id: String,
+    pub name: String,
+    pub vehicle: crate::drivers::Vehicle,
+    /// Last replicated position (at most about a second old on the leader).
+    pub location: Option<Location>,
+    /// Standing tier, 1 (best) to 4.
+    pub tier: u8,
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct EarningsView {
     /// The driver's ledger account.
@@ -453,7 +465,7 @@ impl Modify for BearerAuth {
         super::events_api::feed, super::search_api::search, super::search_api::reindex,
         super::drivers_api::put_me, super::drivers_api::get_me, super::drivers_api::set_status,
         super::drivers_api::availability, super::drivers_api::location, super::drivers_api::my_offers,
-        super::drivers_api::answer_offer, super::drivers_api::get_delivery, super::drivers_api::act,
+        super::drivers_api::answer_offer, super::drivers_api::get_delivery, super::drivers_api::delivery_driver, super::drivers_api::act,
         super::drivers_api::earnings,
         super::webhooks_api::register, super::webhooks_api::list, super::webhooks_api::remove,
         super::routes_api::create, super::routes_api::available, super::routes_api::claim,

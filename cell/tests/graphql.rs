@@ -1,0 +1,1057 @@
+//! GraphQL on real cells: the app screens in one query each, equal to the
+//! REST answers for the same data; the REST authorization matrix holding
+//! for GraphQL; limits refusing costly queries before they run; an order's
+//! status pushed over a `graphql-transport-ws` subscription across a
+//! leader change.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::harness::TestCell;
+use futures::{SinkExt, StreamExt};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+
+const PICKUP: (f64, f64) = (40.70, -74.00);
+const DROPOFF: (f64, f64) = (40.72, -74.01);
+
+struct Api {
+    tc: TestCell,
+    http: reqwest::Client,
+}
+
+impl Api {
+    async fn start(nodes: u64) -> Api {
+        let tc = TestCell::start(nodes, false, &["--rate-limit-auth", "1000"])
+            .await
+            .unwrap();
+        Api {
+            tc,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    async fn rest(
+        &self,
+        node: u64,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.tc.url(node)))
+            .header("x-consistency", "linearizable");
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.unwrap();
+        let s = r.status();
+        (s, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// POST /graphql; returns (HTTP status, data, first error's code).
+    async fn gql(
+        &self,
+        node: u64,
+        token: Option<&str>,
+        query: &str,
+        variables: Value,
+    ) -> (StatusCode, Value, Option<String>) {
+        let (s, v, _) = self.gql_sized(node, token, query, variables).await;
+        let code = v["errors"][0]["extensions"]["code"]
+            .as_str()
+            .map(str::to_string);
+        (s, v["data"].clone(), code)
+    }
+
+    async fn gql_sized(
+        &self,
+        node: u64,
+        token: Option<&str>,
+        query: &str,
+        variables: Value,
+    ) -> (StatusCode, Value, usize) {
+        let mut req = self
+            .http
+            .post(format!("{}/graphql", self.tc.url(node)))
+            .header("x-consistency", "linearizable")
+            .json(&json!({"query": query, "variables": variables}));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let r = req.send().await.unwrap();
+        let s = r.status();
+        let bytes = r.bytes().await.unwrap();
+        (
+            s,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            bytes.len(),
+        )
+    }
+
+    async fn signup(&self, email: &str, role: &str) -> (String, String) {
+        let (s, v) = self
+            .rest(1, Method::POST, "/v1/auth/signup", None, Some(json!({"email": email, "password": "a long password", "name": email, "role": role})))
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        (
+            v["account"]["id"].as_str().unwrap().into(),
+            v["access_token"].as_str().unwrap().into(),
+        )
+    }
+
+    fn ops(&self) -> String {
+        self.tc.cell.token.clone()
+    }
+
+    /// A vendor with two products; returns (vendor token, vendor id, product ids).
+    async fn shop(&self, email: &str) -> (String, String, Vec<String>) {
+        let (_, vt) = self.signup(email, "vendor").await;
+        let (s, v) = self
+            .rest(1, Method::POST, "/v1/vendors", Some(&vt), Some(json!({"name": "Noodle Bar", "kind": "restaurant", "location": {"lat": PICKUP.0, "lng": PICKUP.1}, "address": "1 Main St", "prep_minutes": 5})))
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let vid = v["id"].as_str().unwrap().to_string();
+        let mut pids = Vec::new();
+        for (name, price) in [("Ramen", 1250), ("Gyoza", 600)] {
+            let (s, p) = self
+                .rest(1, Method::POST, &format!("/v1/vendors/{vid}/products"), Some(&vt), Some(json!({"name": name, "category": "noodles", "price": {"amount": price, "currency": "USD"}, "stock": 50})))
+                .await;
+            assert_eq!(s, StatusCode::CREATED, "{p}");
+            pids.push(p["id"].as_str().unwrap().to_string());
+        }
+        (vt, vid, pids)
+    }
+
+    /// An approved, online driver at `at`; returns (id, token).
+    async fn driver(&self, email: &str, at: (f64, f64)) -> (String, String) {
+        let (id, t) = self.signup(email, "driver").await;
+        let (s, v) = self
+            .rest(
+                1,
+                Method::PUT,
+                "/v1/drivers/me",
+                Some(&t),
+                Some(json!({"vehicle": "car", "capacity": 4})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let (s, v) = self
+            .rest(
+                1,
+                Method::POST,
+                &format!("/v1/drivers/{id}/approve"),
+                Some(&self.ops()),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let (s, v) = self
+            .rest(
+                1,
+                Method::PUT,
+                "/v1/drivers/me/availability",
+                Some(&t),
+                Some(json!({"online": true})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let (s, _) = self
+            .rest(
+                1,
+                Method::PUT,
+                "/v1/drivers/me/location",
+                Some(&t),
+                Some(json!({"lat": at.0, "lng": at.1})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::NO_CONTENT);
+        (id, t)
+    }
+}
+
+const CART_SCREEN: &str = r#"
+mutation CartScreen($vendorId: String!, $lat: Float!, $lng: Float!) {
+  createQuote(input: {vendorId: $vendorId, dropoff: {lat: $lat, lng: $lng}}) {
+    id fee { amount currency } surge etaMinutes expiresAt
+    vendor { id name prepMinutes }
+    cart { vendorId items { productId quantity product { id name price { amount currency } available } } }
+  }
+}"#;
+
+const ORDER_SCREEN: &str = r#"
+query OrderScreen($id: String!) {
+  order(id: $id) {
+    id status eta etaMinutes total { amount currency }
+    items { productId name quantity unitPrice { amount currency } }
+    vendor { id name address location { lat lng } }
+    delivery { id status driver { id name vehicle location { lat lng } } }
+  }
+}"#;
+
+const DRIVER_SCREEN: &str = r#"
+query DriverHome {
+  driver { id status online standing { tier completed } }
+  offers { id deliveryId status pay { amount } expiresAt }
+  schedule { id windowStart }
+  earnings { balance { amount currency } deliveriesCompleted }
+  availableRoutes { version routes { id } }
+}"#;
+
+/// `actual` holds every field of `expected` with the same value (the
+/// GraphQL answer is a selection of the REST one, in camelCase).
+fn same(rest: &Value, gql: &Value, fields: &[(&str, &str)]) {
+    for (r, g) in fields {
+        assert_eq!(
+            rest[*r], gql[*g],
+            "REST {r} vs GraphQL {g}\nREST: {rest}\nGraphQL: {gql}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn screens_are_one_query_each_and_equal_the_rest_answers() {
+    let _serial = common::SERIAL.lock().await;
+    let api = Api::start(3).await;
+    let (vt, vid, pids) = api.shop("v@gql.test").await;
+    let (_, ct) = api.signup("c@gql.test", "customer").await;
+    let (driver_id, dt) = api.driver("d@gql.test", (PICKUP.0 + 0.001, PICKUP.1)).await;
+
+    // The cart screen: cart lines with products and prices, vendor, quote.
+    let (s, v) = api
+        .rest(2, Method::PUT, "/v1/cart", Some(&ct), Some(json!({"vendor_id": vid, "items": [{"product_id": pids[0], "quantity": 2}, {"product_id": pids[1], "quantity": 1}]})))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, data, err) = api
+        .gql(
+            2,
+            Some(&ct),
+            CART_SCREEN,
+            json!({"vendorId": vid, "lat": DROPOFF.0, "lng": DROPOFF.1}),
+        )
+        .await;
+    assert_eq!((s, err), (StatusCode::OK, None), "{data}");
+    let q = &data["createQuote"];
+    let (_, rest_cart) = api.rest(3, Method::GET, "/v1/cart", Some(&ct), None).await;
+    let (_, rest_vendor) = api
+        .rest(3, Method::GET, &format!("/v1/vendors/{vid}"), None, None)
+        .await;
+    same(
+        &rest_vendor,
+        &q["vendor"],
+        &[
+            ("id", "id"),
+            ("name", "name"),
+            ("prep_minutes", "prepMinutes"),
+        ],
+    );
+    assert_eq!(rest_cart["vendor_id"], q["cart"]["vendorId"]);
+    for (i, line) in rest_cart["items"].as_array().unwrap().iter().enumerate() {
+        let g = &q["cart"]["items"][i];
+        same(
+            line,
+            g,
+            &[("product_id", "productId"), ("quantity", "quantity")],
+        );
+        let (_, p) = api
+            .rest(
+                3,
+                Method::GET,
+                &format!("/v1/products/{}", line["product_id"].as_str().unwrap()),
+                None,
+                None,
+            )
+            .await;
+        same(
+            &p,
+            &g["product"],
+            &[
+                ("id", "id"),
+                ("name", "name"),
+                ("price", "price"),
+                ("available", "available"),
+            ],
+        );
+    }
+    // The quote is as real as a REST one: it checks out.
+    let (s, rest_quote) = api
+        .rest(
+            2,
+            Method::POST,
+            "/v1/quotes",
+            Some(&ct),
+            Some(json!({"vendor_id": vid, "dropoff": {"lat": DROPOFF.0, "lng": DROPOFF.1}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    assert_eq!(rest_quote["fee"], q["fee"]);
+    assert_eq!(rest_quote["eta_minutes"], q["etaMinutes"]);
+
+    // Checkout through GraphQL; the same idempotency key twice is one order.
+    let place = r#"mutation($key: String!, $quote: String!, $lat: Float!, $lng: Float!) {
+        placeOrder(idempotencyKey: $key, input: {quoteId: $quote, dropoff: {location: {lat: $lat, lng: $lng}, address: "2 Side St"}}) { id status } }"#;
+    let vars = json!({"key": "gql-1", "quote": q["id"], "lat": DROPOFF.0, "lng": DROPOFF.1});
+    let (_, first, err) = api.gql(1, Some(&ct), place, vars.clone()).await;
+    assert_eq!(err, None, "{first}");
+    let (_, again, err) = api.gql(3, Some(&ct), place, vars).await;
+    assert_eq!(err, None, "{again}");
+    let oid = first["placeOrder"]["id"].as_str().unwrap().to_string();
+    assert_eq!(again["placeOrder"]["id"], oid.as_str());
+    let (_, list) = api
+        .rest(1, Method::GET, "/v1/orders", Some(&ct), None)
+        .await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
+
+    // The vendor accepts through GraphQL; the driver takes the offer.
+    let (_, v, err) = api
+        .gql(
+            2,
+            Some(&vt),
+            r#"mutation($id: String!) { orderAction(id: $id, action: ACCEPT) { status } }"#,
+            json!({"id": oid}),
+        )
+        .await;
+    assert_eq!(
+        (err, v["orderAction"]["status"].clone()),
+        (None, json!("accepted")),
+        "{v}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let offer = loop {
+        let (_, v, err) = api.gql(2, Some(&dt), DRIVER_SCREEN, json!({})).await;
+        assert_eq!(err, None, "{v}");
+        if let Some(o) = v["offers"].as_array().and_then(|a| a.first()).cloned() {
+            // The driver home screen equals its REST calls.
+            let (_, me) = api
+                .rest(2, Method::GET, "/v1/drivers/me", Some(&dt), None)
+                .await;
+            same(
+                &me,
+                &v["driver"],
+                &[("id", "id"), ("status", "status"), ("online", "online")],
+            );
+            assert_eq!(me["standing"]["tier"], v["driver"]["standing"]["tier"]);
+            let (_, offers) = api
+                .rest(2, Method::GET, "/v1/drivers/me/offers", Some(&dt), None)
+                .await;
+            same(
+                &offers["items"][0],
+                &o,
+                &[
+                    ("id", "id"),
+                    ("delivery_id", "deliveryId"),
+                    ("status", "status"),
+                    ("expires_at", "expiresAt"),
+                ],
+            );
+            let (_, earnings) = api
+                .rest(2, Method::GET, "/v1/drivers/me/earnings", Some(&dt), None)
+                .await;
+            same(
+                &earnings,
+                &v["earnings"],
+                &[
+                    ("balance", "balance"),
+                    ("deliveries_completed", "deliveriesCompleted"),
+                ],
+            );
+            let (_, sched) = api
+                .rest(2, Method::GET, "/v1/drivers/me/schedule", Some(&dt), None)
+                .await;
+            assert_eq!(
+                sched["items"].as_array().unwrap().len(),
+                v["schedule"].as_array().unwrap().len()
+            );
+            let (_, market) = api
+                .rest(2, Method::GET, "/v1/routes/available", Some(&dt), None)
+                .await;
+            assert_eq!(market["version"], v["availableRoutes"]["version"]);
+            break o;
+        }
+        assert!(Instant::now() < deadline, "no offer reached the driver");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (_, v, err) = api
+        .gql(3, Some(&dt), r#"mutation($id: String!) { answerOffer(id: $id, answer: ACCEPT) { status driverId } }"#, json!({"id": offer["id"]}))
+        .await;
+    assert_eq!(err, None, "{v}");
+    assert_eq!(v["answerOffer"]["driverId"], driver_id.as_str());
+
+    // The order-tracking screen, for the customer.
+    let (s, v, err) = api
+        .gql(1, Some(&ct), ORDER_SCREEN, json!({"id": oid}))
+        .await;
+    assert_eq!((s, err), (StatusCode::OK, None), "{v}");
+    let g = &v["order"];
+    let (_, o) = api
+        .rest(
+            1,
+            Method::GET,
+            &format!("/v1/orders/{oid}"),
+            Some(&ct),
+            None,
+        )
+        .await;
+    same(
+        &o,
+        g,
+        &[
+            ("id", "id"),
+            ("status", "status"),
+            ("eta", "eta"),
+            ("eta_minutes", "etaMinutes"),
+            ("total", "total"),
+        ],
+    );
+    for (i, item) in o["items"].as_array().unwrap().iter().enumerate() {
+        same(
+            item,
+            &g["items"][i],
+            &[
+                ("product_id", "productId"),
+                ("name", "name"),
+                ("quantity", "quantity"),
+                ("unit_price", "unitPrice"),
+            ],
+        );
+    }
+    let (_, vendor) = api
+        .rest(1, Method::GET, &format!("/v1/vendors/{vid}"), None, None)
+        .await;
+    same(
+        &vendor,
+        &g["vendor"],
+        &[
+            ("id", "id"),
+            ("name", "name"),
+            ("address", "address"),
+            ("location", "location"),
+        ],
+    );
+    let did = o["delivery_id"].as_str().unwrap();
+    let (_, delivery) = api
+        .rest(
+            1,
+            Method::GET,
+            &format!("/v1/deliveries/{did}"),
+            Some(&ct),
+            None,
+        )
+        .await;
+    same(
+        &delivery,
+        &g["delivery"],
+        &[("id", "id"), ("status", "status")],
+    );
+    let (s, courier) = api
+        .rest(
+            1,
+            Method::GET,
+            &format!("/v1/deliveries/{did}/driver"),
+            Some(&ct),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{courier}");
+    same(
+        &courier,
+        &g["delivery"]["driver"],
+        &[
+            ("id", "id"),
+            ("name", "name"),
+            ("vehicle", "vehicle"),
+            ("location", "location"),
+        ],
+    );
+    assert_eq!(courier["id"], driver_id.as_str());
+
+    // A foreign customer sees neither the order nor its delivery, in either API.
+    let (_, other) = api.signup("c2@gql.test", "customer").await;
+    let (s, _) = api
+        .rest(
+            1,
+            Method::GET,
+            &format!("/v1/orders/{oid}"),
+            Some(&other),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (_, v, err) = api
+        .gql(1, Some(&other), ORDER_SCREEN, json!({"id": oid}))
+        .await;
+    assert_eq!(err.as_deref(), Some("not_found"), "{v}");
+    assert_eq!(v, Value::Null);
+}
+
+/// A REST call (method, path, body), its GraphQL twin, and the roles allowed.
+type Case<'a> = (Method, String, Option<Value>, &'a str, &'a [&'a str]);
+
+/// Denials must be the same in both APIs; allowed calls must not be denied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rest_authorization_matrix_holds_for_graphql() {
+    let api = Api::start(1).await;
+    let mut tokens: BTreeMap<&str, Option<String>> = BTreeMap::new();
+    tokens.insert("anon", None);
+    for (role, email, kind) in [
+        ("cust_a", "ca@gql.test", "customer"),
+        ("cust_b", "cb@gql.test", "customer"),
+        ("vend_a", "va@gql.test", "vendor"),
+        ("vend_b", "vb@gql.test", "vendor"),
+        ("driver", "dr@gql.test", "driver"),
+    ] {
+        tokens.insert(role, Some(api.signup(email, kind).await.1));
+    }
+    tokens.insert("ops", Some(api.ops()));
+    let t = |role: &str| tokens[role].clone();
+    let (s, v) = api
+        .rest(
+            1,
+            Method::PUT,
+            "/v1/drivers/me",
+            t("driver").as_deref(),
+            Some(json!({"vehicle": "bike", "capacity": 1})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_, v) = api
+        .rest(1, Method::POST, "/v1/vendors", t("vend_a").as_deref(), Some(json!({"name": "A", "kind": "retail", "location": {"lat": 1.0, "lng": 1.0}, "address": "a", "prep_minutes": 5})))
+        .await;
+    let va = v["id"].as_str().unwrap().to_string();
+    let (_, p) = api
+        .rest(1, Method::POST, &format!("/v1/vendors/{va}/products"), t("vend_a").as_deref(), Some(json!({"name": "P", "category": "c", "price": {"amount": 500, "currency": "USD"}, "stock": null})))
+        .await;
+    let pa = p["id"].as_str().unwrap().to_string();
+    let (_, q) = api
+        .rest(
+            1,
+            Method::POST,
+            "/v1/quotes",
+            t("cust_a").as_deref(),
+            Some(json!({"vendor_id": va, "dropoff": {"lat": 1.01, "lng": 1.01}})),
+        )
+        .await;
+    let r = api
+        .http
+        .post(format!("{}/v1/orders", api.tc.url(1)))
+        .bearer_auth(t("cust_a").unwrap())
+        .header("idempotency-key", "authz-gql")
+        .json(&json!({"quote_id": q["id"], "items": [{"product_id": pa, "quantity": 1}], "dropoff": {"location": {"lat": 1.01, "lng": 1.01}, "address": "x"}}))
+        .send()
+        .await
+        .unwrap();
+    let o: Value = r.json().await.unwrap();
+    let oa = o["id"].as_str().unwrap().to_string();
+
+    let public = &[
+        "anon", "cust_a", "cust_b", "vend_a", "vend_b", "driver", "ops",
+    ][..];
+    let authed = &public[1..];
+    let customers = &["cust_a", "cust_b"][..];
+    let vendors = &["vend_a", "vend_b"][..];
+    let ops = &["ops"][..];
+    let vars = json!({"va": va, "pa": pa, "oa": oa});
+    // (REST method, path, body; the GraphQL equivalent; roles allowed)
+    let cases: Vec<Case> = vec![
+        (
+            Method::GET,
+            format!("/v1/vendors/{va}"),
+            None,
+            "query($va: String!) { vendor(id: $va) { id } }",
+            public,
+        ),
+        (
+            Method::GET,
+            format!("/v1/vendors/{va}/products"),
+            None,
+            "query($va: String!) { vendor(id: $va) { products { items { id } } } }",
+            public,
+        ),
+        (
+            Method::GET,
+            format!("/v1/products/{pa}"),
+            None,
+            "query($pa: String!) { product(id: $pa) { id vendor { id } } }",
+            public,
+        ),
+        (
+            Method::GET,
+            "/v1/me".into(),
+            None,
+            "{ me { id } }",
+            &["cust_a", "cust_b", "vend_a", "vend_b", "driver"],
+        ),
+        (
+            Method::GET,
+            "/v1/events".into(),
+            None,
+            "{ events { next } }",
+            authed,
+        ),
+        (
+            Method::POST,
+            "/v1/vendors".into(),
+            Some(
+                json!({"name": "N", "kind": "taxi", "location": {"lat": 1.0, "lng": 1.0}, "address": "a", "prep_minutes": 1}),
+            ),
+            r#"mutation { createVendor(input: {name: "N", kind: TAXI, location: {lat: 1.0, lng: 1.0}, address: "a", prepMinutes: 1}) { id } }"#,
+            vendors,
+        ),
+        (
+            Method::PATCH,
+            format!("/v1/vendors/{va}"),
+            Some(json!({"name": "A"})),
+            r#"mutation($va: String!) { updateVendor(id: $va, input: {name: "A"}) { id } }"#,
+            &["vend_a", "ops"],
+        ),
+        (
+            Method::POST,
+            format!("/v1/vendors/{va}/products"),
+            Some(
+                json!({"name": "P", "category": "c", "price": {"amount": 500, "currency": "USD"}, "stock": null}),
+            ),
+            r#"mutation($va: String!) { createProduct(vendorId: $va, input: {name: "P", category: "c", price: {amount: 500, currency: "USD"}, stock: null}) { id } }"#,
+            &["vend_a"],
+        ),
+        (
+            Method::PATCH,
+            format!("/v1/products/{pa}"),
+            Some(json!({"name": "P"})),
+            r#"mutation($pa: String!) { updateProduct(id: $pa, input: {name: "P"}) { id } }"#,
+            &["vend_a"],
+        ),
+        (
+            Method::PUT,
+            format!("/v1/products/{pa}/stock"),
+            Some(json!({"stock": null})),
+            r#"mutation($pa: String!) { setStock(id: $pa, stock: null) { id } }"#,
+            &["vend_a"],
+        ),
+        (
+            Method::GET,
+            "/v1/cart".into(),
+            None,
+            "{ cart { vendorId } }",
+            customers,
+        ),
+        (
+            Method::PUT,
+            "/v1/cart".into(),
+            Some(json!({"vendor_id": va, "items": [{"product_id": pa, "quantity": 1}]})),
+            r#"mutation($va: String!, $pa: String!) { setCart(input: {vendorId: $va, items: [{productId: $pa, quantity: 1}]}) { vendorId } }"#,
+            customers,
+        ),
+        (
+            Method::POST,
+            "/v1/quotes".into(),
+            Some(json!({"vendor_id": va, "dropoff": {"lat": 1.01, "lng": 1.01}})),
+            r#"mutation($va: String!) { createQuote(input: {vendorId: $va, dropoff: {lat: 1.01, lng: 1.01}}) { id } }"#,
+            customers,
+        ),
+        (
+            Method::GET,
+            format!("/v1/orders/{oa}"),
+            None,
+            "query($oa: String!) { order(id: $oa) { id delivery { id } } }",
+            &["cust_a", "vend_a", "ops"],
+        ),
+        (
+            Method::GET,
+            "/v1/orders".into(),
+            None,
+            "{ orders { items { id } } }",
+            &["cust_a", "cust_b", "vend_a", "vend_b", "ops"],
+        ),
+        (
+            Method::GET,
+            "/v1/drivers/me".into(),
+            None,
+            "{ driver { id } }",
+            &["driver"],
+        ),
+        (
+            Method::GET,
+            "/v1/drivers/me/earnings".into(),
+            None,
+            "{ earnings { account } }",
+            &["driver"],
+        ),
+        (
+            Method::POST,
+            format!("/v1/orders/{oa}/accept"),
+            None,
+            r#"mutation($oa: String!) { orderAction(id: $oa, action: ACCEPT) { id } }"#,
+            &["vend_a"],
+        ),
+        (
+            Method::POST,
+            format!("/v1/orders/{oa}/ready"),
+            None,
+            r#"mutation($oa: String!) { orderAction(id: $oa, action: READY) { id } }"#,
+            &["vend_a"],
+        ),
+        (
+            Method::POST,
+            "/v1/routes".into(),
+            Some(
+                json!({"window_start": 4102444800000i64, "window_end": 4102448400000i64, "stops": [{"location": {"lat": 1.0, "lng": 1.0}}], "pay": {"amount": 1000, "currency": "USD"}}),
+            ),
+            r#"mutation { createRoute(input: {windowStart: 4102444800000, windowEnd: 4102448400000, stops: [{location: {lat: 1.0, lng: 1.0}}], pay: {amount: 1000, currency: "USD"}}) { id } }"#,
+            ops,
+        ),
+        (
+            Method::GET,
+            format!("/v1/vendors/{va}/webhooks"),
+            None,
+            "query($va: String!) { webhooks(vendorId: $va) { id } }",
+            &["vend_a", "ops"],
+        ),
+        (
+            Method::POST,
+            format!("/v1/orders/{oa}/cancel"),
+            None,
+            r#"mutation($oa: String!) { orderAction(id: $oa, action: CANCEL) { id } }"#,
+            &["cust_a", "ops"],
+        ),
+    ];
+    let denial = |code: &Option<String>| {
+        matches!(
+            code.as_deref(),
+            Some("unauthorized" | "forbidden" | "not_found")
+        )
+    };
+    let mut failures = Vec::new();
+    for (method, path, body, gql, allowed) in &cases {
+        let mut roles: Vec<&str> = public
+            .iter()
+            .copied()
+            .filter(|r| !allowed.contains(r))
+            .collect();
+        roles.extend(allowed.iter().copied());
+        for role in roles {
+            let token = t(role);
+            let (_, data, code) = api.gql(1, token.as_deref(), gql, vars.clone()).await;
+            if allowed.contains(&role) {
+                if denial(&code) {
+                    failures.push(format!(
+                        "{gql} as {role}: denied ({code:?}) but REST allows it: {data}"
+                    ));
+                }
+                continue;
+            }
+            let (s, rest) = api
+                .rest(1, method.clone(), path, token.as_deref(), body.clone())
+                .await;
+            let rest_code = rest["code"].as_str().map(str::to_string);
+            if !denial(&code) || code != rest_code {
+                failures.push(format!(
+                    "{gql} as {role}: GraphQL {code:?}, REST {method} {path} {s} {rest_code:?}"
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "GraphQL authorization differs from REST:\n{}",
+        failures.join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_refuse_costly_queries_before_they_run() {
+    let api = Api::start(1).await;
+    let (_, ct) = api.signup("lim@gql.test", "customer").await;
+    let ops = api.ops();
+    // Too deep: product → vendor → products → items → vendor → ...
+    let mut deep = String::from("id");
+    for _ in 0..8 {
+        deep = format!("vendor {{ products {{ items {{ {deep} }} }} }}");
+    }
+    let q = format!("{{ product(id: \"local.prd_00000000000000000000000000\") {{ {deep} }} }}");
+    let (s, v, _) = api.gql_sized(1, Some(&ct), &q, json!({})).await;
+    assert_eq!(s, StatusCode::OK);
+    let msg = v["errors"][0]["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_lowercase();
+    assert!(
+        msg.contains("nested too deep") || msg.contains("too complex"),
+        "{v}"
+    );
+    assert!(
+        v.get("data").is_none_or(|d| d.is_null()),
+        "nothing ran: {v}"
+    );
+
+    // Too costly though shallow: many aliased list fields, each a page.
+    let fields: Vec<String> = (0..60)
+        .map(|i| format!("s{i}: search(q: \"x\", limit: 100) {{ hits {{ id }} }}"))
+        .collect();
+    let q = format!("{{ {} }}", fields.join(" "));
+    let (_, v, _) = api.gql_sized(1, None, &q, json!({})).await;
+    let msg = v["errors"][0]["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_lowercase();
+    assert!(msg.contains("complex"), "{v}");
+
+    // A hostile document: nesting far past any limit is refused by the
+    // parser, and the node stays up.
+    let hostile = format!("{{ {}id{} }}", "a { ".repeat(5_000), " }".repeat(5_000));
+    let (s, v, _) = api.gql_sized(1, None, &hostile, json!({})).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(v["errors"].is_array(), "{v}");
+    // A body over the size limit is a 413 problem.
+    let r = api
+        .http
+        .post(format!("{}/graphql", api.tc.url(1)))
+        .json(&json!({"query": format!("{{ me {{ id }} }} #{}", "x".repeat(100_000))}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    // Not JSON: a 400/415 problem, not a panic.
+    let r = api
+        .http
+        .post(format!("{}/graphql", api.tc.url(1)))
+        .header("content-type", "application/json")
+        .body("{\"query\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    // Errors carry stable codes.
+    let (_, v, code) = api.gql(1, None, "{ cart { vendorId } }", json!({})).await;
+    assert_eq!(code.as_deref(), Some("unauthorized"), "{v}");
+    let (_, v, code) = api
+        .gql(
+            1,
+            Some(&ct),
+            r#"mutation { setCart(input: {vendorId: "nope", items: []}) { vendorId } }"#,
+            json!({}),
+        )
+        .await;
+    assert!(code.is_some(), "{v}");
+    // The node still answers, and the SDL is published.
+    let r = api
+        .http
+        .get(format!("{}/graphql/schema.graphql", api.tc.url(1)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let sdl = r.text().await.unwrap();
+    assert_eq!(
+        sdl,
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema.graphql")).unwrap()
+    );
+    let (_, v, code) = api
+        .gql(
+            1,
+            Some(&ops),
+            "{ __schema { queryType { name } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (code, v["__schema"]["queryType"]["name"].clone()),
+        (None, json!("Query"))
+    );
+}
+
+#[tokio::test]
+async fn introspection_can_be_turned_off() {
+    let tc = TestCell::start(1, false, &["--no-graphql-introspection"])
+        .await
+        .unwrap();
+    let r = tc
+        .http
+        .post(format!("{}/graphql", tc.url(1)))
+        .json(&json!({"query": "{ __schema { queryType { name } } }"}))
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        v["data"]["__schema"].is_null(),
+        "the schema is not revealed: {v}"
+    );
+}
+
+/// A graphql-transport-ws client: connects, authenticates in
+/// `connection_init`, subscribes.
+async fn subscribe(
+    url: &str,
+    token: &str,
+    query: &str,
+    variables: Value,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    let ws_url = url.replacen("http://", "ws://", 1) + "/graphql";
+    let mut req = ws_url.into_client_request().unwrap();
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        "graphql-transport-ws".parse().unwrap(),
+    );
+    let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(
+        resp.headers()["sec-websocket-protocol"],
+        "graphql-transport-ws"
+    );
+    let init =
+        json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {token}")}});
+    ws.send(Message::text(init.to_string())).await.unwrap();
+    let ack = next_json(&mut ws).await;
+    assert_eq!(ack["type"], "connection_ack", "{ack}");
+    let sub = json!({"id": "1", "type": "subscribe", "payload": {"query": query, "variables": variables}});
+    ws.send(Message::text(sub.to_string())).await.unwrap();
+    ws
+}
+
+async fn next_json<S>(ws: &mut S) -> Value
+where
+    S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("a message within 20 s")
+            .expect("open")
+            .expect("readable");
+        if let Message::Text(t) = m {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            if v["type"] == "ping" {
+                continue;
+            }
+            return v;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_subscription_sees_an_orders_changes_in_order_across_a_leader_change() {
+    let _serial = common::SERIAL.lock().await;
+    let mut api = Api::start(3).await;
+    let (vt, vid, pids) = api.shop("sv@gql.test").await;
+    let (_, ct) = api.signup("sc@gql.test", "customer").await;
+    let (s, q) = api
+        .rest(
+            1,
+            Method::POST,
+            "/v1/quotes",
+            Some(&ct),
+            Some(json!({"vendor_id": vid, "dropoff": {"lat": DROPOFF.0, "lng": DROPOFF.1}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{q}");
+    let r = api
+        .http
+        .post(format!("{}/v1/orders", api.tc.url(1)))
+        .bearer_auth(&ct)
+        .header("idempotency-key", "sub-1")
+        .json(&json!({"quote_id": q["id"], "items": [{"product_id": pids[0], "quantity": 1}], "dropoff": {"location": {"lat": DROPOFF.0, "lng": DROPOFF.1}, "address": "x"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let order: Value = r.json().await.unwrap();
+    let oid = order["id"].as_str().unwrap().to_string();
+
+    // Subscribe on a follower: it stays up while the leader is killed.
+    let leader = api
+        .tc
+        .cell
+        .wait_leader(Duration::from_secs(10))
+        .await
+        .unwrap();
+    let follower = (1..=3).find(|n| *n != leader).unwrap();
+    let mut ws = subscribe(
+        &api.tc.url(follower),
+        &ct,
+        "subscription($id: String!) { orderUpdates(orderId: $id, after: 0) { seq type status order { status } } }",
+        json!({"id": oid}),
+    )
+    .await;
+    let first = next_json(&mut ws).await;
+    assert_eq!(first["type"], "next", "{first}");
+    assert_eq!(first["payload"]["data"]["orderUpdates"]["status"], "placed");
+
+    let act = |api: &Api, node: u64, action: &'static str| {
+        let (vt, oid) = (vt.clone(), oid.clone());
+        let url = format!("{}/v1/orders/{oid}/{action}", api.tc.url(node));
+        let http = api.http.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let r = http.post(&url).bearer_auth(&vt).send().await;
+                if let Ok(r) = r {
+                    if r.status() == StatusCode::OK {
+                        return;
+                    }
+                    assert_ne!(r.status(), StatusCode::CONFLICT, "{action} refused");
+                }
+                assert!(Instant::now() < deadline, "{action} never succeeded");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    act(&api, follower, "accept").await;
+    let m = next_json(&mut ws).await;
+    assert_eq!(
+        m["payload"]["data"]["orderUpdates"]["status"], "accepted",
+        "{m}"
+    );
+
+    // Kill the leader; the vendor carries on through the survivors.
+    api.tc.cell.kill(leader);
+    let new_leader = api
+        .tc
+        .cell
+        .wait_leader(Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_ne!(new_leader, leader);
+    act(&api, follower, "ready").await;
+    let m = next_json(&mut ws).await;
+    let u = &m["payload"]["data"]["orderUpdates"];
+    assert_eq!(u["status"], "ready", "{m}");
+    assert_eq!(u["order"]["status"], "ready", "{m}");
+    // The feed order is strictly increasing.
+    assert!(
+        u["seq"].as_u64().unwrap()
+            > first["payload"]["data"]["orderUpdates"]["seq"]
+                .as_u64()
+                .unwrap()
+    );
+    // Subscriptions need a token.
+    let ws_url = api.tc.url(follower).replacen("http://", "ws://", 1) + "/graphql";
+    let mut req = ws_url.into_client_request().unwrap();
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        "graphql-transport-ws".parse().unwrap(),
+    );
+    let (mut anon, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    anon.send(Message::text(
+        json!({"type": "connection_init"}).to_string(),
+    ))
+    .await
+    .unwrap();
+    let _ack = next_json(&mut anon).await;
+    anon.send(Message::text(json!({"id": "1", "type": "subscribe", "payload": {"query": "subscription { events { seq } }"}}).to_string())).await.unwrap();
+    let m = next_json(&mut anon).await;
+    assert_eq!(
+        m["payload"]["errors"][0]["extensions"]["code"], "unauthorized",
+        "{m}"
+    );
+}
