@@ -33,7 +33,7 @@ fn near(rng: &mut StdRng, km: f64) -> (f64, f64) {
     )
 }
 
-async fn mint(
+pub(crate) async fn mint(
     http: &reqwest::Client,
     base: &str,
     ops: &str,
@@ -53,7 +53,7 @@ async fn mint(
         .context("token")
 }
 
-async fn send(
+pub(crate) async fn send(
     http: &reqwest::Client,
     method: reqwest::Method,
     url: String,

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_dispatch;
+mod bench_graphql;
 mod bench_market;
 mod bench_router;
 mod bench_search;
@@ -364,6 +365,16 @@ enum BenchCmd {
         #[arg(long, default_value_t = 5000)]
         claims: usize,
     },
+    /// The order-tracking screen: one GraphQL query vs the REST calls for
+    /// the same data, same node, same run.
+    Graphql {
+        #[arg(long, value_delimiter = ',', default_value = "1,16")]
+        clients: Vec<usize>,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Load state into a single node and report its memory.
     Memory {
         #[arg(long, default_value_t = 1024)]
@@ -618,6 +629,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     orders: *orders,
                     routes: *routes,
                     claims: *claims,
+                    json: j,
+                })
+                .await
+            }
+            BenchCmd::Graphql {
+                clients,
+                seconds,
+                rounds,
+            } => {
+                bench_graphql::run(bench_graphql::GraphqlBenchOptions {
+                    clients: clients.clone(),
+                    seconds: *seconds,
+                    rounds: *rounds,
                     json: j,
                 })
                 .await
