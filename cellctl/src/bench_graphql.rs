@@ -23,6 +23,8 @@ use crate::output;
 
 pub struct GraphqlBenchOptions {
     pub clients: Vec<usize>,
+    /// Network round-trip times to emulate (0: plain loopback).
+    pub rtt_ms: Vec<u64>,
     pub seconds: u64,
     pub rounds: usize,
     pub json: bool,
@@ -224,9 +226,10 @@ fn check_same(rest: &Value, gql: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A TCP relay to `target` that counts the bytes both ways: what a screen
-/// really costs on the wire (HTTP/1.1 framing, headers and bodies).
-async fn counting_relay(target: String) -> anyhow::Result<(String, Arc<AtomicU64>)> {
+/// A TCP relay to `target` that counts the bytes both ways (what a screen
+/// really costs on the wire: HTTP/1.1 framing, headers and bodies) and
+/// delays every chunk by half of `rtt` each way, like a network would.
+async fn counting_relay(target: String, rtt: Duration) -> anyhow::Result<(String, Arc<AtomicU64>)> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let bytes = Arc::new(AtomicU64::new(0));
@@ -238,10 +241,12 @@ async fn counting_relay(target: String) -> anyhow::Result<(String, Arc<AtomicU64
                 let Ok(server) = TcpStream::connect(&target).await else {
                     return;
                 };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
-                let up = pipe(cr, sw, counted.clone());
-                let down = pipe(sr, cw, counted);
+                let up = pipe(cr, sw, counted.clone(), rtt / 2);
+                let down = pipe(sr, cw, counted, rtt / 2);
                 let _ = tokio::join!(up, down);
             });
         }
@@ -253,26 +258,42 @@ async fn pipe(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     counted: Arc<AtomicU64>,
+    one_way: Duration,
 ) {
+    // Chunks keep their order and each arrives `one_way` after it was read.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+    let writer = tokio::spawn(async move {
+        while let Some((due, chunk)) = rx.recv().await {
+            tokio::time::sleep_until(due.into()).await;
+            if to.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown().await;
+    });
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         match from.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 counted.fetch_add(n as u64, Ordering::Relaxed);
-                if to.write_all(&buf[..n]).await.is_err() {
+                if tx
+                    .send((Instant::now() + one_way, buf[..n].to_vec()))
+                    .is_err()
+                {
                     break;
                 }
             }
         }
     }
-    let _ = to.shutdown().await;
+    drop(tx);
+    let _ = writer.await;
 }
 
 /// Mean bytes per screen over `n` screens on kept-alive connections.
 async fn wire_bytes(s: &Screen, graphql: bool, n: u64) -> anyhow::Result<u64> {
     let target = s.base.trim_start_matches("http://").to_string();
-    let (relay, counted) = counting_relay(target).await?;
+    let (relay, counted) = counting_relay(target, Duration::ZERO).await?;
     let via = Screen {
         base: relay,
         ..s.clone()
@@ -330,7 +351,21 @@ pub async fn run(o: GraphqlBenchOptions) -> anyhow::Result<()> {
 
     let mut rows = Vec::new();
     let mut out = Vec::new();
-    for &clients in &o.clients {
+    for (rtt_ms, clients) in o
+        .rtt_ms
+        .iter()
+        .flat_map(|r| o.clients.iter().map(move |c| (*r, *c)))
+    {
+        let screen = if rtt_ms == 0 {
+            screen.clone()
+        } else {
+            let target = screen.base.trim_start_matches("http://").to_string();
+            let (relay, _) = counting_relay(target, Duration::from_millis(rtt_ms)).await?;
+            Screen {
+                base: relay,
+                ..screen.clone()
+            }
+        };
         let mut r_rounds: Vec<LevelResult> = Vec::new();
         let mut g_rounds: Vec<LevelResult> = Vec::new();
         let mut ratios = Vec::new();
@@ -339,7 +374,7 @@ pub async fn run(o: GraphqlBenchOptions) -> anyhow::Result<()> {
             let r = closed_loop(clients, d, op(http.clone(), screen.clone(), false)).await?;
             let g = closed_loop(clients, d, op(http.clone(), screen.clone(), true)).await?;
             eprintln!(
-                "round {round} {clients} clients: REST {:.0}/s p50 {} p99 {} | GraphQL {:.0}/s p50 {} p99 {}",
+                "round {round} rtt {rtt_ms} ms {clients} clients: REST {:.0}/s p50 {} p99 {} | GraphQL {:.0}/s p50 {} p99 {}",
                 r.throughput(),
                 us(r.p50_us),
                 us(r.p99_us),
@@ -354,6 +389,7 @@ pub async fn run(o: GraphqlBenchOptions) -> anyhow::Result<()> {
         let ratio = crate::bench_market::median_f64(ratios);
         let (r, g) = (median_round(r_rounds), median_round(g_rounds));
         rows.push(vec![
+            rtt_ms.to_string(),
             clients.to_string(),
             format!("{:.0}", r.throughput()),
             us(r.p50_us),
@@ -365,6 +401,7 @@ pub async fn run(o: GraphqlBenchOptions) -> anyhow::Result<()> {
             format!("{:.2}x", g.throughput() / r.throughput().max(1e-9)),
         ]);
         out.push(json!({
+            "rtt_ms": rtt_ms,
             "clients": clients,
             "rest": {"screens_per_s": r.throughput(), "p50_us": r.p50_us, "p99_us": r.p99_us, "errors": r.errors},
             "graphql": {"screens_per_s": g.throughput(), "p50_us": g.p50_us, "p99_us": g.p99_us, "errors": g.errors},
@@ -388,9 +425,10 @@ pub async fn run(o: GraphqlBenchOptions) -> anyhow::Result<()> {
         "REST = GET order, then vendor + delivery + driver in parallel (4 requests, 2 round trips);"
     );
     println!(
-        "GraphQL = one POST /graphql; {} s per level, {} alternating rounds (median)",
+        "GraphQL = one POST /graphql; {} s per level, {} alternating rounds (median);",
         o.seconds, o.rounds
     );
+    println!("RTT > 0: through a relay that delays each direction by RTT/2, like a network");
     println!();
     println!(
         "bytes on the wire per screen (HTTP/1.1, headers + bodies, kept-alive): REST {rest_bytes}, GraphQL {gql_bytes} ({:.2}x)",
@@ -399,6 +437,7 @@ pub async fn run(o: GraphqlBenchOptions) -> anyhow::Result<()> {
     println!();
     output::table(
         &[
+            "RTT MS",
             "CLIENTS",
             "REST/S",
             "REST P50",

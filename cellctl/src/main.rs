@@ -370,6 +370,9 @@ enum BenchCmd {
     Graphql {
         #[arg(long, value_delimiter = ',', default_value = "1,16")]
         clients: Vec<usize>,
+        /// Network round-trip times to emulate, in ms (0: plain loopback).
+        #[arg(long, value_delimiter = ',', default_value = "0,20")]
+        rtt_ms: Vec<u64>,
         #[arg(long, default_value_t = 5)]
         seconds: u64,
         #[arg(long, default_value_t = 3)]
@@ -635,11 +638,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             BenchCmd::Graphql {
                 clients,
+                rtt_ms,
                 seconds,
                 rounds,
             } => {
                 bench_graphql::run(bench_graphql::GraphqlBenchOptions {
                     clients: clients.clone(),
+                    rtt_ms: rtt_ms.clone(),
                     seconds: *seconds,
                     rounds: *rounds,
                     json: j,
