@@ -94,24 +94,7 @@ impl Affinity {
         open: Arc<AtomicUsize>,
     ) -> Result<SendRequest<Body>, ConnectError> {
         let fail = |e: &dyn std::fmt::Display| ConnectError::Connect(e.to_string());
-        let addr = node.authority.as_str().to_string();
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&addr))
-            .await
-            .map_err(|e| fail(&e))?
-            .map_err(|e| fail(&e))?;
-        let _ = tcp.set_nodelay(true);
-        let io: Box<dyn edge::tls::Stream> = if node.scheme == http::uri::Scheme::HTTPS {
-            let tls = tls.ok_or_else(|| fail(&"https node without the internal CA (--ca)"))?;
-            let name = rustls::pki_types::ServerName::try_from(node.authority.host().to_string())
-                .map_err(|e| fail(&e))?;
-            let stream = tokio::time::timeout(CONNECT_TIMEOUT, tls.connect(name, tcp))
-                .await
-                .map_err(|e| fail(&e))?
-                .map_err(|e| fail(&e))?;
-            Box::new(stream)
-        } else {
-            Box::new(tcp)
-        };
+        let io = dial(node, tls).await?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
             .map_err(|e| fail(&e))?;
@@ -126,6 +109,32 @@ impl Affinity {
             .map_err(|_| fail(&"client connection is closing"))?;
         Ok(sender)
     }
+}
+
+/// A connection of our own to `node`: TCP, and TLS with the internal CA
+/// when the node speaks https.
+pub async fn dial(
+    node: &Node,
+    tls: Option<&tokio_rustls::TlsConnector>,
+) -> Result<Box<dyn edge::tls::Stream>, ConnectError> {
+    let fail = |e: &dyn std::fmt::Display| ConnectError::Connect(e.to_string());
+    let addr = node.authority.as_str().to_string();
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&addr))
+        .await
+        .map_err(|e| fail(&e))?
+        .map_err(|e| fail(&e))?;
+    let _ = tcp.set_nodelay(true);
+    if node.scheme != http::uri::Scheme::HTTPS {
+        return Ok(Box::new(tcp));
+    }
+    let tls = tls.ok_or_else(|| fail(&"https node without the internal CA (--ca)"))?;
+    let name = rustls::pki_types::ServerName::try_from(node.authority.host().to_string())
+        .map_err(|e| fail(&e))?;
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, tls.connect(name, tcp))
+        .await
+        .map_err(|e| fail(&e))?
+        .map_err(|e| fail(&e))?;
+    Ok(Box::new(stream))
 }
 
 struct OpenGuard(Arc<AtomicUsize>);

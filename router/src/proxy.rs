@@ -16,6 +16,7 @@ use futures::stream::{FuturesUnordered, StreamExt as _};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use http_body_util::BodyExt as _;
 use hyper::body::Body as _;
+use hyper_util::rt::TokioIo;
 
 use crate::affinity::{Affinity, ConnectError};
 use crate::metrics::{status_class, ReasonLabels, RequestLabels, UpstreamErrorLabels};
@@ -84,7 +85,12 @@ pub async fn handle(State(st): State<Arc<RouterState>>, req: Request) -> Respons
 }
 
 async fn route(st: &Arc<RouterState>, req: Request) -> Result<(Arc<CellPool>, Response), Problem> {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    // A WebSocket handshake (GraphQL subscriptions) is relayed, then the
+    // two connections are spliced.
+    let upgrade = websocket_upgrade(&parts.headers)
+        .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
+        .flatten();
     let header_bytes: usize = parts
         .headers
         .iter()
@@ -168,7 +174,10 @@ async fn route(st: &Arc<RouterState>, req: Request) -> Result<(Arc<CellPool>, Re
             let pool = st
                 .pool(&cell)
                 .ok_or_else(|| Problem::not_found("unknown_cell", format!("no cell {cell:?}")))?;
-            let resp = forward(st, &pool, &outgoing, &mut payload).await?;
+            let resp = match upgrade {
+                Some(client) => tunnel(st, &pool, &outgoing, &parts.headers, client).await?,
+                None => forward(st, &pool, &outgoing, &mut payload).await?,
+            };
             Ok((pool, resp))
         }
         Pin::Login { email } => {
@@ -178,6 +187,87 @@ async fn route(st: &Arc<RouterState>, req: Request) -> Result<(Arc<CellPool>, Re
             login(st, &outgoing, bytes, email).await
         }
     }
+}
+
+fn websocket_upgrade(headers: &HeaderMap) -> bool {
+    let has = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    has(header::CONNECTION, "upgrade") && has(header::UPGRADE, "websocket")
+}
+
+/// Relays a WebSocket handshake to one node of the cell over a connection
+/// of its own and, once the node switches protocols, splices the client's
+/// connection to it. The stream's lifetime is the client's: no request
+/// timeout applies, and no retry (the node is picked like a read).
+async fn tunnel(
+    st: &RouterState,
+    pool: &CellPool,
+    out: &Outgoing,
+    incoming: &HeaderMap,
+    client: hyper::upgrade::OnUpgrade,
+) -> Result<Response, Problem> {
+    let unavailable = || {
+        Problem::unavailable(
+            "cell_unavailable",
+            format!("no node of cell {:?} is reachable", pool.cell),
+        )
+    };
+    let i = pool.pick(false, &[]).ok_or_else(unavailable)?;
+    let node = &pool.nodes[i];
+    let failed = |e: &dyn std::fmt::Display| {
+        tracing::debug!(cell = %pool.cell, node = %node.url, error = %e, "websocket relay failed");
+        Problem::new(
+            StatusCode::BAD_GATEWAY,
+            "upstream_failed",
+            format!("cell {:?} did not take the WebSocket", pool.cell),
+        )
+    };
+    let io = crate::affinity::dial(node, st.affinity_tls.as_ref())
+        .await
+        .map_err(|ConnectError::Connect(e)| {
+            pool.mark_down(i);
+            failed(&e)
+        })?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| failed(&e))?;
+    tokio::spawn(conn.with_upgrades());
+    let mut req = http::Request::builder()
+        .method(out.method.clone())
+        .uri(http::Uri::from(out.path_and_query.clone()))
+        .body(Body::empty())
+        .map_err(|e| failed(&e))?;
+    *req.headers_mut() = out.headers.clone();
+    let h = req.headers_mut();
+    if let Ok(host) = HeaderValue::from_str(node.authority.as_str()) {
+        h.insert(header::HOST, host);
+    }
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Some(u) = incoming.get(header::UPGRADE) {
+        h.insert(header::UPGRADE, u.clone());
+    }
+    let mut resp = sender.send_request(req).await.map_err(|e| failed(&e))?;
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return Ok(into_response(resp, &pool.cell));
+    }
+    let upstream = hyper::upgrade::on(&mut resp);
+    tokio::spawn(async move {
+        let (Ok(a), Ok(b)) = (client.await, upstream.await) else {
+            return;
+        };
+        let (mut a, mut b) = (TokioIo::new(a), TokioIo::new(b));
+        let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+    });
+    // The 101 keeps its `Connection`/`Upgrade`: they are the handshake.
+    let (mut parts, _) = resp.into_parts();
+    if let Ok(v) = HeaderValue::from_str(&pool.cell) {
+        parts.headers.insert(X_CELL.clone(), v);
+    }
+    Ok(Response::from_parts(parts, Body::empty()))
 }
 
 fn too_large() -> Problem {
