@@ -98,6 +98,11 @@ pub struct Args {
     /// the SDL stays published at /graphql/schema.graphql.
     #[arg(long, env = "CELL_NO_GRAPHQL_INTROSPECTION")]
     pub no_graphql_introspection: bool,
+    /// Long polls (`/v1/events?wait=`) waiting at once on this node; more
+    /// are refused with `503 overloaded`, so waiters cannot grow memory
+    /// without bound (default 16384).
+    #[arg(long, env = "CELL_MAX_LONG_POLLS")]
+    pub max_long_polls: Option<usize>,
     /// Async worker threads (default: one per core). Nodes sharing a
     /// machine should split its cores.
     #[arg(long, env = "CELL_THREADS")]
@@ -134,6 +139,7 @@ struct FileConfig {
     ca: Option<PathBuf>,
     insecure_http: Option<bool>,
     graphql_introspection: Option<bool>,
+    max_long_polls: Option<usize>,
     ops_token_file: Option<PathBuf>,
     join: Option<bool>,
     log_json: Option<bool>,
@@ -180,6 +186,8 @@ pub struct CellConfig {
     pub read_cache: bool,
     /// Answer GraphQL introspection queries.
     pub graphql_introspection: bool,
+    /// Long polls waiting at once (more get `503`).
+    pub max_long_polls: usize,
     pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
@@ -332,6 +340,11 @@ impl CellConfig {
             read_cache: !args.no_read_cache,
             graphql_introspection: !args.no_graphql_introspection
                 && file.graphql_introspection.unwrap_or(true),
+            max_long_polls: args
+                .max_long_polls
+                .or(file.max_long_polls)
+                .unwrap_or(16_384)
+                .max(1),
             trusted_proxies: if args.trusted_proxies.is_empty() {
                 file.trusted_proxies.unwrap_or_default()
             } else {

@@ -19,6 +19,8 @@ fn main() -> anyhow::Result<()> {
     if let Some(n) = threads.filter(|n| *n > 0) {
         builder.worker_threads(n);
     }
+    // Every waiting long poll holds a socket.
+    edge::fd_limit::raise_fd_limit();
     let runtime = builder.enable_all().thread_name("cell").build()?;
     runtime.block_on(cell::server::run(cfg))
 }

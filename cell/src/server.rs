@@ -18,8 +18,6 @@ use crate::{
 
 /// Most requests a node works on at once before it sheds load.
 const MAX_INFLIGHT: usize = 2048;
-/// Most long polls a node keeps waiting at once.
-const MAX_LONG_POLLS: usize = 16_384;
 
 pub async fn run(cfg: CellConfig) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
@@ -135,7 +133,7 @@ pub async fn run(cfg: CellConfig) -> anyhow::Result<()> {
         read_models,
         search,
         inflight: Arc::new(Semaphore::new(MAX_INFLIGHT)),
-        long_polls: Arc::new(Semaphore::new(MAX_LONG_POLLS)),
+        long_polls: Arc::new(Semaphore::new(cfg.max_long_polls)),
         limiter: Arc::new(edge::rate_limit::RateLimiter::new(cfg.limits)),
         dispatch: dispatch.clone(),
         verified: Arc::default(),

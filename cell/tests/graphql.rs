@@ -388,7 +388,38 @@ async fn screens_are_one_query_each_and_equal_the_rest_answers() {
     assert_eq!(err, None, "{v}");
     assert_eq!(v["answerOffer"]["driverId"], driver_id.as_str());
 
-    // The order-tracking screen, for the customer.
+    // The order-tracking screen, for the customer. The driver's position
+    // is replicated once a second: let it land, so both reads see it.
+    let (_, o) = api
+        .rest(
+            1,
+            Method::GET,
+            &format!("/v1/orders/{oid}"),
+            Some(&ct),
+            None,
+        )
+        .await;
+    let did = o["delivery_id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, c) = api
+            .rest(
+                1,
+                Method::GET,
+                &format!("/v1/deliveries/{did}/driver"),
+                Some(&ct),
+                None,
+            )
+            .await;
+        if !c["location"].is_null() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the driver's position never landed: {c}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let (s, v, err) = api
         .gql(1, Some(&ct), ORDER_SCREEN, json!({"id": oid}))
         .await;

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_dispatch;
 mod bench_graphql;
+mod bench_longpoll;
 mod bench_market;
 mod bench_router;
 mod bench_search;
@@ -378,6 +379,12 @@ enum BenchCmd {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Many long polls on one node's event feed: memory per waiter and how
+    /// soon one change answers them all.
+    Longpoll {
+        #[arg(long, default_value_t = 10_000)]
+        waiters: usize,
+    },
     /// Load state into a single node and report its memory.
     Memory {
         #[arg(long, default_value_t = 1024)]
@@ -647,6 +654,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     rtt_ms: rtt_ms.clone(),
                     seconds: *seconds,
                     rounds: *rounds,
+                    json: j,
+                })
+                .await
+            }
+            BenchCmd::Longpoll { waiters } => {
+                bench_longpoll::run(bench_longpoll::LongPollBenchOptions {
+                    waiters: *waiters,
                     json: j,
                 })
                 .await

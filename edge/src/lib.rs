@@ -6,6 +6,7 @@
 //! It knows nothing about storage, Raft or the domain, so the router can use
 //! it without pulling in a cell.
 
+pub mod fd_limit;
 pub mod rate_limit;
 pub mod tls;
 pub mod token;

@@ -13,7 +13,7 @@ fn main() -> anyhow::Result<()> {
     let threads = args.threads;
     let cfg = RouterConfig::resolve(args)?;
     init_tracing(cfg.log_json);
-    raise_fd_limit();
+    edge::fd_limit::raise_fd_limit();
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();
     if let Some(n) = threads {
@@ -34,22 +34,5 @@ fn init_tracing(json: bool) {
         b.json().init();
     } else {
         b.init();
-    }
-}
-
-/// Long polls hold a client and an upstream connection each: lift the soft
-/// descriptor limit to the hard one.
-fn raise_fd_limit() {
-    #[cfg(unix)]
-    unsafe {
-        // SAFETY: getrlimit/setrlimit on a local, fully initialised struct.
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
     }
 }

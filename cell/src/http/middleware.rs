@@ -169,7 +169,7 @@ async fn shed_and_time(state: &AppState, mut req: Request, next: Next) -> Respon
         return e.into_response();
     }
     // Shed instead of queueing without bound: a full node answers fast.
-    let long_poll = req.uri().path() == "/v1/events";
+    let long_poll = matches!(req.uri().path(), "/v1/events" | "/v1/routes/available");
     let permits = if long_poll {
         &state.long_polls
     } else {
