@@ -57,12 +57,17 @@ pub enum Change {
     /// A delivery may need a driver now (opened, or an offer declined or
     /// expired): the leader's dispatcher runs at once.
     Dispatchable,
+    /// These principals' event feeds grew: their long polls wake.
+    Feeds {
+        principals: Vec<String>,
+    },
     /// A snapshot replaced the whole state.
     Everything,
 }
 
 pub struct CellApp {
     changes: broadcast::Sender<Change>,
+    feeds: crate::feed_waiters::FeedWaiters,
     read_models: Arc<ReadModels>,
     search: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Dirty>>,
 }
@@ -72,6 +77,7 @@ impl CellApp {
         let (changes, _) = broadcast::channel(4096);
         Self {
             changes,
+            feeds: Default::default(),
             read_models,
             search: std::sync::OnceLock::new(),
         }
@@ -94,6 +100,11 @@ impl CellApp {
         }
     }
 
+    /// Long polls waiting on event feeds.
+    pub fn feeds(&self) -> &crate::feed_waiters::FeedWaiters {
+        &self.feeds
+    }
+
     pub fn read_models(&self) -> &Arc<ReadModels> {
         &self.read_models
     }
@@ -111,6 +122,53 @@ impl raft::Application for CellApp {
     type Effect = Change;
 
     fn apply(
+        &self,
+        txn: &WriteTxn,
+        ctx: &mut raft::ApplyContext<Change>,
+        cmd: Command,
+    ) -> storage::Result<Response> {
+        let (resp, fed) = crate::events::collect_appends(|| self.apply_command(txn, ctx, cmd));
+        if !fed.is_empty() {
+            ctx.emit(Change::Feeds { principals: fed });
+        }
+        resp
+    }
+
+    /// Runs before the applied index advances: cached read models are
+    /// dropped before any reader can wait for this index.
+    fn committed(&self, _applied_index: u64, effects: Vec<Change>) {
+        for e in effects {
+            match &e {
+                Change::Vendor { id } => {
+                    self.read_models.invalidate(&format!("vendor/{id}"));
+                    self.read_models.invalidate(&format!("menu/{id}"));
+                    self.index(Dirty::Vendor(id.clone()));
+                }
+                Change::Product { id } => {
+                    self.read_models.invalidate(&format!("product/{id}"));
+                    self.index(Dirty::Product(id.clone()));
+                }
+                Change::Feeds { principals } => {
+                    for p in principals {
+                        self.feeds.wake(p);
+                    }
+                }
+                Change::Kv { .. } | Change::Dispatchable | Change::Everything => {}
+            }
+            let _ = self.changes.send(e);
+        }
+    }
+
+    fn snapshot_installed(&self, _applied_index: u64) {
+        self.read_models.invalidate_all();
+        self.index(Dirty::All);
+        self.feeds.wake_all();
+        let _ = self.changes.send(Change::Everything);
+    }
+}
+
+impl CellApp {
+    fn apply_command(
         &self,
         txn: &WriteTxn,
         ctx: &mut raft::ApplyContext<Change>,
@@ -168,31 +226,5 @@ impl raft::Application for CellApp {
             Command::Webhooks(c) => Ok(Response::Webhooks(Box::new(webhooks::apply(txn, *c)?))),
             Command::Routes(c) => Ok(Response::Routes(Box::new(routes::apply(txn, *c)?))),
         }
-    }
-
-    /// Runs before the applied index advances: cached read models are
-    /// dropped before any reader can wait for this index.
-    fn committed(&self, _applied_index: u64, effects: Vec<Change>) {
-        for e in effects {
-            match &e {
-                Change::Vendor { id } => {
-                    self.read_models.invalidate(&format!("vendor/{id}"));
-                    self.read_models.invalidate(&format!("menu/{id}"));
-                    self.index(Dirty::Vendor(id.clone()));
-                }
-                Change::Product { id } => {
-                    self.read_models.invalidate(&format!("product/{id}"));
-                    self.index(Dirty::Product(id.clone()));
-                }
-                Change::Kv { .. } | Change::Dispatchable | Change::Everything => {}
-            }
-            let _ = self.changes.send(e);
-        }
-    }
-
-    fn snapshot_installed(&self, _applied_index: u64) {
-        self.read_models.invalidate_all();
-        self.index(Dirty::All);
-        let _ = self.changes.send(Change::Everything);
     }
 }

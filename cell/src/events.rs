@@ -19,6 +19,26 @@ pub struct Event {
     pub data: String,
 }
 
+std::thread_local! {
+    /// Principals whose feed grew during the apply running on this thread
+    /// (see [`collect_appends`]).
+    static APPENDED: std::cell::RefCell<Option<Vec<String>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `apply` and returns, with its result, the principals whose feeds
+/// it appended to — so the node can wake only their long polls once the
+/// transaction commits. Recording has no effect on state.
+pub fn collect_appends<R>(apply: impl FnOnce() -> R) -> (R, Vec<String>) {
+    let outer = APPENDED.with(|a| a.borrow_mut().replace(Vec::new()));
+    let r = apply();
+    let mut fed = APPENDED
+        .with(|a| std::mem::replace(&mut *a.borrow_mut(), outer))
+        .unwrap_or_default();
+    fed.sort_unstable();
+    fed.dedup();
+    (r, fed)
+}
+
 fn key(principal: &str, seq: u64) -> Vec<u8> {
     format!("{principal}/{seq:020}").into_bytes()
 }
@@ -55,6 +75,11 @@ fn append_retaining(
         data: data.to_string(),
     };
     txn.put(EVENTS, &key(principal, seq), &e)?;
+    APPENDED.with(|a| {
+        if let Some(v) = a.borrow_mut().as_mut() {
+            v.push(principal.to_string());
+        }
+    });
     // One in, one out: the feed holds the last `retain` events.
     if seq > retain {
         txn.delete(EVENTS, &key(principal, seq - retain))?;

@@ -8,6 +8,7 @@ pub mod config;
 pub mod dispatch;
 pub mod drivers;
 pub mod events;
+pub mod feed_waiters;
 pub mod http;
 pub mod identity;
 pub mod kv;

@@ -23,6 +23,9 @@ fn ms(d: Duration) -> String {
     format!("{:.1}ms", d.as_secs_f64() * 1000.0)
 }
 
+/// Changes made while everyone waits; each wakes one waiter.
+const CHANGES: usize = 50;
+
 pub async fn run(o: LongPollBenchOptions) -> anyhow::Result<()> {
     edge::fd_limit::raise_fd_limit();
     let tmp = TempDir::new("marketcell-longpoll")?;
@@ -35,29 +38,46 @@ pub async fn run(o: LongPollBenchOptions) -> anyhow::Result<()> {
     let ops = cell.token.clone();
     let http = bench_client(8)?;
 
-    // A shop and a customer whose order will wake everyone.
+    // A shop, and one customer per waiter.
     let vt = mint(&http, &base, &ops, "vendor", "bench.acc_lpvendor").await?;
     let v = post(&http, format!("{base}/v1/vendors"), Some(&vt), json!({"name": "Deli", "kind": "restaurant", "location": {"lat": 40.7, "lng": -74.0}, "address": "1 Main St", "prep_minutes": 5})).await?;
     let vid = v["id"].as_str().context("vendor id")?.to_string();
     let p = post(&http, format!("{base}/v1/vendors/{vid}/products"), Some(&vt), json!({"name": "Bagel", "category": "bakery", "price": {"amount": 300, "currency": "USD"}, "stock": null})).await?;
-    let ct = mint(&http, &base, &ops, "customer", "bench.acc_lpcustomer").await?;
-    let q = post(
-        &http,
-        format!("{base}/v1/quotes"),
-        Some(&ct),
-        json!({"vendor_id": vid, "dropoff": {"lat": 40.71, "lng": -74.0}}),
-    )
-    .await?;
+    eprintln!("minting {} customers…", o.waiters);
+    let mut tokens = Vec::with_capacity(o.waiters);
+    for i in 0..o.waiters {
+        tokens.push(
+            mint(
+                &http,
+                &base,
+                &ops,
+                "customer",
+                &format!("bench.acc_lp{i:07}"),
+            )
+            .await?,
+        );
+    }
+    let mut quotes = Vec::new();
+    for t in tokens.iter().take(CHANGES) {
+        let q = post(
+            &http,
+            format!("{base}/v1/quotes"),
+            Some(t),
+            json!({"vendor_id": vid, "dropoff": {"lat": 40.71, "lng": -74.0}}),
+        )
+        .await?;
+        quotes.push(q["id"].clone());
+    }
 
     let addr = base.trim_start_matches("http://").to_string();
-    let request = format!(
-        "GET /v1/events?after=0&wait=60 HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {ct}\r\n\r\n"
-    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_before = cell.rss_bytes(1).unwrap_or(0);
-    eprintln!("opening {} long polls…", o.waiters);
-    let (woke_tx, mut woke_rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, bool)>();
-    for i in 0..o.waiters {
+    eprintln!("opening {} long polls, one per customer…", o.waiters);
+    let (woke_tx, mut woke_rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant, bool)>();
+    for (i, t) in tokens.iter().enumerate() {
+        let request = format!(
+            "GET /v1/events?after=0&wait=60 HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {t}\r\n\r\n"
+        );
         let mut s = tokio::net::TcpStream::connect(&addr)
             .await
             .with_context(|| format!("connection {i}"))?;
@@ -69,8 +89,9 @@ pub async fn run(o: LongPollBenchOptions) -> anyhow::Result<()> {
                 Ok(n) => buf[..n].starts_with(b"HTTP/1.1 200"),
                 Err(_) => false,
             };
-            let _ = tx.send((Instant::now(), ok));
-            drop(s);
+            let _ = tx.send((i, Instant::now(), ok));
+            // Hold the connection until the end of the run.
+            let _ = tokio::time::timeout(Duration::from_secs(120), s.read(&mut buf)).await;
         });
         if i % 500 == 499 {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -79,52 +100,73 @@ pub async fn run(o: LongPollBenchOptions) -> anyhow::Result<()> {
     drop(woke_tx);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss_waiting = cell.rss_bytes(1).unwrap_or(0);
-    anyhow::ensure!(woke_rx.is_empty(), "some polls returned before the change");
+    anyhow::ensure!(woke_rx.is_empty(), "some polls returned before any change");
 
-    eprintln!("placing an order: every waiter's feed changes…");
-    let sent = Instant::now();
-    let r = http
-        .post(format!("{base}/v1/orders"))
-        .bearer_auth(&ct)
-        .header("idempotency-key", "longpoll-bench")
-        .json(&json!({"quote_id": q["id"], "items": [{"product_id": p["id"], "quantity": 1}], "dropoff": {"location": {"lat": 40.71, "lng": -74.0}, "address": "2 Side St"}}))
-        .send()
-        .await?;
-    let acked = Instant::now();
-    anyhow::ensure!(r.status().is_success(), "order: {}", r.status());
-    let mut after_ack = Vec::with_capacity(o.waiters);
+    eprintln!("{CHANGES} checkouts, each by one waiting customer…");
+    let mut after_ack = Vec::with_capacity(CHANGES);
+    let mut after_send = Vec::with_capacity(CHANGES);
+    let mut writes = Vec::with_capacity(CHANGES);
+    let mut others = 0usize;
     let mut failed = 0usize;
-    while let Ok(Some((at, ok))) =
-        tokio::time::timeout(Duration::from_secs(30), woke_rx.recv()).await
-    {
-        if ok {
+    for (j, quote) in quotes.iter().enumerate() {
+        let sent = Instant::now();
+        let r = http
+            .post(format!("{base}/v1/orders"))
+            .bearer_auth(&tokens[j])
+            .header("idempotency-key", format!("longpoll-{j}"))
+            .json(&json!({"quote_id": quote, "items": [{"product_id": p["id"], "quantity": 1}], "dropoff": {"location": {"lat": 40.71, "lng": -74.0}, "address": "2 Side St"}}))
+            .send()
+            .await?;
+        let acked = Instant::now();
+        anyhow::ensure!(r.status().is_success(), "order: {}", r.status());
+        writes.push(acked - sent);
+        loop {
+            let (i, at, ok) = tokio::time::timeout(Duration::from_secs(10), woke_rx.recv())
+                .await
+                .context("the customer's poll did not answer")?
+                .context("waiters gone")?;
+            if i != j {
+                others += 1;
+                continue;
+            }
+            if !ok {
+                failed += 1;
+            }
             after_ack.push(at.saturating_duration_since(acked));
-        } else {
-            failed += 1;
+            after_send.push(at.saturating_duration_since(sent));
+            break;
         }
     }
+    // Anyone else who answered meanwhile was woken for nothing.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    while woke_rx.try_recv().is_ok() {
+        others += 1;
+    }
     after_ack.sort();
-    let q = |p: f64| {
-        after_ack
-            .get(((after_ack.len() as f64 * p) as usize).min(after_ack.len().saturating_sub(1)))
+    after_send.sort();
+    writes.sort();
+    let q = |v: &[Duration], p: f64| {
+        v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1)))
             .copied()
             .unwrap_or_default()
     };
     let per_waiter = rss_waiting.saturating_sub(rss_before) / o.waiters.max(1) as u64;
-    let write = acked - sent;
     if o.json {
         output::json(&json!({
-            "waiters": o.waiters, "answered": after_ack.len(), "failed": failed,
+            "waiters": o.waiters, "changes": CHANGES, "failed": failed, "others_woken": others,
             "rss_before": rss_before, "rss_waiting": rss_waiting, "bytes_per_waiter": per_waiter,
-            "write_ms": write.as_secs_f64() * 1e3,
-            "woken_after_ack_ms": {"p50": q(0.5).as_secs_f64() * 1e3, "p99": q(0.99).as_secs_f64() * 1e3, "max": q(1.0).as_secs_f64() * 1e3},
+            "write_p50_ms": q(&writes, 0.5).as_secs_f64() * 1e3,
+            "woken_after_ack_ms": {"p50": q(&after_ack, 0.5).as_secs_f64() * 1e3, "p99": q(&after_ack, 0.99).as_secs_f64() * 1e3, "max": q(&after_ack, 1.0).as_secs_f64() * 1e3},
         }));
         return Ok(());
     }
     println!();
     println!(
-        "{} long polls (GET /v1/events?wait=60, one connection each) on one node, one change wakes them all",
+        "{} long polls (GET /v1/events?wait=60, one customer and one connection each) on one node;",
         o.waiters
+    );
+    println!(
+        "{CHANGES} checkouts one after another, each appending to one waiting customer's feed"
     );
     output::table(
         &["MEASURE", "RESULT"],
@@ -137,15 +179,30 @@ pub async fn run(o: LongPollBenchOptions) -> anyhow::Result<()> {
                 "memory per waiter".into(),
                 format!("{:.1} KiB", per_waiter as f64 / 1024.0),
             ],
-            vec!["the write (checkout) itself".into(), ms(write)],
+            vec!["the checkout itself, p50".into(), ms(q(&writes, 0.5))],
             vec![
-                "answered after the write's ack: p50 / p99 / last".into(),
-                format!("{} / {} / {}", ms(q(0.5)), ms(q(0.99)), ms(q(1.0))),
+                "its waiter answered after the checkout was sent: p50 / p99 / max".into(),
+                format!(
+                    "{} / {} / {}",
+                    ms(q(&after_send, 0.5)),
+                    ms(q(&after_send, 0.99)),
+                    ms(q(&after_send, 1.0))
+                ),
             ],
             vec![
-                "answered / failed".into(),
-                format!("{} / {failed}", after_ack.len()),
+                "… after the checkout's ack (0: before it): p50 / p99 / max".into(),
+                format!(
+                    "{} / {} / {}",
+                    ms(q(&after_ack, 0.5)),
+                    ms(q(&after_ack, 0.99)),
+                    ms(q(&after_ack, 1.0))
+                ),
             ],
+            vec![
+                "other waiters woken (should be 0)".into(),
+                others.to_string(),
+            ],
+            vec!["failed answers".into(), failed.to_string()],
         ],
     );
     Ok(())

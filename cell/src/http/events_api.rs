@@ -83,11 +83,12 @@ pub(super) async fn feed(
         ));
     }
     let deadline = Instant::now() + Duration::from_secs(wait);
-    let mut applied = s.node.applied_watch();
+    // Woken only by changes to this caller's feed.
+    let watch = s.app.feeds().watch(&p.sub);
     loop {
-        // Mark the current applied index seen before reading, so a change
-        // applied between the read and the wait still wakes us.
-        applied.borrow_and_update();
+        // Armed before reading, so a change between the read and the wait
+        // still wakes us.
+        let changed = watch.changed();
         let found = events::after(&s.node.store().read()?, &p.sub, after, PAGE)?;
         let left = deadline.saturating_duration_since(Instant::now());
         if !found.is_empty() || left.is_zero() {
@@ -103,11 +104,6 @@ pub(super) async fn feed(
                 .collect();
             return Ok(Json(json!({"events": items, "next": next})));
         }
-        if tokio::time::timeout(left, applied.changed())
-            .await
-            .is_ok_and(|r| r.is_err())
-        {
-            return Err(ApiError::internal("the state machine stopped"));
-        }
+        let _ = tokio::time::timeout(left, changed).await;
     }
 }
