@@ -8,7 +8,7 @@
 //! wins an accept is decided in apply (`drivers`), so a dispatcher that
 //! lost leadership mid-step cannot double-assign anything.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ use tokio::sync::broadcast;
 use crate::{
     app::{CellApp, Change, Command},
     catalog::Location,
+    driver_grid::{rows_near, square_of, Square},
     drivers::{self, Delivery, Driver, DriverCommand, DriverStatus, Ping},
     http::orders_api::haversine_km,
     kv,
@@ -28,8 +29,9 @@ use crate::{
 const STALE_LOCATION_MS: i64 = 60_000;
 /// Deliveries looked at per round.
 const BATCH: usize = 256;
-/// Drivers considered per cell (the candidate scan is linear).
-const MAX_DRIVERS: usize = 100_000;
+/// How far a driver may have moved since their replicated position (at
+/// most about a second old): candidates are looked up this much wider.
+const MOVED_KM: f64 = 1.0;
 
 /// Dispatch settings from the config store (`dispatch/<name>`), with
 /// defaults.
@@ -72,8 +74,50 @@ fn settings(read: &storage::ReadTxn) -> Settings {
 pub struct Dispatcher {
     /// Pings not yet replicated (latest per driver).
     pending: Mutex<HashMap<String, Ping>>,
-    /// The freshest position seen by this node, per driver.
-    live: Mutex<HashMap<String, (Location, i64)>>,
+    /// The freshest positions seen by this node.
+    live: Mutex<Live>,
+}
+
+/// Positions pinged to this node, per driver and by grid square (so the
+/// dispatcher finds drivers whose latest position is not replicated yet
+/// without scanning them all).
+#[derive(Default)]
+struct Live {
+    at: HashMap<String, (Location, i64)>,
+    squares: HashMap<Square, HashSet<String>>,
+}
+
+impl Live {
+    fn put(&mut self, driver_id: &str, l: Location, when: i64) {
+        let square = square_of(&l);
+        if let Some((old, _)) = self.at.insert(driver_id.to_string(), (l, when)) {
+            let was = square_of(&old);
+            if was != square {
+                if let Some(set) = self.squares.get_mut(&was) {
+                    set.remove(driver_id);
+                    if set.is_empty() {
+                        self.squares.remove(&was);
+                    }
+                }
+            }
+        }
+        self.squares
+            .entry(square)
+            .or_default()
+            .insert(driver_id.to_string());
+    }
+
+    fn near(&self, at: &Location, radius_km: f64) -> Vec<String> {
+        let mut ids = Vec::new();
+        for (lat, lngs) in rows_near(at, radius_km) {
+            for lng in lngs {
+                if let Some(set) = self.squares.get(&(lat, lng)) {
+                    ids.extend(set.iter().cloned());
+                }
+            }
+        }
+        ids
+    }
 }
 
 fn now_ms() -> i64 {
@@ -86,16 +130,11 @@ fn now_ms() -> i64 {
 impl Dispatcher {
     pub fn ping(&self, p: Ping) {
         if let Ok(mut live) = self.live.lock() {
-            live.insert(
-                p.driver_id.clone(),
-                (
-                    Location {
-                        lat: p.lat,
-                        lng: p.lng,
-                    },
-                    p.at,
-                ),
-            );
+            let l = Location {
+                lat: p.lat,
+                lng: p.lng,
+            };
+            live.put(&p.driver_id, l, p.at);
         }
         if let Ok(mut pending) = self.pending.lock() {
             pending.insert(p.driver_id.clone(), p);
@@ -105,7 +144,7 @@ impl Dispatcher {
     /// The freshest known position: this node's last ping if newer than
     /// the replicated one.
     fn position(&self, d: &Driver) -> Option<(Location, i64)> {
-        let live = self.live.lock().ok().and_then(|l| l.get(&d.id).copied());
+        let live = self.live.lock().ok().and_then(|l| l.at.get(&d.id).copied());
         match (live, d.location) {
             (Some((l, at)), _) if at >= d.location_at => Some((l, at)),
             (_, Some(l)) => Some((l, d.location_at)),
@@ -179,20 +218,25 @@ impl Dispatcher {
     /// One pass over waiting deliveries and open offers.
     async fn round(&self, node: &RaftNode<CellApp>, cell: &str) -> anyhow::Result<()> {
         let now = now_ms();
-        let (settings, deliveries, drivers) = {
+        let (settings, deliveries) = {
             let read = node.store().read()?;
-            let settings = settings(&read);
-            let deliveries = drivers::dispatchable(&read, BATCH)?;
-            let all = drivers::all_drivers(&read, MAX_DRIVERS)?;
-            (settings, deliveries, all)
+            (settings(&read), drivers::dispatchable(&read, BATCH)?)
         };
         let mut busy: std::collections::HashSet<String> = std::collections::HashSet::new();
         for d in deliveries {
             if d.dispatch_after > now {
                 continue;
             }
-            let open = {
+            let radius = search_radius(&d, &settings);
+            let (open, nearby) = {
                 let read = node.store().read()?;
+                let wider = radius + MOVED_KM;
+                let pinged_here = self
+                    .live
+                    .lock()
+                    .map(|l| l.near(&d.pickup, wider))
+                    .unwrap_or_default();
+                let nearby = drivers::drivers_near(&read, &d.pickup, wider, pinged_here)?;
                 let mut open = Vec::new();
                 for driver_id in &d.offered_to {
                     for o in drivers::open_offers(&read, driver_id)? {
@@ -201,7 +245,7 @@ impl Dispatcher {
                         }
                     }
                 }
-                open
+                (open, nearby)
             };
             let mut live_offers = 0;
             for o in &open {
@@ -220,7 +264,7 @@ impl Dispatcher {
                 continue;
             }
             let wanted = settings.wave;
-            let candidates = self.rank(&d, &drivers, &busy, &settings, now);
+            let candidates = self.rank(&d, &nearby, &busy, radius, now);
             if candidates.is_empty() {
                 let give_up = d.empty_rounds + 1 >= settings.give_up_rounds;
                 let cmd = DriverCommand::NoCandidates {
@@ -250,18 +294,16 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// Eligible drivers near the pickup, best first: the search radius
-    /// widens with each empty round; within it, by standing tier, then
-    /// distance.
+    /// Eligible drivers within `radius` of the pickup, best first: by
+    /// standing tier, then distance.
     fn rank(
         &self,
         d: &Delivery,
         all: &[Driver],
         busy: &std::collections::HashSet<String>,
-        s: &Settings,
+        radius: f64,
         now: i64,
     ) -> Vec<String> {
-        let radius = (s.radius_km * 2f64.powi(d.empty_rounds.min(16) as i32)).min(s.max_radius_km);
         let mut ranked: Vec<(u8, f64, &str)> = all
             .iter()
             .filter(|drv| {
@@ -286,6 +328,11 @@ impl Dispatcher {
             .map(|(_, _, id)| id.to_string())
             .collect()
     }
+}
+
+/// The search radius widens with each round that found nobody.
+fn search_radius(d: &Delivery, s: &Settings) -> f64 {
+    (s.radius_km * 2f64.powi(d.empty_rounds.min(16) as i32)).min(s.max_radius_km)
 }
 
 /// Proposes the running window's close when its time is up; apply
@@ -326,11 +373,11 @@ pub fn area_load(
         waiting_deliveries: 0,
         cell_has_drivers: false,
     };
-    for d in drivers::all_drivers(read, MAX_DRIVERS)? {
+    load.cell_has_drivers = drivers::any_approved(read)?;
+    for d in drivers::drivers_near(read, at, radius_km, Vec::new())? {
         if d.status != DriverStatus::Approved {
             continue;
         }
-        load.cell_has_drivers = true;
         let near = d
             .location
             .is_some_and(|l| haversine_km(&l, at) <= radius_km);

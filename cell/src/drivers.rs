@@ -516,10 +516,18 @@ pub fn apply(txn: &WriteTxn, cmd: DriverCommand) -> storage::Result<DriverRespon
             for p in pings {
                 if let Some(mut drv) = txn.get(DRIVERS, p.driver_id.as_bytes())? {
                     if p.at >= drv.location_at {
-                        drv.location = Some(Location {
+                        let now = Location {
                             lat: p.lat,
                             lng: p.lng,
-                        });
+                        };
+                        crate::driver_grid::moved(
+                            txn,
+                            &p.driver_id,
+                            drv.location.as_ref(),
+                            &now,
+                            p.at,
+                        )?;
+                        drv.location = Some(now);
                         drv.location_at = p.at;
                         txn.put(DRIVERS, p.driver_id.as_bytes(), &drv)?;
                     }
@@ -848,11 +856,52 @@ pub fn dispatchable(read: &ReadTxn, limit: usize) -> storage::Result<Vec<Deliver
     Ok(out)
 }
 
-/// Every driver (the dispatcher's candidate set; bounded per cell).
+/// Every driver (bounded).
 pub fn all_drivers(read: &ReadTxn, limit: usize) -> storage::Result<Vec<Driver>> {
     Ok(read
         .range(DRIVERS, Vec::new().., limit)?
         .into_iter()
         .map(|(_, d)| d)
         .collect())
+}
+
+/// Drivers whose replicated position may lie within `radius_km` of `at`
+/// (read through the grid index: a superset, callers measure), plus the
+/// drivers named in `also`.
+pub fn drivers_near(
+    read: &ReadTxn,
+    at: &Location,
+    radius_km: f64,
+    also: Vec<String>,
+) -> storage::Result<Vec<Driver>> {
+    let mut ids = crate::driver_grid::near(read, at, radius_km)?;
+    ids.extend(also);
+    ids.sort_unstable();
+    ids.dedup();
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(d) = read.get(DRIVERS, id.as_bytes())? {
+            out.push(d);
+        }
+    }
+    Ok(out)
+}
+
+/// Whether the cell has any approved driver (surge pricing falls back to
+/// the configured supply in a cell without drivers).
+pub fn any_approved(read: &ReadTxn) -> storage::Result<bool> {
+    let mut from = Vec::new();
+    loop {
+        let page = read.range(DRIVERS, from.clone().., 256)?;
+        if page.iter().any(|(_, d)| d.status == DriverStatus::Approved) {
+            return Ok(true);
+        }
+        match page.last() {
+            Some((k, _)) if page.len() == 256 => {
+                from = k.clone();
+                from.push(0);
+            }
+            _ => return Ok(false),
+        }
+    }
 }

@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod certs;
 pub mod config;
 pub mod dispatch;
+pub mod driver_grid;
 pub mod drivers;
 pub mod events;
 pub mod feed_waiters;

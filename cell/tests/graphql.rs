@@ -177,6 +177,20 @@ impl Api {
             )
             .await;
         assert_eq!(s, StatusCode::NO_CONTENT);
+        // Positions replicate once a second; quotes (surge) and the
+        // courier's location read the replicated one. Wait for it, so the
+        // REST and GraphQL reads below see the same world.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, me) = self
+                .rest(1, Method::GET, "/v1/drivers/me", Some(&t), None)
+                .await;
+            if !me["location"].is_null() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the position never replicated");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         (id, t)
     }
 }
