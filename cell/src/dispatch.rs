@@ -222,21 +222,15 @@ impl Dispatcher {
             let read = node.store().read()?;
             (settings(&read), drivers::dispatchable(&read, BATCH)?)
         };
-        let mut busy: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let mut busy: HashSet<String> = HashSet::new();
+        // Drivers read this round: deliveries close together share them.
+        let mut known: HashMap<String, Option<Driver>> = HashMap::new();
         for d in deliveries {
             if d.dispatch_after > now {
                 continue;
             }
-            let radius = search_radius(&d, &settings);
-            let (open, nearby) = {
+            let open = {
                 let read = node.store().read()?;
-                let wider = radius + MOVED_KM;
-                let pinged_here = self
-                    .live
-                    .lock()
-                    .map(|l| l.near(&d.pickup, wider))
-                    .unwrap_or_default();
-                let nearby = drivers::drivers_near(&read, &d.pickup, wider, pinged_here)?;
                 let mut open = Vec::new();
                 for driver_id in &d.offered_to {
                     for o in drivers::open_offers(&read, driver_id)? {
@@ -245,7 +239,7 @@ impl Dispatcher {
                         }
                     }
                 }
-                (open, nearby)
+                open
             };
             let mut live_offers = 0;
             for o in &open {
@@ -264,6 +258,8 @@ impl Dispatcher {
                 continue;
             }
             let wanted = settings.wave;
+            let radius = search_radius(&d, &settings);
+            let nearby = self.drivers_near(node, &d.pickup, radius + MOVED_KM, &mut known)?;
             let candidates = self.rank(&d, &nearby, &busy, radius, now);
             if candidates.is_empty() {
                 let give_up = d.empty_rounds + 1 >= settings.give_up_rounds;
@@ -294,13 +290,44 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// Drivers whose position (replicated, or pinged to this node) may lie
+    /// within `radius_km` of `at`, each read at most once per round.
+    fn drivers_near(
+        &self,
+        node: &RaftNode<CellApp>,
+        at: &Location,
+        radius_km: f64,
+        known: &mut HashMap<String, Option<Driver>>,
+    ) -> anyhow::Result<Vec<Driver>> {
+        let read = node.store().read()?;
+        let mut ids = crate::driver_grid::near(&read, at, radius_km)?;
+        if let Ok(live) = self.live.lock() {
+            ids.extend(live.near(at, radius_km));
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let d = match known.get(&id) {
+                Some(d) => d.clone(),
+                None => {
+                    let d = drivers::driver(&read, &id)?;
+                    known.insert(id, d.clone());
+                    d
+                }
+            };
+            out.extend(d);
+        }
+        Ok(out)
+    }
+
     /// Eligible drivers within `radius` of the pickup, best first: by
     /// standing tier, then distance.
     fn rank(
         &self,
         d: &Delivery,
         all: &[Driver],
-        busy: &std::collections::HashSet<String>,
+        busy: &HashSet<String>,
         radius: f64,
         now: i64,
     ) -> Vec<String> {
@@ -374,7 +401,7 @@ pub fn area_load(
         cell_has_drivers: false,
     };
     load.cell_has_drivers = drivers::any_approved(read)?;
-    for d in drivers::drivers_near(read, at, radius_km, Vec::new())? {
+    for d in drivers::drivers_near(read, at, radius_km)? {
         if d.status != DriverStatus::Approved {
             continue;
         }

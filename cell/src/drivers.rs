@@ -866,20 +866,10 @@ pub fn all_drivers(read: &ReadTxn, limit: usize) -> storage::Result<Vec<Driver>>
 }
 
 /// Drivers whose replicated position may lie within `radius_km` of `at`
-/// (read through the grid index: a superset, callers measure), plus the
-/// drivers named in `also`.
-pub fn drivers_near(
-    read: &ReadTxn,
-    at: &Location,
-    radius_km: f64,
-    also: Vec<String>,
-) -> storage::Result<Vec<Driver>> {
-    let mut ids = crate::driver_grid::near(read, at, radius_km)?;
-    ids.extend(also);
-    ids.sort_unstable();
-    ids.dedup();
-    let mut out = Vec::with_capacity(ids.len());
-    for id in ids {
+/// (read through the grid index: a superset, callers measure).
+pub fn drivers_near(read: &ReadTxn, at: &Location, radius_km: f64) -> storage::Result<Vec<Driver>> {
+    let mut out = Vec::new();
+    for id in crate::driver_grid::near(read, at, radius_km)? {
         if let Some(d) = read.get(DRIVERS, id.as_bytes())? {
             out.push(d);
         }
