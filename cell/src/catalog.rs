@@ -344,7 +344,11 @@ pub fn menu(
         None => prefix.clone().into_bytes(),
     };
     let mut out = Vec::new();
-    for (k, pid) in read.range(PRODUCTS_BY_VENDOR, start.., limit)? {
+    for (k, pid) in read.range(
+        PRODUCTS_BY_VENDOR,
+        storage::within(start, prefix.as_bytes()),
+        limit,
+    )? {
         if !k.starts_with(prefix.as_bytes()) {
             break;
         }

@@ -354,7 +354,11 @@ fn free_driver(txn: &WriteTxn, driver_id: &str, now: i64) -> storage::Result<()>
 fn close_offers(txn: &WriteTxn, d: &Delivery, winner: Option<&str>) -> storage::Result<()> {
     for driver_id in &d.offered_to {
         let prefix = format!("{driver_id}/");
-        let rows = txn.range(OFFERS_BY_DRIVER, prefix.as_bytes().to_vec().., 64)?;
+        let rows = txn.range(
+            OFFERS_BY_DRIVER,
+            storage::within(prefix.as_bytes().to_vec(), prefix.as_bytes()),
+            64,
+        )?;
         for (k, offer_id) in rows
             .into_iter()
             .take_while(|(k, _)| k.starts_with(prefix.as_bytes()))
@@ -829,7 +833,11 @@ pub fn offer(read: &ReadTxn, id: &str) -> storage::Result<Option<Offer>> {
 /// A driver's open offers.
 pub fn open_offers(read: &ReadTxn, driver_id: &str) -> storage::Result<Vec<Offer>> {
     let prefix = format!("{driver_id}/");
-    let rows = read.range(OFFERS_BY_DRIVER, prefix.as_bytes().to_vec().., 100)?;
+    let rows = read.range(
+        OFFERS_BY_DRIVER,
+        storage::within(prefix.as_bytes().to_vec(), prefix.as_bytes()),
+        100,
+    )?;
     let mut out = Vec::new();
     for (_, id) in rows
         .into_iter()

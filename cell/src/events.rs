@@ -101,7 +101,11 @@ pub fn after(
     limit: usize,
 ) -> storage::Result<Vec<Event>> {
     let prefix = format!("{principal}/");
-    let rows = read.range(EVENTS, key(principal, after.saturating_add(1)).., limit)?;
+    let rows = read.range(
+        EVENTS,
+        storage::within(key(principal, after.saturating_add(1)), prefix.as_bytes()),
+        limit,
+    )?;
     Ok(rows
         .into_iter()
         .take_while(|(k, _)| k.starts_with(prefix.as_bytes()))

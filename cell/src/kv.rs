@@ -160,7 +160,7 @@ pub fn list(
         _ => prefix.as_bytes().to_vec(),
     };
     let mut out = Vec::new();
-    for (k, e) in read.range(KV, start.., limit)? {
+    for (k, e) in read.range(KV, storage::within(start, prefix.as_bytes()), limit)? {
         if !k.starts_with(prefix.as_bytes()) {
             break;
         }

@@ -501,7 +501,7 @@ pub fn list(
     // Scan in pages; a status filter may skip many orders.
     loop {
         let ids: Vec<(Vec<u8>, String)> = match index {
-            Some(t) => read.range(t, next.clone().., 256)?,
+            Some(t) => read.range(t, storage::within(next.clone(), prefix.as_bytes()), 256)?,
             None => read
                 .range(ORDERS, next.clone().., 256)?
                 .into_iter()

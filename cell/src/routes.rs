@@ -226,7 +226,11 @@ fn schedule_in(txn: &WriteTxn, driver: &str) -> storage::Result<Vec<Route>> {
     let prefix = format!("{driver}/");
     let mut out = Vec::new();
     for (_, id) in txn
-        .range(SCHEDULE, prefix.as_bytes().to_vec().., 10_000)?
+        .range(
+            SCHEDULE,
+            storage::within(prefix.as_bytes().to_vec(), prefix.as_bytes()),
+            10_000,
+        )?
         .into_iter()
         .take_while(|(k, _)| k.starts_with(prefix.as_bytes()))
     {
@@ -329,16 +333,23 @@ fn match_window(txn: &WriteTxn, now: i64) -> storage::Result<(Vec<(String, Strin
     // window assigns routes.
     let mut booked: std::collections::HashMap<String, Vec<(i64, i64)>> =
         std::collections::HashMap::new();
+    // Claimants read once (many claim several routes).
+    let mut claimants: std::collections::HashMap<String, Option<drivers::Driver>> =
+        std::collections::HashMap::new();
     for mut r in routes {
         if r.claims.is_empty() {
             continue;
         }
         let mut ranked = Vec::with_capacity(r.claims.len());
         for c in &r.claims {
-            let Some(d) = txn.get(drivers::DRIVERS, c.driver_id.as_bytes())? else {
+            if !claimants.contains_key(&c.driver_id) {
+                let d = txn.get(drivers::DRIVERS, c.driver_id.as_bytes())?;
+                claimants.insert(c.driver_id.clone(), d);
+            }
+            let Some(Some(d)) = claimants.get(&c.driver_id) else {
                 continue;
             };
-            if !r.requirements.met_by(&d) {
+            if !r.requirements.met_by(d) {
                 continue;
             }
             if !booked.contains_key(&d.id) {
@@ -435,7 +446,11 @@ pub fn schedule(read: &ReadTxn, driver: &str) -> storage::Result<Vec<Route>> {
     let prefix = format!("{driver}/");
     let mut out = Vec::new();
     for (_, id) in read
-        .range(SCHEDULE, prefix.as_bytes().to_vec().., 10_000)?
+        .range(
+            SCHEDULE,
+            storage::within(prefix.as_bytes().to_vec(), prefix.as_bytes()),
+            10_000,
+        )?
         .into_iter()
         .take_while(|(k, _)| k.starts_with(prefix.as_bytes()))
     {

@@ -92,7 +92,11 @@ pub fn apply(txn: &WriteTxn, cmd: WebhookCommand) -> storage::Result<WebhookResp
         WebhookCommand::Register { mut webhook } => {
             let prefix = format!("{}/", webhook.vendor_id);
             let existing = txn
-                .range(WEBHOOKS, prefix.as_bytes().to_vec().., MAX_PER_VENDOR + 1)?
+                .range(
+                    WEBHOOKS,
+                    storage::within(prefix.as_bytes().to_vec(), prefix.as_bytes()),
+                    MAX_PER_VENDOR + 1,
+                )?
                 .into_iter()
                 .take_while(|(k, _)| k.starts_with(prefix.as_bytes()))
                 .count();
@@ -161,7 +165,11 @@ fn find(txn: &WriteTxn, id: &str) -> storage::Result<Option<(Vec<u8>, Webhook)>>
 pub fn for_vendor(read: &ReadTxn, vendor_id: &str) -> storage::Result<Vec<Webhook>> {
     let prefix = format!("{vendor_id}/");
     Ok(read
-        .range(WEBHOOKS, prefix.as_bytes().to_vec().., MAX_PER_VENDOR)?
+        .range(
+            WEBHOOKS,
+            storage::within(prefix.as_bytes().to_vec(), prefix.as_bytes()),
+            MAX_PER_VENDOR,
+        )?
         .into_iter()
         .take_while(|(k, _)| k.starts_with(prefix.as_bytes()))
         .map(|(_, w)| w)

@@ -8,12 +8,14 @@ mod cache;
 mod codec;
 mod db;
 mod error;
+mod keys;
 mod snapshot;
 
 pub use cache::{CacheConfig, CacheStats, ReadCache};
 pub use codec::{decode, encode, SCHEMA_VERSION};
 pub use db::{Durability, ReadTxn, Store, Table, WriteTxn};
 pub use error::StorageError;
+pub use keys::{prefix_end, within};
 pub use snapshot::{export_snapshot, import_snapshot, verify_snapshot, SnapshotSummary};
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
