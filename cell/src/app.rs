@@ -61,6 +61,8 @@ pub enum Change {
     Feeds {
         principals: Vec<String>,
     },
+    /// The route marketplace's version moved: its long polls wake.
+    Market,
     /// A snapshot replaced the whole state.
     Everything,
 }
@@ -68,6 +70,10 @@ pub enum Change {
 pub struct CellApp {
     changes: broadcast::Sender<Change>,
     feeds: crate::feed_waiters::FeedWaiters,
+    /// Bumped whenever the route market's version moves (or a snapshot
+    /// replaced state): what route-market long polls wait on.
+    market: tokio::sync::watch::Sender<u64>,
+    route_board: crate::route_board::RouteBoard,
     read_models: Arc<ReadModels>,
     search: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Dirty>>,
 }
@@ -78,6 +84,8 @@ impl CellApp {
         Self {
             changes,
             feeds: Default::default(),
+            market: tokio::sync::watch::Sender::new(0),
+            route_board: Default::default(),
             read_models,
             search: std::sync::OnceLock::new(),
         }
@@ -98,6 +106,16 @@ impl CellApp {
         if let Some(tx) = self.search.get() {
             let _ = tx.send(d);
         }
+    }
+
+    /// Changes whenever the route market does.
+    pub fn market_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.market.subscribe()
+    }
+
+    /// Route eligibility per market version and driver class.
+    pub fn route_board(&self) -> &crate::route_board::RouteBoard {
+        &self.route_board
     }
 
     /// Long polls waiting on event feeds.
@@ -127,9 +145,22 @@ impl raft::Application for CellApp {
         ctx: &mut raft::ApplyContext<Change>,
         cmd: Command,
     ) -> storage::Result<Response> {
+        // Route commands and order changes (a scheduled order joins a route)
+        // may move the market.
+        let market_may_move = matches!(cmd, Command::Routes(_) | Command::Orders(_));
+        let before = if market_may_move {
+            Some(crate::routes::market_version(txn)?)
+        } else {
+            None
+        };
         let (resp, fed) = crate::events::collect_appends(|| self.apply_command(txn, ctx, cmd));
         if !fed.is_empty() {
             ctx.emit(Change::Feeds { principals: fed });
+        }
+        if let Some(before) = before {
+            if crate::routes::market_version(txn)? != before {
+                ctx.emit(Change::Market);
+            }
         }
         resp
     }
@@ -153,6 +184,9 @@ impl raft::Application for CellApp {
                         self.feeds.wake(p);
                     }
                 }
+                Change::Market => {
+                    self.market.send_modify(|n| *n += 1);
+                }
                 Change::Kv { .. } | Change::Dispatchable | Change::Everything => {}
             }
             let _ = self.changes.send(e);
@@ -163,6 +197,8 @@ impl raft::Application for CellApp {
         self.read_models.invalidate_all();
         self.index(Dirty::All);
         self.feeds.wake_all();
+        self.route_board.reset();
+        self.market.send_modify(|n| *n += 1);
         let _ = self.changes.send(Change::Everything);
     }
 }

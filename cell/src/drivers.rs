@@ -26,7 +26,7 @@ const BY_ORDER: Table<String> = Table::new("deliveries_by_order");
 /// `<driver id>/<offer id>` → offer id, for a driver's open offers.
 const OFFERS_BY_DRIVER: Table<String> = Table::new("offers_by_driver");
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Vehicle {
     Bike,

@@ -18,6 +18,7 @@ pub mod local;
 pub mod metrics;
 pub mod orders;
 pub mod read_models;
+pub mod route_board;
 pub mod routes;
 pub mod search_service;
 pub mod server;

@@ -149,6 +149,11 @@ fn market(txn: &WriteTxn) -> storage::Result<Market> {
     Ok(txn.get(MARKET, MARKET_KEY)?.unwrap_or_default())
 }
 
+/// The market version, inside a write.
+pub fn market_version(txn: &WriteTxn) -> storage::Result<u64> {
+    Ok(market(txn)?.version)
+}
+
 fn bump(txn: &WriteTxn) -> storage::Result<()> {
     let mut m = market(txn)?;
     m.version += 1;
@@ -429,6 +434,18 @@ pub fn route(read: &ReadTxn, id: &str) -> storage::Result<Option<Route>> {
 }
 
 /// Open routes `driver` may claim.
+/// Every open route, in (window start, id) order.
+pub fn open_routes(read: &ReadTxn) -> storage::Result<Vec<Route>> {
+    let mut out = Vec::new();
+    for (k, _) in read.range(OPEN, Vec::new().., MAX_OPEN)? {
+        if let Some(r) = read.get(ROUTES, &k)? {
+            out.push(r);
+        }
+    }
+    out.sort_by(|a, b| a.window_start.cmp(&b.window_start).then(a.id.cmp(&b.id)));
+    Ok(out)
+}
+
 pub fn available_for(read: &ReadTxn, driver: &Driver) -> storage::Result<Vec<Route>> {
     let mut out = Vec::new();
     for (k, _) in read.range(OPEN, Vec::new().., MAX_OPEN)? {

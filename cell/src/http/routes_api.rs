@@ -121,16 +121,14 @@ pub(super) async fn available(
     }
     ensure_fresh(&s, c).await?;
     let deadline = Instant::now() + Duration::from_secs(wait);
-    let mut applied = s.node.applied_watch();
+    // Woken only when the market moves, not by every apply.
+    let mut moved = s.app.market_watch();
     loop {
-        applied.borrow_and_update();
+        moved.borrow_and_update();
         let driver = approved_driver(&s, &p)?;
         let (market, routes) = {
             let read = s.node.store().read()?;
-            (
-                routes::market_state(&read)?,
-                routes::available_for(&read, &driver)?,
-            )
+            s.app.route_board().for_driver(&read, &driver)?
         };
         let left = deadline.saturating_duration_since(Instant::now());
         if q.version != Some(market.version) || left.is_zero() {
@@ -140,7 +138,7 @@ pub(super) async fn available(
                 "routes": routes.iter().map(route_json).collect::<Vec<_>>(),
             })));
         }
-        if tokio::time::timeout(left, applied.changed())
+        if tokio::time::timeout(left, moved.changed())
             .await
             .is_ok_and(|r| r.is_err())
         {
