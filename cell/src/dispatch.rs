@@ -20,7 +20,7 @@ use crate::{
     app::{CellApp, Change, Command},
     catalog::Location,
     driver_grid::{rows_near, square_of, Square},
-    drivers::{self, Delivery, Driver, DriverCommand, DriverStatus, Ping},
+    drivers::{self, Delivery, Driver, DriverCommand, DriverStatus, Ping, Vehicle},
     http::orders_api::haversine_km,
     kv,
 };
@@ -322,7 +322,9 @@ impl Dispatcher {
     }
 
     /// Eligible drivers within `radius` of the pickup, best first: by
-    /// standing tier, then distance.
+    /// standing tier, then ETA to the pickup (distance at their vehicle's
+    /// city speed). Eligible: approved, online, idle, not offered this
+    /// delivery before, and a vehicle that fits it (see [`fits`]).
     fn rank(
         &self,
         d: &Delivery,
@@ -337,6 +339,7 @@ impl Dispatcher {
                 drv.status == DriverStatus::Approved
                     && drv.online
                     && drv.current_delivery.is_none()
+                    && fits(d, drv)
                     && !d.offered_to.contains(&drv.id)
                     && !busy.contains(&drv.id)
             })
@@ -346,7 +349,11 @@ impl Dispatcher {
                     return None;
                 }
                 let km = haversine_km(&at, &d.pickup);
-                (km <= radius).then_some((drv.standing.tier(), km, drv.id.as_str()))
+                (km <= radius).then_some((
+                    drv.standing.tier(),
+                    eta_minutes(km, drv.vehicle),
+                    drv.id.as_str(),
+                ))
             })
             .collect();
         ranked.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(b.2)));
@@ -355,6 +362,29 @@ impl Dispatcher {
             .map(|(_, _, id)| id.to_string())
             .collect()
     }
+}
+
+/// Whether a driver's vehicle can take a delivery: a ride carries its
+/// customer, so it needs a car or a van with a free seat; goods go with any
+/// vehicle that has room for one more order.
+pub fn fits(d: &Delivery, drv: &Driver) -> bool {
+    match d.kind {
+        crate::orders::OrderKind::Ride => {
+            matches!(drv.vehicle, Vehicle::Car | Vehicle::Van) && drv.capacity >= 1
+        }
+        crate::orders::OrderKind::Delivery => drv.capacity >= 1,
+    }
+}
+
+/// Minutes to cover `km` in town.
+pub fn eta_minutes(km: f64, v: Vehicle) -> f64 {
+    let kmh = match v {
+        Vehicle::Bike => 15.0,
+        Vehicle::Scooter => 25.0,
+        Vehicle::Car => 30.0,
+        Vehicle::Van | Vehicle::Truck => 25.0,
+    };
+    km / kmh * 60.0
 }
 
 /// The search radius widens with each round that found nobody.
@@ -421,4 +451,53 @@ pub fn area_load(
         .filter(|d| haversine_km(&d.pickup, at) <= radius_km)
         .count();
     Ok(load)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rides_need_a_seat_and_eta_follows_the_vehicle() {
+        let ride = |kind| Delivery {
+            id: "d".into(),
+            order_id: "o".into(),
+            kind,
+            status: drivers::DeliveryStatus::Searching,
+            customer_id: "c".into(),
+            vendor_owner_id: "v".into(),
+            pickup: Location { lat: 0.0, lng: 0.0 },
+            dropoff: Location { lat: 0.0, lng: 0.0 },
+            pay: 0,
+            currency: "USD".into(),
+            driver_id: None,
+            offered_to: vec![],
+            empty_rounds: 0,
+            dispatch_after: 0,
+            first_offer_at: None,
+            created_at: 0,
+            updated_at: 0,
+        };
+        let driver = |vehicle, capacity| Driver {
+            id: "x".into(),
+            vehicle,
+            capacity,
+            qualifications: vec![],
+            license_plate: None,
+            status: DriverStatus::Approved,
+            online: true,
+            location: None,
+            location_at: 0,
+            current_delivery: None,
+            standing: Default::default(),
+            updated_at: 0,
+        };
+        use crate::orders::OrderKind::{Delivery as Goods, Ride};
+        assert!(fits(&ride(Ride), &driver(Vehicle::Car, 3)));
+        assert!(!fits(&ride(Ride), &driver(Vehicle::Bike, 1)));
+        assert!(!fits(&ride(Ride), &driver(Vehicle::Car, 0)));
+        assert!(fits(&ride(Goods), &driver(Vehicle::Bike, 1)));
+        // A bike 2 km away arrives later than a car 2.5 km away.
+        assert!(eta_minutes(2.0, Vehicle::Bike) > eta_minutes(2.5, Vehicle::Car));
+    }
 }
