@@ -260,6 +260,11 @@ impl Dispatcher {
             let wanted = settings.wave;
             let radius = search_radius(&d, &settings);
             let nearby = self.drivers_near(node, &d.pickup, radius + MOVED_KM, &mut known)?;
+            let needs = required_qualifications(&node.store().read()?, &d)?;
+            let nearby: Vec<Driver> = nearby
+                .into_iter()
+                .filter(|drv| needs.iter().all(|q| drv.qualifications.contains(q)))
+                .collect();
             let candidates = self.rank(&d, &nearby, &busy, radius, now);
             if candidates.is_empty() {
                 let give_up = d.empty_rounds + 1 >= settings.give_up_rounds;
@@ -374,6 +379,34 @@ pub fn fits(d: &Delivery, drv: &Driver) -> bool {
         }
         crate::orders::OrderKind::Delivery => drv.capacity >= 1,
     }
+}
+
+/// Qualifications a delivery's drivers must hold: set by ops per vendor
+/// kind in the config store (`dispatch/qualifications/<kind>`, a
+/// comma-separated list, e.g. `pharmacy` → `rx`), none by default.
+pub fn required_qualifications(
+    read: &storage::ReadTxn,
+    d: &Delivery,
+) -> storage::Result<Vec<String>> {
+    let Some(order) = crate::orders::order(read, &d.order_id)? else {
+        return Ok(Vec::new());
+    };
+    let Some(vendor) = crate::catalog::vendor(read, &order.vendor_id)? else {
+        return Ok(Vec::new());
+    };
+    let kind = serde_json::to_value(vendor.kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    Ok(kv::get(read, &format!("dispatch/qualifications/{kind}"))?
+        .and_then(|e| String::from_utf8(e.value).ok())
+        .map(|v| {
+            v.split(',')
+                .map(|q| q.trim().trim_matches('"').to_string())
+                .filter(|q| !q.is_empty())
+                .collect()
+        })
+        .unwrap_or_default())
 }
 
 /// Minutes to cover `km` in town.

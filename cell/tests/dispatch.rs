@@ -83,6 +83,10 @@ impl World {
 
     /// An approved, online driver pinging from `at`; returns (id, token).
     async fn driver(&self, email: &str, at: (f64, f64)) -> (String, String) {
+        self.driver_with(email, at, json!(["food"])).await
+    }
+
+    async fn driver_with(&self, email: &str, at: (f64, f64), quals: Value) -> (String, String) {
         let (id, t) = self.signup(email, "driver").await;
         let (s, v) = self
             .call(
@@ -90,7 +94,7 @@ impl World {
                 Method::PUT,
                 "/v1/drivers/me",
                 &t,
-                Some(json!({"vehicle": "car", "capacity": 4, "qualifications": ["food"]})),
+                Some(json!({"vehicle": "car", "capacity": 4, "qualifications": quals})),
             )
             .await;
         assert_eq!(s, StatusCode::OK, "{v}");
@@ -239,6 +243,9 @@ async fn order_to_doorstep_with_an_accept_race() {
     let w = World::start().await;
     // Offer each delivery to three drivers at once: they race to accept.
     w.setting("dispatch/wave", "3").await;
+    // Restaurant deliveries need food-qualified drivers (all of `driver`'s).
+    w.setting("dispatch/qualifications/restaurant", "food")
+        .await;
     let mut drivers = Vec::new();
     for (i, d) in [0.001, 0.002, 0.003].into_iter().enumerate() {
         drivers.push(
@@ -248,6 +255,7 @@ async fn order_to_doorstep_with_an_accept_race() {
     }
     // A driver far away is never offered this delivery.
     let far = w.driver("far@x.test", (41.5, -73.0)).await;
+    let unqualified = w.driver_with("nofood@x.test", PICKUP, json!([])).await;
 
     let (vt, ct, order) = w.accepted_order("race").await;
     let oid = order["id"].as_str().unwrap().to_string();
@@ -256,6 +264,8 @@ async fn order_to_doorstep_with_an_accept_race() {
         offers.push(w.wait_offer(t, Duration::from_secs(10)).await);
     }
     assert!(w.offers(&far.1).await.is_empty());
+    // Nor one right at the pickup without the food qualification.
+    assert!(w.offers(&unqualified.1).await.is_empty());
     let delivery_id = offers[0]["delivery_id"].as_str().unwrap().to_string();
     assert!(offers
         .iter()
