@@ -124,6 +124,29 @@ async fn every_endpoint_every_role() {
         .await;
     assert_eq!(s, StatusCode::CREATED, "{o}");
     let oa = o["id"].as_str().unwrap().to_string();
+    // An approved driver with a profile (the driver endpoints need one).
+    let (s, v) = f
+        .call(
+            "driver",
+            Method::PUT,
+            "/v1/drivers/me",
+            Some(json!({"vehicle": "car", "capacity": 2})),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let driver_id = v["id"].as_str().unwrap().to_string();
+    let (s, v) = f
+        .call(
+            "ops",
+            Method::POST,
+            &format!("/v1/drivers/{driver_id}/approve"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let drivers = &["driver"][..];
 
     // (method, path, body, roles allowed)
     let public = &ROLES[..];
@@ -234,6 +257,57 @@ async fn every_endpoint_every_role() {
             Some(json!({"role": "driver", "ttl_seconds": 60})),
             ops,
         ),
+        (Method::GET, "/v1/drivers/me".into(), None, drivers),
+        (
+            Method::PUT,
+            "/v1/drivers/me".into(),
+            Some(json!({"vehicle": "car", "capacity": 2})),
+            drivers,
+        ),
+        (
+            Method::PUT,
+            "/v1/drivers/me/availability".into(),
+            Some(json!({"online": false})),
+            drivers,
+        ),
+        (
+            Method::PUT,
+            "/v1/drivers/me/location".into(),
+            Some(json!({"lat": 1.0, "lng": 1.0})),
+            drivers,
+        ),
+        (Method::GET, "/v1/drivers/me/offers".into(), None, drivers),
+        (Method::GET, "/v1/drivers/me/earnings".into(), None, drivers),
+        (Method::GET, "/v1/drivers/me/schedule".into(), None, drivers),
+        (Method::GET, "/v1/routes/available".into(), None, drivers),
+        (
+            Method::POST,
+            format!("/v1/drivers/{driver_id}/approve"),
+            None,
+            ops,
+        ),
+        (
+            Method::POST,
+            "/v1/routes".into(),
+            Some(
+                json!({"window_start": 4102444800000i64, "window_end": 4102448400000i64, "stops": [{"location": {"lat": 1.0, "lng": 1.0}}], "pay": {"amount": 1000, "currency": "USD"}}),
+            ),
+            ops,
+        ),
+        (
+            Method::GET,
+            format!("/v1/vendors/{va}/webhooks"),
+            None,
+            &["vend_a", "ops"],
+        ),
+        (
+            Method::POST,
+            format!("/v1/vendors/{va}/webhooks"),
+            Some(
+                json!({"url": "http://127.0.0.1:9/hook", "secret": "a shared secret of some length"}),
+            ),
+            &["vend_a"],
+        ),
         (
             Method::POST,
             format!("/v1/orders/{oa}/cancel"),
@@ -261,6 +335,50 @@ async fn every_endpoint_every_role() {
             if !ok {
                 failures.push(format!("{method} {path} as {role}: {s} {v}"));
             }
+        }
+    }
+    // The delivery opened by the accept: its customer, its vendor and ops
+    // see it; no one else (the driver is not assigned to it).
+    let (_, order) = f
+        .call(
+            "cust_a",
+            Method::GET,
+            &format!("/v1/orders/{oa}"),
+            None,
+            None,
+        )
+        .await;
+    let did = order["delivery_id"]
+        .as_str()
+        .expect("a delivery")
+        .to_string();
+    for role in ROLES {
+        let (s, v) = f
+            .call(
+                role,
+                Method::GET,
+                &format!("/v1/deliveries/{did}"),
+                None,
+                None,
+            )
+            .await;
+        let allowed = ["cust_a", "vend_a", "ops"].contains(&role);
+        if allowed == denied(s) {
+            failures.push(format!("GET /v1/deliveries/{did} as {role}: {s} {v}"));
+        }
+        let (s, v) = f
+            .call(
+                role,
+                Method::POST,
+                &format!("/v1/deliveries/{did}/arrive"),
+                None,
+                None,
+            )
+            .await;
+        if !denied(s) && role != "ops" {
+            failures.push(format!(
+                "POST /v1/deliveries/{did}/arrive as {role}: {s} {v}"
+            ));
         }
     }
     // Checkout: only the quote's owner; a foreign quote is refused.
