@@ -11,19 +11,16 @@ use serde_json::{json, Value};
 /// A category and its items.
 type Menu = &'static [(&'static str, &'static [&'static str])];
 
-/// Vendor kind, vendor names, menu.
-const KINDS: [(&str, &[&str], Menu); 4] = [
-    (
-        "restaurant",
-        &[
-            "Trattoria",
-            "Noodle Bar",
-            "Taqueria",
-            "Curry House",
-            "Burger Joint",
-            "Sushi Counter",
-        ],
-        &[
+const DRINKS: (&str, &[&str]) = (
+    "drinks",
+    &["Lemonade", "Iced Tea", "Cola", "Sparkling Water"],
+);
+
+/// Each restaurant cooks its own cuisine (a pizza from the sushi counter
+/// would not be believable).
+fn restaurant_menu(name: &str) -> Menu {
+    match name {
+        "Trattoria" => &[
             (
                 "pizza",
                 &[
@@ -35,30 +32,86 @@ const KINDS: [(&str, &[&str], Menu); 4] = [
                 ],
             ),
             (
+                "pasta",
+                &["Penne Arrabbiata", "Lasagna", "Spaghetti Carbonara"],
+            ),
+            DRINKS,
+        ],
+        "Noodle Bar" => &[
+            (
                 "noodles",
                 &["Pad Thai", "Ramen", "Pho", "Dan Dan Noodles", "Lo Mein"],
             ),
+            DRINKS,
+        ],
+        "Taqueria" => &[
             (
-                "mains",
+                "mexican",
+                &[
+                    "Beef Burrito",
+                    "Al Pastor Tacos",
+                    "Carnitas Tacos",
+                    "Quesadilla",
+                    "Nachos",
+                ],
+            ),
+            DRINKS,
+        ],
+        "Curry House" => &[
+            (
+                "curry",
                 &[
                     "Chicken Tikka Masala",
-                    "Beef Burrito",
-                    "Cheeseburger",
-                    "Falafel Plate",
-                    "Salmon Bowl",
+                    "Lamb Rogan Josh",
+                    "Chana Masala",
+                    "Palak Paneer",
+                    "Garlic Naan",
                 ],
             ),
-            (
-                "drinks",
-                &[
-                    "Lemonade",
-                    "Iced Tea",
-                    "Cola",
-                    "Mango Lassi",
-                    "Sparkling Water",
-                ],
-            ),
+            ("drinks", &["Mango Lassi", "Masala Chai", "Sparkling Water"]),
         ],
+        "Burger Joint" => &[
+            (
+                "burgers",
+                &[
+                    "Cheeseburger",
+                    "Bacon Burger",
+                    "Veggie Burger",
+                    "Fries",
+                    "Onion Rings",
+                ],
+            ),
+            DRINKS,
+        ],
+        _ => &[
+            (
+                "sushi",
+                &[
+                    "Salmon Nigiri",
+                    "Tuna Roll",
+                    "California Roll",
+                    "Salmon Bowl",
+                    "Miso Soup",
+                ],
+            ),
+            ("drinks", &["Green Tea", "Ramune", "Sparkling Water"]),
+        ],
+    }
+}
+
+/// Vendor kind, vendor names, menu (restaurants: see [`restaurant_menu`]).
+const KINDS: [(&str, &[&str], Menu); 4] = [
+    (
+        "restaurant",
+        &[
+            "Trattoria",
+            "Noodle Bar",
+            "Taqueria",
+            "Curry House",
+            "Burger Joint",
+            "Sushi Counter",
+        ],
+        &[],
     ),
     (
         "grocery",
@@ -274,6 +327,11 @@ pub async fn demo(o: SeedOptions, as_json: bool) -> anyhow::Result<()> {
             )
             .await?;
             let vid = v["id"].as_str().context("vendor id")?.to_string();
+            let menu = if kind == "restaurant" {
+                restaurant_menu(name)
+            } else {
+                menu
+            };
             for (category, items) in menu.iter() {
                 for item in items.iter() {
                     let stock = if rng.gen_bool(0.3) {
