@@ -935,6 +935,37 @@ async fn introspection_can_be_turned_off() {
     );
 }
 
+#[tokio::test]
+async fn open_subscription_sockets_are_bounded() {
+    let tc = TestCell::start(1, false, &["--max-long-polls", "2"])
+        .await
+        .unwrap();
+    let ws_url = tc.url(1).replacen("http://", "ws://", 1) + "/graphql";
+    let connect = || {
+        let mut req = ws_url.clone().into_client_request().unwrap();
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            "graphql-transport-ws".parse().unwrap(),
+        );
+        tokio_tungstenite::connect_async(req)
+    };
+    let a = connect().await.unwrap();
+    let b = connect().await.unwrap();
+    let refused = connect().await.unwrap_err();
+    assert!(refused.to_string().contains("503"), "{refused}");
+    // Closing one frees its place.
+    drop(a);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if connect().await.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the place was never freed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(b);
+}
+
 /// A graphql-transport-ws client: connects, authenticates in
 /// `connection_init`, subscribes.
 async fn subscribe(

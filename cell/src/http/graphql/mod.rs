@@ -183,10 +183,21 @@ async fn subscribe(State(s): State<AppState>, req: axum::extract::Request) -> Ap
             )
         })?;
     let from_header = principal(&parts, &s)?;
+    // A subscription socket is a long poll that lasts: it holds a
+    // long-poll place for its whole life, so open sockets are bounded too.
+    let place = s.long_polls.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "too many long polls and subscriptions on this node",
+        )
+        .retry_after(1)
+    })?;
     let schema = s.graphql.clone();
     Ok(upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
         .on_upgrade(move |socket| async move {
+            let _place = place;
             let init_state = s.clone();
             GraphQLWebSocket::new(socket, schema, protocol)
                 .on_connection_init(move |payload| async move {
