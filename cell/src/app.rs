@@ -231,12 +231,29 @@ impl CellApp {
             }
             Command::Orders(c) => {
                 let resp = orders::apply(txn, *c)?;
-                // Checkout and refunds change stock: cached products too.
+                // Checkout reserves stock and a refund returns it: those
+                // products' cached views and search documents change (only
+                // products whose stock is counted; other transitions and
+                // unlimited products change nothing there).
                 if let OrderResponse::Placed(o) | OrderResponse::Order(o) = &resp {
-                    for item in &o.items {
-                        ctx.emit(Change::Product {
-                            id: item.product_id.clone(),
-                        });
+                    let stock_moved = match &resp {
+                        OrderResponse::Placed(_) => true,
+                        _ => matches!(
+                            o.status,
+                            orders::OrderStatus::Rejected
+                                | orders::OrderStatus::Cancelled
+                                | orders::OrderStatus::Failed
+                        ),
+                    };
+                    for item in o.items.iter().filter(|_| stock_moved) {
+                        let counted = txn
+                            .get(crate::catalog::PRODUCTS_TABLE, item.product_id.as_bytes())?
+                            .is_some_and(|p| p.stock.is_some());
+                        if counted {
+                            ctx.emit(Change::Product {
+                                id: item.product_id.clone(),
+                            });
+                        }
                     }
                     let opened = match &resp {
                         OrderResponse::Placed(o) => o.kind == orders::OrderKind::Ride,
