@@ -50,8 +50,13 @@ impl NodeConfig {
         openraft::Config {
             cluster_name: cluster.to_string(),
             heartbeat_interval: 100,
-            election_timeout_min: 500,
-            election_timeout_max: 1000,
+            // openraft 0.9 waits out the leader lease (= the max) plus a
+            // random timeout before a follower stands: 0.9–1.2 s here
+            // after the last heartbeat (1.5–2 s with 500–1000, which left
+            // too little room for a second round within the 3 s a leader
+            // kill may take).
+            election_timeout_min: 300,
+            election_timeout_max: 600,
             install_snapshot_timeout: 30_000,
             max_payload_entries: 512,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(20_000),
