@@ -259,13 +259,12 @@ impl Dispatcher {
             }
             let wanted = settings.wave;
             let radius = search_radius(&d, &settings);
-            let nearby = self.drivers_near(node, &d.pickup, radius + MOVED_KM, &mut known)?;
-            let needs = required_qualifications(&node.store().read()?, &d)?;
-            let nearby: Vec<Driver> = nearby
-                .into_iter()
-                .filter(|drv| needs.iter().all(|q| drv.qualifications.contains(q)))
-                .collect();
-            let candidates = self.rank(&d, &nearby, &busy, radius, now);
+            let (nearby, needs) = {
+                let read = node.store().read()?;
+                let nearby = self.drivers_near(&read, &d.pickup, radius + MOVED_KM, &mut known)?;
+                (nearby, required_qualifications(&read, &d)?)
+            };
+            let candidates = self.rank(&d, &nearby, &needs, &busy, radius, now);
             if candidates.is_empty() {
                 let give_up = d.empty_rounds + 1 >= settings.give_up_rounds;
                 let cmd = DriverCommand::NoCandidates {
@@ -299,13 +298,12 @@ impl Dispatcher {
     /// within `radius_km` of `at`, each read at most once per round.
     fn drivers_near(
         &self,
-        node: &RaftNode<CellApp>,
+        read: &storage::ReadTxn,
         at: &Location,
         radius_km: f64,
         known: &mut HashMap<String, Option<Driver>>,
-    ) -> anyhow::Result<Vec<Driver>> {
-        let read = node.store().read()?;
-        let mut ids = crate::driver_grid::near(&read, at, radius_km)?;
+    ) -> storage::Result<Vec<Driver>> {
+        let mut ids = crate::driver_grid::near(read, at, radius_km)?;
         if let Ok(live) = self.live.lock() {
             ids.extend(live.near(at, radius_km));
         }
@@ -316,7 +314,7 @@ impl Dispatcher {
             let d = match known.get(&id) {
                 Some(d) => d.clone(),
                 None => {
-                    let d = drivers::driver(&read, &id)?;
+                    let d = drivers::driver(read, &id)?;
                     known.insert(id, d.clone());
                     d
                 }
@@ -329,11 +327,13 @@ impl Dispatcher {
     /// Eligible drivers within `radius` of the pickup, best first: by
     /// standing tier, then ETA to the pickup (distance at their vehicle's
     /// city speed). Eligible: approved, online, idle, not offered this
-    /// delivery before, and a vehicle that fits it (see [`fits`]).
+    /// delivery before, a vehicle that fits it (see [`fits`]) and every
+    /// qualification in `needs`.
     fn rank(
         &self,
         d: &Delivery,
         all: &[Driver],
+        needs: &[String],
         busy: &HashSet<String>,
         radius: f64,
         now: i64,
@@ -345,6 +345,7 @@ impl Dispatcher {
                     && drv.online
                     && drv.current_delivery.is_none()
                     && fits(d, drv)
+                    && needs.iter().all(|q| drv.qualifications.contains(q))
                     && !d.offered_to.contains(&drv.id)
                     && !busy.contains(&drv.id)
             })

@@ -864,15 +864,6 @@ pub fn dispatchable(read: &ReadTxn, limit: usize) -> storage::Result<Vec<Deliver
     Ok(out)
 }
 
-/// Every driver (bounded).
-pub fn all_drivers(read: &ReadTxn, limit: usize) -> storage::Result<Vec<Driver>> {
-    Ok(read
-        .range(DRIVERS, Vec::new().., limit)?
-        .into_iter()
-        .map(|(_, d)| d)
-        .collect())
-}
-
 /// Drivers whose replicated position may lie within `radius_km` of `at`
 /// (read through the grid index: a superset, callers measure).
 pub fn drivers_near(read: &ReadTxn, at: &Location, radius_km: f64) -> storage::Result<Vec<Driver>> {

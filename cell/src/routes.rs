@@ -446,19 +446,6 @@ pub fn open_routes(read: &ReadTxn) -> storage::Result<Vec<Route>> {
     Ok(out)
 }
 
-pub fn available_for(read: &ReadTxn, driver: &Driver) -> storage::Result<Vec<Route>> {
-    let mut out = Vec::new();
-    for (k, _) in read.range(OPEN, Vec::new().., MAX_OPEN)? {
-        if let Some(r) = read.get(ROUTES, &k)? {
-            if r.requirements.met_by(driver) {
-                out.push(r);
-            }
-        }
-    }
-    out.sort_by(|a, b| a.window_start.cmp(&b.window_start).then(a.id.cmp(&b.id)));
-    Ok(out)
-}
-
 pub fn schedule(read: &ReadTxn, driver: &str) -> storage::Result<Vec<Route>> {
     let prefix = format!("{driver}/");
     let mut out = Vec::new();

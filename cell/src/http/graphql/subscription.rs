@@ -6,7 +6,10 @@
 
 use std::collections::VecDeque;
 
-use async_graphql::{futures_util::Stream, Context, Object, Result, Subscription};
+use async_graphql::{
+    futures_util::{Stream, StreamExt},
+    Context, Object, Result, Subscription,
+};
 use serde::Serialize;
 
 use super::caller::{path, query, Caller, OrGql};
@@ -146,17 +149,28 @@ fn feed(caller: Caller, p: Principal, after: u64) -> impl Stream<Item = Result<E
 /// Where a subscription starts: after the given cursor, or at the feed's
 /// current end.
 fn start(c: &Caller, p: &Principal, after: Option<u64>) -> Result<u64> {
-    match after {
-        Some(a) => Ok(a),
-        None => {
-            let read =
-                c.state.node.store().read().map_err(|e| {
-                    super::caller::gql_error(crate::http::problem::ApiError::from(e))
-                })?;
-            crate::events::last_seq(&read, &p.sub)
-                .map_err(|e| super::caller::gql_error(crate::http::problem::ApiError::from(e)))
-        }
+    if let Some(a) = after {
+        return Ok(a);
     }
+    let last = c
+        .state
+        .node
+        .store()
+        .read()
+        .and_then(|read| crate::events::last_seq(&read, &p.sub));
+    last.map_err(|e| super::caller::gql_error(crate::http::problem::ApiError::from(e)))
+}
+
+/// The events of `events` that `keep` selects; errors always pass (they
+/// end the stream).
+fn only(
+    events: impl Stream<Item = Result<Event>>,
+    keep: impl Fn(&Event) -> bool,
+) -> impl Stream<Item = Result<Event>> {
+    events.filter(move |e| {
+        let pass = e.as_ref().map_or(true, &keep);
+        async move { pass }
+    })
 }
 
 fn data_str<'a>(e: &'a Event, key: &str) -> Option<&'a str> {
@@ -184,7 +198,6 @@ impl Subscription {
         order_id: String,
         after: Option<u64>,
     ) -> Result<impl Stream<Item = Result<OrderUpdate>>> {
-        use async_graphql::futures_util::StreamExt;
         let c = Caller::of(ctx)?.clone();
         let p = c.principal().gql()?;
         // The same visibility as reading the order.
@@ -192,20 +205,15 @@ impl Subscription {
             .await;
         c.answer::<Order, _>(r).await?;
         let after = start(&c, &p, after)?;
-        Ok(feed(c, p, after).filter_map(move |e| {
-            let keep = match &e {
-                Ok(e) => e.kind.starts_with("order.") && data_str(e, "order_id") == Some(&order_id),
-                Err(_) => true,
-            };
-            let id = order_id.clone();
-            async move {
-                keep.then(|| {
-                    e.map(|event| OrderUpdate {
-                        event,
-                        order_id: id,
-                    })
-                })
-            }
+        let id = order_id.clone();
+        let updates = only(feed(c, p, after), move |e| {
+            e.kind.starts_with("order.") && data_str(e, "order_id") == Some(&id)
+        });
+        Ok(updates.map(move |e| {
+            e.map(|event| OrderUpdate {
+                event,
+                order_id: order_id.clone(),
+            })
         }))
     }
 
@@ -216,7 +224,6 @@ impl Subscription {
         delivery_id: String,
         after: Option<u64>,
     ) -> Result<impl Stream<Item = Result<DeliveryUpdate>>> {
-        use async_graphql::futures_util::StreamExt;
         let c = Caller::of(ctx)?.clone();
         let p = c.principal().gql()?;
         let r = drivers_api::get_delivery(
@@ -229,26 +236,18 @@ impl Subscription {
         let delivery = c.answer::<Delivery, _>(r).await?;
         let after = start(&c, &p, after)?;
         let order_id = delivery.order_id;
-        Ok(feed(c, p, after).filter_map(move |e| {
-            // Delivery events name the delivery; the order's pickup and
-            // drop-off events name the order.
-            let keep = match &e {
-                Ok(e) => {
-                    data_str(e, "delivery_id") == Some(&delivery_id)
-                        || (e.kind.starts_with("order.")
-                            && data_str(e, "order_id") == Some(&order_id))
-                }
-                Err(_) => true,
-            };
-            let id = delivery_id.clone();
-            async move {
-                keep.then(|| {
-                    e.map(|event| DeliveryUpdate {
-                        event,
-                        delivery_id: id,
-                    })
-                })
-            }
+        let id = delivery_id.clone();
+        // Delivery events name the delivery; the order's pickup and
+        // drop-off events name the order.
+        let updates = only(feed(c, p, after), move |e| {
+            data_str(e, "delivery_id") == Some(&id)
+                || (e.kind.starts_with("order.") && data_str(e, "order_id") == Some(&order_id))
+        });
+        Ok(updates.map(move |e| {
+            e.map(|event| DeliveryUpdate {
+                event,
+                delivery_id: delivery_id.clone(),
+            })
         }))
     }
 
@@ -259,16 +258,9 @@ impl Subscription {
         ctx: &Context<'_>,
         after: Option<u64>,
     ) -> Result<impl Stream<Item = Result<Event>>> {
-        use async_graphql::futures_util::StreamExt;
         let c = Caller::of(ctx)?.clone();
         let p = c.principal().gql()?;
         let after = start(&c, &p, after)?;
-        Ok(feed(c, p, after).filter(|e| {
-            let keep = match e {
-                Ok(e) => e.kind.starts_with("offer."),
-                Err(_) => true,
-            };
-            async move { keep }
-        }))
+        Ok(only(feed(c, p, after), |e| e.kind.starts_with("offer.")))
     }
 }
