@@ -129,6 +129,7 @@ async fn malformed_requests_get_problem_json_and_change_nothing() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(r.headers()["content-type"], "application/problem+json");
+    assert_eq!(r.headers()["connection"], "close");
 
     // Bad keys, headers and queries.
     for key in ["a%20b", "%2Fslash", "a//b", "%C3%A9", &"k".repeat(300)] {

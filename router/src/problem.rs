@@ -67,6 +67,12 @@ impl Problem {
         if let Some(s) = self.retry_after {
             h.insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
+        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The body was left unread, so hyper drops the connection;
+            // saying so keeps the client from reusing it for its next
+            // request and failing that one.
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         resp
     }
 }

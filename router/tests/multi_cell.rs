@@ -319,6 +319,9 @@ async fn bad_input_is_rejected_at_the_router() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
     assert!(r.headers().get("x-cell").is_none());
+    // The unread body ends the connection, and the client is told so
+    // rather than finding out on its next request.
+    assert_eq!(r.headers().get("connection").unwrap(), "close");
 
     // The admin API wants the router's own ops token.
     let spec = json!({"cell": "par", "center": {"lat": PAR.0, "lng": PAR.1}, "radius_km": 50.0, "nodes": ["http://127.0.0.1:1"]});
