@@ -1,3 +1,9 @@
+// Requests, Raft batches and redb transactions allocate and free many small
+// buffers across the worker threads; glibc malloc spent a fifth of a
+// checkout's CPU in malloc/free, mimalloc's per-thread free lists far less.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
