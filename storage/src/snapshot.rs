@@ -19,8 +19,6 @@ use crate::{
     Result, StorageError,
 };
 
-type RawTable<'t> = redb::Table<'t, &'static [u8], &'static [u8]>;
-
 const MAGIC: &[u8; 8] = b"MCSNAP01";
 const TAG_TABLE: u8 = b'T';
 const TAG_ENTRY: u8 = b'E';
@@ -229,26 +227,8 @@ pub fn verify_snapshot<R: Read>(input: R) -> Result<SnapshotSummary> {
 /// Replace every table in `txn` with the stream's contents. On error the
 /// caller must drop `txn` (which rolls everything back).
 pub fn import_snapshot<R: Read>(txn: &WriteTxn, input: R) -> Result<SnapshotSummary> {
-    let existing: Vec<String> = txn
-        .inner
-        .list_tables()?
-        .map(|h| h.name().to_string())
-        .collect();
-    for name in existing {
-        txn.inner.delete_table(raw_def(&name))?;
-    }
-    let mut open: Option<(String, RawTable<'_>)> = None;
-    let summary = walk(input, |t, k, v| {
-        if open.as_ref().map(|(n, _)| n.as_str()) != Some(t) {
-            open = None;
-            let table = txn.inner.open_table(raw_def(t))?;
-            open = Some((t.to_string(), table));
-        }
-        if let Some((_, table)) = open.as_mut() {
-            table.insert(k, v)?;
-        }
-        Ok(())
-    })?;
+    txn.delete_all_tables()?;
+    let summary = walk(input, |t, k, v| txn.put_raw(t, k, v))?;
     Ok(summary)
 }
 
