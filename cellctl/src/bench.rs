@@ -134,16 +134,26 @@ pub fn bench_client(clients: usize) -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
-/// Send and drain; success is a 2xx.
+/// Send and drain; success is a 2xx. The first failure of the process is
+/// printed, so an ERRORS column comes with a reason.
 pub async fn ok(req: reqwest::RequestBuilder) -> bool {
-    match req.send().await {
+    static REPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let failure = match req.send().await {
         Ok(r) => {
-            let ok = r.status().is_success();
-            let _ = r.bytes().await;
-            ok
+            let status = r.status();
+            let body = r.bytes().await.unwrap_or_default();
+            if status.is_success() {
+                return true;
+            }
+            let body = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
+            format!("{status}: {body}")
         }
-        Err(_) => false,
+        Err(e) => e.to_string(),
+    };
+    if !REPORTED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        eprintln!("first failed request: {failure}");
     }
+    false
 }
 
 async fn run_level(

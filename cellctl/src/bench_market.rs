@@ -2,7 +2,13 @@
 //! on the same 3-node cell, and cached product reads with the read cache
 //! on and off.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use anyhow::{bail, Context};
 use cell::local::{find_cell_binary, LocalCell};
@@ -41,6 +47,23 @@ pub(crate) async fn post(
         bail!("{url}: {status}: {v}");
     }
     Ok(v)
+}
+
+/// A delivery quote for `token`'s customer at the bench shop.
+async fn quote(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    vendor_id: &str,
+) -> anyhow::Result<String> {
+    let q = post(
+        http,
+        format!("{base}/v1/quotes"),
+        Some(token),
+        json!({"vendor_id": vendor_id, "dropoff": {"lat": 40.72, "lng": -74.01}}),
+    )
+    .await?;
+    Ok(q["id"].as_str().unwrap_or_default().to_string())
 }
 
 async fn signup(
@@ -140,10 +163,16 @@ pub async fn checkout(
             Box::pin(ok(req))
         })
     };
+    // Idempotency keys are per round: `closed_loop` numbers each run's
+    // requests from 0, and a key seen before is answered from the first
+    // order (no write), which would flatter every round after the first.
+    let round_no = Arc::new(AtomicU64::new(0));
     let checkout_op: Op = {
+        let round_no = round_no.clone();
         let (http, base, vid) = (http.clone(), base.clone(), vid.clone());
         let (customers, products) = (customers.clone(), products.clone());
         Arc::new(move |c, i| {
+            let r = round_no.load(Ordering::Relaxed);
             let (http, base, vid, customers, products) = (
                 http.clone(),
                 base.clone(),
@@ -153,25 +182,18 @@ pub async fn checkout(
             );
             Box::pin(async move {
                 let token = &customers[c];
-                let Ok(q) = post(
-                    &http,
-                    format!("{base}/v1/quotes"),
-                    Some(token),
-                    json!({"vendor_id": vid, "dropoff": {"lat": 40.72, "lng": -74.01}}),
-                )
-                .await
-                else {
+                let Ok(q) = quote(&http, &base, token, &vid).await else {
                     return false;
                 };
                 let pid = &products[(c + i as usize) % products.len()];
                 let body = json!({
-                    "quote_id": q["id"], "items": [{"product_id": pid, "quantity": 1}],
+                    "quote_id": q, "items": [{"product_id": pid, "quantity": 1}],
                     "dropoff": {"location": {"lat": 40.72, "lng": -74.01}, "address": "2 Bench Ave"}
                 });
                 ok(http
                     .post(format!("{base}/v1/orders"))
                     .bearer_auth(token)
-                    .header("idempotency-key", format!("bench-{c}-{i}"))
+                    .header("idempotency-key", format!("bench-{r}-{c}-{i}"))
                     .json(&body))
                 .await
             })
@@ -182,20 +204,35 @@ pub async fn checkout(
     // POST /v1/orders that follows).
     let quotes: Arc<Vec<std::sync::Mutex<Vec<String>>>> =
         Arc::new((0..clients).map(|_| Default::default()).collect());
+    // A customer faster than the estimate below can use up its quotes; it
+    // then quotes inline (timed, so only to our disadvantage) rather than
+    // failing, and the round says how often that happened.
+    let quoted_inline = Arc::new(AtomicU64::new(0));
     let order_op: Op = {
-        let (http, base, quotes) = (http.clone(), base.clone(), quotes.clone());
+        let (http, base, vid, quotes) = (http.clone(), base.clone(), vid.clone(), quotes.clone());
         let (customers, products) = (customers.clone(), products.clone());
+        let (inline, round_no) = (quoted_inline.clone(), round_no.clone());
         Arc::new(move |c, i| {
-            let (http, base, customers, products) = (
+            let r = round_no.load(Ordering::Relaxed);
+            let (http, base, vid, customers, products, inline) = (
                 http.clone(),
                 base.clone(),
+                vid.clone(),
                 customers.clone(),
                 products.clone(),
+                inline.clone(),
             );
-            let quote = quotes[c].lock().ok().and_then(|mut q| q.pop());
+            let made = quotes[c].lock().ok().and_then(|mut q| q.pop());
             Box::pin(async move {
-                let Some(quote) = quote else {
-                    return false;
+                let quote = match made {
+                    Some(q) => q,
+                    None => {
+                        inline.fetch_add(1, Ordering::Relaxed);
+                        match quote(&http, &base, &customers[c], &vid).await {
+                            Ok(q) => q,
+                            Err(_) => return false,
+                        }
+                    }
                 };
                 let pid = &products[(c + i as usize) % products.len()];
                 let body = json!({
@@ -205,7 +242,7 @@ pub async fn checkout(
                 ok(http
                     .post(format!("{base}/v1/orders"))
                     .bearer_auth(&customers[c])
-                    .header("idempotency-key", format!("bench-only-{c}-{i}"))
+                    .header("idempotency-key", format!("bench-only-{r}-{c}-{i}"))
                     .json(&body))
                 .await
             })
@@ -219,6 +256,7 @@ pub async fn checkout(
     // Enough quotes per customer for a round at up to 8k checkouts/s.
     let per_client = (8_000 * (seconds as usize + 2)).div_ceil(clients.max(1));
     for round in 0..rounds.max(1) {
+        round_no.store(round as u64, Ordering::Relaxed);
         eprintln!(
             "round {round}: making {} quotes (untimed)…",
             per_client * clients
@@ -234,14 +272,7 @@ pub async fn checkout(
             async move {
                 let mut made = Vec::with_capacity(per_client);
                 for _ in 0..per_client {
-                    let q = post(
-                        &http,
-                        format!("{base}/v1/quotes"),
-                        Some(&token),
-                        json!({"vendor_id": vid, "dropoff": {"lat": 40.72, "lng": -74.01}}),
-                    )
-                    .await?;
-                    made.push(q["id"].as_str().unwrap_or_default().to_string());
+                    made.push(quote(&http, &base, &token, &vid).await?);
                 }
                 if let Ok(mut q) = quotes[c].lock() {
                     *q = made;
@@ -253,7 +284,14 @@ pub async fn checkout(
             r?;
         }
         let k = closed_loop(clients, duration, kv_op.clone()).await?;
+        quoted_inline.store(0, Ordering::Relaxed);
         let only = closed_loop(clients, duration, order_op.clone()).await?;
+        let inline = quoted_inline.load(Ordering::Relaxed);
+        if inline > 0 {
+            eprintln!(
+                "round {round}: {inline} checkouts found their customer's quotes used up and quoted inline (timed)"
+            );
+        }
         let o = closed_loop(clients, duration, checkout_op.clone()).await?;
         eprintln!(
             "round {round}: kv put {:.0}/s p99 {:.1}ms; checkout {:.0}/s p50 {:.1}ms p99 {:.1}ms; quote + checkout {:.0}/s p50 {:.1}ms p99 {:.1}ms",
