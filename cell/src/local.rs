@@ -6,7 +6,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{SocketAddr, TcpListener},
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -53,10 +53,9 @@ pub struct LocalCell {
     scheme: &'static str,
 }
 
-/// A free TCP port on loopback (bound then released).
+/// A free TCP port on loopback (see [`edge::ports::free_loopback_addr`]).
 pub fn free_addr() -> anyhow::Result<SocketAddr> {
-    let l = TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?)
+    Ok(edge::ports::free_loopback_addr()?)
 }
 
 /// The `cell` binary next to the running executable, else from PATH.
@@ -252,11 +251,18 @@ impl LocalCell {
             if Instant::now() > deadline {
                 // The log is usually in a temp dir that is gone by the time
                 // anyone looks: quote its end.
+                // A node that failed to start printed why before its
+                // backtrace: quote that, else the log's end.
                 let log = std::fs::read_to_string(&self.nodes[&id].log_file).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(8).collect();
-                bail!(
-                    "node {id} not healthy after {timeout:?}; last log lines (newest first): {tail:#?}"
-                );
+                let lines: Vec<&str> = log.lines().collect();
+                let why = lines
+                    .iter()
+                    .rposition(|l| l.starts_with("Error: ") || l.contains("panicked at"));
+                let quoted: Vec<&str> = match why {
+                    Some(i) => lines[i..].iter().take(6).copied().collect(),
+                    None => lines.iter().rev().take(8).rev().copied().collect(),
+                };
+                bail!("node {id} not healthy after {timeout:?}; its log says: {quoted:#?}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

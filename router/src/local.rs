@@ -2,7 +2,7 @@
 //! and the router tests start.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -53,10 +53,7 @@ impl LocalRouter {
         std::fs::create_dir_all(dir).map_err(|e| RouterError::io(dir, e))?;
         let addr = match listen {
             Some(a) => a,
-            None => {
-                let l = TcpListener::bind("127.0.0.1:0").map_err(|e| RouterError::io(dir, e))?;
-                l.local_addr().map_err(|e| RouterError::io(dir, e))?
-            }
+            None => edge::ports::free_loopback_addr().map_err(|e| RouterError::io(dir, e))?,
         };
         #[derive(serde::Serialize)]
         struct File<'a> {
