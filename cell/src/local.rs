@@ -13,6 +13,7 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context};
+use edge::ports::free_loopback_addr;
 use serde_json::{json, Value};
 
 /// One `cell` process.
@@ -51,11 +52,6 @@ pub struct LocalCell {
     http: reqwest::Client,
     extra_args: Vec<String>,
     scheme: &'static str,
-}
-
-/// A free TCP port on loopback (see [`edge::ports::free_loopback_addr`]).
-pub fn free_addr() -> anyhow::Result<SocketAddr> {
-    Ok(edge::ports::free_loopback_addr()?)
 }
 
 /// The `cell` binary next to the running executable, else from PATH.
@@ -138,8 +134,8 @@ impl LocalCell {
 
     /// Register node `id` (ports chosen now) without starting it.
     pub fn define_node(&mut self, id: u64, peer_advertise: Option<String>) -> anyhow::Result<()> {
-        let api = free_addr()?;
-        let peer_listen = free_addr()?;
+        let api = free_loopback_addr()?;
+        let peer_listen = free_loopback_addr()?;
         let data_dir = self.dir.join(format!("node{id}"));
         self.nodes.insert(
             id,
@@ -250,9 +246,8 @@ impl LocalCell {
             }
             if Instant::now() > deadline {
                 // The log is usually in a temp dir that is gone by the time
-                // anyone looks: quote its end.
-                // A node that failed to start printed why before its
-                // backtrace: quote that, else the log's end.
+                // anyone looks. A node that failed to start printed why
+                // before its backtrace: quote that, else the log's end.
                 let log = std::fs::read_to_string(&self.nodes[&id].log_file).unwrap_or_default();
                 let lines: Vec<&str> = log.lines().collect();
                 let why = lines

@@ -144,7 +144,7 @@ async fn webhooks_survive_failures_and_timeouts() {
     // Another vendor's endpoint is dead (nothing listens there).
     let dt = signup(&http, &base, "dead@x.test", "vendor").await;
     let dvid = vendor(&http, &base, &dt, "Dead").await;
-    let dead = format!("http://{}/hook", cell::local::free_addr().unwrap());
+    let dead = format!("http://{}/hook", edge::ports::free_loopback_addr().unwrap());
     let (s, _) = call(
         &http,
         &base,

@@ -11,7 +11,8 @@ use std::{
 
 use anyhow::{bail, Context};
 use base64::Engine;
-use cell::local::{find_cell_binary, free_addr, which, LocalCell};
+use cell::local::{find_cell_binary, which, LocalCell};
+use edge::ports::free_loopback_addr;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
@@ -211,8 +212,8 @@ async fn start_etcd(bin: &Path, dir: &Path, threads: Option<usize>) -> anyhow::R
     let mut peers = Vec::new();
     let mut clients = Vec::new();
     for _ in 0..3 {
-        peers.push(format!("http://{}", free_addr()?));
-        clients.push(format!("http://{}", free_addr()?));
+        peers.push(format!("http://{}", free_loopback_addr()?));
+        clients.push(format!("http://{}", free_loopback_addr()?));
     }
     let initial: Vec<String> = (0..3).map(|i| format!("e{i}={}", peers[i])).collect();
     let initial = initial.join(",");

@@ -150,6 +150,8 @@ pub async fn run(o: LongPollBenchOptions) -> anyhow::Result<()> {
             .copied()
             .unwrap_or_default()
     };
+    let spread =
+        |v: &[Duration]| format!("{} / {} / {}", ms(q(v, 0.5)), ms(q(v, 0.99)), ms(q(v, 1.0)));
     let per_waiter = rss_waiting.saturating_sub(rss_before) / o.waiters.max(1) as u64;
     if o.json {
         output::json(&json!({
@@ -182,21 +184,11 @@ pub async fn run(o: LongPollBenchOptions) -> anyhow::Result<()> {
             vec!["the checkout itself, p50".into(), ms(q(&writes, 0.5))],
             vec![
                 "its waiter answered after the checkout was sent: p50 / p99 / max".into(),
-                format!(
-                    "{} / {} / {}",
-                    ms(q(&after_send, 0.5)),
-                    ms(q(&after_send, 0.99)),
-                    ms(q(&after_send, 1.0))
-                ),
+                spread(&after_send),
             ],
             vec![
                 "… after the checkout's ack (0: before it): p50 / p99 / max".into(),
-                format!(
-                    "{} / {} / {}",
-                    ms(q(&after_ack, 0.5)),
-                    ms(q(&after_ack, 0.99)),
-                    ms(q(&after_ack, 1.0))
-                ),
+                spread(&after_ack),
             ],
             vec![
                 "other waiters woken (should be 0)".into(),

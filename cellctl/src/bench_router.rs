@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use cell::local::{find_cell_binary, free_addr, which, LocalCell};
+use cell::local::{find_cell_binary, which, LocalCell};
+use edge::ports::free_loopback_addr;
 use rand::{rngs::StdRng, SeedableRng};
 use router::directory::{Location, RegionSpec};
 use router::local::{find_router_binary, LocalRouter};
@@ -43,7 +44,7 @@ struct Nginx {
 
 impl Nginx {
     fn start(bin: &Path, dir: &Path, upstream: &str) -> anyhow::Result<Self> {
-        let port = free_addr()?.port();
+        let port = free_loopback_addr()?.port();
         let prefix = dir.join("nginx");
         std::fs::create_dir_all(prefix.join("logs"))?;
         let conf = format!(

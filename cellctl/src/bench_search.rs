@@ -870,7 +870,7 @@ jit = off
             anyhow::ensure!(st.success(), "chown {} to postgres failed", dir.display());
         }
         let data = dir.join("data");
-        let port = cell::local::free_addr()?.port();
+        let port = edge::ports::free_loopback_addr()?.port();
         let mut pg = ScratchPg {
             bin,
             data,
