@@ -1261,10 +1261,11 @@ fn ours_op(index: Arc<SearchIndex>, mix: Arc<Vec<MixQuery>>) -> Op {
         let (index, mix) = (index.clone(), mix.clone());
         Box::pin(async move {
             let q = &mix[mix_slot(c, i, mix.len())];
-            let q = q.ours.clone();
-            tokio::task::spawn_blocking(move || index.search(&q).is_ok())
-                .await
-                .unwrap_or(false)
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            index.search_then(q.ours.clone(), move |r| {
+                let _ = tx.send(r.is_ok());
+            });
+            rx.await.unwrap_or(false)
         })
     })
 }

@@ -460,7 +460,18 @@ impl Scored<'_> {
     }
 
     /// An upper bound of the scores (boosted BM25) in the loaded block.
+    ///
+    /// When every document of the block has the word once, the best score
+    /// is the shortest field's at any average length, and the entry the
+    /// index recorded is that one (adjacent field lengths are far apart in
+    /// f32 for the lengths our fields have), so the bound is that entry's
+    /// score under the query's weight: computed like the scores themselves,
+    /// exact, and equal to the best score of the block, not above it —
+    /// blocks that can only tie the page's last hit are skipped.
     fn block_bound(&mut self) -> Score {
+        if self.block.freqs().iter().all(|&tf| tf == 1) {
+            return self.block.block_max_score(&self.norms, self.weight);
+        }
         let b = &mut self.bound;
         let writer_avg = b.writer_avg;
         let writer = b
@@ -479,42 +490,58 @@ impl Scored<'_> {
     }
 
     /// Sets the bits of its documents in `[start, end)` (only those in
-    /// `mask`, if any) and records their term frequencies for scoring.
-    // The hot loop of a window: the outputs are separate borrows of one
-    // slot, so bundling them in a struct would only move the field accesses.
-    #[allow(clippy::too_many_arguments)]
+    /// `mask`, if any) in `slot.exact` and records their term frequencies
+    /// for scoring. With `prune`, the documents of a posting block whose
+    /// best score cannot lift any document past the page's last hit are
+    /// left out, and the bound of each block kept is recorded.
     #[inline]
     fn collect(
         &mut self,
         start: DocId,
         end: DocId,
         mask: &Bits,
-        bits: &mut Bits,
-        postings: &mut [(u16, u32)],
-        len: &mut usize,
+        slot: &mut Slot,
         range: &mut (usize, usize),
+        prune: Option<&Prune>,
     ) {
-        let first = self.seek(start);
-        if first >= end {
+        if self.seek(start) >= end {
             return;
         }
-        range.0 = range.0.min(((first - start) / 64) as usize);
+        let Slot {
+            exact: bits,
+            postings,
+            len,
+            blocks,
+            ..
+        } = slot;
         let mut n = *len;
         loop {
-            let docs = self.block.docs();
-            let freqs = self.block.freqs();
             let from = self.cur;
-            let to = from + docs[from..].partition_point(|&d| d < end);
-            for (&d, &tf) in docs[from..to].iter().zip(&freqs[from..to]) {
-                let i = d - start;
-                let (w, shift) = ((i / 64) as usize, i % 64);
-                // without branching: keep it if the mask has it
-                let keep = (mask[w] >> shift) & 1;
-                bits[w] |= keep << shift;
-                postings[n] = (i as u16, tf);
-                n += keep as usize;
-            }
-            if to > from {
+            let to = from + self.block.docs()[from..].partition_point(|&d| d < end);
+            let keep_block = match prune {
+                Some(p) if to > from => {
+                    let best = self.block_bound() + p.bonus;
+                    let keep = p.can_beat(best);
+                    if keep {
+                        blocks.push(((self.block.docs()[to - 1] - start) as u16, best));
+                    }
+                    keep
+                }
+                _ => true,
+            };
+            let docs = self.block.docs();
+            if keep_block && to > from {
+                let freqs = self.block.freqs();
+                range.0 = range.0.min(((docs[from] - start) / 64) as usize);
+                for (&d, &tf) in docs[from..to].iter().zip(&freqs[from..to]) {
+                    let i = d - start;
+                    let (w, shift) = ((i / 64) as usize, i % 64);
+                    // without branching: keep it if the mask has it
+                    let keep = (mask[w] >> shift) & 1;
+                    bits[w] |= keep << shift;
+                    postings[n] = (i as u16, tf);
+                    n += keep as usize;
+                }
                 range.1 = range.1.max(((docs[to - 1] - start) / 64) as usize + 1);
             }
             self.cur = to;
@@ -671,6 +698,34 @@ impl Approx {
     }
 }
 
+/// What a window's collection knows once only better hits matter: the
+/// score to beat and every field's bound in the window (see
+/// [`window_bound`]).
+struct Prune<'a> {
+    threshold: Score,
+    slot_bounds: &'a [(Score, Score)],
+    /// The slot being collected, and its field's bonus.
+    slot: usize,
+    bonus: Score,
+}
+
+impl Prune<'_> {
+    /// Whether a document whose contribution in this slot is at most
+    /// `best` can beat the threshold, given what the other slots can add
+    /// (summed in the order of the scores, so f32 rounding matches).
+    fn can_beat(&self, best: Score) -> bool {
+        let mut bound: Score = 0.0;
+        for (j, &(exact, approx)) in self.slot_bounds.iter().enumerate() {
+            bound += if j == self.slot {
+                best
+            } else {
+                exact.max(approx)
+            };
+        }
+        bound > self.threshold
+    }
+}
+
 struct FieldRun<'p> {
     scored: Option<Scored<'p>>,
     approx: Vec<Approx>,
@@ -696,31 +751,46 @@ impl TermRun<'_> {
     }
 
     /// Collects the term's postings in `[start, end)` (only documents in
-    /// `mask`, if any) into its fields' slots; sets its matches in `term`.
+    /// `mask`, if any) into its fields' slots, the first of which is slot
+    /// `first` of the window; sets its matches in `term`. With a
+    /// threshold, leaves out posting blocks that cannot beat it (see
+    /// [`Scored::collect`]) and lowers each field's exact bound in
+    /// `slot_bounds` to the best block it kept.
+    #[allow(clippy::too_many_arguments)]
     fn collect(
         &mut self,
         start: DocId,
         end: DocId,
         mask: &Bits,
         slots: &mut [Slot],
+        first: usize,
+        threshold: Option<Score>,
+        slot_bounds: &mut [(Score, Score)],
         term: &mut Bits,
     ) {
-        for (f, slot) in self.fields.iter_mut().zip(slots) {
+        for (j, (f, slot)) in self.fields.iter_mut().zip(slots).enumerate() {
             let (lo, hi) = slot.range;
             slot.exact[lo..hi].fill(0);
             slot.any[lo..hi].fill(0);
             slot.len = 0;
+            slot.blocks.clear();
+            slot.cursor = 0;
             let mut range = (WORDS, 0);
             if let Some(s) = &mut f.scored {
-                s.collect(
-                    start,
-                    end,
-                    mask,
-                    &mut slot.exact,
-                    &mut slot.postings,
-                    &mut slot.len,
-                    &mut range,
-                );
+                let prune = threshold.map(|threshold| Prune {
+                    threshold,
+                    slot_bounds,
+                    slot: first + j,
+                    bonus: f.bonus.unwrap_or(0.0),
+                });
+                s.collect(start, end, mask, slot, &mut range, prune.as_ref());
+                if threshold.is_some() {
+                    // the window bound of a dense list is its list bound;
+                    // the blocks read give the real one
+                    let kept = slot.blocks.iter().map(|b| b.1).fold(0.0, Score::max);
+                    let exact = &mut slot_bounds[first + j].0;
+                    *exact = exact.min(kept);
+                }
             }
             for a in &mut f.approx {
                 a.collect(start, end, mask, &mut slot.any, &mut range);
@@ -765,6 +835,21 @@ impl TermRun<'_> {
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Set by tests: read every window and offer every match (the reference
+    /// that skipping must agree with).
+    pub(crate) static EXHAUSTIVE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+#[inline]
+fn exhaustive() -> bool {
+    #[cfg(test)]
+    return EXHAUSTIVE.get();
+    #[cfg(not(test))]
+    false
+}
+
 /// Window buffers, kept per thread between searches (the scores are all
 /// zero between windows).
 struct Scratch {
@@ -791,6 +876,8 @@ impl Slot {
             any: [0; WORDS],
             postings: vec![(0, 0); WINDOW as usize].into_boxed_slice(),
             len: 0,
+            blocks: Vec::new(),
+            cursor: 0,
             range: (0, 0),
         }
     }
@@ -815,6 +902,11 @@ struct Slot {
     /// `len` (room for a whole window).
     postings: Box<[(u16, u32)]>,
     len: usize,
+    /// When pruning: per posting block collected, its last window position
+    /// and the best contribution of its documents (BM25 bound + bonus), in
+    /// window order; `cursor` is where [`doc_bound`] is in them.
+    blocks: Vec<(u16, Score)>,
+    cursor: usize,
     /// The words of the window it has bits in (zero elsewhere).
     range: (usize, usize),
 }
@@ -1038,7 +1130,7 @@ impl Collect<'_> {
     /// The score a document must beat to enter the page, once skipping
     /// unread windows is allowed (relevance order, counting over).
     fn threshold(&self) -> Option<Score> {
-        if self.exact || self.plan.sort != Sort::Relevance {
+        if self.exact || self.plan.sort != Sort::Relevance || exhaustive() {
             return None;
         }
         self.top.last().map(|c| c.score)
@@ -1339,17 +1431,22 @@ fn window_bound(
 }
 
 /// The best score of the document at window position `i`, from the fields
-/// it occurs in (see [`window_bound`]).
+/// it occurs in: per field, the bound of the posting block that holds it
+/// or the bonus of an approximate word (see [`Scored::collect`]). Asked in
+/// increasing `i` within a window.
 #[inline]
-fn doc_bound(slots: &[Slot], slot_bounds: &[(Score, Score)], i: u32) -> Score {
+fn doc_bound(slots: &mut [Slot], slot_bounds: &[(Score, Score)], i: u32) -> Score {
     let (w, b) = ((i / 64) as usize, 1u64 << (i % 64));
     let mut bound: Score = 0.0;
-    for (slot, &(exact, approx)) in slots.iter().zip(slot_bounds) {
+    for (slot, &(_, approx)) in slots.iter_mut().zip(slot_bounds) {
         if w < slot.range.0 || w >= slot.range.1 {
             continue;
         }
         if slot.exact[w] & b != 0 {
-            bound += exact;
+            while slot.blocks[slot.cursor].0 < i as u16 {
+                slot.cursor += 1;
+            }
+            bound += slot.blocks[slot.cursor].1;
         } else if slot.any[w] & b != 0 {
             bound += approx;
         }
@@ -1545,7 +1642,16 @@ fn run_segment(
         for t in &mut terms {
             let fields = t.fields.len();
             let mut tb = [0u64; WORDS];
-            t.collect(start, end, &matched, &mut slots[k..k + fields], &mut tb);
+            t.collect(
+                start,
+                end,
+                &matched,
+                &mut slots[k..k + fields],
+                k,
+                threshold,
+                &mut slot_bounds,
+                &mut tb,
+            );
             k += fields;
             let mut any = 0;
             for (m, b) in matched[..nw].iter_mut().zip(tb) {

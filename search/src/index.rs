@@ -15,12 +15,12 @@ use tantivy::{
 use crate::cache::ColumnCache;
 use crate::error::SearchError;
 use crate::exec::{execute, Candidate, Plan};
-use crate::gate::Gate;
 use crate::query::{
     query_terms, validate, Hit, QueryTerm, SearchQuery, SearchResults, TermMatcher, MAX_LIMIT,
 };
 use crate::schema::{analyzer, build_schema, Change, Fields, TOKENIZER};
 use crate::snippet::snippet;
+use crate::workers::Workers;
 
 /// Memory budget of the (single-threaded) index writer.
 const WRITER_MEMORY_BYTES: usize = 50_000_000;
@@ -49,7 +49,6 @@ pub struct SearchIndex {
     indexed: AtomicU64,
     /// Warmed by the reader (held weakly there).
     columns: Arc<ColumnCache>,
-    gate: Gate,
 }
 
 impl std::fmt::Debug for SearchIndex {
@@ -106,7 +105,6 @@ impl SearchIndex {
             fields,
             indexed: AtomicU64::new(indexed),
             columns,
-            gate: Gate::per_core(),
         })
     }
 
@@ -208,11 +206,11 @@ impl SearchIndex {
         self.reader.searcher().num_docs()
     }
 
-    /// Runs a query. Free text never causes an error; only structurally
-    /// invalid coordinates or radius do.
+    /// Runs a query on the calling thread. Free text never causes an
+    /// error; only structurally invalid coordinates or radius do. Servers
+    /// use [`SearchIndex::search_then`].
     pub fn search(&self, q: &SearchQuery) -> Result<SearchResults, SearchError> {
         validate(q)?;
-        let _pass = self.gate.enter();
         let terms = query_terms(&q.text);
         let searcher = self.reader.searcher();
         let limit = q.limit.min(MAX_LIMIT);
@@ -233,6 +231,18 @@ impl SearchIndex {
             total_exact: found.total_exact,
             facets: found.facets,
         })
+    }
+
+    /// Runs a query on the search workers (one per core, in arrival order)
+    /// and hands its result to `done` there. If the search panicked, `done`
+    /// is dropped without being called.
+    pub fn search_then(
+        self: &Arc<Self>,
+        q: SearchQuery,
+        done: impl FnOnce(Result<SearchResults, SearchError>) + Send + 'static,
+    ) {
+        let index = self.clone();
+        Workers::get().run(move || done(index.search(&q)));
     }
 
     fn hit(

@@ -8,11 +8,11 @@
 mod cache;
 mod error;
 mod exec;
-mod gate;
 mod index;
 mod query;
 mod schema;
 mod snippet;
+mod workers;
 
 pub use error::SearchError;
 pub use exec::TRACK_TOTAL_HITS;

@@ -164,9 +164,13 @@ pub(super) async fn search(
     };
     let index = s.search.clone();
     let started = std::time::Instant::now();
-    let results = tokio::task::spawn_blocking(move || index.search(&query))
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    index.search_then(query, move |r| {
+        let _ = tx.send(r);
+    });
+    let results = rx
         .await
-        .map_err(ApiError::internal)?
+        .map_err(|_| ApiError::internal("the search ended without a result"))?
         .map_err(|e| ApiError::validation(format!("bad search: {e}")))?;
     s.metrics
         .search_seconds
