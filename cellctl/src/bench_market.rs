@@ -12,11 +12,12 @@ use std::{
 
 use anyhow::{bail, Context};
 use cell::local::{find_cell_binary, LocalCell};
-use rand::{rngs::StdRng, Rng, SeedableRng};
+use rand::Rng;
 use serde_json::{json, Value};
 
 use crate::{
     bench::{bench_client, closed_loop, ok, LevelResult, Op, TempDir},
+    bench_get::product_reads,
     output,
 };
 
@@ -392,19 +393,11 @@ pub async fn reads(
     cached.form(1).await?;
     uncached.form(1).await?;
     let http = bench_client(clients)?;
-    let zipf = Arc::new(Zipf::new(products));
     let mut ops = Vec::new();
     for cell in [&cached, &uncached] {
         let base = cell.api_url(1);
         let (_, ids) = seed_shop(&http, &base, products).await?;
-        let ids = Arc::new(ids);
-        let (http, zipf) = (http.clone(), zipf.clone());
-        let op: Op = Arc::new(move |c, i| {
-            let mut rng = StdRng::seed_from_u64(((c as u64) << 32) ^ i);
-            let id = &ids[zipf.sample(&mut rng)];
-            Box::pin(ok(http.get(format!("{base}/v1/products/{id}"))))
-        });
-        ops.push(op);
+        ops.push(product_reads(&base, clients, Arc::new(ids))?);
     }
     let duration = Duration::from_secs(seconds);
     let (mut on_runs, mut off_runs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());

@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use cell::local::{find_cell_binary, which, LocalCell};
 use edge::ports::free_loopback_addr;
-use rand::{rngs::StdRng, SeedableRng};
 use router::directory::{Location, RegionSpec};
 use router::local::{find_router_binary, LocalRouter};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::bench::{bench_client, closed_loop, ok, LevelResult, Op, TempDir};
-use crate::bench_market::{median_f64, post, report_line, seed_shop, Zipf, NO_LIMITS};
+use crate::bench::{bench_client, closed_loop, LevelResult, Op, TempDir};
+use crate::bench_get::product_reads;
+use crate::bench_market::{median_f64, post, report_line, seed_shop, NO_LIMITS};
 use crate::output;
 
 pub struct RouterBenchOptions {
@@ -317,19 +317,12 @@ pub async fn run(opts: RouterBenchOptions) -> anyhow::Result<()> {
     if let Some(n) = &nginx {
         targets.push(("nginx", n.url()));
     }
-    let zipf = Arc::new(Zipf::new(ids.len()));
     let ids = Arc::new(ids);
-    let op_for = |base: String| -> Op {
-        let (http, zipf, ids) = (http.clone(), zipf.clone(), ids.clone());
-        Arc::new(move |c, i| {
-            let mut rng = StdRng::seed_from_u64(((c as u64) << 32) ^ i);
-            let id = &ids[zipf.sample(&mut rng)];
-            Box::pin(ok(http.get(format!("{base}/v1/products/{id}"))))
-        })
-    };
+    let op_for =
+        |base: String| -> anyhow::Result<Op> { product_reads(&base, opts.clients, ids.clone()) };
     // Warm every path (caches, pools) before measuring.
     for (_, base) in &targets {
-        closed_loop(opts.clients, Duration::from_secs(1), op_for(base.clone())).await?;
+        closed_loop(opts.clients, Duration::from_secs(1), op_for(base.clone())?).await?;
     }
     let duration = Duration::from_secs(opts.seconds);
     let mut runs: BTreeMap<&str, Vec<LevelResult>> = BTreeMap::new();
@@ -337,7 +330,7 @@ pub async fn run(opts: RouterBenchOptions) -> anyhow::Result<()> {
     for round in 0..opts.rounds.max(1) {
         let mut this = BTreeMap::new();
         for (name, base) in &targets {
-            let r = closed_loop(opts.clients, duration, op_for(base.clone())).await?;
+            let r = closed_loop(opts.clients, duration, op_for(base.clone())?).await?;
             eprintln!(
                 "round {round}: {name:<6} {:>7.0}/s p50 {:.2}ms p99 {:.2}ms errors {}",
                 r.throughput(),

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_dispatch;
+mod bench_get;
 mod bench_graphql;
 mod bench_longpoll;
 mod bench_market;
