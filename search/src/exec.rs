@@ -1438,15 +1438,19 @@ fn window_bound(
 fn doc_bound(slots: &mut [Slot], slot_bounds: &[(Score, Score)], i: u32) -> Score {
     let (w, b) = ((i / 64) as usize, 1u64 << (i % 64));
     let mut bound: Score = 0.0;
-    for (slot, &(_, approx)) in slots.iter_mut().zip(slot_bounds) {
+    for (slot, &(exact, approx)) in slots.iter_mut().zip(slot_bounds) {
         if w < slot.range.0 || w >= slot.range.1 {
             continue;
         }
         if slot.exact[w] & b != 0 {
-            while slot.blocks[slot.cursor].0 < i as u16 {
-                slot.cursor += 1;
-            }
-            bound += slot.blocks[slot.cursor].1;
+            bound += loop {
+                match slot.blocks.get(slot.cursor) {
+                    Some(&(last, best)) if u32::from(last) >= i => break best,
+                    Some(_) => slot.cursor += 1,
+                    // no block recorded for it: the field's window bound
+                    None => break exact,
+                }
+            };
         } else if slot.any[w] & b != 0 {
             bound += approx;
         }
