@@ -1261,11 +1261,7 @@ fn ours_op(index: Arc<SearchIndex>, mix: Arc<Vec<MixQuery>>) -> Op {
         let (index, mix) = (index.clone(), mix.clone());
         Box::pin(async move {
             let q = &mix[mix_slot(c, i, mix.len())];
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            index.search_then(q.ours.clone(), move |r| {
-                let _ = tx.send(r.is_ok());
-            });
-            rx.await.unwrap_or(false)
+            index.search_on_workers(q.ours.clone()).await.is_ok()
         })
     })
 }

@@ -19,6 +19,9 @@ pub enum SearchError {
     /// The commit payload is not a log index.
     #[error("commit payload is not a log index: {0:?}")]
     BadPayload(String),
+    /// The search panicked on its worker and has no result.
+    #[error("the search ended without a result")]
+    Interrupted,
     /// A writer panicked while holding the writer lock.
     #[error("index writer lock poisoned")]
     Poisoned,

@@ -208,7 +208,7 @@ impl SearchIndex {
 
     /// Runs a query on the calling thread. Free text never causes an
     /// error; only structurally invalid coordinates or radius do. Servers
-    /// use [`SearchIndex::search_then`].
+    /// use [`SearchIndex::search_on_workers`].
     pub fn search(&self, q: &SearchQuery) -> Result<SearchResults, SearchError> {
         validate(q)?;
         let terms = query_terms(&q.text);
@@ -233,16 +233,18 @@ impl SearchIndex {
         })
     }
 
-    /// Runs a query on the search workers (one per core, in arrival order)
-    /// and hands its result to `done` there. If the search panicked, `done`
-    /// is dropped without being called.
-    pub fn search_then(
+    /// Runs a query on the search workers (one per core, in arrival order);
+    /// [`SearchError::Interrupted`] if it panicked there.
+    pub async fn search_on_workers(
         self: &Arc<Self>,
         q: SearchQuery,
-        done: impl FnOnce(Result<SearchResults, SearchError>) + Send + 'static,
-    ) {
+    ) -> Result<SearchResults, SearchError> {
+        let (tx, rx) = futures::channel::oneshot::channel();
         let index = self.clone();
-        Workers::get().run(move || done(index.search(&q)));
+        Workers::get().run(move || {
+            let _ = tx.send(index.search(&q));
+        });
+        rx.await.map_err(|_| SearchError::Interrupted)?
     }
 
     fn hit(

@@ -5,7 +5,7 @@ use axum::{
     routing::get,
     Json, Router,
 };
-use search::{Kind, SearchQuery, Sort};
+use search::{Kind, SearchError, SearchQuery, Sort};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -164,14 +164,10 @@ pub(super) async fn search(
     };
     let index = s.search.clone();
     let started = std::time::Instant::now();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    index.search_then(query, move |r| {
-        let _ = tx.send(r);
-    });
-    let results = rx
-        .await
-        .map_err(|_| ApiError::internal("the search ended without a result"))?
-        .map_err(|e| ApiError::validation(format!("bad search: {e}")))?;
+    let results = index.search_on_workers(query).await.map_err(|e| match e {
+        SearchError::Interrupted => ApiError::internal(e),
+        e => ApiError::validation(format!("bad search: {e}")),
+    })?;
     s.metrics
         .search_seconds
         .observe(started.elapsed().as_secs_f64());
