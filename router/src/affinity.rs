@@ -98,8 +98,7 @@ impl Affinity {
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
             .map_err(|e| fail(&e))?;
-        open.fetch_add(1, Ordering::Relaxed);
-        let guard = OpenGuard(open);
+        let guard = OpenGuard::new(open);
         let driven: BoxFuture<'static, ()> = Box::pin(async move {
             let _guard = guard;
             let _ = conn.await;
@@ -137,7 +136,16 @@ pub async fn dial(
     Ok(Box::new(stream))
 }
 
-struct OpenGuard(Arc<AtomicUsize>);
+/// Counts an upstream connection in its cell's `affinity_open` while it
+/// lives.
+pub(crate) struct OpenGuard(Arc<AtomicUsize>);
+
+impl OpenGuard {
+    pub(crate) fn new(open: Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::Relaxed);
+        OpenGuard(open)
+    }
+}
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {

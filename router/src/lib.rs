@@ -6,6 +6,7 @@
 //! Modules: `config` (flags/env/file), `directory` (regions, persisted),
 //! `upstream` (per-cell pools: health, leader, ejection, retry budget, token
 //! keys), `pin` (which cell a request belongs to), `proxy` (forwarding),
+//! `http1` (the plain HTTP/1.1 fast path),
 //! `admin` (own endpoints), `metrics`, `problem`, `state`, `server`.
 
 pub mod admin;
@@ -13,6 +14,7 @@ pub mod affinity;
 pub mod config;
 pub mod directory;
 pub mod error;
+pub mod http1;
 pub mod local;
 pub mod metrics;
 pub mod pin;

@@ -36,7 +36,7 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Attempts per request, first included.
 const MAX_ATTEMPTS: u32 = 8;
 
-const HOP_BY_HOP: [&str; 8] = [
+pub(crate) const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
     "proxy-authenticate",
@@ -46,15 +46,15 @@ const HOP_BY_HOP: [&str; 8] = [
     "transfer-encoding",
     "upgrade",
 ];
-static X_CELL: HeaderName = HeaderName::from_static("x-cell");
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) static X_CELL: HeaderName = HeaderName::from_static("x-cell");
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 /// A request body as it will be sent.
-enum Payload {
+pub(crate) enum Payload {
     Buffered(Bytes),
     Streaming(Option<Body>),
 }
@@ -65,32 +65,43 @@ pub async fn handle(State(st): State<Arc<RouterState>>, req: Request) -> Respons
     let started = Instant::now();
     match route(&st, req).await {
         Ok((pool, resp)) => {
-            pool.metrics
-                .latency
-                .observe(started.elapsed().as_secs_f64());
-            pool.metrics.answered(resp.status().as_u16());
+            answered(&pool, started, resp.status().as_u16());
             resp
         }
         Err(p) => {
-            st.metrics
-                .requests
-                .get_or_create(&RequestLabels {
-                    cell: "router".into(),
-                    class: status_class(p.status.as_u16()),
-                })
-                .inc();
+            refused(&st, &p);
             p.into_response()
         }
     }
 }
 
-async fn route(st: &Arc<RouterState>, req: Request) -> Result<(Arc<CellPool>, Response), Problem> {
-    let (mut parts, body) = req.into_parts();
-    // A WebSocket handshake (GraphQL subscriptions) is relayed, then the
-    // two connections are spliced.
-    let upgrade = websocket_upgrade(&parts.headers)
-        .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
-        .flatten();
+/// Counts an answer a cell gave.
+pub(crate) fn answered(pool: &CellPool, started: Instant, status: u16) {
+    pool.metrics
+        .latency
+        .observe(started.elapsed().as_secs_f64());
+    pool.metrics.answered(status);
+}
+
+/// Counts an answer the router gave instead of a cell.
+pub(crate) fn refused(st: &RouterState, p: &Problem) {
+    st.metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            cell: "router".into(),
+            class: status_class(p.status.as_u16()),
+        })
+        .inc();
+}
+
+/// Everything a request is held to before its body is read: header size,
+/// declared body size, its token, the rate limits. Returns the verified
+/// claims, if it carried a token.
+async fn admit(
+    st: &RouterState,
+    parts: &http::request::Parts,
+    peer: Option<IpAddr>,
+) -> Result<Option<Claims>, Problem> {
     let header_bytes: usize = parts
         .headers
         .iter()
@@ -111,19 +122,75 @@ async fn route(st: &Arc<RouterState>, req: Request) -> Result<(Arc<CellPool>, Re
         .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|l| l > MAX_BODY_BYTES) || body.size_hint().lower() > MAX_BODY_BYTES {
+    if declared.is_some_and(|l| l > MAX_BODY_BYTES) {
         return Err(reject(st, "body_too_large", too_large()));
     }
-    let peer = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
-
     let claims = match bearer(&parts.headers)? {
         Some(token) => Some(verify(st, token).await?),
         None => None,
     };
     rate_limit(st, claims.as_ref(), peer, parts.uri.path())?;
+    Ok(claims)
+}
+
+/// Where a request without a body goes, and what is sent there: the
+/// router's own HTTP/1.1 loop (`http1`) uses this for the requests it
+/// serves itself.
+pub(crate) async fn bodiless(
+    st: &RouterState,
+    parts: &http::request::Parts,
+    peer: IpAddr,
+    forwarded_for: Option<&HeaderValue>,
+    request_id: &str,
+) -> Result<(Arc<CellPool>, Outgoing), Problem> {
+    let claims = admit(st, parts, Some(peer)).await?;
+    let Pin::Cell(cell) = decide(st, parts, claims.as_ref(), None)? else {
+        return Err(Problem::bad_request("login body must be JSON"));
+    };
+    let pool = cell_pool(st, &cell)?;
+    let tls = st.cfg.tls.is_some();
+    let out = Outgoing::new(parts, Some(peer), forwarded_for, None, request_id, tls);
+    Ok((pool, out))
+}
+
+/// Which cell the request belongs to, by the current region directory.
+fn decide(
+    st: &RouterState,
+    parts: &http::request::Parts,
+    claims: Option<&Claims>,
+    body: Option<&serde_json::Value>,
+) -> Result<Pin, Problem> {
+    let dir = st.directory.read().unwrap_or_else(|e| e.into_inner());
+    pin::decide(
+        &dir,
+        &parts.method,
+        parts.uri.path(),
+        parts.uri.query(),
+        claims,
+        body,
+    )
+}
+
+fn cell_pool(st: &RouterState, cell: &str) -> Result<Arc<CellPool>, Problem> {
+    st.pool(cell)
+        .ok_or_else(|| Problem::not_found("unknown_cell", format!("no cell {cell:?}")))
+}
+
+async fn route(st: &Arc<RouterState>, req: Request) -> Result<(Arc<CellPool>, Response), Problem> {
+    let (mut parts, body) = req.into_parts();
+    // A WebSocket handshake (GraphQL subscriptions) is relayed, then the
+    // two connections are spliced.
+    let upgrade = websocket_upgrade(&parts.headers)
+        .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
+        .flatten();
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let claims = admit(st, &parts, peer).await?;
+    if body.size_hint().lower() > MAX_BODY_BYTES {
+        return Err(reject(st, "body_too_large", too_large()));
+    }
 
     let needs_body = pin::needs_body(&parts.method, parts.uri.path());
     let hint = body.size_hint();
@@ -152,28 +219,25 @@ async fn route(st: &Arc<RouterState>, req: Request) -> Result<(Arc<CellPool>, Re
         _ => None,
     };
 
-    let decision = {
-        let dir = st.directory.read().unwrap_or_else(|e| e.into_inner());
-        pin::decide(
-            &dir,
-            &parts.method,
-            parts.uri.path(),
-            parts.uri.query(),
-            claims.as_ref(),
-            json_body.as_ref(),
-        )?
-    };
+    let decision = decide(st, &parts, claims.as_ref(), json_body.as_ref())?;
     let request_id = parts
         .extensions
         .get::<RequestId>()
         .map(|r| r.0.clone())
         .unwrap_or_default();
-    let outgoing = Outgoing::new(&parts, peer, &request_id, st.cfg.tls.is_some());
+    let affinity = parts.extensions.get::<Arc<Affinity>>().cloned();
+    let forwarded_for = affinity.as_ref().and_then(|a| a.forwarded_for.clone());
+    let outgoing = Outgoing::new(
+        &parts,
+        peer,
+        forwarded_for.as_ref(),
+        affinity,
+        &request_id,
+        st.cfg.tls.is_some(),
+    );
     match decision {
         Pin::Cell(cell) => {
-            let pool = st
-                .pool(&cell)
-                .ok_or_else(|| Problem::not_found("unknown_cell", format!("no cell {cell:?}")))?;
+            let pool = cell_pool(st, &cell)?;
             let resp = match upgrade {
                 Some(client) => tunnel(st, &pool, &outgoing, &parts.headers, client).await?,
                 None => forward(st, &pool, &outgoing, &mut payload).await?,
@@ -364,11 +428,11 @@ fn rate_limit(
 }
 
 /// The parts of the upstream request that are the same on every attempt.
-struct Outgoing {
-    method: Method,
-    path_and_query: http::uri::PathAndQuery,
-    headers: HeaderMap,
-    timeout: Duration,
+pub(crate) struct Outgoing {
+    pub method: Method,
+    pub path_and_query: http::uri::PathAndQuery,
+    pub headers: HeaderMap,
+    pub timeout: Duration,
     long_poll: bool,
     /// The client connection's own upstream connections, once it has sent
     /// more than one request (a connection used once should not cost an
@@ -377,9 +441,14 @@ struct Outgoing {
 }
 
 impl Outgoing {
+    /// `forwarded_for` is the client connection's address as a header value
+    /// when it was formatted once for the connection; `affinity` its own
+    /// upstream connections, if it has them.
     fn new(
         parts: &http::request::Parts,
         peer: Option<IpAddr>,
+        forwarded_for: Option<&HeaderValue>,
+        affinity: Option<Arc<Affinity>>,
         request_id: &str,
         tls: bool,
     ) -> Self {
@@ -407,10 +476,9 @@ impl Outgoing {
             }
         }
         let prior = parts.headers.get(&X_FORWARDED_FOR);
-        let affinity = parts.extensions.get::<Arc<Affinity>>();
-        let xff = match (prior, affinity.and_then(|a| a.forwarded_for.clone())) {
+        let xff = match (prior, forwarded_for) {
             // The usual case: this connection's address, formatted once.
-            (None, Some(own)) => Some(own),
+            (None, Some(own)) => Some(own.clone()),
             (prior, _) => peer.and_then(|ip| {
                 let v = match prior.and_then(|v| v.to_str().ok()) {
                     Some(prior) => format!("{prior}, {ip}"),
@@ -438,7 +506,7 @@ impl Outgoing {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        let affinity = affinity.filter(|a| a.note_request() >= 1).cloned();
+        let affinity = affinity.filter(|a| a.note_request() >= 1);
         Outgoing {
             affinity,
             method: parts.method.clone(),
@@ -460,7 +528,7 @@ impl Outgoing {
 
 /// The `wait` of a long poll (`/v1/events`, `/v1/routes/available`), if
 /// this is one.
-fn long_poll_wait(path: &str, query: Option<&str>) -> Option<u64> {
+pub(crate) fn long_poll_wait(path: &str, query: Option<&str>) -> Option<u64> {
     if !matches!(path, "/v1/events" | "/v1/routes/available") {
         return None;
     }
@@ -506,10 +574,10 @@ fn next_traceparent(incoming: Option<&HeaderValue>) -> String {
 }
 
 /// Counts a request as in flight to a cell until dropped.
-struct InFlight<'a>(&'a CellPool);
+pub(crate) struct InFlight<'a>(&'a CellPool);
 
 impl<'a> InFlight<'a> {
-    fn new(pool: &'a CellPool) -> Self {
+    pub(crate) fn new(pool: &'a CellPool) -> Self {
         pool.started_request();
         pool.metrics.in_flight.inc();
         InFlight(pool)
@@ -527,7 +595,7 @@ impl Drop for InFlight<'_> {
 /// that is safe: always when the connection could not even be made (the
 /// request never left), otherwise only for safe methods or requests with an
 /// `Idempotency-Key`, and only while the cell's retry budget lasts.
-async fn forward(
+pub(crate) async fn forward(
     st: &RouterState,
     pool: &CellPool,
     out: &Outgoing,

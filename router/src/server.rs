@@ -20,6 +20,7 @@ use http::{header, HeaderValue};
 
 use crate::admin;
 use crate::affinity::Affinity;
+use crate::http1;
 use crate::problem::{Problem, RequestId};
 use crate::proxy;
 use crate::state::RouterState;
@@ -44,7 +45,7 @@ pub fn app(state: Arc<RouterState>) -> axum::Router {
 const MAX_REQUEST_ID: usize = 128;
 
 /// The caller's request id when it is a sensible one, else a new one.
-fn request_id(headers: &http::HeaderMap) -> String {
+pub(crate) fn request_id(headers: &http::HeaderMap) -> String {
     headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
@@ -63,7 +64,7 @@ async fn edge_layer(mut req: Request, next: Next) -> Response {
     finish(next.run(req).await, &id)
 }
 
-fn finish(mut resp: Response, id: &str) -> Response {
+pub(crate) fn finish(mut resp: Response, id: &str) -> Response {
     if let Some(p) = resp.extensions_mut().remove::<Problem>() {
         resp = p.render(id);
     }
@@ -79,7 +80,7 @@ fn finish(mut resp: Response, id: &str) -> Response {
 }
 
 /// The router's own endpoints; everything else belongs to a cell.
-fn is_own_endpoint(path: &str) -> bool {
+pub(crate) fn is_own_endpoint(path: &str) -> bool {
     matches!(path, "/healthz" | "/readyz" | "/metrics" | "/admin/regions")
         || path.starts_with("/admin/regions/")
 }
@@ -115,6 +116,12 @@ async fn serve_connection(
     app: axum::Router,
     state: Arc<RouterState>,
 ) {
+    // Plain kept-alive GETs never leave the router's own loop; the first
+    // request it does not take hands the connection to hyper.
+    let io = match http1::serve(io, peer, &state).await {
+        http1::Outcome::Closed => return,
+        http1::Outcome::Handoff(io) => io,
+    };
     let (driver, mut upstreams) = mpsc::unbounded_channel::<BoxFuture<'static, ()>>();
     let affinity = Arc::new(Affinity::new(peer.ip(), driver));
     let service = TowerToHyperService::new(tower::service_fn(
