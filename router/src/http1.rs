@@ -71,10 +71,12 @@ pub async fn serve(io: Box<dyn Stream>, peer: SocketAddr, st: &Arc<RouterState>)
             Next::Request { parts, close } => (parts, close),
             Next::Closed => return Outcome::Closed,
             Next::Handoff => {
+                // Right-sized: a long poll may hold this connection for
+                // a minute, and there can be many of them.
                 return Outcome::Handoff(Rewind {
-                    prefix: conn.buf.freeze(),
+                    prefix: Bytes::copy_from_slice(&conn.buf),
                     inner: conn.io,
-                })
+                });
             }
         };
         let served = conn.serve(st, *parts, close).await;
@@ -901,6 +903,9 @@ impl AsyncRead for Rewind {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
             self.prefix.advance(n);
+            if self.prefix.is_empty() {
+                self.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)

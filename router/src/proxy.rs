@@ -497,8 +497,7 @@ impl Outgoing {
         if let Ok(v) = HeaderValue::from_str(request_id) {
             headers.insert(X_REQUEST_ID.clone(), v);
         }
-        let traceparent = next_traceparent(parts.headers.get(&TRACEPARENT));
-        if let Ok(v) = HeaderValue::from_str(&traceparent) {
+        if let Some(v) = next_traceparent(parts.headers.get(&TRACEPARENT)) {
             headers.insert(TRACEPARENT.clone(), v);
         }
         let path_and_query = parts
@@ -551,26 +550,36 @@ fn route_timeout(path: &str, query: Option<&str>) -> Duration {
 /// W3C trace context: keep the caller's trace id and flags, with a new
 /// parent id for the router's hop; start a trace when there is none (or
 /// it is malformed).
-fn next_traceparent(incoming: Option<&HeaderValue>) -> String {
-    let span: [u8; 8] = rand::random();
-    let valid = incoming.and_then(|v| v.to_str().ok()).and_then(|v| {
-        let p: Vec<&str> = v.split('-').collect();
-        let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-        let ok = p.len() == 4
-            && p[0] == "00"
-            && hex(p[1], 32)
-            && p[1] != "0".repeat(32)
-            && hex(p[2], 16)
-            && hex(p[3], 2);
-        ok.then(|| (p[1].to_ascii_lowercase(), p[3].to_string()))
-    });
-    match valid {
-        Some((trace, flags)) => format!("00-{trace}-{}-{flags}", hex::encode(span)),
-        None => {
-            let trace: [u8; 16] = rand::random();
-            format!("00-{}-{}-01", hex::encode(trace), hex::encode(span))
+fn next_traceparent(incoming: Option<&HeaderValue>) -> Option<HeaderValue> {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let put_hex = |out: &mut [u8], bytes: &[u8]| {
+        for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+            pair[0] = HEX[usize::from(b >> 4)];
+            pair[1] = HEX[usize::from(b & 15)];
         }
+    };
+    let hex = |s: &[u8]| s.iter().all(u8::is_ascii_hexdigit);
+    // version - trace id (32) - parent id (16) - flags (2)
+    let valid = incoming.map(HeaderValue::as_bytes).filter(|v| {
+        v.len() == 55
+            && v.starts_with(b"00-")
+            && v[35] == b'-'
+            && v[52] == b'-'
+            && hex(&v[3..35])
+            && v[3..35].iter().any(|&b| b != b'0')
+            && hex(&v[36..52])
+            && hex(&v[53..55])
+    });
+    let mut out = *b"00-00000000000000000000000000000000-0000000000000000-01";
+    match valid {
+        Some(v) => {
+            out[3..35].copy_from_slice(&v[3..35].to_ascii_lowercase());
+            out[53..55].copy_from_slice(&v[53..55]);
+        }
+        None => put_hex(&mut out[3..35], &rand::random::<[u8; 16]>()),
     }
+    put_hex(&mut out[36..52], &rand::random::<[u8; 8]>());
+    HeaderValue::from_bytes(&out).ok()
 }
 
 /// Counts a request as in flight to a cell until dropped.
@@ -878,14 +887,42 @@ mod tests {
     fn traceparent_keeps_the_trace_and_replaces_the_span() {
         let incoming =
             HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
-        let next = next_traceparent(Some(&incoming));
+        let next = next_traceparent(Some(&incoming)).unwrap();
+        let next = next.to_str().unwrap();
         assert!(next.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
         assert!(next.ends_with("-01"));
         assert_ne!(next, incoming.to_str().unwrap());
-        for bad in ["garbage", "00-0000-00f067aa0ba902b7-01", ""] {
+        let upper =
+            HeaderValue::from_static("00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-00");
+        let next = next_traceparent(Some(&upper)).unwrap();
+        let next = next.to_str().unwrap();
+        assert!(next.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(next.ends_with("-00"));
+        for bad in [
+            "garbage",
+            "00-0000-00f067aa0ba902b7-01",
+            "",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473x-00f067aa0ba902b7-01",
+        ] {
             let v = HeaderValue::from_str(bad).unwrap();
-            let fresh = next_traceparent(Some(&v));
+            let fresh = next_traceparent(Some(&v)).unwrap();
+            let fresh = fresh.to_str().unwrap();
             assert_eq!(fresh.len(), 55, "{fresh}");
+            assert!(
+                fresh.starts_with("00-") && fresh.ends_with("-01"),
+                "{fresh}"
+            );
+            if bad.len() == 55 {
+                assert_ne!(fresh[3..35], bad[3..35], "an invalid trace id was kept");
+            }
+            assert!(fresh[3..35].bytes().any(|b| b != b'0'), "{fresh}");
+            let hex = |s: &str| {
+                s.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            };
+            assert!(hex(&fresh[3..35]) && hex(&fresh[36..52]), "{fresh}");
         }
     }
 
