@@ -1,7 +1,7 @@
 //! The router's HTTP/1.1 as a client sees it on the socket: pipelined
 //! requests answered in order, HEAD, `Connection: close`, the router's own
-//! refusals, and a connection that switches to a request with a body
-//! halfway through its life.
+//! refusals, a connection that switches to a request with a body halfway
+//! through its life, HTTP/2 with prior knowledge, and an unfinished head.
 
 mod common;
 
@@ -178,6 +178,22 @@ async fn the_wire_as_clients_see_it() {
         .expect("closed after Connection: close")
         .unwrap();
     assert_eq!(n, 0);
+
+    // HTTP/2 with prior knowledge: the preface hands the connection to
+    // hyper, which speaks HTTP/2 on it.
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .no_proxy()
+        .build()
+        .unwrap();
+    let r = h2
+        .get(format!("{base}/v1/products/{pid}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-cell"], "nyc");
 
     // A head that never ends is dropped, not held forever; the router goes
     // on serving others meanwhile.
