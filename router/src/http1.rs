@@ -587,24 +587,23 @@ fn request_head(out: &mut Vec<u8>, req: &Outgoing, node: &Node) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Reads until `up.buf` holds a whole response head; its length, or `None`
-/// when the node closed first.
+/// Reads until `up.buf` holds a whole response head (parsed once, by
+/// `rewrite_response_head`); its length, or `None` when the node closed
+/// first.
 async fn read_head(up: &mut Upstream) -> io::Result<Option<usize>> {
+    let mut searched = 0;
     loop {
-        if !up.buf.is_empty() {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut resp = httparse::Response::new(&mut headers);
-            match resp.parse(&up.buf) {
-                Ok(httparse::Status::Complete(len)) => return Ok(Some(len)),
-                Ok(httparse::Status::Partial) if up.buf.len() <= MAX_HEAD_BYTES => {}
-                _ => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "bad response head",
-                    ))
-                }
-            }
+        if let Some(end) = up.buf[searched..].windows(4).position(|w| w == b"\r\n\r\n") {
+            return Ok(Some(searched + end + 4));
         }
+        if up.buf.len() > MAX_HEAD_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "response head too large",
+            ));
+        }
+        // The terminator may straddle what came and what comes next.
+        searched = up.buf.len().saturating_sub(3);
         up.buf.reserve(READ_CHUNK);
         if up.io.read_buf(&mut up.buf).await? == 0 {
             return Ok(None);
