@@ -329,7 +329,10 @@ pub async fn run(opts: RouterBenchOptions) -> anyhow::Result<()> {
     let mut ratios = Vec::new();
     for round in 0..opts.rounds.max(1) {
         let mut this = BTreeMap::new();
-        for (name, base) in &targets {
+        // Each round starts with the next path, so that no path always
+        // runs right after the same other one.
+        let n = targets.len();
+        for (name, base) in targets.iter().cycle().skip(round % n).take(n) {
             let r = closed_loop(opts.clients, duration, op_for(base.clone())?).await?;
             eprintln!(
                 "round {round}: {name:<6} {:>7.0}/s p50 {:.2}ms p99 {:.2}ms errors {}",

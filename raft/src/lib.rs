@@ -1,6 +1,8 @@
 //! Raft replication for a marketcell node, on openraft 0.9 (storage-v2).
 //!
-//! - [`log_store`]: the Raft log in `log.redb`, group-committed by one writer thread;
+//! - [`log_store`]: the Raft log — entries in append-only segment files
+//!   (`segments`), vote and purge point in `log.redb` — written by one
+//!   writer thread that group-commits appends;
 //! - [`state_machine`]: `state.redb`, generic over an [`Application`], snapshots;
 //! - [`network`] / [`peer_api`]: the peer port (HTTP/2, bincode bodies, optional mTLS);
 //! - [`node`]: a running node — writes with leader forwarding, linearizable
@@ -19,6 +21,7 @@ pub mod network;
 pub mod node;
 pub mod peer_api;
 pub mod restore;
+mod segments;
 pub mod state_machine;
 pub mod types;
 mod wire;

@@ -1,13 +1,14 @@
-//! The Raft log in its own redb file (`log.redb`).
+//! The Raft log: entries in append-only segment files (`segments`), the
+//! vote, the purge point and the node id in a small redb file (`log.redb`).
 //!
-//! All writes (appends, vote, committed, truncate, purge) go through one
-//! writer thread, in order. The thread drains whatever queued up while the
-//! previous fsync ran and commits it as one durable transaction, so
+//! All writes (appends, vote, truncate, purge) go through one writer thread,
+//! in order. The thread drains whatever queued up while the previous fsync
+//! ran: consecutive appends become one write and one `fdatasync`, so
 //! concurrent writers share fsyncs and no fsync ever blocks an async worker.
 
 use std::{
     fmt::Debug,
-    ops::RangeBounds,
+    ops::{Bound, RangeBounds},
     path::Path,
     sync::{mpsc, Arc, Mutex},
     thread,
@@ -20,15 +21,18 @@ use openraft::{
 use storage::{Durability, Store, Table};
 use tokio::sync::oneshot;
 
+use crate::segments::Segments;
 use crate::types::{Entry, LogId, NodeId, OStorageError, TypeConfig, Vote};
 
+/// Where entries lived before they moved to segment files; read once to
+/// carry an older data directory over.
 const LOGS: Table<Entry> = Table::new("raft_log");
 const VOTE: Table<Vote> = Table::new("raft_vote");
 const LOG_ID: Table<Option<LogId>> = Table::new("raft_log_ids");
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_PURGED: &[u8] = b"purged";
-/// How many queued operations one transaction may carry.
+/// How many queued operations one pass of the writer may carry.
 const MAX_BATCH: usize = 4096;
 
 enum Op {
@@ -46,49 +50,70 @@ struct Job {
 /// The log store and (as a cheap clone) its reader.
 #[derive(Clone)]
 pub struct LogStore {
-    store: Store,
+    meta: Store,
+    segments: Segments,
     writer: mpsc::Sender<Job>,
-    /// The latest committed log id, persisted with the next write batch
-    /// rather than with an fsync of its own: openraft only uses it to
-    /// re-apply faster after a restart, and a stale value is safe.
+    /// The latest committed log id, persisted whenever the metadata is
+    /// written anyway (vote, purge) rather than with an fsync of its own:
+    /// openraft only uses it to re-apply faster after a restart, and a
+    /// stale value is safe.
     committed: Arc<Mutex<Option<Option<LogId>>>>,
 }
 
-fn key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
-}
-
-fn write_batch(
-    store: &Store,
-    jobs: &[Job],
+/// Writes `put` and the latest committed id to the metadata, durably.
+fn write_meta(
+    meta: &Store,
     committed: Option<Option<LogId>>,
+    put: impl FnOnce(&storage::WriteTxn) -> storage::Result<()>,
 ) -> storage::Result<()> {
-    let txn = store.write()?;
+    let txn = meta.write()?;
     if let Some(c) = committed {
         txn.put(LOG_ID, KEY_COMMITTED, &c)?;
     }
-    for job in jobs {
-        match &job.op {
-            Op::Append(entries) => {
-                for e in entries {
-                    txn.put(LOGS, &key(e.log_id.index), e)?;
-                }
-            }
-            Op::Vote(v) => txn.put(VOTE, KEY_VOTE, v)?,
-            Op::Truncate(from) => {
-                txn.delete_range(LOGS, key(*from).to_vec()..)?;
-            }
-            Op::Purge(upto) => {
-                txn.delete_range(LOGS, ..=key(upto.index).to_vec())?;
-                txn.put(LOG_ID, KEY_PURGED, &Some(*upto))?;
-            }
-        }
-    }
+    put(&txn)?;
     txn.commit(Durability::Immediate)
 }
 
+fn run_jobs(
+    meta: &Store,
+    segments: &Segments,
+    jobs: &mut [Job],
+    committed: Option<Option<LogId>>,
+) -> Result<(), String> {
+    let mut pending: Vec<Entry> = Vec::new();
+    let flush = |pending: &mut Vec<Entry>| -> Result<(), String> {
+        let r = segments.append(pending).map_err(|e| e.to_string());
+        pending.clear();
+        r
+    };
+    for job in jobs.iter_mut() {
+        match &mut job.op {
+            Op::Append(entries) => pending.append(entries),
+            Op::Vote(v) => {
+                flush(&mut pending)?;
+                write_meta(meta, committed, |t| t.put(VOTE, KEY_VOTE, v))
+                    .map_err(|e| e.to_string())?;
+            }
+            Op::Truncate(from) => {
+                flush(&mut pending)?;
+                segments.truncate(*from).map_err(|e| e.to_string())?;
+            }
+            Op::Purge(upto) => {
+                flush(&mut pending)?;
+                // Recorded before any file goes: a crash in between leaves
+                // segments that the next open removes.
+                write_meta(meta, committed, |t| t.put(LOG_ID, KEY_PURGED, &Some(*upto)))
+                    .map_err(|e| e.to_string())?;
+                segments.purge(upto.index).map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    flush(&mut pending)
+}
+
 fn writer_loop(
-    store: Store,
+    meta: Store,
+    segments: Segments,
     rx: mpsc::Receiver<Job>,
     committed: Arc<Mutex<Option<Option<LogId>>>>,
 ) {
@@ -100,8 +125,8 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        let pending_committed = committed.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let result = write_batch(&store, &jobs, pending_committed).map_err(|e| e.to_string());
+        let latest = *committed.lock().unwrap_or_else(|p| p.into_inner());
+        let result = run_jobs(&meta, &segments, &mut jobs, latest);
         if let Err(e) = &result {
             tracing::error!(error = %e, ops = jobs.len(), "raft log write failed");
         }
@@ -115,18 +140,48 @@ fn io_err(e: impl ToString) -> std::io::Error {
     std::io::Error::other(e.to_string())
 }
 
+/// Moves entries an older version kept in `log.redb` into segments, once.
+fn carry_over(meta: &Store, segments: &Segments) -> storage::Result<()> {
+    let old = meta.read()?.range(LOGS, .., usize::MAX)?;
+    if old.is_empty() {
+        return Ok(());
+    }
+    if segments.is_empty() {
+        let entries: Vec<Entry> = old.into_iter().map(|(_, e)| e).collect();
+        // One append per run of consecutive indexes.
+        let mut start = 0;
+        for i in 1..=entries.len() {
+            let breaks =
+                i == entries.len() || entries[i].log_id.index != entries[i - 1].log_id.index + 1;
+            if breaks {
+                segments.append(&entries[start..i])?;
+                start = i;
+            }
+        }
+    }
+    let txn = meta.write()?;
+    txn.delete_range(LOGS, ..)?;
+    txn.commit(Durability::Immediate)
+}
+
 impl LogStore {
+    /// Opens the log whose metadata is the redb file `path`; its segments
+    /// live in the directory beside it (`log.segments` for `log.redb`).
     pub fn open(path: impl AsRef<Path>) -> storage::Result<Self> {
-        let store = Store::open(path, 64 * 1024 * 1024)?;
+        let path = path.as_ref();
+        let meta = Store::open(path, 4 * 1024 * 1024)?;
+        let purged = meta.read()?.get(LOG_ID, KEY_PURGED)?.flatten();
+        let segments = Segments::open(&segments_dir(path), purged.map(|p| p.index))?;
+        carry_over(&meta, &segments)?;
         let (tx, rx) = mpsc::channel();
-        let s = store.clone();
         let committed = Arc::new(Mutex::new(None));
-        let c = committed.clone();
+        let (m, s, c) = (meta.clone(), segments.clone(), committed.clone());
         thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || writer_loop(s, rx, c))?;
+            .spawn(move || writer_loop(m, s, rx, c))?;
         Ok(Self {
-            store,
+            meta,
+            segments,
             writer: tx,
             committed,
         })
@@ -144,7 +199,7 @@ impl LogStore {
 
     fn read_log_id(&self, k: &[u8]) -> Result<Option<LogId>, OStorageError> {
         let r = self
-            .store
+            .meta
             .read()
             .map_err(|e| StorageIOError::read_logs(&e))?;
         Ok(r.get(LOG_ID, k)
@@ -153,21 +208,29 @@ impl LogStore {
     }
 }
 
+/// The segment directory of the log whose metadata is `meta_path`.
+pub fn segments_dir(meta_path: &Path) -> std::path::PathBuf {
+    meta_path.with_extension("segments")
+}
+
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, OStorageError> {
-        let start = range.start_bound().map(|i| key(*i).to_vec());
-        let end = range.end_bound().map(|i| key(*i).to_vec());
-        let r = self
-            .store
-            .read()
-            .map_err(|e| StorageIOError::read_logs(&e))?;
-        let rows = r
-            .range(LOGS, (start, end), usize::MAX)
-            .map_err(|e| StorageIOError::read_logs(&e))?;
-        Ok(rows.into_iter().map(|(_, e)| e).collect())
+        let from = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let to = match range.end_bound() {
+            Bound::Included(i) => i.saturating_add(1),
+            Bound::Excluded(i) => *i,
+            Bound::Unbounded => u64::MAX,
+        };
+        self.segments
+            .read(from, to)
+            .map_err(|e| StorageIOError::read_logs(&e).into())
     }
 }
 
@@ -176,17 +239,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, OStorageError> {
         let purged = self.read_log_id(KEY_PURGED)?;
-        let r = self
-            .store
-            .read()
-            .map_err(|e| StorageIOError::read_logs(&e))?;
-        let last = r
-            .last(LOGS)
-            .map_err(|e| StorageIOError::read_logs(&e))?
-            .map(|(_, e)| e.log_id);
+        let last = match (self.segments.last(), purged) {
+            (Some(l), Some(p)) if p.index > l.index => Some(p),
+            (l, p) => l.or(p),
+        };
         Ok(LogState {
             last_purged_log_id: purged,
-            last_log_id: last.or(purged),
+            last_log_id: last,
         })
     }
 
@@ -202,7 +261,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, OStorageError> {
         let r = self
-            .store
+            .meta
             .read()
             .map_err(|e| StorageIOError::read_vote(&e))?;
         Ok(r.get(VOTE, KEY_VOTE)
@@ -270,15 +329,74 @@ const NODE_ID: Table<NodeId> = Table::new("raft_node_id");
 /// The node id, kept with the log so a data directory cannot be started
 /// under a different identity by mistake.
 pub fn check_node_id(store: &LogStore, id: NodeId) -> storage::Result<Result<(), NodeId>> {
-    if let Some(existing) = store.store.read()?.get(NODE_ID, b"id")? {
+    if let Some(existing) = store.meta.read()?.get(NODE_ID, b"id")? {
         return Ok(if existing == id {
             Ok(())
         } else {
             Err(existing)
         });
     }
-    let w = store.store.write()?;
+    let w = store.meta.write()?;
     w.put(NODE_ID, b"id", &id)?;
     w.commit(Durability::Immediate)?;
     Ok(Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Command;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    #[tokio::test]
+    async fn entries_of_an_older_log_redb_are_carried_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.redb");
+        {
+            let meta = Store::open(&path, 1 << 20).unwrap();
+            let txn = meta.write().unwrap();
+            for i in 3..=7u64 {
+                let e = Entry {
+                    log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
+                    payload: EntryPayload::Normal(Command(Vec::new())),
+                };
+                txn.put(LOGS, &i.to_be_bytes(), &e).unwrap();
+            }
+            txn.commit(Durability::Immediate).unwrap();
+        }
+        for _ in 0..2 {
+            // The previous store's writer thread lets go of the file once
+            // it sees the store dropped.
+            let mut tries = 0;
+            let mut log = loop {
+                match LogStore::open(&path) {
+                    Ok(log) => break log,
+                    Err(e) if tries < 100 => {
+                        tries += 1;
+                        tracing::debug!(error = %e, "log still open");
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            };
+            let got = log.try_get_log_entries(0..100).await.unwrap();
+            let idx: Vec<u64> = got.iter().map(|e| e.log_id.index).collect();
+            assert_eq!(idx, vec![3, 4, 5, 6, 7]);
+            assert_eq!(
+                log.get_log_state()
+                    .await
+                    .unwrap()
+                    .last_log_id
+                    .map(|l| l.index),
+                Some(7)
+            );
+            assert!(log
+                .meta
+                .read()
+                .unwrap()
+                .range(LOGS, .., 10)
+                .unwrap()
+                .is_empty());
+        }
+    }
 }

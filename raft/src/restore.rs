@@ -26,7 +26,7 @@ pub fn restore_backup(
     info: NodeInfo,
     backup: impl Read,
 ) -> Result<Restored, RaftError> {
-    for f in ["log.redb", "state.redb"] {
+    for f in ["log.redb", "log.segments", "state.redb"] {
         if dir.join(f).exists() {
             return Err(RaftError::Invalid(format!(
                 "{} already exists: restore only into an empty data directory",
