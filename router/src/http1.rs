@@ -306,7 +306,12 @@ impl Conn {
             Ok(Ok(None)) | Ok(Err(_)) if reused && up.buf.is_empty() => {
                 return Exchange::NotAnswered
             }
-            Ok(_) => {
+            Ok(other) => {
+                let error = match other {
+                    Ok(_) => "closed before answering".to_string(),
+                    Err(e) => e.to_string(),
+                };
+                tracing::debug!(cell = %pool.cell, node = %node.url, reused, %error, "upstream exchange failed");
                 failed("transport");
                 if pool.record_failure(i) {
                     pool.metrics.ejections.inc();
