@@ -96,6 +96,7 @@ impl LocalCell {
             .map_err(|e| anyhow!("access-token keys: {e}"))?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
+            .pool_idle_timeout(edge::tls::CLIENT_POOL_IDLE)
             .build()?;
         Ok(Self {
             name: name.to_string(),
@@ -116,6 +117,7 @@ impl LocalCell {
         let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
         self.http = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
+            .pool_idle_timeout(edge::tls::CLIENT_POOL_IDLE)
             .add_root_certificate(reqwest::Certificate::from_pem(&pem)?)
             .build()?;
         self.scheme = "https";

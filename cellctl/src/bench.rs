@@ -130,6 +130,7 @@ pub async fn closed_loop(
 pub fn bench_client(clients: usize) -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
         .pool_max_idle_per_host(clients + 8)
+        .pool_idle_timeout(edge::tls::CLIENT_POOL_IDLE)
         .tcp_nodelay(true)
         .timeout(Duration::from_secs(30))
         .build()?)

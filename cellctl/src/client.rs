@@ -12,7 +12,9 @@ pub struct Api {
 }
 
 fn http_client(ca: Option<&Path>, timeout: Duration) -> anyhow::Result<reqwest::Client> {
-    let mut b = reqwest::Client::builder().timeout(timeout);
+    let mut b = reqwest::Client::builder()
+        .timeout(timeout)
+        .pool_idle_timeout(edge::tls::CLIENT_POOL_IDLE);
     if let Some(ca) = ca {
         let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
         b = b.add_root_certificate(reqwest::Certificate::from_pem(&pem)?);

@@ -268,6 +268,7 @@ pub struct SeedOptions {
 pub async fn demo(o: SeedOptions, as_json: bool) -> anyhow::Result<()> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
+        .pool_idle_timeout(edge::tls::CLIENT_POOL_IDLE)
         .build()?;
     let base = o.base.trim_end_matches('/');
     let cell: Value = http

@@ -103,13 +103,24 @@ pub fn client_config(
 pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Stream for T {}
 
+/// How long a request head may take; hyper applies it to kept-alive
+/// HTTP/1.1 connections waiting for their next request too, so it is also
+/// how long an idle connection stays open.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long clients of cells and routers keep an idle pooled HTTP/1.1
+/// connection: below the servers' idle close (`HEADER_READ_TIMEOUT`), so a
+/// pooled connection is never handed a request just as the server closes
+/// it (which fails the request, not retried when it may have been sent).
+pub const CLIENT_POOL_IDLE: Duration = Duration::from_secs(5);
+
 /// The HTTP/1.1 + HTTP/2 connection settings every listener uses.
 pub fn connection_builder() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10));
+        .header_read_timeout(HEADER_READ_TIMEOUT);
     // High on purpose: a router multiplexes many users' long polls to a
     // node over one HTTP/2 connection. Work is bounded by the node's
     // in-flight and long-poll limits, not by streams.

@@ -98,16 +98,10 @@ fn build_client(ca: Option<&Path>, h2_only: bool) -> Result<Client, RouterError>
             .http2_keep_alive_while_idle(true)
             .pool_idle_timeout(Duration::from_secs(60));
     } else {
-        // Below the cells' own idle close (10 s, hyper's header read
-        // timeout): a connection the node is about to close is dropped here
-        // first instead of being handed a request that then fails.
-        builder.pool_idle_timeout(POOL_IDLE);
+        builder.pool_idle_timeout(edge::tls::CLIENT_POOL_IDLE);
     }
     Ok(builder.build(https))
 }
-
-/// How long an idle pooled HTTP/1.1 connection to a node is kept.
-const POOL_IDLE: Duration = Duration::from_secs(5);
 
 /// One node of a cell.
 #[derive(Debug)]
