@@ -158,6 +158,17 @@ fn proc_stat(pid: u32) -> Option<ProcStat> {
     })
 }
 
+/// CPU time (user + system) the processes have used so far.
+fn cpu_seconds(pids: &[u32]) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let ticks: u64 = pids
+        .iter()
+        .filter_map(|p| proc_stat(*p).map(|s| s.cpu_ticks))
+        .sum();
+    ticks as f64 / per_second
+}
+
 fn rss_bytes(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -204,11 +215,6 @@ async fn idle_cost(
 ) -> anyhow::Result<IdleCost> {
     let addr = base.trim_start_matches("http://").to_string();
     let rss = |pids: &[u32]| pids.iter().map(|p| rss_bytes(*p)).sum::<u64>();
-    let ticks = |pids: &[u32]| {
-        pids.iter()
-            .filter_map(|p| proc_stat(*p).map(|s| s.cpu_ticks))
-            .sum::<u64>()
-    };
     let rss_before = rss(&pids());
     let request = format!(
         "GET /v1/events?after={after}&wait=60 HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\r\n"
@@ -227,11 +233,9 @@ async fn idle_cost(
     // Let every poll reach the cell and settle.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let pids_now = pids();
-    let (t0, started) = (ticks(&pids_now), Instant::now());
+    let (t0, started) = (cpu_seconds(&pids_now), Instant::now());
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let t1 = ticks(&pids_now);
-    let clk = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let cpu_percent = (t1 - t0) as f64 / clk / started.elapsed().as_secs_f64() * 100.0;
+    let cpu_percent = (cpu_seconds(&pids_now) - t0) / started.elapsed().as_secs_f64() * 100.0;
     let rss_after = rss(&pids_now);
     // A poll still waiting has had no answer yet.
     let mut waiting = 0;
@@ -327,13 +331,31 @@ pub async fn run(opts: RouterBenchOptions) -> anyhow::Result<()> {
     let duration = Duration::from_secs(opts.seconds);
     let mut runs: BTreeMap<&str, Vec<LevelResult>> = BTreeMap::new();
     let mut ratios = Vec::new();
+    // The proxies' own CPU per request: steadier than throughput on a
+    // shared machine, where the client and the cell compete for the cores.
+    let router_pid = router.pid().context("router pid")?;
+    let proxy_pids = |name: &str| match name {
+        "router" => vec![router_pid],
+        "nginx" => nginx.as_ref().map(Nginx::pids).unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    let mut cpu_us: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for round in 0..opts.rounds.max(1) {
         let mut this = BTreeMap::new();
         // Each round starts with the next path, so that no path always
         // runs right after the same other one.
         let n = targets.len();
         for (name, base) in targets.iter().cycle().skip(round % n).take(n) {
+            let pids = proxy_pids(name);
+            let cpu_before = cpu_seconds(&pids);
             let r = closed_loop(opts.clients, duration, op_for(base.clone())?).await?;
+            if !pids.is_empty() && r.ops > 0 {
+                let used = cpu_seconds(&pids) - cpu_before;
+                cpu_us
+                    .entry(name)
+                    .or_default()
+                    .push(used * 1e6 / r.ops as f64);
+            }
             eprintln!(
                 "round {round}: {name:<6} {:>7.0}/s p50 {:.2}ms p99 {:.2}ms errors {}",
                 r.throughput(),
@@ -383,7 +405,6 @@ pub async fn run(opts: RouterBenchOptions) -> anyhow::Result<()> {
             .json()
             .await?;
         let after = feed["next"].as_u64().unwrap_or(0);
-        let router_pid = router.pid().context("router pid")?;
         eprintln!("holding {} idle long polls through the router…", opts.idle);
         idle.push(
             idle_cost(
@@ -406,10 +427,15 @@ pub async fn run(opts: RouterBenchOptions) -> anyhow::Result<()> {
     cell.stop_all();
 
     let ratio = (!ratios.is_empty()).then(|| median_f64(ratios));
+    let cpu_us: BTreeMap<&str, f64> = cpu_us
+        .into_iter()
+        .map(|(name, v)| (name, median_f64(v)))
+        .collect();
     if opts.json {
         let mut out = json!({
             "clients": opts.clients, "seconds": opts.seconds, "rounds": opts.rounds, "products": opts.products,
             "throughput_ratio_router_over_nginx": ratio,
+            "proxy_cpu_us_per_request": cpu_us,
         });
         for (name, r) in &results {
             let (a50, a99) = added(r);
@@ -457,6 +483,16 @@ pub async fn run(opts: RouterBenchOptions) -> anyhow::Result<()> {
             "\nrouter / nginx throughput = {ratio:.2}x (median of per-round ratios); added p99: router {:.2}ms, nginx {:.2}ms",
             router_added / 1000.0,
             nginx_added / 1000.0
+        );
+    }
+    if !cpu_us.is_empty() {
+        let each: Vec<String> = cpu_us
+            .iter()
+            .map(|(name, us)| format!("{name} {us:.1} µs"))
+            .collect();
+        println!(
+            "proxy CPU per request (user + system, median of rounds): {}",
+            each.join(", ")
         );
     }
     if !idle.is_empty() {
