@@ -91,12 +91,16 @@ fn record(entry: &Entry, out: &mut Vec<u8>) -> io::Result<()> {
     Ok(())
 }
 
-/// Reads a segment's records; returns them with the length of the valid
-/// prefix, which is shorter than the file when its end is torn.
+/// Reads a segment's records; returns their offsets, the last entry's id
+/// and the length of the valid prefix, which is shorter than the file when
+/// its end is torn. Every record's checksum is checked, but only the first
+/// and last entries are decoded: open stays a read of the files, not a
+/// decode of the whole log.
 fn scan(path: &Path, first: u64) -> io::Result<(Vec<u64>, Option<LogId>, u64, bool)> {
     let bytes = fs::read(path)?;
     let mut offsets = Vec::new();
-    let mut last = None;
+    let mut first_payload = None;
+    let mut last_payload = 0..0;
     let mut at = 0usize;
     let torn = loop {
         if at == bytes.len() {
@@ -107,8 +111,9 @@ fn scan(path: &Path, first: u64) -> io::Result<(Vec<u64>, Option<LogId>, u64, bo
         };
         let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
         let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        let range = at + HEADER..at + HEADER + len as usize;
         let Some(payload) = (len <= MAX_RECORD)
-            .then(|| bytes.get(at + HEADER..at + HEADER + len as usize))
+            .then(|| bytes.get(range.clone()))
             .flatten()
         else {
             break true;
@@ -116,17 +121,28 @@ fn scan(path: &Path, first: u64) -> io::Result<(Vec<u64>, Option<LogId>, u64, bo
         if crc32fast::hash(payload) != crc {
             break true;
         }
-        let entry: Entry = storage::decode(payload).map_err(|e| corrupt(path, e))?;
-        let expected = first + offsets.len() as u64;
+        offsets.push(at as u64);
+        first_payload.get_or_insert(range.clone());
+        last_payload = range;
+        at += HEADER + len as usize;
+    };
+    // The entry in `range` must have index `expected`.
+    let check = |range: std::ops::Range<usize>, expected: u64| -> io::Result<LogId> {
+        let entry: Entry = storage::decode(&bytes[range]).map_err(|e| corrupt(path, e))?;
         if entry.log_id.index != expected {
             return Err(corrupt(
                 path,
                 format!("entry {} where {expected} belongs", entry.log_id.index),
             ));
         }
-        offsets.push(at as u64);
-        last = Some(entry.log_id);
-        at += HEADER + len as usize;
+        Ok(entry.log_id)
+    };
+    let last = match first_payload {
+        Some(range) => {
+            check(range, first)?;
+            Some(check(last_payload, first + offsets.len() as u64 - 1)?)
+        }
+        None => None,
     };
     Ok((offsets, last, at as u64, torn))
 }

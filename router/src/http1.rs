@@ -406,7 +406,7 @@ impl Conn {
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED
             || status.is_informational();
-        let close = close || has_token(parts.headers.get_all(header::CONNECTION), "close");
+        let close = close || proxy::header_has_token(&parts.headers, header::CONNECTION, "close");
         let length = body.size_hint().exact();
         let out = &mut self.out;
         out.clear();
@@ -557,13 +557,6 @@ fn simple_request(req: &httparse::Request) -> Option<(http::request::Parts, bool
     Some((parts, close))
 }
 
-fn has_token<'a>(values: impl IntoIterator<Item = &'a HeaderValue>, token: &str) -> bool {
-    values.into_iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    })
-}
-
 fn header_line(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b": ");
@@ -675,7 +668,7 @@ fn rewrite_response_head(
             chunked = Some(last.trim().eq_ignore_ascii_case("chunked"));
         } else if h.name.eq_ignore_ascii_case("connection") {
             let v = std::str::from_utf8(h.value).ok()?;
-            upstream_close |= v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"));
+            upstream_close |= proxy::lists_token(v, "close");
         }
     }
     let framing =

@@ -254,13 +254,23 @@ async fn route(st: &Arc<RouterState>, req: Request) -> Result<(Arc<CellPool>, Re
 }
 
 fn websocket_upgrade(headers: &HeaderMap) -> bool {
-    let has = |name: header::HeaderName, token: &str| {
-        headers.get_all(name).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-        })
-    };
-    has(header::CONNECTION, "upgrade") && has(header::UPGRADE, "websocket")
+    header_has_token(headers, header::CONNECTION, "upgrade")
+        && header_has_token(headers, header::UPGRADE, "websocket")
+}
+
+/// Whether a comma-separated header value lists `token` (any case).
+pub(crate) fn lists_token(value: &str, token: &str) -> bool {
+    value
+        .split(',')
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Whether any `name` header lists `token`.
+pub(crate) fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|v| lists_token(v, token)))
 }
 
 /// Relays a WebSocket handshake to one node of the cell over a connection
