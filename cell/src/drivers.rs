@@ -257,19 +257,6 @@ pub enum DriverResponse {
 /// How long before a scheduled window its delivery is dispatched.
 const SCHEDULED_LEAD_MS: i64 = 30 * 60 * 1000;
 
-fn notify(
-    txn: &WriteTxn,
-    who: &[&str],
-    kind: &str,
-    at: i64,
-    data: &serde_json::Value,
-) -> storage::Result<()> {
-    for p in who {
-        events::append(txn, p, kind, at, data)?;
-    }
-    Ok(())
-}
-
 /// Opens a delivery for an order that just became dispatchable.
 pub fn create_delivery(txn: &WriteTxn, order: &Order, now: i64) -> storage::Result<Delivery> {
     let id = format!("{}.dlv_{}", cell_of(&order.id), id_suffix(&order.id));
@@ -614,7 +601,7 @@ pub fn apply(txn: &WriteTxn, cmd: DriverCommand) -> storage::Result<DriverRespon
             if give_up {
                 d.status = DeliveryStatus::Unassigned;
                 txn.delete(DISPATCHABLE, d.id.as_bytes())?;
-                notify(
+                events::append_to_all(
                     txn,
                     &[&d.customer_id, &d.vendor_owner_id],
                     "delivery.unassigned",
@@ -708,7 +695,7 @@ pub fn apply(txn: &WriteTxn, cmd: DriverCommand) -> storage::Result<DriverRespon
             drv.current_delivery = Some(d.id.clone());
             drv.updated_at = now;
             txn.put(DRIVERS, driver_id.as_bytes(), &drv)?;
-            notify(
+            events::append_to_all(
                 txn,
                 &[&d.customer_id, &d.vendor_owner_id, &driver_id],
                 "delivery.assigned",
@@ -769,7 +756,7 @@ pub fn apply(txn: &WriteTxn, cmd: DriverCommand) -> storage::Result<DriverRespon
             if let Some(st) = order_status {
                 orders::set_status(txn, &order.id, st, kind, now)?;
             } else {
-                notify(
+                events::append_to_all(
                     txn,
                     &[&d.customer_id, &d.vendor_owner_id],
                     kind,

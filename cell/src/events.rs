@@ -2,11 +2,16 @@
 //! change they describe, so a feed never shows a change that did not
 //! commit or misses one that did.
 
+use std::ops::Bound;
+
 use serde::{Deserialize, Serialize};
 use storage::{ReadTxn, Table, WriteTxn};
 
+/// `<principal>/<seq, 20 digits>` → event. A feed's last sequence number
+/// is its last key: a counter row beside it would cost a second write per
+/// event. (Stores written before this hold an `event_seq` table that
+/// nothing reads any more.)
 const EVENTS: Table<Event> = Table::new("events");
-const SEQ: Table<u64> = Table::new("event_seq");
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
@@ -43,9 +48,28 @@ fn key(principal: &str, seq: u64) -> Vec<u8> {
     format!("{principal}/{seq:020}").into_bytes()
 }
 
+fn prefix(principal: &str) -> String {
+    format!("{principal}/")
+}
+
+/// The sequence number in a key of `principal`'s feed.
+fn seq_of(key: &[u8], principal: &str) -> Option<u64> {
+    std::str::from_utf8(key.get(principal.len() + 1..)?)
+        .ok()?
+        .parse()
+        .ok()
+}
+
 /// Events kept per principal; older ones are dropped as new ones arrive
 /// (a cursor behind the window gets a clear `410 cursor_expired`).
 pub const RETAINED: u64 = 1000;
+
+/// Feeds are pruned every this many appends rather than one event per
+/// append: the oldest events sit on a different B-tree leaf from the
+/// newest, and rewriting that leaf on every append cost as much again as
+/// the append. Until a prune, up to this many events older than the window
+/// stay stored; reads never return them.
+const PRUNE_EVERY: u64 = 64;
 
 /// Append an event to `principal`'s feed; returns its sequence number.
 pub fn append(
@@ -55,7 +79,22 @@ pub fn append(
     at: i64,
     data: &serde_json::Value,
 ) -> storage::Result<u64> {
-    append_retaining(txn, principal, kind, at, data, RETAINED)
+    append_retaining(txn, principal, kind, at, &data.to_string(), RETAINED)
+}
+
+/// Append the same event to several feeds (its JSON rendered once).
+pub fn append_to_all(
+    txn: &WriteTxn,
+    principals: &[&str],
+    kind: &str,
+    at: i64,
+    data: &serde_json::Value,
+) -> storage::Result<()> {
+    let data = data.to_string();
+    for p in principals {
+        append_retaining(txn, p, kind, at, &data, RETAINED)?;
+    }
+    Ok(())
 }
 
 fn append_retaining(
@@ -63,11 +102,10 @@ fn append_retaining(
     principal: &str,
     kind: &str,
     at: i64,
-    data: &serde_json::Value,
+    data: &str,
     retain: u64,
 ) -> storage::Result<u64> {
-    let seq = txn.get(SEQ, principal.as_bytes())?.unwrap_or(0) + 1;
-    txn.put(SEQ, principal.as_bytes(), &seq)?;
+    let seq = last_seq_in(txn, principal)? + 1;
     let e = Event {
         seq,
         kind: kind.to_string(),
@@ -80,9 +118,9 @@ fn append_retaining(
             v.push(principal.to_string());
         }
     });
-    // One in, one out: the feed holds the last `retain` events.
-    if seq > retain {
-        txn.delete(EVENTS, &key(principal, seq - retain))?;
+    if seq > retain && seq % PRUNE_EVERY == 0 {
+        let oldest_kept = seq - retain + 1;
+        txn.delete_range(EVENTS, key(principal, 0)..key(principal, oldest_kept))?;
     }
     Ok(seq)
 }
@@ -90,7 +128,11 @@ fn append_retaining(
 /// The oldest sequence number still in `principal`'s feed (1 while nothing
 /// was dropped).
 pub fn oldest_retained(read: &ReadTxn, principal: &str) -> storage::Result<u64> {
-    Ok(last_seq(read, principal)?.saturating_sub(RETAINED) + 1)
+    Ok(window_start(last_seq(read, principal)?, RETAINED))
+}
+
+fn window_start(last: u64, retain: u64) -> u64 {
+    last.saturating_sub(retain) + 1
 }
 
 /// Up to `limit` events of `principal` after `after`.
@@ -100,27 +142,54 @@ pub fn after(
     after: u64,
     limit: usize,
 ) -> storage::Result<Vec<Event>> {
-    let prefix = format!("{principal}/");
+    after_retaining(read, principal, after, limit, RETAINED)
+}
+
+fn after_retaining(
+    read: &ReadTxn,
+    principal: &str,
+    after: u64,
+    limit: usize,
+    retain: u64,
+) -> storage::Result<Vec<Event>> {
+    // Events older than the window may still be stored until the next prune.
+    let from = after
+        .saturating_add(1)
+        .max(window_start(last_seq(read, principal)?, retain));
+    let prefix = prefix(principal);
     let rows = read.range(
         EVENTS,
-        storage::within(key(principal, after.saturating_add(1)), prefix.as_bytes()),
+        storage::within(key(principal, from), prefix.as_bytes()),
         limit,
     )?;
-    Ok(rows
-        .into_iter()
-        .take_while(|(k, _)| k.starts_with(prefix.as_bytes()))
-        .map(|(_, e)| e)
-        .collect())
+    Ok(rows.into_iter().map(|(_, e)| e).collect())
+}
+
+/// Every stored row of `principal`'s feed.
+fn whole_feed(principal: &str) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+    let p = prefix(principal);
+    storage::within(p.clone().into_bytes(), p.as_bytes())
+}
+
+/// The sequence number of a feed whose last key is `last`.
+fn seq_at(last: Option<Vec<u8>>, principal: &str) -> u64 {
+    last.and_then(|k| seq_of(&k, principal)).unwrap_or(0)
 }
 
 /// The last sequence number of `principal`'s feed, inside a write.
 pub fn last_seq_in(txn: &WriteTxn, principal: &str) -> storage::Result<u64> {
-    Ok(txn.get(SEQ, principal.as_bytes())?.unwrap_or(0))
+    Ok(seq_at(
+        txn.last_key_in(EVENTS, whole_feed(principal))?,
+        principal,
+    ))
 }
 
 /// The last sequence number of `principal`'s feed.
 pub fn last_seq(read: &ReadTxn, principal: &str) -> storage::Result<u64> {
-    Ok(read.get(SEQ, principal.as_bytes())?.unwrap_or(0))
+    Ok(seq_at(
+        read.last_key_in(EVENTS, whole_feed(principal))?,
+        principal,
+    ))
 }
 
 #[cfg(test)]
@@ -128,23 +197,62 @@ mod tests {
     use super::*;
     use storage::{Durability, Store};
 
+    fn stored(read: &ReadTxn, principal: &str) -> Vec<u64> {
+        read.range(EVENTS, whole_feed(principal), usize::MAX)
+            .unwrap()
+            .iter()
+            .map(|(_, e)| e.seq)
+            .collect()
+    }
+
     #[test]
     fn the_feed_keeps_a_window() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path().join("s.redb"), 1 << 20).unwrap();
         let txn = store.write().unwrap();
         for i in 0..5 {
-            append_retaining(&txn, "p", "k", i, &serde_json::json!({"i": i}), 3).unwrap();
+            append_retaining(&txn, "p", "k", i, r#"{"i":0}"#, 3).unwrap();
         }
-        append_retaining(&txn, "q", "k", 9, &serde_json::json!({}), 3).unwrap();
+        append_retaining(&txn, "q", "k", 9, "{}", 3).unwrap();
+        assert_eq!(last_seq_in(&txn, "p").unwrap(), 5);
         txn.commit(Durability::Immediate).unwrap();
         let read = store.read().unwrap();
-        let seqs: Vec<u64> = after(&read, "p", 0, 10)
-            .unwrap()
-            .iter()
-            .map(|e| e.seq)
-            .collect();
-        assert_eq!(seqs, [3, 4, 5]);
+        let seqs = |after: u64| -> Vec<u64> {
+            after_retaining(&read, "p", after, 10, 3)
+                .unwrap()
+                .iter()
+                .map(|e| e.seq)
+                .collect()
+        };
+        // Older events are still stored (no prune yet) but never read.
+        assert_eq!(stored(&read, "p"), [1, 2, 3, 4, 5]);
+        assert_eq!(seqs(0), [3, 4, 5]);
+        assert_eq!(seqs(1), [3, 4, 5]);
+        assert_eq!(seqs(3), [4, 5]);
+        assert_eq!(seqs(5), Vec::<u64>::new());
+        assert_eq!(last_seq(&read, "p").unwrap(), 5);
+        assert_eq!(last_seq(&read, "q").unwrap(), 1);
+        assert_eq!(last_seq(&read, "nobody").unwrap(), 0);
         assert_eq!(after(&read, "q", 0, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn pruning_drops_what_fell_out_of_the_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s.redb"), 1 << 20).unwrap();
+        let txn = store.write().unwrap();
+        for i in 0..(2 * PRUNE_EVERY + 2) {
+            append_retaining(&txn, "p", "k", i as i64, "{}", 3).unwrap();
+        }
+        // A neighbour whose id starts like this one is left alone.
+        append_retaining(&txn, "p2", "k", 0, "{}", 3).unwrap();
+        txn.commit(Durability::Immediate).unwrap();
+        let read = store.read().unwrap();
+        let last = 2 * PRUNE_EVERY + 2;
+        // Pruned at 2 * PRUNE_EVERY down to its window, then two more.
+        let kept: Vec<u64> = (2 * PRUNE_EVERY - 2..=last).collect();
+        assert_eq!(stored(&read, "p"), kept);
+        assert_eq!(stored(&read, "p2"), [1]);
+        assert_eq!(last_seq(&read, "p").unwrap(), last);
     }
 }

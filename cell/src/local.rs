@@ -391,6 +391,11 @@ impl LocalCell {
         Ok(())
     }
 
+    /// The running nodes' process ids.
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes.values().filter_map(NodeProc::pid).collect()
+    }
+
     /// Resident set size of a node's process in bytes (Linux).
     pub fn rss_bytes(&self, id: u64) -> Option<u64> {
         let pid = self.nodes.get(&id)?.pid()?;

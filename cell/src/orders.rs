@@ -199,9 +199,13 @@ pub enum OrderResponse {
 /// Tell the customer and the vendor about an order change.
 fn notify(txn: &WriteTxn, order: &Order, kind: &str, at: i64) -> storage::Result<()> {
     let data = serde_json::json!({"order_id": order.id, "status": order.status, "vendor_id": order.vendor_id});
-    events::append(txn, &order.customer_id, kind, at, &data)?;
-    events::append(txn, &order.vendor_owner_id, kind, at, &data)?;
-    Ok(())
+    events::append_to_all(
+        txn,
+        &[&order.customer_id, &order.vendor_owner_id],
+        kind,
+        at,
+        &data,
+    )
 }
 
 fn idem_key(customer: &str, key: &str) -> Vec<u8> {

@@ -19,6 +19,7 @@ use crate::{
     bench::{bench_client, closed_loop, ok, LevelResult, Op, TempDir},
     bench_get::product_reads,
     output,
+    proc_stat::cpu_seconds,
 };
 
 /// Limits lifted: the benchmark client is one IP with many principals.
@@ -254,6 +255,8 @@ pub async fn checkout(
     let mut only_runs = Vec::new();
     let mut ratios = Vec::new();
     let mut only_ratios = Vec::new();
+    // Node CPU µs per kv put, checkout, quote + checkout, per round.
+    let mut cpu_us: [Vec<f64>; 3] = Default::default();
     // Enough quotes per customer for a round at up to 8k checkouts/s.
     let per_client = (8_000 * (seconds as usize + 2)).div_ceil(clients.max(1));
     for round in 0..rounds.max(1) {
@@ -284,16 +287,31 @@ pub async fn checkout(
         for r in futures::future::join_all(fills).await {
             r?;
         }
-        let k = closed_loop(clients, duration, kv_op.clone()).await?;
+        // The nodes' CPU per operation: steadier than throughput on a
+        // shared machine, where the client competes for the same cores.
+        let pids = cell.pids();
+        let measured = |op: Op| {
+            let pids = pids.clone();
+            async move {
+                let before = cpu_seconds(&pids);
+                let r = closed_loop(clients, duration, op).await?;
+                let used = cpu_seconds(&pids) - before;
+                Ok::<_, anyhow::Error>((used * 1e6 / r.ops.max(1) as f64, r))
+            }
+        };
+        let (k_cpu, k) = measured(kv_op.clone()).await?;
         quoted_inline.store(0, Ordering::Relaxed);
-        let only = closed_loop(clients, duration, order_op.clone()).await?;
+        let (only_cpu, only) = measured(order_op.clone()).await?;
         let inline = quoted_inline.load(Ordering::Relaxed);
         if inline > 0 {
             eprintln!(
                 "round {round}: {inline} checkouts found their customer's quotes used up and quoted inline (timed)"
             );
         }
-        let o = closed_loop(clients, duration, checkout_op.clone()).await?;
+        let (o_cpu, o) = measured(checkout_op.clone()).await?;
+        cpu_us[0].push(k_cpu);
+        cpu_us[1].push(only_cpu);
+        cpu_us[2].push(o_cpu);
         eprintln!(
             "round {round}: kv put {:.0}/s p99 {:.1}ms; checkout {:.0}/s p50 {:.1}ms p99 {:.1}ms; quote + checkout {:.0}/s p50 {:.1}ms p99 {:.1}ms",
             k.throughput(),
@@ -322,6 +340,7 @@ pub async fn checkout(
     };
     let (k, o, ratio) = (pick(kv_runs), pick(co_runs), median_f64(ratios));
     let (only, only_ratio) = (pick(only_runs), median_f64(only_ratios));
+    let [k_cpu, only_cpu, o_cpu] = cpu_us.map(median_f64);
     if as_json {
         output::json(&json!({
             "clients": clients, "seconds": seconds, "rounds": rounds,
@@ -329,6 +348,7 @@ pub async fn checkout(
             "checkout": {"ops_per_sec": only.throughput(), "p50_us": only.p50_us, "p99_us": only.p99_us, "errors": only.errors},
             "quote_and_checkout": {"ops_per_sec": o.throughput(), "p50_us": o.p50_us, "p99_us": o.p99_us, "errors": o.errors},
             "checkout_to_kv_ratio": only_ratio, "quote_and_checkout_to_kv_ratio": ratio, "ledger_ok": ledger["ok"],
+            "node_cpu_us_per_op": {"kv_put": k_cpu, "checkout": only_cpu, "quote_and_checkout": o_cpu},
         }));
         return Ok(());
     }
@@ -346,6 +366,11 @@ pub async fn checkout(
     println!(
         "\ncheckout / kv-put throughput = {only_ratio:.2}x, quote + checkout / kv-put = {ratio:.2}x (medians of rounds); ledger ok: {}",
         ledger["ok"]
+    );
+    println!(
+        "node CPU per operation (user + system, three nodes, median of rounds): kv put {k_cpu:.0} µs, \
+         checkout {only_cpu:.0} µs, quote + checkout {o_cpu:.0} µs; kv put / checkout = {:.2}x",
+        k_cpu / only_cpu.max(1e-9)
     );
     Ok(())
 }

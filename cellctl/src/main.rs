@@ -12,6 +12,7 @@ mod client;
 mod cluster;
 mod local_up;
 mod output;
+mod proc_stat;
 mod region;
 mod seed;
 

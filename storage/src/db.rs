@@ -127,6 +127,18 @@ fn missing_ok<T>(r: std::result::Result<T, redb::TableError>) -> Result<Option<T
     }
 }
 
+fn last_key<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    table: &T,
+    range: impl RangeBounds<Vec<u8>>,
+) -> Result<Option<Vec<u8>>> {
+    let start = range.start_bound().map(|v| v.as_slice());
+    let end = range.end_bound().map(|v| v.as_slice());
+    match table.range::<&[u8]>((start, end))?.next_back() {
+        Some(item) => Ok(Some(item?.0.value().to_vec())),
+        None => Ok(None),
+    }
+}
+
 fn collect_range<V: DeserializeOwned, T: ReadableTable<&'static [u8], &'static [u8]>>(
     table: &T,
     range: impl RangeBounds<Vec<u8>>,
@@ -166,6 +178,18 @@ impl ReadTxn {
         match missing_ok(self.inner.open_table(table.def()))? {
             Some(t) => collect_range(&t, range, limit),
             None => Ok(Vec::new()),
+        }
+    }
+
+    /// The last key within `range`, without reading its value.
+    pub fn last_key_in<V>(
+        &self,
+        table: Table<V>,
+        range: impl RangeBounds<Vec<u8>>,
+    ) -> Result<Option<Vec<u8>>> {
+        match missing_ok(self.inner.open_table(table.def()))? {
+            Some(t) => last_key(&t, range),
+            None => Ok(None),
         }
     }
 
@@ -247,6 +271,15 @@ impl WriteTxn {
         self.with_table(table.name, |t| collect_range(t, range, limit))
     }
 
+    /// The last key within `range`, without reading its value.
+    pub fn last_key_in<V>(
+        &self,
+        table: Table<V>,
+        range: impl RangeBounds<Vec<u8>>,
+    ) -> Result<Option<Vec<u8>>> {
+        self.with_table(table.name, |t| last_key(t, range))
+    }
+
     /// Remove every key in `range`; returns how many were removed.
     pub fn delete_range<V>(
         &self,
@@ -319,10 +352,19 @@ mod tests {
         let got = r.range(T, b"b".to_vec().., 10).unwrap();
         assert_eq!(got.len(), 2);
         assert_eq!(r.last(T).unwrap().unwrap().1, "3");
+        assert_eq!(
+            r.last_key_in(T, ..b"c".to_vec()).unwrap(),
+            Some(b"b".to_vec())
+        );
+        assert_eq!(r.last_key_in(T, b"d".to_vec()..).unwrap(), None);
+        const NEVER_WRITTEN: Table<String> = Table::new("never");
+        assert_eq!(r.last_key_in(NEVER_WRITTEN, ..).unwrap(), None);
         drop(r);
 
         let w = store.write().unwrap();
+        assert_eq!(w.last_key_in(T, ..).unwrap(), Some(b"c".to_vec()));
         assert_eq!(w.delete_range(T, ..b"c".to_vec()).unwrap(), 2);
+        assert_eq!(w.last_key_in(T, ..b"c".to_vec()).unwrap(), None);
         assert!(!w.delete(T, b"zz").unwrap());
         drop(w); // rolled back
         assert_eq!(store.read().unwrap().range(T, .., 10).unwrap().len(), 3);
