@@ -31,6 +31,9 @@ pub struct Metrics {
     pub raft_committed_index: Gauge<i64, AtomicI64>,
     pub raft_applied_index: Gauge<i64, AtomicI64>,
     pub raft_apply_lag: Gauge<i64, AtomicI64>,
+    /// Totals kept by the raft crate, copied in at each scrape.
+    pub raft_apply_transactions: Counter,
+    pub raft_applied_commands: Counter,
     pub raft_snapshot_index: Gauge<i64, AtomicI64>,
     pub raft_voters: Gauge<i64, AtomicI64>,
     pub cache_hits: Gauge<i64, AtomicI64>,
@@ -83,6 +86,18 @@ impl Metrics {
             "Last log index applied to the state machine"
         );
         let raft_apply_lag = gauge!("raft_apply_lag", "Committed minus applied entries");
+        let raft_apply_transactions = Counter::default();
+        registry.register(
+            "raft_apply_transactions",
+            "State-machine transactions committed by apply since start",
+            raft_apply_transactions.clone(),
+        );
+        let raft_applied_commands = Counter::default();
+        registry.register(
+            "raft_applied_commands",
+            "Commands applied since start (per transaction: how well writes batch)",
+            raft_applied_commands.clone(),
+        );
         let raft_snapshot_index = gauge!(
             "raft_snapshot_index",
             "Last log index covered by the current snapshot"
@@ -125,6 +140,8 @@ impl Metrics {
             raft_committed_index,
             raft_applied_index,
             raft_apply_lag,
+            raft_apply_transactions,
+            raft_applied_commands,
             raft_snapshot_index,
             raft_voters,
             cache_hits,

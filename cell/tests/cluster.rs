@@ -82,6 +82,27 @@ async fn three_nodes_bootstrap_replicate_and_forward() {
         .await
         .expect("get");
     assert_eq!(r.body, b"world");
+
+    // Every node counts what it applied: at least the put, in at least one
+    // transaction.
+    for id in 1..=3 {
+        let text = tc
+            .http
+            .get(format!("{}/metrics", tc.url(id)))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        let value = |name: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} on node {id}:\n{text}"))
+        };
+        assert!(value("raft_applied_commands_total") >= 1.0);
+        assert!(value("raft_apply_transactions_total") >= 1.0);
+    }
 }
 
 /// Writers keep going while the leader is killed with SIGKILL.

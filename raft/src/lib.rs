@@ -29,5 +29,5 @@ mod wire;
 pub use error::RaftError;
 pub use node::{NodeConfig, RaftNode, Written};
 pub use peer_api::peer_router;
-pub use state_machine::{Application, ApplyContext, StateMachineStore};
+pub use state_machine::{Application, ApplyContext, ApplyStats, StateMachineStore};
 pub use types::{NodeId, NodeInfo, RaftMetrics};

@@ -180,6 +180,11 @@ impl<A: Application> RaftNode<A> {
         *self.applied.borrow()
     }
 
+    /// Transactions and commands applied since this node started.
+    pub fn apply_stats(&self) -> &crate::ApplyStats {
+        self.sm.apply_stats()
+    }
+
     /// Follows the applied index (wakes on every applied batch).
     pub fn applied_watch(&self) -> watch::Receiver<u64> {
         self.applied.clone()

@@ -11,7 +11,10 @@
 use std::{
     io::{BufReader, BufWriter, Seek, SeekFrom, Write},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
 };
 
 use openraft::{
@@ -176,6 +179,27 @@ impl SnapshotFiles {
     }
 }
 
+/// What apply has done since the node started: how many transactions and
+/// commands, so that their ratio — commands per transaction — shows how
+/// well writes are being batched.
+#[derive(Debug, Default)]
+pub struct ApplyStats {
+    transactions: AtomicU64,
+    commands: AtomicU64,
+}
+
+impl ApplyStats {
+    /// Transactions committed by apply.
+    pub fn transactions(&self) -> u64 {
+        self.transactions.load(Ordering::Relaxed)
+    }
+
+    /// Application commands applied (in those transactions).
+    pub fn commands(&self) -> u64 {
+        self.commands.load(Ordering::Relaxed)
+    }
+}
+
 /// The state machine store handed to openraft (and, cloned, its snapshot
 /// builder).
 pub struct StateMachineStore<A: Application> {
@@ -183,6 +207,7 @@ pub struct StateMachineStore<A: Application> {
     app: Arc<A>,
     snapshots: SnapshotFiles,
     applied: watch::Sender<u64>,
+    stats: Arc<ApplyStats>,
 }
 
 impl<A: Application> Clone for StateMachineStore<A> {
@@ -192,6 +217,7 @@ impl<A: Application> Clone for StateMachineStore<A> {
             app: self.app.clone(),
             snapshots: self.snapshots.clone(),
             applied: self.applied.clone(),
+            stats: self.stats.clone(),
         }
     }
 }
@@ -209,7 +235,13 @@ impl<A: Application> StateMachineStore<A> {
             app,
             snapshots,
             applied: tx,
+            stats: Arc::default(),
         })
+    }
+
+    /// Apply's running totals.
+    pub fn apply_stats(&self) -> &ApplyStats {
+        &self.stats
     }
 
     pub fn store(&self) -> &Store {
@@ -240,6 +272,7 @@ impl<A: Application> StateMachineStore<A> {
         let mut effects = Vec::new();
         let mut last: Option<LogId> = None;
         let mut membership: Option<StoredMembership> = None;
+        let mut commands = 0u64;
         for entry in entries {
             last = Some(entry.log_id);
             let reply = match entry.payload {
@@ -249,6 +282,7 @@ impl<A: Application> StateMachineStore<A> {
                     Reply::Internal
                 }
                 EntryPayload::Normal(batch) => {
+                    commands += batch.0.len() as u64;
                     let mut items = Vec::with_capacity(batch.0.len());
                     for bytes in &batch.0 {
                         let item = match storage::decode::<A::Command>(bytes) {
@@ -284,6 +318,8 @@ impl<A: Application> StateMachineStore<A> {
             txn.commit(Durability::Deferred)
         };
         put().map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        self.stats.transactions.fetch_add(1, Ordering::Relaxed);
+        self.stats.commands.fetch_add(commands, Ordering::Relaxed);
         let index = last.map(|l| l.index).unwrap_or(0);
         self.app.committed(index, effects);
         self.applied.send_replace(index);

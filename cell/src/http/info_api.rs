@@ -129,6 +129,16 @@ pub(super) async fn metrics(State(s): State<AppState>) -> Response {
     mx.raft_committed_index.set(committed);
     mx.raft_applied_index.set(applied);
     mx.raft_apply_lag.set((committed - applied).max(0));
+    let stats = s.node.apply_stats();
+    for (counter, total) in [
+        (&mx.raft_apply_transactions, stats.transactions()),
+        (&mx.raft_applied_commands, stats.commands()),
+    ] {
+        // fetch_max: concurrent scrapes cannot push it past the total.
+        counter
+            .inner()
+            .fetch_max(total, std::sync::atomic::Ordering::Relaxed);
+    }
     mx.raft_snapshot_index
         .set(m.snapshot.map(|l| l.index).unwrap_or(0) as i64);
     mx.raft_voters
