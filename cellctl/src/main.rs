@@ -1,6 +1,12 @@
 //! cellctl: operate marketcell cells (and routers) from the command line.
 
+// `bench apply` runs a node's apply in this process: it should allocate the
+// way a node does (and the load generators gain from it too).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod bench;
+mod bench_apply;
 mod bench_dispatch;
 mod bench_get;
 mod bench_graphql;
@@ -291,6 +297,25 @@ enum BenchCmd {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// A checkout's state-machine work vs a config-store put's, in process
+    /// on redb (no HTTP, no Raft; thread CPU time).
+    Apply {
+        /// Orders (and puts) timed per round, after as many warm-up orders.
+        #[arg(long, default_value_t = 20_000)]
+        orders: usize,
+        #[arg(long, default_value_t = 64)]
+        customers: usize,
+        #[arg(long, default_value_t = 1000)]
+        products: usize,
+        /// Commands per transaction.
+        #[arg(long, default_value_t = 19)]
+        batch: usize,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// redb page cache in MiB (the cell's default).
+        #[arg(long, default_value_t = 128)]
+        cache_mb: usize,
+    },
     /// Product reads with a Zipf key distribution, read cache on vs off.
     Reads {
         #[arg(long, default_value_t = 64)]
@@ -580,6 +605,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             LocalCmd::Down { dir } => local_up::down(dir).await,
         },
         Cmd::Bench { cmd } => match cmd {
+            BenchCmd::Apply {
+                orders,
+                customers,
+                products,
+                batch,
+                rounds,
+                cache_mb,
+            } => bench_apply::run(bench_apply::ApplyBenchOptions {
+                orders: *orders,
+                customers: *customers,
+                products: *products,
+                batch: *batch,
+                rounds: *rounds,
+                cache_bytes: cache_mb * 1024 * 1024,
+                json: j,
+            }),
             BenchCmd::Kv {
                 clients,
                 seconds,
