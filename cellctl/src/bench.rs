@@ -73,6 +73,21 @@ impl Target {
 /// One operation of a closed-loop client: `true` when it succeeded.
 pub type Op = Arc<dyn Fn(usize, u64) -> futures::future::BoxFuture<'static, bool> + Send + Sync>;
 
+/// `closed_loop`, and the CPU time (user + system) `pids` spent during it
+/// per operation, in µs (`None` without processes or operations).
+pub async fn closed_loop_cpu(
+    clients: usize,
+    duration: Duration,
+    op: Op,
+    pids: &[u32],
+) -> anyhow::Result<(LevelResult, Option<f64>)> {
+    let before = crate::proc_stat::cpu_seconds(pids);
+    let r = closed_loop(clients, duration, op).await?;
+    let used = crate::proc_stat::cpu_seconds(pids) - before;
+    let per_op = (!pids.is_empty() && r.ops > 0).then(|| used * 1e6 / r.ops as f64);
+    Ok((r, per_op))
+}
+
 /// `clients` closed-loop clients run `op` back to back for `duration`
 /// after a one-second warm-up; latencies of successful operations are
 /// recorded.

@@ -16,10 +16,9 @@ use rand::Rng;
 use serde_json::{json, Value};
 
 use crate::{
-    bench::{bench_client, closed_loop, ok, LevelResult, Op, TempDir},
+    bench::{bench_client, closed_loop, closed_loop_cpu, ok, LevelResult, Op, TempDir},
     bench_get::product_reads,
     output,
-    proc_stat::cpu_seconds,
 };
 
 /// Limits lifted: the benchmark client is one IP with many principals.
@@ -290,28 +289,19 @@ pub async fn checkout(
         // The nodes' CPU per operation: steadier than throughput on a
         // shared machine, where the client competes for the same cores.
         let pids = cell.pids();
-        let measured = |op: Op| {
-            let pids = pids.clone();
-            async move {
-                let before = cpu_seconds(&pids);
-                let r = closed_loop(clients, duration, op).await?;
-                let used = cpu_seconds(&pids) - before;
-                Ok::<_, anyhow::Error>((used * 1e6 / r.ops.max(1) as f64, r))
-            }
-        };
-        let (k_cpu, k) = measured(kv_op.clone()).await?;
+        let (k, k_cpu) = closed_loop_cpu(clients, duration, kv_op.clone(), &pids).await?;
         quoted_inline.store(0, Ordering::Relaxed);
-        let (only_cpu, only) = measured(order_op.clone()).await?;
+        let (only, only_cpu) = closed_loop_cpu(clients, duration, order_op.clone(), &pids).await?;
         let inline = quoted_inline.load(Ordering::Relaxed);
         if inline > 0 {
             eprintln!(
                 "round {round}: {inline} checkouts found their customer's quotes used up and quoted inline (timed)"
             );
         }
-        let (o_cpu, o) = measured(checkout_op.clone()).await?;
-        cpu_us[0].push(k_cpu);
-        cpu_us[1].push(only_cpu);
-        cpu_us[2].push(o_cpu);
+        let (o, o_cpu) = closed_loop_cpu(clients, duration, checkout_op.clone(), &pids).await?;
+        for (all, this) in cpu_us.iter_mut().zip([k_cpu, only_cpu, o_cpu]) {
+            all.extend(this);
+        }
         eprintln!(
             "round {round}: kv put {:.0}/s p99 {:.1}ms; checkout {:.0}/s p50 {:.1}ms p99 {:.1}ms; quote + checkout {:.0}/s p50 {:.1}ms p99 {:.1}ms",
             k.throughput(),

@@ -16,7 +16,7 @@ use router::local::{find_router_binary, LocalRouter};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::bench::{bench_client, closed_loop, LevelResult, Op, TempDir};
+use crate::bench::{bench_client, closed_loop, closed_loop_cpu, LevelResult, Op, TempDir};
 use crate::bench_get::product_reads;
 use crate::bench_market::{median_f64, post, report_line, seed_shop, NO_LIMITS};
 use crate::output;
@@ -298,15 +298,15 @@ pub async fn run(opts: RouterBenchOptions) -> anyhow::Result<()> {
         // runs right after the same other one.
         let n = targets.len();
         for (name, base) in targets.iter().cycle().skip(round % n).take(n) {
-            let pids = proxy_pids(name);
-            let cpu_before = cpu_seconds(&pids);
-            let r = closed_loop(opts.clients, duration, op_for(base.clone())?).await?;
-            if !pids.is_empty() && r.ops > 0 {
-                let used = cpu_seconds(&pids) - cpu_before;
-                cpu_us
-                    .entry(name)
-                    .or_default()
-                    .push(used * 1e6 / r.ops as f64);
+            let (r, cpu) = closed_loop_cpu(
+                opts.clients,
+                duration,
+                op_for(base.clone())?,
+                &proxy_pids(name),
+            )
+            .await?;
+            if let Some(us) = cpu {
+                cpu_us.entry(name).or_default().push(us);
             }
             eprintln!(
                 "round {round}: {name:<6} {:>7.0}/s p50 {:.2}ms p99 {:.2}ms errors {}",
