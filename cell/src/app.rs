@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use storage::WriteTxn;
 use tokio::sync::broadcast;
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
 
 use crate::{
     catalog::{self, CatalogCommand, CatalogResponse, Touched},
@@ -53,6 +53,11 @@ pub enum Change {
     },
     Product {
         id: String,
+        /// Its search document may have changed too. A checkout or refund
+        /// moves only the stock count, which the index sees solely as
+        /// `in_stock`: re-indexing every ordered product on every node
+        /// several times a second would be work for nothing.
+        search: bool,
     },
     /// A delivery may need a driver now (opened, or an offer declined or
     /// expired): the leader's dispatcher runs at once.
@@ -175,9 +180,11 @@ impl raft::Application for CellApp {
                     self.read_models.invalidate(&format!("menu/{id}"));
                     self.index(Dirty::Vendor(id.clone()));
                 }
-                Change::Product { id } => {
+                Change::Product { id, search } => {
                     self.read_models.invalidate(&format!("product/{id}"));
-                    self.index(Dirty::Product(id.clone()));
+                    if *search {
+                        self.index(Dirty::Product(id.clone()));
+                    }
                 }
                 Change::Feeds { principals } => {
                     for p in principals {
@@ -224,7 +231,7 @@ impl CellApp {
                 for t in touched {
                     ctx.emit(match t {
                         Touched::Vendor(id) => Change::Vendor { id },
-                        Touched::Product(id) => Change::Product { id },
+                        Touched::Product(id) => Change::Product { id, search: true },
                     });
                 }
                 Ok(Response::Catalog(Box::new(resp)))
@@ -245,13 +252,18 @@ impl CellApp {
                                 | orders::OrderStatus::Failed
                         ),
                     };
+                    let mut moved: BTreeMap<&str, i64> = BTreeMap::new();
                     for item in o.items.iter().filter(|_| stock_moved) {
-                        let counted = txn
-                            .get(crate::catalog::PRODUCTS_TABLE, item.product_id.as_bytes())?
-                            .is_some_and(|p| p.stock.is_some());
-                        if counted {
+                        *moved.entry(&item.product_id).or_default() += item.quantity as i64;
+                    }
+                    for (id, quantity) in moved {
+                        let stock = txn
+                            .get(crate::catalog::PRODUCTS_TABLE, id.as_bytes())?
+                            .and_then(|p| p.stock);
+                        if let Some(stock) = stock {
                             ctx.emit(Change::Product {
-                                id: item.product_id.clone(),
+                                id: id.to_string(),
+                                search: availability_may_have_flipped(stock, quantity),
                             });
                         }
                     }
@@ -280,4 +292,12 @@ impl CellApp {
             Command::Routes(c) => Ok(Response::Routes(Box::new(routes::apply(txn, *c)?))),
         }
     }
+}
+
+/// Whether moving `quantity` units, leaving `stock`, may have changed a
+/// product's availability (`stock > 0`): a sale that left none, or a refund
+/// that brought back the first. Errs towards yes, which costs only a
+/// needless re-index.
+fn availability_may_have_flipped(stock: i64, quantity: i64) -> bool {
+    stock <= quantity
 }

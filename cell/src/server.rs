@@ -123,7 +123,7 @@ pub async fn run(cfg: CellConfig) -> anyhow::Result<()> {
         .clone()
         .start(node.clone(), cfg.cell.clone(), app.subscribe());
     crate::webhooks::start(node.clone());
-    let state = AppState {
+    let state = AppState::new(http::Shared {
         node: node.clone(),
         app: app.clone(),
         cfg: cfg.clone(),
@@ -140,7 +140,7 @@ pub async fn run(cfg: CellConfig) -> anyhow::Result<()> {
         request_timeout: http::DEFAULT_TIMEOUT,
         tls: api_tls.is_some(),
         graphql: http::graphql::schema(cfg.graphql_introspection),
-    };
+    });
     let api_listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("binding API port {}", cfg.listen))?;

@@ -425,3 +425,106 @@ async fn follower_caught_up_by_snapshot_install_searches_like_the_leader() {
     assert_eq!(found.len(), 100);
     assert!(found.iter().all(|id| created.contains(id)));
 }
+
+/// Posts `body` (none when null) to `path` on `node` as `token` (anonymous
+/// when empty), with an idempotency key when given; the status and JSON
+/// answer.
+async fn post_as(
+    tc: &TestCell,
+    node: u64,
+    path: &str,
+    token: &str,
+    key: Option<&str>,
+    body: Value,
+) -> (StatusCode, Value) {
+    let mut req = tc.http.post(format!("{}{path}", tc.url(node)));
+    if !token.is_empty() {
+        req = req.bearer_auth(token);
+    }
+    if !body.is_null() {
+        req = req.json(&body);
+    }
+    if let Some(key) = key {
+        req = req.header("idempotency-key", key);
+    }
+    let r = req.send().await.unwrap();
+    (r.status(), r.json().await.unwrap_or(Value::Null))
+}
+
+/// Checkouts and refunds move a product in and out of `in_stock=true`
+/// results on every node when its last unit goes or comes back (only those
+/// stock moves re-index it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn selling_out_and_a_refund_move_a_product_in_stock_search_on_every_node() {
+    let _serial = common::SERIAL.lock().await;
+    let tc = TestCell::start(3, false, &["--rate-limit-auth", "1000"])
+        .await
+        .expect("cell");
+    let leader = tc.cell.wait_leader(Duration::from_secs(10)).await.unwrap();
+    let base = tc.url(leader);
+    let (vendor, vid) = restaurant(&tc, &base, "last@example.com", "Last Slice").await;
+    let (s, p) = post_as(&tc, leader, &format!("/v1/vendors/{vid}/products"), &vendor, None,
+        json!({"name": "Calzone", "description": "folded", "category": "mains", "price": {"amount": 900, "currency": "USD"}, "stock": 2})).await;
+    assert_eq!(s, StatusCode::CREATED, "{p}");
+    let pid = p["id"].as_str().unwrap().to_string();
+    let (s, v) = post_as(&tc, leader, "/v1/auth/signup", "", None,
+        json!({"email": "hungry@example.com", "password": "a long password", "name": "H", "role": "customer"})).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let customer = v["access_token"].as_str().unwrap().to_string();
+    let order = |key: &'static str| {
+        let (tc, vid, pid, customer) = (&tc, vid.clone(), pid.clone(), customer.clone());
+        async move {
+            let (s, q) = post_as(tc, leader, "/v1/quotes", &customer, None,
+                json!({"vendor_id": vid, "dropoff": {"lat": 40.72, "lng": -74.01}, "mode": "on_demand"})).await;
+            assert_eq!(s, StatusCode::CREATED, "{q}");
+            let (s, o) = post_as(
+                tc,
+                leader,
+                "/v1/orders",
+                &customer,
+                Some(key),
+                json!({
+                    "quote_id": q["id"], "items": [{"product_id": pid, "quantity": 1}],
+                    "dropoff": {"location": {"lat": 40.72, "lng": -74.01}, "address": "2 Side St"}
+                }),
+            )
+            .await;
+            assert_eq!(s, StatusCode::CREATED, "{o}");
+            o["id"].as_str().unwrap().to_string()
+        }
+    };
+    let listed = |v: &Value| ids(v).contains(&pid);
+    for node in 1..=3 {
+        search_until(&tc, node, "q=calzone&in_stock=true", listed).await;
+    }
+    // One of two sold: still in stock.
+    order("first").await;
+    for node in 1..=3 {
+        search_until(&tc, node, "q=calzone&in_stock=true", listed).await;
+    }
+    // The last one: out of in-stock results everywhere, still found without
+    // the filter.
+    let last = order("second").await;
+    for node in 1..=3 {
+        search_until(&tc, node, "q=calzone&in_stock=true", |v| !listed(v)).await;
+        search_until(&tc, node, "q=calzone", listed).await;
+    }
+    // Its cancel returns the unit: back everywhere.
+    let (s, v) = post_as(
+        &tc,
+        leader,
+        &format!("/v1/orders/{last}/cancel"),
+        &customer,
+        None,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        (s, v["status"].clone()),
+        (StatusCode::OK, json!("cancelled")),
+        "{v}"
+    );
+    for node in 1..=3 {
+        search_until(&tc, node, "q=calzone&in_stock=true", listed).await;
+    }
+}
