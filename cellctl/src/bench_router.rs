@@ -20,7 +20,7 @@ use crate::bench::{bench_client, closed_loop, closed_loop_cpu, LevelResult, Op, 
 use crate::bench_get::product_reads;
 use crate::bench_market::{median_f64, post, report_line, seed_shop, NO_LIMITS};
 use crate::output;
-use crate::proc_stat::{children_of, cpu_seconds, rss_bytes};
+use crate::proc_stat::{children_of, cpu_seconds, rss_bytes, MachineTicks};
 
 pub struct RouterBenchOptions {
     pub clients: usize,
@@ -37,7 +37,10 @@ pub struct RouterBenchOptions {
 const CENTER: (f64, f64) = (40.7, -74.0);
 
 /// nginx as a reverse proxy for one upstream, tuned as one would in
-/// production: upstream keep-alive, no access log, workers per core.
+/// production: upstream keep-alive, no access log, workers per core, and no
+/// cap on requests per kept-alive connection (nginx's default of 1,000
+/// closes every connection, client and upstream, every second or two at
+/// this load; the router has no such cap).
 struct Nginx {
     child: Child,
     port: u16,
@@ -58,6 +61,7 @@ error_log {p}/logs/error.log warn;
 events {{ worker_connections 16384; }}
 http {{
     access_log off;
+    keepalive_requests 1000000;
     client_body_temp_path {p}/body;
     proxy_temp_path {p}/proxy;
     fastcgi_temp_path {p}/fastcgi;
@@ -66,6 +70,7 @@ http {{
     upstream cell {{
         server {upstream};
         keepalive 256;
+        keepalive_requests 1000000;
     }}
     server {{
         listen 127.0.0.1:{port} backlog=4096;
@@ -292,12 +297,19 @@ pub async fn run(opts: RouterBenchOptions) -> anyhow::Result<()> {
         _ => Vec::new(),
     };
     let mut cpu_us: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    // What the cell and the machine did meanwhile: a proxy can cost the
+    // cell work (how its requests arrive) and leave cores idle (how fast
+    // it passes work on), neither of which its own CPU shows.
+    let cell_pids = cell.pids();
+    let mut cell_cpu_us: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut idle_share: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for round in 0..opts.rounds.max(1) {
         let mut this = BTreeMap::new();
         // Each round starts with the next path, so that no path always
         // runs right after the same other one.
         let n = targets.len();
         for (name, base) in targets.iter().cycle().skip(round % n).take(n) {
+            let (cell_before, machine_before) = (cpu_seconds(&cell_pids), MachineTicks::now());
             let (r, cpu) = closed_loop_cpu(
                 opts.clients,
                 duration,
@@ -308,6 +320,17 @@ pub async fn run(opts: RouterBenchOptions) -> anyhow::Result<()> {
             if let Some(us) = cpu {
                 cpu_us.entry(name).or_default().push(us);
             }
+            if r.ops > 0 {
+                let cell_used = cpu_seconds(&cell_pids) - cell_before;
+                cell_cpu_us
+                    .entry(name)
+                    .or_default()
+                    .push(cell_used * 1e6 / r.ops as f64);
+            }
+            idle_share
+                .entry(name)
+                .or_default()
+                .push(MachineTicks::now().idle_share_since(&machine_before));
             eprintln!(
                 "round {round}: {name:<6} {:>7.0}/s p50 {:.2}ms p99 {:.2}ms errors {}",
                 r.throughput(),
@@ -379,15 +402,21 @@ pub async fn run(opts: RouterBenchOptions) -> anyhow::Result<()> {
     cell.stop_all();
 
     let ratio = (!ratios.is_empty()).then(|| median_f64(ratios));
-    let cpu_us: BTreeMap<&str, f64> = cpu_us
-        .into_iter()
-        .map(|(name, v)| (name, median_f64(v)))
-        .collect();
+    let medians = |m: BTreeMap<&'static str, Vec<f64>>| -> BTreeMap<&'static str, f64> {
+        m.into_iter()
+            .map(|(name, v)| (name, median_f64(v)))
+            .collect()
+    };
+    let cpu_us = medians(cpu_us);
+    let cell_cpu_us = medians(cell_cpu_us);
+    let idle_share = medians(idle_share);
     if opts.json {
         let mut out = json!({
             "clients": opts.clients, "seconds": opts.seconds, "rounds": opts.rounds, "products": opts.products,
             "throughput_ratio_router_over_nginx": ratio,
             "proxy_cpu_us_per_request": cpu_us,
+            "cell_cpu_us_per_request": cell_cpu_us,
+            "machine_idle_share": idle_share,
         });
         for (name, r) in &results {
             let (a50, a99) = added(r);
@@ -447,6 +476,17 @@ pub async fn run(opts: RouterBenchOptions) -> anyhow::Result<()> {
             each.join(", ")
         );
     }
+    let each: Vec<String> = cell_cpu_us
+        .iter()
+        .map(|(name, us)| {
+            let idle = idle_share.get(name).copied().unwrap_or(0.0) * 100.0;
+            format!("{name} {us:.1} µs (machine idle {idle:.1}%)")
+        })
+        .collect();
+    println!(
+        "cell CPU per request by path (median of rounds): {}",
+        each.join(", ")
+    );
     if !idle.is_empty() {
         println!();
         let rows: Vec<Vec<String>> = idle

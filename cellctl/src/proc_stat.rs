@@ -49,3 +49,40 @@ pub fn rss_bytes(pid: u32) -> u64 {
         .map(|kb| kb * 1024)
         .unwrap_or(0)
 }
+
+/// The machine's CPU time so far, from the first line of /proc/stat.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MachineTicks {
+    idle: u64,
+    total: u64,
+}
+
+impl MachineTicks {
+    pub fn now() -> Self {
+        let Ok(text) = std::fs::read_to_string("/proc/stat") else {
+            return Self::default();
+        };
+        let Some(line) = text.lines().find(|l| l.starts_with("cpu ")) else {
+            return Self::default();
+        };
+        let f: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal (guest time is
+        // already counted in user).
+        let total = f.iter().take(8).sum();
+        let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
+        Self { idle, total }
+    }
+
+    /// The share of all cores' time since `earlier` that nothing ran.
+    pub fn idle_share_since(&self, earlier: &Self) -> f64 {
+        let total = self.total.saturating_sub(earlier.total);
+        if total == 0 {
+            return 0.0;
+        }
+        self.idle.saturating_sub(earlier.idle) as f64 / total as f64
+    }
+}
