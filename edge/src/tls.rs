@@ -154,23 +154,31 @@ pub async fn accept_loop<H, F>(
         let handle = handle.clone();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let io: Box<dyn Stream> = match acceptor {
-                Some(acceptor) => {
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
-                        .await
-                    {
-                        Ok(Ok(tls)) => Box::new(tls),
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => return,
-                    }
-                }
-                None => Box::new(stream),
-            };
-            handle(io, peer).await;
+            if let Some(io) = handshake(acceptor.as_ref(), stream, peer).await {
+                handle(io, peer).await;
+            }
         });
+    }
+}
+
+/// The accepted connection as a stream to serve: through the TLS handshake
+/// (bounded, so a silent client cannot hold it) when there is an acceptor;
+/// `None` when the handshake failed.
+pub async fn handshake(
+    acceptor: Option<&tokio_rustls::TlsAcceptor>,
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+) -> Option<Box<dyn Stream>> {
+    let Some(acceptor) = acceptor else {
+        return Some(Box::new(stream));
+    };
+    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => Some(Box::new(tls)),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => None,
     }
 }
 

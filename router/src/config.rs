@@ -50,7 +50,7 @@ pub struct Args {
     /// Milliseconds between health checks of each node.
     #[arg(long, env = "ROUTER_HEALTH_INTERVAL_MS")]
     pub health_interval_ms: Option<u64>,
-    /// Async worker threads (default: one per core).
+    /// Event loops serving client connections (default: one per core).
     #[arg(long, env = "ROUTER_THREADS")]
     pub threads: Option<usize>,
     /// Log as JSON lines.

@@ -16,6 +16,7 @@ pub mod directory;
 pub mod error;
 pub mod http1;
 pub mod local;
+pub mod loops;
 pub mod metrics;
 pub mod pin;
 pub mod problem;

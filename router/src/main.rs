@@ -14,16 +14,21 @@ fn main() -> anyhow::Result<()> {
     let cfg = RouterConfig::resolve(args)?;
     init_tracing(cfg.log_json);
     edge::fd_limit::raise_fd_limit();
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    rt.enable_all();
-    if let Some(n) = threads {
-        rt.worker_threads(n.max(1));
-    }
-    rt.build()?.block_on(async move {
-        let token = load_or_create_token(&cfg.ops_token_file)?;
-        let state = RouterState::new(cfg, token)?;
-        router::server::run(state).await
-    })
+    let loops = threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    // Client connections run on their own event loops (`router::loops`);
+    // this runtime only accepts and does the background work.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async move {
+            let token = load_or_create_token(&cfg.ops_token_file)?;
+            let state = RouterState::new(cfg, token)?;
+            router::server::run(state, loops).await
+        })
 }
 
 fn init_tracing(json: bool) {

@@ -21,6 +21,7 @@ use http::{header, HeaderValue};
 use crate::admin;
 use crate::affinity::Affinity;
 use crate::http1;
+use crate::loops::Loops;
 use crate::problem::{Problem, RequestId};
 use crate::proxy;
 use crate::state::RouterState;
@@ -85,8 +86,9 @@ pub(crate) fn is_own_endpoint(path: &str) -> bool {
         || path.starts_with("/admin/regions/")
 }
 
-/// Serves until the process is told to stop.
-pub async fn run(state: Arc<RouterState>) -> anyhow::Result<()> {
+/// Serves until the process is told to stop, client connections on
+/// `loops` event loops (see `loops`).
+pub async fn run(state: Arc<RouterState>, loops: usize) -> anyhow::Result<()> {
     let tls = match &state.cfg.tls {
         Some((cert, key)) => Some(edge::tls::server_config(cert, key, None)?),
         None => None,
@@ -98,14 +100,35 @@ pub async fn run(state: Arc<RouterState>) -> anyhow::Result<()> {
     println!("ops token in {}", state.cfg.ops_token_file.display());
     tokio::spawn(state.clone().health_loop());
     let app = app(state.clone());
-    let server = tokio::spawn(edge::tls::accept_loop(listener, tls, move |io, peer| {
+    let loops = Loops::start(loops, tls, move |io, peer| {
         serve_connection(io, peer, app.clone(), state.clone())
-    }));
+    })?;
+    let server = tokio::spawn(accept(listener, loops));
     tokio::select! {
         _ = shutdown_signal() => tracing::info!("shutting down"),
         r = server => tracing::error!(result = ?r, "server stopped"),
     }
     Ok(())
+}
+
+/// Accepts connections and deals them out to the event loops.
+async fn accept(listener: tokio::net::TcpListener, loops: Loops) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // e.g. EMFILE: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        match stream.into_std() {
+            Ok(stream) => loops.hand(stream, peer),
+            Err(e) => tracing::warn!(%peer, error = %e, "cannot hand over accepted connection"),
+        }
+    }
 }
 
 /// One client connection, with the upstream connections it owns (see
