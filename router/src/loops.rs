@@ -95,3 +95,47 @@ async fn serve<H, F>(
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    /// Connections are dealt to the loops in turn, each served on its
+    /// loop's own thread.
+    #[tokio::test]
+    async fn connections_are_dealt_in_turn_to_their_own_threads() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let served: Arc<Mutex<BTreeMap<String, usize>>> = Arc::default();
+        let (done, mut finished) = mpsc::unbounded_channel::<()>();
+        let record = served.clone();
+        let loops = Loops::start(2, None, move |_io, _peer| {
+            let (record, done) = (record.clone(), done.clone());
+            async move {
+                let thread = std::thread::current().name().unwrap_or("").to_string();
+                *record.lock().unwrap().entry(thread).or_default() += 1;
+                let _ = done.send(());
+            }
+        })
+        .unwrap();
+        let mut clients = Vec::new();
+        for _ in 0..6 {
+            clients.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+            let (stream, peer) = listener.accept().await.unwrap();
+            loops.hand(stream.into_std().unwrap(), peer);
+        }
+        for _ in 0..6 {
+            finished.recv().await.unwrap();
+        }
+        let served = served.lock().unwrap().clone();
+        assert_eq!(
+            served,
+            BTreeMap::from([
+                ("router-loop-0".to_string(), 3),
+                ("router-loop-1".to_string(), 3)
+            ])
+        );
+    }
+}
