@@ -81,10 +81,9 @@ pub async fn closed_loop_cpu(
     op: Op,
     pids: &[u32],
 ) -> anyhow::Result<(LevelResult, Option<f64>)> {
-    let before = crate::proc_stat::cpu_seconds(pids);
+    let meter = crate::proc_stat::CpuMeter::start(pids);
     let r = closed_loop(clients, duration, op).await?;
-    let used = crate::proc_stat::cpu_seconds(pids) - before;
-    let per_op = (!pids.is_empty() && r.ops > 0).then(|| used * 1e6 / r.ops as f64);
+    let per_op = meter.per_op_us(r.ops);
     Ok((r, per_op))
 }
 

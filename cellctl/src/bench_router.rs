@@ -20,7 +20,7 @@ use crate::bench::{bench_client, closed_loop, closed_loop_cpu, LevelResult, Op, 
 use crate::bench_get::product_reads;
 use crate::bench_market::{median_f64, post, report_line, seed_shop, NO_LIMITS};
 use crate::output;
-use crate::proc_stat::{children_of, cpu_seconds, rss_bytes, MachineTicks};
+use crate::proc_stat::{children_of, cpu_seconds, rss_bytes, CpuMeter, MachineTicks};
 
 pub struct RouterBenchOptions {
     pub clients: usize,
@@ -309,7 +309,7 @@ pub async fn run(opts: RouterBenchOptions) -> anyhow::Result<()> {
         // runs right after the same other one.
         let n = targets.len();
         for (name, base) in targets.iter().cycle().skip(round % n).take(n) {
-            let (cell_before, machine_before) = (cpu_seconds(&cell_pids), MachineTicks::now());
+            let (cell_meter, machine_before) = (CpuMeter::start(&cell_pids), MachineTicks::now());
             let (r, cpu) = closed_loop_cpu(
                 opts.clients,
                 duration,
@@ -320,12 +320,8 @@ pub async fn run(opts: RouterBenchOptions) -> anyhow::Result<()> {
             if let Some(us) = cpu {
                 cpu_us.entry(name).or_default().push(us);
             }
-            if r.ops > 0 {
-                let cell_used = cpu_seconds(&cell_pids) - cell_before;
-                cell_cpu_us
-                    .entry(name)
-                    .or_default()
-                    .push(cell_used * 1e6 / r.ops as f64);
+            if let Some(us) = cell_meter.per_op_us(r.ops) {
+                cell_cpu_us.entry(name).or_default().push(us);
             }
             idle_share
                 .entry(name)

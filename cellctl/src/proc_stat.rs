@@ -39,6 +39,28 @@ pub fn cpu_seconds(pids: &[u32]) -> f64 {
     ticks as f64 / per_second
 }
 
+/// The CPU time some processes spend from `start` on, per operation.
+pub struct CpuMeter<'a> {
+    pids: &'a [u32],
+    before: f64,
+}
+
+impl<'a> CpuMeter<'a> {
+    pub fn start(pids: &'a [u32]) -> Self {
+        CpuMeter {
+            pids,
+            before: cpu_seconds(pids),
+        }
+    }
+
+    /// µs per operation since `start` (`None` without processes or
+    /// operations).
+    pub fn per_op_us(&self, ops: u64) -> Option<f64> {
+        let used = cpu_seconds(self.pids) - self.before;
+        (!self.pids.is_empty() && ops > 0).then(|| used * 1e6 / ops as f64)
+    }
+}
+
 pub fn rss_bytes(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()

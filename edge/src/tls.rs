@@ -141,16 +141,7 @@ pub async fn accept_loop<H, F>(
 {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                // e.g. EMFILE: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+        let (stream, peer) = next_connection(&listener).await;
         let handle = handle.clone();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
@@ -158,6 +149,25 @@ pub async fn accept_loop<H, F>(
                 handle(io, peer).await;
             }
         });
+    }
+}
+
+/// The next accepted connection, with Nagle off. Accept errors (e.g.
+/// EMFILE) are logged and retried after a pause instead of spinning.
+pub async fn next_connection(
+    listener: &TcpListener,
+) -> (tokio::net::TcpStream, std::net::SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                return (stream, peer);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     }
 }
 

@@ -114,16 +114,7 @@ pub async fn run(state: Arc<RouterState>, loops: usize) -> anyhow::Result<()> {
 /// Accepts connections and deals them out to the event loops.
 async fn accept(listener: tokio::net::TcpListener, loops: Loops) {
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                // e.g. EMFILE: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+        let (stream, peer) = edge::tls::next_connection(&listener).await;
         match stream.into_std() {
             Ok(stream) => loops.hand(stream, peer),
             Err(e) => tracing::warn!(%peer, error = %e, "cannot hand over accepted connection"),
