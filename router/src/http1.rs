@@ -10,8 +10,11 @@
 //! the hyper path's own code (`proxy::bodiless`, `proxy::forward`,
 //! `server::finish`), so both paths answer the same.
 //!
+//! Long polls are taken too, and wait on the cells' shared HTTP/2
+//! connections without holding buffers (see `Conn::long_poll`).
+//!
 //! Anything else (a body, an upgrade, `Expect`, HTTP/1.0 or HTTP/2, the
-//! router's own endpoints, long polls, a head this loop does not take)
+//! router's own endpoints, a head this loop does not take)
 //! hands the connection, with the bytes already read, to hyper for the rest
 //! of its life.
 
@@ -72,8 +75,8 @@ pub async fn serve(io: Box<dyn Stream>, peer: SocketAddr, st: &Arc<RouterState>)
             Next::Request { parts, close } => (parts, close),
             Next::Closed => return Outcome::Closed,
             Next::Handoff => {
-                // Right-sized: a long poll may hold this connection for
-                // a minute, and there can be many of them.
+                // Right-sized: an upgraded connection (a subscription)
+                // may be held for hours, and there can be many of them.
                 return Outcome::Handoff(Rewind {
                     prefix: Bytes::copy_from_slice(&conn.buf),
                     inner: conn.io,
@@ -200,6 +203,13 @@ impl Conn {
                     return self.answer(p.into_response(), &id, head_only, close).await;
                 }
             };
+        // `out` holds what is sent on; the client's head is done with.
+        drop(parts);
+        if out.long_poll() {
+            return self
+                .long_poll(st, &pool, &out, &id, head_only, close, started)
+                .await;
+        }
         // A connection used once should not cost an upstream connection.
         let may_own = self.served > 1
             && (!self.upstreams.is_empty()
@@ -226,18 +236,47 @@ impl Conn {
                 Exchange::NotAnswered => {}
             }
         }
-        let resp = match proxy::forward(st, &pool, &out, &mut Payload::Buffered(Bytes::new())).await
-        {
-            Ok(resp) => {
-                proxy::answered(&pool, started, resp.status().as_u16());
-                resp
-            }
-            Err(p) => {
-                proxy::refused(st, &p);
-                p.into_response()
+        let forwarded = proxy::forward(st, &pool, &out, &mut Payload::Buffered(Bytes::new())).await;
+        let resp = settle(st, &pool, started, forwarded);
+        self.answer(resp, &id, head_only, close).await
+    }
+
+    /// A long poll waits (up to a minute) for an answer from the cell's
+    /// shared HTTP/2 connections. Meanwhile this connection holds no
+    /// buffers: thousands of idle polls cost little more than their sockets.
+    /// A client that goes away takes its wait on the node with it.
+    #[allow(clippy::too_many_arguments)]
+    async fn long_poll(
+        &mut self,
+        st: &Arc<RouterState>,
+        pool: &CellPool,
+        out: &Outgoing,
+        id: &str,
+        head_only: bool,
+        close: bool,
+        started: Instant,
+    ) -> Result<(), Broken> {
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
+        }
+        self.out = Vec::new();
+        let mut payload = Payload::Buffered(Bytes::new());
+        let forward = proxy::forward(st, pool, out, &mut payload);
+        let mut forward = std::pin::pin!(forward);
+        let forwarded = loop {
+            tokio::select! {
+                r = &mut forward => break r,
+                // A pipelined next request is kept for afterwards; the end
+                // of the stream (or an error) means nobody is waiting.
+                n = self.io.read_buf(&mut self.buf), if self.buf.len() <= MAX_HEAD_BYTES => {
+                    if !matches!(n, Ok(n) if n > 0) {
+                        return Err(Broken);
+                    }
+                }
             }
         };
-        self.answer(resp, &id, head_only, close).await
+        let resp = settle(st, pool, started, forwarded);
+        self.answer(resp, id, head_only, close).await
     }
 
     fn take_upstream(&mut self, node: &Node) -> Option<Upstream> {
@@ -273,7 +312,8 @@ impl Conn {
         };
         let (mut up, reused) = match self.take_upstream(node) {
             Some(up) => (up, true),
-            None => match dial(node, st.affinity_tls.as_ref()).await {
+            // Boxed: a rare step should not size every request's future.
+            None => match Box::pin(dial(node, st.affinity_tls.as_ref())).await {
                 Ok(io) => {
                     let open = OpenGuard::new(pool.affinity_open.clone());
                     let buf = BytesMut::with_capacity(READ_CHUNK);
@@ -482,6 +522,25 @@ impl Conn {
     }
 }
 
+/// The answer a forwarded request gets, counted as answered or refused.
+fn settle(
+    st: &RouterState,
+    pool: &CellPool,
+    started: Instant,
+    forwarded: Result<Response, Problem>,
+) -> Response {
+    match forwarded {
+        Ok(resp) => {
+            proxy::answered(pool, started, resp.status().as_u16());
+            resp
+        }
+        Err(p) => {
+            proxy::refused(st, &p);
+            p.into_response()
+        }
+    }
+}
+
 /// Runs `work` until `limit`, `None` past it.
 ///
 /// A connection keeps one timer for all its exchanges instead of a
@@ -560,9 +619,7 @@ fn simple_request(req: &httparse::Request) -> Option<(http::request::Parts, bool
         return None;
     }
     let uri = http::Uri::try_from(path).ok()?;
-    if server::is_own_endpoint(uri.path())
-        || proxy::long_poll_wait(uri.path(), uri.query()).is_some()
-    {
+    if server::is_own_endpoint(uri.path()) {
         return None;
     }
     let mut close = false;
@@ -1077,6 +1134,10 @@ mod tests {
             take("HEAD /v1/x HTTP/1.1\r\nConnection: close\r\n\r\n"),
             Some((true, true))
         );
+        assert_eq!(
+            take("GET /v1/events?after=3&wait=30 HTTP/1.1\r\n\r\n"),
+            Some((false, true))
+        );
         assert_eq!(take("GET /v1/x HTTP/1.1\r\nHost: a\r\n"), None);
         for other in [
             "POST /v1/x HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}",
@@ -1086,7 +1147,6 @@ mod tests {
             "GET /v1/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
             "GET /v1/x HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
             "GET /v1/x HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
-            "GET /v1/events?wait=30 HTTP/1.1\r\n\r\n",
             "GET /metrics HTTP/1.1\r\n\r\n",
             "GET /admin/regions/a HTTP/1.1\r\n\r\n",
             "garbage\r\n\r\n",

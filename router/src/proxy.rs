@@ -526,6 +526,11 @@ impl Outgoing {
         }
     }
 
+    /// A long poll: it waits on the cell's shared HTTP/2 connections.
+    pub(crate) fn long_poll(&self) -> bool {
+        self.long_poll
+    }
+
     fn safe(&self) -> bool {
         matches!(self.method, Method::GET | Method::HEAD | Method::OPTIONS)
     }
@@ -764,7 +769,10 @@ async fn send(
         let sender = match aff.take_ready(node) {
             Some(s) => Some(s),
             None if aff.may_connect(node) => Some(
-                aff.connect(node, st.affinity_tls.as_ref(), pool.affinity_open.clone())
+                // Boxed, as is every rare step: a future is as large as its
+                // largest state, and an idle long poll holds its own for a
+                // minute.
+                Box::pin(aff.connect(node, st.affinity_tls.as_ref(), pool.affinity_open.clone()))
                     .await
                     .map_err(|ConnectError::Connect(message)| SendError {
                         not_sent: true,

@@ -397,7 +397,8 @@ impl CellPool {
         }) {
             return Some(k);
         }
-        let fetched = self.fetch_keys(client).await;
+        // Boxed: a rare fetch should not size every request's future.
+        let fetched = Box::pin(self.fetch_keys(client)).await;
         let mut c = self.keys.lock().ok()?;
         c.fetched_at = Some(Instant::now());
         match fetched {

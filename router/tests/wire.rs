@@ -1,7 +1,9 @@
 //! The router's HTTP/1.1 as a client sees it on the socket: pipelined
 //! requests answered in order, HEAD, `Connection: close`, the router's own
 //! refusals, a connection that switches to a request with a body halfway
-//! through its life, HTTP/2 with prior knowledge, and an unfinished head.
+//! through its life, HTTP/2 with prior knowledge, an unfinished head, and
+//! long polls (a pipelined request waits its turn behind one; a client
+//! that hangs up ends its wait on the cell).
 
 mod common;
 
@@ -212,4 +214,72 @@ async fn the_wire_as_clients_see_it() {
         matches!(closed, Ok(Ok(0))),
         "an unfinished head was kept: {closed:?}"
     );
+
+    // A long poll, and a request pipelined behind it: the poll's (empty)
+    // answer comes when its wait is up, then the other one.
+    let (_, token, _, _) = signup(&w.http, &base, "poller@nyc.test", "customer", at(NYC)).await;
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    let started = std::time::Instant::now();
+    s.write_all(
+        format!(
+            "GET /v1/events?wait=1 HTTP/1.1\r\nHost: r\r\nAuthorization: Bearer {token}\r\n\r\n\
+             GET /v1/products/{pid} HTTP/1.1\r\nHost: r\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let polled = read_answer(&mut s, &mut buf, false).await;
+    assert_eq!(polled.status, 200, "{polled:?}");
+    assert_eq!(polled.header("x-cell"), Some("nyc"));
+    assert_eq!(polled.json()["events"], serde_json::json!([]));
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    let r = read_answer(&mut s, &mut buf, false).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["id"], pid.as_str());
+
+    // A client that hangs up during a long poll takes the wait with it: the
+    // router's in-flight count for the cell falls back long before the
+    // poll's 30 s are up.
+    let in_flight = || async {
+        let text = w
+            .http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find(|l| l.starts_with("router_in_flight{") && l.contains("cell=\"nyc\""))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    s.write_all(
+        format!(
+            "GET /v1/events?wait=30 HTTP/1.1\r\nHost: r\r\nAuthorization: Bearer {token}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while in_flight().await < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the poll never reached the cell"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(s);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while in_flight().await > 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the router still waits for a client that hung up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
