@@ -6,7 +6,8 @@
 //! Modules: `config` (flags/env/file), `directory` (regions, persisted),
 //! `upstream` (per-cell pools: health, leader, ejection, retry budget, token
 //! keys), `pin` (which cell a request belongs to), `proxy` (forwarding),
-//! `http1` (the plain HTTP/1.1 fast path),
+//! `http1` (the plain HTTP/1.1 fast path), `multiplex` (long polls' shared
+//! HTTP/2 connections),
 //! `admin` (own endpoints), `metrics`, `problem`, `state`, `server`.
 
 pub mod admin;
@@ -18,6 +19,7 @@ pub mod http1;
 pub mod local;
 pub mod loops;
 pub mod metrics;
+pub mod multiplex;
 pub mod pin;
 pub mod problem;
 pub mod proxy;

@@ -20,6 +20,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::affinity::{Affinity, ConnectError};
 use crate::metrics::{status_class, ReasonLabels, RequestLabels, UpstreamErrorLabels};
+use crate::multiplex::{self, Failure};
 use crate::pin::{self, Pin};
 use crate::problem::{Problem, RequestId};
 use crate::state::RouterState;
@@ -742,14 +743,14 @@ struct SendError {
 
 /// One attempt on one node: over this client connection's own upstream
 /// connection when it has earned one (see `affinity`), else the shared
-/// pool; long polls always share HTTP/2 connections.
+/// pool; long polls always share HTTP/2 connections (`multiplex`).
 async fn send(
     st: &RouterState,
     pool: &CellPool,
     node: &Node,
     out: &Outgoing,
     body: Body,
-) -> Result<http::Response<hyper::body::Incoming>, SendError> {
+) -> Result<http::Response<Body>, SendError> {
     let build = |uri: http::Uri, body: Body| {
         let mut req = http::Request::builder()
             .method(out.method.clone())
@@ -793,11 +794,14 @@ async fn send(
             aff.put_back(node, sender);
             // A canceled request never left: the kept-alive connection
             // was closed under it, which says nothing about the node.
-            return answer.await.map_err(|e| SendError {
-                not_sent: e.is_canceled(),
-                unreachable: false,
-                message: e.to_string(),
-            });
+            return answer
+                .await
+                .map(|r| r.map(Body::new))
+                .map_err(|e| SendError {
+                    not_sent: e.is_canceled(),
+                    unreachable: false,
+                    message: e.to_string(),
+                });
         }
     }
     let uri = http::Uri::builder()
@@ -810,20 +814,48 @@ async fn send(
             unreachable: false,
             message: e.to_string(),
         })?;
+    if out.long_poll && out.safe() {
+        let mut req = http::Request::new(());
+        *req.method_mut() = out.method.clone();
+        *req.uri_mut() = uri;
+        *req.headers_mut() = out.headers.clone();
+        return multiplex::send(node, st.multiplex_tls.as_ref(), req)
+            .await
+            .map_err(|f| match f {
+                Failure::Connect(message) => SendError {
+                    not_sent: true,
+                    unreachable: true,
+                    message,
+                },
+                Failure::NotSent(message) => SendError {
+                    not_sent: true,
+                    unreachable: false,
+                    message,
+                },
+                Failure::Transport(message) => SendError {
+                    not_sent: false,
+                    unreachable: false,
+                    message,
+                },
+            });
+    }
     let req = build(uri, body)?;
-    let client = if out.long_poll {
-        &st.long_poll_client
-    } else {
-        &st.client
-    };
-    client.request(req).await.map_err(|e| SendError {
-        not_sent: e.is_connect(),
-        unreachable: e.is_connect(),
-        message: e.to_string(),
-    })
+    st.client
+        .request(req)
+        .await
+        .map(|r| r.map(Body::new))
+        .map_err(|e| SendError {
+            not_sent: e.is_connect(),
+            unreachable: e.is_connect(),
+            message: e.to_string(),
+        })
 }
 
-fn into_response(resp: http::Response<hyper::body::Incoming>, cell: &str) -> Response {
+fn into_response<B>(resp: http::Response<B>, cell: &str) -> Response
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
     let (mut parts, body) = resp.into_parts();
     for h in HOP_BY_HOP {
         parts.headers.remove(h);

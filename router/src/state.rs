@@ -20,10 +20,10 @@ const LOGIN_CACHE_MAX: usize = 100_000;
 pub struct RouterState {
     pub cfg: RouterConfig,
     pub client: Client,
-    /// HTTP/2-only client for long polls.
-    pub long_poll_client: Client,
     /// TLS for client-connection-owned upstream connections.
     pub affinity_tls: Option<tokio_rustls::TlsConnector>,
+    /// TLS for long polls' shared HTTP/2 connections.
+    pub multiplex_tls: Option<tokio_rustls::TlsConnector>,
     pub directory: RwLock<Directory>,
     pools: RwLock<HashMap<String, Arc<CellPool>>>,
     pub limiter: RateLimiter,
@@ -34,8 +34,9 @@ pub struct RouterState {
 
 impl RouterState {
     pub fn new(cfg: RouterConfig, ops_token: String) -> Result<Arc<Self>, RouterError> {
-        let clients = upstream::build_clients(cfg.ca.as_deref())?;
-        let affinity_tls = upstream::affinity_tls(cfg.ca.as_deref())?;
+        let client = upstream::build_client(cfg.ca.as_deref())?;
+        let affinity_tls = upstream::upstream_tls(cfg.ca.as_deref(), b"http/1.1")?;
+        let multiplex_tls = upstream::upstream_tls(cfg.ca.as_deref(), b"h2")?;
         let mut directory = Directory::load(&cfg.directory_file())?;
         for (name, spec) in &cfg.regions {
             let region = Region::from_spec(name, spec.clone())?;
@@ -49,9 +50,9 @@ impl RouterState {
         let state = Arc::new(RouterState {
             limiter: RateLimiter::new(cfg.limits),
             cfg,
-            client: clients.pooled,
-            long_poll_client: clients.multiplexed,
+            client,
             affinity_tls,
+            multiplex_tls,
             directory: RwLock::new(directory),
             pools: RwLock::new(HashMap::new()),
             metrics: Metrics::new(),

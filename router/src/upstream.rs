@@ -35,35 +35,25 @@ const KEY_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
 /// Largest JWK set accepted from a cell.
 const MAX_JWKS_BYTES: usize = 64 * 1024;
 
-/// The HTTP clients for cells, both trusting the internal CA for `https://`
-/// nodes.
-pub struct Clients {
-    /// Keep-alive pools of HTTP/1.1 connections (HTTP/2 over TLS by ALPN):
-    /// the fastest path for ordinary requests.
-    pub pooled: Client,
-    /// HTTP/2 only (h2c on plain nodes): long polls are multiplexed over one
-    /// connection per node instead of holding a socket each.
-    pub multiplexed: Client,
-}
-
-pub fn build_clients(ca: Option<&Path>) -> Result<Clients, RouterError> {
-    Ok(Clients {
-        pooled: build_client(ca, false)?,
-        multiplexed: build_client(ca, true)?,
-    })
-}
-
-/// TLS for client-connection-owned HTTP/1.1 connections to `https` nodes.
-pub fn affinity_tls(ca: Option<&Path>) -> Result<Option<tokio_rustls::TlsConnector>, RouterError> {
+/// TLS for the router's own connections to `https` nodes, offering one
+/// protocol by ALPN: `http/1.1` for client-connection-owned connections,
+/// `h2` for long polls' shared ones.
+pub fn upstream_tls(
+    ca: Option<&Path>,
+    alpn: &[u8],
+) -> Result<Option<tokio_rustls::TlsConnector>, RouterError> {
     let Some(ca) = ca else {
         return Ok(None);
     };
     let mut cfg = edge::tls::client_config(ca, None).map_err(|e| RouterError::Tls(e.0))?;
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.alpn_protocols = vec![alpn.to_vec()];
     Ok(Some(tokio_rustls::TlsConnector::from(Arc::new(cfg))))
 }
 
-fn build_client(ca: Option<&Path>, h2_only: bool) -> Result<Client, RouterError> {
+/// The HTTP client for cells, trusting the internal CA for `https://`
+/// nodes: keep-alive pools of HTTP/1.1 connections (HTTP/2 over TLS by
+/// ALPN). Long polls go over `multiplex`'s connections instead.
+pub fn build_client(ca: Option<&Path>) -> Result<Client, RouterError> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -90,16 +80,8 @@ fn build_client(ca: Option<&Path>, h2_only: bool) -> Result<Client, RouterError>
     builder
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
-        .pool_max_idle_per_host(4096);
-    if h2_only {
-        builder
-            .http2_only(true)
-            .http2_keep_alive_interval(Duration::from_secs(20))
-            .http2_keep_alive_while_idle(true)
-            .pool_idle_timeout(Duration::from_secs(60));
-    } else {
-        builder.pool_idle_timeout(edge::tls::CLIENT_POOL_IDLE);
-    }
+        .pool_max_idle_per_host(4096)
+        .pool_idle_timeout(edge::tls::CLIENT_POOL_IDLE);
     Ok(builder.build(https))
 }
 
@@ -117,6 +99,8 @@ pub struct Node {
     ejections: AtomicU32,
     /// Milliseconds since the pool's epoch until which the node is ejected.
     ejected_until: AtomicU64,
+    /// The node's shared HTTP/2 connection for long polls.
+    pub(crate) multiplexed: crate::multiplex::Slot,
 }
 
 impl Node {
@@ -141,6 +125,7 @@ impl Node {
             failed_checks: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
+            multiplexed: Default::default(),
         }
     }
 

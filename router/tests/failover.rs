@@ -184,6 +184,20 @@ async fn leader_kill_under_load_loses_no_acknowledged_write() {
     assert_eq!(ids, *orders.lock().unwrap());
 }
 
+/// What a request to a cell that is down gets: a problem, at once.
+fn assert_outage_answer(r: &Reply) {
+    assert!(
+        matches!(
+            r.status,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::BAD_GATEWAY
+        ),
+        "{} {}",
+        r.status,
+        r.body
+    );
+    assert_eq!(r.headers["content-type"], "application/problem+json");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cell_outage_stays_in_its_region() {
     let _serial = SERIAL.lock().await;
@@ -200,10 +214,35 @@ async fn a_cell_outage_stays_in_its_region() {
         assert_eq!(r.status, StatusCode::OK);
     }
 
+    // A long poll waiting in region A when its cell goes down ends with a
+    // problem at once, instead of hanging until its wait is up.
+    let poll = {
+        let (http, base, t) = (w.http.clone(), w.router(1), lon_cust.clone());
+        tokio::spawn(async move {
+            call(&http, &base, Method::GET, "/v1/events?wait=30")
+                .token(&t)
+                .send()
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!poll.is_finished(), "the long poll did not wait");
+
     let lon = w.cells.get_mut("lon").unwrap();
     for id in [1, 2, 3] {
         lon.kill(id);
     }
+    let killed = Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(10), poll)
+        .await
+        .expect("a long poll on a dead cell hung")
+        .unwrap();
+    assert_outage_answer(&r);
+    assert!(
+        killed.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        killed.elapsed()
+    );
 
     let until = Instant::now() + Duration::from_secs(4);
     let mut nyc_ok = 0;
@@ -228,16 +267,7 @@ async fn a_cell_outage_stays_in_its_region() {
                 .send()
                 .await;
             slowest_lon = slowest_lon.max(started.elapsed());
-            assert!(
-                matches!(
-                    r.status,
-                    StatusCode::SERVICE_UNAVAILABLE | StatusCode::BAD_GATEWAY
-                ),
-                "{} {}",
-                r.status,
-                r.body
-            );
-            assert_eq!(r.headers["content-type"], "application/problem+json");
+            assert_outage_answer(&r);
             lon_answers += 1;
         }
     }

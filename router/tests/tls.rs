@@ -75,6 +75,15 @@ async fn tls_on_both_sides_of_the_router() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.cell(), Some("nyc"));
     assert_eq!(r.body["email"], json!("tls@nyc.test"));
+    // A long poll rides the router's shared HTTP/2 connection to the node
+    // (`h2` by ALPN over the internal CA's TLS).
+    let r = call(&https, &base, reqwest::Method::GET, "/v1/events?wait=1")
+        .token(&token)
+        .send()
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.cell(), Some("nyc"));
+    assert!(r.body["events"].is_array(), "{}", r.body);
 
     // Plain HTTP to the TLS port gets nowhere.
     let plain = reqwest::Client::new()
