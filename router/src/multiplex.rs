@@ -20,6 +20,10 @@ use crate::affinity::{dial, ConnectError};
 use crate::upstream::Node;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Flow-control windows: how much of one answer, and of all answers on a
+/// connection, the node may send before the router has taken it.
+const STREAM_WINDOW: u32 = 2 << 20;
+const CONNECTION_WINDOW: u32 = 5 << 20;
 /// A connection's peer is pinged this long after the last ping...
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 /// ...and given up when the pong takes longer than this: waiting polls on
@@ -125,7 +129,14 @@ async fn connect(
     let io = dial(node, tls)
         .await
         .map_err(|ConnectError::Connect(e)| Failure::Connect(e))?;
-    let (send, mut conn) = tokio::time::timeout(HANDSHAKE_TIMEOUT, h2::client::handshake(io))
+    // Windows as hyper's client has them: h2's default of 64 KiB for the
+    // whole connection would let a few answers not yet taken hold up every
+    // other poll's.
+    let handshake = h2::client::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .handshake(io);
+    let (send, mut conn) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
         .await
         .map_err(|e| Failure::Connect(e.to_string()))?
         .map_err(|e| Failure::Connect(e.to_string()))?;
