@@ -64,12 +64,21 @@ pub async fn send(
     tls: Option<&tokio_rustls::TlsConnector>,
     req: http::Request<()>,
 ) -> Result<http::Response<Body>, Failure> {
-    let (generation, send) = shared(node, tls).await?;
-    let mut send = match send.ready().await {
-        Ok(s) => s,
-        Err(e) => {
-            forget(node, generation).await;
-            return Err(Failure::NotSent(e.to_string()));
+    // A connection the node closed since (a restart, an idle close) is
+    // found out here and replaced once, before anything is sent.
+    let mut stale = None;
+    let mut send = loop {
+        let (generation, send) = shared(node, tls).await?;
+        match send.ready().await {
+            Ok(s) => break s,
+            Err(e) if stale.is_none() => {
+                forget(node, generation).await;
+                stale = Some(e);
+            }
+            Err(e) => {
+                forget(node, generation).await;
+                return Err(Failure::NotSent(e.to_string()));
+            }
         }
     };
     let (answer, _) = send.send_request(req, true).map_err(|e| {

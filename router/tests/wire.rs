@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
+use reqwest::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -93,7 +94,7 @@ async fn read_answer(s: &mut TcpStream, buf: &mut Vec<u8>, head_only: bool) -> W
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_wire_as_clients_see_it() {
     let _serial = SERIAL.lock().await;
-    let w = World::start(1, 1).await;
+    let mut w = World::start(1, 1).await;
     let base = w.router(0);
     let (_, _, pid) = shop(&w.http, &base, "wire@nyc.test", NYC).await;
     let addr = base.trim_start_matches("http://").to_string();
@@ -282,4 +283,33 @@ async fn the_wire_as_clients_see_it() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+
+    // The node restarts, closing the shared connection the polls rode: the
+    // next poll gets a new one.
+    let nyc = w.cells.get_mut("nyc").unwrap();
+    nyc.stop(1);
+    nyc.start_node(1, false).unwrap();
+    nyc.wait_healthy(1, Duration::from_secs(20)).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let ready: serde_json::Value = w
+            .http
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if ready["cells_down"] == serde_json::json!([]) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{ready}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = call(&w.http, &base, Method::GET, "/v1/events?wait=1")
+        .token(&token)
+        .send()
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
 }
