@@ -94,6 +94,18 @@ pub async fn serve(io: Box<dyn Stream>, peer: SocketAddr, st: &Arc<RouterState>)
 /// The client connection could not be answered in full; it is closed.
 struct Broken;
 
+/// A request on its way to a cell: where it goes, what is sent, how the
+/// client is answered.
+#[derive(Clone, Copy)]
+struct Forwarding<'a> {
+    pool: &'a CellPool,
+    out: &'a Outgoing,
+    id: &'a str,
+    head_only: bool,
+    close: bool,
+    started: Instant,
+}
+
 enum Next {
     Request {
         parts: Box<http::request::Parts>,
@@ -205,20 +217,23 @@ impl Conn {
             };
         // `out` holds what is sent on; the client's head is done with.
         drop(parts);
+        let f = Forwarding {
+            pool: &pool,
+            out: &out,
+            id: &id,
+            head_only,
+            close,
+            started,
+        };
         if out.long_poll() {
-            return self
-                .long_poll(st, &pool, &out, &id, head_only, close, started)
-                .await;
+            return self.long_poll(st, f).await;
         }
         // A connection used once should not cost an upstream connection.
         let may_own = self.served > 1
             && (!self.upstreams.is_empty()
                 || pool.affinity_open.load(Ordering::Relaxed) < MAX_AFFINITY_CONNECTIONS);
         if may_own {
-            match self
-                .exchange(st, &pool, &out, &id, head_only, close, started)
-                .await
-            {
+            match self.exchange(st, f).await {
                 Exchange::Relayed { status, close } => {
                     proxy::answered(&pool, started, status);
                     return if close { Err(Broken) } else { Ok(()) };
@@ -245,23 +260,13 @@ impl Conn {
     /// shared HTTP/2 connections. Meanwhile this connection holds no
     /// buffers: thousands of idle polls cost little more than their sockets.
     /// A client that goes away takes its wait on the node with it.
-    #[allow(clippy::too_many_arguments)]
-    async fn long_poll(
-        &mut self,
-        st: &Arc<RouterState>,
-        pool: &CellPool,
-        out: &Outgoing,
-        id: &str,
-        head_only: bool,
-        close: bool,
-        started: Instant,
-    ) -> Result<(), Broken> {
+    async fn long_poll(&mut self, st: &Arc<RouterState>, f: Forwarding<'_>) -> Result<(), Broken> {
         if self.buf.is_empty() {
             self.buf = BytesMut::new();
         }
         self.out = Vec::new();
         let mut payload = Payload::Buffered(Bytes::new());
-        let forward = proxy::forward(st, pool, out, &mut payload);
+        let forward = proxy::forward(st, f.pool, f.out, &mut payload);
         let mut forward = std::pin::pin!(forward);
         let forwarded = loop {
             tokio::select! {
@@ -275,8 +280,8 @@ impl Conn {
                 }
             }
         };
-        let resp = settle(st, pool, started, forwarded);
-        self.answer(resp, id, head_only, close).await
+        let resp = settle(st, f.pool, f.started, forwarded);
+        self.answer(resp, f.id, f.head_only, f.close).await
     }
 
     fn take_upstream(&mut self, node: &Node) -> Option<Upstream> {
@@ -285,17 +290,15 @@ impl Conn {
     }
 
     /// One attempt over this connection's own connection to a node.
-    #[allow(clippy::too_many_arguments)]
-    async fn exchange(
-        &mut self,
-        st: &RouterState,
-        pool: &CellPool,
-        out: &Outgoing,
-        id: &str,
-        head_only: bool,
-        close: bool,
-        started: Instant,
-    ) -> Exchange {
+    async fn exchange(&mut self, st: &RouterState, f: Forwarding<'_>) -> Exchange {
+        let Forwarding {
+            pool,
+            out,
+            id,
+            head_only,
+            close,
+            started,
+        } = f;
         let Some(i) = pool.pick(false, &[]) else {
             return Exchange::NotAnswered;
         };

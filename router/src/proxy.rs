@@ -741,6 +741,21 @@ struct SendError {
     message: String,
 }
 
+impl From<Failure> for SendError {
+    fn from(f: Failure) -> Self {
+        let (not_sent, unreachable, message) = match f {
+            Failure::Connect(m) => (true, true, m),
+            Failure::NotSent(m) => (true, false, m),
+            Failure::Transport(m) => (false, false, m),
+        };
+        SendError {
+            not_sent,
+            unreachable,
+            message,
+        }
+    }
+}
+
 /// One attempt on one node: over this client connection's own upstream
 /// connection when it has earned one (see `affinity`), else the shared
 /// pool; long polls always share HTTP/2 connections (`multiplex`).
@@ -821,23 +836,7 @@ async fn send(
         *req.headers_mut() = out.headers.clone();
         return multiplex::send(node, st.multiplex_tls.as_ref(), req)
             .await
-            .map_err(|f| match f {
-                Failure::Connect(message) => SendError {
-                    not_sent: true,
-                    unreachable: true,
-                    message,
-                },
-                Failure::NotSent(message) => SendError {
-                    not_sent: true,
-                    unreachable: false,
-                    message,
-                },
-                Failure::Transport(message) => SendError {
-                    not_sent: false,
-                    unreachable: false,
-                    message,
-                },
-            });
+            .map_err(SendError::from);
     }
     let req = build(uri, body)?;
     st.client

@@ -284,12 +284,6 @@ async fn a_cell_outage_stays_in_its_region() {
         (StatusCode::SERVICE_UNAVAILABLE, "cell_unavailable")
     );
     assert!(r.headers.contains_key("retry-after"));
-    let ready = w
-        .http
-        .get(format!("{}/readyz", w.router(0)))
-        .send()
-        .await
-        .unwrap();
-    let ready: serde_json::Value = ready.json().await.unwrap();
+    let ready = readyz(&w.http, &w.router(0)).await;
     assert_eq!(ready["cells_down"], json!(["lon"]));
 }

@@ -185,15 +185,7 @@ async fn users_are_pinned_to_their_home_cell_and_see_only_its_data() {
     assert_eq!(r.body["name"], "noodles@nyc.test");
 
     // The router's metrics count the traffic per cell.
-    let m = w
-        .http
-        .get(format!("{r0}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = own_endpoint(&w.http, &r0, "/metrics").await;
     assert!(m.contains("router_requests_total{cell=\"nyc\""), "{m}");
     assert!(m.contains("router_node_healthy{"), "{m}");
 }

@@ -243,16 +243,9 @@ async fn the_wire_as_clients_see_it() {
     // router's in-flight count for the cell falls back long before the
     // poll's 30 s are up.
     let in_flight = || async {
-        let text = w
-            .http
-            .get(format!("{base}/metrics"))
-            .send()
+        own_endpoint(&w.http, &base, "/metrics")
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
+            .lines()
             .find(|l| l.starts_with("router_in_flight{") && l.contains("cell=\"nyc\""))
             .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .unwrap_or(0.0)
@@ -292,15 +285,7 @@ async fn the_wire_as_clients_see_it() {
     nyc.wait_healthy(1, Duration::from_secs(20)).await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let ready: serde_json::Value = w
-            .http
-            .get(format!("{base}/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let ready = readyz(&w.http, &base).await;
         if ready["cells_down"] == serde_json::json!([]) {
             break;
         }

@@ -213,6 +213,23 @@ impl Call<'_> {
     }
 }
 
+/// The body of a GET to one of the router's own endpoints (`/metrics`,
+/// `/readyz`).
+pub async fn own_endpoint(http: &reqwest::Client, base: &str, path: &str) -> String {
+    http.get(format!("{base}{path}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The router's `/readyz` answer.
+pub async fn readyz(http: &reqwest::Client, base: &str) -> Value {
+    serde_json::from_str(&own_endpoint(http, base, "/readyz").await).unwrap()
+}
+
 /// Signs up through a router; returns (account id, access token, refresh
 /// token, cell).
 pub async fn signup(
