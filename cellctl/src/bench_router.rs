@@ -149,7 +149,9 @@ async fn wait_port(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What holding `n` idle long polls cost a proxy.
+/// What holding `n` idle long polls cost a proxy, and the cell behind it
+/// (one HTTP/2 stream a poll behind the router, one HTTP/1.1 connection a
+/// poll behind nginx).
 struct IdleCost {
     target: &'static str,
     connections: usize,
@@ -157,6 +159,8 @@ struct IdleCost {
     rss_before: u64,
     rss_after: u64,
     cpu_percent: f64,
+    cell_rss_before: u64,
+    cell_rss_after: u64,
 }
 
 /// Opens `n` connections to `base`, each with a long poll for `token`'s
@@ -166,6 +170,7 @@ async fn idle_cost(
     target: &'static str,
     base: &str,
     pids: &dyn Fn() -> Vec<u32>,
+    cell_pids: &[u32],
     n: usize,
     token: &str,
     after: u64,
@@ -173,6 +178,7 @@ async fn idle_cost(
     let addr = base.trim_start_matches("http://").to_string();
     let rss = |pids: &[u32]| pids.iter().map(|p| rss_bytes(*p)).sum::<u64>();
     let rss_before = rss(&pids());
+    let cell_rss_before = rss(cell_pids);
     let request = format!(
         "GET /v1/events?after={after}&wait=60 HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\r\n"
     );
@@ -194,6 +200,7 @@ async fn idle_cost(
     tokio::time::sleep(Duration::from_secs(10)).await;
     let cpu_percent = (cpu_seconds(&pids_now) - t0) / started.elapsed().as_secs_f64() * 100.0;
     let rss_after = rss(&pids_now);
+    let cell_rss_after = rss(cell_pids);
     // A poll still waiting has had no answer yet.
     let mut waiting = 0;
     let mut buf = [0u8; 256];
@@ -213,6 +220,8 @@ async fn idle_cost(
         waiting,
         rss_before,
         rss_after,
+        cell_rss_before,
+        cell_rss_after,
         cpu_percent,
     })
 }
@@ -382,6 +391,7 @@ pub async fn run(opts: RouterBenchOptions) -> anyhow::Result<()> {
                 "router",
                 &router.url(),
                 &|| vec![router_pid],
+                &cell_pids,
                 opts.idle,
                 &token,
                 after,
@@ -390,7 +400,9 @@ pub async fn run(opts: RouterBenchOptions) -> anyhow::Result<()> {
         );
         if let Some(n) = &nginx {
             eprintln!("holding {} idle long polls through nginx…", opts.idle);
-            idle.push(idle_cost("nginx", &n.url(), &|| n.pids(), opts.idle, &token, after).await?);
+            let (url, pids) = (n.url(), || n.pids());
+            let cost = idle_cost("nginx", &url, &pids, &cell_pids, opts.idle, &token, after);
+            idle.push(cost.await?);
         }
     }
     drop(nginx);
@@ -422,6 +434,7 @@ pub async fn run(opts: RouterBenchOptions) -> anyhow::Result<()> {
             json!(idle.iter().map(|c| json!({
             "target": c.target, "connections": c.connections, "waiting": c.waiting,
             "rss_before": c.rss_before, "rss_after": c.rss_after, "cpu_percent": c.cpu_percent,
+            "cell_rss_before": c.cell_rss_before, "cell_rss_after": c.cell_rss_after,
         })).collect::<Vec<_>>());
         output::json(&out);
         return Ok(());
@@ -488,16 +501,19 @@ pub async fn run(opts: RouterBenchOptions) -> anyhow::Result<()> {
         let rows: Vec<Vec<String>> = idle
             .iter()
             .map(|c| {
-                let per_conn =
-                    c.rss_after.saturating_sub(c.rss_before) as f64 / c.connections.max(1) as f64;
+                let per_conn = |before: u64, after: u64| {
+                    let kib = after.saturating_sub(before) as f64 / c.connections.max(1) as f64;
+                    format!("{:.1} KiB", kib / 1024.0)
+                };
                 vec![
                     c.target.to_string(),
                     c.connections.to_string(),
                     c.waiting.to_string(),
                     format!("{:.1} MiB", c.rss_before as f64 / 1048576.0),
                     format!("{:.1} MiB", c.rss_after as f64 / 1048576.0),
-                    format!("{:.1} KiB", per_conn / 1024.0),
+                    per_conn(c.rss_before, c.rss_after),
                     format!("{:.2}%", c.cpu_percent),
+                    per_conn(c.cell_rss_before, c.cell_rss_after),
                 ]
             })
             .collect();
@@ -510,6 +526,7 @@ pub async fn run(opts: RouterBenchOptions) -> anyhow::Result<()> {
                 "RSS HOLDING",
                 "PER POLL",
                 "CPU WHILE IDLE",
+                "CELL PER POLL",
             ],
             &rows,
         );
