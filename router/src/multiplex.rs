@@ -66,18 +66,17 @@ pub async fn send(
 ) -> Result<http::Response<Body>, Failure> {
     // A connection the node closed since (a restart, an idle close) is
     // found out here and replaced once, before anything is sent.
-    let mut stale = None;
+    let mut replaced = false;
     let mut send = loop {
         let (generation, send) = shared(node, tls).await?;
         match send.ready().await {
             Ok(s) => break s,
-            Err(e) if stale.is_none() => {
-                forget(node, generation).await;
-                stale = Some(e);
-            }
             Err(e) => {
                 forget(node, generation).await;
-                return Err(Failure::NotSent(e.to_string()));
+                if replaced {
+                    return Err(Failure::NotSent(e.to_string()));
+                }
+                replaced = true;
             }
         }
     };
