@@ -37,10 +37,17 @@ pub struct LedgerTx {
     pub at: i64,
 }
 
+impl LedgerTx {
+    /// Whether its postings sum to zero (and there are any).
+    pub fn balances(&self) -> bool {
+        let sum: i128 = self.postings.iter().map(|p| p.amount as i128).sum();
+        sum == 0 && !self.postings.is_empty()
+    }
+}
+
 /// Record `tx`; refuses (returns false) anything that does not balance.
 pub fn post(txn: &WriteTxn, tx: &LedgerTx) -> storage::Result<bool> {
-    let sum: i128 = tx.postings.iter().map(|p| p.amount as i128).sum();
-    if sum != 0 || tx.postings.is_empty() {
+    if !tx.balances() {
         return Ok(false);
     }
     for p in &tx.postings {

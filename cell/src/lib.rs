@@ -17,6 +17,7 @@ pub mod ledger;
 pub mod local;
 pub mod metrics;
 pub mod orders;
+pub mod quote_token;
 pub mod read_models;
 pub mod route_board;
 pub mod routes;

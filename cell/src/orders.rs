@@ -1,10 +1,11 @@
-//! Quotes, carts, orders (goods and rides) and their lifecycle, as
-//! replicated state.
+//! Carts, orders (goods and rides) and their lifecycle, as replicated
+//! state; quotes are sealed tokens (`quote_token`), not rows.
 //!
-//! Checkout is one command: idempotency, quote, prices and stock are
-//! checked and stock is reserved, the order stored and the charge posted
-//! to the ledger in the same transaction — all or nothing, in log order,
-//! so concurrent checkouts of the last unit admit exactly one.
+//! Checkout is one command: idempotency, prices and stock are checked and
+//! stock is reserved, the order stored and the charge posted to the ledger
+//! in the same transaction — all or nothing, in log order, so concurrent
+//! checkouts of the last unit admit exactly one. The quote was opened and
+//! checked by the node that took the request; the order carries its price.
 
 use serde::{Deserialize, Serialize};
 use storage::{ReadTxn, Table, WriteTxn};
@@ -16,8 +17,11 @@ use crate::{
     routes,
 };
 
-const QUOTES: Table<Quote> = Table::new("quotes");
 const CARTS: Table<Cart> = Table::new("carts");
+/// Quotes that backed an order (quote id → order id): a quote buys one
+/// order. Its id begins with its ULID, so rows sort by when it was made and
+/// those past any quote's lifetime are cut off as one range.
+const USED_QUOTES: Table<String> = Table::new("used_quotes");
 const ORDERS: Table<Order> = Table::new("orders");
 /// `<customer>/<order>` and `<vendor owner>/<order>` → order id.
 const BY_CUSTOMER: Table<String> = Table::new("orders_by_customer");
@@ -26,6 +30,13 @@ const BY_OWNER: Table<String> = Table::new("orders_by_vendor_owner");
 const IDEMPOTENCY: Table<String> = Table::new("order_idempotency");
 const COUNTERS: Table<i64> = Table::new("order_counters");
 const OPEN_ORDERS: &[u8] = b"open";
+
+/// How long a quote locks its price.
+pub const QUOTE_TTL_MS: i64 = 5 * 60 * 1000;
+/// Used-quote rows are kept this long past a quote's lifetime, so that a
+/// node whose clock runs ahead cannot drop the row of a quote another node
+/// still takes.
+const USED_QUOTE_GRACE_MS: i64 = 60 * 1000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -56,7 +67,6 @@ pub struct Quote {
     pub surge_milli: u32,
     pub eta_minutes: u32,
     pub expires_at: i64,
-    pub used: bool,
     pub created_at: i64,
 }
 
@@ -154,6 +164,9 @@ pub struct OrderActor {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum OrderCommand {
+    /// Never proposed since quotes became sealed tokens; kept so that the
+    /// variants after it keep their wire tags in logs written before.
+    /// Applied, it changes nothing.
     CreateQuote {
         quote: Quote,
     },
@@ -181,8 +194,8 @@ pub enum OrderResponse {
     Placed(Order),
     /// The idempotency key was used before: the first order.
     Existing(Order),
-    QuoteExpired,
-    QuoteForbidden,
+    /// The quote already backed another order.
+    QuoteUsed,
     OutOfStock {
         product_id: String,
     },
@@ -243,14 +256,29 @@ fn charge(order: &Order, at: i64) -> LedgerTx {
     }
 }
 
+/// Marks `order`'s quote used. About one checkout in 32 (picked by its
+/// order id, so every node picks the same) also drops the rows of quotes
+/// that expired long ago.
+fn spend_quote(txn: &WriteTxn, order: &Order, now: i64) -> storage::Result<()> {
+    txn.put(USED_QUOTES, order.quote_id.as_bytes(), &order.id)?;
+    let Some((prefix, _)) = order.quote_id.split_once("quo_") else {
+        return Ok(());
+    };
+    if order.id.as_bytes().last().is_some_and(|b| b % 32 == 0) {
+        let horizon = now - QUOTE_TTL_MS - USED_QUOTE_GRACE_MS;
+        let first_kept = ulid::Ulid::from_parts(horizon.max(0) as u64, 0);
+        let start = format!("{prefix}quo_").into_bytes();
+        let end = format!("{prefix}quo_{first_kept}").into_bytes();
+        txn.delete_range(USED_QUOTES, start..end)?;
+    }
+    Ok(())
+}
+
 /// Deterministic: reads only the command and the transaction.
 pub fn apply(txn: &WriteTxn, cmd: OrderCommand) -> storage::Result<OrderResponse> {
     use OrderResponse as R;
     match cmd {
-        OrderCommand::CreateQuote { quote } => {
-            txn.put(QUOTES, quote.id.as_bytes(), &quote)?;
-            Ok(R::Quote(quote))
-        }
+        OrderCommand::CreateQuote { quote } => Ok(R::Quote(quote)),
         OrderCommand::PutCart { customer_id, cart } => {
             if cart.items.is_empty() {
                 txn.delete(CARTS, customer_id.as_bytes())?;
@@ -266,14 +294,8 @@ pub fn apply(txn: &WriteTxn, cmd: OrderCommand) -> storage::Result<OrderResponse
                     return Ok(R::Existing(o));
                 }
             }
-            let Some(mut quote) = txn.get(QUOTES, order.quote_id.as_bytes())? else {
-                return Ok(R::QuoteExpired);
-            };
-            if quote.customer_id != order.customer_id {
-                return Ok(R::QuoteForbidden);
-            }
-            if quote.used || quote.expires_at <= now || quote.vendor_id != order.vendor_id {
-                return Ok(R::QuoteExpired);
+            if txn.get(USED_QUOTES, order.quote_id.as_bytes())?.is_some() {
+                return Ok(R::QuoteUsed);
             }
             let Some(vendor) = txn.get(catalog::VENDORS_TABLE, order.vendor_id.as_bytes())? else {
                 return Ok(R::Stale("the vendor no longer exists".into()));
@@ -297,20 +319,23 @@ pub fn apply(txn: &WriteTxn, cmd: OrderCommand) -> storage::Result<OrderResponse
                 }
                 products.push(p);
             }
+            order.vendor_owner_id = vendor.owner_id;
+            order.status = OrderStatus::Placed;
+            order.history = vec![(OrderStatus::Placed, now)];
+            let charge = charge(&order, now);
+            if !charge.balances() {
+                return Ok(R::Stale("the charge does not balance".into()));
+            }
+            // Every check passed: nothing below refuses, so a refused
+            // checkout has written nothing.
             for (mut p, item) in products.into_iter().zip(&order.items) {
                 if let Some(s) = p.stock {
                     p.stock = Some(s - item.quantity as i64);
                     txn.put(catalog::PRODUCTS_TABLE, p.id.as_bytes(), &p)?;
                 }
             }
-            quote.used = true;
-            txn.put(QUOTES, quote.id.as_bytes(), &quote)?;
-            order.vendor_owner_id = vendor.owner_id;
-            order.status = OrderStatus::Placed;
-            order.history = vec![(OrderStatus::Placed, now)];
-            if !ledger::post(txn, &charge(&order, now))? {
-                return Ok(R::Stale("the charge does not balance".into()));
-            }
+            spend_quote(txn, &order, now)?;
+            ledger::post(txn, &charge)?;
             txn.put(ORDERS, order.id.as_bytes(), &order)?;
             txn.put(
                 BY_CUSTOMER,
@@ -445,8 +470,10 @@ pub fn set_status(
     notify(txn, &order, event, now)
 }
 
-pub fn quote(read: &ReadTxn, id: &str) -> storage::Result<Option<Quote>> {
-    read.get(QUOTES, id.as_bytes())
+/// Whether the quote already backed an order (as far as this node has
+/// applied; checkout's apply decides).
+pub fn quote_used(read: &ReadTxn, quote_id: &str) -> storage::Result<bool> {
+    Ok(read.get(USED_QUOTES, quote_id.as_bytes())?.is_some())
 }
 
 pub fn cart(read: &ReadTxn, customer: &str) -> storage::Result<Option<Cart>> {

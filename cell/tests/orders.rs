@@ -251,6 +251,29 @@ async fn customer_vendor_flow_with_idempotency_and_refunds() {
         )
         .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
+    // A quote the client changed (any character of its sealed part) is no
+    // quote, and checking out with it changes nothing.
+    let fresh = quote(&api, 0, &cust, &vid).await;
+    let (name, sealed) = fresh.rsplit_once('.').unwrap();
+    let mut bytes = sealed.as_bytes().to_vec();
+    bytes[sealed.len() / 2] = if bytes[sealed.len() / 2] == b'A' {
+        b'B'
+    } else {
+        b'A'
+    };
+    let forged = format!("{name}.{}", String::from_utf8(bytes).unwrap());
+    let (s, v) = api
+        .call(
+            0,
+            Method::POST,
+            "/v1/orders",
+            &cust,
+            Some(order_body(&forged, &pid, 1)),
+            Some("k-forged"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert_eq!(v["code"], "quote_expired");
     // The cart was used up.
     let (_, cart) = api
         .call(0, Method::GET, "/v1/cart", &cust, None, None)
@@ -595,6 +618,13 @@ async fn checkout_retried_across_a_leader_kill_creates_one_order() {
     assert_eq!(p["stock"], 3, "stock reserved once");
     let l = ledger_ok(&api, survivor, &ops).await;
     assert_eq!(l["transactions"], 1, "exactly one charge: {l}");
+    // Pricing takes no quorum: with a second node gone the last one, which
+    // can no longer commit anything, still quotes.
+    let second = (0..3)
+        .find(|&n| n != leader as usize - 1 && n != survivor)
+        .unwrap();
+    tc.cell.kill(second as u64 + 1);
+    quote(&api, survivor, &cust, &vid).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,7 +13,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use cell::catalog::{self, CatalogCommand, Location, Money, Product, Vendor, VendorKind};
 use cell::kv::{self, Expect, KvCommand};
-use cell::orders::{self, Mode, Order, OrderCommand, OrderItem, OrderKind, OrderResponse, Quote};
+use cell::orders::{self, Mode, Order, OrderCommand, OrderItem, OrderKind, OrderResponse};
 use serde_json::json;
 use storage::{Durability, Store, WriteTxn};
 
@@ -138,9 +138,9 @@ fn open_shop(store: &Store, opts: &ApplyBenchOptions, now: i64) -> anyhow::Resul
     })
 }
 
-/// `n` checkouts as the API would propose them, each with its quote.
-fn checkouts(shop: &Shop, n: usize, first: usize, now: i64) -> (Vec<Quote>, Vec<Order>) {
-    let mut quotes = Vec::with_capacity(n);
+/// `n` checkouts as the API would propose them (the price comes from a
+/// quote, a sealed token the API opened; nothing of it is stored).
+fn checkouts(shop: &Shop, n: usize, first: usize, now: i64) -> Vec<Order> {
     let mut orders = Vec::with_capacity(n);
     for i in first..first + n {
         let c = i % shop.customers.len();
@@ -149,25 +149,6 @@ fn checkouts(shop: &Shop, n: usize, first: usize, now: i64) -> (Vec<Quote>, Vec<
         let dropoff = Location {
             lat: 40.73,
             lng: -74.01,
-        };
-        let quote = Quote {
-            id: id("quo"),
-            customer_id: customer.clone(),
-            vendor_id: shop.vendor.id.clone(),
-            kind: OrderKind::Delivery,
-            mode: Mode::OnDemand,
-            pickup: shop.vendor.location,
-            dropoff,
-            window_start: None,
-            fee: Money {
-                amount: FEE,
-                currency: CURRENCY.into(),
-            },
-            surge_milli: 1000,
-            eta_minutes: 25,
-            expires_at: now + 300_000,
-            used: false,
-            created_at: now,
         };
         let platform_fee = PRICE * 15 / 100;
         orders.push(Order {
@@ -196,7 +177,7 @@ fn checkouts(shop: &Shop, n: usize, first: usize, now: i64) -> (Vec<Quote>, Vec<
             mode: Mode::OnDemand,
             window_start: None,
             eta_minutes: 25,
-            quote_id: quote.id.clone(),
+            quote_id: id("quo"),
             payment_ref: id("pay"),
             charge_tx: id("ltx"),
             idempotency_key: format!("bench-{i}"),
@@ -206,9 +187,8 @@ fn checkouts(shop: &Shop, n: usize, first: usize, now: i64) -> (Vec<Quote>, Vec<
             updated_at: now,
             history: Vec::new(),
         });
-        quotes.push(quote);
     }
-    (quotes, orders)
+    orders
 }
 
 fn place(store: &Store, orders: Vec<Order>, batch: usize, now: i64) -> anyhow::Result<f64> {
@@ -227,18 +207,6 @@ fn place(store: &Store, orders: Vec<Order>, batch: usize, now: i64) -> anyhow::R
         }
     })?;
     Ok(took.as_secs_f64() * 1e6 / n as f64)
-}
-
-fn make_quotes(store: &Store, quotes: Vec<Quote>) -> anyhow::Result<()> {
-    let cmds = quotes
-        .into_iter()
-        .map(|quote| OrderCommand::CreateQuote { quote })
-        .collect();
-    apply_all(store, cmds, 512, |txn, cmd| {
-        orders::apply(txn, cmd)?;
-        Ok(())
-    })?;
-    Ok(())
 }
 
 fn puts(store: &Store, n: usize, customers: usize, batch: usize) -> anyhow::Result<f64> {
@@ -271,12 +239,10 @@ pub fn run(opts: ApplyBenchOptions) -> anyhow::Result<()> {
         let tmp = TempDir::new("marketcell-apply-bench")?;
         let store = Store::open(tmp.path.join("state.redb"), opts.cache_bytes)?;
         let shop = open_shop(&store, &opts, now)?;
-        let (quotes, warm) = checkouts(&shop, opts.orders, 0, now);
-        make_quotes(&store, quotes)?;
+        let warm = checkouts(&shop, opts.orders, 0, now);
         place(&store, warm, opts.batch, now)?;
         puts(&store, opts.orders, opts.customers, opts.batch)?;
-        let (quotes, timed) = checkouts(&shop, opts.orders, opts.orders, now);
-        make_quotes(&store, quotes)?;
+        let timed = checkouts(&shop, opts.orders, opts.orders, now);
         let o = place(&store, timed, opts.batch, now)?;
         let p = puts(&store, opts.orders, opts.customers, opts.batch)?;
         eprintln!("round {round}: checkout apply {o:.1} µs, kv put apply {p:.1} µs");

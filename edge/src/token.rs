@@ -375,6 +375,19 @@ impl KeySet {
         self.active.kid()
     }
 
+    /// A 32-byte secret for `purpose`, derived from the active signing key:
+    /// every node holding the same key file derives the same secret without
+    /// coordination (nothing secret enters the replicated log), and it
+    /// changes when the signing key rotates.
+    pub fn derive_secret(&self, purpose: &str) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(b"marketcell derived secret\0");
+        h.update(purpose.as_bytes());
+        h.update([0]);
+        h.update(self.active.key.to_bytes());
+        h.finalize().into()
+    }
+
     /// Signs with the active key. Claims are trusted input here; keep them
     /// small enough that the token stays under [`MAX_TOKEN_LEN`].
     pub fn sign(&self, claims: &Claims) -> String {
@@ -799,6 +812,19 @@ mod tests {
 
     const CELL: &str = "eu-west";
     const NOW: i64 = 1_700_000_000;
+
+    #[test]
+    fn derived_secrets_follow_the_key_and_the_purpose() {
+        let pem = SigningKey::generate().to_pem().unwrap();
+        let keys = KeySet::from_pem(&pem).unwrap();
+        let same = KeySet::from_pem(&pem).unwrap();
+        assert_eq!(keys.derive_secret("a"), same.derive_secret("a"));
+        assert_ne!(keys.derive_secret("a"), keys.derive_secret("b"));
+        assert_ne!(
+            keys.derive_secret("a"),
+            KeySet::generate().derive_secret("a")
+        );
+    }
 
     fn claims() -> Claims {
         Claims {

@@ -153,6 +153,8 @@ pub struct CartView {
 
 #[derive(Serialize, ToSchema)]
 pub struct QuoteView {
+    /// The sealed quote (about 300 characters): pass it as `quote_id` at
+    /// checkout, on any node of the cell, until `expires_at`.
     pub id: String,
     pub kind: OrderKind,
     pub vendor_id: String,

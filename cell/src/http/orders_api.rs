@@ -29,6 +29,7 @@ use crate::{
         self, Action, Cart, CartItem, Mode, Order, OrderActor, OrderCommand, OrderItem, OrderKind,
         OrderResponse, OrderStatus, Quote, Scope,
     },
+    quote_token,
 };
 
 pub fn routes() -> Router<AppState> {
@@ -41,7 +42,6 @@ pub fn routes() -> Router<AppState> {
         .route("/admin/ledger/check", get(ledger_check))
 }
 
-const QUOTE_TTL_MS: i64 = 5 * 60 * 1000;
 /// The area whose drivers and waiting deliveries set a quote's surge.
 const SURGE_AREA_KM: f64 = 5.0;
 const MAX_ITEMS: usize = 50;
@@ -132,9 +132,10 @@ pub fn order_json(o: &Order) -> Value {
     })
 }
 
-fn quote_json(q: &Quote) -> Value {
+/// `id` is the sealed token the customer checks out with.
+fn quote_json(q: &Quote, token: &str) -> Value {
     json!({
-        "id": q.id, "kind": q.kind, "vendor_id": q.vendor_id, "mode": q.mode,
+        "id": token, "kind": q.kind, "vendor_id": q.vendor_id, "mode": q.mode,
         "fee": money(q.fee.amount, &q.fee.currency), "surge": q.surge_milli as f64 / 1000.0,
         "eta_minutes": q.eta_minutes, "expires_at": rfc3339(q.expires_at),
     })
@@ -294,7 +295,7 @@ fn parse_time(s: &str) -> ApiResult<i64> {
     tag = "orders",
     request_body = QuoteBody,
     responses(
-        (status = 201, description = "a price-locking quote", body = QuoteView),
+        (status = 201, description = "a price-locking quote; its `id` is a sealed token, valid for checkouts on any node of the cell until `expires_at`", body = QuoteView),
         (status = "4XX", description = "problem+json", body = Problem),
     ),
     security(("bearer" = [])),
@@ -399,20 +400,17 @@ pub(super) async fn create_quote(
         },
         surge_milli,
         eta_minutes: prep + minutes.ceil() as u32,
-        expires_at: now + QUOTE_TTL_MS,
-        used: false,
+        expires_at: now + orders::QUOTE_TTL_MS,
         created_at: now,
     };
-    let (resp, index) = write(&s, OrderCommand::CreateQuote { quote }).await?;
-    match resp {
-        OrderResponse::Quote(q) => Ok((
-            StatusCode::CREATED,
-            [("x-cell-index", index.to_string())],
-            Json(quote_json(&q)),
-        )
-            .into_response()),
-        other => Err(ApiError::internal(format!("unexpected response {other:?}"))),
-    }
+    // A token, not a row: nothing to replicate (see `quote_token`).
+    let token = quote_token::seal(&s.keys, &quote)?;
+    Ok((
+        StatusCode::CREATED,
+        [("x-cell-index", s.node.applied_index().to_string())],
+        Json(quote_json(&quote, &token)),
+    )
+        .into_response())
 }
 
 // ---- checkout ----
@@ -510,16 +508,15 @@ pub(super) async fn place_order(
     let now = now_ms();
     let kind = b.kind.unwrap_or(OrderKind::Delivery);
     // Checkout decides on state this node may not have yet: a retry must
-    // find its first attempt, a quote or cart made through another node
-    // must be here. Catch up with the leader (ReadIndex) only when
-    // something is missing locally; apply re-checks everything anyway.
+    // find its first attempt, a cart saved through another node must be
+    // here. Catch up with the leader (ReadIndex) only when something is
+    // missing locally; apply re-checks everything anyway.
     let read = {
         let read = s.node.store().read()?;
         let missing = orders::by_idempotency_key(&read, &p.sub, &key)?.is_none()
-            && (orders::quote(&read, &b.quote_id)?.is_none()
-                || (kind == OrderKind::Delivery
-                    && b.items.is_none()
-                    && orders::cart(&read, &p.sub)?.is_none()));
+            && kind == OrderKind::Delivery
+            && b.items.is_none()
+            && orders::cart(&read, &p.sub)?.is_none();
         if missing {
             drop(read);
             s.node.linearizable_barrier().await?;
@@ -537,17 +534,17 @@ pub(super) async fn place_order(
         )
             .into_response());
     }
-    let quote = orders::quote(&read, &b.quote_id)?.ok_or_else(|| {
+    let quote = quote_token::open(&s.keys, &b.quote_id).ok_or_else(|| {
         ApiError::new(
             StatusCode::CONFLICT,
             "quote_expired",
-            "no such quote; ask for a new one",
+            "not a quote of this cell (or made before its keys rotated); ask for a new one",
         )
     })?;
     if quote.customer_id != p.sub {
         return Err(ApiError::forbidden("this quote belongs to someone else"));
     }
-    if quote.used || quote.expires_at <= now {
+    if quote.expires_at <= now || orders::quote_used(&read, &quote.id)? {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "quote_expired",
@@ -698,14 +695,11 @@ pub(super) async fn place_order(
         OrderResponse::Existing(o) => {
             Ok((StatusCode::OK, idx, Json(order_json(&o))).into_response())
         }
-        OrderResponse::QuoteExpired => Err(ApiError::new(
+        OrderResponse::QuoteUsed => Err(ApiError::new(
             StatusCode::CONFLICT,
             "quote_expired",
-            "the quote expired or was used; ask for a new one",
+            "the quote was used for another order; ask for a new one",
         )),
-        OrderResponse::QuoteForbidden => {
-            Err(ApiError::forbidden("this quote belongs to someone else"))
-        }
         OrderResponse::OutOfStock { product_id } => Err(ApiError::new(
             StatusCode::CONFLICT,
             "out_of_stock",
