@@ -299,7 +299,7 @@ impl Conn {
             close,
             started,
         } = f;
-        let Some(i) = pool.pick(false, &[]) else {
+        let Some(i) = out.node_for(pool, false, &[]) else {
             return Exchange::NotAnswered;
         };
         let node = &pool.nodes[i];

@@ -7,7 +7,7 @@
 //! `upstream` (per-cell pools: health, leader, ejection, retry budget, token
 //! keys), `pin` (which cell a request belongs to), `proxy` (forwarding),
 //! `http1` (the plain HTTP/1.1 fast path), `multiplex` (long polls' shared
-//! HTTP/2 connections),
+//! HTTP/2 connections), `sticky` (which node a client's search keeps to),
 //! `admin` (own endpoints), `metrics`, `problem`, `state`, `server`.
 
 pub mod admin;
@@ -25,6 +25,7 @@ pub mod problem;
 pub mod proxy;
 pub mod server;
 pub mod state;
+pub mod sticky;
 pub mod upstream;
 
 pub use error::RouterError;

@@ -150,7 +150,15 @@ pub(crate) async fn bodiless(
     };
     let pool = cell_pool(st, &cell)?;
     let tls = st.cfg.tls.is_some();
-    let out = Outgoing::new(parts, Some(peer), forwarded_for, None, request_id, tls);
+    let out = Outgoing::new(
+        parts,
+        claims.as_ref(),
+        Some(peer),
+        forwarded_for,
+        None,
+        request_id,
+        tls,
+    );
     Ok((pool, out))
 }
 
@@ -230,6 +238,7 @@ async fn route(st: &Arc<RouterState>, req: Request) -> Result<(Arc<CellPool>, Re
     let forwarded_for = affinity.as_ref().and_then(|a| a.forwarded_for.clone());
     let outgoing = Outgoing::new(
         &parts,
+        claims.as_ref(),
         peer,
         forwarded_for.as_ref(),
         affinity,
@@ -445,6 +454,8 @@ pub(crate) struct Outgoing {
     pub headers: HeaderMap,
     pub timeout: Duration,
     long_poll: bool,
+    /// Requests with the same key go to the same node (`sticky`).
+    sticky: Option<u64>,
     /// The client connection's own upstream connections, once it has sent
     /// more than one request (a connection used once should not cost an
     /// upstream connection).
@@ -457,6 +468,7 @@ impl Outgoing {
     /// upstream connections, if it has them.
     fn new(
         parts: &http::request::Parts,
+        claims: Option<&Claims>,
         peer: Option<IpAddr>,
         forwarded_for: Option<&HeaderValue>,
         affinity: Option<Arc<Affinity>>,
@@ -519,6 +531,7 @@ impl Outgoing {
         let affinity = affinity.filter(|a| a.note_request() >= 1);
         Outgoing {
             affinity,
+            sticky: crate::sticky::search_key(&parts.method, &parts.uri, claims, peer),
             method: parts.method.clone(),
             long_poll: long_poll_wait(parts.uri.path(), parts.uri.query()).is_some(),
             timeout: route_timeout(parts.uri.path(), parts.uri.query()),
@@ -534,6 +547,20 @@ impl Outgoing {
 
     fn safe(&self) -> bool {
         matches!(self.method, Method::GET | Method::HEAD | Method::OPTIONS)
+    }
+
+    /// The node to try next: the one the request sticks to, else the
+    /// leader for writes (when `prefer_leader`) or the next in rotation.
+    pub(crate) fn node_for(
+        &self,
+        pool: &CellPool,
+        prefer_leader: bool,
+        tried: &[usize],
+    ) -> Option<usize> {
+        match self.sticky {
+            Some(key) => pool.pick_sticky(key, tried),
+            None => pool.pick(prefer_leader, tried),
+        }
     }
 
     fn idempotent(&self) -> bool {
@@ -638,7 +665,9 @@ pub(crate) async fn forward(
     };
     loop {
         attempt += 1;
-        let i = pool.pick(!out.safe(), &tried).ok_or_else(unavailable)?;
+        let i = out
+            .node_for(pool, !out.safe(), &tried)
+            .ok_or_else(unavailable)?;
         tried.push(i);
         let (body, buffered) = match payload {
             Payload::Buffered(b) => (Body::from(b.clone()), true),

@@ -101,6 +101,8 @@ pub struct Node {
     ejected_until: AtomicU64,
     /// The node's shared HTTP/2 connection for long polls.
     pub(crate) multiplexed: crate::multiplex::Slot,
+    /// `url` hashed once, for `CellPool::pick_sticky`.
+    sticky_hash: u64,
 }
 
 impl Node {
@@ -114,6 +116,7 @@ impl Node {
                 http::uri::Authority::from_static("invalid.invalid"),
             ));
         Node {
+            sticky_hash: crate::sticky::node_hash(&url),
             url,
             scheme,
             authority,
@@ -258,6 +261,19 @@ impl CellPool {
             fallback.get_or_insert(i);
         }
         fallback
+    }
+
+    /// The available node `key` ranks highest (`sticky`), avoiding `tried`;
+    /// like [`CellPool::pick`] for reads when every node was tried.
+    pub fn pick_sticky(&self, key: u64, tried: &[usize]) -> Option<usize> {
+        let now = self.now_ms();
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, n)| self.available(n, now) && !tried.contains(i))
+            .max_by_key(|(_, n)| crate::sticky::rank(key, n.sticky_hash))
+            .map(|(i, _)| i)
+            .or_else(|| self.pick(false, tried))
     }
 
     pub fn any_available(&self) -> bool {

@@ -184,6 +184,51 @@ async fn users_are_pinned_to_their_home_cell_and_see_only_its_data() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.body["name"], "noodles@nyc.test");
 
+    // One client's search keeps to one node, through either router, so all
+    // its pages come from one index; other searches spread over the cell.
+    let search_counts = || async {
+        let mut counts = Vec::new();
+        for id in 1..=3 {
+            let m = own_endpoint(http, &w.cells["nyc"].api_url(id), "/metrics").await;
+            counts.push(
+                m.lines()
+                    .filter(|l| {
+                        l.starts_with("http_request_duration_seconds_count{")
+                            && l.contains("route=\"/v1/search\"")
+                    })
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                    .sum::<u64>(),
+            );
+        }
+        counts
+    };
+    let search = |base: String, q: String| async move {
+        let path = format!("/v1/search?{q}&lat={}&lng={}", NYC.0, NYC.1);
+        let r = call(http, &base, Method::GET, &path).send().await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    };
+    let before = search_counts().await;
+    for page in 0..6 {
+        let base = if page % 2 == 0 { &r0 } else { &r1 };
+        search(base.clone(), format!("q=noodle&limit=1&cursor={page}")).await;
+    }
+    let paged = search_counts().await;
+    let grew: Vec<u64> = paged.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert_eq!(grew.iter().sum::<u64>(), 6, "{grew:?}");
+    assert_eq!(
+        grew.iter().filter(|&&g| g > 0).count(),
+        1,
+        "every page of one search from one node: {grew:?}"
+    );
+    for q in 0..12 {
+        search(r0.clone(), format!("q=dish{q}")).await;
+    }
+    let spread = search_counts().await;
+    assert!(
+        spread.iter().zip(&paged).filter(|(s, p)| s > p).count() >= 2,
+        "different searches on different nodes: {paged:?} -> {spread:?}"
+    );
+
     // The router's metrics count the traffic per cell.
     let m = own_endpoint(&w.http, &r0, "/metrics").await;
     assert!(m.contains("router_requests_total{cell=\"nyc\""), "{m}");
