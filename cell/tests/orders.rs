@@ -773,3 +773,75 @@ async fn order_events_reach_customer_and_vendor_in_order_and_wake_long_polls() {
             && started.elapsed() < Duration::from_secs(5)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prices_follow_the_pricing_settings_in_the_config_store() {
+    let _serial = common::SERIAL.lock().await;
+    let tc = TestCell::start(1, false, &[]).await.expect("cell");
+    let api = Api::new(&tc);
+    let ops = tc.cell.token.clone();
+    let (_, vid, pid) = shop(&api, "priced@example.com", "grocery", None).await;
+    let (_, cust) = api.signup("payer@example.com", "customer").await;
+    let set = |name: &'static str, value: &'static str| {
+        let (api, ops) = (api.clone(), ops.clone());
+        async move {
+            let (s, v) = api
+                .call(
+                    0,
+                    Method::PUT,
+                    &format!("/v1/kv/pricing/{name}"),
+                    &ops,
+                    Some(serde_json::from_str(value).unwrap()),
+                    None,
+                )
+                .await;
+            assert!(s.is_success(), "{name}: {s} {v}");
+        }
+    };
+    let fee = |q: &Value| q["fee"]["amount"].as_i64().unwrap();
+    let quote_body = json!({"vendor_id": vid, "dropoff": {"lat": 40.72, "lng": -74.01}});
+    let (_, default) = api
+        .call(
+            0,
+            Method::POST,
+            "/v1/quotes",
+            &cust,
+            Some(quote_body.clone()),
+            None,
+        )
+        .await;
+    // A flat fee: no distance or time part; no surge with no open orders.
+    set("base_fee", "1000").await;
+    set("per_km", "0").await;
+    set("per_minute", "0").await;
+    // Out of its range (1–10): ignored, the default stays.
+    set("surge_max", "99").await;
+    let (s, flat) = api
+        .call(0, Method::POST, "/v1/quotes", &cust, Some(quote_body), None)
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{flat}");
+    assert_eq!(fee(&flat), 1000, "{flat}");
+    assert_ne!(fee(&default), 1000, "{default}");
+    assert_eq!(flat["surge"], 1.0);
+    // The platform's cut of the goods: 10% instead of the default 15%.
+    set("platform_fee_bps", "1000").await;
+    let id = flat["id"].as_str().unwrap();
+    let (s, order) = api
+        .call(
+            0,
+            Method::POST,
+            "/v1/orders",
+            &cust,
+            Some(order_body(id, &pid, 2)),
+            Some("priced"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{order}");
+    assert_eq!(order["delivery_fee"]["amount"], 1000);
+    assert_eq!(order["platform_fee"]["amount"], 200);
+    assert_eq!(
+        order["total"]["amount"],
+        2000 + 1000 + 200,
+        "goods, fee, tip"
+    );
+}

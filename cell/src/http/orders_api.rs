@@ -48,38 +48,43 @@ const MAX_ITEMS: usize = 50;
 const MAX_QUANTITY: u32 = 99;
 const MAX_TIP: i64 = 100_000;
 
-/// Pricing parameters, from the config store (`pricing/<name>`, a JSON
-/// number) with defaults.
+/// A pricing parameter from the config store (`pricing/<name>`, a JSON
+/// number); missing, unreadable or out-of-range values give the default.
+fn param(
+    read: &storage::ReadTxn,
+    name: &str,
+    default: f64,
+    range: std::ops::RangeInclusive<f64>,
+) -> ApiResult<f64> {
+    Ok(kv::get(read, &format!("pricing/{name}"))?
+        .and_then(|e| {
+            std::str::from_utf8(&e.value)
+                .ok()
+                .and_then(|s| s.trim().parse::<f64>().ok())
+        })
+        .filter(|v| v.is_finite() && range.contains(v))
+        .unwrap_or(default))
+}
+
+/// What a quote's price is made of. (A checkout reads only
+/// `pricing/platform_fee_bps`.)
 pub(super) struct Pricing {
     base_fee: f64,
     per_km: f64,
     per_minute: f64,
     surge_max: f64,
-    platform_fee_bps: i64,
     default_supply: f64,
     speed_kmh: f64,
 }
 
 fn pricing(read: &storage::ReadTxn) -> ApiResult<Pricing> {
-    let num = |name: &str, default: f64, lo: f64, hi: f64| -> ApiResult<f64> {
-        let v = kv::get(read, &format!("pricing/{name}"))?
-            .and_then(|e| {
-                std::str::from_utf8(&e.value)
-                    .ok()
-                    .and_then(|s| s.trim().parse::<f64>().ok())
-            })
-            .filter(|v| v.is_finite() && (lo..=hi).contains(v))
-            .unwrap_or(default);
-        Ok(v)
-    };
     Ok(Pricing {
-        base_fee: num("base_fee", 199.0, 0.0, 100_000.0)?,
-        per_km: num("per_km", 99.0, 0.0, 100_000.0)?,
-        per_minute: num("per_minute", 15.0, 0.0, 100_000.0)?,
-        surge_max: num("surge_max", 3.0, 1.0, 10.0)?,
-        platform_fee_bps: num("platform_fee_bps", 1500.0, 0.0, 10_000.0)? as i64,
-        default_supply: num("default_supply", 20.0, 1.0, 1e6)?,
-        speed_kmh: num("speed_kmh", 30.0, 1.0, 300.0)?,
+        base_fee: param(read, "base_fee", 199.0, 0.0..=100_000.0)?,
+        per_km: param(read, "per_km", 99.0, 0.0..=100_000.0)?,
+        per_minute: param(read, "per_minute", 15.0, 0.0..=100_000.0)?,
+        surge_max: param(read, "surge_max", 3.0, 1.0..=10.0)?,
+        default_supply: param(read, "default_supply", 20.0, 1.0..=1e6)?,
+        speed_kmh: param(read, "speed_kmh", 30.0, 1.0..=300.0)?,
     })
 }
 
@@ -641,9 +646,9 @@ pub(super) async fn place_order(
             unit_price: prod.price.amount,
         });
     }
-    let pr = pricing(&read)?;
+    let platform_fee_bps = param(&read, "platform_fee_bps", 1500.0, 0.0..=10_000.0)? as i64;
     drop(read);
-    let platform_fee = subtotal * pr.platform_fee_bps / 10_000;
+    let platform_fee = subtotal * platform_fee_bps / 10_000;
     let total = subtotal + quote.fee.amount + tip;
     let payment_ref = SandboxPayments
         .authorize(&p.sub, total, &s.cfg.currency, &key)
