@@ -100,7 +100,7 @@ pub struct Args {
     pub no_graphql_introspection: bool,
     /// Long polls (`/v1/events?wait=`) waiting at once on this node; more
     /// are refused with `503 overloaded`, so waiters cannot grow memory
-    /// without bound (default 16384).
+    /// without bound (default 16384, at most 16777216).
     #[arg(long, env = "CELL_MAX_LONG_POLLS")]
     pub max_long_polls: Option<usize>,
     /// Async worker threads (default: one per core). Nodes sharing a
@@ -344,7 +344,8 @@ impl CellConfig {
                 .max_long_polls
                 .or(file.max_long_polls)
                 .unwrap_or(16_384)
-                .max(1),
+                // A semaphore takes at most usize::MAX >> 3 permits.
+                .clamp(1, 1 << 24),
             trusted_proxies: if args.trusted_proxies.is_empty() {
                 file.trusted_proxies.unwrap_or_default()
             } else {

@@ -327,6 +327,20 @@ async fn garbage_on_the_peer_port_and_corrupt_snapshots_are_rejected() {
         );
     }
 
+    // A membership whose voters are not all among its nodes (openraft would
+    // look the missing one up and panic once it campaigns), in an entry
+    // that would otherwise be appended: a higher term, right after the
+    // node's last entry.
+    let r = h2
+        .post(format!("http://{peer}/raft/append"))
+        .body(unsound_membership_append(term, index))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    // The node would campaign within its election timeout had it taken it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
     // Still alive, same state, still writable.
     let s = tc.status(1).await.unwrap();
     assert_eq!(s["applied"].as_u64(), Some(index), "{s}");
@@ -335,6 +349,22 @@ async fn garbage_on_the_peer_port_and_corrupt_snapshots_are_rejected() {
     assert_eq!(r.body, b"me");
     let a = tc.put(1, "after", "ok").await.unwrap();
     assert!(a.status.is_success());
+
+    // Methods a client makes up share one metrics label, so they cannot
+    // grow the node's time series.
+    for m in ["BREW", "WHEN"] {
+        let method = Method::from_bytes(m.as_bytes()).unwrap();
+        let r = tc
+            .http
+            .request(method, format!("{}/v1/kv/keep", tc.url(1)))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_client_error(), "{m}: {}", r.status());
+    }
+    let metrics = tc.metrics(1).await;
+    assert!(!metrics.contains("BREW"), "{metrics}");
+    assert!(metrics.contains("method=\"OTHER\""), "{metrics}");
 }
 
 /// The snapshot header a sending leader would write: (vote, meta).
@@ -347,6 +377,37 @@ fn raft_header(term: u64, index: u64) -> Vec<u8> {
         snapshot_id: "evil".into(),
     };
     storage::encode(&(vote, meta)).unwrap()
+}
+
+/// An append-entries request from a made-up leader (node 9, a later term)
+/// carrying a membership with voters 1 and 99 but only node 1's address.
+fn unsound_membership_append(term: u64, last_index: u64) -> Vec<u8> {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use openraft::{raft::AppendEntriesRequest, Entry, EntryPayload, LeaderId, LogId, Vote};
+    // openraft checks memberships it builds, not ones it decodes: write one
+    // field by field.
+    #[derive(serde::Serialize)]
+    struct Fields {
+        configs: Vec<BTreeSet<u64>>,
+        nodes: BTreeMap<u64, raft::NodeInfo>,
+    }
+    let fields = Fields {
+        configs: vec![BTreeSet::from([1, 99])],
+        nodes: BTreeMap::from([(1, raft::NodeInfo::default())]),
+    };
+    let membership: raft::types::Membership =
+        storage::decode(&storage::encode(&fields).unwrap()).unwrap();
+    let req: AppendEntriesRequest<raft::types::TypeConfig> = AppendEntriesRequest {
+        vote: Vote::new_committed(term + 5, 9),
+        prev_log_id: Some(LogId::new(LeaderId::new(term, 1), last_index)),
+        entries: vec![Entry {
+            log_id: LogId::new(LeaderId::new(term + 5, 9), last_index + 1),
+            payload: EntryPayload::Membership(membership),
+        }],
+        leader_commit: None,
+    };
+    storage::encode(&req).unwrap()
 }
 
 fn decode_answer(bytes: &[u8]) -> Result<Result<serde_json::Value, String>, storage::StorageError> {

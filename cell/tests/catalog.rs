@@ -404,15 +404,7 @@ async fn vendors_and_products_with_ownership_and_cached_reads() {
     assert_eq!(page["items"].as_array().unwrap().len(), 4);
 
     // The follower served repeated product reads from its cache.
-    let metrics = tc
-        .http
-        .get(format!("{}/metrics", tc.url(follower)))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = tc.metrics(follower).await;
     let hits: f64 = metrics
         .lines()
         .find(|l| l.starts_with("cache_hits "))

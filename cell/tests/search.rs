@@ -229,14 +229,7 @@ async fn committed_changes_become_searchable_on_every_node() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     search_until(&tc, 1, "q=formaggi", |v| ids(v).contains(&pids[0])).await;
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = tc.metrics(1).await;
     assert!(metrics.contains("search_query_seconds_count"), "{metrics}");
     assert!(
         metrics

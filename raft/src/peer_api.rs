@@ -15,14 +15,17 @@ use axum::{
     Router,
 };
 use futures::StreamExt;
-use openraft::raft::{AppendEntriesRequest, SnapshotResponse, VoteRequest};
+use openraft::{
+    raft::{AppendEntriesRequest, SnapshotResponse, VoteRequest},
+    EntryPayload,
+};
 use serde::Serialize;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 use crate::{
     network::{PATH_APPEND, PATH_LEADER, PATH_SNAPSHOT, PATH_VOTE},
     state_machine::Application,
-    types::{NodeId, Reply, Snapshot, SnapshotMeta, TypeConfig, Vote},
+    types::{Membership, NodeId, Reply, Snapshot, SnapshotMeta, TypeConfig, Vote},
     wire::{LeaderErr, LeaderOk, LeaderOp},
     RaftNode,
 };
@@ -56,11 +59,28 @@ pub fn peer_router<A: Application>(node: Arc<RaftNode<A>>) -> Router {
         .with_state(node)
 }
 
+/// Whether every voter of `m` is among its nodes. openraft 0.9 looks
+/// voters up in the node map without checking, so a missing one would stop
+/// the node's Raft the next time it campaigns or replicates.
+fn sound(m: &Membership) -> bool {
+    m.get_joint_config()
+        .iter()
+        .flatten()
+        .all(|id| m.get_node(id).is_some())
+}
+
 async fn append<A: Application>(State(node): State<Arc<RaftNode<A>>>, body: Bytes) -> Response {
     let req: AppendEntriesRequest<TypeConfig> = match storage::decode(&body) {
         Ok(r) => r,
         Err(e) => return bad_request(format!("bad append-entries body: {e}")),
     };
+    let unsound = req.entries.iter().any(|e| match &e.payload {
+        EntryPayload::Membership(m) => !sound(m),
+        _ => false,
+    });
+    if unsound {
+        return bad_request("a membership entry names voters that are not among its nodes");
+    }
     encoded(&node.raft.append_entries(req).await)
 }
 
@@ -159,6 +179,11 @@ async fn receive_snapshot<A: Application>(
         }
         let decoded: (Vote, SnapshotMeta) = storage::decode(&pending[4..4 + len])
             .map_err(|e| SnapshotReject::Bad(format!("bad snapshot header: {e}")))?;
+        if !sound(decoded.1.last_membership.membership()) {
+            return Err(SnapshotReject::Bad(
+                "the snapshot's membership names voters that are not among its nodes".into(),
+            ));
+        }
         header = Some(decoded);
         file.write_all(&pending[4 + len..])
             .await

@@ -169,6 +169,12 @@ impl TestCell {
         self.cell.cluster_status(id).await
     }
 
+    /// Node `id`'s Prometheus text.
+    pub async fn metrics(&self, id: u64) -> String {
+        let r = self.http.get(format!("{}/metrics", self.url(id))).send();
+        r.await.unwrap().text().await.unwrap()
+    }
+
     /// Wait until node `id` reports applied ≥ `index`.
     pub async fn wait_applied(&self, id: u64, index: u64, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
