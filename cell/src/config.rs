@@ -77,6 +77,9 @@ pub struct Args {
     /// Log entries kept behind a snapshot for lagging followers.
     #[arg(long, env = "CELL_RAFT_KEEP_LOGS")]
     pub raft_keep_logs: Option<u64>,
+    /// MiB of page cache for the applied state (`state.redb`).
+    #[arg(long, env = "CELL_STATE_CACHE_MB")]
+    pub state_cache_mb: Option<usize>,
     /// PEM file of Ed25519 access-token keys (first = signing key, the rest
     /// verify only); created on first start. All nodes of a cell share it.
     #[arg(long, env = "CELL_JWT_KEYS_FILE")]
@@ -146,6 +149,7 @@ struct FileConfig {
     peer_source_ip: Option<std::net::IpAddr>,
     raft_snapshot_every: Option<u64>,
     raft_keep_logs: Option<u64>,
+    state_cache_mb: Option<usize>,
     jwt_keys_file: Option<PathBuf>,
     rate_limit_ip: Option<f64>,
     rate_limit_auth: Option<f64>,
@@ -180,6 +184,7 @@ pub struct CellConfig {
     pub peer_source_ip: Option<std::net::IpAddr>,
     pub raft_snapshot_every: u64,
     pub raft_keep_logs: u64,
+    pub state_cache_bytes: usize,
     pub restore_from: Option<PathBuf>,
     pub jwt_keys_file: PathBuf,
     pub limits: Limits,
@@ -331,6 +336,12 @@ impl CellConfig {
                 .unwrap_or(20_000)
                 .max(1),
             raft_keep_logs: args.raft_keep_logs.or(file.raft_keep_logs).unwrap_or(5_000),
+            state_cache_bytes: args
+                .state_cache_mb
+                .or(file.state_cache_mb)
+                .unwrap_or(128)
+                .clamp(1, 1 << 20)
+                << 20,
             restore_from: args.restore_from,
             jwt_keys_file: args
                 .jwt_keys_file

@@ -89,7 +89,7 @@ pub async fn run(cfg: CellConfig) -> anyhow::Result<()> {
             peer_tls: peer_client_tls,
             peer_source_ip: cfg.peer_source_ip,
             write_timeout: Duration::from_secs(10),
-            state_cache_bytes: 128 * 1024 * 1024,
+            state_cache_bytes: cfg.state_cache_bytes,
         },
         app.clone(),
     )
