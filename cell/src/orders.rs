@@ -256,19 +256,20 @@ fn charge(order: &Order, at: i64) -> LedgerTx {
     }
 }
 
-/// Marks `order`'s quote used. About one checkout in 32 (picked by its
-/// order id, so every node picks the same) also drops the rows of quotes
-/// that expired long ago.
-fn spend_quote(txn: &WriteTxn, order: &Order, now: i64) -> storage::Result<()> {
-    txn.put(USED_QUOTES, order.quote_id.as_bytes(), &order.id)?;
-    let Some((prefix, _)) = order.quote_id.split_once("quo_") else {
+/// Marks the quote used by `order_id`. About one checkout in 32 also drops
+/// the rows of quotes that expired long ago: those whose order id ends in
+/// `0` (the last of a ULID's 26 characters is one of 32, at random), so
+/// every node prunes in the same checkouts.
+fn spend_quote(txn: &WriteTxn, quote_id: &str, order_id: &str, now: i64) -> storage::Result<()> {
+    txn.put(USED_QUOTES, quote_id.as_bytes(), &order_id.to_string())?;
+    let Some((cell, _)) = quote_id.split_once("quo_") else {
         return Ok(());
     };
-    if order.id.as_bytes().last().is_some_and(|b| b % 32 == 0) {
+    if order_id.ends_with('0') {
         let horizon = now - QUOTE_TTL_MS - USED_QUOTE_GRACE_MS;
         let first_kept = ulid::Ulid::from_parts(horizon.max(0) as u64, 0);
-        let start = format!("{prefix}quo_").into_bytes();
-        let end = format!("{prefix}quo_{first_kept}").into_bytes();
+        let start = format!("{cell}quo_").into_bytes();
+        let end = format!("{cell}quo_{first_kept}").into_bytes();
         txn.delete_range(USED_QUOTES, start..end)?;
     }
     Ok(())
@@ -334,7 +335,7 @@ pub fn apply(txn: &WriteTxn, cmd: OrderCommand) -> storage::Result<OrderResponse
                     txn.put(catalog::PRODUCTS_TABLE, p.id.as_bytes(), &p)?;
                 }
             }
-            spend_quote(txn, &order, now)?;
+            spend_quote(txn, &order.quote_id, &order.id, now)?;
             ledger::post(txn, &charge)?;
             txn.put(ORDERS, order.id.as_bytes(), &order)?;
             txn.put(
@@ -558,5 +559,41 @@ pub fn list(
         if exhausted {
             return Ok((out, None));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use storage::{Durability, Store};
+
+    fn quote_id(made_at: i64) -> String {
+        format!("nyc.quo_{}", ulid::Ulid::from_parts(made_at as u64, 7))
+    }
+
+    #[test]
+    fn used_quotes_are_pruned_once_no_quote_of_theirs_can_be_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s.redb"), 1 << 20).unwrap();
+        let now = 1_800_000_000_000;
+        let old = quote_id(now - QUOTE_TTL_MS - USED_QUOTE_GRACE_MS - 1);
+        let recent = quote_id(now - QUOTE_TTL_MS);
+        let txn = store.write().unwrap();
+        spend_quote(&txn, &old, "nyc.ord_a", now).unwrap();
+        spend_quote(&txn, &recent, "nyc.ord_b", now).unwrap();
+        // An order id that does not prune.
+        spend_quote(&txn, &quote_id(now), "nyc.ord_1", now).unwrap();
+        txn.commit(Durability::Immediate).unwrap();
+        let read = store.read().unwrap();
+        assert!(quote_used(&read, &old).unwrap());
+        drop(read);
+        // One that does: only what no node can still take goes.
+        let txn = store.write().unwrap();
+        spend_quote(&txn, &quote_id(now), "nyc.ord_0", now).unwrap();
+        txn.commit(Durability::Immediate).unwrap();
+        let read = store.read().unwrap();
+        assert!(!quote_used(&read, &old).unwrap());
+        assert!(quote_used(&read, &recent).unwrap());
+        assert!(quote_used(&read, &quote_id(now)).unwrap());
     }
 }
