@@ -810,12 +810,25 @@ async fn prices_follow_the_pricing_settings_in_the_config_store() {
             None,
         )
         .await;
-    // A flat fee: no distance or time part; no surge with no open orders.
-    set("base_fee", "1000").await;
+    // No distance or time part (and no surge with no open orders): the fee
+    // is the base fee, here out of its range, so the default of 199.
     set("per_km", "0").await;
     set("per_minute", "0").await;
-    // Out of its range (1–10): ignored, the default stays.
-    set("surge_max", "99").await;
+    set("base_fee", "-5").await;
+    let (s, base) = api
+        .call(
+            0,
+            Method::POST,
+            "/v1/quotes",
+            &cust,
+            Some(quote_body.clone()),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{base}");
+    assert_eq!(fee(&base), 199, "{base}");
+    // A flat fee of 1000.
+    set("base_fee", "1000").await;
     let (s, flat) = api
         .call(0, Method::POST, "/v1/quotes", &cust, Some(quote_body), None)
         .await;
