@@ -78,6 +78,18 @@ impl Api {
         }
     }
 
+    /// `POST /v1/orders` with `body`, under the Idempotency-Key `key`.
+    async fn checkout(
+        &self,
+        node: usize,
+        token: &str,
+        body: Value,
+        key: Option<&str>,
+    ) -> (StatusCode, Value) {
+        self.call(node, Method::POST, "/v1/orders", token, Some(body), key)
+            .await
+    }
+
     async fn signup(&self, email: &str, role: &str) -> (String, String) {
         let r = self
             .http
@@ -178,31 +190,13 @@ async fn customer_vendor_flow_with_idempotency_and_refunds() {
     assert_eq!(cart["items"][0]["quantity"], 2);
     let q = quote(&api, 1, &cust, &vid).await;
     let body = json!({"quote_id": q, "dropoff": {"location": {"lat": 40.72, "lng": -74.01}, "address": "2 Side St"}});
-    let (s, v) = api
-        .call(
-            2,
-            Method::POST,
-            "/v1/orders",
-            &cust,
-            Some(body.clone()),
-            None,
-        )
-        .await;
+    let (s, v) = api.checkout(2, &cust, body.clone(), None).await;
     assert_eq!(
         s,
         StatusCode::BAD_REQUEST,
         "checkout without Idempotency-Key: {v}"
     );
-    let (s, first) = api
-        .call(
-            2,
-            Method::POST,
-            "/v1/orders",
-            &cust,
-            Some(body.clone()),
-            Some("k-1"),
-        )
-        .await;
+    let (s, first) = api.checkout(2, &cust, body.clone(), Some("k-1")).await;
     assert_eq!(s, StatusCode::CREATED, "{first}");
     assert_eq!(first["status"], "placed");
     assert_eq!(first["subtotal"]["amount"], 2000);
@@ -214,42 +208,15 @@ async fn customer_vendor_flow_with_idempotency_and_refunds() {
     );
     let oid = first["id"].as_str().unwrap().to_string();
     // Same key again: the same order, not a second one.
-    let (s, again) = api
-        .call(
-            0,
-            Method::POST,
-            "/v1/orders",
-            &cust,
-            Some(body.clone()),
-            Some("k-1"),
-        )
-        .await;
+    let (s, again) = api.checkout(0, &cust, body.clone(), Some("k-1")).await;
     assert!(s == StatusCode::OK || s == StatusCode::CREATED, "{again}");
     assert_eq!(again["id"], oid.as_str());
     // The quote is spent.
-    let (s, v) = api
-        .call(
-            0,
-            Method::POST,
-            "/v1/orders",
-            &cust,
-            Some(body.clone()),
-            Some("k-2"),
-        )
-        .await;
+    let (s, v) = api.checkout(0, &cust, body.clone(), Some("k-2")).await;
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
     assert_eq!(v["code"], "quote_expired");
     // Someone else's quote.
-    let (s, _) = api
-        .call(
-            0,
-            Method::POST,
-            "/v1/orders",
-            &other,
-            Some(body),
-            Some("k-3"),
-        )
-        .await;
+    let (s, _) = api.checkout(0, &other, body, Some("k-3")).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     // A quote the client changed (any character of its sealed part) is no
     // quote, and checking out with it changes nothing.
@@ -263,14 +230,7 @@ async fn customer_vendor_flow_with_idempotency_and_refunds() {
     };
     let forged = format!("{name}.{}", String::from_utf8(bytes).unwrap());
     let (s, v) = api
-        .call(
-            0,
-            Method::POST,
-            "/v1/orders",
-            &cust,
-            Some(order_body(&forged, &pid, 1)),
-            Some("k-forged"),
-        )
+        .checkout(0, &cust, order_body(&forged, &pid, 1), Some("k-forged"))
         .await;
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
     assert_eq!(v["code"], "quote_expired");
@@ -419,8 +379,7 @@ async fn customer_vendor_flow_with_idempotency_and_refunds() {
         .call(0, Method::POST, "/v1/quotes", &cust, Some(json!({"kind": "ride", "vendor_id": taxi_vid, "pickup": {"lat": 40.70, "lng": -74.0}, "dropoff": {"lat": 40.75, "lng": -73.98}})), None)
         .await;
     assert_eq!(s, StatusCode::CREATED, "{rq}");
-    let (s, ride) = api
-        .call(0, Method::POST, "/v1/orders", &cust, Some(json!({"kind": "ride", "quote_id": rq["id"], "pickup": {"lat": 40.70, "lng": -74.0}, "dropoff": {"lat": 40.75, "lng": -73.98}})), Some("ride-1"))
+    let (s, ride) = api.checkout(0, &cust, json!({"kind": "ride", "quote_id": rq["id"], "pickup": {"lat": 40.70, "lng": -74.0}, "dropoff": {"lat": 40.75, "lng": -73.98}}), Some("ride-1"))
         .await;
     assert_eq!(s, StatusCode::CREATED, "{ride}");
     assert_eq!(ride["kind"], "ride");
@@ -447,15 +406,8 @@ async fn concurrent_checkouts_never_oversell_and_the_ledger_balances() {
         let (api, c, vid, pid) = (api.clone(), c.clone(), vid.clone(), pid.clone());
         tasks.push(tokio::spawn(async move {
             let q = quote(&api, i, &c, &vid).await;
-            api.call(
-                i,
-                Method::POST,
-                "/v1/orders",
-                &c,
-                Some(order_body(&q, &pid, 1)),
-                Some(&format!("buy-{i}")),
-            )
-            .await
+            api.checkout(i, &c, order_body(&q, &pid, 1), Some(&format!("buy-{i}")))
+                .await
         }));
     }
     let mut placed = 0;
@@ -497,16 +449,8 @@ async fn concurrent_checkouts_never_oversell_and_the_ledger_balances() {
     for n in 0..12 {
         let c = &customers[rng.gen_range(0..customers.len())];
         let q = quote(&api, n, c, &vid).await;
-        let (s, o) = api
-            .call(
-                n,
-                Method::POST,
-                "/v1/orders",
-                c,
-                Some(order_body(&q, &pid, rng.gen_range(1..4))),
-                Some(&format!("mix-{n}")),
-            )
-            .await;
+        let body = order_body(&q, &pid, rng.gen_range(1..4));
+        let (s, o) = api.checkout(n, c, body, Some(&format!("mix-{n}"))).await;
         assert_eq!(s, StatusCode::CREATED, "{o}");
         let oid = o["id"].as_str().unwrap();
         match rng.gen_range(0..3) {
@@ -560,15 +504,8 @@ async fn checkout_retried_across_a_leader_kill_creates_one_order() {
     let first = {
         let (api, cust, body) = (api.clone(), cust.clone(), body.clone());
         tokio::spawn(async move {
-            api.call(
-                leader as usize - 1,
-                Method::POST,
-                "/v1/orders",
-                &cust,
-                Some(body),
-                Some("once"),
-            )
-            .await
+            api.checkout(leader as usize - 1, &cust, body, Some("once"))
+                .await
         })
     };
     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -581,16 +518,7 @@ async fn checkout_retried_across_a_leader_kill_creates_one_order() {
         if node == leader as usize - 1 {
             continue;
         }
-        let (s, v) = api
-            .call(
-                node,
-                Method::POST,
-                "/v1/orders",
-                &cust,
-                Some(body.clone()),
-                Some("once"),
-            )
-            .await;
+        let (s, v) = api.checkout(node, &cust, body.clone(), Some("once")).await;
         if s == StatusCode::OK || s == StatusCode::CREATED {
             answer = Some(v);
             break;
@@ -640,14 +568,7 @@ async fn order_events_reach_customer_and_vendor_in_order_and_wake_long_polls() {
     let (_, stranger) = api.signup("evs@example.com", "customer").await;
     let q = quote(&api, 0, &cust, &vid).await;
     let (s, o) = api
-        .call(
-            0,
-            Method::POST,
-            "/v1/orders",
-            &cust,
-            Some(order_body(&q, &pid, 1)),
-            Some("ev-1"),
-        )
+        .checkout(0, &cust, order_body(&q, &pid, 1), Some("ev-1"))
         .await;
     assert_eq!(s, StatusCode::CREATED, "{o}");
     let oid = o["id"].as_str().unwrap().to_string();
@@ -840,14 +761,7 @@ async fn prices_follow_the_pricing_settings_in_the_config_store() {
     set("platform_fee_bps", "1000").await;
     let id = flat["id"].as_str().unwrap();
     let (s, order) = api
-        .call(
-            0,
-            Method::POST,
-            "/v1/orders",
-            &cust,
-            Some(order_body(id, &pid, 2)),
-            Some("priced"),
-        )
+        .checkout(0, &cust, order_body(id, &pid, 2), Some("priced"))
         .await;
     assert_eq!(s, StatusCode::CREATED, "{order}");
     assert_eq!(order["delivery_fee"]["amount"], 1000);
