@@ -3,8 +3,7 @@
 //!
 //! openraft 0.9 appends (and fsyncs) each `client_write` separately, so
 //! without this the write throughput of a cell is one fsync per request.
-//! While a batch is in flight the next one fills up; a few batches may be
-//! in flight at once so the leader's fsync overlaps replication.
+//! While a batch is in flight the next one fills up.
 
 use std::sync::{Arc, Weak};
 
@@ -21,10 +20,13 @@ use crate::{
 const MAX_ITEMS: usize = 1024;
 /// Most encoded bytes in one entry.
 const MAX_BYTES: usize = 4 * 1024 * 1024;
-/// Batches in flight at once: one being appended and replicated, one
-/// queued behind it. More would only split the waiting writers into
-/// smaller batches that openraft then appends one fsync at a time.
-const IN_FLIGHT: usize = 2;
+/// Batches in flight at once. One: every entry costs each node an append,
+/// a replication round and an apply commit whatever it holds, so under load
+/// fewer, fuller entries are cheaper. A second batch in flight (overlapping
+/// the leader's fsync with replication) halved the batches and cost a
+/// checkout ~10% more node CPU, for config-store puts no faster within this
+/// machine's noise (session 11, `cellctl bench checkout` and `bench kv`).
+const IN_FLIGHT: usize = 1;
 
 pub(crate) type BatchResult = Result<(u64, Vec<ItemReply>), RaftError>;
 
