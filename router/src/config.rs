@@ -50,6 +50,11 @@ pub struct Args {
     /// Milliseconds between health checks of each node.
     #[arg(long, env = "ROUTER_HEALTH_INTERVAL_MS")]
     pub health_interval_ms: Option<u64>,
+    /// Milliseconds between pings on the HTTP/2 connections that carry long
+    /// polls to nodes, and how long a pong may take before the connection
+    /// and the polls waiting on it are given up (default 20000).
+    #[arg(long, env = "ROUTER_POLL_KEEPALIVE_MS")]
+    pub poll_keepalive_ms: Option<u64>,
     /// Event loops serving client connections (default: one per core).
     #[arg(long, env = "ROUTER_THREADS")]
     pub threads: Option<usize>,
@@ -72,6 +77,7 @@ struct FileConfig {
     rate_limit_auth: Option<f64>,
     rate_limit_principal: Option<f64>,
     health_interval_ms: Option<u64>,
+    poll_keepalive_ms: Option<u64>,
     log_json: Option<bool>,
     #[serde(default)]
     regions: std::collections::BTreeMap<String, RegionSpec>,
@@ -86,6 +92,8 @@ pub struct RouterConfig {
     pub ca: Option<PathBuf>,
     pub limits: Limits,
     pub health_interval: Duration,
+    /// Ping interval and pong deadline on long polls' shared connections.
+    pub poll_keepalive: Duration,
     pub log_json: bool,
     /// Regions from the config file; merged into the persisted directory on
     /// start (the file wins for the regions it names).
@@ -159,6 +167,11 @@ impl RouterConfig {
             .or(file.health_interval_ms)
             .unwrap_or(500)
             .clamp(50, 60_000);
+        let keepalive_ms = args
+            .poll_keepalive_ms
+            .or(file.poll_keepalive_ms)
+            .unwrap_or(20_000)
+            .clamp(100, 300_000);
         Ok(RouterConfig {
             listen,
             data_dir,
@@ -167,6 +180,7 @@ impl RouterConfig {
             ca: args.ca.or(file.ca),
             limits,
             health_interval: Duration::from_millis(health_ms),
+            poll_keepalive: Duration::from_millis(keepalive_ms),
             log_json: args.log_json || file.log_json.unwrap_or(false),
             regions: file.regions.into_iter().collect(),
         })

@@ -24,11 +24,6 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
 /// connection, the node may send before the router has taken it.
 const STREAM_WINDOW: u32 = 2 << 20;
 const CONNECTION_WINDOW: u32 = 5 << 20;
-/// A connection's peer is pinged this long after the last ping...
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
-/// ...and given up when the pong takes longer than this: waiting polls on
-/// a node that vanished without a reset fail instead of hanging.
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A node's shared connection, made on first use.
 #[derive(Default)]
@@ -58,17 +53,21 @@ pub enum Failure {
 }
 
 /// Sends a bodiless request over the node's shared connection, making one
-/// if there is none (or the last one closed).
+/// if there is none (or the last one closed). A connection made here pings
+/// its node every `keepalive` and is given up when a pong takes longer than
+/// that: waiting polls on a node that went silent without a reset fail
+/// instead of hanging.
 pub async fn send(
     node: &Node,
     tls: Option<&tokio_rustls::TlsConnector>,
+    keepalive: Duration,
     req: http::Request<()>,
 ) -> Result<http::Response<Body>, Failure> {
     // A connection the node closed since (a restart, an idle close) is
     // found out here and replaced once, before anything is sent.
     let mut replaced = false;
     let mut send = loop {
-        let (generation, send) = shared(node, tls).await?;
+        let (generation, send) = shared(node, tls, keepalive).await?;
         match send.ready().await {
             Ok(s) => break s,
             Err(e) => {
@@ -104,6 +103,7 @@ pub async fn send(
 async fn shared(
     node: &Node,
     tls: Option<&tokio_rustls::TlsConnector>,
+    keepalive: Duration,
 ) -> Result<(u64, SendRequest<Bytes>), Failure> {
     // Held while connecting: the polls that arrive meanwhile wait for this
     // connection instead of each making their own.
@@ -115,7 +115,7 @@ async fn shared(
     let generation = GENERATIONS.fetch_add(1, Ordering::Relaxed);
     // Boxed: connecting is rare, and would otherwise size every poll's
     // future.
-    let send = Box::pin(connect(node, tls)).await?;
+    let send = Box::pin(connect(node, tls, keepalive)).await?;
     *slot = Some(Shared {
         generation,
         send: send.clone(),
@@ -133,6 +133,7 @@ async fn forget(node: &Node, generation: u64) {
 async fn connect(
     node: &Node,
     tls: Option<&tokio_rustls::TlsConnector>,
+    keepalive: Duration,
 ) -> Result<SendRequest<Bytes>, Failure> {
     let io = dial(node, tls)
         .await
@@ -156,8 +157,8 @@ async fn connect(
                 return std::future::pending().await;
             };
             loop {
-                tokio::time::sleep(KEEPALIVE_INTERVAL).await;
-                let pong = tokio::time::timeout(KEEPALIVE_TIMEOUT, pings.ping(h2::Ping::opaque()));
+                tokio::time::sleep(keepalive).await;
+                let pong = tokio::time::timeout(keepalive, pings.ping(h2::Ping::opaque()));
                 if !matches!(pong.await, Ok(Ok(_))) {
                     return;
                 }

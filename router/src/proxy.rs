@@ -863,7 +863,7 @@ async fn send(
         *req.method_mut() = out.method.clone();
         *req.uri_mut() = uri;
         *req.headers_mut() = out.headers.clone();
-        return multiplex::send(node, st.multiplex_tls.as_ref(), req)
+        return multiplex::send(node, st.multiplex_tls.as_ref(), st.cfg.poll_keepalive, req)
             .await
             .map_err(SendError::from);
     }

@@ -9,7 +9,6 @@ use std::time::Duration;
 use cell::{certs, local::LocalCell};
 use common::*;
 use reqwest::StatusCode;
-use router::local::LocalRouter;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,15 +49,7 @@ async fn tls_on_both_sides_of_the_router() {
     );
     let mut rargs = vec!["--tls-cert", &rcert, "--tls-key", &rkey, "--ca", &ca_s];
     rargs.extend(ROUTER_ARGS);
-    let router = LocalRouter::start(
-        &router_bin(),
-        &dir.path().join("router"),
-        &regions,
-        None,
-        &rargs,
-    )
-    .unwrap();
-    router.wait_up(Duration::from_secs(20)).await.unwrap();
+    let router = start_router(&dir.path().join("router"), &regions, &rargs).await;
     let base = format!("https://localhost:{}", router.addr.port());
 
     let https = reqwest::Client::builder()

@@ -74,6 +74,17 @@ pub async fn start_cell(dir: &std::path::Path, name: &str, nodes: u64) -> LocalC
     c
 }
 
+/// A router at `dir` knowing `regions`, up and answering.
+pub async fn start_router(
+    dir: &std::path::Path,
+    regions: &BTreeMap<String, RegionSpec>,
+    args: &[&str],
+) -> LocalRouter {
+    let r = LocalRouter::start(&router_bin(), dir, regions, None, args).unwrap();
+    r.wait_up(Duration::from_secs(20)).await.unwrap();
+    r
+}
+
 pub struct World {
     pub cells: BTreeMap<String, LocalCell>,
     pub routers: Vec<LocalRouter>,
@@ -93,16 +104,8 @@ impl World {
         regions.insert("lon".to_string(), region(&lon, LON));
         let mut rs = Vec::new();
         for i in 0..routers {
-            let r = LocalRouter::start(
-                &router_bin(),
-                &dir.path().join(format!("router{i}")),
-                &regions,
-                None,
-                &ROUTER_ARGS,
-            )
-            .unwrap();
-            r.wait_up(Duration::from_secs(20)).await.unwrap();
-            rs.push(r);
+            let dir = dir.path().join(format!("router{i}"));
+            rs.push(start_router(&dir, &regions, &ROUTER_ARGS).await);
         }
         let mut cells = BTreeMap::new();
         cells.insert("nyc".to_string(), nyc);

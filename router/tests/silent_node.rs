@@ -1,0 +1,147 @@
+//! A node that goes silent without closing its connections (a frozen VM, a
+//! dropped route): long polls waiting on it through the router must fail
+//! once its shared HTTP/2 connection stops answering pings, not hang for
+//! their whole `wait`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use reqwest::Method;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Relays bytes to `target` until told to go silent; then it keeps every
+/// connection open and passes nothing on, in either direction.
+struct SilentProxy {
+    addr: SocketAddr,
+    silent: Arc<AtomicBool>,
+}
+
+impl SilentProxy {
+    async fn start(target: SocketAddr) -> SilentProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let silent = Arc::new(AtomicBool::new(false));
+        let flag = silent.clone();
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let flag = flag.clone();
+                tokio::spawn(async move {
+                    let Ok(outbound) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let (ri, wi) = inbound.into_split();
+                    let (ro, wo) = outbound.into_split();
+                    tokio::join!(relay(ri, wo, flag.clone()), relay(ro, wi, flag));
+                });
+            }
+        });
+        SilentProxy { addr, silent }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn go_silent(&self) {
+        self.silent.store(true, Ordering::SeqCst);
+    }
+}
+
+async fn relay(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    silent: Arc<AtomicBool>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(n) if n > 0 => n,
+            _ => return,
+        };
+        if silent.load(Ordering::SeqCst) {
+            // Hold both halves open and say nothing more.
+            std::future::pending::<()>().await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_long_poll_on_a_node_gone_silent_fails_within_the_keepalive() {
+    let dir = tempfile::tempdir().unwrap();
+    let cell = start_cell(dir.path(), "nyc", 1).await;
+    let node: SocketAddr = cell
+        .api_url(1)
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let proxy = SilentProxy::start(node).await;
+    let mut spec = region(&cell, NYC);
+    spec.nodes = vec![proxy.url()];
+    let regions = BTreeMap::from([("nyc".to_string(), spec)]);
+    let mut args = ROUTER_ARGS.to_vec();
+    args.extend(["--poll-keepalive-ms", "500"]);
+    let router = start_router(&dir.path().join("router"), &regions, &args).await;
+    let base = router.url();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(90))
+        .no_proxy()
+        .build()
+        .unwrap();
+
+    let (_, token, _, _) = signup(&http, &base, "waiter@example.com", "customer", at(NYC)).await;
+    let feed = call(&http, &base, Method::GET, "/v1/events")
+        .token(&token)
+        .send()
+        .await;
+    assert!(feed.status.is_success(), "{}", feed.body);
+    let after = feed.body["next"].as_u64().unwrap_or(0);
+
+    let poll = {
+        let (http, base, token) = (http.clone(), base.clone(), token.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let path = format!("/v1/events?after={after}&wait=30");
+            let r = call(&http, &base, Method::GET, &path)
+                .token(&token)
+                .send()
+                .await;
+            (r, started.elapsed())
+        })
+    };
+    // Waiting on the node (and a ping or two answered) before it goes quiet.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !poll.is_finished(),
+        "the poll ended before the node went silent"
+    );
+    proxy.go_silent();
+
+    let (r, took) = poll.await.unwrap();
+    assert!(
+        r.status.is_server_error(),
+        "a poll on a silent node got {}: {}",
+        r.status,
+        r.body
+    );
+    assert!(
+        !r.code().is_empty(),
+        "not a problem+json answer: {}",
+        r.body
+    );
+    // A ping every 0.5 s, each given 0.5 s: gone well before the 30 s wait
+    // (or the router's long-poll deadline after it) would end it.
+    assert!(
+        took < Duration::from_secs(10),
+        "the poll hung for {took:?} on a silent node"
+    );
+}
