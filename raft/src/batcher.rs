@@ -22,10 +22,12 @@ const MAX_ITEMS: usize = 1024;
 const MAX_BYTES: usize = 4 * 1024 * 1024;
 /// Batches in flight at once. One: every entry costs each node an append,
 /// a replication round and an apply commit whatever it holds, so under load
-/// fewer, fuller entries are cheaper. A second batch in flight (overlapping
-/// the leader's fsync with replication) halved the batches and cost a
-/// checkout ~10% more node CPU, for config-store puts no faster within this
-/// machine's noise (session 11, `cellctl bench checkout` and `bench kv`).
+/// fewer, fuller entries are cheaper. With a second batch in flight
+/// (overlapping the leader's fsync with replication) 64 clients' entries
+/// held ~20 commands instead of ~32, a checkout cost more node CPU in seven
+/// of eight paired runs (~10%), and config-store puts were no faster
+/// within this machine's noise (session 11, `cellctl bench checkout` and
+/// `bench kv`).
 const IN_FLIGHT: usize = 1;
 
 pub(crate) type BatchResult = Result<(u64, Vec<ItemReply>), RaftError>;
