@@ -24,10 +24,10 @@ const MAX_BYTES: usize = 4 * 1024 * 1024;
 /// a replication round and an apply commit whatever it holds, so under load
 /// fewer, fuller entries are cheaper. With a second batch in flight
 /// (overlapping the leader's fsync with replication) 64 clients' entries
-/// held ~20 commands instead of ~32, a checkout cost more node CPU in seven
-/// of eight paired runs (~10%), and config-store puts were no faster
-/// within this machine's noise (session 11, `cellctl bench checkout` and
-/// `bench kv`).
+/// held ~20 commands instead of ~32, a checkout cost 6–19% more node CPU
+/// in seven of eight paired runs (24% less in the eighth), and config-store
+/// puts were no faster within this machine's noise (session 11, `cellctl
+/// bench checkout` and `bench kv`).
 const IN_FLIGHT: usize = 1;
 
 pub(crate) type BatchResult = Result<(u64, Vec<ItemReply>), RaftError>;
