@@ -130,10 +130,14 @@ async fn shop(api: &Api, email: &str, kind: &str, stock: Option<i64>) -> (String
     (token, vid, pid)
 }
 
+/// `POST /v1/quotes` for an on-demand delivery from `vid`, as answered.
+async fn ask_quote(api: &Api, node: usize, token: &str, vid: &str) -> (StatusCode, Value) {
+    api.call(node, Method::POST, "/v1/quotes", token, Some(json!({"vendor_id": vid, "dropoff": {"lat": 40.72, "lng": -74.01}, "mode": "on_demand"})), None)
+        .await
+}
+
 async fn quote(api: &Api, node: usize, token: &str, vid: &str) -> String {
-    let (s, q) = api
-        .call(node, Method::POST, "/v1/quotes", token, Some(json!({"vendor_id": vid, "dropoff": {"lat": 40.72, "lng": -74.01}, "mode": "on_demand"})), None)
-        .await;
+    let (s, q) = ask_quote(api, node, token, vid).await;
     assert_eq!(s, StatusCode::CREATED, "{q}");
     assert!(q["fee"]["amount"].as_i64().unwrap() > 0);
     q["id"].as_str().unwrap().to_string()
@@ -720,39 +724,18 @@ async fn prices_follow_the_pricing_settings_in_the_config_store() {
         }
     };
     let fee = |q: &Value| q["fee"]["amount"].as_i64().unwrap();
-    let quote_body = json!({"vendor_id": vid, "dropoff": {"lat": 40.72, "lng": -74.01}});
-    let (_, default) = api
-        .call(
-            0,
-            Method::POST,
-            "/v1/quotes",
-            &cust,
-            Some(quote_body.clone()),
-            None,
-        )
-        .await;
+    let (_, default) = ask_quote(&api, 0, &cust, &vid).await;
     // No distance or time part (and no surge with no open orders): the fee
     // is the base fee, here out of its range, so the default of 199.
     set("per_km", "0").await;
     set("per_minute", "0").await;
     set("base_fee", "-5").await;
-    let (s, base) = api
-        .call(
-            0,
-            Method::POST,
-            "/v1/quotes",
-            &cust,
-            Some(quote_body.clone()),
-            None,
-        )
-        .await;
+    let (s, base) = ask_quote(&api, 0, &cust, &vid).await;
     assert_eq!(s, StatusCode::CREATED, "{base}");
     assert_eq!(fee(&base), 199, "{base}");
     // A flat fee of 1000.
     set("base_fee", "1000").await;
-    let (s, flat) = api
-        .call(0, Method::POST, "/v1/quotes", &cust, Some(quote_body), None)
-        .await;
+    let (s, flat) = ask_quote(&api, 0, &cust, &vid).await;
     assert_eq!(s, StatusCode::CREATED, "{flat}");
     assert_eq!(fee(&flat), 1000, "{flat}");
     assert_ne!(fee(&default), 1000, "{default}");
