@@ -5,6 +5,16 @@
 //! fsync of a one-entry append in `log.redb`. Here an append is the entries'
 //! bytes at the end of one file and one `fdatasync`.
 //!
+//! Segments are zero-filled to their full size before they take entries: a
+//! write that grows a file makes `fdatasync` commit the new size and blocks
+//! through the filesystem's journal too, a write into blocks already there
+//! is data only (on ext4 here 0.12 against 0.18 ms for 256 bytes, 0.15
+//! against 0.24 ms for 16 KiB). A background thread keeps one zero-filled
+//! spare file (`spare.zero`) ready; an append that would otherwise grow its
+//! segment starts a new one from the spare. Bytes after a segment's last
+//! record are zero, and a record header of length 0 marks that end (no
+//! entry encodes to nothing).
+//!
 //! A segment `<index of its first entry, 20 digits>.seg` holds entries with
 //! consecutive indexes as records: `u32` LE payload length, `u32` LE CRC-32
 //! of the payload, the payload (the entry as `storage::encode` writes it).
@@ -21,8 +31,9 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, RwLock};
+use std::thread;
 
 use crate::types::{Entry, LogId};
 
@@ -32,6 +43,10 @@ const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 const HEADER: usize = 8;
 /// Larger records cannot be an entry (batches are capped far below).
 const MAX_RECORD: u32 = 256 * 1024 * 1024;
+/// The zero-filled file the next segment is made from.
+const SPARE: &str = "spare.zero";
+/// Zeros are written this much at a time.
+const ZERO_CHUNK: usize = 1024 * 1024;
 
 struct Segment {
     first: u64,
@@ -40,6 +55,9 @@ struct Segment {
     /// Byte offset of entry `first + i`, and where the next record goes.
     offsets: Vec<u64>,
     end: u64,
+    /// The file's length: appends below it write into blocks already
+    /// there (zeros), appends past it grow the file.
+    len: u64,
     last: Option<LogId>,
 }
 
@@ -61,6 +79,12 @@ pub(crate) struct Segments {
     /// The first index readers may see: purged entries still in a kept
     /// segment are gone as far as anyone can tell.
     floor: Arc<AtomicU64>,
+    /// Set by the spare-making thread when `spare.zero` is ready, cleared
+    /// by the writer as it takes it.
+    spare_ready: Arc<AtomicBool>,
+    /// Asks the spare-making thread for a new spare; it stops when every
+    /// clone is gone.
+    want_spare: mpsc::Sender<()>,
 }
 
 fn corrupt(path: &Path, why: impl std::fmt::Display) -> io::Error {
@@ -91,41 +115,49 @@ fn record(entry: &Entry, out: &mut Vec<u8>) -> io::Result<()> {
     Ok(())
 }
 
-/// Reads a segment's records; returns their offsets, the last entry's id
-/// and the length of the valid prefix, which is shorter than the file when
-/// its end is torn. Every record's checksum is checked, but only the first
-/// and last entries are decoded: open stays a read of the files, not a
-/// decode of the whole log.
-fn scan(path: &Path, first: u64) -> io::Result<(Vec<u64>, Option<LogId>, u64, bool)> {
+/// What reading a segment through found.
+struct Scan {
+    offsets: Vec<u64>,
+    last: Option<LogId>,
+    /// The length of the valid prefix of records.
+    end: u64,
+    /// Where the last non-zero byte ends: past `end` when the end is torn
+    /// (an append cut short, or garbage), else at most `end`.
+    dirty_to: u64,
+    len: u64,
+}
+
+/// Reads a segment's records. Every record's checksum is checked, but only
+/// the first and last entries are decoded: open stays a read of the files,
+/// not a decode of the whole log.
+fn scan(path: &Path, first: u64) -> io::Result<Scan> {
     let bytes = fs::read(path)?;
     let mut offsets = Vec::new();
     let mut first_payload = None;
     let mut last_payload = 0..0;
     let mut at = 0usize;
-    let torn = loop {
-        if at == bytes.len() {
-            break false;
-        }
-        let Some(head) = bytes.get(at..at + HEADER) else {
-            break true;
-        };
+    while let Some(head) = bytes.get(at..at + HEADER) {
         let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
         let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        if len == 0 {
+            break;
+        }
         let range = at + HEADER..at + HEADER + len as usize;
         let Some(payload) = (len <= MAX_RECORD)
             .then(|| bytes.get(range.clone()))
             .flatten()
         else {
-            break true;
+            break;
         };
         if crc32fast::hash(payload) != crc {
-            break true;
+            break;
         }
         offsets.push(at as u64);
         first_payload.get_or_insert(range.clone());
         last_payload = range;
         at += HEADER + len as usize;
-    };
+    }
+    let dirty_to = bytes.iter().rposition(|b| *b != 0).map_or(0, |p| p + 1);
     // The entry in `range` must have index `expected`.
     let check = |range: std::ops::Range<usize>, expected: u64| -> io::Result<LogId> {
         let entry: Entry = storage::decode(&bytes[range]).map_err(|e| corrupt(path, e))?;
@@ -144,7 +176,70 @@ fn scan(path: &Path, first: u64) -> io::Result<(Vec<u64>, Option<LogId>, u64, bo
         }
         None => None,
     };
-    Ok((offsets, last, at as u64, torn))
+    Ok(Scan {
+        offsets,
+        last,
+        end: at as u64,
+        dirty_to: dirty_to as u64,
+        len: bytes.len() as u64,
+    })
+}
+
+/// Overwrites `from..to` of `file` with zeros (not durable by itself).
+fn zero_range(file: &File, from: u64, to: u64) -> io::Result<()> {
+    let zeros = vec![0u8; ZERO_CHUNK.min(to.saturating_sub(from) as usize)];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(zeros.len() as u64) as usize;
+        file.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// Writes a zero-filled segment-sized file under a name of its own and
+/// renames it to `spare.zero` once it is durable, so that a spare is never
+/// seen half made (and two makers in one directory cannot mix).
+fn make_spare(dir: &Path) -> io::Result<()> {
+    static MADE: AtomicU64 = AtomicU64::new(0);
+    let tmp = dir.join(format!(
+        "spare.{}.{}.tmp",
+        std::process::id(),
+        MADE.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = (|| {
+        let file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        zero_range(&file, 0, SEGMENT_BYTES)?;
+        file.sync_data()?;
+        drop(file);
+        fs::rename(&tmp, dir.join(SPARE))?;
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// The thread that makes a spare whenever asked and none is ready.
+fn spawn_spare_maker(dir: PathBuf, ready: Arc<AtomicBool>) -> io::Result<mpsc::Sender<()>> {
+    let (tx, rx) = mpsc::channel::<()>();
+    thread::Builder::new()
+        .name("raft-log-spare".into())
+        .spawn(move || {
+            while rx.recv().is_ok() {
+                while rx.try_recv().is_ok() {}
+                if ready.load(Ordering::Acquire) {
+                    continue;
+                }
+                match make_spare(&dir) {
+                    Ok(()) => ready.store(true, Ordering::Release),
+                    // Appends then grow their segment: slower, still correct.
+                    Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "could not make a zero-filled raft log segment"),
+                }
+            }
+        })?;
+    Ok(tx)
 }
 
 impl Segments {
@@ -156,6 +251,11 @@ impl Segments {
         for item in fs::read_dir(dir)? {
             let name = item?.file_name();
             let name = name.to_string_lossy();
+            if name.starts_with("spare.") && name.ends_with(".tmp") {
+                // A spare whose making a crash cut short.
+                fs::remove_file(dir.join(&*name))?;
+                continue;
+            }
             if let Some(first) = name
                 .strip_suffix(".seg")
                 .and_then(|n| n.parse::<u64>().ok())
@@ -168,15 +268,21 @@ impl Segments {
         let count = firsts.len();
         for (i, first) in firsts.into_iter().enumerate() {
             let path = dir.join(segment_name(first));
-            let (offsets, last, end, torn) = scan(&path, first)?;
+            let Scan {
+                offsets,
+                last,
+                end,
+                dirty_to,
+                len,
+            } = scan(&path, first)?;
             let file = OpenOptions::new().read(true).write(true).open(&path)?;
-            if torn {
+            if dirty_to > end {
                 if i + 1 != count {
                     return Err(corrupt(&path, "damaged record before the last segment"));
                 }
                 tracing::warn!(segment = %path.display(), valid_bytes = end, "cutting a torn end off the raft log");
-                file.set_len(end)?;
-                file.sync_all()?;
+                zero_range(&file, end, dirty_to)?;
+                file.sync_data()?;
             }
             if let (Some(prev), Some(seg_first)) = (
                 segs.last().and_then(Segment::last_index),
@@ -192,6 +298,7 @@ impl Segments {
                 file: Arc::new(file),
                 offsets,
                 end,
+                len,
                 last,
             };
             // Empty (everything torn) or wholly purged before a crash
@@ -207,10 +314,15 @@ impl Segments {
             segs.push(seg);
         }
         sync_dir(dir)?;
+        let spare_ready = Arc::new(AtomicBool::new(dir.join(SPARE).exists()));
+        let want_spare = spawn_spare_maker(dir.to_path_buf(), spare_ready.clone())?;
+        let _ = want_spare.send(());
         Ok(Segments {
             dir: dir.to_path_buf(),
             segs: Arc::new(RwLock::new(segs)),
             floor: Arc::new(AtomicU64::new(purged.map_or(0, |p| p.saturating_add(1)))),
+            spare_ready,
+            want_spare,
         })
     }
 
@@ -246,16 +358,19 @@ impl Segments {
         }
         let index = first.log_id.index;
         let last = entries.last().map(|e| e.log_id);
+        let size = buf.len() as u64;
         // Where the records go: the last segment when they continue it and
-        // it has room, else a new segment (also after a gap: entries that
-        // follow a snapshot, before openraft purged what it covers).
+        // it has room (and is zero-filled that far, or no spare is ready),
+        // else a new segment (also after a gap: entries that follow a
+        // snapshot, before openraft purged what it covers).
         let (file, at, new_segment) = {
             let segs = self.read_segs();
             let last_index = segs.last().and_then(Segment::last_index);
             match segs.last() {
                 Some(s)
                     if last_index.map(|l| l + 1) == Some(index)
-                        && s.end + buf.len() as u64 <= SEGMENT_BYTES =>
+                        && s.end + size <= SEGMENT_BYTES
+                        && (s.end + size <= s.len || !self.spare_ready.load(Ordering::Acquire)) =>
                 {
                     (s.file.clone(), s.end, None)
                 }
@@ -266,21 +381,18 @@ impl Segments {
                 }
                 _ => {
                     let path = self.dir.join(segment_name(index));
-                    let file = OpenOptions::new()
-                        .read(true)
-                        .write(true)
-                        .create(true)
-                        .truncate(true)
-                        .open(&path)?;
-                    (Arc::new(file), 0, Some(path))
+                    (Arc::new(self.new_segment_file(&path)?), 0, Some(path))
                 }
             }
         };
         file.write_all_at(&buf, at)?;
         file.sync_data()?;
-        if new_segment.is_some() {
+        let len = if new_segment.is_some() {
             sync_dir(&self.dir)?;
-        }
+            file.metadata()?.len()
+        } else {
+            0
+        };
         let mut segs = self.write_segs();
         match new_segment {
             Some(path) => segs.push(Segment {
@@ -288,18 +400,41 @@ impl Segments {
                 path,
                 file,
                 offsets: rel,
-                end: buf.len() as u64,
+                end: size,
+                len: len.max(size),
                 last,
             }),
             None => {
                 if let Some(s) = segs.last_mut() {
                     s.offsets.extend(rel.iter().map(|r| at + r));
-                    s.end = at + buf.len() as u64;
+                    s.end = at + size;
+                    s.len = s.len.max(s.end);
                     s.last = last;
                 }
             }
         }
         Ok(())
+    }
+
+    /// The file for a new segment at `path`: the zero-filled spare when
+    /// one is ready (and a new spare asked for), else an empty file.
+    fn new_segment_file(&self, path: &Path) -> io::Result<File> {
+        if self.spare_ready.swap(false, Ordering::AcqRel) {
+            let taken = fs::rename(self.dir.join(SPARE), path);
+            let _ = self.want_spare.send(());
+            match taken {
+                Ok(()) => return OpenOptions::new().read(true).write(true).open(path),
+                Err(e) => {
+                    tracing::warn!(dir = %self.dir.display(), error = %e, "the raft log's spare segment is gone")
+                }
+            }
+        }
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
     }
 
     /// Removes every entry from `from` on, durably.
@@ -314,21 +449,27 @@ impl Segments {
             segs.pop();
             removed = true;
         }
+        // The removals are durable before the zeroing below starts, so a
+        // crash in the middle of it leaves the half-zeroed segment last,
+        // where open treats it as a torn end (not as damage).
+        if removed {
+            sync_dir(&self.dir)?;
+        }
         if let Some(s) = segs.last_mut() {
             if s.holds(from) {
                 let keep = (from - s.first) as usize;
+                let old_end = s.end;
                 s.end = s.offsets[keep];
                 s.offsets.truncate(keep);
-                s.file.set_len(s.end)?;
+                // Zeros, not a shorter file: the blocks stay for the
+                // appends that follow.
+                zero_range(&s.file, s.end, old_end)?;
                 s.file.sync_data()?;
                 s.last = match keep.checked_sub(1) {
                     Some(i) => Some(read_entry(&s.file, &s.path, s.offsets[i], s.end)?.log_id),
                     None => None,
                 };
             }
-        }
-        if removed {
-            sync_dir(&self.dir)?;
         }
         Ok(())
     }
@@ -434,6 +575,7 @@ mod tests {
     fn appends_survive_reopening_and_a_torn_end_is_cut() {
         let dir = tempfile::tempdir().unwrap();
         let s = Segments::open(dir.path(), None).unwrap();
+        wait_for_spare(&s);
         s.append(&(1..=5).map(|i| entry(1, i)).collect::<Vec<_>>())
             .unwrap();
         s.append(&[entry(2, 6)]).unwrap();
@@ -441,16 +583,20 @@ mod tests {
         assert_eq!(indexes(&s, 3, 5), vec![3, 4]);
         drop(s);
 
-        // A crash mid-append leaves half a record behind.
+        // A crash mid-append leaves half a record behind in the zeros.
         let seg = dir.path().join(segment_name(1));
-        let full = fs::metadata(&seg).unwrap().len();
-        let mut half = Vec::new();
-        record(&entry(2, 7), &mut half).unwrap();
-        let f = OpenOptions::new().append(true).open(&seg).unwrap();
-        f.write_all_at(&half[..half.len() / 2], full).unwrap();
+        let full = records_len(&(1..=6).map(|i| entry(i / 6 + 1, i)).collect::<Vec<_>>());
+        let mut seventh = Vec::new();
+        record(&entry(2, 7), &mut seventh).unwrap();
+        let f = OpenOptions::new().write(true).open(&seg).unwrap();
+        f.write_all_at(&seventh[..seventh.len() / 2], full).unwrap();
         drop(f);
         let s = Segments::open(dir.path(), None).unwrap();
-        assert_eq!(fs::metadata(&seg).unwrap().len(), full);
+        let bytes = fs::read(&seg).unwrap();
+        assert!(
+            bytes[full as usize..].iter().all(|b| *b == 0),
+            "torn bytes zeroed"
+        );
         assert_eq!(s.last().map(|l| l.index), Some(6));
         s.append(&[entry(2, 7)]).unwrap();
         assert_eq!(indexes(&s, 0, 100), vec![1, 2, 3, 4, 5, 6, 7]);
@@ -458,11 +604,116 @@ mod tests {
         // A flipped bit inside the last record is the same: cut off.
         drop(s);
         let mut bytes = fs::read(&seg).unwrap();
-        let n = bytes.len();
+        let n = bytes.iter().rposition(|b| *b != 0).unwrap();
         bytes[n - 3] ^= 0x40;
         fs::write(&seg, &bytes).unwrap();
         let s = Segments::open(dir.path(), None).unwrap();
         assert_eq!(s.last().map(|l| l.index), Some(6));
+    }
+
+    fn records_len(entries: &[Entry]) -> u64 {
+        let mut buf = Vec::new();
+        for e in entries {
+            record(e, &mut buf).unwrap();
+        }
+        buf.len() as u64
+    }
+
+    fn seg_files(dir: &Path) -> Vec<(String, u64)> {
+        let mut out: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+            .map(|e| {
+                let len = e.metadata().unwrap().len();
+                (e.file_name().to_string_lossy().into_owned(), len)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn wait_for_spare(s: &Segments) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !s.spare_ready.load(Ordering::Acquire) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no spare segment made"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn appends_go_into_zero_filled_segments_and_zeros_end_them() {
+        let dir = tempfile::tempdir().unwrap();
+        // A segment an append grew (no spare was ready for it).
+        let mut plain = Vec::new();
+        for i in 1..=3 {
+            record(&entry(1, i), &mut plain).unwrap();
+        }
+        fs::write(dir.path().join(segment_name(1)), &plain).unwrap();
+
+        let s = Segments::open(dir.path(), None).unwrap();
+        wait_for_spare(&s);
+        // Growing the plain segment would journal its new size: the append
+        // starts a segment from the spare instead.
+        s.append(&[entry(1, 4), entry(1, 5)]).unwrap();
+        s.append(&[entry(1, 6)]).unwrap();
+        let files = seg_files(dir.path());
+        assert_eq!(
+            files,
+            vec![
+                (segment_name(1), plain.len() as u64),
+                (segment_name(4), SEGMENT_BYTES)
+            ]
+        );
+        // A new spare is made for the next segment.
+        wait_for_spare(&s);
+        assert_eq!(
+            fs::metadata(dir.path().join(SPARE)).unwrap().len(),
+            SEGMENT_BYTES
+        );
+
+        // Truncating writes zeros over the cut records and keeps the blocks.
+        s.truncate(6).unwrap();
+        s.append(&[entry(2, 6), entry(2, 7)]).unwrap();
+        s.truncate(7).unwrap();
+        drop(s);
+        let s = Segments::open(dir.path(), None).unwrap();
+        assert_eq!(indexes(&s, 0, 100), vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(s.last(), Some(LogId::new(CommittedLeaderId::new(2, 1), 6)));
+        assert_eq!(seg_files(dir.path())[1].1, SEGMENT_BYTES);
+        let bytes = fs::read(dir.path().join(segment_name(4))).unwrap();
+        let used = records_len(&[entry(1, 4), entry(1, 5), entry(2, 6)]) as usize;
+        assert!(bytes[used..].iter().all(|b| *b == 0));
+
+        // Garbage after the zero that ends the records, in the last
+        // segment, is a torn append: zeroed on open.
+        let f = OpenOptions::new()
+            .write(true)
+            .open(dir.path().join(segment_name(4)))
+            .unwrap();
+        f.write_all_at(&[0, 0, 0, 0, 9, 9], used as u64).unwrap();
+        drop(f);
+        drop(s);
+        let s = Segments::open(dir.path(), None).unwrap();
+        assert_eq!(s.last().map(|l| l.index), Some(6));
+        let bytes = fs::read(dir.path().join(segment_name(4))).unwrap();
+        assert!(bytes[used..].iter().all(|b| *b == 0));
+        s.append(&[entry(2, 7)]).unwrap();
+        assert_eq!(indexes(&s, 5, 100), vec![5, 6, 7]);
+
+        // The same in an earlier segment is damage.
+        drop(s);
+        let f = OpenOptions::new()
+            .write(true)
+            .open(dir.path().join(segment_name(1)))
+            .unwrap();
+        f.write_all_at(&[0, 0, 0, 0, 9], plain.len() as u64)
+            .unwrap();
+        drop(f);
+        assert!(Segments::open(dir.path(), None).is_err());
     }
 
     #[test]
