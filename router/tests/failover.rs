@@ -167,18 +167,34 @@ async fn leader_kill_under_load_loses_no_acknowledged_write() {
             .await;
         assert_eq!(r.status, StatusCode::OK, "{key} lost: {}", r.body);
     }
-    // Retried checkouts made exactly one order per key.
-    let listed = call(&w.http, &w.router(0), Method::GET, "/v1/orders?limit=100")
+    // Retried checkouts made exactly one order per key (every page of the
+    // customer's orders).
+    let mut ids = BTreeSet::new();
+    let mut cursor = String::new();
+    loop {
+        let page = call(
+            &w.http,
+            &w.router(0),
+            Method::GET,
+            &format!("/v1/orders?limit=100{cursor}"),
+        )
         .token(&cust)
         .header("x-consistency", "linearizable")
         .send()
         .await;
-    let ids: BTreeSet<String> = listed.body["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o["id"].as_str().unwrap().to_string())
-        .collect();
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        ids.extend(
+            page.body["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| o["id"].as_str().unwrap().to_string()),
+        );
+        match page.body["next_cursor"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => break,
+        }
+    }
     assert!(checkouts > 0);
     assert_eq!(ids.len(), checkouts, "one order per idempotency key");
     assert_eq!(ids, *orders.lock().unwrap());
