@@ -191,6 +191,7 @@ impl World {
             )
             .await;
         assert_eq!(s, StatusCode::OK, "{v}");
+        assert!(v["delivery_id"].is_string(), "accept opens a delivery: {v}");
         (vt, ct, order)
     }
 
@@ -309,6 +310,16 @@ async fn order_to_doorstep_with_an_accept_race() {
         o["proof_code"],
         Value::Null,
         "the proof code is the customer's"
+    );
+    // The delivery carries its order's ETA; the customer's list shows the
+    // delivery and its driver.
+    assert_eq!(delivery["eta"], o["eta"]);
+    let (_, list) = w.call(2, Method::GET, "/v1/orders", &ct, None).await;
+    let listed = &list["items"][0];
+    assert_eq!(
+        (&listed["id"], &listed["delivery_id"], &listed["driver_id"]),
+        (&json!(oid), &json!(delivery_id), &json!(winner_id)),
+        "{list}"
     );
     let loser = &drivers[(winners[0] + 1) % 3].1;
     let (s, _) = w

@@ -33,6 +33,17 @@ async fn call(
     (status, v)
 }
 
+/// Ada logs in on `node`.
+async fn login(tc: &TestCell, node: u64) -> (StatusCode, Value) {
+    let body = json!({"email": "ada@example.com", "password": "correct horse battery"});
+    call(tc, node, Method::POST, "/v1/auth/login", None, Some(body)).await
+}
+
+async fn refresh(tc: &TestCell, node: u64, token: &str) -> (StatusCode, Value) {
+    let body = json!({"refresh_token": token});
+    call(tc, node, Method::POST, "/v1/auth/refresh", None, Some(body)).await
+}
+
 fn b64(v: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v)
 }
@@ -108,15 +119,7 @@ async fn signup_login_refresh_logout_and_token_attacks() {
     }
 
     // Login on another node right after signup; wrong credentials are 401.
-    let (s, v) = call(
-        &tc,
-        other,
-        Method::POST,
-        "/v1/auth/login",
-        None,
-        Some(json!({"email": "ada@example.com", "password": "correct horse battery"})),
-    )
-    .await;
+    let (s, v) = login(&tc, other).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["account"]["id"], id.as_str());
     let refresh1 = v["refresh_token"].as_str().unwrap().to_string();
@@ -137,37 +140,13 @@ async fn signup_login_refresh_logout_and_token_attacks() {
     }
 
     // Refresh rotates; reusing the old token revokes the family.
-    let (s, v) = call(
-        &tc,
-        leader,
-        Method::POST,
-        "/v1/auth/refresh",
-        None,
-        Some(json!({"refresh_token": refresh1})),
-    )
-    .await;
+    let (s, v) = refresh(&tc, leader, &refresh1).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let refresh2 = v["refresh_token"].as_str().unwrap().to_string();
     assert_ne!(refresh1, refresh2);
-    let (s, _) = call(
-        &tc,
-        leader,
-        Method::POST,
-        "/v1/auth/refresh",
-        None,
-        Some(json!({"refresh_token": refresh1})),
-    )
-    .await;
+    let (s, _) = refresh(&tc, leader, &refresh1).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
-    let (s, _) = call(
-        &tc,
-        leader,
-        Method::POST,
-        "/v1/auth/refresh",
-        None,
-        Some(json!({"refresh_token": refresh2})),
-    )
-    .await;
+    let (s, _) = refresh(&tc, leader, &refresh2).await;
     assert_eq!(
         s,
         StatusCode::UNAUTHORIZED,
@@ -175,15 +154,7 @@ async fn signup_login_refresh_logout_and_token_attacks() {
     );
 
     // Logout revokes the family of the given refresh token.
-    let (_, v) = call(
-        &tc,
-        leader,
-        Method::POST,
-        "/v1/auth/login",
-        None,
-        Some(json!({"email": "ada@example.com", "password": "correct horse battery"})),
-    )
-    .await;
+    let (_, v) = login(&tc, leader).await;
     let refresh3 = v["refresh_token"].as_str().unwrap().to_string();
     let (s, _) = call(
         &tc,
@@ -195,16 +166,36 @@ async fn signup_login_refresh_logout_and_token_attacks() {
     )
     .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = refresh(&tc, leader, &refresh3).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+
+    // Without a body, logout ends the session the access token came from,
+    // and only that one.
+    let mut sessions = Vec::new();
+    for _ in 0..2 {
+        let (_, v) = login(&tc, leader).await;
+        sessions.push((
+            v["access_token"].as_str().unwrap().to_string(),
+            v["refresh_token"].as_str().unwrap().to_string(),
+        ));
+    }
     let (s, _) = call(
         &tc,
-        leader,
+        other,
         Method::POST,
-        "/v1/auth/refresh",
+        "/v1/auth/logout",
+        Some(&sessions[0].0),
         None,
-        Some(json!({"refresh_token": refresh3})),
     )
     .await;
-    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    for ((_, token), expected) in sessions
+        .iter()
+        .zip([StatusCode::UNAUTHORIZED, StatusCode::OK])
+    {
+        let (s, v) = refresh(&tc, leader, token).await;
+        assert_eq!(s, expected, "{v}");
+    }
 
     // JWKS.
     let (s, jwks) = call(
@@ -297,6 +288,7 @@ async fn signup_login_refresh_logout_and_token_attacks() {
         exp,
         iat: now - 10,
         jti: "j".into(),
+        sid: None,
     };
     let valid = keys.sign(&claims(now + 600, Role::Customer));
     let (s, _) = call(&tc, leader, Method::GET, "/v1/me", Some(&valid), None).await;

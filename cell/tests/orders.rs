@@ -388,6 +388,8 @@ async fn customer_vendor_flow_with_idempotency_and_refunds() {
     assert_eq!(s, StatusCode::CREATED, "{ride}");
     assert_eq!(ride["kind"], "ride");
     assert_eq!(ride["items"], json!([]));
+    // A ride's delivery opens with it, and the answer names it.
+    assert!(ride["delivery_id"].is_string(), "{ride}");
     ledger_ok(&api, 0, &ops).await;
 }
 

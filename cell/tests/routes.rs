@@ -74,9 +74,11 @@ impl W {
     }
 
     async fn route(&self, start: i64, end: i64, vehicle: Option<&str>) -> String {
+        // Times as RFC 3339 here; the authorization matrix sends Unix
+        // milliseconds, which the endpoint accepts too.
         let (s, v) = self
             .call(1, Method::POST, "/v1/routes", &self.tc.cell.token, Some(json!({
-                "window_start": start, "window_end": end,
+                "window_start": rfc3339(start), "window_end": rfc3339(end),
                 "stops": [{"location": {"lat": 40.71, "lng": -74.0}}, {"location": {"lat": 40.73, "lng": -73.99}}],
                 "pay": {"amount": 4500, "currency": "USD"},
                 "requirements": {"vehicle": vehicle, "min_capacity": 1},
@@ -146,6 +148,13 @@ impl W {
             })
             .collect()
     }
+}
+
+fn rfc3339(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
 }
 
 fn now_ms() -> i64 {
@@ -295,10 +304,7 @@ async fn claims_are_matched_deterministically_fairly_and_without_overlaps() {
     let (_, pp) = w.call(1, Method::POST, &format!("/v1/vendors/{}/products", vv["id"].as_str().unwrap()), &vt, Some(json!({"name": "Bread", "category": "bakery", "price": {"amount": 500, "currency": "USD"}, "stock": null}))).await;
     let (_, ct) = w.signup("cust@x.test", "customer").await;
     let window = day + 16 * HOUR + 15 * 60_000;
-    let window_rfc = time::OffsetDateTime::from_unix_timestamp(window / 1000)
-        .unwrap()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap();
+    let window_rfc = rfc3339(window);
     let (s, q) = w.call(2, Method::POST, "/v1/quotes", &ct, Some(json!({"vendor_id": vv["id"], "dropoff": {"lat": 40.72, "lng": -74.01}, "mode": "scheduled", "window_start": window_rfc}))).await;
     assert_eq!(s, StatusCode::CREATED, "{q}");
     let r = w.http.post(format!("{}/v1/orders", w.tc.url(3))).bearer_auth(&ct).header("idempotency-key", "sched-1")

@@ -103,6 +103,11 @@ pub struct Claims {
     pub iat: i64,
     /// Token id.
     pub jti: String,
+    /// The login session (refresh family) the token was issued for, so
+    /// that logout can end it without the refresh token. Absent on tokens
+    /// minted outside a login (`cellctl token mint`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
 }
 
 /// Why a token was rejected. All of these mean `401` at the edge; the
@@ -834,6 +839,7 @@ mod tests {
             exp: NOW + 900,
             iat: NOW,
             jti: "01HZX3N6W9Q8K2M4P5R7T9V1XC".into(),
+            sid: None,
         }
     }
 

@@ -54,7 +54,8 @@ impl Problem {
     /// middleware, which knows it (see `server::edge`).
     pub fn render(&self, request_id: &str) -> Response {
         let body = serde_json::json!({
-            "type": format!("https://marketcell.dev/problems/{}", self.code),
+            // The same type URIs as the cells' (hyphens, not underscores).
+            "type": format!("https://marketcell.dev/problems/{}", self.code.replace('_', "-")),
             "title": self.status.canonical_reason().unwrap_or("error"),
             "status": self.status.as_u16(),
             "detail": self.detail,

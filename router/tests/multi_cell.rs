@@ -178,6 +178,12 @@ async fn users_are_pinned_to_their_home_cell_and_see_only_its_data() {
     .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.cell(), Some("nyc"));
+    // Or by naming the region.
+    let r = call(http, &r1, Method::GET, "/v1/search?q=noodle&region=lon")
+        .send()
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.cell(), Some("lon"));
     let r = call(http, &r1, Method::GET, &format!("/v1/vendors/{vid}"))
         .send()
         .await;
@@ -269,6 +275,7 @@ async fn bad_input_is_rejected_at_the_router() {
             exp: now + 600,
             iat: now,
             jti: "x".into(),
+            sid: None,
         };
         [keys.sign(&claims("nyc")), keys.sign(&claims("mars"))]
     };

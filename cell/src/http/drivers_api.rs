@@ -99,16 +99,18 @@ pub fn driver_json(d: &Driver) -> Value {
     })
 }
 
-pub fn delivery_json(d: &Delivery) -> Value {
+/// A delivery as its API answers it; `eta` is its order's.
+pub fn delivery_json(read: &storage::ReadTxn, d: &Delivery) -> ApiResult<Value> {
     let loc = |l: &crate::catalog::Location| json!({"lat": l.lat, "lng": l.lng});
-    json!({
+    let eta = crate::orders::order(read, &d.order_id)?.map(|o| super::orders_api::order_eta(&o));
+    Ok(json!({
         "id": d.id, "order_id": d.order_id, "kind": d.kind, "status": d.status,
         "driver_id": d.driver_id, "pickup": loc(&d.pickup), "dropoff": loc(&d.dropoff),
-        "pay": {"amount": d.pay, "currency": d.currency},
+        "eta": eta, "pay": {"amount": d.pay, "currency": d.currency},
         "created_at": rfc3339(d.created_at), "updated_at": rfc3339(d.updated_at),
         "first_offer_at": d.first_offer_at.map(rfc3339),
         "dispatch_ms": d.first_offer_at.map(|at| at - d.created_at),
-    })
+    }))
 }
 
 fn offer_json(read: &storage::ReadTxn, o: &Offer) -> ApiResult<Value> {
@@ -369,7 +371,10 @@ pub(super) async fn answer_offer(
         _ => return Err(ApiError::not_found("no such action")),
     };
     match write(&s, cmd).await? {
-        (DriverResponse::Delivery(d), index) => Ok(with_index(index, delivery_json(&d))),
+        (DriverResponse::Delivery(d), index) => {
+            let read = s.node.store().read()?;
+            Ok(with_index(index, delivery_json(&read, &d)?))
+        }
         (DriverResponse::Offer(o), index) => {
             let read = s.node.store().read()?;
             Ok(with_index(index, offer_json(&read, &o)?))
@@ -406,7 +411,7 @@ pub(super) async fn get_delivery(
     let d = drivers::delivery(&read, &id)?
         .filter(|d| may_see(&p, d))
         .ok_or_else(|| ApiError::not_found("no such delivery"))?;
-    Ok(Json(delivery_json(&d)))
+    Ok(Json(delivery_json(&read, &d)?))
 }
 
 #[utoipa::path(
@@ -483,7 +488,7 @@ pub(super) fn deliveries_of_orders(
             continue;
         };
         if let Some(d) = drivers::delivery(read, &id)?.filter(|d| may_see(p, d)) {
-            out.insert(order_id.clone(), delivery_json(&d));
+            out.insert(order_id.clone(), delivery_json(read, &d)?);
         }
     }
     Ok(out)
@@ -539,7 +544,10 @@ pub(super) async fn act(
         now: now_ms(),
     };
     match write(&s, cmd).await? {
-        (DriverResponse::Delivery(d), index) => Ok(with_index(index, delivery_json(&d))),
+        (DriverResponse::Delivery(d), index) => {
+            let read = s.node.store().read()?;
+            Ok(with_index(index, delivery_json(&read, &d)?))
+        }
         (DriverResponse::NotFound | DriverResponse::Forbidden, _) => {
             Err(ApiError::not_found("no such delivery"))
         }

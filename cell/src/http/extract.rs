@@ -19,29 +19,60 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for StrictJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let is_json = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(|ct| {
-                let ct = ct.split(';').next().unwrap_or("").trim();
-                ct.eq_ignore_ascii_case("application/json") || ct.ends_with("+json")
-            })
-            .unwrap_or(false);
-        if !is_json {
-            return Err(ApiError::new(
-                axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "send Content-Type: application/json",
-            ));
+        if !is_json(&req) {
+            return Err(not_json());
         }
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
             .map_err(body_rejection)?;
-        serde_json::from_slice(&bytes)
-            .map(StrictJson)
-            .map_err(|e| ApiError::validation(format!("invalid JSON body: {e}")))
+        parse_json(&bytes).map(StrictJson)
     }
+}
+
+/// A JSON body the caller may leave out: no body is `None`, a body is held
+/// to the same rules as [`StrictJson`]'s.
+pub struct OptionalJson<T>(pub Option<T>);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OptionalJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let json = is_json(&req);
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(body_rejection)?;
+        if bytes.is_empty() {
+            return Ok(OptionalJson(None));
+        }
+        if !json {
+            return Err(not_json());
+        }
+        parse_json(&bytes).map(|v| OptionalJson(Some(v)))
+    }
+}
+
+fn is_json(req: &Request) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|ct| {
+            let ct = ct.split(';').next().unwrap_or("").trim();
+            ct.eq_ignore_ascii_case("application/json") || ct.ends_with("+json")
+        })
+        .unwrap_or(false)
+}
+
+fn not_json() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        "send Content-Type: application/json",
+    )
+}
+
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::validation(format!("invalid JSON body: {e}")))
 }
 
 pub fn body_rejection(e: axum::extract::rejection::BytesRejection) -> ApiError {
@@ -60,6 +91,8 @@ pub struct Principal {
     pub role: Role,
     /// Authenticated with the ops bootstrap token itself.
     pub bootstrap: bool,
+    /// The login session (refresh family) the access token belongs to.
+    pub session: Option<String>,
 }
 
 /// The caller acts as ops (bootstrap token or an ops access token).
@@ -137,6 +170,7 @@ pub fn resolve_principal(parts: &Parts, state: &AppState) -> Result<Principal, A
             sub: "ops-bootstrap".into(),
             role: Role::Ops,
             bootstrap: true,
+            session: None,
         });
     }
     let now = crate::http::identity_api::now_ms() / 1000;
@@ -151,6 +185,7 @@ pub fn resolve_principal(parts: &Parts, state: &AppState) -> Result<Principal, A
         sub: claims.sub,
         role: claims.role,
         bootstrap: false,
+        session: claims.sid,
     };
     state.verified.put(given, p.clone(), claims.exp, now);
     Ok(p)

@@ -20,7 +20,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::{
-    extract::{Ops, Principal, StrictJson},
+    extract::{Ops, OptionalJson, Principal, StrictJson},
     openapi::*,
     problem::{ApiError, ApiResult},
     AppState,
@@ -195,7 +195,13 @@ async fn verify_password(password: String, hash: Option<String>) -> ApiResult<bo
     .map_err(ApiError::internal)
 }
 
-fn access_token(s: &AppState, sub: &str, role: Role, ttl: Duration) -> (String, u64) {
+fn access_token(
+    s: &AppState,
+    sub: &str,
+    role: Role,
+    ttl: Duration,
+    session: Option<&str>,
+) -> (String, u64) {
     let now = now_ms() / 1000;
     let claims = Claims {
         sub: sub.to_string(),
@@ -204,18 +210,21 @@ fn access_token(s: &AppState, sub: &str, role: Role, ttl: Duration) -> (String, 
         exp: now + ttl.as_secs() as i64,
         iat: now,
         jti: ulid::Ulid::new().to_string(),
+        sid: session.map(str::to_string),
     };
     (s.keys.sign(&claims), ttl.as_secs())
 }
 
+/// The answer to signup, login and refresh: tokens for the session whose
+/// refresh family is `family`.
 fn session(
     s: &AppState,
     account: &Account,
-    refresh_token: String,
+    (refresh_token, family): (String, &str),
     status: StatusCode,
     index: u64,
 ) -> Response {
-    let (token, expires_in) = access_token(s, &account.id, account.role, ACCESS_TTL);
+    let (token, expires_in) = access_token(s, &account.id, account.role, ACCESS_TTL, Some(family));
     (
         status,
         [("x-cell-index", index.to_string())],
@@ -281,6 +290,7 @@ pub(super) async fn signup(
     }
     let password_hash = hash_password(req.password).await?;
     let (refresh_token, refresh) = new_session_refresh(&s.cfg.cell);
+    let family = refresh.family.clone();
     let account = Account {
         id: format!("{}.acc_{}", s.cfg.cell, ulid::Ulid::new()),
         email,
@@ -302,7 +312,7 @@ pub(super) async fn signup(
         IdentityResponse::SignedUp => Ok(session(
             &s,
             &account,
-            refresh_token,
+            (refresh_token, &family),
             StatusCode::CREATED,
             index,
         )),
@@ -350,6 +360,7 @@ pub(super) async fn login(
         return Err(bad_credentials());
     };
     let (refresh_token, refresh) = new_session_refresh(&s.cfg.cell);
+    let family = refresh.family.clone();
     let (resp, index) = write_identity(
         &s,
         IdentityCommand::IssueRefresh {
@@ -359,7 +370,13 @@ pub(super) async fn login(
     )
     .await?;
     match resp {
-        IdentityResponse::Issued => Ok(session(&s, &account, refresh_token, StatusCode::OK, index)),
+        IdentityResponse::Issued => Ok(session(
+            &s,
+            &account,
+            (refresh_token, &family),
+            StatusCode::OK,
+            index,
+        )),
         _ => Err(bad_credentials()),
     }
 }
@@ -395,10 +412,16 @@ pub(super) async fn refresh(
     )
     .await?;
     match resp {
-        IdentityResponse::Rotated { account_id, .. } => {
+        IdentityResponse::Rotated { account_id, family } => {
             let account = identity::account(&s.node.store().read()?, &account_id)?
                 .ok_or_else(|| ApiError::unauthorized("the account no longer exists"))?;
-            Ok(session(&s, &account, new_token, StatusCode::OK, index))
+            Ok(session(
+                &s,
+                &account,
+                (new_token, &family),
+                StatusCode::OK,
+                index,
+            ))
         }
         IdentityResponse::ReuseDetected => Err(ApiError::unauthorized(
             "refresh token reused: every session of this login was revoked",
@@ -407,12 +430,14 @@ pub(super) async fn refresh(
     }
 }
 
-/// Revokes the refresh family of the given refresh token (the caller's own).
+/// Ends a login session: revokes the refresh family of the given refresh
+/// token (the caller's own), or with no body the one the access token was
+/// issued for.
 #[utoipa::path(
     post,
     path = "/v1/auth/logout",
     tag = "identity",
-    request_body = RefreshRequest,
+    request_body(content = Option<RefreshRequest>, description = "optional: the session's refresh token"),
     responses(
         (status = 204, description = "the refresh family is revoked"),
         (status = "4XX", description = "problem+json", body = Problem),
@@ -422,21 +447,35 @@ pub(super) async fn refresh(
 pub(super) async fn logout(
     State(s): State<AppState>,
     principal: Principal,
-    StrictJson(req): StrictJson<RefreshRequest>,
+    OptionalJson(req): OptionalJson<RefreshRequest>,
 ) -> ApiResult<Response> {
-    let hash = hash_token(&req.refresh_token);
-    let record = identity::refresh_family(&s.node.store().read()?, &hash)?;
-    if let Some(r) = record.filter(|r| r.account_id == principal.sub) {
-        write_identity(
-            &s,
-            IdentityCommand::RevokeFamily {
-                family: r.family,
-                account_id: r.account_id,
-            },
-        )
-        .await?;
-    }
-    Ok(StatusCode::NO_CONTENT.into_response())
+    let family = match req {
+        Some(req) => {
+            let hash = hash_token(&req.refresh_token);
+            identity::refresh_family(&s.node.store().read()?, &hash)?
+                .filter(|r| r.account_id == principal.sub)
+                .map(|r| r.family)
+        }
+        None => principal.session.clone(),
+    };
+    // A token that is not the caller's (or a token minted outside a login)
+    // ends nothing, and says so no differently: 204 either way.
+    let Some(family) = family else {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    };
+    let (_, index) = write_identity(
+        &s,
+        IdentityCommand::RevokeFamily {
+            family,
+            account_id: principal.sub,
+        },
+    )
+    .await?;
+    Ok((
+        StatusCode::NO_CONTENT,
+        [("x-cell-index", index.to_string())],
+    )
+        .into_response())
 }
 
 #[utoipa::path(
@@ -529,7 +568,7 @@ pub(super) async fn mint(
     if sub.is_empty() || sub.len() > 128 {
         return Err(ApiError::validation("sub must be 1 to 128 characters"));
     }
-    let (token, expires_in) = access_token(&s, &sub, req.role, Duration::from_secs(ttl));
+    let (token, expires_in) = access_token(&s, &sub, req.role, Duration::from_secs(ttl), None);
     Ok(Json(
         json!({"access_token": token, "expires_in": expires_in, "token_type": "Bearer", "kid": s.keys.active_kid()}),
     ))

@@ -116,6 +116,11 @@ fn money(amount: i64, currency: &str) -> Value {
     json!({"amount": amount, "currency": currency})
 }
 
+/// When the order is expected at the door (RFC 3339), as quoted.
+pub fn order_eta(o: &Order) -> String {
+    rfc3339(o.created_at + o.eta_minutes as i64 * 60_000)
+}
+
 pub fn order_json(o: &Order) -> Value {
     json!({
         "id": o.id, "kind": o.kind, "status": o.status, "customer_id": o.customer_id, "vendor_id": o.vendor_id,
@@ -129,12 +134,23 @@ pub fn order_json(o: &Order) -> Value {
         "pickup": {"lat": o.pickup.lat, "lng": o.pickup.lng},
         "dropoff": {"location": {"lat": o.dropoff.lat, "lng": o.dropoff.lng}, "address": o.dropoff_address, "notes": o.notes},
         "mode": o.mode, "window_start": o.window_start.map(rfc3339),
-        "eta": rfc3339(o.created_at + o.eta_minutes as i64 * 60_000), "eta_minutes": o.eta_minutes,
+        "eta": order_eta(o), "eta_minutes": o.eta_minutes,
         "delivery_id": Value::Null, "driver_id": Value::Null, "quote_id": o.quote_id, "payment_ref": o.payment_ref,
         "proof_code": o.proof_code,
         "history": o.history.iter().map(|(s, at)| json!({"status": s, "at": rfc3339(*at)})).collect::<Vec<_>>(),
         "created_at": rfc3339(o.created_at), "updated_at": rfc3339(o.updated_at),
     })
+}
+
+/// [`order_json`] with the order's delivery and its driver, once it has
+/// them (a ride's delivery comes with the order, an order's on accept).
+fn order_view(read: &storage::ReadTxn, o: &Order) -> ApiResult<Value> {
+    let mut v = order_json(o);
+    if let Some(d) = crate::drivers::delivery_of_order(read, &o.id)? {
+        v["driver_id"] = json!(crate::drivers::delivery(read, &d)?.and_then(|d| d.driver_id));
+        v["delivery_id"] = json!(d);
+    }
+    Ok(v)
 }
 
 /// `id` is the sealed token the customer checks out with.
@@ -288,7 +304,7 @@ pub(super) struct QuoteBody {
     window_start: Option<String>,
 }
 
-fn parse_time(s: &str) -> ApiResult<i64> {
+pub(super) fn parse_time(s: &str) -> ApiResult<i64> {
     time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
         .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
         .map_err(|_| ApiError::validation("times are RFC 3339, e.g. 2026-11-26T18:30:00Z"))
@@ -535,7 +551,7 @@ pub(super) async fn place_order(
         return Ok((
             StatusCode::OK,
             [("x-cell-index", index)],
-            Json(order_json(&existing)),
+            Json(order_view(&read, &existing)?),
         )
             .into_response());
     }
@@ -695,10 +711,12 @@ pub(super) async fn place_order(
     let idx = [("x-cell-index", index.to_string())];
     match resp {
         OrderResponse::Placed(o) => {
-            Ok((StatusCode::CREATED, idx, Json(order_json(&o))).into_response())
+            let v = order_view(&s.node.store().read()?, &o)?;
+            Ok((StatusCode::CREATED, idx, Json(v)).into_response())
         }
         OrderResponse::Existing(o) => {
-            Ok((StatusCode::OK, idx, Json(order_json(&o))).into_response())
+            let v = order_view(&s.node.store().read()?, &o)?;
+            Ok((StatusCode::OK, idx, Json(v)).into_response())
         }
         OrderResponse::QuoteUsed => Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -809,13 +827,17 @@ pub(super) async fn list_orders(
     ensure_fresh(&s, c).await?;
     let read = s.node.store().read()?;
     let (items, next) = orders::list(&read, scope, q.status, q.cursor.as_deref(), limit)?;
-    Ok(Json(json!({"items": items.iter().map(|o| {
-            let mut v = order_json(o);
+    let items = items
+        .iter()
+        .map(|o| {
+            let mut v = order_view(&read, o)?;
             if p.role == Role::Vendor {
                 v["proof_code"] = Value::Null;
             }
-            v
-        }).collect::<Vec<_>>(), "next_cursor": next})))
+            Ok(v)
+        })
+        .collect::<ApiResult<Vec<_>>>()?;
+    Ok(Json(json!({"items": items, "next_cursor": next})))
 }
 
 #[utoipa::path(
@@ -867,7 +889,7 @@ pub(super) async fn transition(
     let (resp, index) = write(&s, cmd).await?;
     match resp {
         OrderResponse::Order(o) => {
-            let mut v = order_json(&o);
+            let mut v = order_view(&s.node.store().read()?, &o)?;
             if p.role == Role::Vendor {
                 v["proof_code"] = Value::Null;
             }

@@ -248,12 +248,29 @@ pub(super) struct RequirementsBody {
     qualifications: Vec<String>,
 }
 
+/// A time in a request body: RFC 3339 like every time in the API, or Unix
+/// milliseconds (what this endpoint took first, still accepted).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub(super) enum TimeInput {
+    Rfc3339(String),
+    UnixMillis(i64),
+}
+
+impl TimeInput {
+    fn millis(&self) -> ApiResult<i64> {
+        match self {
+            TimeInput::Rfc3339(s) => super::orders_api::parse_time(s),
+            TimeInput::UnixMillis(ms) => Ok(*ms),
+        }
+    }
+}
+
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RouteBody {
-    /// Unix milliseconds.
-    window_start: i64,
-    window_end: i64,
+    window_start: TimeInput,
+    window_end: TimeInput,
     stops: Vec<StopBody>,
     pay: crate::catalog::Money,
     #[serde(default)]
@@ -272,9 +289,10 @@ pub(super) async fn create(
     StrictJson(b): StrictJson<RouteBody>,
 ) -> ApiResult<Response> {
     let now = now_ms();
-    if b.window_end <= b.window_start
-        || b.window_end - b.window_start > 24 * 3_600_000
-        || b.window_start < now - 3_600_000
+    let (window_start, window_end) = (b.window_start.millis()?, b.window_end.millis()?);
+    if window_end <= window_start
+        || window_end - window_start > 24 * 3_600_000
+        || window_start < now - 3_600_000
     {
         return Err(ApiError::validation(
             "the window must be in the future, end after it starts, and last at most 24 h",
@@ -303,8 +321,8 @@ pub(super) async fn create(
     let route = Route {
         id: format!("{}.rte_{}", s.cfg.cell, ulid::Ulid::new()),
         zone: routes::zone_of(&b.stops[0].location),
-        window_start: b.window_start,
-        window_end: b.window_end,
+        window_start,
+        window_end,
         stops: b
             .stops
             .into_iter()

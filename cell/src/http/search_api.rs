@@ -57,6 +57,9 @@ pub(super) struct SearchParams {
     sort: Option<Sort>,
     limit: Option<usize>,
     cursor: Option<String>,
+    /// Which region's cell the router sends an anonymous search to; the
+    /// cell that gets it searches itself.
+    region: Option<String>,
 }
 
 /// Deepest result a cursor may reach.
@@ -82,6 +85,7 @@ const MAX_OFFSET: usize = 10_000;
         ("sort" = Option<String>, Query, description = "relevance | distance | price_asc | price_desc | rating"),
         ("limit" = Option<usize>, Query),
         ("cursor" = Option<String>, Query),
+        ("region" = Option<String>, Query, description = "picks the cell at the router (anonymous searches); ignored by the cell"),
     ),
     responses(
         (status = 200, description = "hits, category facets, total", body = SearchPage),
@@ -93,6 +97,9 @@ pub(super) async fn search(
     q: Result<Query<SearchParams>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
     let Query(p) = q.map_err(|e| ApiError::validation(e.body_text()))?;
+    if p.region.as_ref().is_some_and(|r| r.len() > 64) {
+        return Err(ApiError::validation("region is at most 64 characters"));
+    }
     let limit = page_limit(p.limit)?;
     let offset = match p.cursor.as_deref() {
         None => 0,

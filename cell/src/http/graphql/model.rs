@@ -191,6 +191,8 @@ pub struct Delivery {
     pub driver_id: Option<String>,
     pub pickup: Location,
     pub dropoff: Location,
+    /// When its order is expected at the door (as quoted).
+    pub eta: Option<String>,
     pub pay: Money,
     pub created_at: String,
     pub updated_at: String,

@@ -9,7 +9,8 @@ use serde::Serialize;
 use super::caller::{body, path, Caller, OrGql};
 use super::model::*;
 use crate::http::{
-    catalog_api, drivers_api, identity_api, orders_api, problem::ApiError, routes_api, webhooks_api,
+    catalog_api, drivers_api, extract::OptionalJson, identity_api, orders_api, problem::ApiError,
+    routes_api, webhooks_api,
 };
 
 pub struct Mutation;
@@ -321,14 +322,15 @@ impl Mutation {
         c.answer(r).await
     }
 
-    async fn logout(&self, ctx: &Context<'_>, refresh_token: String) -> Result<bool> {
+    /// Ends a login session: the one `refreshToken` belongs to, or without
+    /// it the one the caller's access token was issued for.
+    async fn logout(&self, ctx: &Context<'_>, refresh_token: Option<String>) -> Result<bool> {
         let c = Caller::of(ctx)?;
-        let r = identity_api::logout(
-            c.s(),
-            c.principal().gql()?,
-            body(RefreshBody { refresh_token }).gql()?,
-        )
-        .await;
+        let session = match refresh_token {
+            Some(refresh_token) => Some(body(RefreshBody { refresh_token }).gql()?.0),
+            None => None,
+        };
+        let r = identity_api::logout(c.s(), c.principal().gql()?, OptionalJson(session)).await;
         c.done(r).await?;
         Ok(true)
     }
