@@ -299,14 +299,15 @@ async fn membership_grows_to_five_and_shrinks_back_to_three() {
 
     tc.cell.set_voters(leader, &[1, 2, 3]).await.unwrap();
     for id in [4, 5] {
-        tc.admin(
-            leader,
-            Method::DELETE,
-            &format!("/admin/cluster/nodes/{id}"),
-            None,
-        )
-        .await
-        .unwrap();
+        let path = format!("/admin/cluster/nodes/{id}");
+        let a = tc
+            .request(leader, Method::DELETE, &path, &[], None)
+            .await
+            .unwrap();
+        assert_eq!(a.status, StatusCode::OK, "{:?}", a.json());
+        // The change's log index, in the body and in X-Cell-Index.
+        assert_eq!(a.index, a.json()["index"].as_u64(), "{:?}", a.json());
+        assert!(a.index.is_some());
     }
     let s = tc.status(leader).await.unwrap();
     assert_eq!(s["voters"], json!([1, 2, 3]), "{s}");

@@ -180,12 +180,19 @@ pub(super) async fn add_node(
     State(s): State<AppState>,
     _ops: Ops,
     StrictJson(spec): StrictJson<NodeSpec>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Response> {
     let info = spec.validate()?;
     let index = s.node.add_learner(spec.id, info).await?;
-    Ok(Json(
+    Ok(written(
+        index,
         json!({"added": spec.id, "role": "learner", "index": index}),
     ))
+}
+
+/// A membership change's answer: the log index in the body, as before, and
+/// in `X-Cell-Index` like every other write's.
+fn written(index: u64, body: serde_json::Value) -> Response {
+    ([("x-cell-index", index.to_string())], Json(body)).into_response()
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -210,7 +217,7 @@ pub(super) async fn membership(
     State(s): State<AppState>,
     _ops: Ops,
     StrictJson(req): StrictJson<MembershipRequest>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Response> {
     let voters: BTreeSet<u64> = req.voters.iter().copied().collect();
     if voters.is_empty() || voters.len() != req.voters.len() {
         return Err(ApiError::validation(
@@ -233,7 +240,7 @@ pub(super) async fn membership(
         )));
     }
     let index = s.node.change_membership(voters.clone()).await?;
-    Ok(Json(json!({"voters": voters, "index": index})))
+    Ok(written(index, json!({"voters": voters, "index": index})))
 }
 
 #[utoipa::path(
@@ -253,12 +260,12 @@ pub(super) async fn remove_node(
     State(s): State<AppState>,
     _ops: Ops,
     Path(id): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Response> {
     let id: u64 = id
         .parse()
         .map_err(|_| ApiError::validation("node id must be a positive integer"))?;
     let index = s.node.remove_node(id).await?;
-    Ok(Json(json!({"removed": id, "index": index})))
+    Ok(written(index, json!({"removed": id, "index": index})))
 }
 
 #[utoipa::path(
