@@ -138,6 +138,22 @@ async fn signup_login_refresh_logout_and_token_attacks() {
         assert_eq!(v["id"], id.as_str());
         assert!(v.get("password_hash").is_none());
     }
+    // It honours the read-consistency headers like every read.
+    for (header, value, expected) in [
+        ("x-consistency", "linearizable", StatusCode::OK),
+        ("x-consistency", "sometimes", StatusCode::BAD_REQUEST),
+        ("x-cell-index", "not-a-number", StatusCode::BAD_REQUEST),
+    ] {
+        let r = tc
+            .http
+            .get(format!("{}/v1/me", tc.url(other)))
+            .bearer_auth(&access)
+            .header(header, value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), expected, "{header}: {value}");
+    }
 
     // Refresh rotates; reusing the old token revokes the family.
     let (s, v) = refresh(&tc, leader, &refresh1).await;

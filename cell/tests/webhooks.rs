@@ -329,4 +329,55 @@ async fn webhooks_survive_failures_and_timeouts() {
     )
     .await;
     assert_eq!(v["items"], json!([]));
+
+    // The list pages like every list: `limit`, and `next_cursor` until the
+    // last page.
+    for i in 0..3 {
+        let (s, _) = call(
+            &http,
+            &base,
+            Method::POST,
+            &format!("/v1/vendors/{dvid}/webhooks"),
+            &dt,
+            Some(json!({"url": format!("{dead}/{i}"), "secret": SECRET})),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED);
+    }
+    let mut seen = Vec::new();
+    let mut query = "limit=2".to_string();
+    loop {
+        let (s, v) = call(
+            &http,
+            &base,
+            Method::GET,
+            &format!("/v1/vendors/{dvid}/webhooks?{query}"),
+            &dt,
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let items = v["items"].as_array().unwrap();
+        assert!(items.len() <= 2, "{v}");
+        seen.extend(items.iter().map(|w| w["id"].as_str().unwrap().to_string()));
+        match v["next_cursor"].as_str() {
+            Some(c) => query = format!("limit=2&cursor={c}"),
+            None => break,
+        }
+    }
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 3);
+    for bad in ["limit=0", "limit=101", "cursor=x", "page=2"] {
+        let (s, v) = call(
+            &http,
+            &base,
+            Method::GET,
+            &format!("/v1/vendors/{dvid}/webhooks?{bad}"),
+            &dt,
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {v}");
+    }
 }

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{
-    extract::{Consistency, Ops, Principal, StrictJson},
+    extract::{Consistency, Ops, Paging, Principal, StrictJson},
     identity_api::{now_ms, rfc3339},
     kv_api::ensure_fresh,
     openapi::*,
@@ -319,6 +319,7 @@ pub(super) async fn location(
 
 #[utoipa::path(
     get, path = "/v1/drivers/me/offers", tag = "drivers",
+    params(("limit" = Option<usize>, Query), ("cursor" = Option<String>, Query)),
     responses((status = 200, description = "open offers", body = OffersView),
               (status = "4XX", description = "problem+json", body = Problem)),
     security(("bearer" = [])),
@@ -327,6 +328,7 @@ pub(super) async fn my_offers(
     State(s): State<AppState>,
     p: Principal,
     c: Consistency,
+    paging: Paging,
 ) -> ApiResult<Json<Value>> {
     driver_role(&p)?;
     ensure_fresh(&s, c).await?;
@@ -338,7 +340,7 @@ pub(super) async fn my_offers(
             items.push(offer_json(&read, &o)?);
         }
     }
-    Ok(Json(json!({ "items": items })))
+    Ok(Json(paging.answer(items)))
 }
 
 #[utoipa::path(

@@ -263,6 +263,59 @@ impl<S: Send + Sync> FromRequestParts<S> for Consistency {
     }
 }
 
+/// How much of a short list held whole in memory a caller wants (a
+/// driver's open offers and schedule, a vendor's webhooks): a page by
+/// `?limit=&cursor=` over REST, where the cursor is an offset, or all of it
+/// for GraphQL's list fields.
+#[derive(Debug, Clone, Copy)]
+pub enum Paging {
+    Page { limit: usize, offset: usize },
+    Whole,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Paging {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct PageQuery {
+            limit: Option<usize>,
+            cursor: Option<String>,
+        }
+        let axum::extract::Query(q) =
+            axum::extract::Query::<PageQuery>::from_request_parts(parts, state)
+                .await
+                .map_err(|e| ApiError::validation(e.body_text()))?;
+        let offset = match q.cursor.as_deref() {
+            None => 0,
+            Some(c) => c
+                .parse()
+                .map_err(|_| ApiError::validation("cursor is not one this list gave"))?,
+        };
+        Ok(Paging::Page {
+            limit: page_limit(q.limit)?,
+            offset,
+        })
+    }
+}
+
+impl Paging {
+    /// `items` as a list answer, `{items, next_cursor}`.
+    pub fn answer(self, items: Vec<serde_json::Value>) -> serde_json::Value {
+        let (page, next) = match self {
+            Paging::Whole => (items, None),
+            Paging::Page { limit, offset } => {
+                let total = items.len();
+                let page: Vec<_> = items.into_iter().skip(offset).take(limit).collect();
+                let end = offset.saturating_add(page.len());
+                (page, (end < total).then(|| end.to_string()))
+            }
+        };
+        serde_json::json!({"items": page, "next_cursor": next})
+    }
+}
+
 /// `?limit=` of a list: 20 by default, at most 100.
 pub fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
     let limit = limit.unwrap_or(20);

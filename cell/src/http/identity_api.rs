@@ -20,7 +20,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::{
-    extract::{Ops, OptionalJson, Principal, StrictJson},
+    extract::{Consistency, Ops, OptionalJson, Principal, StrictJson},
     openapi::*,
     problem::{ApiError, ApiResult},
     AppState,
@@ -491,10 +491,12 @@ pub(super) async fn logout(
 pub(super) async fn me(
     State(s): State<AppState>,
     principal: Principal,
+    c: Consistency,
 ) -> ApiResult<Json<AccountView>> {
     if principal.role == Role::Ops && !principal.sub.contains(".acc_") {
         return Err(ApiError::not_found("ops tokens belong to no account"));
     }
+    super::kv_api::ensure_fresh(&s, c).await?;
     let read = s.node.store().read()?;
     let account = match identity::account(&read, &principal.sub)? {
         Some(a) => a,

@@ -263,6 +263,7 @@ pub struct OfferView {
 #[derive(Serialize, ToSchema)]
 pub struct OffersView {
     pub items: Vec<OfferView>,
+    pub next_cursor: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -324,6 +325,7 @@ pub struct WebhookView {
 #[derive(Serialize, ToSchema)]
 pub struct WebhooksView {
     pub items: Vec<WebhookView>,
+    pub next_cursor: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -365,6 +367,7 @@ pub struct RoutesMarketView {
 #[derive(Serialize, ToSchema)]
 pub struct ScheduleView {
     pub items: Vec<RouteView>,
+    pub next_cursor: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 use super::{
     events_api::MAX_WAIT_SECS,
-    extract::{Consistency, Ops, Principal, StrictJson},
+    extract::{Consistency, Ops, Paging, Principal, StrictJson},
     identity_api::{now_ms, rfc3339},
     kv_api::ensure_fresh,
     openapi::*,
@@ -211,6 +211,7 @@ pub(super) async fn withdraw(
 
 #[utoipa::path(
     get, path = "/v1/drivers/me/schedule", tag = "routes",
+    params(("limit" = Option<usize>, Query), ("cursor" = Option<String>, Query)),
     responses((status = 200, description = "routes assigned to the driver", body = ScheduleView),
               (status = "4XX", description = "problem+json", body = Problem)),
     security(("bearer" = [])),
@@ -219,6 +220,7 @@ pub(super) async fn schedule(
     State(s): State<AppState>,
     p: Principal,
     c: Consistency,
+    paging: Paging,
 ) -> ApiResult<Json<Value>> {
     if p.role != Role::Driver {
         return Err(ApiError::forbidden("this needs the driver role"));
@@ -229,7 +231,7 @@ pub(super) async fn schedule(
         .iter()
         .map(route_json)
         .collect();
-    Ok(Json(json!({ "items": items })))
+    Ok(Json(paging.answer(items)))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

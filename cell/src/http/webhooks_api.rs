@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{
-    extract::{Consistency, Principal, StrictJson},
+    extract::{Consistency, Paging, Principal, StrictJson},
     identity_api::{now_ms, rfc3339},
     kv_api::ensure_fresh,
     openapi::*,
@@ -130,7 +130,7 @@ pub(super) async fn register(
 
 #[utoipa::path(
     get, path = "/v1/vendors/{id}/webhooks", tag = "vendors",
-    params(("id" = String, Path, description = "vendor id")),
+    params(("id" = String, Path, description = "vendor id"), ("limit" = Option<usize>, Query), ("cursor" = Option<String>, Query)),
     responses((status = 200, description = "webhooks and their delivery status", body = WebhooksView),
               (status = "4XX", description = "problem+json", body = Problem)),
     security(("bearer" = [])),
@@ -140,6 +140,7 @@ pub(super) async fn list(
     p: Principal,
     c: Consistency,
     Path(id): Path<String>,
+    paging: Paging,
 ) -> ApiResult<Json<Value>> {
     ensure_fresh(&s, c).await?;
     owned(&s, &p, &id)?;
@@ -148,7 +149,7 @@ pub(super) async fn list(
         .iter()
         .map(webhook_json)
         .collect();
-    Ok(Json(json!({ "items": items })))
+    Ok(Json(paging.answer(items)))
 }
 
 #[utoipa::path(

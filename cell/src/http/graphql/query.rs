@@ -6,8 +6,8 @@ use serde::Serialize;
 use super::caller::{path, query, Caller, OrGql};
 use super::model::*;
 use crate::http::{
-    catalog_api, drivers_api, events_api, identity_api, orders_api, routes_api, search_api,
-    webhooks_api,
+    catalog_api, drivers_api, events_api, extract::Paging, identity_api, orders_api, routes_api,
+    search_api, webhooks_api,
 };
 
 pub struct Query;
@@ -100,7 +100,7 @@ impl Query {
     /// The caller's account.
     async fn me(&self, ctx: &Context<'_>) -> Result<Account> {
         let c = Caller::of(ctx)?;
-        let r = identity_api::me(c.s(), c.principal().gql()?).await;
+        let r = identity_api::me(c.s(), c.principal().gql()?, c.consistency()).await;
         c.answer(r).await
     }
 
@@ -210,7 +210,8 @@ impl Query {
     /// The calling driver's open offers.
     async fn offers(&self, ctx: &Context<'_>) -> Result<Vec<Offer>> {
         let c = Caller::of(ctx)?;
-        let r = drivers_api::my_offers(c.s(), c.principal().gql()?, c.consistency()).await;
+        let r = drivers_api::my_offers(c.s(), c.principal().gql()?, c.consistency(), Paging::Whole)
+            .await;
         Ok(c.answer::<OfferList, _>(r).await?.items)
     }
 
@@ -223,7 +224,8 @@ impl Query {
     /// Routes the calling driver has been matched to.
     async fn schedule(&self, ctx: &Context<'_>) -> Result<Vec<Route>> {
         let c = Caller::of(ctx)?;
-        let r = routes_api::schedule(c.s(), c.principal().gql()?, c.consistency()).await;
+        let r =
+            routes_api::schedule(c.s(), c.principal().gql()?, c.consistency(), Paging::Whole).await;
         Ok(c.answer::<RouteList, _>(r).await?.items)
     }
 
@@ -263,6 +265,7 @@ impl Query {
             c.principal().gql()?,
             c.consistency(),
             path(vendor_id),
+            Paging::Whole,
         )
         .await;
         Ok(c.answer::<WebhookList, _>(r).await?.items)
