@@ -114,6 +114,19 @@ async fn vendor(http: &reqwest::Client, base: &str, token: &str, name: &str) -> 
     v["id"].as_str().unwrap().to_string()
 }
 
+/// Registers a webhook at `url` for vendor `vid`.
+async fn register(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    vid: &str,
+    url: impl serde::Serialize,
+) -> (StatusCode, Value) {
+    let body = json!({"url": url, "secret": SECRET});
+    let path = format!("/v1/vendors/{vid}/webhooks");
+    call(http, base, Method::POST, &path, token, Some(body)).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn webhooks_survive_failures_and_timeouts() {
     let _serial = common::SERIAL.lock().await;
@@ -129,15 +142,7 @@ async fn webhooks_survive_failures_and_timeouts() {
 
     let vt = signup(&http, &base, "hooked@x.test", "vendor").await;
     let vid = vendor(&http, &base, &vt, "Hooked").await;
-    let (s, w) = call(
-        &http,
-        &base,
-        Method::POST,
-        &format!("/v1/vendors/{vid}/webhooks"),
-        &vt,
-        Some(json!({"url": url, "secret": SECRET})),
-    )
-    .await;
+    let (s, w) = register(&http, &base, &vt, &vid, &url).await;
     assert_eq!(s, StatusCode::CREATED, "{w}");
     assert!(w.get("secret").is_none(), "the secret is never echoed");
 
@@ -145,15 +150,7 @@ async fn webhooks_survive_failures_and_timeouts() {
     let dt = signup(&http, &base, "dead@x.test", "vendor").await;
     let dvid = vendor(&http, &base, &dt, "Dead").await;
     let dead = format!("http://{}/hook", edge::ports::free_loopback_addr().unwrap());
-    let (s, _) = call(
-        &http,
-        &base,
-        Method::POST,
-        &format!("/v1/vendors/{dvid}/webhooks"),
-        &dt,
-        Some(json!({"url": dead, "secret": SECRET})),
-    )
-    .await;
+    let (s, _) = register(&http, &base, &dt, &dvid, &dead).await;
     assert_eq!(s, StatusCode::CREATED);
 
     // Bad registrations change nothing.
@@ -174,15 +171,7 @@ async fn webhooks_survive_failures_and_timeouts() {
         .await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     }
-    let (s, _) = call(
-        &http,
-        &base,
-        Method::POST,
-        &format!("/v1/vendors/{vid}/webhooks"),
-        &dt,
-        Some(json!({"url": url, "secret": SECRET})),
-    )
-    .await;
+    let (s, _) = register(&http, &base, &dt, &vid, &url).await;
     assert_eq!(s, StatusCode::FORBIDDEN, "not their vendor");
 
     // Order events for both vendors.
@@ -333,29 +322,27 @@ async fn webhooks_survive_failures_and_timeouts() {
     // The list pages like every list: `limit`, and `next_cursor` until the
     // last page.
     for i in 0..3 {
-        let (s, _) = call(
-            &http,
-            &base,
-            Method::POST,
-            &format!("/v1/vendors/{dvid}/webhooks"),
-            &dt,
-            Some(json!({"url": format!("{dead}/{i}"), "secret": SECRET})),
-        )
-        .await;
+        let (s, _) = register(&http, &base, &dt, &dvid, format!("{dead}/{i}")).await;
         assert_eq!(s, StatusCode::CREATED);
     }
+    let list = |query: String| {
+        let (http, base, path, dt) = (&http, &base, format!("/v1/vendors/{dvid}/webhooks"), &dt);
+        async move {
+            call(
+                http,
+                base,
+                Method::GET,
+                &format!("{path}?{query}"),
+                dt,
+                None,
+            )
+            .await
+        }
+    };
     let mut seen = Vec::new();
     let mut query = "limit=2".to_string();
     loop {
-        let (s, v) = call(
-            &http,
-            &base,
-            Method::GET,
-            &format!("/v1/vendors/{dvid}/webhooks?{query}"),
-            &dt,
-            None,
-        )
-        .await;
+        let (s, v) = list(query).await;
         assert_eq!(s, StatusCode::OK, "{v}");
         let items = v["items"].as_array().unwrap();
         assert!(items.len() <= 2, "{v}");
@@ -369,15 +356,7 @@ async fn webhooks_survive_failures_and_timeouts() {
     seen.dedup();
     assert_eq!(seen.len(), 3);
     for bad in ["limit=0", "limit=101", "cursor=x", "page=2"] {
-        let (s, v) = call(
-            &http,
-            &base,
-            Method::GET,
-            &format!("/v1/vendors/{dvid}/webhooks?{bad}"),
-            &dt,
-            None,
-        )
-        .await;
+        let (s, v) = list(bad.to_string()).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {v}");
     }
 }
