@@ -99,6 +99,12 @@ pub fn driver_json(d: &Driver) -> Value {
     })
 }
 
+/// The answer to a write that changed delivery `d`.
+fn delivery_written(s: &AppState, index: u64, d: &Delivery) -> ApiResult<Response> {
+    let read = s.node.store().read()?;
+    Ok(with_index(index, delivery_json(&read, d)?))
+}
+
 /// A delivery as its API answers it; `eta` is its order's.
 pub fn delivery_json(read: &storage::ReadTxn, d: &Delivery) -> ApiResult<Value> {
     let loc = |l: &crate::catalog::Location| json!({"lat": l.lat, "lng": l.lng});
@@ -373,10 +379,7 @@ pub(super) async fn answer_offer(
         _ => return Err(ApiError::not_found("no such action")),
     };
     match write(&s, cmd).await? {
-        (DriverResponse::Delivery(d), index) => {
-            let read = s.node.store().read()?;
-            Ok(with_index(index, delivery_json(&read, &d)?))
-        }
+        (DriverResponse::Delivery(d), index) => delivery_written(&s, index, &d),
         (DriverResponse::Offer(o), index) => {
             let read = s.node.store().read()?;
             Ok(with_index(index, offer_json(&read, &o)?))
@@ -546,10 +549,7 @@ pub(super) async fn act(
         now: now_ms(),
     };
     match write(&s, cmd).await? {
-        (DriverResponse::Delivery(d), index) => {
-            let read = s.node.store().read()?;
-            Ok(with_index(index, delivery_json(&read, &d)?))
-        }
+        (DriverResponse::Delivery(d), index) => delivery_written(&s, index, &d),
         (DriverResponse::NotFound | DriverResponse::Forbidden, _) => {
             Err(ApiError::not_found("no such delivery"))
         }
