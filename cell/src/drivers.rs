@@ -495,8 +495,11 @@ pub fn apply(txn: &WriteTxn, cmd: DriverCommand) -> storage::Result<DriverRespon
             let Some(mut drv) = txn.get(DRIVERS, driver_id.as_bytes())? else {
                 return Ok(R::NotFound);
             };
+            // Like the route marketplace: being approved is part of the
+            // role, so a pending or suspended driver is refused, not in
+            // conflict.
             if online && drv.status != DriverStatus::Approved {
-                return Ok(R::Conflict("only approved drivers go online".into()));
+                return Ok(R::Forbidden);
             }
             drv.online = online;
             drv.updated_at = now;

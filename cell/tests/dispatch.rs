@@ -100,7 +100,7 @@ impl World {
         assert_eq!(s, StatusCode::OK, "{v}");
         assert_eq!(v["status"], "pending");
         // Not approved yet: cannot go online.
-        let (s, _) = self
+        let (s, v) = self
             .call(
                 3,
                 Method::PUT,
@@ -109,7 +109,11 @@ impl World {
                 Some(json!({"online": true})),
             )
             .await;
-        assert_eq!(s, StatusCode::CONFLICT);
+        assert_eq!(
+            (s, v["code"].clone()),
+            (StatusCode::FORBIDDEN, json!("forbidden")),
+            "{v}"
+        );
         let (s, v) = self
             .call(
                 1,

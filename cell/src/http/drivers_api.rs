@@ -274,6 +274,9 @@ pub(super) async fn availability(
         (DriverResponse::NotFound, _) => Err(ApiError::not_found(
             "no driver profile yet: PUT /v1/drivers/me",
         )),
+        (DriverResponse::Forbidden, _) => {
+            Err(ApiError::forbidden("only approved drivers go online"))
+        }
         (other, _) => Err(unexpected(other)),
     }
 }
