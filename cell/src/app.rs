@@ -15,7 +15,7 @@ use crate::{
     orders::{self, OrderCommand, OrderResponse},
     read_models::ReadModels,
     routes::{self, RouteCommand, RouteResponse},
-    search_service::Dirty,
+    search_service::{Dirty, IndexFeed},
     webhooks::{self, WebhookCommand, WebhookResponse},
 };
 
@@ -80,7 +80,7 @@ pub struct CellApp {
     market: tokio::sync::watch::Sender<u64>,
     route_board: crate::route_board::RouteBoard,
     read_models: Arc<ReadModels>,
-    search: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Dirty>>,
+    search: std::sync::OnceLock<Arc<IndexFeed>>,
 }
 
 impl CellApp {
@@ -98,18 +98,19 @@ impl CellApp {
 
     /// Where catalog changes go to be indexed (set before Raft starts, so
     /// no applied change is missed).
-    pub fn set_search(&self, tx: tokio::sync::mpsc::UnboundedSender<Dirty>) {
-        let _ = self.search.set(tx);
+    pub fn set_search(&self, feed: Arc<IndexFeed>) {
+        let _ = self.search.set(feed);
     }
 
     /// Ask the indexer to rebuild from state (`POST /admin/search/reindex`).
     pub fn reindex(&self) {
-        self.index(Dirty::All);
+        self.index(Dirty::All, 0);
     }
 
-    fn index(&self, d: Dirty) {
-        if let Some(tx) = self.search.get() {
-            let _ = tx.send(d);
+    /// `d` changed at log index `at`.
+    fn index(&self, d: Dirty, at: u64) {
+        if let Some(feed) = self.search.get() {
+            feed.send(d, at);
         }
     }
 
@@ -172,18 +173,18 @@ impl raft::Application for CellApp {
 
     /// Runs before the applied index advances: cached read models are
     /// dropped before any reader can wait for this index.
-    fn committed(&self, _applied_index: u64, effects: Vec<Change>) {
+    fn committed(&self, applied_index: u64, effects: Vec<Change>) {
         for e in effects {
             match &e {
                 Change::Vendor { id } => {
                     self.read_models.invalidate(&format!("vendor/{id}"));
                     self.read_models.invalidate(&format!("menu/{id}"));
-                    self.index(Dirty::Vendor(id.clone()));
+                    self.index(Dirty::Vendor(id.clone()), applied_index);
                 }
                 Change::Product { id, search } => {
                     self.read_models.invalidate(&format!("product/{id}"));
                     if *search {
-                        self.index(Dirty::Product(id.clone()));
+                        self.index(Dirty::Product(id.clone()), applied_index);
                     }
                 }
                 Change::Feeds { principals } => {
@@ -200,9 +201,9 @@ impl raft::Application for CellApp {
         }
     }
 
-    fn snapshot_installed(&self, _applied_index: u64) {
+    fn snapshot_installed(&self, applied_index: u64) {
         self.read_models.invalidate_all();
-        self.index(Dirty::All);
+        self.index(Dirty::All, applied_index);
         self.feeds.wake_all();
         self.route_board.reset();
         self.market.send_modify(|n| *n += 1);

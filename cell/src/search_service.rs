@@ -1,12 +1,20 @@
 //! Keeps the node's tantivy index in step with its state: applied catalog
 //! changes are batched (≤ 200 ms) into one index commit that records the
 //! applied log index; a missing, stale or replaced index is rebuilt from
-//! `state.redb`.
+//! `state.redb`. A search that must see a write (`X-Cell-Index`,
+//! `X-Consistency: linearizable`) waits for the commit that holds it.
 
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeSet,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use search::{Change, ProductDoc, SearchIndex, VendorDoc};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch, Notify};
 
 use crate::{
     app::CellApp,
@@ -24,6 +32,68 @@ pub enum Dirty {
 
 /// Longest a committed change waits before it is indexed.
 const BATCH_WINDOW: Duration = Duration::from_millis(200);
+
+/// The way from applied catalog changes to the indexer, and back from the
+/// indexer to searches that wait for a change to be searchable.
+pub struct IndexFeed {
+    tx: mpsc::UnboundedSender<Dirty>,
+    /// Log index of the newest change sent to the indexer (0: none since
+    /// this node started, whose index was rebuilt or current at start).
+    sent_at: AtomicU64,
+    /// The indexer has every change sent at or below this log index in a
+    /// searchable commit.
+    indexed: watch::Sender<u64>,
+    /// A search is waiting: index what is pending now, not at the end of
+    /// the batch window.
+    hurry: Notify,
+}
+
+impl IndexFeed {
+    /// A feed and the receiving end the indexer (`start`) takes.
+    pub fn new() -> (Arc<Self>, mpsc::UnboundedReceiver<Dirty>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let feed = IndexFeed {
+            tx,
+            sent_at: AtomicU64::new(0),
+            indexed: watch::Sender::new(0),
+            hurry: Notify::new(),
+        };
+        (Arc::new(feed), rx)
+    }
+
+    /// Queue `d`, a change applied at log index `at`. Called before the
+    /// applied index reaches `at`, so a search that waited for `at` to be
+    /// applied sees this send.
+    pub fn send(&self, d: Dirty, at: u64) {
+        self.sent_at.fetch_max(at, Ordering::AcqRel);
+        let _ = self.tx.send(d);
+    }
+
+    /// Waits (at most `within`) until every catalog change applied at or
+    /// below `applied` — an index this node has applied — is searchable.
+    pub async fn caught_up(&self, applied: u64, within: Duration) -> bool {
+        // Nothing was sent between the newest change and `applied`, so the
+        // index holds `applied`'s state once it holds that change.
+        let need = applied.min(self.sent_at.load(Ordering::Acquire));
+        let mut indexed = self.indexed.subscribe();
+        if *indexed.borrow() >= need {
+            return true;
+        }
+        self.hurry.notify_one();
+        let caught_up = tokio::time::timeout(within, indexed.wait_for(|i| *i >= need))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        caught_up
+    }
+
+    fn indexed_through(&self, applied: u64) {
+        self.indexed.send_if_modified(|i| {
+            let moved = applied > *i;
+            *i = (*i).max(applied);
+            moved
+        });
+    }
+}
 
 fn kind_name<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_value(v)
@@ -116,6 +186,7 @@ fn rebuild(index: &SearchIndex, store: &storage::Store, applied: u64) -> anyhow:
 pub fn start(
     dir: &std::path::Path,
     node: Arc<raft::RaftNode<CellApp>>,
+    feed: Arc<IndexFeed>,
     mut rx: mpsc::UnboundedReceiver<Dirty>,
 ) -> anyhow::Result<Arc<SearchIndex>> {
     let index = match SearchIndex::open_in_dir(dir) {
@@ -132,6 +203,7 @@ pub fn start(
     if index.indexed_index() != applied || applied == 0 {
         rebuild(&index, node.store(), applied)?;
     }
+    feed.indexed_through(index.indexed_index());
     let idx = index.clone();
     tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
@@ -147,16 +219,27 @@ pub fn start(
                 Dirty::All => *all = true,
             };
             note(first, &mut all, &mut dirty);
-            let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
-            while let Ok(Some(d)) = tokio::time::timeout_at(deadline, rx.recv()).await {
-                note(d, &mut all, &mut dirty);
-                if dirty.len() > 10_000 {
-                    break;
+            let deadline = tokio::time::sleep(BATCH_WINDOW);
+            tokio::pin!(deadline);
+            while dirty.len() <= 10_000 {
+                tokio::select! {
+                    d = rx.recv() => match d {
+                        Some(d) => note(d, &mut all, &mut dirty),
+                        None => break,
+                    },
+                    _ = &mut deadline => break,
+                    _ = feed.hurry.notified() => break,
                 }
+            }
+            // Every change applied at or below `applied` was sent before
+            // the applied index got there, so it is in the channel now;
+            // the state read below is at least this new.
+            let applied = node.applied_index();
+            while let Ok(d) = rx.try_recv() {
+                note(d, &mut all, &mut dirty);
             }
             let (index, node) = (idx.clone(), node.clone());
             let result = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-                let applied = node.applied_index();
                 if all {
                     return rebuild(&index, node.store(), applied);
                 }
@@ -166,7 +249,7 @@ pub fn start(
             })
             .await;
             match result {
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => feed.indexed_through(applied),
                 Ok(Err(e)) => tracing::error!(error = %e, "search indexing failed"),
                 Err(e) => tracing::error!(error = %e, "search indexer task failed"),
             }

@@ -78,8 +78,8 @@ pub async fn run(cfg: CellConfig) -> anyhow::Result<()> {
     };
     let read_models = Arc::new(ReadModels::new(cache.clone()));
     let app = Arc::new(CellApp::new(read_models.clone()));
-    let (search_tx, search_rx) = tokio::sync::mpsc::unbounded_channel();
-    app.set_search(search_tx);
+    let (index_feed, search_rx) = crate::search_service::IndexFeed::new();
+    app.set_search(index_feed.clone());
     let node = RaftNode::start(
         NodeConfig {
             id: cfg.node_id,
@@ -98,7 +98,12 @@ pub async fn run(cfg: CellConfig) -> anyhow::Result<()> {
 
     // Opening may rebuild the index from state: blocking work.
     let search = tokio::task::block_in_place(|| {
-        crate::search_service::start(&cfg.data_dir.join("search"), node.clone(), search_rx)
+        crate::search_service::start(
+            &cfg.data_dir.join("search"),
+            node.clone(),
+            index_feed.clone(),
+            search_rx,
+        )
     })
     .context("opening the search index")?;
 
@@ -132,6 +137,7 @@ pub async fn run(cfg: CellConfig) -> anyhow::Result<()> {
         metrics: Arc::new(Metrics::new()),
         read_models,
         search,
+        index_feed,
         inflight: Arc::new(Semaphore::new(MAX_INFLIGHT)),
         long_polls: Arc::new(Semaphore::new(cfg.max_long_polls)),
         limiter: Arc::new(edge::rate_limit::RateLimiter::new(cfg.limits)),

@@ -1,6 +1,7 @@
 //! Search on a real 3-node cell: committed catalog changes become
-//! searchable on every node within a second; updates, deletes and stock
-//! are reflected; hostile queries never break a node.
+//! searchable on every node within a second, at once for a search that
+//! carries the write's `X-Cell-Index`; updates, deletes and stock are
+//! reflected; hostile queries never break a node.
 
 mod common;
 
@@ -182,6 +183,52 @@ async fn committed_changes_become_searchable_on_every_node() {
         search_until(&tc, node, "q=margherita", |v| !ids(v).contains(&pids[0])).await;
         search_until(&tc, node, "q=tiramisu", |v| ids(v).is_empty()).await;
     }
+
+    // Read your writes: a search that carries the write's X-Cell-Index, or
+    // asks for a linearizable answer, sees the write at once on any node
+    // (without them a search may miss it for up to the 200 ms batch).
+    for (node, by_index, linearizable) in [
+        (1, "Stromboli", "Focaccia"),
+        (2, "Bruschetta", "Arancini"),
+        (3, "Cannoli", "Panzanella"),
+    ] {
+        for (name, header) in [(by_index, "x-cell-index"), (linearizable, "x-consistency")] {
+            let r = http
+                .post(format!("{base}/v1/vendors/{vid}/products"))
+                .bearer_auth(&token)
+                .json(&json!({"name": name, "description": "", "category": "bakery", "price": {"amount": 900, "currency": "USD"}}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::CREATED);
+            let written = r.headers()["x-cell-index"].to_str().unwrap().to_string();
+            let id = r.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let value = if header == "x-cell-index" {
+                written.as_str()
+            } else {
+                "linearizable"
+            };
+            let r = http
+                .get(format!("{}/v1/search?q={name}", tc.url(node)))
+                .header(header, value)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(ids(&v), vec![id], "node {node}, {header}: {v}");
+        }
+    }
+    let r = http
+        .get(format!("{base}/v1/search?q=pizza"))
+        .header("x-cell-index", "soon")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 
     // Hostile queries: 200 or 400, never a 5xx.
     for q in [

@@ -64,6 +64,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub read_models: Arc<ReadModels>,
     pub search: Arc<search::SearchIndex>,
+    /// Lets a search wait until the index holds a write.
+    pub index_feed: Arc<crate::search_service::IndexFeed>,
     pub inflight: Arc<Semaphore>,
     /// Waiting long polls, limited separately: they hold no work while
     /// they wait, so they must not crowd out real requests.

@@ -10,7 +10,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{
-    extract::{page_limit, Ops},
+    extract::{page_limit, Consistency, Ops},
+    kv_api::ensure_fresh,
     openapi::{Problem, SearchPage},
     problem::{ApiError, ApiResult},
     AppState,
@@ -65,6 +66,11 @@ pub(super) struct SearchParams {
 /// Deepest result a cursor may reach.
 const MAX_OFFSET: usize = 10_000;
 
+/// Longest a search waits for the index to hold a write it must see
+/// (indexing batches for at most 200 ms, and a waiting search cuts that
+/// short).
+const INDEX_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 #[utoipa::path(
     get,
     path = "/v1/search",
@@ -86,14 +92,18 @@ const MAX_OFFSET: usize = 10_000;
         ("limit" = Option<usize>, Query),
         ("cursor" = Option<String>, Query),
         ("region" = Option<String>, Query, description = "picks the cell at the router (anonymous searches); ignored by the cell"),
+        ("X-Cell-Index" = Option<u64>, Header, description = "answer only once the index holds every catalog change up to this index"),
+        ("X-Consistency" = Option<String>, Header, description = "linearizable: hold every catalog change committed before the search"),
     ),
     responses(
         (status = 200, description = "hits, category facets, total", body = SearchPage),
+        (status = 503, description = "index_behind: the index did not catch up in time", body = Problem),
         (status = "4XX", description = "problem+json", body = Problem),
     ),
 )]
 pub(super) async fn search(
     State(s): State<AppState>,
+    c: Consistency,
     q: Result<Query<SearchParams>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
     let Query(p) = q.map_err(|e| ApiError::validation(e.body_text()))?;
@@ -169,6 +179,17 @@ pub(super) async fn search(
         limit,
         offset,
     };
+    if c != Consistency::Local {
+        let applied = ensure_fresh(&s, c).await?;
+        if !s.index_feed.caught_up(applied, INDEX_WAIT).await {
+            return Err(ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "index_behind",
+                format!("the search index does not hold index {applied} yet"),
+            )
+            .retry_after(1));
+        }
+    }
     let index = s.search.clone();
     let started = std::time::Instant::now();
     let results = index.search_on_workers(query).await.map_err(|e| match e {

@@ -156,7 +156,7 @@ impl Query {
             limit,
             cursor,
         };
-        let r = search_api::search(c.s(), query(args)).await;
+        let r = search_api::search(c.s(), c.consistency(), query(args)).await;
         c.answer(r).await
     }
 
