@@ -290,7 +290,13 @@ impl CellApp {
                 Ok(Response::Drivers(Box::new(resp)))
             }
             Command::Webhooks(c) => Ok(Response::Webhooks(Box::new(webhooks::apply(txn, *c)?))),
-            Command::Routes(c) => Ok(Response::Routes(Box::new(routes::apply(txn, *c)?))),
+            Command::Routes(c) => {
+                let resp = routes::apply(txn, *c)?;
+                if matches!(&resp, routes::RouteResponse::Released(r) if !r.is_empty()) {
+                    ctx.emit(Change::Dispatchable);
+                }
+                Ok(Response::Routes(Box::new(resp)))
+            }
         }
     }
 }

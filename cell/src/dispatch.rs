@@ -184,11 +184,17 @@ impl Dispatcher {
         let closer = node.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(250));
-            loop {
+            for n in 0u64.. {
                 tick.tick().await;
                 if closer.is_leader() {
                     if let Err(e) = close_window_if_due(&closer).await {
                         tracing::debug!(error = %e, "closing the route window failed");
+                    }
+                    // Once a second: lead times are half an hour.
+                    if n % 4 == 0 {
+                        if let Err(e) = release_routes_if_due(&closer).await {
+                            tracing::debug!(error = %e, "releasing due routes failed");
+                        }
                     }
                 }
             }
@@ -438,6 +444,18 @@ async fn close_window_if_due(node: &RaftNode<CellApp>) -> anyhow::Result<()> {
     };
     if due {
         let cmd = crate::routes::RouteCommand::CloseWindow { now };
+        node.write(&Command::Routes(Box::new(cmd))).await?;
+    }
+    Ok(())
+}
+
+/// Proposes a `Release` when an open route nobody claimed is due to
+/// leave, so its deliveries go out on demand instead of waiting forever.
+async fn release_routes_if_due(node: &RaftNode<CellApp>) -> anyhow::Result<()> {
+    let now = now_ms();
+    let due = crate::routes::release_due(&node.store().read()?, now)?;
+    if due {
+        let cmd = crate::routes::RouteCommand::Release { now };
         node.write(&Command::Routes(Box::new(cmd))).await?;
     }
     Ok(())

@@ -254,8 +254,9 @@ pub enum DriverResponse {
     BadProof,
 }
 
-/// How long before a scheduled window its delivery is dispatched.
-const SCHEDULED_LEAD_MS: i64 = 30 * 60 * 1000;
+/// How long before a scheduled window its delivery is dispatched (on
+/// demand, when no route driver took it by then).
+pub const SCHEDULED_LEAD_MS: i64 = 30 * 60 * 1000;
 
 /// Opens a delivery for an order that just became dispatchable.
 pub fn create_delivery(txn: &WriteTxn, order: &Order, now: i64) -> storage::Result<Delivery> {
@@ -294,6 +295,49 @@ pub fn hold_for_route(txn: &WriteTxn, delivery_id: &str) -> storage::Result<()> 
     Ok(())
 }
 
+/// The delivery, if it still waits for a driver (not cancelled, nobody
+/// assigned).
+fn waiting(txn: &WriteTxn, delivery_id: &str) -> storage::Result<Option<Delivery>> {
+    Ok(txn
+        .get(DELIVERIES, delivery_id.as_bytes())?
+        .filter(|d| d.status == DeliveryStatus::Searching && d.driver_id.is_none()))
+}
+
+/// The route's matched driver takes one of its deliveries. Part of the
+/// window close's apply. The driver's `current_delivery` stays as it is:
+/// route work is booked ahead, not the errand in hand.
+pub fn assign_for_route(
+    txn: &WriteTxn,
+    delivery_id: &str,
+    driver_id: &str,
+    route_id: &str,
+    now: i64,
+) -> storage::Result<()> {
+    let Some(mut d) = waiting(txn, delivery_id)? else {
+        return Ok(());
+    };
+    d.status = DeliveryStatus::Assigned;
+    d.driver_id = Some(driver_id.to_string());
+    d.updated_at = now;
+    txn.put(DELIVERIES, d.id.as_bytes(), &d)?;
+    events::append_to_all(
+        txn,
+        &[&d.customer_id, &d.vendor_owner_id, driver_id],
+        "delivery.assigned",
+        now,
+        &serde_json::json!({"delivery_id": d.id, "order_id": d.order_id, "driver_id": driver_id, "route_id": route_id}),
+    )
+}
+
+/// Nobody took the delivery's route before it had to leave: it goes to
+/// on-demand dispatch. Part of the route release's apply.
+pub fn release_from_route(txn: &WriteTxn, delivery_id: &str, now: i64) -> storage::Result<()> {
+    if waiting(txn, delivery_id)?.is_some() {
+        txn.put(DISPATCHABLE, delivery_id.as_bytes(), &now)?;
+    }
+    Ok(())
+}
+
 /// The order was cancelled or rejected: its delivery stops, open offers
 /// are withdrawn, an assigned driver is freed.
 pub fn cancel_for_order(txn: &WriteTxn, order_id: &str, now: i64) -> storage::Result<()> {
@@ -305,7 +349,7 @@ pub fn cancel_for_order(txn: &WriteTxn, order_id: &str, now: i64) -> storage::Re
     };
     close_offers(txn, &d, None)?;
     if let Some(driver_id) = &d.driver_id {
-        free_driver(txn, driver_id, now)?;
+        free_driver(txn, driver_id, &d.id, now)?;
         events::append(
             txn,
             driver_id,
@@ -328,8 +372,18 @@ fn id_suffix(id: &str) -> &str {
     id.split_once('_').map(|(_, s)| s).unwrap_or(id)
 }
 
-fn free_driver(txn: &WriteTxn, driver_id: &str, now: i64) -> storage::Result<()> {
-    if let Some(mut drv) = txn.get(DRIVERS, driver_id.as_bytes())? {
+/// The driver is done with `delivery_id`; if it was the errand in hand
+/// (a route's deliveries never are), they are free for the next.
+fn free_driver(
+    txn: &WriteTxn,
+    driver_id: &str,
+    delivery_id: &str,
+    now: i64,
+) -> storage::Result<()> {
+    if let Some(mut drv) = txn
+        .get(DRIVERS, driver_id.as_bytes())?
+        .filter(|drv| drv.current_delivery.as_deref() == Some(delivery_id))
+    {
         drv.current_delivery = None;
         drv.updated_at = now;
         txn.put(DRIVERS, driver_id.as_bytes(), &drv)?;
@@ -770,11 +824,11 @@ pub fn apply(txn: &WriteTxn, cmd: DriverCommand) -> storage::Result<DriverRespon
             match next {
                 S::Delivered => {
                     ledger::post(txn, &earnings(&d, &driver_id, earnings_tx, &order, now))?;
-                    free_driver(txn, &driver_id, now)?;
+                    free_driver(txn, &driver_id, &d.id, now)?;
                     bump(txn, &driver_id, |s| s.completed += 1)?;
                 }
                 S::Failed => {
-                    free_driver(txn, &driver_id, now)?;
+                    free_driver(txn, &driver_id, &d.id, now)?;
                     bump(txn, &driver_id, |s| s.failed += 1)?;
                 }
                 _ => {}

@@ -73,6 +73,9 @@ pub struct Claim {
 pub enum RouteStatus {
     Open,
     Assigned,
+    /// Nobody took it by the time its deliveries had to leave; they went
+    /// to on-demand dispatch.
+    Expired,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -125,6 +128,11 @@ pub enum RouteCommand {
     CloseWindow {
         now: i64,
     },
+    /// Proposed by the leader when an unclaimed open route's deliveries
+    /// are due to leave (`release_due`).
+    Release {
+        now: i64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -137,6 +145,8 @@ pub enum RouteResponse {
     NotFound,
     Ineligible,
     Conflict(String),
+    /// Routes expired by a `Release`.
+    Released(Vec<String>),
 }
 
 pub fn zone_of(l: &Location) -> String {
@@ -180,10 +190,12 @@ pub fn add_scheduled(
         delivery_id: Some(delivery.id.clone()),
         location: delivery.dropoff,
     };
+    // A route drivers have claimed stays what they claimed: the stop
+    // starts a new route for the slot.
     let existing = match txn.get(SLOTS, slot.as_bytes())? {
         Some(id) => txn
             .get(ROUTES, id.as_bytes())?
-            .filter(|r| r.status == RouteStatus::Open),
+            .filter(|r| r.status == RouteStatus::Open && r.claims.is_empty()),
         None => None,
     };
     let route = match existing {
@@ -319,7 +331,59 @@ pub fn apply(txn: &WriteTxn, cmd: RouteCommand) -> storage::Result<RouteResponse
                 unmatched,
             })
         }
+        RouteCommand::Release { now } => {
+            let mut released = Vec::new();
+            for (k, window_start) in txn.range(OPEN, Vec::new().., MAX_OPEN)? {
+                if !leaves_by(window_start, now) {
+                    continue;
+                }
+                let Some(mut r) = txn.get(ROUTES, &k)? else {
+                    continue;
+                };
+                // A claimed route waits for its window's close, which
+                // matches it or clears its claims.
+                if !r.claims.is_empty() {
+                    continue;
+                }
+                r.status = RouteStatus::Expired;
+                txn.delete(OPEN, &k)?;
+                let slot = format!("{}/{}", r.zone, r.window_start);
+                if txn.get(SLOTS, slot.as_bytes())?.as_deref() == Some(r.id.as_str()) {
+                    txn.delete(SLOTS, slot.as_bytes())?;
+                }
+                for id in r.stops.iter().filter_map(|s| s.delivery_id.as_deref()) {
+                    drivers::release_from_route(txn, id, now)?;
+                }
+                txn.put(ROUTES, r.id.as_bytes(), &r)?;
+                released.push(r.id);
+            }
+            if !released.is_empty() {
+                bump(txn)?;
+            }
+            Ok(R::Released(released))
+        }
     }
+}
+
+/// Whether a route starting at `window_start` is past the time its
+/// deliveries leave on demand if no route driver has them.
+fn leaves_by(window_start: i64, now: i64) -> bool {
+    window_start - drivers::SCHEDULED_LEAD_MS <= now
+}
+
+/// Whether some open, unclaimed route is due for `Release` (the leader's
+/// check before proposing one).
+pub fn release_due(read: &ReadTxn, now: i64) -> storage::Result<bool> {
+    for (k, window_start) in read.range(OPEN, Vec::new().., MAX_OPEN)? {
+        if leaves_by(window_start, now)
+            && read
+                .get(ROUTES, &k)?
+                .is_some_and(|r: Route| r.claims.is_empty())
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// One window's matching: routes in (window start, id) order; for each,
@@ -391,6 +455,9 @@ fn match_window(txn: &WriteTxn, now: i64) -> storage::Result<(Vec<(String, Strin
                 r.status = RouteStatus::Assigned;
                 r.driver_id = Some(winner.clone());
                 txn.delete(OPEN, r.id.as_bytes())?;
+                for id in r.stops.iter().filter_map(|s| s.delivery_id.as_deref()) {
+                    drivers::assign_for_route(txn, id, &winner, &r.id, now)?;
+                }
                 txn.put(SCHEDULE, format!("{winner}/{}", r.id).as_bytes(), &r.id)?;
                 let data = serde_json::json!({"route_id": r.id, "driver_id": winner, "window_start": r.window_start});
                 events::append(txn, &winner, "route.matched", now, &data)?;
@@ -464,4 +531,127 @@ pub fn schedule(read: &ReadTxn, driver: &str) -> storage::Result<Vec<Route>> {
     }
     out.sort_by_key(|r| r.window_start);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::orders::{Mode, Order, OrderKind, OrderStatus};
+    use storage::{Durability, Store};
+
+    const NOW: i64 = 1_800_000_000_000;
+
+    /// A scheduled order's delivery, held for its route (what the order's
+    /// accept does).
+    fn scheduled(txn: &WriteTxn, n: u32, window_start: i64) -> drivers::Delivery {
+        let at = Location {
+            lat: 40.71,
+            lng: -74.0,
+        };
+        let order = Order {
+            id: format!("nyc.ord_{n:026}"),
+            kind: OrderKind::Delivery,
+            customer_id: "nyc.acc_c".into(),
+            vendor_id: "nyc.ven_v".into(),
+            vendor_owner_id: "nyc.acc_v".into(),
+            status: OrderStatus::Accepted,
+            items: Vec::new(),
+            currency: "USD".into(),
+            subtotal: 1000,
+            delivery_fee: 500,
+            tip: 0,
+            platform_fee: 100,
+            total: 1500,
+            pickup: at,
+            dropoff: at,
+            dropoff_address: "1 St".into(),
+            notes: None,
+            mode: Mode::Scheduled,
+            window_start: Some(window_start),
+            eta_minutes: 10,
+            quote_id: String::new(),
+            payment_ref: String::new(),
+            charge_tx: String::new(),
+            idempotency_key: String::new(),
+            proof_code: "1234".into(),
+            clear_cart: false,
+            created_at: NOW,
+            updated_at: NOW,
+            history: Vec::new(),
+        };
+        let d = drivers::create_delivery(txn, &order, NOW).unwrap();
+        drivers::hold_for_route(txn, &d.id).unwrap();
+        add_scheduled(txn, &d, window_start, NOW).unwrap();
+        d
+    }
+
+    #[test]
+    fn claimed_routes_keep_their_stops_and_unclaimed_ones_are_released_when_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s.redb"), 1 << 20).unwrap();
+        let window = NOW + 2 * HOUR_MS;
+        let txn = store.write().unwrap();
+        scheduled(&txn, 1, window);
+        let mut claimed = open_routes_in(&txn);
+        assert_eq!(claimed.len(), 1);
+        claimed[0].claims.push(Claim {
+            driver_id: "nyc.acc_d".into(),
+            at: NOW,
+        });
+        put_open(&txn, &claimed[0]).unwrap();
+        // The same slot, but the claimed route stays as it was claimed.
+        let second = scheduled(&txn, 2, window);
+        let routes = open_routes_in(&txn);
+        assert_eq!(routes.len(), 2);
+        let (old, new): (Vec<_>, Vec<_>) = routes.into_iter().partition(|r| r.id == claimed[0].id);
+        assert_eq!(old[0].stops.len(), 1);
+        assert_eq!(
+            new[0].stops[0].delivery_id.as_deref(),
+            Some(second.id.as_str())
+        );
+        txn.commit(Durability::Immediate).unwrap();
+
+        // Not due yet: nothing moves.
+        let early = window - drivers::SCHEDULED_LEAD_MS - 1;
+        assert!(!release_due(&store.read().unwrap(), early).unwrap());
+        let txn = store.write().unwrap();
+        let r = apply(&txn, RouteCommand::Release { now: early }).unwrap();
+        assert_eq!(r, RouteResponse::Released(Vec::new()));
+        txn.commit(Durability::Immediate).unwrap();
+
+        // Due: the unclaimed route expires and its delivery goes out on
+        // demand; the claimed one waits for its window's close.
+        let due = window - drivers::SCHEDULED_LEAD_MS;
+        assert!(release_due(&store.read().unwrap(), due).unwrap());
+        let txn = store.write().unwrap();
+        let r = apply(&txn, RouteCommand::Release { now: due }).unwrap();
+        assert_eq!(r, RouteResponse::Released(vec![new[0].id.clone()]));
+        txn.commit(Durability::Immediate).unwrap();
+        let read = store.read().unwrap();
+        assert_eq!(
+            route(&read, &new[0].id).unwrap().unwrap().status,
+            RouteStatus::Expired
+        );
+        let open: Vec<String> = open_routes(&read)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(open, vec![claimed[0].id.clone()]);
+        let waiting: Vec<String> = drivers::dispatchable(&read, 10)
+            .unwrap()
+            .into_iter()
+            .map(|d| d.id)
+            .collect();
+        assert_eq!(waiting, vec![second.id.clone()]);
+        assert!(!release_due(&read, due).unwrap());
+    }
+
+    fn open_routes_in(txn: &WriteTxn) -> Vec<Route> {
+        txn.range(OPEN, Vec::new().., MAX_OPEN)
+            .unwrap()
+            .into_iter()
+            .filter_map(|(k, _)| txn.get(ROUTES, &k).unwrap())
+            .collect()
+    }
 }

@@ -267,7 +267,7 @@ async fn claims_are_matched_deterministically_fairly_and_without_overlaps() {
         "A: {sa:?}"
     );
     assert_eq!(sc, vec![r3.clone()]);
-    let _ = (&a_id, &b_id, &c_id);
+    let _ = (&a_id, &b_id);
 
     // Every node holds the same assignment.
     for token in [&a, &b, &c] {
@@ -347,9 +347,171 @@ async fn claims_are_matched_deterministically_fairly_and_without_overlaps() {
         })
     });
     assert!(auto.is_some(), "no route for the scheduled order: {market}");
+    let auto = auto.unwrap()["id"].as_str().unwrap().to_string();
     // And it is not dispatched on demand meanwhile.
     let (_, o) = w
         .call(2, Method::GET, &format!("/v1/orders/{oid}"), &ct, None)
         .await;
     assert_eq!(o["driver_id"], Value::Null);
+
+    // C wins the route in the next window, which makes its delivery C's:
+    // C carries the order through to delivered and is paid for it.
+    assert_eq!(w.claim(&c, &auto).await, StatusCode::OK);
+    close_window(&w, &c).await;
+    assert!(ids(w.schedule(2, &c).await).contains(&auto));
+    let (_, o) = w
+        .call(2, Method::GET, &format!("/v1/orders/{oid}"), &ct, None)
+        .await;
+    assert_eq!(o["driver_id"], json!(c_id), "{o}");
+    let delivery = o["delivery_id"].as_str().unwrap().to_string();
+    let (s, _) = w
+        .call(
+            1,
+            Method::POST,
+            &format!("/v1/orders/{oid}/ready"),
+            &vt,
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    for (action, body, status) in [
+        ("arrive", None, "arrived"),
+        ("pickup", None, "picked_up"),
+        (
+            "complete",
+            Some(json!({"proof_code": o["proof_code"]})),
+            "delivered",
+        ),
+    ] {
+        let (s, v) = w
+            .call(
+                3,
+                Method::POST,
+                &format!("/v1/deliveries/{delivery}/{action}"),
+                &c,
+                body,
+            )
+            .await;
+        assert_eq!(
+            (s, v["status"].clone()),
+            (StatusCode::OK, json!(status)),
+            "{action}: {v}"
+        );
+    }
+    let (_, o) = w
+        .call(1, Method::GET, &format!("/v1/orders/{oid}"), &ct, None)
+        .await;
+    assert_eq!(o["status"], "delivered", "{o}");
+    let (_, earnings) = w
+        .call(2, Method::GET, "/v1/drivers/me/earnings", &c, None)
+        .await;
+    let pay = o["delivery_fee"]["amount"].as_i64().unwrap() + o["tip"]["amount"].as_i64().unwrap();
+    assert_eq!(
+        (
+            earnings["balance"]["amount"].as_i64(),
+            earnings["deliveries_completed"].clone()
+        ),
+        (Some(pay), json!(1)),
+        "{earnings}"
+    );
+    let (_, feed) = w
+        .call(1, Method::GET, "/v1/events?after=0", &ct, None)
+        .await;
+    assert!(
+        feed["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "delivery.assigned" && e["data"]["route_id"] == json!(auto)),
+        "{feed}"
+    );
+
+    // A scheduled order due to leave within half an hour whose route nobody
+    // claims is not left waiting: the route expires and its delivery goes
+    // out on demand, here to C, online next to the vendor.
+    let (s, _) = w
+        .call(
+            3,
+            Method::PUT,
+            "/v1/drivers/me/availability",
+            &c,
+            Some(json!({"online": true})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = w
+        .call(
+            3,
+            Method::PUT,
+            "/v1/drivers/me/location",
+            &c,
+            Some(json!({"lat": 40.711, "lng": -74.001})),
+        )
+        .await;
+    assert!(s.is_success());
+    let soon = rfc3339(now_ms() + 20 * 60_000);
+    let (s, q) = w.call(2, Method::POST, "/v1/quotes", &ct, Some(json!({"vendor_id": vv["id"], "dropoff": {"lat": 40.72, "lng": -74.01}, "mode": "scheduled", "window_start": soon}))).await;
+    assert_eq!(s, StatusCode::CREATED, "{q}");
+    let r = w.http.post(format!("{}/v1/orders", w.tc.url(3))).bearer_auth(&ct).header("idempotency-key", "sched-2")
+        .json(&json!({"quote_id": q["id"], "items": [{"product_id": pp["id"], "quantity": 1}], "dropoff": {"location": {"lat": 40.72, "lng": -74.01}, "address": "2 St"}, "mode": "scheduled", "window_start": soon}))
+        .send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let soon_order = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (s, _) = w
+        .call(
+            1,
+            Method::POST,
+            &format!("/v1/orders/{soon_order}/accept"),
+            &vt,
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let started = Instant::now();
+    loop {
+        let (_, offers) = w
+            .call(1, Method::GET, "/v1/drivers/me/offers", &c, None)
+            .await;
+        let (_, o) = w
+            .call(
+                1,
+                Method::GET,
+                &format!("/v1/orders/{soon_order}"),
+                &ct,
+                None,
+            )
+            .await;
+        let delivery = o["delivery_id"].as_str().unwrap_or_default().to_string();
+        if offers["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["delivery_id"] == json!(delivery))
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "no on-demand offer for a route nobody claimed: {offers} {o}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let market = w.market(&c).await;
+    assert!(
+        !market["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["stops"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["delivery_id"]
+                    .as_str()
+                    .is_some_and(|d| d.ends_with(soon_order.split_once('_').unwrap().1)))),
+        "the expired route is still on the market: {market}"
+    );
 }
