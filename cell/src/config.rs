@@ -58,6 +58,10 @@ pub struct Args {
     /// Allow plain HTTP on non-loopback addresses.
     #[arg(long, env = "CELL_INSECURE_HTTP")]
     pub insecure_http: bool,
+    /// Accept peer (Raft) connections without client certificates on a
+    /// non-loopback peer port: whoever reaches it can write to the log.
+    #[arg(long, env = "CELL_INSECURE_PEERS")]
+    pub insecure_peers: bool,
     /// File holding the ops bootstrap token (created on first start if absent).
     #[arg(long, env = "CELL_OPS_TOKEN_FILE")]
     pub ops_token_file: Option<PathBuf>,
@@ -141,6 +145,7 @@ struct FileConfig {
     tls_key: Option<PathBuf>,
     ca: Option<PathBuf>,
     insecure_http: Option<bool>,
+    insecure_peers: Option<bool>,
     graphql_introspection: Option<bool>,
     max_long_polls: Option<usize>,
     ops_token_file: Option<PathBuf>,
@@ -278,6 +283,17 @@ impl CellConfig {
                     );
                 }
             }
+        }
+        // The peer port takes appends, votes, snapshots and forwarded
+        // writes with no further check: only nodes may reach it.
+        let peers_authenticated = tls.as_ref().is_some_and(|t| t.ca.is_some());
+        let insecure_peers = args.insecure_peers || file.insecure_peers.unwrap_or(false);
+        if !(peer_listen.ip().is_loopback() || peers_authenticated || insecure_peers) {
+            bail!(
+                "refusing an unauthenticated peer port on {peer_listen}: whoever reaches it \
+                 can write to the cell's log; give --ca with --tls-cert/--tls-key (mTLS \
+                 between nodes), or --insecure-peers to accept it knowingly"
+            );
         }
         let ops_token_file = args
             .ops_token_file
@@ -452,6 +468,38 @@ mod tests {
             peer_listen: Some("127.0.0.1:9080".parse().unwrap()),
             insecure_http: true,
             ..Default::default()
+        };
+        assert!(CellConfig::resolve(args).is_ok());
+    }
+
+    #[test]
+    fn a_peer_port_off_loopback_needs_mtls_or_consent() {
+        let off_loopback = || Args {
+            listen: Some("127.0.0.1:8080".parse().unwrap()),
+            peer_listen: Some("0.0.0.0:9080".parse().unwrap()),
+            peer_advertise: Some("10.0.0.1:9080".into()),
+            tls_cert: Some("n1.pem".into()),
+            tls_key: Some("n1-key.pem".into()),
+            ..Default::default()
+        };
+        let err = CellConfig::resolve(off_loopback()).unwrap_err().to_string();
+        assert!(err.contains("--insecure-peers"), "{err}");
+        // Plain HTTP consented to is still no authentication.
+        let args = Args {
+            tls_cert: None,
+            tls_key: None,
+            insecure_http: true,
+            ..off_loopback()
+        };
+        assert!(CellConfig::resolve(args).is_err());
+        let args = Args {
+            ca: Some("ca.pem".into()),
+            ..off_loopback()
+        };
+        assert!(CellConfig::resolve(args).is_ok());
+        let args = Args {
+            insecure_peers: true,
+            ..off_loopback()
         };
         assert!(CellConfig::resolve(args).is_ok());
     }
