@@ -563,8 +563,15 @@ impl Outgoing {
         }
     }
 
+    /// Whether sending it twice does what sending it once does: a safe
+    /// method, or a checkout with its `Idempotency-Key` — the one write the
+    /// cell deduplicates by that header (elsewhere it ignores it, so a
+    /// retried `POST` would create twice).
     fn idempotent(&self) -> bool {
-        self.safe() || self.headers.contains_key(&IDEMPOTENCY_KEY)
+        self.safe()
+            || (self.method == Method::POST
+                && self.path_and_query.path() == "/v1/orders"
+                && self.headers.contains_key(&IDEMPOTENCY_KEY))
     }
 }
 
@@ -1002,6 +1009,25 @@ mod tests {
             };
             assert!(hex(&fresh[3..35]) && hex(&fresh[36..52]), "{fresh}");
         }
+    }
+
+    #[test]
+    fn only_safe_methods_and_keyed_checkouts_are_retried() {
+        let outgoing = |method: Method, path: &str, key: bool| {
+            let mut req = http::Request::builder().method(method).uri(path);
+            if key {
+                req = req.header("idempotency-key", "k1");
+            }
+            let (parts, ()) = req.body(()).unwrap().into_parts();
+            Outgoing::new(&parts, None, None, None, None, "r1", false)
+        };
+        assert!(outgoing(Method::GET, "/v1/products/x", false).idempotent());
+        assert!(outgoing(Method::POST, "/v1/orders", true).idempotent());
+        assert!(!outgoing(Method::POST, "/v1/orders", false).idempotent());
+        // The cell ignores the key here: a retry would make a second one.
+        assert!(!outgoing(Method::POST, "/v1/vendors", true).idempotent());
+        assert!(!outgoing(Method::PATCH, "/v1/orders", true).idempotent());
+        assert!(!outgoing(Method::POST, "/v1/orders/x/cancel", true).idempotent());
     }
 
     #[test]
