@@ -64,6 +64,16 @@ fn seq_of(key: &[u8], principal: &str) -> Option<u64> {
 /// (a cursor behind the window gets a clear `410 cursor_expired`).
 pub const RETAINED: u64 = 1000;
 
+/// `<principal>/<holder>` → the last sequence number that holder (a
+/// webhook) has taken from the feed: pruning keeps everything after the
+/// lowest hold, up to `MAX_HELD` events, so a webhook whose endpoint was
+/// down for a while still gets every event once it is back.
+const HOLDS: Table<u64> = Table::new("event_holds");
+
+/// Events a hold keeps at most (beyond that its holder misses the oldest,
+/// and is told so).
+pub const MAX_HELD: u64 = 100_000;
+
 /// Feeds are pruned every this many appends rather than one event per
 /// append: the oldest events sit on a different B-tree leaf from the
 /// newest, and rewriting that leaf on every append cost as much again as
@@ -119,10 +129,40 @@ fn append_retaining(
         }
     });
     if seq > retain && seq % PRUNE_EVERY == 0 {
-        let oldest_kept = seq - retain + 1;
+        let mut oldest_kept = seq - retain + 1;
+        if let Some(held) = lowest_hold(txn, principal)? {
+            oldest_kept = oldest_kept.min((held + 1).max(seq.saturating_sub(MAX_HELD) + 1));
+        }
         txn.delete_range(EVENTS, key(principal, 0)..key(principal, oldest_kept))?;
     }
     Ok(seq)
+}
+
+fn hold_key(principal: &str, holder: &str) -> Vec<u8> {
+    format!("{principal}/{holder}").into_bytes()
+}
+
+/// `holder` has taken `principal`'s events up to `seq`: keep the ones after
+/// it (`None`: it needs none any more).
+pub fn hold(
+    txn: &WriteTxn,
+    principal: &str,
+    holder: &str,
+    seq: Option<u64>,
+) -> storage::Result<()> {
+    match seq {
+        Some(seq) => txn.put(HOLDS, &hold_key(principal, holder), &seq),
+        None => txn.delete(HOLDS, &hold_key(principal, holder)).map(drop),
+    }
+}
+
+fn lowest_hold(txn: &WriteTxn, principal: &str) -> storage::Result<Option<u64>> {
+    // Holders are a vendor's few webhooks.
+    Ok(txn
+        .range(HOLDS, whole_feed(principal), 64)?
+        .into_iter()
+        .map(|(_, seq)| seq)
+        .min())
 }
 
 /// The oldest sequence number still in `principal`'s feed (1 while nothing
@@ -165,7 +205,27 @@ fn after_retaining(
     Ok(rows.into_iter().map(|(_, e)| e).collect())
 }
 
-/// Every stored row of `principal`'s feed.
+/// Up to `limit` events of `principal` after `after` that are still
+/// stored, older than the window or not (what a hold kept): a holder reads
+/// on from its own cursor.
+pub fn after_stored(
+    read: &ReadTxn,
+    principal: &str,
+    after: u64,
+    limit: usize,
+) -> storage::Result<Vec<Event>> {
+    let rows = read.range(
+        EVENTS,
+        storage::within(
+            key(principal, after.saturating_add(1)),
+            prefix(principal).as_bytes(),
+        ),
+        limit,
+    )?;
+    Ok(rows.into_iter().map(|(_, e)| e).collect())
+}
+
+/// Every stored row of `principal`'s feed (or of its holds).
 fn whole_feed(principal: &str) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
     let p = prefix(principal);
     storage::within(p.clone().into_bytes(), p.as_bytes())
@@ -254,5 +314,60 @@ mod tests {
         assert_eq!(stored(&read, "p"), kept);
         assert_eq!(stored(&read, "p2"), [1]);
         assert_eq!(last_seq(&read, "p").unwrap(), last);
+    }
+
+    #[test]
+    fn holds_keep_what_their_holders_have_not_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s.redb"), 1 << 20).unwrap();
+        let txn = store.write().unwrap();
+        hold(&txn, "p", "w1", Some(5)).unwrap();
+        hold(&txn, "p", "w2", Some(9)).unwrap();
+        // Another principal's hold does not keep this feed.
+        hold(&txn, "p2", "w3", Some(0)).unwrap();
+        for i in 0..2 * PRUNE_EVERY {
+            append_retaining(&txn, "p", "k", i as i64, "{}", 3).unwrap();
+        }
+        txn.commit(Durability::Immediate).unwrap();
+        let read = store.read().unwrap();
+        let last = 2 * PRUNE_EVERY;
+        assert_eq!(stored(&read, "p"), (6..=last).collect::<Vec<_>>());
+        // Readers of the feed still see its window; a holder reads on.
+        assert_eq!(
+            after_retaining(&read, "p", 0, 10, 3).unwrap()[0].seq,
+            last - 2
+        );
+        let held: Vec<u64> = after_stored(&read, "p", 5, 3)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(held, [6, 7, 8]);
+        drop(read);
+        // One holder has taken everything so far, the other left: what
+        // comes after is kept until taken.
+        let txn = store.write().unwrap();
+        hold(&txn, "p", "w1", Some(last)).unwrap();
+        hold(&txn, "p", "w2", None).unwrap();
+        for i in 0..PRUNE_EVERY {
+            append_retaining(&txn, "p", "k", i as i64, "{}", 3).unwrap();
+        }
+        txn.commit(Durability::Immediate).unwrap();
+        let read = store.read().unwrap();
+        assert_eq!(
+            stored(&read, "p"),
+            (last + 1..=last + PRUNE_EVERY).collect::<Vec<_>>()
+        );
+        drop(read);
+        // Without holders: the window again.
+        let txn = store.write().unwrap();
+        hold(&txn, "p", "w1", None).unwrap();
+        for i in 0..PRUNE_EVERY {
+            append_retaining(&txn, "p", "k", i as i64, "{}", 3).unwrap();
+        }
+        txn.commit(Durability::Immediate).unwrap();
+        let read = store.read().unwrap();
+        let last = 4 * PRUNE_EVERY;
+        assert_eq!(stored(&read, "p"), (last - 2..=last).collect::<Vec<_>>());
     }
 }

@@ -5,8 +5,10 @@
 //! transaction as every change); a webhook only keeps a replicated cursor.
 //! The leader sends what lies past the cursor and advances it through Raft
 //! after a 2xx, so a leader change re-sends at most what was in flight —
-//! never skips. Each webhook has its own task and backoff: a dead endpoint
-//! delays nobody else.
+//! never skips. The feed keeps what a webhook has not sent past its usual
+//! window (`events::hold`, up to `events::MAX_HELD` events), so a long
+//! outage is caught up too. Each webhook has its own task and backoff: a
+//! dead endpoint delays nobody else.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -106,6 +108,7 @@ pub fn apply(txn: &WriteTxn, cmd: WebhookCommand) -> storage::Result<WebhookResp
             // Start after what the feed already holds: a new webhook gets
             // the events from now on.
             webhook.cursor = events::last_seq_in(txn, &webhook.owner_id)?;
+            events::hold(txn, &webhook.owner_id, &webhook.id, Some(webhook.cursor))?;
             txn.put(WEBHOOKS, &key(&webhook.vendor_id, &webhook.id), &webhook)?;
             Ok(R::Webhook(webhook))
         }
@@ -125,6 +128,7 @@ pub fn apply(txn: &WriteTxn, cmd: WebhookCommand) -> storage::Result<WebhookResp
                 w.failures = 0;
                 w.last_error = None;
                 w.updated_at = now;
+                events::hold(txn, &w.owner_id, &w.id, Some(cursor))?;
                 txn.put(WEBHOOKS, &k, &w)?;
             }
             Ok(R::Done)
@@ -145,7 +149,8 @@ pub fn apply(txn: &WriteTxn, cmd: WebhookCommand) -> storage::Result<WebhookResp
             Ok(R::Done)
         }
         WebhookCommand::Delete { id } => match find(txn, &id)? {
-            Some((k, _)) => {
+            Some((k, w)) => {
+                events::hold(txn, &w.owner_id, &w.id, None)?;
                 txn.delete(WEBHOOKS, &k)?;
                 Ok(R::Done)
             }
@@ -254,11 +259,20 @@ async fn send_loop(node: Arc<RaftNode<CellApp>>, http: reqwest::Client, id: Stri
             let Ok(Some(w)) = all(&read).map(|v| v.into_iter().find(|w| w.id == id)) else {
                 return;
             };
-            let Ok(evs) = events::after(&read, &w.owner_id, w.cursor, BATCH) else {
+            // Past the feed's window if need be: the webhook's hold kept
+            // what it has not sent.
+            let Ok(evs) = events::after_stored(&read, &w.owner_id, w.cursor, BATCH) else {
                 return;
             };
             (w, evs)
         };
+        if let Some(first) = batch.first().filter(|e| e.seq > hook.cursor + 1) {
+            tracing::warn!(
+                webhook = %id,
+                missed = first.seq - hook.cursor - 1,
+                "events fell out of the feed before this webhook could send them"
+            );
+        }
         // Only this vendor's events go to its webhook.
         let last = match batch.last() {
             Some(e) => e.seq,
@@ -323,5 +337,84 @@ async fn send_loop(node: Arc<RaftNode<CellApp>>, http: reqwest::Client, id: Stri
                 tokio::time::sleep(wait).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use storage::{Durability, Store};
+
+    fn append(store: &Store, n: u64) {
+        let txn = store.write().unwrap();
+        for _ in 0..n {
+            events::append(&txn, "acc_o", "order.placed", 0, &serde_json::json!({})).unwrap();
+        }
+        txn.commit(Durability::Immediate).unwrap();
+    }
+
+    fn first_unsent(store: &Store) -> Option<u64> {
+        let read = store.read().unwrap();
+        let w = all(&read).unwrap().pop()?;
+        let evs = events::after_stored(&read, "acc_o", w.cursor, 1).unwrap();
+        evs.first().map(|e| e.seq)
+    }
+
+    fn run(store: &Store, cmd: WebhookCommand) -> WebhookResponse {
+        let txn = store.write().unwrap();
+        let r = apply(&txn, cmd).unwrap();
+        txn.commit(Durability::Immediate).unwrap();
+        r
+    }
+
+    #[test]
+    fn a_webhook_behind_by_more_than_the_feed_window_still_gets_every_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s.redb"), 1 << 20).unwrap();
+        append(&store, 10);
+        let webhook = Webhook {
+            id: "whk_1".into(),
+            vendor_id: "ven_v".into(),
+            owner_id: "acc_o".into(),
+            url: "https://example.test/hook".into(),
+            secret: "s".into(),
+            cursor: 0,
+            delivered: 0,
+            last_error: None,
+            failures: 0,
+            updated_at: 0,
+            created_at: 0,
+        };
+        run(&store, WebhookCommand::Register { webhook });
+        // The endpoint is down while the feed grows well past its window.
+        let behind = events::RETAINED + 500;
+        append(&store, behind);
+        assert_eq!(first_unsent(&store), Some(11));
+        // It comes back and takes everything: the feed shrinks to its window.
+        let last = 10 + behind;
+        let delivered = WebhookCommand::Delivered {
+            id: "whk_1".into(),
+            cursor: last,
+            count: behind,
+            now: 1,
+        };
+        assert_eq!(run(&store, delivered), WebhookResponse::Done);
+        append(&store, 64);
+        assert_eq!(first_unsent(&store), Some(last + 1));
+        // What the hold kept is gone at the next prune (feeds are pruned
+        // every 64 appends, down to their window).
+        let read = store.read().unwrap();
+        let oldest = events::after_stored(&read, "acc_o", 0, 1).unwrap()[0].seq;
+        assert!(oldest > last + 64 - events::RETAINED - 64, "{oldest}");
+        drop(read);
+        // A deleted webhook holds nothing back.
+        run(&store, WebhookCommand::Delete { id: "whk_1".into() });
+        append(&store, 2000);
+        let read = store.read().unwrap();
+        let oldest = events::after_stored(&read, "acc_o", 0, 1).unwrap()[0].seq;
+        assert!(
+            oldest > last + 64 + 2000 - events::RETAINED - 64,
+            "{oldest}"
+        );
     }
 }
