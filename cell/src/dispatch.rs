@@ -401,11 +401,37 @@ pub fn required_qualifications(
     let Some(vendor) = crate::catalog::vendor(read, &order.vendor_id)? else {
         return Ok(Vec::new());
     };
-    let kind = serde_json::to_value(vendor.kind)
+    Ok(parse_qualifications(kv::get(
+        read,
+        &qualifications_key(vendor.kind),
+    )?))
+}
+
+/// The same, inside an apply (an auto-built route's requirements).
+pub fn required_qualifications_in(
+    txn: &storage::WriteTxn,
+    vendor_id: &str,
+) -> storage::Result<Vec<String>> {
+    let Some(vendor) = txn.get(crate::catalog::VENDORS_TABLE, vendor_id.as_bytes())? else {
+        return Ok(Vec::new());
+    };
+    Ok(parse_qualifications(kv::get_in(
+        txn,
+        &qualifications_key(vendor.kind),
+    )?))
+}
+
+fn qualifications_key(kind: crate::catalog::VendorKind) -> String {
+    let kind = serde_json::to_value(kind)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default();
-    Ok(kv::get(read, &format!("dispatch/qualifications/{kind}"))?
+    format!("dispatch/qualifications/{kind}")
+}
+
+/// Sorted and without repeats, so equal lists compare equal.
+fn parse_qualifications(setting: Option<kv::KvEntry>) -> Vec<String> {
+    let mut list: Vec<String> = setting
         .and_then(|e| String::from_utf8(e.value).ok())
         .map(|v| {
             v.split(',')
@@ -413,7 +439,10 @@ pub fn required_qualifications(
                 .filter(|q| !q.is_empty())
                 .collect()
         })
-        .unwrap_or_default())
+        .unwrap_or_default();
+    list.sort();
+    list.dedup();
+    list
 }
 
 /// Minutes to cover `km` in town.

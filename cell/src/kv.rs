@@ -144,6 +144,11 @@ pub fn get(read: &ReadTxn, key: &str) -> storage::Result<Option<KvEntry>> {
     read.get(KV, key.as_bytes())
 }
 
+/// A setting, inside another module's apply.
+pub fn get_in(txn: &WriteTxn, key: &str) -> storage::Result<Option<KvEntry>> {
+    txn.get(KV, key.as_bytes())
+}
+
 /// Keys (with versions) starting with `prefix`, after `after`, in order.
 pub fn list(
     read: &ReadTxn,

@@ -415,7 +415,8 @@ pub fn apply(txn: &WriteTxn, cmd: OrderCommand) -> storage::Result<OrderResponse
                 // Scheduled goods go to the route marketplace.
                 if let (Mode::Scheduled, Some(window_start)) = (order.mode, order.window_start) {
                     drivers::hold_for_route(txn, &d.id)?;
-                    routes::add_scheduled(txn, &d, window_start, now)?;
+                    let needs = crate::dispatch::required_qualifications_in(txn, &order.vendor_id)?;
+                    routes::add_scheduled(txn, &d, window_start, needs, now)?;
                 }
             }
             order.status = next;

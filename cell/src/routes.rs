@@ -21,7 +21,9 @@ use crate::{
 const ROUTES: Table<Route> = Table::new("routes");
 /// Open routes (key = route id).
 const OPEN: Table<i64> = Table::new("routes_open");
-/// `<zone>/<hour>` → the open auto-built route collecting that slot.
+/// `<zone>/<hour>[/<qualifications>]` → the open auto-built route
+/// collecting that slot (deliveries that need qualified drivers share
+/// routes only with those needing the same).
 const SLOTS: Table<String> = Table::new("routes_slots");
 /// `<driver>/<route id>` → route id: a driver's assigned routes.
 const SCHEDULE: Table<String> = Table::new("routes_schedule");
@@ -175,17 +177,27 @@ fn put_open(txn: &WriteTxn, r: &Route) -> storage::Result<()> {
     txn.put(OPEN, r.id.as_bytes(), &r.window_start)
 }
 
-/// Adds a scheduled delivery to the open route of its zone and hour
-/// (creating it). Part of the order accept's apply.
+fn slot_key(zone: &str, hour: i64, qualifications: &[String]) -> String {
+    if qualifications.is_empty() {
+        format!("{zone}/{hour}")
+    } else {
+        format!("{zone}/{hour}/{}", qualifications.join(","))
+    }
+}
+
+/// Adds a scheduled delivery to the open route of its zone and hour for
+/// drivers with `qualifications` (creating it). Part of the order accept's
+/// apply.
 pub fn add_scheduled(
     txn: &WriteTxn,
     delivery: &drivers::Delivery,
     window_start: i64,
+    qualifications: Vec<String>,
     now: i64,
 ) -> storage::Result<()> {
     let hour = window_start.div_euclid(HOUR_MS) * HOUR_MS;
     let zone = zone_of(&delivery.pickup);
-    let slot = format!("{zone}/{hour}");
+    let slot = slot_key(&zone, hour, &qualifications);
     let stop = Stop {
         delivery_id: Some(delivery.id.clone()),
         location: delivery.dropoff,
@@ -215,7 +227,10 @@ pub fn add_scheduled(
                 stops: vec![stop],
                 pay: delivery.pay,
                 currency: delivery.currency.clone(),
-                requirements: Requirements::default(),
+                requirements: Requirements {
+                    qualifications,
+                    ..Requirements::default()
+                },
                 status: RouteStatus::Open,
                 driver_id: None,
                 claims: Vec::new(),
@@ -347,7 +362,7 @@ pub fn apply(txn: &WriteTxn, cmd: RouteCommand) -> storage::Result<RouteResponse
                 }
                 r.status = RouteStatus::Expired;
                 txn.delete(OPEN, &k)?;
-                let slot = format!("{}/{}", r.zone, r.window_start);
+                let slot = slot_key(&r.zone, r.window_start, &r.requirements.qualifications);
                 if txn.get(SLOTS, slot.as_bytes())?.as_deref() == Some(r.id.as_str()) {
                     txn.delete(SLOTS, slot.as_bytes())?;
                 }
@@ -544,6 +559,15 @@ mod tests {
     /// A scheduled order's delivery, held for its route (what the order's
     /// accept does).
     fn scheduled(txn: &WriteTxn, n: u32, window_start: i64) -> drivers::Delivery {
+        scheduled_for(txn, n, window_start, Vec::new())
+    }
+
+    fn scheduled_for(
+        txn: &WriteTxn,
+        n: u32,
+        window_start: i64,
+        qualifications: Vec<String>,
+    ) -> drivers::Delivery {
         let at = Location {
             lat: 40.71,
             lng: -74.0,
@@ -581,7 +605,7 @@ mod tests {
         };
         let d = drivers::create_delivery(txn, &order, NOW).unwrap();
         drivers::hold_for_route(txn, &d.id).unwrap();
-        add_scheduled(txn, &d, window_start, NOW).unwrap();
+        add_scheduled(txn, &d, window_start, qualifications, NOW).unwrap();
         d
     }
 
@@ -645,6 +669,33 @@ mod tests {
             .collect();
         assert_eq!(waiting, vec![second.id.clone()]);
         assert!(!release_due(&read, due).unwrap());
+    }
+
+    #[test]
+    fn deliveries_for_qualified_drivers_get_routes_of_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s.redb"), 1 << 20).unwrap();
+        let window = NOW + 2 * HOUR_MS;
+        let txn = store.write().unwrap();
+        let rx = || vec!["rx".to_string()];
+        let plain = scheduled(&txn, 1, window);
+        let first_rx = scheduled_for(&txn, 2, window, rx());
+        let second_rx = scheduled_for(&txn, 3, window, rx());
+        let mut routes: Vec<(Vec<String>, Vec<String>)> = open_routes_in(&txn)
+            .into_iter()
+            .map(|r| {
+                let stops = r.stops.into_iter().filter_map(|s| s.delivery_id).collect();
+                (r.requirements.qualifications, stops)
+            })
+            .collect();
+        routes.sort();
+        assert_eq!(
+            routes,
+            vec![
+                (Vec::new(), vec![plain.id]),
+                (rx(), vec![first_rx.id, second_rx.id]),
+            ]
+        );
     }
 
     fn open_routes_in(txn: &WriteTxn) -> Vec<Route> {

@@ -49,6 +49,16 @@ impl W {
     }
 
     async fn driver(&self, email: &str, vehicle: &str) -> (String, String) {
+        self.qualified_driver(email, vehicle, &[]).await
+    }
+
+    /// An approved driver holding `qualifications`.
+    async fn qualified_driver(
+        &self,
+        email: &str,
+        vehicle: &str,
+        qualifications: &[&str],
+    ) -> (String, String) {
         let (id, t) = self.signup(email, "driver").await;
         let (s, v) = self
             .call(
@@ -56,7 +66,7 @@ impl W {
                 Method::PUT,
                 "/v1/drivers/me",
                 &t,
-                Some(json!({"vehicle": vehicle, "capacity": 4})),
+                Some(json!({"vehicle": vehicle, "capacity": 4, "qualifications": qualifications})),
             )
             .await;
         assert_eq!(s, StatusCode::OK, "{v}");
@@ -130,6 +140,40 @@ impl W {
         }
     }
 
+    /// A customer's scheduled order of one product for `window` (RFC
+    /// 3339), accepted by its vendor; returns the order id.
+    async fn scheduled_order(
+        &self,
+        customer: &str,
+        vendor: (&str, &Value),
+        product: &Value,
+        window: &str,
+        key: &str,
+    ) -> String {
+        let (vendor_token, vendor_id) = vendor;
+        let (s, q) = self.call(2, Method::POST, "/v1/quotes", customer, Some(json!({"vendor_id": vendor_id, "dropoff": {"lat": 40.72, "lng": -74.01}, "mode": "scheduled", "window_start": window}))).await;
+        assert_eq!(s, StatusCode::CREATED, "{q}");
+        let r = self.http.post(format!("{}/v1/orders", self.tc.url(3))).bearer_auth(customer).header("idempotency-key", key)
+            .json(&json!({"quote_id": q["id"], "items": [{"product_id": product, "quantity": 2}], "dropoff": {"location": {"lat": 40.72, "lng": -74.01}, "address": "2 St"}, "mode": "scheduled", "window_start": window}))
+            .send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let order = r.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let (s, _) = self
+            .call(
+                1,
+                Method::POST,
+                &format!("/v1/orders/{order}/accept"),
+                vendor_token,
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        order
+    }
+
     async fn schedule(&self, node: u64, token: &str) -> Vec<(String, String, String)> {
         let (s, v) = self
             .call(node, Method::GET, "/v1/drivers/me/schedule", token, None)
@@ -162,6 +206,18 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
+}
+
+/// The route on `market` with the delivery of order `order_id`.
+fn route_of<'m>(market: &'m Value, order_id: &str) -> Option<&'m Value> {
+    let ulid = order_id.split_once('_').unwrap().1;
+    market["routes"].as_array().unwrap().iter().find(|r| {
+        r["stops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["delivery_id"].as_str().is_some_and(|d| d.ends_with(ulid)))
+    })
 }
 
 /// Waits until a window has closed after the claims made so far.
@@ -305,47 +361,11 @@ async fn claims_are_matched_deterministically_fairly_and_without_overlaps() {
     let (_, ct) = w.signup("cust@x.test", "customer").await;
     let window = day + 16 * HOUR + 15 * 60_000;
     let window_rfc = rfc3339(window);
-    let (s, q) = w.call(2, Method::POST, "/v1/quotes", &ct, Some(json!({"vendor_id": vv["id"], "dropoff": {"lat": 40.72, "lng": -74.01}, "mode": "scheduled", "window_start": window_rfc}))).await;
-    assert_eq!(s, StatusCode::CREATED, "{q}");
-    let r = w.http.post(format!("{}/v1/orders", w.tc.url(3))).bearer_auth(&ct).header("idempotency-key", "sched-1")
-        .json(&json!({"quote_id": q["id"], "items": [{"product_id": pp["id"], "quantity": 2}], "dropoff": {"location": {"lat": 40.72, "lng": -74.01}, "address": "2 St"}, "mode": "scheduled", "window_start": window_rfc}))
-        .send().await.unwrap();
-    assert_eq!(
-        r.status(),
-        StatusCode::CREATED,
-        "{}",
-        r.text().await.unwrap()
-    );
-    let o: Value = w
-        .http
-        .get(format!("{}/v1/orders", w.tc.url(1)))
-        .bearer_auth(&ct)
-        .header("x-consistency", "linearizable")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let oid = o["items"][0]["id"].as_str().unwrap().to_string();
-    let (s, _) = w
-        .call(
-            1,
-            Method::POST,
-            &format!("/v1/orders/{oid}/accept"),
-            &vt,
-            None,
-        )
+    let oid = w
+        .scheduled_order(&ct, (&vt, &vv["id"]), &pp["id"], &window_rfc, "sched-1")
         .await;
-    assert_eq!(s, StatusCode::OK);
     let market = w.market(&c).await;
-    let auto = market["routes"].as_array().unwrap().iter().find(|r| {
-        r["stops"].as_array().unwrap().iter().any(|s| {
-            s["delivery_id"]
-                .as_str()
-                .is_some_and(|d| d.ends_with(oid.split_once("_").unwrap().1))
-        })
-    });
+    let auto = route_of(&market, &oid);
     assert!(auto.is_some(), "no route for the scheduled order: {market}");
     let auto = auto.unwrap()["id"].as_str().unwrap().to_string();
     // And it is not dispatched on demand meanwhile.
@@ -450,26 +470,9 @@ async fn claims_are_matched_deterministically_fairly_and_without_overlaps() {
         .await;
     assert!(s.is_success());
     let soon = rfc3339(now_ms() + 20 * 60_000);
-    let (s, q) = w.call(2, Method::POST, "/v1/quotes", &ct, Some(json!({"vendor_id": vv["id"], "dropoff": {"lat": 40.72, "lng": -74.01}, "mode": "scheduled", "window_start": soon}))).await;
-    assert_eq!(s, StatusCode::CREATED, "{q}");
-    let r = w.http.post(format!("{}/v1/orders", w.tc.url(3))).bearer_auth(&ct).header("idempotency-key", "sched-2")
-        .json(&json!({"quote_id": q["id"], "items": [{"product_id": pp["id"], "quantity": 1}], "dropoff": {"location": {"lat": 40.72, "lng": -74.01}, "address": "2 St"}, "mode": "scheduled", "window_start": soon}))
-        .send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-    let soon_order = r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let (s, _) = w
-        .call(
-            1,
-            Method::POST,
-            &format!("/v1/orders/{soon_order}/accept"),
-            &vt,
-            None,
-        )
+    let soon_order = w
+        .scheduled_order(&ct, (&vt, &vv["id"]), &pp["id"], &soon, "sched-2")
         .await;
-    assert_eq!(s, StatusCode::OK);
     let started = Instant::now();
     loop {
         let (_, offers) = w
@@ -501,17 +504,41 @@ async fn claims_are_matched_deterministically_fairly_and_without_overlaps() {
     }
     let market = w.market(&c).await;
     assert!(
-        !market["routes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|r| r["stops"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|s| s["delivery_id"]
-                    .as_str()
-                    .is_some_and(|d| d.ends_with(soon_order.split_once('_').unwrap().1)))),
+        route_of(&market, &soon_order).is_none(),
         "the expired route is still on the market: {market}"
     );
+
+    // A pharmacy's scheduled deliveries need drivers qualified for them
+    // (`dispatch/qualifications/pharmacy`, as for on-demand dispatch), on
+    // routes of their own: only such drivers see and may claim them.
+    let r = w
+        .http
+        .put(format!(
+            "{}/v1/kv/dispatch/qualifications/pharmacy",
+            w.tc.url(1)
+        ))
+        .bearer_auth(&w.tc.cell.token)
+        .body("rx")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let (_, pt) = w.signup("pharma@x.test", "vendor").await;
+    let (_, pv) = w.call(1, Method::POST, "/v1/vendors", &pt, Some(json!({"name": "Pharmacy", "kind": "pharmacy", "location": {"lat": 40.71, "lng": -74.0}, "address": "3 St", "prep_minutes": 5}))).await;
+    let (_, pm) = w.call(1, Method::POST, &format!("/v1/vendors/{}/products", pv["id"].as_str().unwrap()), &pt, Some(json!({"name": "Aspirin", "category": "otc", "price": {"amount": 700, "currency": "USD"}, "stock": null}))).await;
+    let rx_order = w
+        .scheduled_order(&ct, (&pt, &pv["id"]), &pm["id"], &window_rfc, "sched-rx")
+        .await;
+    let (_, rx) = w.qualified_driver("rx@x.test", "car", &["rx"]).await;
+    let market = w.market(&rx).await;
+    let rx_route = route_of(&market, &rx_order).expect("the qualified driver sees the route");
+    assert_eq!(
+        rx_route["requirements"]["qualifications"],
+        json!(["rx"]),
+        "{rx_route}"
+    );
+    let rx_route = rx_route["id"].as_str().unwrap().to_string();
+    assert!(route_of(&w.market(&c).await, &rx_order).is_none());
+    assert_eq!(w.claim(&c, &rx_route).await, StatusCode::FORBIDDEN);
+    assert_eq!(w.claim(&rx, &rx_route).await, StatusCode::OK);
 }
