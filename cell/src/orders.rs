@@ -207,6 +207,8 @@ pub enum OrderResponse {
     IllegalTransition {
         from: OrderStatus,
     },
+    /// The vendor paused its orders.
+    VendorPaused,
 }
 
 /// Tell the customer and the vendor about an order change.
@@ -301,6 +303,9 @@ pub fn apply(txn: &WriteTxn, cmd: OrderCommand) -> storage::Result<OrderResponse
             let Some(vendor) = txn.get(catalog::VENDORS_TABLE, order.vendor_id.as_bytes())? else {
                 return Ok(R::Stale("the vendor no longer exists".into()));
             };
+            if vendor.status == catalog::VendorStatus::Paused {
+                return Ok(R::VendorPaused);
+            }
             // Check every line before changing anything.
             let mut products = Vec::with_capacity(order.items.len());
             for item in &order.items {

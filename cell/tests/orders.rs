@@ -377,6 +377,52 @@ async fn customer_vendor_flow_with_idempotency_and_refunds() {
     let l = ledger_ok(&api, 0, &ops).await;
     assert_eq!(l["transactions"], 2, "one charge and one refund: {l}");
 
+    // A paused vendor takes no orders: no quote, and a quote made before
+    // the pause buys nothing (no order, no charge) until it resumes.
+    let q = quote(&api, 1, &cust, &vid).await;
+    let pause = |status: &'static str| {
+        let (api, vendor, vid) = (&api, vendor.clone(), vid.clone());
+        async move {
+            let (s, v) = api
+                .call(
+                    0,
+                    Method::PATCH,
+                    &format!("/v1/vendors/{vid}"),
+                    &vendor,
+                    Some(json!({"status": status})),
+                    None,
+                )
+                .await;
+            assert_eq!(
+                (s, v["status"].clone()),
+                (StatusCode::OK, json!(status)),
+                "{v}"
+            );
+        }
+    };
+    pause("paused").await;
+    let (s, v) = ask_quote(&api, 2, &cust, &vid).await;
+    assert_eq!(
+        (s, v["code"].clone()),
+        (StatusCode::CONFLICT, json!("vendor_paused")),
+        "{v}"
+    );
+    let (s, v) = api
+        .checkout(2, &cust, order_body(&q, &pid, 1), Some("paused-1"))
+        .await;
+    assert_eq!(
+        (s, v["code"].clone()),
+        (StatusCode::CONFLICT, json!("vendor_paused")),
+        "{v}"
+    );
+    let l = ledger_ok(&api, 0, &ops).await;
+    assert_eq!(l["transactions"], 2, "nothing charged while paused: {l}");
+    pause("active").await;
+    let (s, v) = api
+        .checkout(2, &cust, order_body(&q, &pid, 1), Some("paused-1"))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+
     // A ride with a taxi company.
     let (_, taxi_vid, _) = shop(&api, "taxi@example.com", "taxi", None).await;
     let (s, rq) = api

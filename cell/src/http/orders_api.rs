@@ -23,7 +23,7 @@ use super::{
 };
 use crate::{
     app::{Command, Response as AppResponse},
-    catalog::{self, Location, Money, VendorKind},
+    catalog::{self, Location, Money, VendorKind, VendorStatus},
     kv, ledger,
     orders::{
         self, Action, Cart, CartItem, Mode, Order, OrderActor, OrderCommand, OrderItem, OrderKind,
@@ -360,6 +360,9 @@ pub(super) async fn create_quote(
     let read = s.node.store().read()?;
     let vendor = catalog::vendor(&read, &b.vendor_id)?
         .ok_or_else(|| ApiError::validation("no such vendor"))?;
+    if vendor.status == VendorStatus::Paused {
+        return Err(vendor_paused());
+    }
     let pickup = match kind {
         OrderKind::Ride => {
             if vendor.kind != VendorKind::Taxi {
@@ -513,7 +516,7 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<String> {
     responses(
         (status = 201, description = "placed", body = OrderView),
         (status = 200, description = "the order placed earlier with this key", body = OrderView),
-        (status = 409, description = "out_of_stock, quote_expired or conflict", body = Problem),
+        (status = 409, description = "out_of_stock, quote_expired, vendor_paused or conflict", body = Problem),
         (status = "4XX", description = "problem+json", body = Problem),
     ),
     security(("bearer" = [])),
@@ -729,8 +732,17 @@ pub(super) async fn place_order(
             format!("not enough stock of {product_id}"),
         )),
         OrderResponse::Stale(why) => Err(ApiError::new(StatusCode::CONFLICT, "conflict", why)),
+        OrderResponse::VendorPaused => Err(vendor_paused()),
         other => Err(ApiError::internal(format!("unexpected response {other:?}"))),
     }
+}
+
+fn vendor_paused() -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "vendor_paused",
+        "the vendor is not taking orders right now",
+    )
 }
 
 // ---- reading and acting on orders ----
