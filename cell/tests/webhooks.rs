@@ -297,17 +297,19 @@ async fn webhooks_survive_failures_and_timeouts() {
     .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
 
-    // Removing it stops it.
-    let (s, _) = call(
-        &http,
-        &base,
-        Method::DELETE,
-        &format!("/v1/vendors/{dvid}/webhooks/{}", w["id"].as_str().unwrap()),
-        &dt,
-        None,
-    )
-    .await;
-    assert_eq!(s, StatusCode::NO_CONTENT);
+    // Removing it stops it; like every write, the answer names its index.
+    let r = http
+        .delete(format!(
+            "{base}/v1/vendors/{dvid}/webhooks/{}",
+            w["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&dt)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let index = r.headers()["x-cell-index"].to_str().unwrap();
+    assert!(index.parse::<u64>().unwrap() > 0, "{index}");
     let (_, v) = call(
         &http,
         &base,

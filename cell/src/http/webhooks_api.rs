@@ -164,7 +164,7 @@ pub(super) async fn remove(
     State(s): State<AppState>,
     p: Principal,
     Path((id, webhook)): Path<(String, String)>,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<Response> {
     owned(&s, &p, &id)?;
     let mine = {
         let read = s.node.store().read()?;
@@ -176,6 +176,10 @@ pub(super) async fn remove(
         return Err(ApiError::not_found("no such webhook"));
     }
     let cmd = Command::Webhooks(Box::new(WebhookCommand::Delete { id: webhook }));
-    s.node.write(&cmd).await?;
-    Ok(StatusCode::NO_CONTENT)
+    let written = s.node.write(&cmd).await?;
+    Ok((
+        StatusCode::NO_CONTENT,
+        [("x-cell-index", written.index.to_string())],
+    )
+        .into_response())
 }
