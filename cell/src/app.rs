@@ -239,6 +239,12 @@ impl CellApp {
             }
             Command::Orders(c) => {
                 let resp = orders::apply(txn, *c)?;
+                // The vendor's rating moved: its view and search documents.
+                if let OrderResponse::Rated(r) = &resp {
+                    ctx.emit(Change::Vendor {
+                        id: r.vendor_id.clone(),
+                    });
+                }
                 // Checkout reserves stock and a refund returns it: those
                 // products' cached views and search documents change (only
                 // products whose stock is counted; other transitions and

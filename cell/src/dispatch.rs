@@ -265,12 +265,12 @@ impl Dispatcher {
             }
             let wanted = settings.wave;
             let radius = search_radius(&d, &settings);
-            let (nearby, needs) = {
+            let candidates = {
                 let read = node.store().read()?;
                 let nearby = self.drivers_near(&read, &d.pickup, radius + MOVED_KM, &mut known)?;
-                (nearby, required_qualifications(&read, &d)?)
+                let needs = required_qualifications(&read, &d)?;
+                self.rank(&read, &d, &nearby, &needs, &busy, radius, now)?
             };
-            let candidates = self.rank(&d, &nearby, &needs, &busy, radius, now);
             if candidates.is_empty() {
                 let give_up = d.empty_rounds + 1 >= settings.give_up_rounds;
                 let cmd = DriverCommand::NoCandidates {
@@ -331,20 +331,22 @@ impl Dispatcher {
     }
 
     /// Eligible drivers within `radius` of the pickup, best first: by
-    /// standing tier, then ETA to the pickup (distance at their vehicle's
-    /// city speed). Eligible: approved, online, idle, not offered this
-    /// delivery before, a vehicle that fits it (see [`fits`]) and every
-    /// qualification in `needs`.
+    /// standing tier (outcomes, ratings, lateness), then ETA to the pickup
+    /// (distance at their vehicle's city speed). Eligible: approved,
+    /// online, idle, not offered this delivery before, a vehicle that fits
+    /// it (see [`fits`]) and every qualification in `needs`.
+    #[allow(clippy::too_many_arguments)]
     fn rank(
         &self,
+        read: &storage::ReadTxn,
         d: &Delivery,
         all: &[Driver],
         needs: &[String],
         busy: &HashSet<String>,
         radius: f64,
         now: i64,
-    ) -> Vec<String> {
-        let mut ranked: Vec<(u8, f64, &str)> = all
+    ) -> storage::Result<Vec<String>> {
+        let in_reach: Vec<(&Driver, f64)> = all
             .iter()
             .filter(|drv| {
                 drv.status == DriverStatus::Approved
@@ -361,18 +363,21 @@ impl Dispatcher {
                     return None;
                 }
                 let km = haversine_km(&at, &d.pickup);
-                (km <= radius).then_some((
-                    drv.standing.tier(),
-                    eta_minutes(km, drv.vehicle),
-                    drv.id.as_str(),
-                ))
+                (km <= radius).then_some((drv, eta_minutes(km, drv.vehicle)))
             })
             .collect();
+        let mut ranked: Vec<(u8, f64, &str)> = Vec::with_capacity(in_reach.len());
+        for (drv, eta) in in_reach {
+            let tier = drv
+                .standing
+                .tier_with(&crate::ratings::reputation(read, &drv.id)?);
+            ranked.push((tier, eta, drv.id.as_str()));
+        }
         ranked.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(b.2)));
-        ranked
+        Ok(ranked
             .into_iter()
             .map(|(_, _, id)| id.to_string())
-            .collect()
+            .collect())
     }
 }
 

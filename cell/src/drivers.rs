@@ -66,12 +66,19 @@ impl Standing {
         }
     }
 
+    /// From outcomes alone.
     pub fn tier(&self) -> u8 {
         match self.completion_rate() {
             r if r >= 0.95 => 1,
             r if r >= 0.85 => 2,
             _ => 3,
         }
+    }
+
+    /// From outcomes, then a tier down for a poor rating and one for
+    /// frequent lateness (3 at worst).
+    pub fn tier_with(&self, r: &crate::ratings::Reputation) -> u8 {
+        (self.tier() + r.tier_penalty(self.completed)).min(3)
     }
 }
 
@@ -287,6 +294,16 @@ pub fn create_delivery(txn: &WriteTxn, order: &Order, now: i64) -> storage::Resu
     txn.put(DISPATCHABLE, id.as_bytes(), &now)?;
     txn.put(BY_ORDER, order.id.as_bytes(), &id)?;
     Ok(d)
+}
+
+/// The driver of an order's delivery, inside a write.
+pub fn driver_of_order_in(txn: &WriteTxn, order_id: &str) -> storage::Result<Option<String>> {
+    let Some(id) = txn.get(BY_ORDER, order_id.as_bytes())? else {
+        return Ok(None);
+    };
+    Ok(txn
+        .get(DELIVERIES, id.as_bytes())?
+        .and_then(|d| d.driver_id))
 }
 
 /// A scheduled delivery waits for its route instead of on-demand dispatch.
@@ -824,6 +841,7 @@ pub fn apply(txn: &WriteTxn, cmd: DriverCommand) -> storage::Result<DriverRespon
             match next {
                 S::Delivered => {
                     ledger::post(txn, &earnings(&d, &driver_id, earnings_tx, &order, now))?;
+                    crate::ratings::delivered(txn, &driver_id, &order, now)?;
                     free_driver(txn, &driver_id, &d.id, now)?;
                     bump(txn, &driver_id, |s| s.completed += 1)?;
                 }

@@ -18,6 +18,7 @@ pub mod local;
 pub mod metrics;
 pub mod orders;
 pub mod quote_token;
+pub mod ratings;
 pub mod read_models;
 pub mod route_board;
 pub mod routes;

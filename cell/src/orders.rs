@@ -185,6 +185,11 @@ pub enum OrderCommand {
         now: i64,
         refund_tx: String,
     },
+    /// The customer rates a delivered order (once).
+    Rate {
+        customer_id: String,
+        rating: Box<crate::ratings::Rating>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -209,6 +214,10 @@ pub enum OrderResponse {
     },
     /// The vendor paused its orders.
     VendorPaused,
+    Rated(Box<crate::ratings::Rating>),
+    /// Only a delivered order is rated.
+    NotDelivered,
+    AlreadyRated,
 }
 
 /// Tell the customer and the vendor about an order change.
@@ -437,6 +446,33 @@ pub fn apply(txn: &WriteTxn, cmd: OrderCommand) -> storage::Result<OrderResponse
             notify(txn, &order, kind, now)?;
             Ok(R::Order(order))
         }
+        OrderCommand::Rate {
+            customer_id,
+            mut rating,
+        } => {
+            let Some(order) = txn.get(ORDERS, rating.order_id.as_bytes())? else {
+                return Ok(R::NotFound);
+            };
+            if order.customer_id != customer_id {
+                return Ok(R::Forbidden);
+            }
+            if order.status != OrderStatus::Delivered {
+                return Ok(R::NotDelivered);
+            }
+            if crate::ratings::rating_in(txn, &order.id)?.is_some() {
+                return Ok(R::AlreadyRated);
+            }
+            // Whoever delivered it, as this state knows it (a ride's
+            // driver too); stars for a driver an order never had are
+            // dropped.
+            rating.vendor_id = order.vendor_id.clone();
+            rating.driver_id = drivers::driver_of_order_in(txn, &order.id)?;
+            if rating.driver_id.is_none() {
+                rating.driver = None;
+            }
+            crate::ratings::record(txn, &rating)?;
+            Ok(R::Rated(rating))
+        }
     }
 }
 
@@ -565,6 +601,51 @@ pub fn list(
         if exhausted {
             return Ok((out, None));
         }
+    }
+}
+
+/// An accepted delivery order for unit tests elsewhere: scheduled when
+/// `window_start` is given, else on demand with a 10-minute ETA.
+#[cfg(test)]
+pub(crate) fn sample_order(id: &str, window_start: Option<i64>, now: i64) -> Order {
+    let at = Location {
+        lat: 40.71,
+        lng: -74.0,
+    };
+    Order {
+        id: id.into(),
+        kind: OrderKind::Delivery,
+        customer_id: "nyc.acc_c".into(),
+        vendor_id: "nyc.ven_v".into(),
+        vendor_owner_id: "nyc.acc_v".into(),
+        status: OrderStatus::Accepted,
+        items: Vec::new(),
+        currency: "USD".into(),
+        subtotal: 1000,
+        delivery_fee: 500,
+        tip: 0,
+        platform_fee: 100,
+        total: 1500,
+        pickup: at,
+        dropoff: at,
+        dropoff_address: "1 St".into(),
+        notes: None,
+        mode: if window_start.is_some() {
+            Mode::Scheduled
+        } else {
+            Mode::OnDemand
+        },
+        window_start,
+        eta_minutes: 10,
+        quote_id: String::new(),
+        payment_ref: String::new(),
+        charge_tx: String::new(),
+        idempotency_key: String::new(),
+        proof_code: "1234".into(),
+        clear_cart: false,
+        created_at: now,
+        updated_at: now,
+        history: Vec::new(),
     }
 }
 

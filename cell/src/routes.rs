@@ -451,7 +451,10 @@ fn match_window(txn: &WriteTxn, now: i64) -> storage::Result<(Vec<(String, Strin
                 continue;
             }
             let hours = hours_in_week(windows, r.window_start);
-            ranked.push((d.standing.tier(), hours, c.at, d.id.clone()));
+            let tier = d
+                .standing
+                .tier_with(&crate::ratings::reputation_in(txn, &d.id)?);
+            ranked.push((tier, hours, c.at, d.id.clone()));
         }
         ranked.sort_by(|a, b| {
             a.0.cmp(&b.0)
@@ -551,7 +554,6 @@ pub fn schedule(read: &ReadTxn, driver: &str) -> storage::Result<Vec<Route>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::orders::{Mode, Order, OrderKind, OrderStatus};
     use storage::{Durability, Store};
 
     const NOW: i64 = 1_800_000_000_000;
@@ -568,41 +570,8 @@ mod tests {
         window_start: i64,
         qualifications: Vec<String>,
     ) -> drivers::Delivery {
-        let at = Location {
-            lat: 40.71,
-            lng: -74.0,
-        };
-        let order = Order {
-            id: format!("nyc.ord_{n:026}"),
-            kind: OrderKind::Delivery,
-            customer_id: "nyc.acc_c".into(),
-            vendor_id: "nyc.ven_v".into(),
-            vendor_owner_id: "nyc.acc_v".into(),
-            status: OrderStatus::Accepted,
-            items: Vec::new(),
-            currency: "USD".into(),
-            subtotal: 1000,
-            delivery_fee: 500,
-            tip: 0,
-            platform_fee: 100,
-            total: 1500,
-            pickup: at,
-            dropoff: at,
-            dropoff_address: "1 St".into(),
-            notes: None,
-            mode: Mode::Scheduled,
-            window_start: Some(window_start),
-            eta_minutes: 10,
-            quote_id: String::new(),
-            payment_ref: String::new(),
-            charge_tx: String::new(),
-            idempotency_key: String::new(),
-            proof_code: "1234".into(),
-            clear_cart: false,
-            created_at: NOW,
-            updated_at: NOW,
-            history: Vec::new(),
-        };
+        let order =
+            crate::orders::sample_order(&format!("nyc.ord_{n:026}"), Some(window_start), NOW);
         let d = drivers::create_delivery(txn, &order, NOW).unwrap();
         drivers::hold_for_route(txn, &d.id).unwrap();
         add_scheduled(txn, &d, window_start, qualifications, NOW).unwrap();

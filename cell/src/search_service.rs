@@ -102,7 +102,11 @@ fn kind_name<T: serde::Serialize>(v: &T) -> String {
         .unwrap_or_default()
 }
 
-fn vendor_doc(v: &Vendor) -> VendorDoc {
+/// A vendor's average stars: its documents' `rating` (and its products',
+/// which customers rate through their vendor).
+type Stars = Option<f64>;
+
+fn vendor_doc(v: &Vendor, rating: Stars) -> VendorDoc {
     VendorDoc {
         id: v.id.clone(),
         name: v.name.clone(),
@@ -111,11 +115,11 @@ fn vendor_doc(v: &Vendor) -> VendorDoc {
         tags: v.tags.clone(),
         lat: v.location.lat,
         lng: v.location.lng,
-        rating: None,
+        rating,
     }
 }
 
-fn product_doc(p: &Product, v: &Vendor) -> ProductDoc {
+fn product_doc(p: &Product, v: &Vendor, rating: Stars) -> ProductDoc {
     ProductDoc {
         id: p.id.clone(),
         vendor_id: v.id.clone(),
@@ -129,8 +133,12 @@ fn product_doc(p: &Product, v: &Vendor) -> ProductDoc {
         in_stock: p.available(),
         lat: v.location.lat,
         lng: v.location.lng,
-        rating: None,
+        rating,
     }
+}
+
+fn stars(read: &storage::ReadTxn, vendor_id: &str) -> storage::Result<Stars> {
+    Ok(crate::ratings::tally(read, vendor_id)?.average())
 }
 
 /// Index changes for what `dirty` names, as the state is now.
@@ -143,21 +151,25 @@ fn changes_for(
         if *is_vendor {
             match catalog::vendor(read, id)? {
                 Some(v) => {
-                    // Products carry their vendor's name and place.
+                    // Products carry their vendor's name, place and rating.
+                    let rating = stars(read, id)?;
                     for p in catalog::menu(read, id, None, usize::MAX)? {
-                        out.push(Change::UpsertProduct(product_doc(&p, &v)));
+                        out.push(Change::UpsertProduct(product_doc(&p, &v, rating)));
                     }
-                    out.push(Change::UpsertVendor(vendor_doc(&v)));
+                    out.push(Change::UpsertVendor(vendor_doc(&v, rating)));
                 }
                 None => out.push(Change::Delete { id: id.clone() }),
             }
         } else {
-            let doc = catalog::product(read, id)?.and_then(|p| {
-                catalog::vendor(read, &p.vendor_id)
-                    .ok()
-                    .flatten()
-                    .map(|v| product_doc(&p, &v))
-            });
+            let p = catalog::product(read, id)?;
+            let v = match &p {
+                Some(p) => catalog::vendor(read, &p.vendor_id)?,
+                None => None,
+            };
+            let doc = match (p, v) {
+                (Some(p), Some(v)) => Some(product_doc(&p, &v, stars(read, &v.id)?)),
+                _ => None,
+            };
             out.push(match doc {
                 Some(d) => Change::UpsertProduct(d),
                 None => Change::Delete { id: id.clone() },
@@ -171,10 +183,11 @@ fn rebuild(index: &SearchIndex, store: &storage::Store, applied: u64) -> anyhow:
     let read = store.read()?;
     let mut changes = Vec::new();
     for v in catalog::all_vendors(&read)? {
+        let rating = stars(&read, &v.id)?;
         for p in catalog::menu(&read, &v.id, None, usize::MAX)? {
-            changes.push(Change::UpsertProduct(product_doc(&p, &v)));
+            changes.push(Change::UpsertProduct(product_doc(&p, &v, rating)));
         }
-        changes.push(Change::UpsertVendor(vendor_doc(&v)));
+        changes.push(Change::UpsertVendor(vendor_doc(&v, rating)));
     }
     index.clear()?;
     index.apply(&changes, applied)?;

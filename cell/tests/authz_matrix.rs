@@ -308,6 +308,14 @@ async fn every_endpoint_every_role() {
             ),
             &["vend_a"],
         ),
+        // Only its customer rates an order (this one is not delivered yet:
+        // 409 for them, a denial for everyone else).
+        (
+            Method::POST,
+            format!("/v1/orders/{oa}/rating"),
+            Some(json!({"vendor": 5})),
+            &["cust_a"],
+        ),
         (
             Method::POST,
             format!("/v1/orders/{oa}/cancel"),

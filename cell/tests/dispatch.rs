@@ -427,6 +427,77 @@ async fn order_to_doorstep_with_an_accept_race() {
     assert_eq!(me["current_delivery"], Value::Null);
     assert_eq!(me["standing"]["completed"], 1);
 
+    // The customer rates the delivered order — once, 1 to 5 stars, only
+    // their own — and the vendor's and the driver's averages move.
+    let rate = |token: &str, body: Value| {
+        let (w, path, token) = (&w, format!("/v1/orders/{oid}/rating"), token.to_string());
+        async move { w.call(2, Method::POST, &path, &token, Some(body)).await }
+    };
+    let (s, _) = rate(&vt, json!({"vendor": 5})).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "vendors do not rate");
+    for bad in [
+        json!({"vendor": 6}),
+        json!({"vendor": 0}),
+        json!({"vendor": 5, "driver": 9}),
+        json!({"vendor": 5, "stars": 1}),
+        json!({"vendor": 5, "comment": "x".repeat(501)}),
+    ] {
+        let (s, v) = rate(&ct, bad.clone()).await;
+        assert_eq!(
+            (s, v["code"].clone()),
+            (StatusCode::BAD_REQUEST, json!("validation_failed")),
+            "{bad}: {v}"
+        );
+    }
+    let (_, stranger) = w.signup("stranger@x.test", "customer").await;
+    let (s, _) = rate(&stranger, json!({"vendor": 1})).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, v) = rate(
+        &ct,
+        json!({"vendor": 5, "driver": 2, "comment": "cold soup"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(
+        (
+            v["vendor"].clone(),
+            v["driver"].clone(),
+            v["driver_id"].clone()
+        ),
+        (json!(5), json!(2), json!(winner_id)),
+        "{v}"
+    );
+    let (s, v) = rate(&ct, json!({"vendor": 1})).await;
+    assert_eq!(
+        (s, v["code"].clone()),
+        (StatusCode::CONFLICT, json!("already_rated"))
+    );
+    let (_, o) = w
+        .call(1, Method::GET, &format!("/v1/orders/{oid}"), &ct, None)
+        .await;
+    assert_eq!(o["rating"]["comment"], "cold soup", "{o}");
+    let vid = order["vendor_id"].as_str().unwrap();
+    let (_, vendor) = w
+        .call(3, Method::GET, &format!("/v1/vendors/{vid}"), &ct, None)
+        .await;
+    assert_eq!(
+        (vendor["rating"].clone(), vendor["ratings"].clone()),
+        (json!(5.0), json!(1)),
+        "{vendor}"
+    );
+    let (_, me) = w.call(2, Method::GET, "/v1/drivers/me", &wt, None).await;
+    let standing = &me["standing"];
+    assert_eq!(
+        (
+            standing["rating"].clone(),
+            standing["ratings"].clone(),
+            standing["late"].clone(),
+            standing["tier"].clone()
+        ),
+        (json!(2.0), json!(1), json!(0), json!(1)),
+        "one poor rating does not cost a tier: {me}"
+    );
+
     // Everyone saw the story in order.
     let story = [
         "order.placed",

@@ -764,6 +764,13 @@ async fn the_rest_authorization_matrix_holds_for_graphql() {
         ),
         (
             Method::POST,
+            format!("/v1/orders/{oa}/rating"),
+            Some(json!({"vendor": 5})),
+            r#"mutation($oa: String!) { rateOrder(id: $oa, input: {vendor: 5}) { orderId } }"#,
+            &["cust_a"],
+        ),
+        (
+            Method::POST,
             format!("/v1/orders/{oa}/cancel"),
             None,
             r#"mutation($oa: String!) { orderAction(id: $oa, action: CANCEL) { id } }"#,

@@ -6,7 +6,8 @@ mod common;
 use common::harness::TestCell;
 use serde_json::{json, Value};
 
-/// (method, path) of every endpoint in shared/API.md that this cell serves.
+/// (method, path) of every endpoint in shared/API.md that this cell serves,
+/// and of those it adds (rating an order).
 const CONTRACT: &[(&str, &str)] = &[
     ("post", "/v1/auth/signup"),
     ("post", "/v1/auth/login"),
@@ -30,6 +31,7 @@ const CONTRACT: &[(&str, &str)] = &[
     ("get", "/v1/orders"),
     ("get", "/v1/orders/{id}"),
     ("post", "/v1/orders/{id}/{action}"),
+    ("post", "/v1/orders/{id}/rating"),
     ("get", "/v1/events"),
     ("get", "/v1/search"),
     ("put", "/v1/drivers/me"),

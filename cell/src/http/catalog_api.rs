@@ -120,13 +120,19 @@ fn check_id(s: &AppState, id: &str, kind: &str) -> ApiResult<()> {
     }
 }
 
-pub fn vendor_json(v: &Vendor) -> Value {
+pub fn vendor_json(v: &Vendor, rating: crate::ratings::Tally) -> Value {
     json!({
         "id": v.id, "owner_id": v.owner_id, "name": v.name, "kind": v.kind,
         "description": v.description, "location": {"lat": v.location.lat, "lng": v.location.lng},
         "address": v.address, "prep_minutes": v.prep_minutes, "tags": v.tags, "status": v.status,
+        "rating": rating.average(), "ratings": rating.count,
         "created_at": rfc3339(v.created_at), "updated_at": rfc3339(v.updated_at),
     })
+}
+
+/// A vendor as the API shows it: with its customers' rating.
+fn vendor_view(read: &storage::ReadTxn, v: &Vendor) -> ApiResult<Value> {
+    Ok(vendor_json(v, crate::ratings::tally(read, &v.id)?))
 }
 
 pub fn product_json(p: &Product) -> Value {
@@ -164,9 +170,14 @@ async fn write(s: &AppState, cmd: CatalogCommand) -> ApiResult<(CatalogResponse,
     }
 }
 
-fn answer(resp: CatalogResponse, index: u64, status: StatusCode) -> ApiResult<Response> {
+fn answer(
+    s: &AppState,
+    resp: CatalogResponse,
+    index: u64,
+    status: StatusCode,
+) -> ApiResult<Response> {
     let body = match resp {
-        CatalogResponse::Vendor(v) => vendor_json(&v),
+        CatalogResponse::Vendor(v) => vendor_view(&s.node.store().read()?, &v)?,
         CatalogResponse::Product(p) => product_json(&p),
         CatalogResponse::Deleted => {
             return Ok((
@@ -241,7 +252,9 @@ pub(super) async fn public_views(
                 .iter()
                 .map(|&i| {
                     let view = match kind {
-                        Public::Vendor => catalog::vendor(&read, ids[i])?.map(|v| vendor_json(&v)),
+                        Public::Vendor => catalog::vendor(&read, ids[i])?
+                            .map(|v| vendor_view(&read, &v))
+                            .transpose()?,
                         Public::Product => {
                             catalog::product(&read, ids[i])?.map(|p| product_json(&p))
                         }
@@ -311,7 +324,7 @@ pub(super) async fn create_vendor(
         updated_at: now,
     };
     let (resp, index) = write(&s, CatalogCommand::CreateVendor { vendor }).await?;
-    answer(resp, index, StatusCode::CREATED)
+    answer(&s, resp, index, StatusCode::CREATED)
 }
 
 #[utoipa::path(
@@ -335,7 +348,9 @@ pub(super) async fn get_vendor(
     check_id(&s, &id, "ven")?;
     ensure_fresh(&s, c).await?;
     cached_view(&s, "vendor", &id, |read, id| {
-        Ok(catalog::vendor(read, id)?.map(|v| vendor_json(&v)))
+        catalog::vendor(read, id)?
+            .map(|v| vendor_view(read, &v))
+            .transpose()
     })
     .await
 }
@@ -405,7 +420,7 @@ pub(super) async fn patch_vendor(
         now: now_ms(),
     };
     let (resp, index) = write(&s, cmd).await?;
-    answer(resp, index, StatusCode::OK)
+    answer(&s, resp, index, StatusCode::OK)
 }
 
 #[derive(Debug, Deserialize)]
@@ -511,7 +526,7 @@ pub(super) async fn create_product(
         },
     )
     .await?;
-    answer(resp, index, StatusCode::CREATED)
+    answer(&s, resp, index, StatusCode::CREATED)
 }
 
 #[utoipa::path(
@@ -601,7 +616,7 @@ pub(super) async fn patch_product(
         },
     )
     .await?;
-    answer(resp, index, StatusCode::OK)
+    answer(&s, resp, index, StatusCode::OK)
 }
 
 #[utoipa::path(
@@ -632,7 +647,7 @@ pub(super) async fn delete_product(
         },
     )
     .await?;
-    answer(resp, index, StatusCode::NO_CONTENT)
+    answer(&s, resp, index, StatusCode::NO_CONTENT)
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -670,5 +685,5 @@ pub(super) async fn set_stock(
         now: now_ms(),
     };
     let (resp, index) = write(&s, cmd).await?;
-    answer(resp, index, StatusCode::OK)
+    answer(&s, resp, index, StatusCode::OK)
 }

@@ -84,7 +84,17 @@ fn with_index(index: u64, v: Value) -> Response {
     ([("x-cell-index", index.to_string())], Json(v)).into_response()
 }
 
-pub fn driver_json(d: &Driver) -> Value {
+/// A driver's profile with its standing, ratings and lateness included.
+fn driver_view(read: &storage::ReadTxn, d: &Driver) -> ApiResult<Value> {
+    Ok(driver_json(d, &crate::ratings::reputation(read, &d.id)?))
+}
+
+/// [`driver_view`] of a driver just written, read at `index`.
+fn driver_written(s: &AppState, index: u64, d: &Driver) -> ApiResult<Response> {
+    Ok(with_index(index, driver_view(&s.node.store().read()?, d)?))
+}
+
+pub fn driver_json(d: &Driver, rep: &crate::ratings::Reputation) -> Value {
     json!({
         "id": d.id, "vehicle": d.vehicle, "capacity": d.capacity,
         "qualifications": d.qualifications, "license_plate": d.license_plate,
@@ -94,7 +104,8 @@ pub fn driver_json(d: &Driver) -> Value {
         "standing": {
             "completed": d.standing.completed, "failed": d.standing.failed,
             "declined": d.standing.declined, "expired": d.standing.expired,
-            "completion_rate": d.standing.completion_rate(), "tier": d.standing.tier(),
+            "completion_rate": d.standing.completion_rate(), "tier": d.standing.tier_with(rep),
+            "rating": rep.ratings.average(), "ratings": rep.ratings.count, "late": rep.late,
         },
     })
 }
@@ -189,7 +200,7 @@ pub(super) async fn put_me(
         now: now_ms(),
     };
     match write(&s, cmd).await? {
-        (DriverResponse::Driver(d), index) => Ok(with_index(index, driver_json(&d))),
+        (DriverResponse::Driver(d), index) => driver_written(&s, index, &d),
         (other, _) => Err(unexpected(other)),
     }
 }
@@ -210,7 +221,7 @@ pub(super) async fn get_me(
     let read = s.node.store().read()?;
     let d = drivers::driver(&read, &p.sub)?
         .ok_or_else(|| ApiError::not_found("no driver profile yet: PUT /v1/drivers/me"))?;
-    Ok(Json(driver_json(&d)))
+    Ok(Json(driver_view(&read, &d)?))
 }
 
 #[utoipa::path(
@@ -240,7 +251,7 @@ pub(super) async fn set_status(
         now: now_ms(),
     };
     match write(&s, cmd).await? {
-        (DriverResponse::Driver(d), index) => Ok(with_index(index, driver_json(&d))),
+        (DriverResponse::Driver(d), index) => driver_written(&s, index, &d),
         (DriverResponse::NotFound, _) => Err(ApiError::not_found("no such driver")),
         (other, _) => Err(unexpected(other)),
     }
@@ -270,7 +281,7 @@ pub(super) async fn availability(
         now: now_ms(),
     };
     match write(&s, cmd).await? {
-        (DriverResponse::Driver(d), index) => Ok(with_index(index, driver_json(&d))),
+        (DriverResponse::Driver(d), index) => driver_written(&s, index, &d),
         (DriverResponse::NotFound, _) => Err(ApiError::not_found(
             "no driver profile yet: PUT /v1/drivers/me",
         )),
@@ -476,7 +487,7 @@ pub(super) fn couriers(
             json!({
                 "id": driver.id, "name": name, "vehicle": driver.vehicle,
                 "location": driver.location.map(|l| json!({"lat": l.lat, "lng": l.lng})),
-                "tier": driver.standing.tier(),
+                "tier": driver.standing.tier_with(&crate::ratings::reputation(read, &driver.id)?),
             }),
         );
     }

@@ -113,6 +113,9 @@ pub struct VendorView {
     pub prep_minutes: u32,
     pub tags: Vec<String>,
     pub status: VendorStatus,
+    /// Average stars from customers (null before the first rating).
+    pub rating: Option<f64>,
+    pub ratings: u32,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -213,9 +216,23 @@ pub struct OrderView {
     pub proof_code: Option<String>,
     /// The assigned driver, once there is one (`GET /v1/orders/{id}`).
     pub driver_id: Option<String>,
+    /// The customer's rating, on a delivered order (null until rated).
+    pub rating: Option<RatingView>,
     pub history: Vec<StatusChange>,
     pub created_at: String,
     pub updated_at: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RatingView {
+    pub order_id: String,
+    pub vendor_id: String,
+    /// 1 to 5.
+    pub vendor: u8,
+    pub driver_id: Option<String>,
+    pub driver: Option<u8>,
+    pub comment: Option<String>,
+    pub at: String,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -231,8 +248,15 @@ pub struct StandingView {
     pub declined: u32,
     pub expired: u32,
     pub completion_rate: f64,
-    /// 1 (best) to 3.
+    /// 1 (best) to 3: from completion, a tier down for an average rating
+    /// under 4 (over 3 or more ratings) and one for more than a fifth of
+    /// deliveries late.
     pub tier: u8,
+    /// Average stars from customers (null before the first rating).
+    pub rating: Option<f64>,
+    pub ratings: u32,
+    /// Deliveries completed more than 10 minutes after they were due.
+    pub late: u32,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -468,7 +492,7 @@ impl Modify for BearerAuth {
         super::catalog_api::patch_product, super::catalog_api::delete_product, super::catalog_api::set_stock,
         super::orders_api::get_cart, super::orders_api::put_cart, super::orders_api::create_quote,
         super::orders_api::place_order, super::orders_api::list_orders, super::orders_api::get_order,
-        super::orders_api::transition, super::orders_api::ledger_check,
+        super::orders_api::transition, super::orders_api::rate_order, super::orders_api::ledger_check,
         super::events_api::feed, super::search_api::search, super::search_api::reindex,
         super::drivers_api::put_me, super::drivers_api::get_me, super::drivers_api::set_status,
         super::drivers_api::availability, super::drivers_api::location, super::drivers_api::my_offers,

@@ -30,6 +30,7 @@ use crate::{
         OrderResponse, OrderStatus, Quote, Scope,
     },
     quote_token,
+    ratings::{self, Rating, Stars},
 };
 
 pub fn routes() -> Router<AppState> {
@@ -38,6 +39,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/quotes", post(create_quote))
         .route("/v1/orders", post(place_order).get(list_orders))
         .route("/v1/orders/{id}", get(get_order))
+        .route("/v1/orders/{id}/rating", post(rate_order))
         .route("/v1/orders/{id}/{action}", post(transition))
         .route("/admin/ledger/check", get(ledger_check))
 }
@@ -150,7 +152,27 @@ fn order_view(read: &storage::ReadTxn, o: &Order) -> ApiResult<Value> {
         v["driver_id"] = json!(crate::drivers::delivery(read, &d)?.and_then(|d| d.driver_id));
         v["delivery_id"] = json!(d);
     }
+    add_rating(read, o, &mut v)?;
     Ok(v)
+}
+
+/// An order's answer carries the customer's rating (null until a
+/// delivered order is rated; only those are read for it).
+fn add_rating(read: &storage::ReadTxn, o: &Order, v: &mut Value) -> ApiResult<()> {
+    v["rating"] = if o.status == OrderStatus::Delivered {
+        json!(ratings::rating(read, &o.id)?.map(|r| rating_json(&r)))
+    } else {
+        Value::Null
+    };
+    Ok(())
+}
+
+fn rating_json(r: &Rating) -> Value {
+    json!({
+        "order_id": r.order_id, "vendor_id": r.vendor_id, "vendor": r.vendor.get(),
+        "driver_id": r.driver_id, "driver": r.driver.map(Stars::get),
+        "comment": r.comment, "at": rfc3339(r.at),
+    })
 }
 
 /// `id` is the sealed token the customer checks out with.
@@ -792,6 +814,7 @@ pub(super) async fn get_order(
     let mut v = order_json(&o);
     v["delivery_id"] = json!(delivery.as_ref().map(|d| d.id.clone()));
     v["driver_id"] = json!(assigned_driver);
+    add_rating(&read, &o, &mut v)?;
     // The proof code is the customer's to show the driver at the door.
     if p.role != Role::Customer && p.role != Role::Ops {
         v["proof_code"] = Value::Null;
@@ -915,6 +938,89 @@ pub(super) async fn transition(
             format!("cannot {action:?} an order that is {from:?}").to_lowercase(),
         )),
         other => Err(ApiError::internal(format!("unexpected response {other:?}"))),
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RatingBody {
+    /// Stars for the vendor, 1 to 5.
+    vendor: u8,
+    /// Stars for the driver who delivered it, 1 to 5 (ignored when the
+    /// order had none).
+    driver: Option<u8>,
+    /// At most 500 characters.
+    comment: Option<String>,
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/orders/{id}/rating",
+    tag = "orders",
+    params(("id" = String, Path, description = "object id, <cell>.<kind>_<ulid>")),
+    request_body = RatingBody,
+    responses(
+        (status = 201, description = "the rating", body = RatingView),
+        (status = 409, description = "not_delivered or already_rated", body = Problem),
+        (status = "4XX", description = "problem+json", body = Problem),
+    ),
+    security(("bearer" = [])),
+)]
+pub(super) async fn rate_order(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    StrictJson(b): StrictJson<RatingBody>,
+) -> ApiResult<Response> {
+    customer(&p)?;
+    let stars = |n: u8, whom: &str| {
+        Stars::new(n).ok_or_else(|| ApiError::validation(format!("{whom} stars are 1 to 5")))
+    };
+    let vendor = stars(b.vendor, "vendor")?;
+    let driver = b.driver.map(|n| stars(n, "driver")).transpose()?;
+    let comment = b
+        .comment
+        .map(|c| c.trim().to_string())
+        .filter(|c| !c.is_empty());
+    if comment.as_ref().is_some_and(|c| c.chars().count() > 500) {
+        return Err(ApiError::validation("comment is at most 500 characters"));
+    }
+    let rating = Rating {
+        order_id: id,
+        // Apply fills in the order's vendor and driver.
+        vendor_id: String::new(),
+        vendor,
+        driver_id: None,
+        driver,
+        comment,
+        at: now_ms(),
+    };
+    let cmd = OrderCommand::Rate {
+        customer_id: p.sub.clone(),
+        rating: Box::new(rating),
+    };
+    match write(&s, cmd).await? {
+        (OrderResponse::Rated(r), index) => Ok((
+            StatusCode::CREATED,
+            [("x-cell-index", index.to_string())],
+            Json(rating_json(&r)),
+        )
+            .into_response()),
+        // A foreign order is indistinguishable from a missing one.
+        (OrderResponse::NotFound | OrderResponse::Forbidden, _) => {
+            Err(ApiError::not_found("no such order"))
+        }
+        (OrderResponse::NotDelivered, _) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_delivered",
+            "only a delivered order can be rated",
+        )),
+        (OrderResponse::AlreadyRated, _) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_rated",
+            "this order was rated already",
+        )),
+        (other, _) => Err(ApiError::internal(format!("unexpected response {other:?}"))),
     }
 }
 

@@ -61,6 +61,9 @@ pub struct Vendor {
     pub tags: Vec<String>,
     /// open | closed | ...
     pub status: String,
+    /// Average stars from customers (null before the first rating).
+    pub rating: Option<f64>,
+    pub ratings: u32,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -169,9 +172,23 @@ pub struct Order {
     pub payment_ref: String,
     /// The customer's code for the driver at the door (customer and ops only).
     pub proof_code: Option<String>,
+    /// The customer's rating, once a delivered order has one.
+    pub rating: Option<Rating>,
     pub history: Vec<StatusChange>,
     pub created_at: String,
     pub updated_at: String,
+}
+
+#[derive(Debug, Clone, Deserialize, SimpleObject)]
+pub struct Rating {
+    pub order_id: String,
+    pub vendor_id: String,
+    /// 1 to 5.
+    pub vendor: u8,
+    pub driver_id: Option<String>,
+    pub driver: Option<u8>,
+    pub comment: Option<String>,
+    pub at: String,
 }
 
 #[derive(Debug, Clone, Deserialize, SimpleObject)]
@@ -219,6 +236,11 @@ pub struct Standing {
     pub expired: u64,
     pub completion_rate: f64,
     pub tier: u8,
+    /// Average stars from customers (null before the first rating).
+    pub rating: Option<f64>,
+    pub ratings: u32,
+    /// Deliveries completed more than 10 minutes after they were due.
+    pub late: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, SimpleObject)]

@@ -208,6 +208,17 @@ pub struct OrderInput {
 }
 
 #[derive(InputObject, Serialize)]
+pub struct RatingInput {
+    /// Stars for the vendor, 1 to 5.
+    vendor: u8,
+    /// Stars for the driver who delivered it, 1 to 5.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    driver: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    comment: Option<String>,
+}
+
+#[derive(InputObject, Serialize)]
 pub struct RideInput {
     quote_id: String,
     pickup: LocationInput,
@@ -489,6 +500,19 @@ impl Mutation {
             path((id, action_name(action))),
         )
         .await;
+        c.answer(r).await
+    }
+
+    /// The customer rates a delivered order, once.
+    async fn rate_order(
+        &self,
+        ctx: &Context<'_>,
+        id: String,
+        input: RatingInput,
+    ) -> Result<Rating> {
+        let c = Caller::of(ctx)?;
+        let r =
+            orders_api::rate_order(c.s(), c.principal().gql()?, path(id), body(input).gql()?).await;
         c.answer(r).await
     }
 
