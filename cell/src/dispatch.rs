@@ -161,6 +161,7 @@ impl Dispatcher {
         node: Arc<RaftNode<CellApp>>,
         cell: String,
         mut changes: tokio::sync::broadcast::Receiver<Change>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) {
         let flusher = (self.clone(), node.clone());
         tokio::spawn(async move {
@@ -181,13 +182,13 @@ impl Dispatcher {
                 }
             }
         });
-        let closer = node.clone();
+        let (closer, closer_metrics) = (node.clone(), metrics.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(250));
             for n in 0u64.. {
                 tick.tick().await;
                 if closer.is_leader() {
-                    if let Err(e) = close_window_if_due(&closer).await {
+                    if let Err(e) = close_window_if_due(&closer, &closer_metrics).await {
                         tracing::debug!(error = %e, "closing the route window failed");
                     }
                     // Once a second: lead times are half an hour.
@@ -214,7 +215,7 @@ impl Dispatcher {
                 if !node.is_leader() {
                     continue;
                 }
-                if let Err(e) = self.round(&node, &cell).await {
+                if let Err(e) = self.round(&node, &cell, &metrics).await {
                     tracing::debug!(error = %e, "dispatch round failed");
                 }
             }
@@ -222,7 +223,12 @@ impl Dispatcher {
     }
 
     /// One pass over waiting deliveries and open offers.
-    async fn round(&self, node: &RaftNode<CellApp>, cell: &str) -> anyhow::Result<()> {
+    async fn round(
+        &self,
+        node: &RaftNode<CellApp>,
+        cell: &str,
+        metrics: &crate::metrics::Metrics,
+    ) -> anyhow::Result<()> {
         let now = now_ms();
         let (settings, deliveries) = {
             let read = node.store().read()?;
@@ -296,6 +302,12 @@ impl Dispatcher {
                 now,
             };
             node.write(&Command::Drivers(Box::new(cmd))).await?;
+            if d.first_offer_at.is_none() {
+                let waited = now - d.created_at.max(d.dispatch_after);
+                metrics
+                    .dispatch_first_offer_seconds
+                    .observe(waited.max(0) as f64 / 1000.0);
+            }
         }
         Ok(())
     }
@@ -469,7 +481,10 @@ fn search_radius(d: &Delivery, s: &Settings) -> f64 {
 /// Proposes the running window's close when its time is up; apply
 /// matches (and ignores a second proposal for the same window). No window
 /// running, no write.
-async fn close_window_if_due(node: &RaftNode<CellApp>) -> anyhow::Result<()> {
+async fn close_window_if_due(
+    node: &RaftNode<CellApp>,
+    metrics: &crate::metrics::Metrics,
+) -> anyhow::Result<()> {
     let now = now_ms();
     let due = {
         let read = node.store().read()?;
@@ -478,7 +493,11 @@ async fn close_window_if_due(node: &RaftNode<CellApp>) -> anyhow::Result<()> {
     };
     if due {
         let cmd = crate::routes::RouteCommand::CloseWindow { now };
+        let started = std::time::Instant::now();
         node.write(&Command::Routes(Box::new(cmd))).await?;
+        metrics
+            .route_match_seconds
+            .observe(started.elapsed().as_secs_f64());
     }
     Ok(())
 }

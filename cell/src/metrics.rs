@@ -42,6 +42,12 @@ pub struct Metrics {
     pub cache_entries: Gauge<i64, AtomicI64>,
     pub state_bytes: Gauge<f64, AtomicU64>,
     pub search_seconds: Histogram,
+    /// Leader only: from when a delivery could be dispatched to its first
+    /// offer.
+    pub dispatch_first_offer_seconds: Histogram,
+    /// Leader only: a route window's close, matching included, until
+    /// applied here.
+    pub route_match_seconds: Histogram,
     pub search_docs: Gauge<i64, AtomicI64>,
     pub search_index_bytes: Gauge<i64, AtomicI64>,
 }
@@ -118,6 +124,22 @@ impl Metrics {
             "Time to run a search query",
             search_seconds.clone(),
         );
+        let dispatch_first_offer_seconds = Histogram::new([
+            0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+        ]);
+        registry.register(
+            "dispatch_first_offer_seconds",
+            "From a delivery becoming dispatchable to its first offer (leader)",
+            dispatch_first_offer_seconds.clone(),
+        );
+        let route_match_seconds = Histogram::new([
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ]);
+        registry.register(
+            "route_match_seconds",
+            "A route window's close and matching, committed and applied (leader)",
+            route_match_seconds.clone(),
+        );
         let search_docs = gauge!("search_documents", "Documents in this node's search index");
         let search_index_bytes = gauge!(
             "search_index_bytes",
@@ -150,6 +172,8 @@ impl Metrics {
             cache_entries,
             state_bytes,
             search_seconds,
+            dispatch_first_offer_seconds,
+            route_match_seconds,
             search_docs,
             search_index_bytes,
         }

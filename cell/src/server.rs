@@ -123,10 +123,14 @@ pub async fn run(cfg: CellConfig) -> anyhow::Result<()> {
         tracing::info!(node = cfg.node_id, "initialised a new single-node cell");
     }
 
+    let metrics = Arc::new(Metrics::new());
     let dispatch = Arc::new(crate::dispatch::Dispatcher::default());
-    dispatch
-        .clone()
-        .start(node.clone(), cfg.cell.clone(), app.subscribe());
+    dispatch.clone().start(
+        node.clone(),
+        cfg.cell.clone(),
+        app.subscribe(),
+        metrics.clone(),
+    );
     crate::webhooks::start(node.clone());
     let state = AppState::new(http::Shared {
         node: node.clone(),
@@ -134,7 +138,7 @@ pub async fn run(cfg: CellConfig) -> anyhow::Result<()> {
         cfg: cfg.clone(),
         ops_token_hash: http::token_hash(&ops_token),
         keys: Arc::new(keys),
-        metrics: Arc::new(Metrics::new()),
+        metrics,
         read_models,
         search,
         index_feed,

@@ -427,6 +427,14 @@ async fn order_to_doorstep_with_an_accept_race() {
     assert_eq!(me["current_delivery"], Value::Null);
     assert_eq!(me["standing"]["completed"], 1);
 
+    // The leader timed its first offer.
+    assert!(
+        w.tc.metric_sum(1..=3, "dispatch_first_offer_seconds_count")
+            .await
+            >= 1.0,
+        "no first offer in /metrics"
+    );
+
     // The customer rates the delivered order — once, 1 to 5 stars, only
     // their own — and the vendor's and the driver's averages move.
     let rate = |token: &str, body: Value| {

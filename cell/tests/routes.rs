@@ -374,6 +374,9 @@ async fn claims_are_matched_deterministically_fairly_and_without_overlaps() {
         .await;
     assert_eq!(o["driver_id"], Value::Null);
 
+    // The leader timed its matching windows.
+    assert!(w.tc.metric_sum(1..=3, "route_match_seconds_count").await >= 2.0);
+
     // C wins the route in the next window, which makes its delivery C's:
     // C carries the order through to delivered and is paid for it.
     assert_eq!(w.claim(&c, &auto).await, StatusCode::OK);

@@ -175,6 +175,21 @@ impl TestCell {
         r.await.unwrap().text().await.unwrap()
     }
 
+    /// The value of a counter-like metric line (`name value`) summed over
+    /// the nodes `ids`.
+    pub async fn metric_sum(&self, ids: impl IntoIterator<Item = u64>, name: &str) -> f64 {
+        let mut sum = 0.0;
+        for id in ids {
+            let text = self.metrics(id).await;
+            sum += text
+                .lines()
+                .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .filter_map(|v| v.trim().parse::<f64>().ok())
+                .sum::<f64>();
+        }
+        sum
+    }
+
     /// Wait until node `id` reports applied ≥ `index`.
     pub async fn wait_applied(&self, id: u64, index: u64, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
