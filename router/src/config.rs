@@ -58,6 +58,10 @@ pub struct Args {
     /// Event loops serving client connections (default: one per core).
     #[arg(long, env = "ROUTER_THREADS")]
     pub threads: Option<usize>,
+    /// Requests being forwarded at once (long polls aside); more are shed
+    /// with `503 overloaded` (default 8192).
+    #[arg(long, env = "ROUTER_MAX_INFLIGHT")]
+    pub max_inflight: Option<usize>,
     /// Log as JSON lines.
     #[arg(long, env = "ROUTER_LOG_JSON")]
     pub log_json: bool,
@@ -79,6 +83,7 @@ struct FileConfig {
     health_interval_ms: Option<u64>,
     poll_keepalive_ms: Option<u64>,
     log_json: Option<bool>,
+    max_inflight: Option<usize>,
     #[serde(default)]
     regions: std::collections::BTreeMap<String, RegionSpec>,
 }
@@ -95,6 +100,8 @@ pub struct RouterConfig {
     /// Ping interval and pong deadline on long polls' shared connections.
     pub poll_keepalive: Duration,
     pub log_json: bool,
+    /// Requests forwarded at once before the router sheds load.
+    pub max_inflight: usize,
     /// Regions from the config file; merged into the persisted directory on
     /// start (the file wins for the regions it names).
     pub regions: Vec<(String, RegionSpec)>,
@@ -182,6 +189,11 @@ impl RouterConfig {
             health_interval: Duration::from_millis(health_ms),
             poll_keepalive: Duration::from_millis(keepalive_ms),
             log_json: args.log_json || file.log_json.unwrap_or(false),
+            max_inflight: args
+                .max_inflight
+                .or(file.max_inflight)
+                .unwrap_or(8192)
+                .max(1),
             regions: file.regions.into_iter().collect(),
         })
     }

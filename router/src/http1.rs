@@ -207,7 +207,8 @@ impl Conn {
         let id = server::request_id(&parts.headers);
         let head_only = parts.method == Method::HEAD;
         let peer = self.peer.ip();
-        let (pool, out) =
+        // `_inflight` counts this request until it is answered.
+        let (pool, out, _inflight) =
             match proxy::bodiless(st, &parts, peer, self.forwarded_for.as_ref(), &id).await {
                 Ok(x) => x,
                 Err(p) => {

@@ -23,7 +23,7 @@ use crate::metrics::{status_class, ReasonLabels, RequestLabels, UpstreamErrorLab
 use crate::multiplex::{self, Failure};
 use crate::pin::{self, Pin};
 use crate::problem::{Problem, RequestId};
-use crate::state::RouterState;
+use crate::state::{RequestSlot, RouterState};
 use crate::upstream::{CellPool, Node, MAX_AFFINITY_CONNECTIONS};
 
 /// Largest request body passed on (the cells' own limit).
@@ -98,11 +98,17 @@ pub(crate) fn refused(st: &RouterState, p: &Problem) {
 /// Everything a request is held to before its body is read: header size,
 /// declared body size, its token, the rate limits. Returns the verified
 /// claims, if it carried a token.
-async fn admit(
-    st: &RouterState,
+/// Checked and counted: the caller holds `inflight` while it forwards.
+struct Admitted<'a> {
+    claims: Option<Claims>,
+    inflight: Option<RequestSlot<'a>>,
+}
+
+async fn admit<'a>(
+    st: &'a RouterState,
     parts: &http::request::Parts,
     peer: Option<IpAddr>,
-) -> Result<Option<Claims>, Problem> {
+) -> Result<Admitted<'a>, Problem> {
     let header_bytes: usize = parts
         .headers
         .iter()
@@ -131,20 +137,32 @@ async fn admit(
         None => None,
     };
     rate_limit(st, claims.as_ref(), peer, parts.uri.path())?;
-    Ok(claims)
+    // Long polls wait without work; the cells bound them on their own.
+    let inflight = if long_poll_wait(parts.uri.path(), parts.uri.query()).is_some() {
+        None
+    } else {
+        Some(st.enter().ok_or_else(|| {
+            reject(
+                st,
+                "overloaded",
+                Problem::unavailable("overloaded", "the router is at its request limit"),
+            )
+        })?)
+    };
+    Ok(Admitted { claims, inflight })
 }
 
 /// Where a request without a body goes, and what is sent there: the
 /// router's own HTTP/1.1 loop (`http1`) uses this for the requests it
 /// serves itself.
-pub(crate) async fn bodiless(
-    st: &RouterState,
+pub(crate) async fn bodiless<'a>(
+    st: &'a RouterState,
     parts: &http::request::Parts,
     peer: IpAddr,
     forwarded_for: Option<&HeaderValue>,
     request_id: &str,
-) -> Result<(Arc<CellPool>, Outgoing), Problem> {
-    let claims = admit(st, parts, Some(peer)).await?;
+) -> Result<(Arc<CellPool>, Outgoing, Option<RequestSlot<'a>>), Problem> {
+    let Admitted { claims, inflight } = admit(st, parts, Some(peer)).await?;
     let Pin::Cell(cell) = decide(st, parts, claims.as_ref(), None)? else {
         return Err(Problem::bad_request("login body must be JSON"));
     };
@@ -159,7 +177,7 @@ pub(crate) async fn bodiless(
         request_id,
         tls,
     );
-    Ok((pool, out))
+    Ok((pool, out, inflight))
 }
 
 /// Which cell the request belongs to, by the current region directory.
@@ -196,7 +214,10 @@ async fn route(st: &Arc<RouterState>, req: Request) -> Result<(Arc<CellPool>, Re
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
-    let claims = admit(st, &parts, peer).await?;
+    let Admitted {
+        claims,
+        inflight: _inflight,
+    } = admit(st, &parts, peer).await?;
     if body.size_hint().lower() > MAX_BODY_BYTES {
         return Err(reject(st, "body_too_large", too_large()));
     }

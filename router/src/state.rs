@@ -2,6 +2,7 @@
 //! HTTP client, limits and metrics.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -30,9 +31,30 @@ pub struct RouterState {
     pub metrics: Metrics,
     pub ops_token: String,
     login_cells: Mutex<HashMap<String, String>>,
+    /// Requests being forwarded (long polls aside).
+    inflight: AtomicUsize,
+}
+
+/// One request being forwarded, counted until dropped.
+pub struct RequestSlot<'a>(&'a AtomicUsize);
+
+impl Drop for RequestSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl RouterState {
+    /// Room for one more request, or `None` while `max_inflight` are being
+    /// forwarded: queueing more would only make every one of them late.
+    pub fn enter(&self) -> Option<RequestSlot<'_>> {
+        if self.inflight.fetch_add(1, Ordering::Relaxed) >= self.cfg.max_inflight {
+            self.inflight.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(RequestSlot(&self.inflight))
+    }
+
     pub fn new(cfg: RouterConfig, ops_token: String) -> Result<Arc<Self>, RouterError> {
         let client = upstream::build_client(cfg.ca.as_deref())?;
         let affinity_tls = upstream::upstream_tls(cfg.ca.as_deref(), b"http/1.1")?;
@@ -58,6 +80,7 @@ impl RouterState {
             metrics: Metrics::new(),
             ops_token,
             login_cells: Mutex::new(HashMap::new()),
+            inflight: AtomicUsize::new(0),
         });
         state.rebuild_pools();
         Ok(state)

@@ -145,3 +145,54 @@ async fn a_long_poll_on_a_node_gone_silent_fails_within_the_keepalive() {
         "the poll hung for {took:?} on a silent node"
     );
 }
+
+/// Requests held up by a silent node fill the router's `--max-inflight`;
+/// the next one is shed at once with `503 overloaded`, not queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_beyond_the_inflight_limit_are_shed_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cell = start_cell(dir.path(), "nyc", 1).await;
+    let node: SocketAddr = cell
+        .api_url(1)
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let proxy = SilentProxy::start(node).await;
+    let mut spec = region(&cell, NYC);
+    spec.nodes = vec![proxy.url()];
+    let regions = BTreeMap::from([("nyc".to_string(), spec)]);
+    let mut args = ROUTER_ARGS.to_vec();
+    args.extend(["--max-inflight", "2"]);
+    let router = start_router(&dir.path().join("router"), &regions, &args).await;
+    let base = router.url();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .no_proxy()
+        .build()
+        .unwrap();
+    let path = "/v1/products/nyc.prd_01J00000000000000000000000";
+    let r = call(&http, &base, Method::GET, path).send().await;
+    assert_eq!(r.status.as_u16(), 404, "{}", r.body);
+
+    proxy.go_silent();
+    let stuck: Vec<_> = (0..2)
+        .map(|_| {
+            let (http, base) = (http.clone(), base.clone());
+            tokio::spawn(async move { call(&http, &base, Method::GET, path).send().await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(stuck.iter().all(|t| !t.is_finished()), "the node answered");
+    let started = Instant::now();
+    let r = call(&http, &base, Method::GET, path).send().await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (503, "overloaded"),
+        "{}",
+        r.body
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+    for t in stuck {
+        t.abort();
+    }
+}
