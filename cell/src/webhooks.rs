@@ -25,7 +25,11 @@ use crate::{
     events,
 };
 
+/// `<vendor id>/<webhook id>` → webhook (a vendor's are listed together).
 const WEBHOOKS: Table<Webhook> = Table::new("webhooks");
+/// Webhook id → its vendor id: deliveries, failures and deletes name a
+/// webhook by id alone, and every apply of theirs must not scan them all.
+const BY_ID: Table<String> = Table::new("webhooks_by_id");
 
 /// Events per POST at most (the body is a JSON array).
 const BATCH: usize = 50;
@@ -109,6 +113,7 @@ pub fn apply(txn: &WriteTxn, cmd: WebhookCommand) -> storage::Result<WebhookResp
             // the events from now on.
             webhook.cursor = events::last_seq_in(txn, &webhook.owner_id)?;
             events::hold(txn, &webhook.owner_id, &webhook.id, Some(webhook.cursor))?;
+            txn.put(BY_ID, webhook.id.as_bytes(), &webhook.vendor_id)?;
             txn.put(WEBHOOKS, &key(&webhook.vendor_id, &webhook.id), &webhook)?;
             Ok(R::Webhook(webhook))
         }
@@ -151,6 +156,7 @@ pub fn apply(txn: &WriteTxn, cmd: WebhookCommand) -> storage::Result<WebhookResp
         WebhookCommand::Delete { id } => match find(txn, &id)? {
             Some((k, w)) => {
                 events::hold(txn, &w.owner_id, &w.id, None)?;
+                txn.delete(BY_ID, w.id.as_bytes())?;
                 txn.delete(WEBHOOKS, &k)?;
                 Ok(R::Done)
             }
@@ -160,11 +166,28 @@ pub fn apply(txn: &WriteTxn, cmd: WebhookCommand) -> storage::Result<WebhookResp
 }
 
 fn find(txn: &WriteTxn, id: &str) -> storage::Result<Option<(Vec<u8>, Webhook)>> {
-    // Ids are `<vendor id>~<ulid>`-free ulids; webhooks are few, scan them.
-    Ok(txn
+    if let Some(vendor) = txn.get(BY_ID, id.as_bytes())? {
+        let k = key(&vendor, id);
+        return Ok(txn.get(WEBHOOKS, &k)?.map(|w| (k, w)));
+    }
+    // Registered before the index existed: scan (and index it, so this
+    // happens once per such webhook).
+    let found = txn
         .range(WEBHOOKS, Vec::new().., 100_000)?
         .into_iter()
-        .find(|(_, w)| w.id == id))
+        .find(|(_, w)| w.id == id);
+    if let Some((_, w)) = &found {
+        txn.put(BY_ID, w.id.as_bytes(), &w.vendor_id)?;
+    }
+    Ok(found)
+}
+
+/// A webhook by id, as this node's state has it.
+fn get(read: &ReadTxn, id: &str) -> storage::Result<Option<Webhook>> {
+    match read.get(BY_ID, id.as_bytes())? {
+        Some(vendor) => read.get(WEBHOOKS, &key(&vendor, id)),
+        None => Ok(all(read)?.into_iter().find(|w| w.id == id)),
+    }
 }
 
 pub fn for_vendor(read: &ReadTxn, vendor_id: &str) -> storage::Result<Vec<Webhook>> {
@@ -256,7 +279,7 @@ async fn send_loop(node: Arc<RaftNode<CellApp>>, http: reqwest::Client, id: Stri
             let Ok(read) = node.store().read() else {
                 return;
             };
-            let Ok(Some(w)) = all(&read).map(|v| v.into_iter().find(|w| w.id == id)) else {
+            let Ok(Some(w)) = get(&read, &id) else {
                 return;
             };
             // Past the feed's window if need be: the webhook's hold kept
@@ -407,8 +430,10 @@ mod tests {
         let oldest = events::after_stored(&read, "acc_o", 0, 1).unwrap()[0].seq;
         assert!(oldest > last + 64 - events::RETAINED - 64, "{oldest}");
         drop(read);
-        // A deleted webhook holds nothing back.
+        // A deleted webhook holds nothing back, and is gone by id too.
+        assert!(get(&store.read().unwrap(), "whk_1").unwrap().is_some());
         run(&store, WebhookCommand::Delete { id: "whk_1".into() });
+        assert!(get(&store.read().unwrap(), "whk_1").unwrap().is_none());
         append(&store, 2000);
         let read = store.read().unwrap();
         let oldest = events::after_stored(&read, "acc_o", 0, 1).unwrap()[0].seq;
