@@ -312,6 +312,46 @@ impl Directory {
             })
     }
 
+    /// The base URLs of the nodes at `addrs` (`host:port`, as a cell's
+    /// leader names its voters) that `cell`'s region does not list yet,
+    /// reached like the ones it lists (`http` or `https`). Only when the
+    /// region lists at least one node by the cell's own address: a router
+    /// given other addresses (a proxy, a load balancer, other names) keeps
+    /// to those.
+    pub fn unlisted(&self, cell: &str, addrs: &[String]) -> Vec<String> {
+        let Some(region) = self.regions.values().find(|r| r.cell == cell) else {
+            return Vec::new();
+        };
+        let scheme = match region.nodes.first() {
+            Some(n) if n.starts_with("https://") => "https",
+            _ => "http",
+        };
+        let urls: Vec<String> = addrs.iter().map(|a| format!("{scheme}://{a}")).collect();
+        if !urls.iter().any(|u| region.nodes.contains(u)) {
+            return Vec::new();
+        }
+        let mut out: Vec<String> = Vec::new();
+        for url in urls {
+            if !region.nodes.contains(&url) && !out.contains(&url) {
+                out.push(url);
+            }
+        }
+        out
+    }
+
+    /// Adds `urls` to `cell`'s region, keeping a drain. A URL that is not a
+    /// base URL is refused, and nothing changes.
+    pub fn add_nodes(&mut self, cell: &str, urls: &[String]) -> Result<(), RouterError> {
+        let Some(region) = self.regions.values().find(|r| r.cell == cell) else {
+            return Ok(());
+        };
+        let mut spec = region.spec();
+        spec.nodes.extend(urls.iter().cloned());
+        let mut grown = Region::from_spec(&region.name, spec)?;
+        grown.draining = region.draining;
+        self.put(grown)
+    }
+
     /// Adds or replaces a region (which also ends a drain). A cell serves one
     /// region, so another region already naming the cell is refused.
     pub fn put(&mut self, region: Region) -> Result<(), RouterError> {
@@ -401,6 +441,39 @@ mod tests {
         let again = Directory::load(&path).unwrap();
         assert!(again.get("nyc").unwrap().draining);
         assert_eq!(again.by_cell("bos").unwrap().name, "bos");
+    }
+
+    #[test]
+    fn a_cells_voters_join_its_region_only_when_it_is_reached_by_their_addresses() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = Directory::load(&dir.path().join("regions.json")).unwrap();
+        d.put(Region::from_spec("nyc", circle("nyc", 40.71, -74.0, 100.0)).unwrap())
+            .unwrap();
+        d.set_draining("nyc", true).unwrap();
+        let voters = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        // Reached through addresses of its own choosing: left alone.
+        assert!(d
+            .unlisted("nyc", &voters(&["10.0.0.2:8080", "10.0.0.3:8080"]))
+            .is_empty());
+        // Reached by a voter's address: the others join, the drain stays.
+        let new = d.unlisted(
+            "nyc",
+            &voters(&["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:2"]),
+        );
+        assert_eq!(new, ["http://127.0.0.1:2"]);
+        d.add_nodes("nyc", &new).unwrap();
+        let nyc = d.get("nyc").unwrap();
+        assert_eq!(nyc.nodes, ["http://127.0.0.1:1", "http://127.0.0.1:2"]);
+        assert!(nyc.draining);
+        assert!(d
+            .unlisted("nyc", &voters(&["127.0.0.1:1", "127.0.0.1:2"]))
+            .is_empty());
+        // What is no base URL is refused whole.
+        assert!(d
+            .add_nodes("nyc", &["http://x:1/path".to_string()])
+            .is_err());
+        assert_eq!(d.get("nyc").unwrap().nodes.len(), 2);
+        assert!(d.unlisted("lon", &voters(&["127.0.0.1:1"])).is_empty());
     }
 
     #[test]

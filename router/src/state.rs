@@ -132,6 +132,36 @@ impl RouterState {
         }
     }
 
+    /// Cells' leaders name their voters: nodes added to a cell after this
+    /// router was told about it join its pool (and the saved directory).
+    fn add_discovered_nodes(&self, found: Vec<(String, Vec<String>)>) {
+        let new: Vec<(String, Vec<String>)> = {
+            let dir = self.directory.read().unwrap_or_else(|e| e.into_inner());
+            found
+                .iter()
+                .map(|(cell, voters)| (cell.clone(), dir.unlisted(cell, voters)))
+                .filter(|(_, urls)| !urls.is_empty())
+                .collect()
+        };
+        if new.is_empty() {
+            return;
+        }
+        {
+            let mut dir = self.directory.write().unwrap_or_else(|e| e.into_inner());
+            for (cell, urls) in &new {
+                match dir.add_nodes(cell, urls) {
+                    Ok(()) => {
+                        tracing::info!(cell = %cell, ?urls, "nodes discovered from the cell's leader")
+                    }
+                    Err(e) => {
+                        tracing::warn!(cell = %cell, error = %e, "a leader named nodes that make no base URL")
+                    }
+                }
+            }
+        }
+        self.rebuild_pools();
+    }
+
     /// Health-checks every node of every cell, forever.
     pub async fn health_loop(self: Arc<Self>) {
         let mut tick = tokio::time::interval(self.cfg.health_interval);
@@ -150,12 +180,14 @@ impl RouterState {
                     let client = self.client.clone();
                     let url = node.url.clone();
                     async move {
-                        let h = upstream::check(&client, &url, timeout).await;
+                        let (h, voters) = upstream::check(&client, &url, timeout).await;
                         pool.record_health(i, h);
+                        (pool.cell.clone(), voters)
                     }
                 })
             });
-            futures::future::join_all(checks).await;
+            let found = futures::future::join_all(checks).await;
+            self.add_discovered_nodes(found);
             for pool in &pools {
                 for node in &pool.nodes {
                     let labels = NodeLabels {

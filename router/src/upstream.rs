@@ -486,14 +486,26 @@ async fn get_body(
     serde_json::from_slice(&bytes).ok()
 }
 
-/// One health check: `/readyz` answers 200 with the node's Raft role.
-pub async fn check(client: &Client, base: &str, timeout: Duration) -> Health {
-    match try_get_json(client, &format!("{base}/readyz"), timeout, 4096).await {
-        Ok(v) => Health::Ready {
-            leader: v.get("role").and_then(|r| r.as_str()) == Some("leader"),
-        },
-        Err(GetError::Refused) => Health::Refused,
-        Err(GetError::Failed) => Health::Failed,
+/// One health check: `/readyz` answers 200 with the node's Raft role,
+/// and a leader with its cell's voters' API addresses (returned here).
+pub async fn check(client: &Client, base: &str, timeout: Duration) -> (Health, Vec<String>) {
+    match try_get_json(client, &format!("{base}/readyz"), timeout, 16 * 1024).await {
+        Ok(v) => {
+            let leader = v.get("role").and_then(|r| r.as_str()) == Some("leader");
+            let voters = v
+                .get("voters")
+                .and_then(|n| n.as_array())
+                .filter(|_| leader)
+                .map(|n| {
+                    n.iter()
+                        .filter_map(|a| a.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (Health::Ready { leader }, voters)
+        }
+        Err(GetError::Refused) => (Health::Refused, Vec::new()),
+        Err(GetError::Failed) => (Health::Failed, Vec::new()),
     }
 }
 

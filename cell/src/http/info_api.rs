@@ -89,11 +89,23 @@ pub(super) async fn readyz(State(s): State<AppState>) -> ApiResult<Json<serde_js
     if committed.saturating_sub(applied) > 1000 {
         return Err(not_ready("catching up with the log"));
     }
-    Ok(Json(json!({
+    let mut ready = json!({
         "status": "ready",
         "role": role_name(m.state),
         "applied": applied,
-    })))
+    });
+    // The leader names the cell's voters, so routers that health-check it
+    // learn of nodes added after they were configured.
+    if m.state == ServerState::Leader {
+        let membership = m.membership_config.membership();
+        let voters: Vec<&str> = membership
+            .voter_ids()
+            .filter_map(|id| membership.get_node(&id))
+            .map(|n| n.api_addr.as_str())
+            .collect();
+        ready["voters"] = json!(voters);
+    }
+    Ok(Json(ready))
 }
 
 pub fn role_name(s: ServerState) -> &'static str {
