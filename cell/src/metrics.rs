@@ -116,29 +116,27 @@ impl Metrics {
             "Read-cache memory tier usage in bytes"
         );
         let cache_entries = gauge!("cache_entries", "Entries in the read-cache memory tier");
-        let search_seconds = Histogram::new([
-            0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5,
-        ]);
-        registry.register(
+        macro_rules! histogram {
+            ($name:literal, $help:literal, $buckets:expr) => {{
+                let h = Histogram::new($buckets);
+                registry.register($name, $help, h.clone());
+                h
+            }};
+        }
+        let search_seconds = histogram!(
             "search_query_seconds",
             "Time to run a search query",
-            search_seconds.clone(),
+            [0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5]
         );
-        let dispatch_first_offer_seconds = Histogram::new([
-            0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-        ]);
-        registry.register(
+        let dispatch_first_offer_seconds = histogram!(
             "dispatch_first_offer_seconds",
             "From a delivery becoming dispatchable to its first offer (leader)",
-            dispatch_first_offer_seconds.clone(),
+            [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
         );
-        let route_match_seconds = Histogram::new([
-            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-        ]);
-        registry.register(
+        let route_match_seconds = histogram!(
             "route_match_seconds",
             "A route window's close and matching, committed and applied (leader)",
-            route_match_seconds.clone(),
+            [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]
         );
         let search_docs = gauge!("search_documents", "Documents in this node's search index");
         let search_index_bytes = gauge!(

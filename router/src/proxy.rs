@@ -95,15 +95,16 @@ pub(crate) fn refused(st: &RouterState, p: &Problem) {
         .inc();
 }
 
-/// Everything a request is held to before its body is read: header size,
-/// declared body size, its token, the rate limits. Returns the verified
-/// claims, if it carried a token.
-/// Checked and counted: the caller holds `inflight` while it forwards.
+/// A request let in: its verified claims, if it carried a token, and its
+/// slot under the in-flight limit, which the caller holds while it
+/// forwards (none for a long poll).
 struct Admitted<'a> {
     claims: Option<Claims>,
     inflight: Option<RequestSlot<'a>>,
 }
 
+/// Everything a request is held to before its body is read: header size,
+/// declared body size, its token, the rate limits, the in-flight limit.
 async fn admit<'a>(
     st: &'a RouterState,
     parts: &http::request::Parts,

@@ -11,8 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cell::local::LocalCell;
 use common::*;
 use reqwest::Method;
+use router::local::LocalRouter;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -75,8 +77,17 @@ async fn relay(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_long_poll_on_a_node_gone_silent_fails_within_the_keepalive() {
+/// A one-node cell that a router (with `extra` arguments) reaches only
+/// through a `SilentProxy`; returns them all and the router's URL.
+async fn through_a_proxy(
+    extra: &[&'static str],
+) -> (
+    tempfile::TempDir,
+    LocalCell,
+    SilentProxy,
+    LocalRouter,
+    String,
+) {
     let dir = tempfile::tempdir().unwrap();
     let cell = start_cell(dir.path(), "nyc", 1).await;
     let node: SocketAddr = cell
@@ -89,14 +100,25 @@ async fn a_long_poll_on_a_node_gone_silent_fails_within_the_keepalive() {
     spec.nodes = vec![proxy.url()];
     let regions = BTreeMap::from([("nyc".to_string(), spec)]);
     let mut args = ROUTER_ARGS.to_vec();
-    args.extend(["--poll-keepalive-ms", "500"]);
+    args.extend(extra);
     let router = start_router(&dir.path().join("router"), &regions, &args).await;
     let base = router.url();
-    let http = reqwest::Client::builder()
+    (dir, cell, proxy, router, base)
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
         .timeout(Duration::from_secs(90))
         .no_proxy()
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_long_poll_on_a_node_gone_silent_fails_within_the_keepalive() {
+    let (_dir, _cell, proxy, _router, base) =
+        through_a_proxy(&["--poll-keepalive-ms", "500"]).await;
+    let http = client();
 
     let (_, token, _, _) = signup(&http, &base, "waiter@example.com", "customer", at(NYC)).await;
     let feed = call(&http, &base, Method::GET, "/v1/events")
@@ -150,26 +172,8 @@ async fn a_long_poll_on_a_node_gone_silent_fails_within_the_keepalive() {
 /// the next one is shed at once with `503 overloaded`, not queued.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn requests_beyond_the_inflight_limit_are_shed_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let cell = start_cell(dir.path(), "nyc", 1).await;
-    let node: SocketAddr = cell
-        .api_url(1)
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
-    let proxy = SilentProxy::start(node).await;
-    let mut spec = region(&cell, NYC);
-    spec.nodes = vec![proxy.url()];
-    let regions = BTreeMap::from([("nyc".to_string(), spec)]);
-    let mut args = ROUTER_ARGS.to_vec();
-    args.extend(["--max-inflight", "2"]);
-    let router = start_router(&dir.path().join("router"), &regions, &args).await;
-    let base = router.url();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .no_proxy()
-        .build()
-        .unwrap();
+    let (_dir, _cell, proxy, _router, base) = through_a_proxy(&["--max-inflight", "2"]).await;
+    let http = client();
     let path = "/v1/products/nyc.prd_01J00000000000000000000000";
     let r = call(&http, &base, Method::GET, path).send().await;
     assert_eq!(r.status.as_u16(), 404, "{}", r.body);
