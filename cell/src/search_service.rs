@@ -104,9 +104,9 @@ fn kind_name<T: serde::Serialize>(v: &T) -> String {
 
 /// A vendor's average stars: its documents' `rating` (and its products',
 /// which customers rate through their vendor).
-type Stars = Option<f64>;
+type Average = Option<f64>;
 
-fn vendor_doc(v: &Vendor, rating: Stars) -> VendorDoc {
+fn vendor_doc(v: &Vendor, rating: Average) -> VendorDoc {
     VendorDoc {
         id: v.id.clone(),
         name: v.name.clone(),
@@ -119,7 +119,7 @@ fn vendor_doc(v: &Vendor, rating: Stars) -> VendorDoc {
     }
 }
 
-fn product_doc(p: &Product, v: &Vendor, rating: Stars) -> ProductDoc {
+fn product_doc(p: &Product, v: &Vendor, rating: Average) -> ProductDoc {
     ProductDoc {
         id: p.id.clone(),
         vendor_id: v.id.clone(),
@@ -137,7 +137,7 @@ fn product_doc(p: &Product, v: &Vendor, rating: Stars) -> ProductDoc {
     }
 }
 
-fn stars(read: &storage::ReadTxn, vendor_id: &str) -> storage::Result<Stars> {
+fn average(read: &storage::ReadTxn, vendor_id: &str) -> storage::Result<Average> {
     Ok(crate::ratings::tally(read, vendor_id)?.average())
 }
 
@@ -152,7 +152,7 @@ fn changes_for(
             match catalog::vendor(read, id)? {
                 Some(v) => {
                     // Products carry their vendor's name, place and rating.
-                    let rating = stars(read, id)?;
+                    let rating = average(read, id)?;
                     for p in catalog::menu(read, id, None, usize::MAX)? {
                         out.push(Change::UpsertProduct(product_doc(&p, &v, rating)));
                     }
@@ -167,7 +167,7 @@ fn changes_for(
                 None => None,
             };
             let doc = match (p, v) {
-                (Some(p), Some(v)) => Some(product_doc(&p, &v, stars(read, &v.id)?)),
+                (Some(p), Some(v)) => Some(product_doc(&p, &v, average(read, &v.id)?)),
                 _ => None,
             };
             out.push(match doc {
@@ -183,7 +183,7 @@ fn rebuild(index: &SearchIndex, store: &storage::Store, applied: u64) -> anyhow:
     let read = store.read()?;
     let mut changes = Vec::new();
     for v in catalog::all_vendors(&read)? {
-        let rating = stars(&read, &v.id)?;
+        let rating = average(&read, &v.id)?;
         for p in catalog::menu(&read, &v.id, None, usize::MAX)? {
             changes.push(Change::UpsertProduct(product_doc(&p, &v, rating)));
         }
@@ -269,4 +269,86 @@ pub fn start(
         }
     });
     Ok(index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{Location, Money, VendorKind, VendorStatus};
+    use crate::ratings::{Rating, Stars};
+    use storage::{Durability, Store};
+
+    #[test]
+    fn documents_carry_their_vendors_rating() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s.redb"), 1 << 20).unwrap();
+        let vendor = Vendor {
+            id: "nyc.ven_1".into(),
+            owner_id: "nyc.acc_v".into(),
+            name: "Luigi's".into(),
+            kind: VendorKind::Restaurant,
+            description: String::new(),
+            location: Location {
+                lat: 40.7,
+                lng: -74.0,
+            },
+            address: "1 Main St".into(),
+            prep_minutes: 10,
+            tags: Vec::new(),
+            status: VendorStatus::Active,
+            created_at: 0,
+            updated_at: 0,
+        };
+        let product = Product {
+            id: "nyc.prd_1".into(),
+            vendor_id: vendor.id.clone(),
+            name: "Pizza".into(),
+            description: String::new(),
+            category: "pizza".into(),
+            price: Money {
+                amount: 1000,
+                currency: "USD".into(),
+            },
+            stock: None,
+            tags: Vec::new(),
+            created_at: 0,
+            updated_at: 0,
+        };
+        let rated = |n: u32, stars: u8| Rating {
+            order_id: format!("nyc.ord_{n}"),
+            vendor_id: vendor.id.clone(),
+            vendor: Stars::new(stars).unwrap(),
+            driver_id: None,
+            driver: None,
+            comment: None,
+            at: 0,
+        };
+        let txn = store.write().unwrap();
+        txn.put(catalog::VENDORS_TABLE, vendor.id.as_bytes(), &vendor)
+            .unwrap();
+        txn.put(catalog::PRODUCTS_TABLE, product.id.as_bytes(), &product)
+            .unwrap();
+        txn.commit(Durability::Immediate).unwrap();
+        let ratings = |read: &storage::ReadTxn| -> Vec<Average> {
+            let dirty = BTreeSet::from([(true, vendor.id.clone()), (false, product.id.clone())]);
+            changes_for(read, &dirty)
+                .unwrap()
+                .into_iter()
+                .filter_map(|c| match c {
+                    Change::UpsertVendor(d) => Some(d.rating),
+                    Change::UpsertProduct(d) => Some(d.rating),
+                    Change::Delete { .. } => None,
+                })
+                .collect()
+        };
+        // Not rated yet: no rating, so `sort=rating` puts them last.
+        assert!(ratings(&store.read().unwrap()).iter().all(Option::is_none));
+        let txn = store.write().unwrap();
+        crate::ratings::record(&txn, &rated(1, 5)).unwrap();
+        crate::ratings::record(&txn, &rated(2, 4)).unwrap();
+        txn.commit(Durability::Immediate).unwrap();
+        let found = ratings(&store.read().unwrap());
+        assert!(!found.is_empty());
+        assert!(found.iter().all(|r| *r == Some(4.5)), "{found:?}");
+    }
 }
