@@ -120,7 +120,10 @@ pub fn connection_builder() -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        // Answers to pipelined requests (routers send them) go out in one
+        // write when their requests came in one read.
+        .pipeline_flush(true);
     // High on purpose: a router multiplexes many users' long polls to a
     // node over one HTTP/2 connection. Work is bounded by the node's
     // in-flight and long-poll limits, not by streams.

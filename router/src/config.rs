@@ -62,6 +62,11 @@ pub struct Args {
     /// with `503 overloaded` (default 8192).
     #[arg(long, env = "ROUTER_MAX_INFLIGHT")]
     pub max_inflight: Option<usize>,
+    /// Send each bodiless GET/HEAD on a connection of its own client
+    /// connection instead of pipelining it on connections the event loop
+    /// shares.
+    #[arg(long, env = "ROUTER_NO_PIPELINE")]
+    pub no_pipeline: bool,
     /// Log as JSON lines.
     #[arg(long, env = "ROUTER_LOG_JSON")]
     pub log_json: bool,
@@ -84,6 +89,7 @@ struct FileConfig {
     poll_keepalive_ms: Option<u64>,
     log_json: Option<bool>,
     max_inflight: Option<usize>,
+    no_pipeline: Option<bool>,
     #[serde(default)]
     regions: std::collections::BTreeMap<String, RegionSpec>,
 }
@@ -102,6 +108,9 @@ pub struct RouterConfig {
     pub log_json: bool,
     /// Requests forwarded at once before the router sheds load.
     pub max_inflight: usize,
+    /// Bodiless GET/HEAD requests are pipelined on shared upstream
+    /// connections (`pipeline`).
+    pub pipeline: bool,
     /// Regions from the config file; merged into the persisted directory on
     /// start (the file wins for the regions it names).
     pub regions: Vec<(String, RegionSpec)>,
@@ -194,6 +203,7 @@ impl RouterConfig {
                 .or(file.max_inflight)
                 .unwrap_or(8192)
                 .max(1),
+            pipeline: !(args.no_pipeline || file.no_pipeline.unwrap_or(false)),
             regions: file.regions.into_iter().collect(),
         })
     }

@@ -10,6 +10,12 @@
 //! the hyper path's own code (`proxy::bodiless`, `proxy::forward`,
 //! `server::finish`), so both paths answer the same.
 //!
+//! Most requests do not even take an upstream connection of their own:
+//! they are pipelined on connections the event loop shares (`pipeline`),
+//! so that several clients' requests reach a node in one write and their
+//! answers come back in one read; a search, which can be slow, and a
+//! request finding every pipe full use the client connection's own.
+//!
 //! Long polls are taken too, and wait on the cells' shared HTTP/2
 //! connections without holding buffers (see `Conn::long_poll`).
 //!
@@ -36,6 +42,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, Re
 
 use crate::affinity::{dial, ConnectError, OpenGuard};
 use crate::metrics::UpstreamErrorLabels;
+use crate::pipeline;
 use crate::problem::Problem;
 use crate::proxy::{self, InFlight, Outgoing, Payload, HOP_BY_HOP, X_CELL, X_REQUEST_ID};
 use crate::server;
@@ -44,7 +51,7 @@ use crate::upstream::{CellPool, Node, MAX_AFFINITY_CONNECTIONS};
 
 const MAX_HEADERS: usize = 64;
 /// A head still incomplete at this size is left to hyper, which answers it.
-const MAX_HEAD_BYTES: usize = proxy::MAX_HEADER_BYTES + 8 * 1024;
+pub(crate) const MAX_HEAD_BYTES: usize = proxy::MAX_HEADER_BYTES + 8 * 1024;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_CHUNK: usize = 16 * 1024;
 /// Response bytes gathered before they are written out.
@@ -229,32 +236,55 @@ impl Conn {
         if out.long_poll() {
             return self.long_poll(st, f).await;
         }
+        if st.cfg.pipeline && !out.is_search() {
+            let tried = self.pipelined(st, f).await;
+            if let Some(done) = self.concluded(st, f, tried).await {
+                return done;
+            }
+        }
         // A connection used once should not cost an upstream connection.
         let may_own = self.served > 1
             && (!self.upstreams.is_empty()
                 || pool.affinity_open.load(Ordering::Relaxed) < MAX_AFFINITY_CONNECTIONS);
         if may_own {
-            match self.exchange(st, f).await {
-                Exchange::Relayed { status, close } => {
-                    proxy::answered(&pool, started, status);
-                    return if close { Err(Broken) } else { Ok(()) };
-                }
-                Exchange::Broken => return Err(Broken),
-                Exchange::TimedOut => {
-                    let p = Problem::new(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "upstream_timeout",
-                        format!("cell {:?} did not answer in time", pool.cell),
-                    );
-                    proxy::refused(st, &p);
-                    return self.answer(p.into_response(), &id, head_only, close).await;
-                }
-                Exchange::NotAnswered => {}
+            let tried = self.exchange(st, f).await;
+            if let Some(done) = self.concluded(st, f, tried).await {
+                return done;
             }
         }
         let forwarded = proxy::forward(st, &pool, &out, &mut Payload::Buffered(Bytes::new())).await;
         let resp = settle(st, &pool, started, forwarded);
         self.answer(resp, &id, head_only, close).await
+    }
+
+    /// What an attempt came to for the client; `None` when the request is
+    /// still to be sent the usual way.
+    async fn concluded(
+        &mut self,
+        st: &RouterState,
+        f: Forwarding<'_>,
+        tried: Exchange,
+    ) -> Option<Result<(), Broken>> {
+        match tried {
+            Exchange::Relayed { status, close } => {
+                proxy::answered(f.pool, f.started, status);
+                Some(if close { Err(Broken) } else { Ok(()) })
+            }
+            Exchange::Broken => Some(Err(Broken)),
+            Exchange::TimedOut => {
+                let p = Problem::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream_timeout",
+                    format!("cell {:?} did not answer in time", f.pool.cell),
+                );
+                proxy::refused(st, &p);
+                Some(
+                    self.answer(p.into_response(), f.id, f.head_only, f.close)
+                        .await,
+                )
+            }
+            Exchange::NotAnswered => None,
+        }
     }
 
     /// A long poll waits (up to a minute) for an answer from the cell's
@@ -283,6 +313,63 @@ impl Conn {
         };
         let resp = settle(st, f.pool, f.started, forwarded);
         self.answer(resp, f.id, f.head_only, f.close).await
+    }
+
+    /// One attempt over a pipe this loop shares with its other client
+    /// connections (see `pipeline`).
+    async fn pipelined(&mut self, st: &RouterState, f: Forwarding<'_>) -> Exchange {
+        let Some(i) = f.out.node_for(f.pool, false, &[]) else {
+            return Exchange::NotAnswered;
+        };
+        let node = &f.pool.nodes[i];
+        let _in_flight = InFlight::new(f.pool);
+        let mut request = Vec::with_capacity(512);
+        request_head(&mut request, f.out, node);
+        let Some(answer) = pipeline::send(node, st.affinity_tls.as_ref(), request, f.head_only)
+        else {
+            return Exchange::NotAnswered;
+        };
+        let limit = (f.started + f.out.timeout).into();
+        let reply = match within_answer_limit(&mut self.answer_timer, limit, answer).await {
+            Some(Ok(reply)) => reply,
+            // The pipe broke before this answer: it goes again the usual way.
+            Some(Err(_)) => {
+                st.metrics
+                    .upstream_errors
+                    .get_or_create(&UpstreamErrorLabels {
+                        cell: f.pool.cell.clone(),
+                        kind: "pipe",
+                    })
+                    .inc();
+                return Exchange::NotAnswered;
+            }
+            None => {
+                if f.pool.record_failure(i) {
+                    f.pool.metrics.ejections.inc();
+                }
+                return Exchange::TimedOut;
+            }
+        };
+        self.out.clear();
+        let Some(answer) = rewrite_response_head(
+            &reply.head,
+            &mut self.out,
+            &f.pool.cell,
+            f.id,
+            f.head_only,
+            f.close,
+        ) else {
+            return Exchange::NotAnswered;
+        };
+        f.pool.record_success(i);
+        self.out.extend_from_slice(&reply.body);
+        if self.flush_out().await.is_err() {
+            return Exchange::Broken;
+        }
+        Exchange::Relayed {
+            status: answer.status,
+            close: answer.close_client,
+        }
     }
 
     fn take_upstream(&mut self, node: &Node) -> Option<Upstream> {
@@ -716,7 +803,7 @@ async fn read_head(up: &mut Upstream) -> io::Result<Option<usize>> {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
+pub(crate) enum Framing {
     Empty,
     Length(u64),
     Chunked,
@@ -734,23 +821,10 @@ struct Answer {
     close_client: bool,
 }
 
-/// Writes the head the client gets for a node's answer `head`: hop-by-hop
-/// headers dropped, `X-Cell`, the request id and the edge headers added as
-/// `server::finish` would. `None` for a head this loop does not relay
-/// (interim answers, unparseable or contradictory framing).
-fn rewrite_response_head(
-    head: &[u8],
-    out: &mut Vec<u8>,
-    cell: &str,
-    id: &str,
-    head_only: bool,
-    close: bool,
-) -> Option<Answer> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    if !matches!(resp.parse(head), Ok(httparse::Status::Complete(_))) {
-        return None;
-    }
+/// An answer's status, how its body is framed, and whether the node closes
+/// the connection after it. `None` for an interim answer or unparseable or
+/// contradictory framing.
+fn framing(resp: &httparse::Response, head_only: bool) -> Option<(StatusCode, Framing, bool)> {
     let status = StatusCode::from_u16(resp.code?).ok()?;
     if status.is_informational() {
         return None;
@@ -788,6 +862,39 @@ fn rewrite_response_head(
                 (None, None) => Framing::UntilClose,
             }
         };
+    Some((status, framing, upstream_close))
+}
+
+/// How a node's answer `head` frames its body, and whether the connection
+/// may carry another request after it (`pipeline`'s reader).
+pub(crate) fn framing_of(head: &[u8], head_only: bool) -> Option<(Framing, bool)> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    if !matches!(resp.parse(head), Ok(httparse::Status::Complete(_))) {
+        return None;
+    }
+    let (_, framing, upstream_close) = framing(&resp, head_only)?;
+    Some((framing, !upstream_close && framing != Framing::UntilClose))
+}
+
+/// Writes the head the client gets for a node's answer `head`: hop-by-hop
+/// headers dropped, `X-Cell`, the request id and the edge headers added as
+/// `server::finish` would. `None` for a head this loop does not relay
+/// (interim answers, unparseable or contradictory framing).
+fn rewrite_response_head(
+    head: &[u8],
+    out: &mut Vec<u8>,
+    cell: &str,
+    id: &str,
+    head_only: bool,
+    close: bool,
+) -> Option<Answer> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    if !matches!(resp.parse(head), Ok(httparse::Status::Complete(_))) {
+        return None;
+    }
+    let (status, framing, upstream_close) = framing(&resp, head_only)?;
     let close_client = close || framing == Framing::UntilClose;
 
     status_line(out, status);
@@ -829,7 +936,7 @@ fn rewrite_response_head(
 }
 
 /// Tracks how much of an answer's body has passed, by its framing.
-struct BodyRelay {
+pub(crate) struct BodyRelay {
     framing: Framing,
     left: u64,
     chunks: ChunkedEnd,
@@ -837,7 +944,7 @@ struct BodyRelay {
 }
 
 impl BodyRelay {
-    fn new(framing: Framing) -> Self {
+    pub(crate) fn new(framing: Framing) -> Self {
         let left = match framing {
             Framing::Length(n) => n,
             _ => 0,
@@ -850,12 +957,12 @@ impl BodyRelay {
         }
     }
 
-    fn done(&self) -> bool {
+    pub(crate) fn done(&self) -> bool {
         self.done
     }
 
     /// How many of `bytes` belong to the body; marks it done at its end.
-    fn take(&mut self, bytes: &[u8]) -> Result<usize, ()> {
+    pub(crate) fn take(&mut self, bytes: &[u8]) -> Result<usize, ()> {
         if self.done {
             return Ok(0);
         }

@@ -6,7 +6,8 @@
 //! Modules: `config` (flags/env/file), `directory` (regions, persisted),
 //! `upstream` (per-cell pools: health, leader, ejection, retry budget, token
 //! keys), `pin` (which cell a request belongs to), `proxy` (forwarding),
-//! `http1` (the plain HTTP/1.1 fast path), `multiplex` (long polls' shared
+//! `http1` (the plain HTTP/1.1 fast path), `pipeline` (its shared,
+//! pipelined upstream connections), `multiplex` (long polls' shared
 //! HTTP/2 connections), `sticky` (which node a client's search keeps to),
 //! `admin` (own endpoints), `metrics`, `problem`, `state`, `server`.
 
@@ -21,6 +22,7 @@ pub mod loops;
 pub mod metrics;
 pub mod multiplex;
 pub mod pin;
+pub mod pipeline;
 pub mod problem;
 pub mod proxy;
 pub mod server;

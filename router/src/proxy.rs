@@ -571,6 +571,12 @@ impl Outgoing {
         matches!(self.method, Method::GET | Method::HEAD | Method::OPTIONS)
     }
 
+    /// A search (it keeps to one node): slower than most reads, so it does
+    /// not queue in a pipe ahead of them.
+    pub(crate) fn is_search(&self) -> bool {
+        self.sticky.is_some()
+    }
+
     /// The node to try next: the one the request sticks to, else the
     /// leader for writes (when `prefer_leader`) or the next in rotation.
     pub(crate) fn node_for(

@@ -106,7 +106,7 @@ pub struct Node {
 }
 
 impl Node {
-    fn new(url: String) -> Self {
+    pub(crate) fn new(url: String) -> Self {
         // The directory only admits URLs with scheme and authority.
         let parts = url.parse::<http::Uri>().map(|u| u.into_parts()).ok();
         let (scheme, authority) = parts

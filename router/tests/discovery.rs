@@ -22,11 +22,7 @@ async fn a_router_learns_a_cells_other_nodes_from_its_leader() {
     let regions = BTreeMap::from([("nyc".to_string(), spec)]);
     let router = start_router(&dir.path().join("router"), &regions, &ROUTER_ARGS).await;
     let base = router.url();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .no_proxy()
-        .build()
-        .unwrap();
+    let http = client(Duration::from_secs(30));
 
     let mut all: Vec<String> = (1..=3).map(|id| cell.api_url(id)).collect();
     all.sort();

@@ -106,19 +106,11 @@ async fn through_a_proxy(
     (dir, cell, proxy, router, base)
 }
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(90))
-        .no_proxy()
-        .build()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_long_poll_on_a_node_gone_silent_fails_within_the_keepalive() {
     let (_dir, _cell, proxy, _router, base) =
         through_a_proxy(&["--poll-keepalive-ms", "500"]).await;
-    let http = client();
+    let http = client(Duration::from_secs(90));
 
     let (_, token, _, _) = signup(&http, &base, "waiter@example.com", "customer", at(NYC)).await;
     let feed = call(&http, &base, Method::GET, "/v1/events")
@@ -173,7 +165,7 @@ async fn a_long_poll_on_a_node_gone_silent_fails_within_the_keepalive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn requests_beyond_the_inflight_limit_are_shed_at_once() {
     let (_dir, _cell, proxy, _router, base) = through_a_proxy(&["--max-inflight", "2"]).await;
-    let http = client();
+    let http = client(Duration::from_secs(90));
     let path = "/v1/products/nyc.prd_01J00000000000000000000000";
     let r = call(&http, &base, Method::GET, path).send().await;
     assert_eq!(r.status.as_u16(), 404, "{}", r.body);

@@ -74,6 +74,15 @@ pub async fn start_cell(dir: &std::path::Path, name: &str, nodes: u64) -> LocalC
     c
 }
 
+/// A test client: no proxies, a `timeout` per request.
+pub fn client(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .no_proxy()
+        .build()
+        .unwrap()
+}
+
 /// A router at `dir` knowing `regions`, up and answering.
 pub async fn start_router(
     dir: &std::path::Path,
