@@ -12,6 +12,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{Buf as _, BytesMut};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -45,6 +46,8 @@ struct Pipe {
     jobs: mpsc::UnboundedSender<Job>,
     carried: Arc<AtomicUsize>,
     broken: Arc<AtomicBool>,
+    /// When a request was last put on it.
+    used: Instant,
 }
 
 std::thread_local! {
@@ -70,22 +73,35 @@ pub(crate) fn send(
     };
     PIPES.with(|pipes| {
         let mut pipes = pipes.borrow_mut();
-        let list = pipes.entry(node.url.clone()).or_default();
-        list.retain(|p| !p.broken.load(Ordering::Relaxed));
+        if !pipes.contains_key(&node.url) {
+            pipes.insert(node.url.clone(), Vec::new());
+        }
+        let list = pipes.get_mut(&node.url)?;
+        // An idle pipe is let go before the node's own idle close could
+        // race a request on it (dropping it ends its tasks).
+        list.retain(|p| {
+            !p.broken.load(Ordering::Relaxed)
+                && (p.carried.load(Ordering::Relaxed) > 0
+                    || p.used.elapsed() < edge::tls::CLIENT_POOL_IDLE)
+        });
         let least = list
             .iter()
-            .min_by_key(|p| p.carried.load(Ordering::Relaxed))
-            .filter(|p| p.carried.load(Ordering::Relaxed) < DEPTH);
-        let pipe = match least {
-            Some(p) => p,
+            .enumerate()
+            .map(|(i, p)| (p.carried.load(Ordering::Relaxed), i))
+            .min()
+            .filter(|&(carried, _)| carried < DEPTH);
+        let at = match least {
+            Some((_, i)) => i,
             None if list.len() < MAX_PIPES => {
                 // Dialled as the pool's node is, without its health state.
                 list.push(open(Node::new(node.url.clone()), tls.cloned()));
-                list.last()?
+                list.len() - 1
             }
             None => return None,
         };
+        let pipe = &mut list[at];
         pipe.carried.fetch_add(1, Ordering::Relaxed);
+        pipe.used = Instant::now();
         pipe.jobs.send(job).ok()?;
         Some(answer)
     })
@@ -100,6 +116,7 @@ fn open(node: Node, tls: Option<tokio_rustls::TlsConnector>) -> Pipe {
         jobs,
         carried,
         broken,
+        used: Instant::now(),
     }
 }
 
@@ -145,7 +162,19 @@ async fn run(
         let broken = broken.clone();
         async move {
             let mut buf = BytesMut::with_capacity(READ_CHUNK);
-            while let Some((head_only, reply)) = owed.recv().await {
+            loop {
+                // Nothing owed: the node may only close (or misbehave),
+                // and the pipe must not take requests after that.
+                let next = tokio::select! {
+                    next = owed.recv() => next,
+                    read = rd.read_buf(&mut buf), if buf.is_empty() => match read {
+                        Ok(n) if n > 0 => continue,
+                        _ => None,
+                    },
+                };
+                let Some((head_only, reply)) = next else {
+                    break;
+                };
                 let Some((head, body)) = read_answer(&mut rd, &mut buf, head_only).await else {
                     break;
                 };

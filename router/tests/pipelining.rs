@@ -96,4 +96,23 @@ async fn every_client_gets_its_own_answer_through_shared_pipes() {
     for c in clients {
         c.await.unwrap();
     }
+    // Idle pipes are let go (after 5 s, or when the node closes them at
+    // 10 s): after a pause past both, the next reads go through without a
+    // pipe breaking under them.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    for p in &products {
+        let r = call(&http, &base, Method::GET, &format!("/v1/products/{p}"))
+            .send()
+            .await;
+        assert_eq!(
+            (r.status, r.body["id"].as_str()),
+            (StatusCode::OK, Some(p.as_str()))
+        );
+    }
+    let m = own_endpoint(&http, &base, "/metrics").await;
+    assert!(
+        !m.lines()
+            .any(|l| l.starts_with("router_upstream_errors_total") && l.contains("kind=\"pipe\"")),
+        "{m}"
+    );
 }
