@@ -78,11 +78,13 @@ pub(crate) fn send(
         }
         let list = pipes.get_mut(&node.url)?;
         // An idle pipe is let go before the node's own idle close could
-        // race a request on it (dropping it ends its tasks).
+        // race a request on it (dropping it ends its tasks). One clock
+        // read per request, not one per pipe.
+        let now = Instant::now();
         list.retain(|p| {
             !p.broken.load(Ordering::Relaxed)
                 && (p.carried.load(Ordering::Relaxed) > 0
-                    || p.used.elapsed() < edge::tls::CLIENT_POOL_IDLE)
+                    || now.saturating_duration_since(p.used) < edge::tls::CLIENT_POOL_IDLE)
         });
         let least = list
             .iter()
@@ -101,7 +103,7 @@ pub(crate) fn send(
         };
         let pipe = &mut list[at];
         pipe.carried.fetch_add(1, Ordering::Relaxed);
-        pipe.used = Instant::now();
+        pipe.used = now;
         pipe.jobs.send(job).ok()?;
         Some(answer)
     })
