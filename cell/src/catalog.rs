@@ -7,6 +7,8 @@
 use serde::{Deserialize, Serialize};
 use storage::{ReadTxn, Table, WriteTxn};
 
+use crate::hours::OpeningHours;
+
 const VENDORS: Table<Vendor> = Table::new("vendors");
 const PRODUCTS: Table<Product> = Table::new("products");
 /// For checkout, which reserves stock in the same transaction.
@@ -14,6 +16,9 @@ pub(crate) const VENDORS_TABLE: Table<Vendor> = VENDORS;
 pub(crate) const PRODUCTS_TABLE: Table<Product> = PRODUCTS;
 /// `<vendor id>/<product id>` → product id, for listing a menu in order.
 const PRODUCTS_BY_VENDOR: Table<String> = Table::new("products_by_vendor");
+/// Vendor id → its opening hours; no row = always open. A table of its own
+/// so that vendors stored before hours existed still decode.
+const HOURS: Table<OpeningHours> = Table::new("vendor_hours");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -149,6 +154,21 @@ pub enum CatalogCommand {
         stock: Option<i64>,
         now: i64,
     },
+    /// `CreateVendor` with opening hours (the older variant stays for logs
+    /// written before hours existed).
+    CreateVendorWithHours {
+        vendor: Vendor,
+        hours: Option<OpeningHours>,
+    },
+    /// `UpdateVendor` that may also set (`Some(Some)`) or clear
+    /// (`Some(None)`) the opening hours.
+    UpdateVendorWithHours {
+        id: String,
+        actor: Actor,
+        patch: VendorPatch,
+        hours: Option<Option<OpeningHours>>,
+        now: i64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -173,6 +193,67 @@ fn owns(txn: &WriteTxn, vendor_id: &str, actor: &Actor) -> storage::Result<Optio
         .map(|v| actor.is_ops || v.owner_id == actor.account_id))
 }
 
+fn create_vendor(
+    txn: &WriteTxn,
+    vendor: Vendor,
+    hours: Option<OpeningHours>,
+) -> storage::Result<(CatalogResponse, Vec<Touched>)> {
+    txn.put(VENDORS, vendor.id.as_bytes(), &vendor)?;
+    if let Some(h) = hours {
+        txn.put(HOURS, vendor.id.as_bytes(), &h)?;
+    }
+    let touched = vec![Touched::Vendor(vendor.id.clone())];
+    Ok((CatalogResponse::Vendor(vendor), touched))
+}
+
+fn update_vendor(
+    txn: &WriteTxn,
+    id: String,
+    actor: Actor,
+    patch: VendorPatch,
+    hours: Option<Option<OpeningHours>>,
+    now: i64,
+) -> storage::Result<(CatalogResponse, Vec<Touched>)> {
+    use CatalogResponse as R;
+    let Some(mut v) = txn.get(VENDORS, id.as_bytes())? else {
+        return Ok((R::NotFound, vec![]));
+    };
+    if !(actor.is_ops || v.owner_id == actor.account_id) {
+        return Ok((R::Forbidden, vec![]));
+    }
+    if let Some(x) = patch.name {
+        v.name = x;
+    }
+    if let Some(x) = patch.description {
+        v.description = x;
+    }
+    if let Some(x) = patch.location {
+        v.location = x;
+    }
+    if let Some(x) = patch.address {
+        v.address = x;
+    }
+    if let Some(x) = patch.prep_minutes {
+        v.prep_minutes = x;
+    }
+    if let Some(x) = patch.tags {
+        v.tags = x;
+    }
+    if let Some(x) = patch.status {
+        v.status = x;
+    }
+    match hours {
+        Some(Some(h)) => txn.put(HOURS, id.as_bytes(), &h)?,
+        Some(None) => {
+            txn.delete(HOURS, id.as_bytes())?;
+        }
+        None => {}
+    }
+    v.updated_at = now;
+    txn.put(VENDORS, id.as_bytes(), &v)?;
+    Ok((R::Vendor(v), vec![Touched::Vendor(id)]))
+}
+
 fn menu_key(vendor_id: &str, product_id: &str) -> Vec<u8> {
     format!("{vendor_id}/{product_id}").into_bytes()
 }
@@ -184,48 +265,23 @@ pub fn apply(
 ) -> storage::Result<(CatalogResponse, Vec<Touched>)> {
     use CatalogResponse as R;
     match cmd {
-        CatalogCommand::CreateVendor { vendor } => {
-            txn.put(VENDORS, vendor.id.as_bytes(), &vendor)?;
-            let touched = vec![Touched::Vendor(vendor.id.clone())];
-            Ok((R::Vendor(vendor), touched))
+        CatalogCommand::CreateVendor { vendor } => create_vendor(txn, vendor, None),
+        CatalogCommand::CreateVendorWithHours { vendor, hours } => {
+            create_vendor(txn, vendor, hours)
         }
         CatalogCommand::UpdateVendor {
             id,
             actor,
             patch,
             now,
-        } => {
-            let Some(mut v) = txn.get(VENDORS, id.as_bytes())? else {
-                return Ok((R::NotFound, vec![]));
-            };
-            if !(actor.is_ops || v.owner_id == actor.account_id) {
-                return Ok((R::Forbidden, vec![]));
-            }
-            if let Some(x) = patch.name {
-                v.name = x;
-            }
-            if let Some(x) = patch.description {
-                v.description = x;
-            }
-            if let Some(x) = patch.location {
-                v.location = x;
-            }
-            if let Some(x) = patch.address {
-                v.address = x;
-            }
-            if let Some(x) = patch.prep_minutes {
-                v.prep_minutes = x;
-            }
-            if let Some(x) = patch.tags {
-                v.tags = x;
-            }
-            if let Some(x) = patch.status {
-                v.status = x;
-            }
-            v.updated_at = now;
-            txn.put(VENDORS, id.as_bytes(), &v)?;
-            Ok((R::Vendor(v), vec![Touched::Vendor(id)]))
-        }
+        } => update_vendor(txn, id, actor, patch, None, now),
+        CatalogCommand::UpdateVendorWithHours {
+            id,
+            actor,
+            patch,
+            hours,
+            now,
+        } => update_vendor(txn, id, actor, patch, hours, now),
         CatalogCommand::CreateProduct { product, actor } => {
             match owns(txn, &product.vendor_id, &actor)? {
                 None => Ok((R::NotFound, vec![])),
@@ -312,6 +368,16 @@ pub fn apply(
 
 pub fn vendor(read: &ReadTxn, id: &str) -> storage::Result<Option<Vendor>> {
     read.get(VENDORS, id.as_bytes())
+}
+
+/// A vendor's opening hours (`None`: always open).
+pub fn hours(read: &ReadTxn, vendor_id: &str) -> storage::Result<Option<OpeningHours>> {
+    read.get(HOURS, vendor_id.as_bytes())
+}
+
+/// The same, inside a write (checkout checks the hours as it applies).
+pub(crate) fn hours_in(txn: &WriteTxn, vendor_id: &str) -> storage::Result<Option<OpeningHours>> {
+    txn.get(HOURS, vendor_id.as_bytes())
 }
 
 /// Every vendor, in id order.

@@ -10,6 +10,7 @@ pub mod driver_grid;
 pub mod drivers;
 pub mod events;
 pub mod feed_waiters;
+pub mod hours;
 pub mod http;
 pub mod identity;
 pub mod kv;

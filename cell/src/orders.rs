@@ -214,6 +214,11 @@ pub enum OrderResponse {
     },
     /// The vendor paused its orders.
     VendorPaused,
+    /// Outside the vendor's opening hours at the time the order is for;
+    /// when it next opens (Unix ms), if it does.
+    VendorClosed {
+        opens_at: Option<i64>,
+    },
     Rated(Box<crate::ratings::Rating>),
     /// Only a delivered order is rated.
     NotDelivered,
@@ -314,6 +319,15 @@ pub fn apply(txn: &WriteTxn, cmd: OrderCommand) -> storage::Result<OrderResponse
             };
             if vendor.status == catalog::VendorStatus::Paused {
                 return Ok(R::VendorPaused);
+            }
+            // On demand: open now; scheduled: open when the window starts.
+            let wanted_at = order.window_start.unwrap_or(now);
+            if let Some(h) = catalog::hours_in(txn, &order.vendor_id)? {
+                if !h.is_open_at(wanted_at) {
+                    return Ok(R::VendorClosed {
+                        opens_at: h.next_change_after(wanted_at),
+                    });
+                }
             }
             // Check every line before changing anything.
             let mut products = Vec::with_capacity(order.items.len());

@@ -151,6 +151,13 @@ fn order_body(quote: &str, pid: &str, qty: u32) -> Value {
     })
 }
 
+/// Asserts a problem+json answer with this status and `code`.
+#[track_caller]
+fn assert_problem(answer: &(StatusCode, Value), status: StatusCode, code: &str) {
+    let (s, v) = answer;
+    assert_eq!((*s, v["code"].as_str()), (status, Some(code)), "{v}");
+}
+
 async fn ledger_ok(api: &Api, node: usize, ops: &str) -> Value {
     let (s, v) = api
         .call(node, Method::GET, "/admin/ledger/check", ops, None, None)
@@ -401,20 +408,12 @@ async fn customer_vendor_flow_with_idempotency_and_refunds() {
         }
     };
     pause("paused").await;
-    let (s, v) = ask_quote(&api, 2, &cust, &vid).await;
-    assert_eq!(
-        (s, v["code"].clone()),
-        (StatusCode::CONFLICT, json!("vendor_paused")),
-        "{v}"
-    );
-    let (s, v) = api
+    let answer = ask_quote(&api, 2, &cust, &vid).await;
+    assert_problem(&answer, StatusCode::CONFLICT, "vendor_paused");
+    let answer = api
         .checkout(2, &cust, order_body(&q, &pid, 1), Some("paused-1"))
         .await;
-    assert_eq!(
-        (s, v["code"].clone()),
-        (StatusCode::CONFLICT, json!("vendor_paused")),
-        "{v}"
-    );
+    assert_problem(&answer, StatusCode::CONFLICT, "vendor_paused");
     let l = ledger_ok(&api, 0, &ops).await;
     assert_eq!(l["transactions"], 2, "nothing charged while paused: {l}");
     pause("active").await;
@@ -802,4 +801,206 @@ async fn prices_follow_the_pricing_settings_in_the_config_store() {
         2000 + 1000 + 200,
         "goods, fee, tip"
     );
+}
+
+/// Weekday name (`mon`..`sun`) and the UTC midnight starting it, `days`
+/// from today.
+fn utc_day(days: i64) -> (&'static str, chrono::DateTime<chrono::Utc>) {
+    use chrono::{Datelike, Duration, Utc};
+    let day = Utc::now().date_naive() + Duration::days(days);
+    let name = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+        [day.weekday().num_days_from_monday() as usize];
+    (name, day.and_hms_opt(0, 0, 0).unwrap().and_utc())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_hours_decide_when_a_vendor_takes_orders() {
+    let _serial = common::SERIAL.lock().await;
+    let tc = TestCell::start(3, false, &["--rate-limit-auth", "1000"])
+        .await
+        .expect("cell");
+    let api = Api::new(&tc);
+    let ops = tc.cell.token.clone();
+    let (vendor, vid, pid) = shop(&api, "hours@example.com", "restaurant", None).await;
+    let (_, cust) = api.signup("hungry@example.com", "customer").await;
+    let set_hours = |hours: Value| {
+        let (api, vendor, vid) = (&api, vendor.clone(), vid.clone());
+        async move {
+            api.call(
+                0,
+                Method::PATCH,
+                &format!("/v1/vendors/{vid}"),
+                &vendor,
+                Some(json!({ "hours": hours })),
+                None,
+            )
+            .await
+        }
+    };
+    let all_week: Vec<Value> = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+        .iter()
+        .map(|d| json!({"day": d, "open": "00:00", "close": "24:00"}))
+        .collect();
+    // Open only three days from now (UTC): closed now, and tomorrow.
+    let (open_day, opens) = utc_day(3);
+    let later = json!({"timezone": "UTC", "weekly": [{"day": open_day, "open": "00:00", "close": "24:00"}]});
+
+    // Open all week: quotes as before.
+    let (s, v) = set_hours(json!({"timezone": "UTC", "weekly": all_week})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        (v["open_now"].clone(), v["next_change_at"].clone()),
+        (json!(true), Value::Null),
+        "{v}"
+    );
+    let q = quote(&api, 1, &cust, &vid).await;
+
+    // Closed from now until `opens`: the quote in hand buys nothing, a new
+    // one is refused, and the answers say when it opens.
+    let (s, v) = set_hours(later.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    for node in 0..3 {
+        let (s, v) = api
+            .call(
+                node,
+                Method::GET,
+                &format!("/v1/vendors/{vid}"),
+                &cust,
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(v["hours"], later, "node {node}: {v}");
+        assert_eq!(v["open_now"], false, "node {node}: {v}");
+        assert_eq!(
+            chrono::DateTime::parse_from_rfc3339(v["next_change_at"].as_str().unwrap()).unwrap(),
+            opens,
+            "{v}"
+        );
+    }
+    let answer = api
+        .checkout(2, &cust, order_body(&q, &pid, 1), Some("closed-1"))
+        .await;
+    assert_problem(&answer, StatusCode::CONFLICT, "vendor_closed");
+    assert!(
+        answer.1["detail"].as_str().unwrap().contains("opens at"),
+        "{answer:?}"
+    );
+    let l = ledger_ok(&api, 0, &ops).await;
+    assert_eq!(
+        l["transactions"], 0,
+        "a refused checkout charges nothing: {l}"
+    );
+    let answer = ask_quote(&api, 1, &cust, &vid).await;
+    assert_problem(&answer, StatusCode::CONFLICT, "vendor_closed");
+
+    // Scheduled ahead: a window while it is open is fine, one while it is
+    // closed is not.
+    let scheduled = |at: chrono::DateTime<chrono::Utc>| {
+        let (api, cust, vid) = (&api, cust.clone(), vid.clone());
+        async move {
+            api.call(
+                1,
+                Method::POST,
+                "/v1/quotes",
+                &cust,
+                Some(json!({
+                    "vendor_id": vid, "dropoff": {"lat": 40.72, "lng": -74.01},
+                    "mode": "scheduled", "window_start": at.to_rfc3339(),
+                })),
+                None,
+            )
+            .await
+        }
+    };
+    let (s, v) = scheduled(opens + chrono::Duration::hours(12)).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, o) = api
+        .checkout(
+            2,
+            &cust,
+            order_body(v["id"].as_str().unwrap(), &pid, 1),
+            Some("scheduled-1"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{o}");
+    assert_eq!(o["mode"], "scheduled");
+    let answer = scheduled(utc_day(1).1 + chrono::Duration::hours(12)).await;
+    assert_problem(&answer, StatusCode::CONFLICT, "vendor_closed");
+
+    // Bad hours are refused and change nothing.
+    for bad in [
+        json!({"timezone": "Mars/Olympus", "weekly": all_week}),
+        json!({"timezone": "UTC", "weekly": [{"day": "someday", "open": "09:00", "close": "17:00"}]}),
+        json!({"timezone": "UTC", "weekly": [{"day": "mon", "open": "9am", "close": "17:00"}]}),
+        json!({"timezone": "UTC", "weekly": []}),
+        json!({"timezone": "UTC", "weekly": [{"day": "mon", "open": "09:00"}]}),
+        json!("always"),
+    ] {
+        let (s, v) = set_hours(bad.clone()).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {v}");
+        assert_eq!(v["code"], "validation_failed", "{v}");
+    }
+    let (_, v) = api
+        .call(
+            2,
+            Method::GET,
+            &format!("/v1/vendors/{vid}"),
+            &cust,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(v["hours"], later, "{v}");
+
+    // GraphQL shows the same hours and status.
+    let (s, g) = api
+        .call(1, Method::POST, "/graphql", &cust, Some(json!({
+            "query": format!("{{ vendor(id: \"{vid}\") {{ openNow nextChangeAt hours {{ timezone weekly {{ day open close }} }} }} }}")
+        })), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{g}");
+    assert_eq!(g["data"]["vendor"]["hours"], later, "{g}");
+    assert_eq!(g["data"]["vendor"]["openNow"], false, "{g}");
+
+    // A GraphQL update that leaves hours out keeps them; `hours: null`
+    // clears them: always open again.
+    let update = |input: &str| {
+        let (api, vendor) = (&api, vendor.clone());
+        let query = format!("mutation {{ updateVendor(id: \"{vid}\", input: {input}) {{ name openNow hours {{ timezone }} }} }}");
+        async move {
+            let (s, g) = api
+                .call(
+                    0,
+                    Method::POST,
+                    "/graphql",
+                    &vendor,
+                    Some(json!({ "query": query })),
+                    None,
+                )
+                .await;
+            assert_eq!(s, StatusCode::OK, "{g}");
+            g["data"]["updateVendor"].clone()
+        }
+    };
+    let v = update("{name: \"Late Kitchen\"}").await;
+    assert_eq!(
+        (v["name"].clone(), v["hours"]["timezone"].clone()),
+        (json!("Late Kitchen"), json!("UTC")),
+        "{v}"
+    );
+    let v = update("{hours: null}").await;
+    assert_eq!(
+        (v["hours"].clone(), v["openNow"].clone()),
+        (Value::Null, json!(true)),
+        "{v}"
+    );
+
+    // The first quote (never spent) now buys.
+    let (s, v) = api
+        .checkout(0, &cust, order_body(&q, &pid, 1), Some("closed-1"))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    ledger_ok(&api, 0, &ops).await;
 }

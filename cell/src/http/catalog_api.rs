@@ -27,6 +27,7 @@ use crate::{
         self, Actor, CatalogCommand, CatalogResponse, Location, Money, Product, ProductPatch,
         Vendor, VendorKind, VendorPatch, VendorStatus,
     },
+    hours::{HoursInput, OpeningHours},
 };
 
 pub fn routes() -> Router<AppState> {
@@ -120,19 +121,60 @@ fn check_id(s: &AppState, id: &str, kind: &str) -> ApiResult<()> {
     }
 }
 
-pub fn vendor_json(v: &Vendor, rating: crate::ratings::Tally) -> Value {
+/// A vendor's stored view (what the read cache holds): everything but
+/// whether it is open, which changes with the clock, not with the state.
+pub fn vendor_json(
+    v: &Vendor,
+    rating: crate::ratings::Tally,
+    hours: Option<&OpeningHours>,
+) -> Value {
     json!({
         "id": v.id, "owner_id": v.owner_id, "name": v.name, "kind": v.kind,
         "description": v.description, "location": {"lat": v.location.lat, "lng": v.location.lng},
         "address": v.address, "prep_minutes": v.prep_minutes, "tags": v.tags, "status": v.status,
+        "hours": hours.map(OpeningHours::to_json),
         "rating": rating.average(), "ratings": rating.count,
         "created_at": rfc3339(v.created_at), "updated_at": rfc3339(v.updated_at),
     })
 }
 
-/// A vendor as the API shows it: with its customers' rating.
+/// A vendor with its customers' rating and its hours.
 fn vendor_view(read: &storage::ReadTxn, v: &Vendor) -> ApiResult<Value> {
-    Ok(vendor_json(v, crate::ratings::tally(read, &v.id)?))
+    let hours = catalog::hours(read, &v.id)?;
+    Ok(vendor_json(
+        v,
+        crate::ratings::tally(read, &v.id)?,
+        hours.as_ref(),
+    ))
+}
+
+/// Adds `open_now` and `next_change_at` to a vendor view, for the moment
+/// it is served.
+pub(super) fn with_open_status(mut view: Value, now: i64) -> Value {
+    let hours = view
+        .get("hours")
+        .filter(|h| !h.is_null())
+        .and_then(|h| serde_json::from_value::<HoursInput>(h.clone()).ok())
+        .and_then(|h| OpeningHours::parse(&h).ok());
+    let (open, next) = OpeningHours::status_json(hours.as_ref(), now);
+    if let Some(o) = view.as_object_mut() {
+        o.insert("open_now".into(), open.into());
+        o.insert("next_change_at".into(), next.map(rfc3339).into());
+    }
+    view
+}
+
+fn opening_hours(h: &HoursInput) -> ApiResult<OpeningHours> {
+    OpeningHours::parse(h).map_err(ApiError::validation)
+}
+
+/// Tells a field set to `null` (`Some(None)`) from one left out (`None`).
+fn nullable<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 pub fn product_json(p: &Product) -> Value {
@@ -177,7 +219,9 @@ fn answer(
     status: StatusCode,
 ) -> ApiResult<Response> {
     let body = match resp {
-        CatalogResponse::Vendor(v) => vendor_view(&s.node.store().read()?, &v)?,
+        CatalogResponse::Vendor(v) => {
+            with_open_status(vendor_view(&s.node.store().read()?, &v)?, now_ms())
+        }
         CatalogResponse::Product(p) => product_json(&p),
         CatalogResponse::Deleted => {
             return Ok((
@@ -264,11 +308,16 @@ pub(super) async fn public_views(
                 .collect()
         })
         .await?;
+    let now = now_ms();
     Ok(ids
         .into_iter()
         .zip(found)
         .filter_map(|(id, bytes)| {
             let v = serde_json::from_slice(&bytes?).ok()?;
+            let v = match kind {
+                Public::Vendor => with_open_status(v, now),
+                Public::Product => v,
+            };
             Some((id.clone(), v))
         })
         .collect())
@@ -286,6 +335,8 @@ pub(super) struct CreateVendor {
     prep_minutes: u32,
     #[serde(default)]
     tags: Vec<String>,
+    /// Weekly opening hours; left out, the vendor is always open.
+    hours: Option<HoursInput>,
 }
 
 #[utoipa::path(
@@ -308,6 +359,7 @@ pub(super) async fn create_vendor(
     if r.prep_minutes > 240 {
         return Err(ApiError::validation("prep_minutes must be 0..=240"));
     }
+    let hours = r.hours.as_ref().map(opening_hours).transpose()?;
     let now = now_ms();
     let vendor = Vendor {
         id: format!("{}.ven_{}", s.cfg.cell, ulid::Ulid::new()),
@@ -323,7 +375,7 @@ pub(super) async fn create_vendor(
         created_at: now,
         updated_at: now,
     };
-    let (resp, index) = write(&s, CatalogCommand::CreateVendor { vendor }).await?;
+    let (resp, index) = write(&s, CatalogCommand::CreateVendorWithHours { vendor, hours }).await?;
     answer(&s, resp, index, StatusCode::CREATED)
 }
 
@@ -347,12 +399,11 @@ pub(super) async fn get_vendor(
 ) -> ApiResult<Response> {
     check_id(&s, &id, "ven")?;
     ensure_fresh(&s, c).await?;
-    cached_view(&s, "vendor", &id, |read, id| {
-        catalog::vendor(read, id)?
-            .map(|v| vendor_view(read, &v))
-            .transpose()
-    })
-    .await
+    let mut views = public_views(&s, Public::Vendor, std::slice::from_ref(&id)).await?;
+    let view = views
+        .remove(&id)
+        .ok_or_else(|| ApiError::not_found("no such vendor"))?;
+    Ok(Json(view).into_response())
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -365,6 +416,10 @@ pub(super) struct PatchVendor {
     prep_minutes: Option<u32>,
     tags: Option<Vec<String>>,
     status: Option<VendorStatus>,
+    /// New weekly hours, or `null` for always open; left out, unchanged.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<HoursInput>)]
+    hours: Option<Option<HoursInput>>,
 }
 
 #[utoipa::path(
@@ -413,10 +468,16 @@ pub(super) async fn patch_vendor(
         tags: r.tags.as_deref().map(tags).transpose()?,
         status: r.status,
     };
-    let cmd = CatalogCommand::UpdateVendor {
+    let hours = match &r.hours {
+        None => None,
+        Some(None) => Some(None),
+        Some(Some(h)) => Some(Some(opening_hours(h)?)),
+    };
+    let cmd = CatalogCommand::UpdateVendorWithHours {
         id,
         actor: actor(&p),
         patch,
+        hours,
         now: now_ms(),
     };
     let (resp, index) = write(&s, cmd).await?;

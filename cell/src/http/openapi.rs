@@ -113,6 +113,14 @@ pub struct VendorView {
     pub prep_minutes: u32,
     pub tags: Vec<String>,
     pub status: VendorStatus,
+    /// Weekly opening hours; null = always open.
+    pub hours: Option<crate::hours::HoursInput>,
+    /// Open at the moment of the answer (a paused vendor may still be
+    /// within its hours; it takes no orders either way).
+    pub open_now: bool,
+    /// When it next opens or closes (RFC 3339); null when that never
+    /// changes.
+    pub next_change_at: Option<String>,
     /// Average stars from customers (null before the first rating).
     pub rating: Option<f64>,
     pub ratings: u32,

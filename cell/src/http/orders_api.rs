@@ -385,6 +385,15 @@ pub(super) async fn create_quote(
     if vendor.status == VendorStatus::Paused {
         return Err(vendor_paused());
     }
+    if let Some(h) = catalog::hours(&read, &vendor.id)? {
+        let at = window_start.unwrap_or(now);
+        if !h.is_open_at(at) {
+            return Err(vendor_closed(
+                window_start.is_some(),
+                h.next_change_after(at),
+            ));
+        }
+    }
     let pickup = match kind {
         OrderKind::Ride => {
             if vendor.kind != VendorKind::Taxi {
@@ -538,7 +547,7 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<String> {
     responses(
         (status = 201, description = "placed", body = OrderView),
         (status = 200, description = "the order placed earlier with this key", body = OrderView),
-        (status = 409, description = "out_of_stock, quote_expired, vendor_paused or conflict", body = Problem),
+        (status = 409, description = "out_of_stock, quote_expired, vendor_paused, vendor_closed or conflict", body = Problem),
         (status = "4XX", description = "problem+json", body = Problem),
     ),
     security(("bearer" = [])),
@@ -725,6 +734,7 @@ pub(super) async fn place_order(
         updated_at: now,
         history: vec![],
     };
+    let scheduled = order.window_start.is_some();
     let (resp, index) = write(
         &s,
         OrderCommand::Place {
@@ -755,8 +765,26 @@ pub(super) async fn place_order(
         )),
         OrderResponse::Stale(why) => Err(ApiError::new(StatusCode::CONFLICT, "conflict", why)),
         OrderResponse::VendorPaused => Err(vendor_paused()),
+        OrderResponse::VendorClosed { opens_at } => Err(vendor_closed(scheduled, opens_at)),
         other => Err(ApiError::internal(format!("unexpected response {other:?}"))),
     }
+}
+
+fn vendor_closed(scheduled: bool, opens_at: Option<i64>) -> ApiError {
+    let when = if scheduled {
+        "at the start of that window"
+    } else {
+        "now"
+    };
+    let next = match opens_at {
+        Some(t) => format!("; it opens at {}", rfc3339(t)),
+        None => String::new(),
+    };
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "vendor_closed",
+        format!("the vendor is closed {when}{next}"),
+    )
 }
 
 fn vendor_paused() -> ApiError {

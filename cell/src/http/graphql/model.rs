@@ -59,13 +59,38 @@ pub struct Vendor {
     pub address: String,
     pub prep_minutes: u32,
     pub tags: Vec<String>,
-    /// open | closed | ...
+    /// active | paused
     pub status: String,
+    /// Weekly opening hours; null = always open.
+    pub hours: Option<OpeningHours>,
+    /// Open at the moment of the answer.
+    pub open_now: bool,
+    /// When it next opens or closes (RFC 3339); null when that never changes.
+    pub next_change_at: Option<String>,
     /// Average stars from customers (null before the first rating).
     pub rating: Option<f64>,
     pub ratings: u32,
     pub created_at: String,
     pub updated_at: String,
+}
+
+#[derive(Debug, Clone, Deserialize, SimpleObject)]
+pub struct OpeningHours {
+    /// IANA time zone.
+    pub timezone: String,
+    pub weekly: Vec<OpeningSpan>,
+}
+
+/// One weekly opening in local time; `close` at or before `open` runs past
+/// midnight.
+#[derive(Debug, Clone, Deserialize, SimpleObject)]
+pub struct OpeningSpan {
+    /// mon | tue | wed | thu | fri | sat | sun
+    pub day: String,
+    /// HH:MM
+    pub open: String,
+    /// HH:MM
+    pub close: String,
 }
 
 #[derive(Debug, Clone, Deserialize, SimpleObject)]

@@ -2,7 +2,7 @@
 //! Inputs are serialised into the REST handler's JSON body, so they obey
 //! the same rules (and fail with the same `code`).
 
-use async_graphql::{Context, Enum, InputObject, Object, Result};
+use async_graphql::{Context, Enum, InputObject, MaybeUndefined, Object, Result};
 use axum::http::{HeaderMap, HeaderValue};
 use serde::Serialize;
 
@@ -99,6 +99,27 @@ pub struct SignupInput {
     region: Option<String>,
 }
 
+/// One weekly opening, local time: `close` at or before `open` runs past
+/// midnight; `24:00` closes at midnight.
+#[derive(InputObject, Serialize)]
+#[graphql(name = "OpeningSpanInput")]
+pub struct OpeningSpanInput {
+    /// mon | tue | wed | thu | fri | sat | sun
+    day: String,
+    /// HH:MM
+    open: String,
+    /// HH:MM
+    close: String,
+}
+
+#[derive(InputObject, Serialize)]
+#[graphql(name = "OpeningHoursInput")]
+pub struct OpeningHoursInput {
+    /// IANA time zone, e.g. America/New_York.
+    timezone: String,
+    weekly: Vec<OpeningSpanInput>,
+}
+
 #[derive(InputObject, Serialize)]
 pub struct VendorInput {
     name: String,
@@ -110,6 +131,9 @@ pub struct VendorInput {
     prep_minutes: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     tags: Option<Vec<String>>,
+    /// Left out: always open.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hours: Option<OpeningHoursInput>,
 }
 
 #[derive(InputObject, Serialize)]
@@ -128,6 +152,9 @@ pub struct VendorPatch {
     tags: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     status: Option<VendorStatus>,
+    /// New hours; null = always open; left out = unchanged.
+    #[serde(skip_serializing_if = "MaybeUndefined::is_undefined")]
+    hours: MaybeUndefined<OpeningHoursInput>,
 }
 
 #[derive(InputObject, Serialize)]
