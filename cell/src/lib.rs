@@ -23,6 +23,7 @@ pub mod ratings;
 pub mod read_models;
 pub mod route_board;
 pub mod routes;
+pub mod sealed;
 pub mod search_service;
 pub mod server;
 pub mod webhooks;

@@ -131,13 +131,14 @@ pub async fn run(cfg: CellConfig) -> anyhow::Result<()> {
         app.subscribe(),
         metrics.clone(),
     );
-    crate::webhooks::start(node.clone());
+    let keys = Arc::new(keys);
+    crate::webhooks::start(node.clone(), keys.clone());
     let state = AppState::new(http::Shared {
         node: node.clone(),
         app: app.clone(),
         cfg: cfg.clone(),
         ops_token_hash: http::token_hash(&ops_token),
-        keys: Arc::new(keys),
+        keys,
         metrics,
         read_models,
         search,

@@ -20,10 +20,16 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use storage::{ReadTxn, Table, WriteTxn};
 
+use edge::token::KeySet;
+
 use crate::{
     app::{CellApp, Command},
     events,
+    sealed::{self, Sealed},
 };
+
+/// What webhook secrets are sealed for (`sealed`).
+const SEAL_PURPOSE: &str = "webhook secret";
 
 /// `<vendor id>/<webhook id>` → webhook (a vendor's are listed together).
 const WEBHOOKS: Table<Webhook> = Table::new("webhooks");
@@ -45,6 +51,8 @@ pub struct Webhook {
     /// Whose feed is the outbox (the vendor's owner account).
     pub owner_id: String,
     pub url: String,
+    /// Sealed (`sealed::seal`, bound to the webhook's id); plain text in
+    /// rows from before sealing, which the leader re-seals.
     pub secret: String,
     /// Last event sequence delivered (acknowledged with a 2xx).
     pub cursor: u64,
@@ -76,6 +84,13 @@ pub enum WebhookCommand {
     },
     Delete {
         id: String,
+    },
+    /// The leader re-sealed the secret under the active key: `to` replaces
+    /// `from`, if the row still holds `from`.
+    Reseal {
+        id: String,
+        from: String,
+        to: String,
     },
 }
 
@@ -162,7 +177,26 @@ pub fn apply(txn: &WriteTxn, cmd: WebhookCommand) -> storage::Result<WebhookResp
             }
             None => Ok(R::NotFound),
         },
+        WebhookCommand::Reseal { id, from, to } => {
+            let Some((k, mut w)) = find(txn, &id)? else {
+                return Ok(R::NotFound);
+            };
+            if w.secret == from {
+                w.secret = to;
+                txn.put(WEBHOOKS, &k, &w)?;
+            }
+            Ok(R::Done)
+        }
     }
+}
+
+/// A webhook's secret as it goes into the log: sealed, bound to `id`.
+pub fn seal_secret(keys: &KeySet, id: &str, secret: &str) -> String {
+    sealed::seal(keys, SEAL_PURPOSE, id, secret)
+}
+
+fn open_secret(keys: &KeySet, w: &Webhook) -> Result<Sealed, String> {
+    sealed::open(keys, SEAL_PURPOSE, &w.id, &w.secret)
 }
 
 fn find(txn: &WriteTxn, id: &str) -> storage::Result<Option<(Vec<u8>, Webhook)>> {
@@ -222,7 +256,7 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
 }
 
 /// The leader's sender: one task per webhook while this node leads.
-pub fn start(node: Arc<RaftNode<CellApp>>) {
+pub fn start(node: Arc<RaftNode<CellApp>>, keys: Arc<KeySet>) {
     tokio::spawn(async move {
         let http = match reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
@@ -251,14 +285,40 @@ pub fn start(node: Arc<RaftNode<CellApp>>) {
                 Err(_) => continue,
             };
             for w in hooks {
+                reseal_if_stale(&node, &keys, &w).await;
                 if running.contains_key(&w.id) {
                     continue;
                 }
-                let task = tokio::spawn(send_loop(node.clone(), http.clone(), w.id.clone()));
+                let task = tokio::spawn(send_loop(
+                    node.clone(),
+                    http.clone(),
+                    keys.clone(),
+                    w.id.clone(),
+                ));
                 running.insert(w.id, task);
             }
         }
     });
+}
+
+/// A secret sealed under an older key, or stored before sealing, is sealed
+/// again under the active key (one command; the apply checks it replaces
+/// what was read, so a concurrent change wins).
+async fn reseal_if_stale(node: &RaftNode<CellApp>, keys: &KeySet, w: &Webhook) {
+    if sealed::is_current(keys, &w.secret) {
+        return;
+    }
+    let Ok(Sealed::Stale(secret)) = open_secret(keys, w) else {
+        return;
+    };
+    let cmd = WebhookCommand::Reseal {
+        id: w.id.clone(),
+        from: w.secret.clone(),
+        to: seal_secret(keys, &w.id, &secret),
+    };
+    if let Err(e) = node.write(&Command::Webhooks(Box::new(cmd))).await {
+        tracing::debug!(webhook = %w.id, error = %e, "re-sealing a webhook secret");
+    }
 }
 
 fn now_ms() -> i64 {
@@ -269,7 +329,12 @@ fn now_ms() -> i64 {
 }
 
 /// Delivers one webhook's backlog until it is empty or leadership is lost.
-async fn send_loop(node: Arc<RaftNode<CellApp>>, http: reqwest::Client, id: String) {
+async fn send_loop(
+    node: Arc<RaftNode<CellApp>>,
+    http: reqwest::Client,
+    keys: Arc<KeySet>,
+    id: String,
+) {
     let mut failures: u32 = 0;
     loop {
         if !node.is_leader() {
@@ -311,11 +376,16 @@ async fn send_loop(node: Arc<RaftNode<CellApp>>, http: reqwest::Client, id: Stri
             })
             .collect();
         let count = mine.len() as u64;
+        let secret = open_secret(&keys, &hook);
         let outcome = if mine.is_empty() {
             Ok(())
+        } else if let Err(why) = &secret {
+            Err(format!(
+                "cannot sign: the webhook's secret is {why}; register it again"
+            ))
         } else {
             let body = serde_json::to_vec(&mine).unwrap_or_default();
-            let sig = signature(&hook.secret, &body);
+            let sig = signature(secret.as_ref().map_or("", Sealed::secret), &body);
             let sent = http
                 .post(&hook.url)
                 .header("content-type", "application/json")

@@ -36,7 +36,8 @@ fn verify(headers: &HeaderMap, body: &[u8]) -> bool {
     hex::decode(sig).is_ok_and(|s| mac.verify_slice(&s).is_ok())
 }
 
-async fn receiver() -> (String, Arc<Mutex<Receiver>>) {
+/// A webhook endpoint; a `flaky` one first fails, then times out.
+async fn receiver(flaky: bool) -> (String, Arc<Mutex<Receiver>>) {
     let state: Arc<Mutex<Receiver>> = Arc::default();
     let st = state.clone();
     let app = Router::new().route(
@@ -54,8 +55,8 @@ async fn receiver() -> (String, Arc<Mutex<Receiver>>) {
                 };
                 match attempt {
                     // First a server error, then longer than the sender waits.
-                    1 => AxStatus::INTERNAL_SERVER_ERROR,
-                    2 => {
+                    1 if flaky => AxStatus::INTERNAL_SERVER_ERROR,
+                    2 if flaky => {
                         tokio::time::sleep(Duration::from_secs(7)).await;
                         AxStatus::OK
                     }
@@ -127,6 +128,33 @@ async fn register(
     call(http, base, Method::POST, &path, token, Some(body)).await
 }
 
+/// A product of vendor `vid` (its owner's `vendor_token`) ordered by the
+/// customer `ct`: the vendor's feed gets `order.placed`. Returns the order id.
+async fn place_order(
+    http: &reqwest::Client,
+    base: &str,
+    ct: &str,
+    vendor_token: &str,
+    vid: &str,
+    key: &str,
+) -> String {
+    let (s, p) = call(http, base, Method::POST, &format!("/v1/vendors/{vid}/products"), vendor_token, Some(json!({"name": "Soup", "category": "soups", "price": {"amount": 900, "currency": "USD"}, "stock": null}))).await;
+    assert_eq!(s, StatusCode::CREATED, "{p}");
+    let (s, q) = call(http, base, Method::POST, "/v1/quotes", ct, Some(json!({"vendor_id": vid, "dropoff": {"lat": 40.71, "lng": -74.01}, "mode": "on_demand"}))).await;
+    assert_eq!(s, StatusCode::CREATED, "{q}");
+    let r = http
+        .post(format!("{base}/v1/orders"))
+        .bearer_auth(ct)
+        .header("idempotency-key", format!("{key}-{vid}"))
+        .json(&json!({"quote_id": q["id"], "items": [{"product_id": p["id"], "quantity": 1}], "dropoff": {"location": {"lat": 40.71, "lng": -74.01}, "address": "2 Side St"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let o: Value = r.json().await.unwrap();
+    o["id"].as_str().unwrap().to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn webhooks_survive_failures_and_timeouts() {
     let _serial = common::SERIAL.lock().await;
@@ -138,7 +166,7 @@ async fn webhooks_survive_failures_and_timeouts() {
         .build()
         .unwrap();
     let base = tc.url(1);
-    let (url, rx) = receiver().await;
+    let (url, rx) = receiver(true).await;
 
     let vt = signup(&http, &base, "hooked@x.test", "vendor").await;
     let vid = vendor(&http, &base, &vt, "Hooked").await;
@@ -178,25 +206,12 @@ async fn webhooks_survive_failures_and_timeouts() {
     let ct = signup(&http, &base, "cust@x.test", "customer").await;
     let mut expected = 0;
     for (token, v) in [(&vt, &vid), (&dt, &dvid)] {
-        let (s, p) = call(&http, &base, Method::POST, &format!("/v1/vendors/{v}/products"), token, Some(json!({"name": "Soup", "category": "soups", "price": {"amount": 900, "currency": "USD"}, "stock": null}))).await;
-        assert_eq!(s, StatusCode::CREATED, "{p}");
-        let (s, q) = call(&http, &base, Method::POST, "/v1/quotes", &ct, Some(json!({"vendor_id": v, "dropoff": {"lat": 40.71, "lng": -74.01}, "mode": "on_demand"}))).await;
-        assert_eq!(s, StatusCode::CREATED, "{q}");
-        let r = http
-            .post(format!("{base}/v1/orders"))
-            .bearer_auth(&ct)
-            .header("idempotency-key", format!("k-{v}"))
-            .json(&json!({"quote_id": q["id"], "items": [{"product_id": p["id"], "quantity": 1}], "dropoff": {"location": {"lat": 40.71, "lng": -74.01}, "address": "2 Side St"}}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::CREATED);
-        let o: Value = r.json().await.unwrap();
+        let oid = place_order(&http, &base, &ct, token, v, "k").await;
         let (s, _) = call(
             &http,
             &base,
             Method::POST,
-            &format!("/v1/orders/{}/accept", o["id"].as_str().unwrap()),
+            &format!("/v1/orders/{oid}/accept"),
             token,
             None,
         )
@@ -360,5 +375,129 @@ async fn webhooks_survive_failures_and_timeouts() {
     for bad in ["limit=0", "limit=101", "cursor=x", "page=2"] {
         let (s, v) = list(bad.to_string()).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {v}");
+    }
+}
+
+/// Every file under `dir`, recursively.
+fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn holds(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn webhook_secrets_are_sealed_at_rest_and_survive_a_key_rotation() {
+    let _serial = common::SERIAL.lock().await;
+    let mut tc = TestCell::start(3, false, &["--rate-limit-auth", "1000"])
+        .await
+        .unwrap();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .unwrap();
+    let base = tc.url(1);
+    let (url, rx) = receiver(false).await;
+    let vt = signup(&http, &base, "sealed@x.test", "vendor").await;
+    let vid = vendor(&http, &base, &vt, "Sealed").await;
+    let (s, w) = register(&http, &base, &vt, &vid, &url).await;
+    assert_eq!(s, StatusCode::CREATED, "{w}");
+    let ct = signup(&http, &base, "buyer@x.test", "customer").await;
+    let delivered = |n: usize| {
+        let rx = rx.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let (got, bad) = {
+                    let r = rx.lock().unwrap();
+                    (r.accepted.len(), r.bad_signatures)
+                };
+                assert_eq!(
+                    bad, 0,
+                    "every delivery is signed with the registered secret"
+                );
+                if got >= n {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "{got} of {n} deliveries arrived");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    place_order(&http, &base, &ct, &vt, &vid, "before").await;
+    delivered(1).await;
+
+    // The secret is in no node's files (log, state, snapshots) and in no
+    // backup.
+    let backup = |tc: &TestCell| {
+        let (http, url, token) = (tc.http.clone(), tc.url(2), tc.cell.token.clone());
+        async move {
+            let r = http
+                .get(format!("{url}/admin/backup"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            r.bytes().await.unwrap().to_vec()
+        }
+    };
+    let all_files = files(&tc.cell.dir);
+    assert!(all_files.len() > 10, "{all_files:?}");
+    for f in all_files {
+        let bytes = std::fs::read(&f).unwrap_or_default();
+        assert!(
+            !holds(&bytes, SECRET.as_bytes()),
+            "{} holds the secret",
+            f.display()
+        );
+    }
+    let before = backup(&tc).await;
+    assert!(!holds(&before, SECRET.as_bytes()));
+    let keys_file = tc.cell.dir.join("jwt-keys.pem");
+    let (old, _) = edge::token::KeySet::load_or_create(&keys_file).unwrap();
+    let old_seal = format!("sealed:v1:{}:", old.active_kid());
+    assert!(holds(&before, old_seal.as_bytes()));
+
+    // The signing key rotates (the old one stays in the file): deliveries
+    // go on signed with the same secret, and the leader re-seals it under
+    // the new key.
+    for id in 1..=3 {
+        tc.cell.stop(id);
+    }
+    let new_kid = edge::token::KeySet::rotate_file(&keys_file).unwrap();
+    for id in 1..=3 {
+        tc.start_node(id).unwrap();
+    }
+    for id in 1..=3 {
+        tc.cell
+            .wait_healthy(id, Duration::from_secs(30))
+            .await
+            .unwrap();
+    }
+    tc.cell.wait_leader(Duration::from_secs(10)).await.unwrap();
+    place_order(&http, &base, &ct, &vt, &vid, "after").await;
+    delivered(2).await;
+    let new_seal = format!("sealed:v1:{new_kid}:");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let b = backup(&tc).await;
+        if holds(&b, new_seal.as_bytes()) {
+            assert!(!holds(&b, old_seal.as_bytes()), "the old seal is gone");
+            assert!(!holds(&b, SECRET.as_bytes()));
+            break;
+        }
+        assert!(Instant::now() < deadline, "never re-sealed under {new_kid}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -215,6 +215,9 @@ struct VerifyOnlyKey {
     kid: String,
     key: VerifyingKey,
     retire_after: Option<i64>,
+    /// The private half when the file still holds it (a rotated-out
+    /// signing key): what secrets derived under this key need.
+    private: Option<[u8; 32]>,
 }
 
 /// The signing key of this cell plus the older public keys that still verify.
@@ -273,7 +276,7 @@ impl KeySet {
         let mut verify_only = Vec::new();
         let mut seen = HashSet::new();
         for block in split_pem(pem)? {
-            let (kid, key) = match block.label.as_str() {
+            let (kid, key, private) = match block.label.as_str() {
                 PRIVATE_KEY_LABEL => {
                     let key =
                         ed25519_dalek::SigningKey::from_pkcs8_pem(&block.text).map_err(|e| {
@@ -296,7 +299,8 @@ impl KeySet {
                         active = Some(key);
                         continue;
                     }
-                    (key.kid.clone(), key.verifying_key())
+                    let private = Some(key.key.to_bytes());
+                    (key.kid.clone(), key.verifying_key(), private)
                 }
                 PUBLIC_KEY_LABEL => {
                     let key = VerifyingKey::from_public_key_pem(&block.text).map_err(|e| {
@@ -309,7 +313,7 @@ impl KeySet {
                     if !seen.insert(kid.clone()) {
                         return Err(KeyError::DuplicateKey(kid));
                     }
-                    (kid, key)
+                    (kid, key, None)
                 }
                 other => {
                     return Err(KeyError::Invalid(format!(
@@ -323,6 +327,7 @@ impl KeySet {
                 kid,
                 key,
                 retire_after: block.retire_after,
+                private,
             });
         }
         let active = active.ok_or(KeyError::NoSigningKey)?;
@@ -385,12 +390,22 @@ impl KeySet {
     /// coordination (nothing secret enters the replicated log), and it
     /// changes when the signing key rotates.
     pub fn derive_secret(&self, purpose: &str) -> [u8; 32] {
-        let mut h = Sha256::new();
-        h.update(b"marketcell derived secret\0");
-        h.update(purpose.as_bytes());
-        h.update([0]);
-        h.update(self.active.key.to_bytes());
-        h.finalize().into()
+        derive(purpose, &self.active.key.to_bytes())
+    }
+
+    /// The secret for `purpose` derived from the key `kid`, the active one
+    /// or an older one whose private half the key file still holds (so
+    /// what was sealed before a rotation can still be opened); `None` once
+    /// that key is gone.
+    pub fn derive_secret_for(&self, kid: &str, purpose: &str) -> Option<[u8; 32]> {
+        if kid == self.active.kid() {
+            return Some(self.derive_secret(purpose));
+        }
+        self.verify_only
+            .iter()
+            .find(|k| k.kid == kid)
+            .and_then(|k| k.private.as_ref())
+            .map(|private| derive(purpose, private))
     }
 
     /// Signs with the active key. Claims are trusted input here; keep them
@@ -565,6 +580,15 @@ pub fn unverified_cell(token: &str) -> Option<String> {
     serde_json::from_slice::<CellOnly>(&payload)
         .ok()
         .map(|c| c.cell)
+}
+
+fn derive(purpose: &str, private: &[u8; 32]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"marketcell derived secret\0");
+    h.update(purpose.as_bytes());
+    h.update([0]);
+    h.update(private);
+    h.finalize().into()
 }
 
 /// Verifies `token` for `expected_cell` at `now_unix`, taking the key for
@@ -829,6 +853,39 @@ mod tests {
             keys.derive_secret("a"),
             KeySet::generate().derive_secret("a")
         );
+    }
+
+    #[test]
+    fn secrets_derived_under_a_rotated_out_key_stay_derivable_while_the_file_holds_it() {
+        use ed25519_dalek::pkcs8::EncodePublicKey as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.pem");
+        let (before, _) = KeySet::load_or_create(&path).unwrap();
+        let old_kid = before.active_kid().to_string();
+        KeySet::rotate_file(&path).unwrap();
+        let (after, _) = KeySet::load_or_create(&path).unwrap();
+        assert_ne!(after.active_kid(), old_kid);
+        assert_eq!(
+            after.derive_secret_for(&old_kid, "p"),
+            Some(before.derive_secret("p"))
+        );
+        assert_eq!(
+            after.derive_secret_for(after.active_kid(), "p"),
+            Some(after.derive_secret("p"))
+        );
+        assert_eq!(after.derive_secret_for("nope", "p"), None);
+        // A public key alone derives nothing.
+        let public_only = format!(
+            "{}{}",
+            SigningKey::generate().to_pem().unwrap(),
+            before
+                .verifying_key(&old_kid, 0)
+                .unwrap()
+                .to_public_key_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+                .unwrap()
+        );
+        let keys = KeySet::from_pem(&public_only).unwrap();
+        assert_eq!(keys.derive_secret_for(&old_kid, "p"), None);
     }
 
     fn claims() -> Claims {

@@ -94,12 +94,15 @@ pub(super) async fn register(
         return Err(ApiError::validation("secret must be 16 to 200 characters"));
     }
     let now = now_ms();
+    let id = format!("{}.whk_{}", s.cfg.cell, ulid::Ulid::new());
+    // Sealed before it enters the log (see `sealed`).
+    let secret = webhooks::seal_secret(&s.keys, &id, &b.secret);
     let webhook = Webhook {
-        id: format!("{}.whk_{}", s.cfg.cell, ulid::Ulid::new()),
+        id,
         vendor_id: vendor.id,
         owner_id: vendor.owner_id,
         url: b.url,
-        secret: b.secret,
+        secret,
         cursor: 0,
         delivered: 0,
         last_error: None,
