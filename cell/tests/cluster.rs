@@ -364,6 +364,32 @@ async fn partitioned_leader_cannot_commit_and_the_cell_converges_after_healing()
     assert!(majority.status.is_success(), "{:?}", majority.json());
     let index = majority.index.unwrap();
 
+    // The cut-off node holds an old value. A config-store read there is
+    // linearizable even with the X-Cell-Index apps echo, so it never
+    // answers the old value; asked for `local`, it does.
+    let changed = tc.put(new_leader, "stable", "2").await.unwrap();
+    assert!(changed.status.is_success());
+    let echoed = tc.get_at(old, "stable", a.index.unwrap()).await.unwrap();
+    assert_ne!(
+        (echoed.status, echoed.body.as_slice()),
+        (StatusCode::OK, b"1".as_slice()),
+        "a stale config read on the cut-off node"
+    );
+    let local = tc
+        .request(
+            old,
+            Method::GET,
+            "/v1/kv/stable",
+            &[("x-consistency", "local".into())],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (local.status, local.body.as_slice()),
+        (StatusCode::OK, b"1".as_slice())
+    );
+
     net.heal();
     for id in 1..=3 {
         tc.wait_applied(id, index, Duration::from_secs(20))

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use axum::{
     body::Bytes,
-    extract::{Path, Query, State},
+    extract::{FromRequestParts, Path, Query, State},
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     routing::get,
@@ -104,6 +104,28 @@ fn precondition_failed(current: Option<u64>) -> ApiError {
     )
 }
 
+/// How fresh a config-store read must be: linearizable unless the caller
+/// names a weaker level (`X-Consistency: session` or `local`); an
+/// `X-Cell-Index` alone, which apps echo on every call, does not weaken it.
+pub(super) struct ConfigRead(Consistency);
+
+impl<S: Send + Sync> FromRequestParts<S> for ConfigRead {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let asked = Consistency::from_request_parts(parts, state).await?;
+        let weaker_named = parts.headers.contains_key("x-consistency");
+        Ok(ConfigRead(if weaker_named {
+            asked
+        } else {
+            Consistency::Linearizable
+        }))
+    }
+}
+
 #[utoipa::path(
     get,
     path = "/v1/kv/{key}",
@@ -121,15 +143,10 @@ fn precondition_failed(current: Option<u64>) -> ApiError {
 pub(super) async fn get_key(
     State(s): State<AppState>,
     _ops: Ops,
-    consistency: Consistency,
+    ConfigRead(consistency): ConfigRead,
     Path(key): Path<String>,
 ) -> ApiResult<Response> {
     valid_key(&key)?;
-    // The config store is linearizable unless the caller asks for less.
-    let consistency = match consistency {
-        Consistency::Local => Consistency::Linearizable,
-        other => other,
-    };
     let index = ensure_fresh(&s, consistency).await?;
     let read = s.node.store().read()?;
     let entry =
@@ -302,7 +319,7 @@ pub(super) struct ListQuery {
 pub(super) async fn list(
     State(s): State<AppState>,
     _ops: Ops,
-    consistency: Consistency,
+    ConfigRead(consistency): ConfigRead,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(q) = query.map_err(|e| ApiError::validation(e.body_text()))?;
@@ -310,10 +327,6 @@ pub(super) async fn list(
     if q.prefix.len() > kv::MAX_KEY_LEN {
         return Err(ApiError::validation("prefix too long"));
     }
-    let consistency = match consistency {
-        Consistency::Local => Consistency::Linearizable,
-        other => other,
-    };
     let index = ensure_fresh(&s, consistency).await?;
     let read = s.node.store().read()?;
     let mut rows = kv::list(&read, &q.prefix, q.cursor.as_deref(), limit + 1)?;
