@@ -926,6 +926,8 @@ async fn opening_hours_decide_when_a_vendor_takes_orders() {
         .await;
     assert_eq!(s, StatusCode::CREATED, "{o}");
     assert_eq!(o["mode"], "scheduled");
+    // Expected when its window opens, not a quarter of an hour from now.
+    assert_eq!(o["eta"], o["window_start"], "{o}");
     let answer = scheduled(utc_day(1).1 + chrono::Duration::hours(12)).await;
     assert_problem(&answer, StatusCode::CONFLICT, "vendor_closed");
 

@@ -118,9 +118,11 @@ fn money(amount: i64, currency: &str) -> Value {
     json!({"amount": amount, "currency": currency})
 }
 
-/// When the order is expected at the door (RFC 3339), as quoted.
+/// When the order is expected at the door (RFC 3339), as quoted: for a
+/// scheduled order not before its window opens.
 pub fn order_eta(o: &Order) -> String {
-    rfc3339(o.created_at + o.eta_minutes as i64 * 60_000)
+    let quoted = o.created_at + o.eta_minutes as i64 * 60_000;
+    rfc3339(o.window_start.map_or(quoted, |w| w.max(quoted)))
 }
 
 pub fn order_json(o: &Order) -> Value {
