@@ -646,7 +646,7 @@ pub fn apply(txn: &WriteTxn, cmd: DriverCommand) -> storage::Result<DriverRespon
                     &driver_id,
                     "offer.created",
                     now,
-                    &serde_json::json!({"offer_id": offer_id, "delivery_id": d.id, "pay": d.pay, "expires_at": expires_at}),
+                    &serde_json::json!({"offer_id": offer_id, "delivery_id": d.id, "pay": {"amount": d.pay, "currency": d.currency}, "expires_at": crate::http::identity_api::rfc3339(expires_at)}),
                 )?;
                 d.offered_to.push(driver_id);
                 made.push(o);

@@ -301,6 +301,19 @@ pub fn start(node: Arc<RaftNode<CellApp>>, keys: Arc<KeySet>) {
     });
 }
 
+/// The vendor an event is about: named in it (order events), or the vendor
+/// of the order it names (delivery events).
+fn vendor_of(read: &ReadTxn, data: &serde_json::Value) -> Option<String> {
+    if let Some(v) = data["vendor_id"].as_str() {
+        return Some(v.to_string());
+    }
+    let order_id = data["order_id"].as_str()?;
+    crate::orders::order(read, order_id)
+        .ok()
+        .flatten()
+        .map(|o| o.vendor_id)
+}
+
 /// A secret sealed under an older key, or stored before sealing, is sealed
 /// again under the active key (one command; the apply checks it replaces
 /// what was read, so a concurrent change wins).
@@ -361,20 +374,24 @@ async fn send_loop(
                 "events fell out of the feed before this webhook could send them"
             );
         }
-        // Only this vendor's events go to its webhook.
+        // Only this vendor's events go to its webhook (its owner's feed may
+        // carry other vendors' too).
         let last = match batch.last() {
             Some(e) => e.seq,
             None => return,
         };
-        let mine: Vec<serde_json::Value> = batch
-            .iter()
-            .filter_map(|e| {
-                let data: serde_json::Value = serde_json::from_str(&e.data).ok()?;
-                (data["vendor_id"] == hook.vendor_id.as_str()).then(
-                    || serde_json::json!({"seq": e.seq, "type": e.kind, "at": e.at, "data": data}),
-                )
-            })
-            .collect();
+        let mine: Vec<serde_json::Value> = {
+            let Ok(read) = node.store().read() else {
+                return;
+            };
+            batch
+                .iter()
+                .map(crate::http::events_api::event_json)
+                .filter(|e| {
+                    vendor_of(&read, &e["data"]).as_deref() == Some(hook.vendor_id.as_str())
+                })
+                .collect()
+        };
         let count = mine.len() as u64;
         let secret = open_secret(&keys, &hook);
         let outcome = if mine.is_empty() {

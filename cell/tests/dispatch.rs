@@ -222,14 +222,17 @@ impl World {
         }
     }
 
-    async fn feed(&self, token: &str) -> Vec<String> {
+    async fn events(&self, token: &str) -> Vec<Value> {
         let (s, v) = self
             .call(3, Method::GET, "/v1/events?after=0", token, None)
             .await;
         assert_eq!(s, StatusCode::OK, "{v}");
-        v["events"]
-            .as_array()
-            .unwrap()
+        v["events"].as_array().unwrap().clone()
+    }
+
+    async fn feed(&self, token: &str) -> Vec<String> {
+        self.events(token)
+            .await
             .iter()
             .map(|e| e["type"].as_str().unwrap().to_string())
             .collect()
@@ -264,10 +267,42 @@ async fn order_to_doorstep_with_an_accept_race() {
 
     let (vt, ct, order) = w.accepted_order("race").await;
     let oid = order["id"].as_str().unwrap().to_string();
+    // The vendor's webhook, registered now, gets the delivery's story too.
+    let hooked = webhook_receiver().await;
+    let (s, v) = w
+        .call(
+            1,
+            Method::POST,
+            &format!(
+                "/v1/vendors/{}/webhooks",
+                order["vendor_id"].as_str().unwrap()
+            ),
+            &vt,
+            Some(json!({"url": hooked.0, "secret": "a webhook secret of some length"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
     let mut offers = Vec::new();
     for (_, t) in &drivers {
         offers.push(w.wait_offer(t, Duration::from_secs(10)).await);
     }
+    // Offers name their pay as Money and their deadline as a time.
+    let offer_event = w
+        .events(&drivers[0].1)
+        .await
+        .into_iter()
+        .find(|e| e["type"] == "offer.created")
+        .unwrap();
+    assert_eq!(
+        offer_event["data"]["pay"]["currency"], "USD",
+        "{offer_event}"
+    );
+    assert!(
+        offer_event["data"]["expires_at"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{offer_event}"
+    );
     assert!(w.offers(&far.1).await.is_empty());
     // Nor one right at the pickup without the food qualification.
     assert!(w.offers(&unqualified.1).await.is_empty());
@@ -537,6 +572,52 @@ async fn order_to_doorstep_with_an_accept_race() {
         "{:?}",
         w.feed(&wt).await
     );
+    let hooked_story = [
+        "delivery.assigned",
+        "order.ready",
+        "order.picked_up",
+        "order.delivered",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got: Vec<Value> = hooked.1.lock().unwrap().clone();
+        let kinds: Vec<String> = got
+            .iter()
+            .map(|e| e["type"].as_str().unwrap_or_default().to_string())
+            .collect();
+        if in_order(&kinds, &hooked_story) {
+            assert!(
+                got.iter()
+                    .all(|e| e["at"].as_str().is_some_and(|t| t.ends_with('Z'))),
+                "{got:?}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "the webhook got {kinds:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A webhook endpoint that takes every POST and keeps its events.
+async fn webhook_receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    use axum::{body::Bytes, routing::post, Router};
+    let got: std::sync::Arc<std::sync::Mutex<Vec<Value>>> = Default::default();
+    let sink = got.clone();
+    let app = Router::new().route(
+        "/hook",
+        post(move |body: Bytes| {
+            let sink = sink.clone();
+            async move {
+                let batch: Vec<Value> = serde_json::from_slice(&body).unwrap_or_default();
+                sink.lock().unwrap().extend(batch);
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}/hook"), got)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -93,17 +93,17 @@ pub(super) async fn feed(
         let left = deadline.saturating_duration_since(Instant::now());
         if !found.is_empty() || left.is_zero() {
             let next = found.last().map(|e| e.seq).unwrap_or(after);
-            let items: Vec<Value> = found
-                .iter()
-                .map(|e| {
-                    json!({
-                        "seq": e.seq, "type": e.kind, "at": rfc3339(e.at),
-                        "data": serde_json::from_str::<Value>(&e.data).unwrap_or(Value::Null),
-                    })
-                })
-                .collect();
+            let items: Vec<Value> = found.iter().map(event_json).collect();
             return Ok(Json(json!({"events": items, "next": next})));
         }
         let _ = tokio::time::timeout(left, changed).await;
     }
+}
+
+/// An event as the feed, subscriptions and webhooks show it.
+pub(crate) fn event_json(e: &events::Event) -> Value {
+    json!({
+        "seq": e.seq, "type": e.kind, "at": rfc3339(e.at),
+        "data": serde_json::from_str::<Value>(&e.data).unwrap_or(Value::Null),
+    })
 }

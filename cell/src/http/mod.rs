@@ -3,7 +3,7 @@
 mod admin_api;
 mod catalog_api;
 mod drivers_api;
-mod events_api;
+pub mod events_api;
 mod extract;
 pub mod graphql;
 pub mod identity_api;
