@@ -55,12 +55,11 @@ pub async fn metrics(State(st): State<Arc<RouterState>>) -> Response {
 }
 
 fn authorize(st: &RouterState, headers: &HeaderMap) -> Result<(), Problem> {
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+    let given = crate::proxy::bearer(headers)
+        .ok()
+        .flatten()
         .ok_or_else(|| Problem::unauthorized("the router's ops token is required"))?;
-    if !constant_time_eq(given.trim().as_bytes(), st.ops_token.as_bytes()) {
+    if !constant_time_eq(given.as_bytes(), st.ops_token.as_bytes()) {
         return Err(Problem::new(
             StatusCode::FORBIDDEN,
             "forbidden",

@@ -24,6 +24,9 @@ pub enum Pin {
     },
 }
 
+/// Paths whose answer is the same whichever cell gives it.
+const SAME_ON_EVERY_CELL: [&str; 2] = ["/openapi.json", "/graphql/schema.graphql"];
+
 /// Whether the router must read the body to route the request.
 pub fn needs_body(method: &Method, path: &str) -> bool {
     method == Method::POST && matches!(path, SIGNUP | LOGIN | REFRESH)
@@ -181,6 +184,13 @@ pub fn decide(
     }
     match region_from_query(dir, query) {
         Some(r) => r.map(Pin::Cell),
+        // Documents every cell serves alike: any cell answers them.
+        None if SAME_ON_EVERY_CELL.contains(&path) => dir
+            .regions()
+            .find(|r| !r.draining)
+            .or_else(|| dir.regions().next())
+            .map(|r| Pin::Cell(r.cell.clone()))
+            .ok_or_else(|| Problem::unavailable("cell_unavailable", "no cells are configured")),
         None => Err(Problem::new(
             StatusCode::BAD_REQUEST,
             "region_required",
@@ -297,6 +307,22 @@ mod tests {
                 .unwrap_err()
                 .code,
             "no_region"
+        );
+        // What every cell serves alike needs no region; a region given is
+        // still honoured.
+        for doc in SAME_ON_EVERY_CELL {
+            assert!(matches!(pin(&get, doc, None, None, None), Ok(Pin::Cell(_))));
+            assert_eq!(
+                pin(&get, doc, Some("region=nyc"), None, None).unwrap(),
+                Pin::Cell("nyc".into())
+            );
+        }
+        assert_eq!(
+            pin(&get, "/.well-known/jwks.json", None, None, None)
+                .unwrap_err()
+                .code,
+            "region_required",
+            "each cell has its own keys"
         );
         assert_eq!(
             pin(&get, "/v1/search", Some("lat=999&lng=0"), None, None)

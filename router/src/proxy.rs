@@ -392,14 +392,19 @@ fn reject(st: &RouterState, reason: &'static str, p: Problem) -> Problem {
     p
 }
 
-fn bearer(headers: &HeaderMap) -> Result<Option<&str>, Problem> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Result<Option<&str>, Problem> {
     let Some(v) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };
     let v = v
         .to_str()
         .map_err(|_| Problem::unauthorized("Authorization header is not ASCII"))?;
-    match v.strip_prefix("Bearer ") {
+    // The scheme is case-insensitive (RFC 9110 §11.1), as on the cells.
+    let token = v
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t);
+    match token {
         Some(t) if !t.trim().is_empty() => Ok(Some(t.trim())),
         _ => Err(Problem::unauthorized(
             "expected Authorization: Bearer <token>",
@@ -962,8 +967,10 @@ async fn login(
             }
         })
         .collect();
-    // What to answer when no cell accepts: a rate limit beats "wrong
-    // credentials" beats an outage.
+    // What to answer when no cell accepts: a rate limit, then a request no
+    // cell takes (the same everywhere), then an outage — the account may
+    // live in the cell that did not answer, so "wrong credentials" would
+    // be a guess — and only then "wrong credentials".
     let mut best: Option<(u8, Arc<CellPool>, Result<Response, Problem>)> = None;
     while let Some((pool, r)) = asks.next().await {
         let rank = match &r {
@@ -974,10 +981,10 @@ async fn login(
                 st.remember_login(email, pool.cell.clone());
                 return r.map(|resp| (pool, resp));
             }
-            Ok(resp) if resp.status() == StatusCode::TOO_MANY_REQUESTS => 3,
-            Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED => 2,
-            Ok(_) => 1,
-            Err(_) => 0,
+            Ok(resp) if resp.status() == StatusCode::TOO_MANY_REQUESTS => 4,
+            Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED => 1,
+            Ok(resp) if resp.status().is_client_error() => 3,
+            Ok(_) | Err(_) => 2,
         };
         if best.as_ref().is_none_or(|(b, _, _)| rank > *b) {
             best = Some((rank, pool, r));

@@ -300,6 +300,18 @@ async fn a_cell_outage_stays_in_its_region() {
         (StatusCode::SERVICE_UNAVAILABLE, "cell_unavailable")
     );
     assert!(r.headers.contains_key("retry-after"));
+    // A login the router must ask every cell about: with the cell that may
+    // hold the account down, "wrong password" would be a guess.
+    let r = call(&w.http, &w.router(0), Method::POST, "/v1/auth/login")
+        .json(json!({"email": "fay@lon.test", "password": "a long password"}))
+        .send()
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::SERVICE_UNAVAILABLE, "cell_unavailable"),
+        "{}",
+        r.body
+    );
     let ready = readyz(&w.http, &w.router(0)).await;
     assert_eq!(ready["cells_down"], json!(["lon"]));
 }

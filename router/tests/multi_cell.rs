@@ -43,6 +43,17 @@ async fn users_are_pinned_to_their_home_cell_and_see_only_its_data() {
         assert_eq!(r.body["account"]["cell"], "nyc");
         assert!(r.headers.contains_key("x-request-id"));
     }
+    // The auth scheme is case-insensitive, as on the cells.
+    let r = call(http, &r1, Method::GET, "/v1/me")
+        .header("authorization", &format!("bearer {nyc_cust}"))
+        .send()
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    // Documents every cell serves alike need no region.
+    for doc in ["/openapi.json", "/graphql/schema.graphql"] {
+        let r = call(http, &r1, Method::GET, doc).send().await;
+        assert_eq!(r.status, StatusCode::OK, "{doc}");
+    }
     let r = call(http, &r1, Method::POST, "/v1/auth/login")
         .json(json!({"email": "nobody@nowhere.test", "password": "a long password"}))
         .send()
