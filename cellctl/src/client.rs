@@ -78,29 +78,6 @@ impl Api {
         serde_json::from_str(&text).with_context(|| format!("bad JSON from {path}"))
     }
 
-    /// A public JSON document (no token) from `base`, another node's
-    /// address in this endpoint's scheme when given.
-    pub async fn public_json(&self, base: Option<&str>, path: &str) -> anyhow::Result<Value> {
-        let base = match base {
-            Some(addr) => {
-                let scheme = self.base.split_once("://").map_or("http", |(s, _)| s);
-                format!("{scheme}://{addr}")
-            }
-            None => self.base.clone(),
-        };
-        let resp = self
-            .http
-            .get(format!("{base}{path}"))
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await
-            .with_context(|| format!("cannot reach {base}"))?;
-        if !resp.status().is_success() {
-            bail!("{base}{path} answered {}", resp.status());
-        }
-        Ok(resp.json().await?)
-    }
-
     /// Stream a response body to `out`; returns the bytes written.
     pub async fn download(&self, path: &str, out: &Path) -> anyhow::Result<u64> {
         use futures::StreamExt;

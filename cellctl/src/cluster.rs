@@ -99,7 +99,6 @@ pub async fn add_node(
     peer_addr: &str,
     as_json: bool,
 ) -> anyhow::Result<()> {
-    same_token_keys(api, id, api_addr).await?;
     let r = api
         .call(
             Method::POST,
@@ -110,46 +109,6 @@ pub async fn add_node(
     report(&r, as_json, || {
         format!("node {id} added as a learner and caught up")
     });
-    Ok(())
-}
-
-/// The key ids of a JWKS answer, in order (the signing key first).
-fn kids(jwks: &Value) -> Vec<String> {
-    jwks["keys"]
-        .as_array()
-        .map(|keys| {
-            keys.iter()
-                .filter_map(|k| k["kid"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// A node that signs access tokens with keys of its own would refuse every
-/// token the rest of the cell issued (and the quotes it seals would be
-/// refused elsewhere), so adding one is refused while both can be asked.
-async fn same_token_keys(api: &Api, id: u64, api_addr: &str) -> anyhow::Result<()> {
-    let ours = kids(&api.public_json(None, "/.well-known/jwks.json").await?);
-    let theirs = match api
-        .public_json(Some(api_addr), "/.well-known/jwks.json")
-        .await
-    {
-        Ok(j) => kids(&j),
-        Err(e) => {
-            eprintln!(
-                "warning: could not compare node {id}'s access-token keys with the cell's: {e:#}"
-            );
-            return Ok(());
-        }
-    };
-    if ours != theirs {
-        bail!(
-            "node {id} ({api_addr}) has other access-token keys than the cell (signing key {} where the cell's is {}): \
-             start it with the cell's key file (--jwt-keys-file, or CELL_JWT_KEYS) so tokens and quotes work on every node",
-            theirs.first().map_or("none", String::as_str),
-            ours.first().map_or("none", String::as_str),
-        );
-    }
     Ok(())
 }
 

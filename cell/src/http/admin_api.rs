@@ -160,6 +160,11 @@ pub(super) async fn init(
             "this node already belongs to a cluster",
         ));
     }
+    for (id, info) in &nodes {
+        if *id != s.node.id() {
+            same_token_keys(&s, *id, info).await?;
+        }
+    }
     let ids: Vec<u64> = nodes.keys().copied().collect();
     s.node.initialize(nodes).await?;
     Ok(Json(json!({"initialized": true, "voters": ids})))
@@ -182,11 +187,74 @@ pub(super) async fn add_node(
     StrictJson(spec): StrictJson<NodeSpec>,
 ) -> ApiResult<Response> {
     let info = spec.validate()?;
+    same_token_keys(&s, spec.id, &info).await?;
     let index = s.node.add_learner(spec.id, info).await?;
     Ok(written(
         index,
         json!({"added": spec.id, "role": "learner", "index": index}),
     ))
+}
+
+/// The key ids of a JWKS document, signing key first.
+fn kids(jwks: &serde_json::Value) -> Vec<String> {
+    jwks["keys"]
+        .as_array()
+        .map(|keys| {
+            keys.iter()
+                .filter_map(|k| k["kid"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A node that signs access tokens with keys of its own would refuse every
+/// token the rest of the cell issued, and its tokens and quotes would be
+/// refused elsewhere: it is not let in while its JWKS can be read. (One
+/// whose API cannot be reached from here is let in with a warning: the
+/// check must not stop a cell whose nodes only reach each other's peer
+/// ports.)
+async fn same_token_keys(s: &AppState, id: u64, info: &NodeInfo) -> ApiResult<()> {
+    let scheme = if s.cfg.tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{}/.well-known/jwks.json", info.api_addr);
+    let theirs = match fetch_json(s, &url).await {
+        Ok(jwks) => kids(&jwks),
+        Err(e) => {
+            tracing::warn!(node = id, %url, error = %e, "cannot compare the new node's access-token keys");
+            return Ok(());
+        }
+    };
+    let ours = kids(&s.keys.jwks());
+    if theirs != ours {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "token_keys_differ",
+            format!(
+                "node {id} ({}) has other access-token keys than the cell (signing key {} where the cell's is {}): \
+                 start it with the cell's key file (--jwt-keys-file, or CELL_JWT_KEYS) so tokens and quotes work on every node",
+                info.api_addr,
+                theirs.first().map_or("none", String::as_str),
+                ours.first().map_or("none", String::as_str),
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// GET `url` as JSON, trusting the cell's CA when it runs TLS.
+async fn fetch_json(s: &AppState, url: &str) -> Result<serde_json::Value, String> {
+    let mut b = reqwest::Client::builder().timeout(std::time::Duration::from_secs(5));
+    if let Some(t) = &s.cfg.tls {
+        let ca = t.ca.as_deref().unwrap_or(&t.cert);
+        let pem = std::fs::read(ca).map_err(|e| format!("reading {}: {e}", ca.display()))?;
+        let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| e.to_string())?;
+        b = b.add_root_certificate(cert);
+    }
+    let client = b.build().map_err(|e| e.to_string())?;
+    let resp = client.get(url).send().await.map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        return Err(format!("answered {}", resp.status()));
+    }
+    resp.json().await.map_err(|e| e.to_string())
 }
 
 /// A membership change's answer: the log index in the body, as before, and
