@@ -155,9 +155,20 @@ async fn place_order(
     o["id"].as_str().unwrap().to_string()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn webhooks_survive_failures_and_timeouts() {
-    let _serial = common::SERIAL.lock().await;
+/// A 3-node cell with a vendor (`<who>@x.test`) whose webhook points at a
+/// local receiver.
+struct Hooked {
+    tc: TestCell,
+    http: reqwest::Client,
+    base: String,
+    url: String,
+    rx: Arc<Mutex<Receiver>>,
+    vt: String,
+    vid: String,
+    webhook: Value,
+}
+
+async fn hooked(flaky: bool, who: &str) -> Hooked {
     let tc = TestCell::start(3, false, &["--rate-limit-auth", "1000"])
         .await
         .unwrap();
@@ -166,12 +177,36 @@ async fn webhooks_survive_failures_and_timeouts() {
         .build()
         .unwrap();
     let base = tc.url(1);
-    let (url, rx) = receiver(true).await;
+    let (url, rx) = receiver(flaky).await;
+    let vt = signup(&http, &base, &format!("{who}@x.test"), "vendor").await;
+    let vid = vendor(&http, &base, &vt, who).await;
+    let (s, webhook) = register(&http, &base, &vt, &vid, &url).await;
+    assert_eq!(s, StatusCode::CREATED, "{webhook}");
+    Hooked {
+        tc,
+        http,
+        base,
+        url,
+        rx,
+        vt,
+        vid,
+        webhook,
+    }
+}
 
-    let vt = signup(&http, &base, "hooked@x.test", "vendor").await;
-    let vid = vendor(&http, &base, &vt, "Hooked").await;
-    let (s, w) = register(&http, &base, &vt, &vid, &url).await;
-    assert_eq!(s, StatusCode::CREATED, "{w}");
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn webhooks_survive_failures_and_timeouts() {
+    let _serial = common::SERIAL.lock().await;
+    let Hooked {
+        tc: _cell,
+        http,
+        base,
+        url,
+        rx,
+        vt,
+        vid,
+        webhook: w,
+    } = hooked(true, "hooked").await;
     assert!(w.get("secret").is_none(), "the secret is never echoed");
 
     // Another vendor's endpoint is dead (nothing listens there).
@@ -399,19 +434,15 @@ fn holds(haystack: &[u8], needle: &[u8]) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn webhook_secrets_are_sealed_at_rest_and_survive_a_key_rotation() {
     let _serial = common::SERIAL.lock().await;
-    let mut tc = TestCell::start(3, false, &["--rate-limit-auth", "1000"])
-        .await
-        .unwrap();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(15))
-        .build()
-        .unwrap();
-    let base = tc.url(1);
-    let (url, rx) = receiver(false).await;
-    let vt = signup(&http, &base, "sealed@x.test", "vendor").await;
-    let vid = vendor(&http, &base, &vt, "Sealed").await;
-    let (s, w) = register(&http, &base, &vt, &vid, &url).await;
-    assert_eq!(s, StatusCode::CREATED, "{w}");
+    let Hooked {
+        mut tc,
+        http,
+        base,
+        rx,
+        vt,
+        vid,
+        ..
+    } = hooked(false, "sealed").await;
     let ct = signup(&http, &base, "buyer@x.test", "customer").await;
     let delivered = |n: usize| {
         let rx = rx.clone();
