@@ -19,6 +19,10 @@ const PRODUCTS_BY_VENDOR: Table<String> = Table::new("products_by_vendor");
 /// Vendor id → its opening hours; no row = always open. A table of its own
 /// so that vendors stored before hours existed still decode.
 const HOURS: Table<OpeningHours> = Table::new("vendor_hours");
+/// One row counting vendor changes: what "who is open" depends on besides
+/// the clock.
+const REVISION: Table<u64> = Table::new("vendor_revision");
+const REVISION_KEY: &[u8] = b"vendors";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -202,6 +206,7 @@ fn create_vendor(
     if let Some(h) = hours {
         txn.put(HOURS, vendor.id.as_bytes(), &h)?;
     }
+    bump_revision(txn)?;
     let touched = vec![Touched::Vendor(vendor.id.clone())];
     Ok((CatalogResponse::Vendor(vendor), touched))
 }
@@ -251,7 +256,13 @@ fn update_vendor(
     }
     v.updated_at = now;
     txn.put(VENDORS, id.as_bytes(), &v)?;
+    bump_revision(txn)?;
     Ok((R::Vendor(v), vec![Touched::Vendor(id)]))
+}
+
+fn bump_revision(txn: &WriteTxn) -> storage::Result<()> {
+    let n = txn.get(REVISION, REVISION_KEY)?.unwrap_or(0);
+    txn.put(REVISION, REVISION_KEY, &(n + 1))
 }
 
 fn menu_key(vendor_id: &str, product_id: &str) -> Vec<u8> {
@@ -373,6 +384,60 @@ pub fn vendor(read: &ReadTxn, id: &str) -> storage::Result<Option<Vendor>> {
 /// A vendor's opening hours (`None`: always open).
 pub fn hours(read: &ReadTxn, vendor_id: &str) -> storage::Result<Option<OpeningHours>> {
     read.get(HOURS, vendor_id.as_bytes())
+}
+
+/// Counts vendor changes (creations, updates, hours).
+pub fn vendor_revision(read: &ReadTxn) -> storage::Result<u64> {
+    Ok(read.get(REVISION, REVISION_KEY)?.unwrap_or(0))
+}
+
+/// Vendors that take no orders at `now`: paused, or outside their hours.
+pub fn not_taking_orders(read: &ReadTxn, now: i64) -> storage::Result<Vec<String>> {
+    let mut out: Vec<String> = all_vendors(read)?
+        .into_iter()
+        .filter(|v| v.status == VendorStatus::Paused)
+        .map(|v| v.id)
+        .collect();
+    for (id, h) in read.range(HOURS, Vec::new().., usize::MAX)? {
+        if !h.is_open_at(now) {
+            out.push(String::from_utf8_lossy(&id).into_owned());
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+/// [`not_taking_orders`] for searches: computed once per minute and vendor
+/// revision (hours change state only on whole minutes), not per query.
+#[derive(Default)]
+pub struct ClosedNow(std::sync::Mutex<Option<ClosedAt>>);
+
+/// The closed vendors as of a minute and a vendor revision.
+struct ClosedAt {
+    minute: i64,
+    revision: u64,
+    ids: std::sync::Arc<Vec<String>>,
+}
+
+impl ClosedNow {
+    pub fn get(&self, read: &ReadTxn, now: i64) -> storage::Result<std::sync::Arc<Vec<String>>> {
+        let minute = now.div_euclid(60_000);
+        let revision = vendor_revision(read)?;
+        let mut memo = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = memo.as_ref() {
+            if c.minute == minute && c.revision == revision {
+                return Ok(c.ids.clone());
+            }
+        }
+        let ids = std::sync::Arc::new(not_taking_orders(read, minute * 60_000)?);
+        *memo = Some(ClosedAt {
+            minute,
+            revision,
+            ids: ids.clone(),
+        });
+        Ok(ids)
+    }
 }
 
 /// The same, inside a write (checkout checks the hours as it applies).

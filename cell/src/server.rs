@@ -151,6 +151,7 @@ pub async fn run(cfg: CellConfig) -> anyhow::Result<()> {
         request_timeout: http::DEFAULT_TIMEOUT,
         tls: api_tls.is_some(),
         graphql: http::graphql::schema(cfg.graphql_introspection),
+        closed_now: Default::default(),
     });
     let api_listener = TcpListener::bind(cfg.listen)
         .await

@@ -590,3 +590,89 @@ async fn selling_out_and_a_refund_move_a_product_in_stock_search_on_every_node()
         search_until(&tc, node, "q=calzone&in_stock=true", listed).await;
     }
 }
+
+/// `open_now=true` leaves out vendors that take no orders now — outside
+/// their opening hours, or paused — with their products, on every node,
+/// and lets them back in when that changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_now_leaves_out_closed_and_paused_vendors() {
+    let _serial = common::SERIAL.lock().await;
+    let tc = TestCell::start(3, false, &["--rate-limit-auth", "1000"])
+        .await
+        .expect("cell");
+    let leader = tc.cell.wait_leader(Duration::from_secs(10)).await.unwrap();
+    let base = tc.url(leader);
+    // A weekday that is not today, yesterday or tomorrow in any time zone.
+    let far_day = {
+        use chrono::Datelike;
+        let day = chrono::Utc::now().date_naive() + chrono::Duration::days(3);
+        ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+            [day.weekday().num_days_from_monday() as usize]
+    };
+    let mut vendors = Vec::new();
+    let mut products = Vec::new();
+    for name in ["Open", "Later", "Paused"] {
+        let (token, vid) = restaurant(
+            &tc,
+            &base,
+            &format!("{}@pierogi.test", name.to_lowercase()),
+            &format!("Pierogi {name}"),
+        )
+        .await;
+        let (s, p) = post_as(&tc, leader, &format!("/v1/vendors/{vid}/products"), &token, None,
+            json!({"name": format!("Pierogi plate {name}"), "category": "mains", "price": {"amount": 900, "currency": "USD"}, "stock": null})).await;
+        assert_eq!(s, StatusCode::CREATED, "{p}");
+        products.push(p["id"].as_str().unwrap().to_string());
+        vendors.push((token, vid));
+    }
+    let patch = |i: usize, body: Value| {
+        let (tc, (token, vid)) = (&tc, vendors[i].clone());
+        let url = format!("{base}/v1/vendors/{vid}");
+        async move {
+            let r = tc
+                .http
+                .patch(url)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+        }
+    };
+    patch(1, json!({"hours": {"timezone": "UTC", "weekly": [{"day": far_day, "open": "00:00", "close": "24:00"}]}})).await;
+    patch(2, json!({"status": "paused"})).await;
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    let vids: Vec<String> = vendors.iter().map(|(_, v)| v.clone()).collect();
+    for node in 1..=3 {
+        search_until(&tc, node, "q=pierogi", |v| ids(v).len() == 3).await;
+        search_until(&tc, node, "q=pierogi&open_now=true", |v| {
+            ids(v) == vec![products[0].clone()]
+        })
+        .await;
+        search_until(&tc, node, "q=pierogi&kind=vendor&open_now=true", |v| {
+            ids(v) == vec![vids[0].clone()]
+        })
+        .await;
+        search_until(&tc, node, "q=pierogi&kind=vendor", |v| ids(v).len() == 3).await;
+    }
+    // Open again: hours cleared, pause lifted.
+    patch(1, json!({"hours": null})).await;
+    patch(2, json!({"status": "active"})).await;
+    for node in 1..=3 {
+        search_until(&tc, node, "q=pierogi&open_now=true", |v| {
+            sorted(ids(v)) == sorted(products.clone())
+        })
+        .await;
+    }
+    let bad = tc
+        .http
+        .get(format!("{base}/v1/search?q=pierogi&open_now=maybe"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+}

@@ -212,6 +212,11 @@ impl Plan {
         for tag in &q.tags {
             required.push(Required::Term(Term::from_field_text(f.tags_exact, tag)));
         }
+        // A vendor's document carries its own id as `vendor_id`: one term
+        // leaves out the vendor and its products.
+        for v in &q.exclude_vendors {
+            excluded.push(Term::from_field_text(f.vendor_id, v));
+        }
         match (q.in_stock, q.kind) {
             // few products are out of stock, and vendors are excluded already
             (Some(true), Kind::Product) => excluded.push(Term::from_field_bool(f.in_stock, false)),

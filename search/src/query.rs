@@ -65,6 +65,8 @@ pub struct SearchQuery {
     pub max_price: Option<i64>,
     pub in_stock: Option<bool>,
     pub tags: Vec<String>,
+    /// Vendors left out, with their products (e.g. those closed now).
+    pub exclude_vendors: Vec<String>,
     pub sort: Sort,
     pub limit: usize,
     /// Number of hits to skip (the cursor is handled by the caller).
@@ -85,6 +87,7 @@ impl Default for SearchQuery {
             max_price: None,
             in_stock: None,
             tags: Vec::new(),
+            exclude_vendors: Vec::new(),
             sort: Sort::Relevance,
             limit: 20,
             offset: 0,

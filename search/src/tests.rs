@@ -279,6 +279,14 @@ fn filters_and_facets_agree_with_brute_force() {
         },
         |p| p.vendor_kind == "grocery",
     );
+    check(
+        &idx,
+        SearchQuery {
+            exclude_vendors: vec!["v03".into(), "v05".into()],
+            ..q("")
+        },
+        |p| p.vendor_id != "v03" && p.vendor_id != "v05",
+    );
     for t in TAGS {
         check(
             &idx,
@@ -879,6 +887,14 @@ fn filters_on_text_queries_agree_with_filtering_the_text_matches() {
                     ..all(q(text))
                 },
                 Box::new(|p| haversine_km(CENTER, (p.lat, p.lng)) <= 8.0 && p.price >= 500),
+            ),
+            (
+                SearchQuery {
+                    exclude_vendors: vec!["v01".into(), "v02".into(), "v07".into()],
+                    sort: Sort::PriceAsc,
+                    ..all(q(text))
+                },
+                Box::new(|p| !["v01", "v02", "v07"].contains(&p.vendor_id.as_str())),
             ),
         ];
         for (query, pred) in cases {

@@ -79,6 +79,8 @@ pub struct Shared {
     pub tls: bool,
     /// The GraphQL schema (built once; cheap to clone).
     pub graphql: graphql::CellSchema,
+    /// Vendors taking no orders this minute (`open_now` searches).
+    pub closed_now: crate::catalog::ClosedNow,
 }
 
 pub fn router(state: AppState) -> Router {

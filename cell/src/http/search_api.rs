@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use super::{
     extract::{page_limit, Consistency, Ops},
+    identity_api::now_ms,
     kv_api::ensure_fresh,
     openapi::{Problem, SearchPage},
     problem::{ApiError, ApiResult},
@@ -53,6 +54,9 @@ pub(super) struct SearchParams {
     min_price: Option<i64>,
     max_price: Option<i64>,
     in_stock: Option<bool>,
+    /// Only vendors taking orders now (active and within their hours),
+    /// and their products.
+    open_now: Option<bool>,
     /// Comma-separated; all must match.
     tags: Option<String>,
     sort: Option<Sort>,
@@ -87,6 +91,7 @@ const INDEX_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
         ("min_price" = Option<i64>, Query),
         ("max_price" = Option<i64>, Query),
         ("in_stock" = Option<bool>, Query),
+        ("open_now" = Option<bool>, Query, description = "true: only vendors taking orders now (active, within their opening hours) and their products"),
         ("tags" = Option<String>, Query, description = "comma-separated, all must match"),
         ("sort" = Option<String>, Query, description = "relevance | distance | price_asc | price_desc | rating"),
         ("limit" = Option<usize>, Query),
@@ -163,7 +168,9 @@ pub(super) async fn search(
     if tags.len() > 20 {
         return Err(ApiError::validation("at most 20 tags"));
     }
-    let query = SearchQuery {
+    let open_now = p.open_now == Some(true);
+    let mut query = SearchQuery {
+        exclude_vendors: Vec::new(),
         text,
         kind: p.kind.unwrap_or_default(),
         near,
@@ -189,6 +196,11 @@ pub(super) async fn search(
             )
             .retry_after(1));
         }
+    }
+    if open_now {
+        // After the freshness wait: a vendor's own hours change counts.
+        let read = s.node.store().read()?;
+        query.exclude_vendors = s.closed_now.get(&read, now_ms())?.to_vec();
     }
     let index = s.search.clone();
     let started = std::time::Instant::now();

@@ -68,6 +68,8 @@ struct SearchArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     in_stock: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    open_now: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     tags: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     sort: Option<SearchSort>,
@@ -133,6 +135,8 @@ impl Query {
         min_price: Option<i64>,
         max_price: Option<i64>,
         in_stock: Option<bool>,
+        #[graphql(desc = "true: only vendors taking orders now, and their products")]
+        open_now: Option<bool>,
         tags: Option<Vec<String>>,
         sort: Option<SearchSort>,
         limit: Option<i32>,
@@ -151,6 +155,7 @@ impl Query {
             min_price,
             max_price,
             in_stock,
+            open_now,
             tags: tags.map(|t| t.join(",")),
             sort,
             limit,
