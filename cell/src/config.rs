@@ -105,6 +105,11 @@ pub struct Args {
     /// the SDL stays published at /graphql/schema.graphql.
     #[arg(long, env = "CELL_NO_GRAPHQL_INTROSPECTION")]
     pub no_graphql_introspection: bool,
+    /// Let webhooks go to loopback, private and link-local addresses
+    /// (development, tests); by default a vendor's URL may only reach the
+    /// public internet, so it cannot make the leader call internal services.
+    #[arg(long, env = "CELL_WEBHOOK_PRIVATE_TARGETS")]
+    pub webhook_private_targets: bool,
     /// Long polls (`/v1/events?wait=`) waiting at once on this node; more
     /// are refused with `503 overloaded`, so waiters cannot grow memory
     /// without bound (default 16384, at most 16777216).
@@ -147,6 +152,7 @@ struct FileConfig {
     insecure_http: Option<bool>,
     insecure_peers: Option<bool>,
     graphql_introspection: Option<bool>,
+    webhook_private_targets: Option<bool>,
     max_long_polls: Option<usize>,
     ops_token_file: Option<PathBuf>,
     join: Option<bool>,
@@ -196,6 +202,8 @@ pub struct CellConfig {
     pub read_cache: bool,
     /// Answer GraphQL introspection queries.
     pub graphql_introspection: bool,
+    /// Webhooks may target non-public addresses.
+    pub webhook_private_targets: bool,
     /// Long polls waiting at once (more get `503`).
     pub max_long_polls: usize,
     pub trusted_proxies: Vec<std::net::IpAddr>,
@@ -367,6 +375,8 @@ impl CellConfig {
             read_cache: !args.no_read_cache,
             graphql_introspection: !args.no_graphql_introspection
                 && file.graphql_introspection.unwrap_or(true),
+            webhook_private_targets: args.webhook_private_targets
+                || file.webhook_private_targets.unwrap_or(false),
             max_long_polls: args
                 .max_long_polls
                 .or(file.max_long_polls)

@@ -18,6 +18,7 @@ pub mod ledger;
 pub mod local;
 pub mod metrics;
 pub mod orders;
+pub mod outbound;
 pub mod quote_token;
 pub mod ratings;
 pub mod read_models;

@@ -132,7 +132,7 @@ pub async fn run(cfg: CellConfig) -> anyhow::Result<()> {
         metrics.clone(),
     );
     let keys = Arc::new(keys);
-    crate::webhooks::start(node.clone(), keys.clone());
+    crate::webhooks::start(node.clone(), keys.clone(), cfg.webhook_private_targets);
     let state = AppState::new(http::Shared {
         node: node.clone(),
         app: app.clone(),

@@ -256,13 +256,17 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
 }
 
 /// The leader's sender: one task per webhook while this node leads.
-pub fn start(node: Arc<RaftNode<CellApp>>, keys: Arc<KeySet>) {
+/// Unless `private_targets`, only public addresses are reached
+/// (`outbound`).
+pub fn start(node: Arc<RaftNode<CellApp>>, keys: Arc<KeySet>, private_targets: bool) {
     tokio::spawn(async move {
-        let http = match reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-        {
+            .redirect(reqwest::redirect::Policy::none());
+        if !private_targets {
+            builder = builder.dns_resolver(Arc::new(crate::outbound::PublicOnly));
+        }
+        let http = match builder.build() {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "webhook client");
@@ -293,6 +297,7 @@ pub fn start(node: Arc<RaftNode<CellApp>>, keys: Arc<KeySet>) {
                     node.clone(),
                     http.clone(),
                     keys.clone(),
+                    private_targets,
                     w.id.clone(),
                 ));
                 running.insert(w.id, task);
@@ -312,6 +317,19 @@ fn vendor_of(read: &ReadTxn, data: &serde_json::Value) -> Option<String> {
         .ok()
         .flatten()
         .map(|o| o.vendor_id)
+}
+
+/// An error with its causes (reqwest's own message hides why a name did not
+/// resolve).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 /// A secret sealed under an older key, or stored before sealing, is sealed
@@ -346,6 +364,7 @@ async fn send_loop(
     node: Arc<RaftNode<CellApp>>,
     http: reqwest::Client,
     keys: Arc<KeySet>,
+    private_targets: bool,
     id: String,
 ) {
     let mut failures: u32 = 0;
@@ -400,6 +419,8 @@ async fn send_loop(
             Err(format!(
                 "cannot sign: the webhook's secret is {why}; register it again"
             ))
+        } else if let Err(why) = crate::outbound::check_url(&hook.url, private_targets) {
+            Err(why)
         } else {
             let body = serde_json::to_vec(&mine).unwrap_or_default();
             let sig = signature(secret.as_ref().map_or("", Sealed::secret), &body);
@@ -415,7 +436,7 @@ async fn send_loop(
                 Ok(r) if r.status().is_success() => Ok(()),
                 Ok(r) => Err(format!("HTTP {}", r.status().as_u16())),
                 Err(e) if e.is_timeout() => Err("timed out".to_string()),
-                Err(e) => Err(format!("unreachable: {}", e.without_url())),
+                Err(e) => Err(format!("unreachable: {}", error_chain(&e.without_url()))),
             }
         };
         match outcome {

@@ -304,7 +304,7 @@ async fn every_endpoint_every_role() {
             Method::POST,
             format!("/v1/vendors/{va}/webhooks"),
             Some(
-                json!({"url": "http://127.0.0.1:9/hook", "secret": "a shared secret of some length"}),
+                json!({"url": "https://hooks.example.com/hook", "secret": "a shared secret of some length"}),
             ),
             &["vend_a"],
         ),

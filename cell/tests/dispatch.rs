@@ -19,9 +19,14 @@ struct World {
 
 impl World {
     async fn start() -> World {
-        let tc = TestCell::start(3, false, &["--rate-limit-auth", "1000"])
-            .await
-            .unwrap();
+        // The webhook receiver listens on loopback.
+        let tc = TestCell::start(
+            3,
+            false,
+            &["--rate-limit-auth", "1000", "--webhook-private-targets"],
+        )
+        .await
+        .unwrap();
         World {
             tc,
             http: reqwest::Client::builder()

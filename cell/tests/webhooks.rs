@@ -169,9 +169,14 @@ struct Hooked {
 }
 
 async fn hooked(flaky: bool, who: &str) -> Hooked {
-    let tc = TestCell::start(3, false, &["--rate-limit-auth", "1000"])
-        .await
-        .unwrap();
+    // The receivers listen on loopback.
+    let tc = TestCell::start(
+        3,
+        false,
+        &["--rate-limit-auth", "1000", "--webhook-private-targets"],
+    )
+    .await
+    .unwrap();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(15))
         .build()
@@ -531,4 +536,62 @@ async fn webhook_secrets_are_sealed_at_rest_and_survive_a_key_rotation() {
         assert!(Instant::now() < deadline, "never re-sealed under {new_kid}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn webhooks_reach_only_public_addresses_by_default() {
+    let _serial = common::SERIAL.lock().await;
+    let tc = TestCell::start(3, false, &["--rate-limit-auth", "1000"])
+        .await
+        .unwrap();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .unwrap();
+    let base = tc.url(1);
+    let (url, rx) = receiver(false).await;
+    let vt = signup(&http, &base, "inward@x.test", "vendor").await;
+    let vid = vendor(&http, &base, &vt, "Inward").await;
+    // An address literal inside the network is refused at once…
+    for inner in [
+        url.clone(),
+        "http://169.254.169.254/latest/meta-data".into(),
+        "http://[::1]:9/x".into(),
+    ] {
+        let (s, v) = register(&http, &base, &vt, &vid, &inner).await;
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("validation_failed")),
+            "{inner}: {v}"
+        );
+    }
+    // …and a name that resolves inward reaches nothing: the webhook
+    // reports why, and the receiver hears nothing.
+    let by_name = url.replace("127.0.0.1", "localhost");
+    let (s, v) = register(&http, &base, &vt, &vid, &by_name).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let ct = signup(&http, &base, "payer@x.test", "customer").await;
+    place_order(&http, &base, &ct, &vt, &vid, "inward").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, list) = call(
+            &http,
+            &base,
+            Method::GET,
+            &format!("/v1/vendors/{vid}/webhooks"),
+            &vt,
+            None,
+        )
+        .await;
+        let error = list["items"][0]["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if error.contains("non-public") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{list}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(rx.lock().unwrap().attempts, 0);
 }

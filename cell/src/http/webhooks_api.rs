@@ -90,6 +90,8 @@ pub(super) async fn register(
             "url must be an http:// or https:// URL of at most 500 characters",
         ));
     }
+    crate::outbound::check_url(&b.url, s.cfg.webhook_private_targets)
+        .map_err(ApiError::validation)?;
     if !(16..=200).contains(&b.secret.len()) {
         return Err(ApiError::validation("secret must be 16 to 200 characters"));
     }
