@@ -20,10 +20,19 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub http_duration: Family<HttpLabels, Histogram>,
     pub shed: Family<ReasonLabels, Counter>,
+    /// Webhook POSTs by the leader, by outcome (`delivered`, `failed`).
+    pub webhook_posts: Family<OutcomeLabels, Counter>,
+    /// Events acknowledged by vendors' endpoints.
+    pub webhook_events: Counter,
     pub raft_term: Gauge<i64, AtomicI64>,
     pub raft_leader: Gauge<i64, AtomicI64>,
     pub raft_is_leader: Gauge<i64, AtomicI64>,
@@ -71,6 +80,18 @@ impl Metrics {
             "http_requests_shed",
             "Requests refused by the edge (overload, timeout)",
             shed.clone(),
+        );
+        let webhook_posts = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "webhook_posts",
+            "Webhook POSTs sent by this node as leader, by outcome",
+            webhook_posts.clone(),
+        );
+        let webhook_events: Counter = Counter::default();
+        registry.register(
+            "webhook_events_delivered",
+            "Events acknowledged (2xx) by vendors' webhook endpoints",
+            webhook_events.clone(),
         );
         macro_rules! gauge {
             ($name:literal, $help:literal) => {{
@@ -153,6 +174,8 @@ impl Metrics {
             registry,
             http_duration,
             shed,
+            webhook_posts,
+            webhook_events,
             raft_term,
             raft_leader,
             raft_is_leader,

@@ -132,7 +132,12 @@ pub async fn run(cfg: CellConfig) -> anyhow::Result<()> {
         metrics.clone(),
     );
     let keys = Arc::new(keys);
-    crate::webhooks::start(node.clone(), keys.clone(), cfg.webhook_private_targets);
+    crate::webhooks::start(
+        node.clone(),
+        keys.clone(),
+        cfg.webhook_private_targets,
+        metrics.clone(),
+    );
     let state = AppState::new(http::Shared {
         node: node.clone(),
         app: app.clone(),

@@ -25,6 +25,7 @@ use edge::token::KeySet;
 use crate::{
     app::{CellApp, Command},
     events,
+    metrics::{Metrics, OutcomeLabels},
     sealed::{self, Sealed},
 };
 
@@ -258,7 +259,12 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
 /// The leader's sender: one task per webhook while this node leads.
 /// Unless `private_targets`, only public addresses are reached
 /// (`outbound`).
-pub fn start(node: Arc<RaftNode<CellApp>>, keys: Arc<KeySet>, private_targets: bool) {
+pub fn start(
+    node: Arc<RaftNode<CellApp>>,
+    keys: Arc<KeySet>,
+    private_targets: bool,
+    metrics: Arc<Metrics>,
+) {
     tokio::spawn(async move {
         let mut builder = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
@@ -294,10 +300,13 @@ pub fn start(node: Arc<RaftNode<CellApp>>, keys: Arc<KeySet>, private_targets: b
                     continue;
                 }
                 let task = tokio::spawn(send_loop(
-                    node.clone(),
-                    http.clone(),
-                    keys.clone(),
-                    private_targets,
+                    Sender {
+                        node: node.clone(),
+                        http: http.clone(),
+                        keys: keys.clone(),
+                        private_targets,
+                        metrics: metrics.clone(),
+                    },
                     w.id.clone(),
                 ));
                 running.insert(w.id, task);
@@ -360,13 +369,23 @@ fn now_ms() -> i64 {
 }
 
 /// Delivers one webhook's backlog until it is empty or leadership is lost.
-async fn send_loop(
+/// What a webhook's send loop works with.
+struct Sender {
     node: Arc<RaftNode<CellApp>>,
     http: reqwest::Client,
     keys: Arc<KeySet>,
     private_targets: bool,
-    id: String,
-) {
+    metrics: Arc<Metrics>,
+}
+
+async fn send_loop(sender: Sender, id: String) {
+    let Sender {
+        node,
+        http,
+        keys,
+        private_targets,
+        metrics,
+    } = sender;
     let mut failures: u32 = 0;
     loop {
         if !node.is_leader() {
@@ -439,9 +458,21 @@ async fn send_loop(
                 Err(e) => Err(format!("unreachable: {}", error_chain(&e.without_url()))),
             }
         };
+        if count > 0 {
+            let outcome = if outcome.is_ok() {
+                "delivered"
+            } else {
+                "failed"
+            };
+            metrics
+                .webhook_posts
+                .get_or_create(&OutcomeLabels { outcome })
+                .inc();
+        }
         match outcome {
             Ok(()) => {
                 failures = 0;
+                metrics.webhook_events.inc_by(count);
                 let cmd = WebhookCommand::Delivered {
                     id: id.clone(),
                     cursor: last,

@@ -203,7 +203,7 @@ async fn hooked(flaky: bool, who: &str) -> Hooked {
 async fn webhooks_survive_failures_and_timeouts() {
     let _serial = common::SERIAL.lock().await;
     let Hooked {
-        tc: _cell,
+        tc,
         http,
         base,
         url,
@@ -304,6 +304,38 @@ async fn webhooks_survive_failures_and_timeouts() {
             }
         }
     }
+
+    // Operators see the same in /metrics (summed over the nodes; the leader
+    // sends): failed POSTs for the 500, the timeout and the dead endpoint,
+    // delivered ones, and the events they carried.
+    let mut sums = [0.0; 3];
+    for id in 1..=3 {
+        let text = http
+            .get(format!("{}/metrics", tc.url(id)))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for (i, name) in [
+            "webhook_posts_total{outcome=\"failed\"}",
+            "webhook_posts_total{outcome=\"delivered\"}",
+            "webhook_events_delivered_total",
+        ]
+        .iter()
+        .enumerate()
+        {
+            sums[i] += text
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+                .unwrap_or(0.0);
+        }
+    }
+    assert!(
+        sums[0] >= 2.0 && sums[1] >= 1.0 && sums[2] >= 2.0,
+        "{sums:?}"
+    );
 
     // Status is visible to the vendor: healthy now; the dead one failing.
     let deadline = Instant::now() + Duration::from_secs(10);
