@@ -214,15 +214,17 @@ pub enum OrderResponse {
     },
     /// The vendor paused its orders.
     VendorPaused,
-    /// Outside the vendor's opening hours at the time the order is for;
-    /// when it next opens (Unix ms), if it does.
-    VendorClosed {
-        opens_at: Option<i64>,
-    },
     Rated(Box<crate::ratings::Rating>),
     /// Only a delivered order is rated.
     NotDelivered,
     AlreadyRated,
+    /// Outside the vendor's opening hours at the time the order is for;
+    /// when it next opens (Unix ms), if it does. (Last, like every new
+    /// variant: answers cross between nodes of different builds during an
+    /// upgrade.)
+    VendorClosed {
+        opens_at: Option<i64>,
+    },
 }
 
 /// Tell the customer and the vendor about an order change.
