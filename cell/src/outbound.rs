@@ -37,21 +37,36 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
         || (a == 100 && (64..128).contains(&b))
         // benchmarking 198.18.0.0/15, reserved 240.0.0.0/4
         || (a == 198 && (18..20).contains(&b))
+        // IETF protocol assignments 192.0.0.0/24
+        || (a == 192 && b == 0 && ip.octets()[2] == 0)
         || a >= 240)
 }
 
 fn is_public_v6(ip: Ipv6Addr) -> bool {
-    let first = ip.segments()[0];
+    let seg = ip.segments();
+    let embedded = |hi: u16, lo: u16| Ipv4Addr::from(((hi as u32) << 16) | lo as u32);
+    // Forms that carry an IPv4 address reach that address: judge it.
+    // NAT64 well-known prefix 64:ff9b::/96, 6to4 2002::/16.
+    if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return is_public_v4(embedded(seg[6], seg[7]));
+    }
+    if seg[0] == 0x2002 {
+        return is_public_v4(embedded(seg[1], seg[2]));
+    }
     !(ip.is_unspecified()
         || ip.is_loopback()
         || ip.is_multicast()
-        // unique local fc00::/7, link-local fe80::/10
-        || (first & 0xfe00) == 0xfc00
-        || (first & 0xffc0) == 0xfe80
-        // documentation 2001:db8::/32
-        || (first == 0x2001 && ip.segments()[1] == 0x0db8)
-        // NAT64 / IPv4-compatible forms of anything are left out too
-        || ip.to_ipv4().is_some())
+        // unique local fc00::/7, link-local fe80::/10, site-local fec0::/10
+        || (seg[0] & 0xfe00) == 0xfc00
+        || (seg[0] & 0xffc0) == 0xfe80
+        || (seg[0] & 0xffc0) == 0xfec0
+        // local-use NAT64 64:ff9b:1::/48 (translates to private space by
+        // design), Teredo 2001::/32, documentation 2001:db8::/32
+        || (seg[0] == 0x64 && seg[1] == 0xff9b)
+        || (seg[0] == 0x2001 && (seg[1] == 0 || seg[1] == 0x0db8))
+        // ::/64 holds nothing public: IPv4-compatible ::a.b.c.d, SIIT
+        // ::ffff:0:a.b.c.d (mapped ::ffff:a.b.c.d were judged as IPv4)
+        || seg[..4] == [0, 0, 0, 0])
 }
 
 /// Refuses a URL whose host is an address literal that is not public
@@ -130,6 +145,15 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:10.0.0.1",
             "2001:db8::1",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b::7f00:1",
+            "64:ff9b:1::a00:5",
+            "::ffff:0:a00:1",
+            "::10.0.0.1",
+            "fec0::1",
+            "2002:7f00:1::1",
+            "2001::1",
+            "192.0.0.8",
         ] {
             assert!(!is_public(inner.parse().unwrap()), "{inner}");
         }
@@ -140,6 +164,8 @@ mod tests {
             "100.128.0.1",
             "2606:4700::1111",
             "::ffff:1.1.1.1",
+            "64:ff9b::101:101",
+            "2002:101:101::1",
         ] {
             assert!(is_public(public.parse().unwrap()), "{public}");
         }

@@ -266,9 +266,14 @@ pub fn start(
     metrics: Arc<Metrics>,
 ) {
     tokio::spawn(async move {
+        // Public endpoints are HTTPS with public certificates (the Mozilla
+        // roots built in); no proxy from the environment, which would
+        // resolve names past `PublicOnly`.
         let mut builder = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none());
+            .redirect(reqwest::redirect::Policy::none())
+            .tls_built_in_webpki_certs(true)
+            .no_proxy();
         if !private_targets {
             builder = builder.dns_resolver(Arc::new(crate::outbound::PublicOnly));
         }

@@ -160,6 +160,7 @@ impl KeyError {
 }
 
 /// An Ed25519 private key with its key id.
+#[derive(Clone)]
 pub struct SigningKey {
     kid: String,
     key: ed25519_dalek::SigningKey,
@@ -216,8 +217,9 @@ struct VerifyOnlyKey {
     key: VerifyingKey,
     retire_after: Option<i64>,
     /// The private half when the file still holds it (a rotated-out
-    /// signing key): what secrets derived under this key need.
-    private: Option<[u8; 32]>,
+    /// signing key): what secrets derived under this key need. A
+    /// `SigningKey`, whose `Debug` shows only its kid.
+    private: Option<SigningKey>,
 }
 
 /// The signing key of this cell plus the older public keys that still verify.
@@ -299,8 +301,7 @@ impl KeySet {
                         active = Some(key);
                         continue;
                     }
-                    let private = Some(key.key.to_bytes());
-                    (key.kid.clone(), key.verifying_key(), private)
+                    (key.kid.clone(), key.verifying_key(), Some(key))
                 }
                 PUBLIC_KEY_LABEL => {
                     let key = VerifyingKey::from_public_key_pem(&block.text).map_err(|e| {
@@ -405,7 +406,7 @@ impl KeySet {
             .iter()
             .find(|k| k.kid == kid)
             .and_then(|k| k.private.as_ref())
-            .map(|private| derive(purpose, private))
+            .map(|private| derive(purpose, &private.key.to_bytes()))
     }
 
     /// Signs with the active key. Claims are trusted input here; keep them
@@ -1418,11 +1419,23 @@ mod tests {
 
     #[test]
     fn debug_does_not_leak_the_secret() {
-        let keys = KeySet::generate();
-        let secret = hex::encode(keys.active.key.to_bytes());
+        // Also the rotated-out key the file still holds.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.pem");
+        let (old, _) = KeySet::load_or_create(&path).unwrap();
+        KeySet::rotate_file(&path).unwrap();
+        let (keys, _) = KeySet::load_or_create(&path).unwrap();
         let debug = format!("{keys:?}");
         assert!(debug.contains(keys.active_kid()));
-        assert!(!debug.contains(&secret));
-        assert!(!debug.contains(&format!("{:?}", keys.active.key.to_bytes())));
+        assert!(debug.contains(old.active_kid()));
+        for k in [&keys.active, &old.active] {
+            let bytes = k.key.to_bytes();
+            assert!(!debug.contains(&hex::encode(bytes)), "{debug}");
+            assert!(!debug.contains(&format!("{bytes:?}")), "{debug}");
+            assert!(
+                !debug.contains(&format!("{:?}", &bytes[..8])[1..20]),
+                "{debug}"
+            );
+        }
     }
 }

@@ -375,7 +375,13 @@ pub(super) async fn create_vendor(
         created_at: now,
         updated_at: now,
     };
-    let (resp, index) = write(&s, CatalogCommand::CreateVendorWithHours { vendor, hours }).await?;
+    // The older command when there are no hours: nodes of the previous
+    // build (during an upgrade) still apply it.
+    let cmd = match hours {
+        None => CatalogCommand::CreateVendor { vendor },
+        hours => CatalogCommand::CreateVendorWithHours { vendor, hours },
+    };
+    let (resp, index) = write(&s, cmd).await?;
     answer(&s, resp, index, StatusCode::CREATED)
 }
 
@@ -473,12 +479,20 @@ pub(super) async fn patch_vendor(
         Some(None) => Some(None),
         Some(Some(h)) => Some(Some(opening_hours(h)?)),
     };
-    let cmd = CatalogCommand::UpdateVendorWithHours {
-        id,
-        actor: actor(&p),
-        patch,
-        hours,
-        now: now_ms(),
+    let cmd = match hours {
+        None => CatalogCommand::UpdateVendor {
+            id,
+            actor: actor(&p),
+            patch,
+            now: now_ms(),
+        },
+        hours => CatalogCommand::UpdateVendorWithHours {
+            id,
+            actor: actor(&p),
+            patch,
+            hours,
+            now: now_ms(),
+        },
     };
     let (resp, index) = write(&s, cmd).await?;
     answer(&s, resp, index, StatusCode::OK)
