@@ -115,6 +115,17 @@ async fn vendor(http: &reqwest::Client, base: &str, token: &str, name: &str) -> 
     v["id"].as_str().unwrap().to_string()
 }
 
+/// `GET /v1/vendors/{vid}/webhooks` as `token`.
+async fn webhooks_of(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    vid: &str,
+) -> (StatusCode, Value) {
+    let path = format!("/v1/vendors/{vid}/webhooks");
+    call(http, base, Method::GET, &path, token, None).await
+}
+
 /// Registers a webhook at `url` for vendor `vid`.
 async fn register(
     http: &reqwest::Client,
@@ -340,15 +351,7 @@ async fn webhooks_survive_failures_and_timeouts() {
     // Status is visible to the vendor: healthy now; the dead one failing.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (s, v) = call(
-            &http,
-            &base,
-            Method::GET,
-            &format!("/v1/vendors/{vid}/webhooks"),
-            &vt,
-            None,
-        )
-        .await;
+        let (s, v) = webhooks_of(&http, &base, &vt, &vid).await;
         assert_eq!(s, StatusCode::OK, "{v}");
         let w = &v["items"][0];
         if w["delivered_events"].as_u64() >= Some(2) && w["failures"] == 0 {
@@ -358,30 +361,14 @@ async fn webhooks_survive_failures_and_timeouts() {
         assert!(Instant::now() < deadline, "{v}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let (_, v) = call(
-        &http,
-        &base,
-        Method::GET,
-        &format!("/v1/vendors/{dvid}/webhooks"),
-        &dt,
-        None,
-    )
-    .await;
+    let (_, v) = webhooks_of(&http, &base, &dt, &dvid).await;
     let w = &v["items"][0];
     assert!(w["failures"].as_u64().unwrap() >= 1, "{v}");
     assert!(
         w["last_error"].as_str().unwrap().contains("unreachable"),
         "{v}"
     );
-    let (s, _) = call(
-        &http,
-        &base,
-        Method::GET,
-        &format!("/v1/vendors/{dvid}/webhooks"),
-        &vt,
-        None,
-    )
-    .await;
+    let (s, _) = webhooks_of(&http, &base, &vt, &dvid).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
 
     // Removing it stops it; like every write, the answer names its index.
@@ -397,15 +384,7 @@ async fn webhooks_survive_failures_and_timeouts() {
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let index = r.headers()["x-cell-index"].to_str().unwrap();
     assert!(index.parse::<u64>().unwrap() > 0, "{index}");
-    let (_, v) = call(
-        &http,
-        &base,
-        Method::GET,
-        &format!("/v1/vendors/{dvid}/webhooks"),
-        &dt,
-        None,
-    )
-    .await;
+    let (_, v) = webhooks_of(&http, &base, &dt, &dvid).await;
     assert_eq!(v["items"], json!([]));
 
     // The list pages like every list: `limit`, and `next_cursor` until the
@@ -606,15 +585,7 @@ async fn webhooks_reach_only_public_addresses_by_default() {
     place_order(&http, &base, &ct, &vt, &vid, "inward").await;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (_, list) = call(
-            &http,
-            &base,
-            Method::GET,
-            &format!("/v1/vendors/{vid}/webhooks"),
-            &vt,
-            None,
-        )
-        .await;
+        let (_, list) = webhooks_of(&http, &base, &vt, &vid).await;
         let error = list["items"][0]["last_error"]
             .as_str()
             .unwrap_or_default()
