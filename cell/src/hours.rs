@@ -9,7 +9,7 @@
 
 use std::str::FromStr;
 
-use chrono::{Datelike, Duration, LocalResult, NaiveDate, NaiveTime, TimeZone, Timelike, Utc};
+use chrono::{Datelike, Duration, LocalResult, NaiveDate, NaiveTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -150,19 +150,41 @@ impl OpeningHours {
         Tz::from_str(&self.timezone).unwrap_or(Tz::UTC)
     }
 
+    /// The openings that start on local `date`, as instants `[open, close)`.
+    /// Wall-clock times map to instants one way for both checks below (a
+    /// time skipped by a daylight-saving jump counts from the end of the
+    /// gap, a repeated one at its first pass), so "open at" and "next
+    /// change" always agree.
+    fn openings_on(&self, tz: &Tz, date: NaiveDate) -> impl Iterator<Item = (i64, i64)> + '_ {
+        let tz = *tz;
+        let day = date.weekday().num_days_from_monday() as u8;
+        self.weekly
+            .iter()
+            .filter(move |s| s.day == day)
+            .filter_map(move |s| {
+                let close_date = if s.overnight() || s.close == MINUTES_PER_DAY {
+                    date + Duration::days(1)
+                } else {
+                    date
+                };
+                Some((
+                    instant(&tz, date, s.open)?,
+                    instant(&tz, close_date, s.close % MINUTES_PER_DAY)?,
+                ))
+            })
+    }
+
     /// Whether the vendor is open at `at_ms` (Unix milliseconds).
     pub fn is_open_at(&self, at_ms: i64) -> bool {
         let Some(utc) = Utc.timestamp_millis_opt(at_ms).single() else {
             return false;
         };
-        let local = utc.with_timezone(&self.tz());
-        let day = local.weekday().num_days_from_monday() as u8;
-        let yesterday = (day + 6) % 7;
-        let minute = (local.hour() * 60 + local.minute()) as u16;
-        self.weekly.iter().any(|s| {
-            let today = s.day == day && minute >= s.open && (s.overnight() || minute < s.close);
-            let from_yesterday = s.overnight() && s.day == yesterday && minute < s.close;
-            today || from_yesterday
+        let tz = self.tz();
+        let today = utc.with_timezone(&tz).date_naive();
+        // What opened today, or yesterday and runs past midnight.
+        [today - Duration::days(1), today].into_iter().any(|date| {
+            self.openings_on(&tz, date)
+                .any(|(open, close)| open <= at_ms && at_ms < close)
         })
     }
 
@@ -173,20 +195,10 @@ impl OpeningHours {
         let now = Utc.timestamp_millis_opt(at_ms).single()?;
         let today = now.with_timezone(&tz).date_naive();
         let open_now = self.is_open_at(at_ms);
-        let mut edges: Vec<i64> = Vec::new();
-        for offset in -1..=8 {
-            let date = today + Duration::days(offset);
-            let day = date.weekday().num_days_from_monday() as u8;
-            for s in self.weekly.iter().filter(|s| s.day == day) {
-                edges.extend(instant(&tz, date, s.open));
-                let close_date = if s.overnight() || s.close == MINUTES_PER_DAY {
-                    date + Duration::days(1)
-                } else {
-                    date
-                };
-                edges.extend(instant(&tz, close_date, s.close % MINUTES_PER_DAY));
-            }
-        }
+        let mut edges: Vec<i64> = (-1..=8)
+            .flat_map(|offset| self.openings_on(&tz, today + Duration::days(offset)))
+            .flat_map(|(open, close)| [open, close])
+            .collect();
         edges.sort_unstable();
         edges
             .into_iter()
@@ -300,6 +312,27 @@ mod tests {
         );
         assert!(h.is_open_at(at("2026-03-08T09:59:00-04:00")));
         assert!(!h.is_open_at(at("2026-03-08T10:00:00-04:00")));
+    }
+
+    #[test]
+    fn a_close_in_the_repeated_hour_closes_once() {
+        // Berlin falls back on 2026-10-25 at 03:00 CEST to 02:00 CET; the
+        // span closes at the first 02:30.
+        let h = hours("Europe/Berlin", &[("sun", "00:00", "02:30")]);
+        assert!(h.is_open_at(at("2026-10-25T02:29:00+02:00")));
+        assert!(!h.is_open_at(at("2026-10-25T02:30:00+02:00")));
+        assert!(
+            !h.is_open_at(at("2026-10-25T02:10:00+01:00")),
+            "not again at the second 02:10"
+        );
+        assert_eq!(
+            h.next_change_after(at("2026-10-25T01:00:00+02:00")),
+            Some(at("2026-10-25T02:30:00+02:00"))
+        );
+        assert_eq!(
+            h.next_change_after(at("2026-10-25T02:30:00+02:00")),
+            Some(at("2026-11-01T00:00:00+01:00"))
+        );
     }
 
     #[test]
