@@ -111,6 +111,8 @@ pub fn draining(region: &str) -> Problem {
 
 /// Decides where a request goes. `claims` are already verified; `body` is
 /// the parsed JSON body when `needs_body` said so.
+/// `up` says whether a cell has a node to take requests; it picks the cell
+/// for what every cell serves alike.
 pub fn decide(
     dir: &Directory,
     method: &Method,
@@ -118,6 +120,7 @@ pub fn decide(
     query: Option<&str>,
     claims: Option<&Claims>,
     body: Option<&Value>,
+    up: &dyn Fn(&str) -> bool,
 ) -> Result<Pin, Problem> {
     if let Some(cell) = cell_in_path(path) {
         return match dir.by_cell(cell) {
@@ -187,7 +190,8 @@ pub fn decide(
         // Documents every cell serves alike: any cell answers them.
         None if SAME_ON_EVERY_CELL.contains(&path) => dir
             .regions()
-            .find(|r| !r.draining)
+            .find(|r| !r.draining && up(&r.cell))
+            .or_else(|| dir.regions().find(|r| up(&r.cell)))
             .or_else(|| dir.regions().next())
             .map(|r| Pin::Cell(r.cell.clone()))
             .ok_or_else(|| Problem::unavailable("cell_unavailable", "no cells are configured")),
@@ -256,7 +260,7 @@ mod tests {
         let get = Method::GET;
         let post = Method::POST;
         let pin = |m: &Method, p: &str, q: Option<&str>, c: Option<&Claims>, b: Option<&Value>| {
-            decide(&d, m, p, q, c, b)
+            decide(&d, m, p, q, c, b, &|_| true)
         };
         // Path id beats the token.
         assert_eq!(
@@ -312,6 +316,13 @@ mod tests {
         // still honoured.
         for doc in SAME_ON_EVERY_CELL {
             assert!(matches!(pin(&get, doc, None, None, None), Ok(Pin::Cell(_))));
+            // a cell that is up, whichever comes first
+            for up in ["nyc", "lon"] {
+                assert_eq!(
+                    decide(&d, &get, doc, None, None, None, &|c| c == up).unwrap(),
+                    Pin::Cell(up.into())
+                );
+            }
             assert_eq!(
                 pin(&get, doc, Some("region=nyc"), None, None).unwrap(),
                 Pin::Cell("nyc".into())

@@ -189,6 +189,7 @@ fn decide(
     body: Option<&serde_json::Value>,
 ) -> Result<Pin, Problem> {
     let dir = st.directory.read().unwrap_or_else(|e| e.into_inner());
+    let up = |cell: &str| st.pool(cell).is_some_and(|p| p.any_available());
     pin::decide(
         &dir,
         &parts.method,
@@ -196,6 +197,7 @@ fn decide(
         parts.uri.query(),
         claims,
         body,
+        &up,
     )
 }
 
