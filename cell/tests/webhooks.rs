@@ -166,8 +166,8 @@ async fn place_order(
     o["id"].as_str().unwrap().to_string()
 }
 
-/// A 3-node cell with a vendor (`<who>@x.test`) whose webhook points at a
-/// local receiver.
+/// A 3-node cell with a vendor (`<who>@x.test`), a local receiver and,
+/// once registered, the vendor's webhook at it.
 struct Hooked {
     tc: TestCell,
     http: reqwest::Client,
@@ -179,15 +179,14 @@ struct Hooked {
     webhook: Value,
 }
 
-async fn hooked(flaky: bool, who: &str) -> Hooked {
-    // The receivers listen on loopback.
-    let tc = TestCell::start(
-        3,
-        false,
-        &["--rate-limit-auth", "1000", "--webhook-private-targets"],
-    )
-    .await
-    .unwrap();
+/// A 3-node cell (webhooks to private addresses allowed or not) with a
+/// vendor `<who>@x.test` and a local receiver; no webhook yet.
+async fn with_vendor(private_targets: bool, flaky: bool, who: &str) -> Hooked {
+    let mut args = vec!["--rate-limit-auth", "1000"];
+    if private_targets {
+        args.push("--webhook-private-targets");
+    }
+    let tc = TestCell::start(3, false, &args).await.unwrap();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(15))
         .build()
@@ -196,8 +195,6 @@ async fn hooked(flaky: bool, who: &str) -> Hooked {
     let (url, rx) = receiver(flaky).await;
     let vt = signup(&http, &base, &format!("{who}@x.test"), "vendor").await;
     let vid = vendor(&http, &base, &vt, who).await;
-    let (s, webhook) = register(&http, &base, &vt, &vid, &url).await;
-    assert_eq!(s, StatusCode::CREATED, "{webhook}");
     Hooked {
         tc,
         http,
@@ -206,8 +203,18 @@ async fn hooked(flaky: bool, who: &str) -> Hooked {
         rx,
         vt,
         vid,
-        webhook,
+        webhook: Value::Null,
     }
+}
+
+/// [`with_vendor`] whose webhook points at the receiver (on loopback, so
+/// private targets are allowed).
+async fn hooked(flaky: bool, who: &str) -> Hooked {
+    let mut h = with_vendor(true, flaky, who).await;
+    let (s, webhook) = register(&h.http, &h.base, &h.vt, &h.vid, &h.url).await;
+    assert_eq!(s, StatusCode::CREATED, "{webhook}");
+    h.webhook = webhook;
+    h
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -552,17 +559,16 @@ async fn webhook_secrets_are_sealed_at_rest_and_survive_a_key_rotation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn webhooks_reach_only_public_addresses_by_default() {
     let _serial = common::SERIAL.lock().await;
-    let tc = TestCell::start(3, false, &["--rate-limit-auth", "1000"])
-        .await
-        .unwrap();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(15))
-        .build()
-        .unwrap();
-    let base = tc.url(1);
-    let (url, rx) = receiver(false).await;
-    let vt = signup(&http, &base, "inward@x.test", "vendor").await;
-    let vid = vendor(&http, &base, &vt, "Inward").await;
+    let Hooked {
+        tc: _cell,
+        http,
+        base,
+        url,
+        rx,
+        vt,
+        vid,
+        ..
+    } = with_vendor(false, false, "inward").await;
     // An address literal inside the network is refused at once…
     for inner in [
         url.clone(),
