@@ -9,6 +9,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use crate::{
     catalog::{self, CatalogCommand, CatalogResponse, Touched},
+    command_version::{self, ClusterCommand},
     drivers::{self, DriverCommand, DriverResponse},
     identity::{self, IdentityCommand, IdentityResponse},
     kv::{self, KvCommand, KvResponse},
@@ -29,6 +30,7 @@ pub enum Command {
     Drivers(Box<DriverCommand>),
     Webhooks(Box<WebhookCommand>),
     Routes(Box<RouteCommand>),
+    Cluster(ClusterCommand),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -40,6 +42,8 @@ pub enum Response {
     Drivers(Box<DriverResponse>),
     Webhooks(Box<WebhookResponse>),
     Routes(Box<RouteResponse>),
+    /// The recorded command version after the command.
+    Cluster(u32),
 }
 
 /// What changed, announced in-process after commit.
@@ -201,6 +205,20 @@ impl raft::Application for CellApp {
         }
     }
 
+    const VERSION: u32 = command_version::CURRENT;
+
+    fn required_version(cmd: &Command) -> u32 {
+        command_version::required(cmd)
+    }
+
+    fn version_command(version: u32) -> Option<Command> {
+        Some(Command::Cluster(ClusterCommand::RaiseVersion { version }))
+    }
+
+    fn cluster_version(&self, read: &storage::ReadTxn) -> storage::Result<u32> {
+        command_version::recorded(read)
+    }
+
     fn snapshot_installed(&self, applied_index: u64) {
         self.read_models.invalidate_all();
         self.index(Dirty::All, applied_index);
@@ -303,6 +321,7 @@ impl CellApp {
                 }
                 Ok(Response::Routes(Box::new(resp)))
             }
+            Command::Cluster(c) => Ok(Response::Cluster(command_version::apply(txn, c)?)),
         }
     }
 }

@@ -4,6 +4,7 @@
 pub mod app;
 pub mod catalog;
 pub mod certs;
+pub mod command_version;
 pub mod config;
 pub mod dispatch;
 pub mod driver_grid;

@@ -202,6 +202,15 @@ impl LocalCell {
         Ok(())
     }
 
+    /// How node `id`'s process ended, once it has (it is then no longer
+    /// running); `None` while it runs or was never started.
+    pub fn exit_status(&mut self, id: u64) -> Option<std::process::ExitStatus> {
+        let n = self.nodes.get_mut(&id)?;
+        let status = n.child.as_mut()?.try_wait().ok()??;
+        n.child = None;
+        Some(status)
+    }
+
     /// kill -9.
     pub fn kill(&mut self, id: u64) {
         if let Some(n) = self.nodes.get_mut(&id) {

@@ -9,18 +9,25 @@ use serde_json::{json, Value};
 use crate::{client::Api, output};
 
 pub async fn status(api: &Api, as_json: bool) -> anyhow::Result<()> {
-    let s = api.call(Method::GET, "/admin/cluster", None).await?;
+    let mut s = api.call(Method::GET, "/admin/cluster", None).await?;
+    // A node of a build from before command versions has no such endpoint.
+    let versions = api
+        .call(Method::GET, "/admin/cluster/versions", None)
+        .await
+        .unwrap_or(Value::Null);
     if as_json {
+        s["versions"] = versions;
         output::json(&s);
         return Ok(());
     }
     println!(
-        "cell {}  node {} ({})  leader {}  term {}",
+        "cell {}  node {} ({})  leader {}  term {}  command version {}",
         output::show(&s["cell"]),
         output::show(&s["node_id"]),
         output::show(&s["role"]),
         output::show(&s["leader"]),
         output::show(&s["term"]),
+        output::show(&s["command_version"]),
     );
     println!(
         "log {}  committed {}  applied {}  snapshot {}",
@@ -46,11 +53,16 @@ pub async fn status(api: &Api, as_json: bool) -> anyhow::Result<()> {
                 role.to_string(),
                 output::show(&n["api_addr"]),
                 output::show(&n["peer_addr"]),
+                match &versions["nodes"][id] {
+                    v if v["version"].is_u64() => output::show(&v["version"]),
+                    v if v["error"].is_string() => "no answer".to_string(),
+                    _ => "?".to_string(),
+                },
             ]);
         }
     }
     println!();
-    output::table(&["NODE", "ROLE", "API", "PEER"], &rows);
+    output::table(&["NODE", "ROLE", "API", "PEER", "COMMANDS"], &rows);
     Ok(())
 }
 

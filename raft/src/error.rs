@@ -35,6 +35,12 @@ pub enum RaftError {
     Fatal(String),
     #[error("TLS configuration: {0}")]
     Tls(String),
+    /// The command needs a newer build on some node of the cell.
+    #[error("upgrade in progress: {0}")]
+    UpgradeInProgress(String),
+    /// A joining node runs a build older than the cell writes for.
+    #[error("build too old: {0}")]
+    BuildTooOld(String),
 }
 
 impl RaftError {
@@ -52,6 +58,8 @@ impl RaftError {
             RaftError::Undecodable(s) => RaftError::Undecodable(s.clone()),
             RaftError::Network(s) => RaftError::Network(s.clone()),
             RaftError::Tls(s) => RaftError::Tls(s.clone()),
+            RaftError::UpgradeInProgress(s) => RaftError::UpgradeInProgress(s.clone()),
+            RaftError::BuildTooOld(s) => RaftError::BuildTooOld(s.clone()),
             other => RaftError::Fatal(other.to_string()),
         }
     }

@@ -7,6 +7,8 @@
 //! - [`network`] / [`peer_api`]: the peer port (HTTP/2, bincode bodies, optional mTLS);
 //! - [`node`]: a running node — writes with leader forwarding, linearizable
 //!   and session reads, membership changes;
+//! - [`versions`]: command versions — new commands wait until every node
+//!   runs a build that applies them;
 //!
 //! This crate knows nothing about the marketplace or the public HTTP API.
 
@@ -24,6 +26,7 @@ pub mod restore;
 mod segments;
 pub mod state_machine;
 pub mod types;
+pub mod versions;
 mod wire;
 
 pub use error::RaftError;

@@ -31,6 +31,7 @@ pub(crate) const PATH_APPEND: &str = "/raft/append";
 pub(crate) const PATH_VOTE: &str = "/raft/vote";
 pub(crate) const PATH_SNAPSHOT: &str = "/raft/snapshot";
 pub(crate) const PATH_LEADER: &str = "/raft/leader";
+pub(crate) const PATH_VERSION: &str = "/raft/version";
 
 /// Why a call to a peer failed.
 #[derive(Debug)]
@@ -129,6 +130,22 @@ impl PeerClient {
         timeout: Duration,
     ) -> Result<Result<LeaderOk, LeaderErr>, CallError> {
         self.call(addr, PATH_LEADER, op, timeout).await
+    }
+
+    /// The command version of the build a peer runs. Builds from before
+    /// versions have no such route: their `404` means version 1.
+    pub(crate) async fn version(&self, addr: &str, timeout: Duration) -> Result<u32, CallError> {
+        let resp = self
+            .http
+            .post(self.url(addr, PATH_VERSION))
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(Self::classify)?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(1);
+        }
+        Self::finish(resp).await
     }
 
     /// Stream a whole snapshot: a length-prefixed header (vote, meta), then

@@ -6,7 +6,10 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     io::Write,
     path::PathBuf,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -83,6 +86,10 @@ pub struct RaftNode<A: Application> {
     write_timeout: Duration,
     applied: watch::Receiver<u64>,
     batcher: tokio::sync::mpsc::Sender<batcher::Pending>,
+    /// The highest command version the state is known to record (it only
+    /// rises, so a stale value is merely cautious).
+    pub(crate) known_version: AtomicU32,
+    pub(crate) raising: tokio::sync::Mutex<()>,
 }
 
 impl<A: Application> RaftNode<A> {
@@ -97,6 +104,7 @@ impl<A: Application> RaftNode<A> {
             )));
         }
         let sm = StateMachineStore::open(&cfg.data_dir, app, cfg.state_cache_bytes)?;
+        let recorded_version = crate::versions::check_state_version(&sm)?;
         let applied = sm.applied_index();
         let client = PeerClient::new(cfg.peer_tls.clone(), cfg.peer_source_ip)?;
         let network = NetworkFactory {
@@ -120,8 +128,11 @@ impl<A: Application> RaftNode<A> {
             write_timeout: cfg.write_timeout,
             applied,
             batcher: batcher::spawn(weak.clone()),
+            known_version: AtomicU32::new(recorded_version),
+            raising: tokio::sync::Mutex::new(()),
         });
         node.spawn_flusher();
+        node.spawn_version_raiser();
         Ok(node)
     }
 
@@ -145,6 +156,20 @@ impl<A: Application> RaftNode<A> {
                     Ok(Ok(())) => flushed = applied,
                     Ok(Err(e)) => tracing::warn!(error = %e, "state flush failed"),
                     Err(e) => tracing::warn!(error = %e, "state flush task failed"),
+                }
+            }
+        });
+    }
+
+    fn spawn_version_raiser(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let Some(node) = weak.upgrade() else { return };
+                if node.raise_when_possible().await {
+                    return;
                 }
             }
         });
@@ -217,8 +242,22 @@ impl<A: Application> RaftNode<A> {
 
     /// Replicate `cmd` and return the application's response once applied
     /// here (on the leader). Followers forward to the leader.
+    ///
+    /// A command of a newer command set waits for every node to run a build
+    /// that applies it (`UpgradeInProgress` until then).
     pub async fn write(&self, cmd: &A::Command) -> Result<Written<A::Response>, RaftError> {
-        let bytes = storage::encode(cmd)?;
+        let needed = A::required_version(cmd);
+        if needed > self.known_version.load(Ordering::Relaxed) {
+            self.ensure_version(needed).await?;
+        }
+        self.write_encoded(storage::encode(cmd)?).await
+    }
+
+    /// Writes one command, already encoded, without the version check.
+    pub(crate) async fn write_encoded(
+        &self,
+        bytes: Vec<u8>,
+    ) -> Result<Written<A::Response>, RaftError> {
         let (index, mut replies) = self.submit(vec![bytes]).await?;
         let response = match replies.pop() {
             Some(ItemReply::App(b)) => storage::decode(&b)?,
@@ -410,6 +449,7 @@ impl<A: Application> RaftNode<A> {
 
     /// Add a learner and wait until it caught up with the leader.
     pub async fn add_learner(&self, id: NodeId, node: NodeInfo) -> Result<u64, RaftError> {
+        self.check_joiner(id, &node.peer_addr).await?;
         match self.leader_op(LeaderOp::AddLearner { id, node }).await? {
             LeaderOk::Done { index } => Ok(index),
             other => Err(RaftError::Fatal(format!(

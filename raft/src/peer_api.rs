@@ -23,9 +23,9 @@ use serde::Serialize;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 use crate::{
-    network::{PATH_APPEND, PATH_LEADER, PATH_SNAPSHOT, PATH_VOTE},
+    network::{PATH_APPEND, PATH_LEADER, PATH_SNAPSHOT, PATH_VERSION, PATH_VOTE},
     state_machine::Application,
-    types::{Membership, NodeId, Reply, Snapshot, SnapshotMeta, TypeConfig, Vote},
+    types::{ItemReply, Membership, NodeId, Reply, Snapshot, SnapshotMeta, TypeConfig, Vote},
     wire::{LeaderErr, LeaderOk, LeaderOp},
     RaftNode,
 };
@@ -51,6 +51,7 @@ pub fn peer_router<A: Application>(node: Arc<RaftNode<A>>) -> Router {
         .route(PATH_APPEND, post(append::<A>))
         .route(PATH_VOTE, post(vote::<A>))
         .route(PATH_LEADER, post(leader::<A>))
+        .route(PATH_VERSION, post(version::<A>))
         .layer(DefaultBodyLimit::max(MAX_RPC_BYTES))
         .route(
             PATH_SNAPSHOT,
@@ -101,21 +102,57 @@ async fn leader<A: Application>(State(node): State<Arc<RaftNode<A>>>, body: Byte
         // Forwarded writes join this leader's own batches. A forwarded
         // request is never forwarded again: that could loop during an
         // election.
-        LeaderOp::Write(cmd) if node.is_leader() => node
-            .submit(
-                cmd.0
-                    .into_iter()
-                    .map(serde_bytes::ByteBuf::into_vec)
-                    .collect(),
-            )
-            .await
-            .map(|(index, replies)| LeaderOk::Written {
-                index,
-                reply: Reply::Batch(replies),
-            }),
+        LeaderOp::Write(cmd) if node.is_leader() => {
+            forwarded_write::<A>(&node, cmd.0.into_iter().map(serde_bytes::ByteBuf::into_vec)).await
+        }
         op => node.run_as_leader(&op).await,
     };
     encoded(&answer.map_err(LeaderErr::from))
+}
+
+/// A follower's batch joins this leader's own. A command this build cannot
+/// decode (sent by a newer build) stays out of the log: every node of this
+/// build would stop at it. The rest of the batch is written.
+async fn forwarded_write<A: Application>(
+    node: &RaftNode<A>,
+    items: impl Iterator<Item = Vec<u8>>,
+) -> Result<LeaderOk, crate::RaftError> {
+    let mut refused = Vec::new();
+    let mut good = Vec::new();
+    for (i, bytes) in items.enumerate() {
+        match storage::decode::<A::Command>(&bytes) {
+            Ok(_) => good.push(bytes),
+            Err(e) => refused.push((i, e.to_string())),
+        }
+    }
+    let total = good.len() + refused.len();
+    let (index, written) = if good.is_empty() {
+        (node.applied_index(), Vec::new())
+    } else {
+        node.submit(good).await?
+    };
+    let mut written = written.into_iter();
+    let mut refused = refused.into_iter().peekable();
+    let replies = (0..total)
+        .map(|i| match refused.next_if(|(at, _)| *at == i) {
+            Some((_, e)) => ItemReply::Undecodable(format!(
+                "the leader's build (command version {}) cannot decode it: {e}",
+                A::VERSION
+            )),
+            None => written
+                .next()
+                .unwrap_or_else(|| ItemReply::Undecodable("no reply for this command".into())),
+        })
+        .collect();
+    Ok(LeaderOk::Written {
+        index,
+        reply: Reply::Batch(replies),
+    })
+}
+
+/// The command version this build applies (see [`Application::VERSION`]).
+async fn version<A: Application>() -> Response {
+    encoded(&A::VERSION)
 }
 
 /// Receive a whole snapshot into a temporary file, verify it end to end,

@@ -52,6 +52,30 @@ pub trait Application: Send + Sync + 'static {
 
     /// Called after a snapshot replaced the whole state.
     fn snapshot_installed(&self, _applied_index: u64) {}
+
+    /// The newest command set this build applies. Raise it in the release
+    /// that adds a command (a variant, or a field at the end of one): a node
+    /// of an older build cannot decode it and stops applying rather than
+    /// skip it and diverge, so such commands wait for every node.
+    const VERSION: u32 = 1;
+
+    /// The command set `cmd` needs on every node of the cell.
+    fn required_version(_cmd: &Self::Command) -> u32 {
+        1
+    }
+
+    /// The command that records that every node applies `version`; its
+    /// apply must make [`Application::cluster_version`] at least that.
+    /// `None`: the application has a single command set.
+    fn version_command(_version: u32) -> Option<Self::Command> {
+        None
+    }
+
+    /// The command set every node is known to apply, as recorded in state
+    /// (it only ever rises).
+    fn cluster_version(&self, _read: &storage::ReadTxn) -> storage::Result<u32> {
+        Ok(1)
+    }
 }
 
 /// Per-entry context handed to [`Application::apply`].
@@ -239,6 +263,10 @@ impl<A: Application> StateMachineStore<A> {
         })
     }
 
+    pub(crate) fn app(&self) -> &A {
+        &self.app
+    }
+
     /// Apply's running totals.
     pub fn apply_stats(&self) -> &ApplyStats {
         &self.stats
@@ -286,7 +314,30 @@ impl<A: Application> StateMachineStore<A> {
                     let mut items = Vec::with_capacity(batch.0.len());
                     for bytes in &batch.0 {
                         let item = match storage::decode::<A::Command>(bytes) {
-                            Err(e) => ItemReply::Undecodable(e.to_string()),
+                            // Written by a newer build (the leader checks
+                            // what it is handed). Skipping it would leave
+                            // this node's state apart from the others' for
+                            // good; stopping here, with nothing of this
+                            // batch committed, lets a newer build of this
+                            // node resume from the same entry.
+                            Err(e) => {
+                                tracing::error!(
+                                    index = entry.log_id.index,
+                                    build_version = A::VERSION,
+                                    error = %e,
+                                    "a committed command this build cannot decode: \
+                                     stopping; restart this node with the cell's newer build"
+                                );
+                                return Err(sm_err(
+                                    ErrorVerb::Read,
+                                    format!(
+                                        "entry {} holds a command this build (command version {}) \
+                                         cannot decode: {e}",
+                                        entry.log_id.index,
+                                        A::VERSION
+                                    ),
+                                ));
+                            }
                             Ok(cmd) => {
                                 let mut ctx = ApplyContext {
                                     index: entry.log_id.index,

@@ -34,7 +34,8 @@ impl fmt::Debug for Command {
 pub enum ItemReply {
     /// The application's encoded response.
     App(#[serde(with = "serde_bytes")] Vec<u8>),
-    /// The command bytes could not be decoded; nothing was changed.
+    /// The leader could not decode a forwarded command (one of a newer
+    /// build) and kept it out of the log; nothing was changed.
     Undecodable(String),
 }
 

@@ -26,6 +26,7 @@ use super::{
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/admin/cluster", get(cluster))
+        .route("/admin/cluster/versions", get(versions))
         .route("/admin/cluster/init", post(init))
         .route("/admin/cluster/nodes", post(add_node))
         .route("/admin/cluster/nodes/{id}", delete(remove_node))
@@ -107,7 +108,41 @@ pub(super) async fn cluster(State(s): State<AppState>, _ops: Ops) -> Json<serde_
         "applied": s.node.applied_index(),
         "snapshot_index": m.snapshot.map(|l| l.index).unwrap_or(0),
         "purged_index": m.purged.map(|l| l.index),
+        "command_version": s.node.cluster_version().ok(),
     }))
+}
+
+/// Asks every member for its build's command version (over the peer port),
+/// so an operator sees which nodes an upgrade still waits for.
+#[utoipa::path(
+    get,
+    path = "/admin/cluster/versions",
+    tag = "admin",
+    responses(
+        (status = 200, description = "the cell's recorded command version and each member's", body = ClusterVersions),
+        (status = "4XX", description = "problem+json", body = Problem),
+    ),
+    security(("bearer" = [])),
+)]
+pub(super) async fn versions(
+    State(s): State<AppState>,
+    _ops: Ops,
+) -> ApiResult<Json<serde_json::Value>> {
+    let cell = s.node.cluster_version()?;
+    let nodes: BTreeMap<String, serde_json::Value> = s
+        .node
+        .member_versions()
+        .await
+        .into_iter()
+        .map(|(id, v)| {
+            let v = match v {
+                Ok(v) => json!({"version": v}),
+                Err(e) => json!({"error": e}),
+            };
+            (id.to_string(), v)
+        })
+        .collect();
+    Ok(Json(json!({"cell": cell, "nodes": nodes})))
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]

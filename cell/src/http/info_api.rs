@@ -32,6 +32,13 @@ pub(super) async fn cell_info(State(s): State<AppState>) -> Json<serde_json::Val
         "currency": s.cfg.currency,
         "node_id": s.node.id(),
         "leader_id": leader,
+        // What this node's build applies, and what the whole cell is known
+        // to (newer commands wait for every node's upgrade).
+        "versions": {
+            "build": env!("CARGO_PKG_VERSION"),
+            "commands": crate::command_version::CURRENT,
+            "cell": s.node.cluster_version().ok(),
+        },
     }))
 }
 

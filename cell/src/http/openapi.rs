@@ -38,6 +38,33 @@ pub struct CellInfo {
     pub currency: String,
     pub node_id: u64,
     pub leader_id: Option<u64>,
+    pub versions: Versions,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Versions {
+    /// This node's release.
+    pub build: String,
+    /// The newest command version this node's build applies.
+    pub commands: u32,
+    /// The command version every node of the cell is known to apply:
+    /// commands newer than this wait (`503 upgrade_in_progress`).
+    pub cell: Option<u32>,
+}
+
+/// Each member's build, as it answered over the peer port.
+#[derive(Serialize, ToSchema)]
+pub struct ClusterVersions {
+    /// The command version recorded for the whole cell.
+    pub cell: u32,
+    /// Per node id: `{version}` or `{error}` (did not answer).
+    pub nodes: std::collections::BTreeMap<String, MemberVersion>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MemberVersion {
+    pub version: Option<u32>,
+    pub error: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -76,6 +103,8 @@ pub struct ClusterStatus {
     pub applied: u64,
     pub snapshot_index: u64,
     pub purged_index: Option<u64>,
+    /// The command version recorded for the whole cell.
+    pub command_version: Option<u32>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -493,6 +522,7 @@ impl Modify for BearerAuth {
         super::kv_api::list, super::kv_api::get_key, super::kv_api::put_key, super::kv_api::delete_key,
         super::admin_api::cluster, super::admin_api::init, super::admin_api::add_node, super::admin_api::membership,
         super::admin_api::remove_node, super::admin_api::snapshot, super::admin_api::backup,
+        super::admin_api::versions,
         super::identity_api::signup, super::identity_api::login, super::identity_api::refresh, super::identity_api::logout,
         super::identity_api::me, super::identity_api::jwks, super::identity_api::mint,
         super::catalog_api::create_vendor, super::catalog_api::get_vendor, super::catalog_api::patch_vendor,

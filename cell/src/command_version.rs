@@ -1,0 +1,60 @@
+//! Which commands an older build could not apply, and the cell's recorded
+//! command version (see `raft::versions` for how it rises).
+//!
+//! Version 1 is every command of the builds from before versions. Version
+//! 2 adds vendor opening hours and sealed webhook secrets: a build before
+//! them cannot decode the first, and would sign with the sealed text as if
+//! it were the secret for the second.
+
+use serde::{Deserialize, Serialize};
+use storage::{ReadTxn, Table, WriteTxn};
+
+use crate::{app::Command, catalog::CatalogCommand, webhooks::WebhookCommand};
+
+/// The newest command set this build applies.
+pub const CURRENT: u32 = 2;
+
+/// Readable by tests and tools that inspect a data directory.
+pub const TABLE_NAME: &str = "cluster_version";
+const TABLE: Table<u32> = Table::new(TABLE_NAME);
+const KEY: &[u8] = b"v";
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ClusterCommand {
+    /// Every node applies commands up to `version` (the recorded version
+    /// never falls).
+    RaiseVersion { version: u32 },
+}
+
+/// The command set `cmd` needs on every node.
+pub fn required(cmd: &Command) -> u32 {
+    match cmd {
+        Command::Catalog(c) => match **c {
+            CatalogCommand::CreateVendorWithHours { .. }
+            | CatalogCommand::UpdateVendorWithHours { .. } => 2,
+            _ => 1,
+        },
+        Command::Webhooks(c) => match **c {
+            WebhookCommand::Register { .. } | WebhookCommand::Reseal { .. } => 2,
+            _ => 1,
+        },
+        // Written only once every member said it applies the version.
+        Command::Cluster(_) => 1,
+        _ => 1,
+    }
+}
+
+/// The recorded version; 1 in state from before versions.
+pub fn recorded(read: &ReadTxn) -> storage::Result<u32> {
+    Ok(read.get(TABLE, KEY)?.unwrap_or(1))
+}
+
+pub fn apply(txn: &WriteTxn, cmd: ClusterCommand) -> storage::Result<u32> {
+    match cmd {
+        ClusterCommand::RaiseVersion { version } => {
+            let now = txn.get(TABLE, KEY)?.unwrap_or(1).max(version);
+            txn.put(TABLE, KEY, &now)?;
+            Ok(now)
+        }
+    }
+}
