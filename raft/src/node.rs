@@ -6,10 +6,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     io::Write,
     path::PathBuf,
-    sync::{
-        atomic::{AtomicU32, Ordering},
-        Arc,
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -86,10 +83,7 @@ pub struct RaftNode<A: Application> {
     write_timeout: Duration,
     applied: watch::Receiver<u64>,
     batcher: tokio::sync::mpsc::Sender<batcher::Pending>,
-    /// The highest command version the state is known to record (it only
-    /// rises, so a stale value is merely cautious).
-    pub(crate) known_version: AtomicU32,
-    pub(crate) raising: tokio::sync::Mutex<()>,
+    pub(crate) versions: crate::versions::Gate,
 }
 
 impl<A: Application> RaftNode<A> {
@@ -128,8 +122,7 @@ impl<A: Application> RaftNode<A> {
             write_timeout: cfg.write_timeout,
             applied,
             batcher: batcher::spawn(weak.clone()),
-            known_version: AtomicU32::new(recorded_version),
-            raising: tokio::sync::Mutex::new(()),
+            versions: crate::versions::Gate::new(recorded_version),
         });
         node.spawn_flusher();
         node.spawn_version_raiser();
@@ -247,7 +240,7 @@ impl<A: Application> RaftNode<A> {
     /// that applies it (`UpgradeInProgress` until then).
     pub async fn write(&self, cmd: &A::Command) -> Result<Written<A::Response>, RaftError> {
         let needed = A::required_version(cmd);
-        if needed > self.known_version.load(Ordering::Relaxed) {
+        if needed > self.versions.known() {
             self.ensure_version(needed).await?;
         }
         self.write_encoded(storage::encode(cmd)?).await

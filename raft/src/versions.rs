@@ -10,7 +10,14 @@
 //! rather than skip it (see the state machine), and a node whose build is
 //! older than its state's version refuses to start.
 
-use std::{collections::BTreeMap, sync::atomic::Ordering, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        Mutex,
+    },
+    time::{Duration, Instant},
+};
 
 use crate::{
     state_machine::{Application, StateMachineStore},
@@ -20,6 +27,51 @@ use crate::{
 
 /// How long a member has to say its version.
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a failed raise answers for the next ones: during an upgrade,
+/// each request needing a new command must not ask every member again
+/// (and wait out one that is down) in turn.
+const REFUSAL_HOLDS: Duration = Duration::from_secs(1);
+
+/// A node's view of the recorded version and its raising.
+pub(crate) struct Gate {
+    /// The highest version the state is known to record (it only rises,
+    /// so a stale value is merely cautious).
+    known: AtomicU32,
+    /// One raise at a time; the others find it done (or refused).
+    raising: tokio::sync::Mutex<()>,
+    /// The last refusal: when, for which version, why.
+    refused: Mutex<Option<(Instant, u32, String)>>,
+}
+
+impl Gate {
+    pub(crate) fn new(recorded: u32) -> Self {
+        Self {
+            known: AtomicU32::new(recorded),
+            raising: tokio::sync::Mutex::new(()),
+            refused: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn known(&self) -> u32 {
+        self.known.load(Ordering::Relaxed)
+    }
+
+    fn saw(&self, version: u32) {
+        self.known.fetch_max(version, Ordering::Relaxed);
+    }
+
+    fn recent_refusal(&self, needed: u32) -> Option<String> {
+        let r = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        r.as_ref()
+            .filter(|(at, version, _)| at.elapsed() < REFUSAL_HOLDS && *version <= needed)
+            .map(|(_, _, why)| why.clone())
+    }
+
+    fn refuse(&self, needed: u32, why: &str) {
+        *self.refused.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((Instant::now(), needed, why.to_string()));
+    }
+}
 
 /// What each member said when asked for its build's command version.
 pub type MemberVersions = BTreeMap<NodeId, Result<u32, String>>;
@@ -51,7 +103,7 @@ impl<A: Application> RaftNode<A> {
     /// The cell's command version as this node's state records it.
     pub fn cluster_version(&self) -> Result<u32, RaftError> {
         let v = self.sm.app().cluster_version(&self.store().read()?)?;
-        self.known_version.fetch_max(v, Ordering::Relaxed);
+        self.versions.saw(v);
         Ok(v)
     }
 
@@ -79,16 +131,27 @@ impl<A: Application> RaftNode<A> {
     /// Returns once the state says every node applies `needed`, raising the
     /// recorded version first if every member now runs such a build.
     pub(crate) async fn ensure_version(&self, needed: u32) -> Result<(), RaftError> {
-        if self.known_version.load(Ordering::Relaxed) >= needed {
+        if self.versions.known() >= needed {
             return Ok(());
         }
-        // One raise at a time; the others find it done.
-        let _one = self.raising.lock().await;
+        let refused = |why| Err(RaftError::UpgradeInProgress(why));
+        if let Some(why) = self.versions.recent_refusal(needed) {
+            return refused(why);
+        }
+        let _one = self.versions.raising.lock().await;
         if self.cluster_version()? >= needed {
             return Ok(());
         }
-        let common = common_version(&self.member_versions().await, needed)
-            .map_err(RaftError::UpgradeInProgress)?;
+        if let Some(why) = self.versions.recent_refusal(needed) {
+            return refused(why);
+        }
+        let common = match common_version(&self.member_versions().await, needed) {
+            Ok(v) => v,
+            Err(why) => {
+                self.versions.refuse(needed, &why);
+                return refused(why);
+            }
+        };
         let Some(cmd) = A::version_command(common) else {
             return Ok(());
         };
@@ -97,7 +160,7 @@ impl<A: Application> RaftNode<A> {
             version = common,
             "every node applies this command version now"
         );
-        self.known_version.fetch_max(common, Ordering::Relaxed);
+        self.versions.saw(common);
         Ok(())
     }
 
