@@ -1,10 +1,14 @@
 //! Which commands an older build could not apply, and the cell's recorded
 //! command version (see `raft::versions` for how it rises).
 //!
-//! Version 1 is every command of the builds from before versions. Version
-//! 2 adds vendor opening hours and sealed webhook secrets: a build before
-//! them cannot decode the first, and would sign with the sealed text as if
-//! it were the secret for the second.
+//! Version 1 is what the builds from before versions apply alike (up to
+//! the one that added ratings). Version 2 adds vendor opening hours and
+//! sealed webhook secrets — a build before them cannot decode the first,
+//! and would sign with the sealed text as if it were the secret for the
+//! second — and writes `offer.created` and `route.matched` events with
+//! money and RFC 3339 times, where version 1 wrote minor units and epoch
+//! milliseconds. Builds between (which answer like version 1) decode
+//! hours but write the newer event bodies: roll from them all at once.
 
 use serde::{Deserialize, Serialize};
 use storage::{ReadTxn, Table, WriteTxn};
@@ -47,6 +51,13 @@ pub fn required(cmd: &Command) -> u32 {
 /// The recorded version; 1 in state from before versions.
 pub fn recorded(read: &ReadTxn) -> storage::Result<u32> {
     Ok(read.get(TABLE, KEY)?.unwrap_or(1))
+}
+
+/// The recorded version inside apply: what apply writes differently from
+/// older builds (an event's body, say) depends on it, like a new command
+/// does, so that every node writes the same.
+pub fn recorded_in(txn: &WriteTxn) -> storage::Result<u32> {
+    Ok(txn.get(TABLE, KEY)?.unwrap_or(1))
 }
 
 pub fn apply(txn: &WriteTxn, cmd: ClusterCommand) -> storage::Result<u32> {

@@ -641,13 +641,12 @@ pub fn apply(txn: &WriteTxn, cmd: DriverCommand) -> storage::Result<DriverRespon
                     format!("{driver_id}/{offer_id}").as_bytes(),
                     &offer_id,
                 )?;
-                events::append(
-                    txn,
-                    &driver_id,
-                    "offer.created",
-                    now,
-                    &serde_json::json!({"offer_id": offer_id, "delivery_id": d.id, "pay": {"amount": d.pay, "currency": d.currency}, "expires_at": crate::http::identity_api::rfc3339(expires_at)}),
-                )?;
+                let data = if crate::command_version::recorded_in(txn)? >= 2 {
+                    serde_json::json!({"offer_id": offer_id, "delivery_id": d.id, "pay": {"amount": d.pay, "currency": d.currency}, "expires_at": crate::http::identity_api::rfc3339(expires_at)})
+                } else {
+                    serde_json::json!({"offer_id": offer_id, "delivery_id": d.id, "pay": d.pay, "expires_at": expires_at})
+                };
+                events::append(txn, &driver_id, "offer.created", now, &data)?;
                 d.offered_to.push(driver_id);
                 made.push(o);
             }

@@ -397,7 +397,28 @@ impl LocalCell {
             let voters: Vec<u64> = (1..=n).collect();
             self.set_voters(1, &voters).await?;
         }
-        Ok(())
+        self.wait_command_version(1, Duration::from_secs(30)).await
+    }
+
+    /// Waits until node `id` records that the cell applies its build's
+    /// command version (a new cell's leader writes it within a second or
+    /// so), so that what the caller does next starts from a settled log.
+    pub async fn wait_command_version(&self, id: u64, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let url = format!("{}/v1/cell", self.api_url(id));
+            if let Ok(r) = self.http.get(&url).send().await {
+                let v: Value = r.json().await.unwrap_or(Value::Null);
+                let versions = &v["versions"];
+                if versions["cell"].is_u64() && versions["cell"] == versions["commands"] {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("node {id} did not record the cell's command version within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The running nodes' process ids.

@@ -477,7 +477,11 @@ fn match_window(txn: &WriteTxn, now: i64) -> storage::Result<(Vec<(String, Strin
                     drivers::assign_for_route(txn, id, &winner, &r.id, now)?;
                 }
                 txn.put(SCHEDULE, format!("{winner}/{}", r.id).as_bytes(), &r.id)?;
-                let data = serde_json::json!({"route_id": r.id, "driver_id": winner, "window_start": crate::http::identity_api::rfc3339(r.window_start)});
+                let data = if crate::command_version::recorded_in(txn)? >= 2 {
+                    serde_json::json!({"route_id": r.id, "driver_id": winner, "window_start": crate::http::identity_api::rfc3339(r.window_start)})
+                } else {
+                    serde_json::json!({"route_id": r.id, "driver_id": winner, "window_start": r.window_start})
+                };
                 events::append(txn, &winner, "route.matched", now, &data)?;
                 for l in losers.iter().filter(|l| **l != winner) {
                     events::append(

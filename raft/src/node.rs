@@ -239,6 +239,13 @@ impl<A: Application> RaftNode<A> {
     /// A command of a newer command set waits for every node to run a build
     /// that applies it (`UpgradeInProgress` until then).
     pub async fn write(&self, cmd: &A::Command) -> Result<Written<A::Response>, RaftError> {
+        // A node that stopped applying could still hand the write to the
+        // leader, but never see it applied here to answer.
+        if self.raft.metrics().borrow().running_state.is_err() {
+            return Err(RaftError::Fatal(
+                "raft has stopped on this node; write to another".into(),
+            ));
+        }
         let needed = A::required_version(cmd);
         if needed > self.versions.known() {
             self.ensure_version(needed).await?;
@@ -386,6 +393,7 @@ impl<A: Application> RaftNode<A> {
                 }
             }
             LeaderOp::AddLearner { id, node } => {
+                self.check_joiner(*id, &node.peer_addr).await?;
                 let r = self.raft.add_learner(*id, node.clone(), true).await;
                 membership_result(self, r)
             }
@@ -442,7 +450,6 @@ impl<A: Application> RaftNode<A> {
 
     /// Add a learner and wait until it caught up with the leader.
     pub async fn add_learner(&self, id: NodeId, node: NodeInfo) -> Result<u64, RaftError> {
-        self.check_joiner(id, &node.peer_addr).await?;
         match self.leader_op(LeaderOp::AddLearner { id, node }).await? {
             LeaderOk::Done { index } => Ok(index),
             other => Err(RaftError::Fatal(format!(

@@ -102,7 +102,10 @@ async fn leader<A: Application>(State(node): State<Arc<RaftNode<A>>>, body: Byte
         // Forwarded writes join this leader's own batches. A forwarded
         // request is never forwarded again: that could loop during an
         // election.
-        LeaderOp::Write(cmd) if node.is_leader() => {
+        LeaderOp::Write(_) if !node.is_leader() => Err(crate::RaftError::NotLeader {
+            leader: node.leader(),
+        }),
+        LeaderOp::Write(cmd) => {
             forwarded_write::<A>(&node, cmd.0.into_iter().map(serde_bytes::ByteBuf::into_vec)).await
         }
         op => node.run_as_leader(&op).await,

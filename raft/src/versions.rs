@@ -31,6 +31,8 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 /// each request needing a new command must not ask every member again
 /// (and wait out one that is down) in turn.
 const REFUSAL_HOLDS: Duration = Duration::from_secs(1);
+/// How long a request waits for another's raise before giving up.
+const RAISE_WAIT: Duration = Duration::from_secs(5);
 
 /// A node's view of the recorded version and its raising.
 pub(crate) struct Gate {
@@ -135,10 +137,15 @@ impl<A: Application> RaftNode<A> {
             return Ok(());
         }
         let refused = |why| Err(RaftError::UpgradeInProgress(why));
+        if self.cluster_version()? >= needed {
+            return Ok(());
+        }
         if let Some(why) = self.versions.recent_refusal(needed) {
             return refused(why);
         }
-        let _one = self.versions.raising.lock().await;
+        let Ok(_one) = tokio::time::timeout(RAISE_WAIT, self.versions.raising.lock()).await else {
+            return refused("another raise of the command version is still under way".into());
+        };
         if self.cluster_version()? >= needed {
             return Ok(());
         }
@@ -155,7 +162,11 @@ impl<A: Application> RaftNode<A> {
         let Some(cmd) = A::version_command(common) else {
             return Ok(());
         };
-        self.write_encoded(storage::encode(&cmd)?).await?;
+        if let Err(e) = self.write_encoded(storage::encode(&cmd)?).await {
+            let why = format!("recording command version {common} failed: {e}");
+            self.versions.refuse(needed, &why);
+            return refused(why);
+        }
         tracing::info!(
             version = common,
             "every node applies this command version now"
@@ -164,20 +175,22 @@ impl<A: Application> RaftNode<A> {
         Ok(())
     }
 
-    /// A node joining must apply every command the cell may already write.
+    /// On the leader, before a node joins: it must apply every command
+    /// this leader's build may write. (Not merely the recorded version: a
+    /// raise asks only the members, so one under way could miss a joiner
+    /// older than it; the leader's build is at least any raise it takes
+    /// part in.)
     pub(crate) async fn check_joiner(&self, id: NodeId, peer_addr: &str) -> Result<(), RaftError> {
-        let cell = self.cluster_version()?;
-        if cell <= 1 {
-            return Ok(());
-        }
-        // One that cannot be asked is left to the join itself, which needs
-        // to reach it anyway.
         match self.client.version(peer_addr, ASK_TIMEOUT).await {
-            Ok(v) if v < cell => Err(RaftError::BuildTooOld(format!(
-                "node {id} runs a build of command version {v}, and the cell already writes version {cell}: \
-                 start it with the build the other nodes run"
+            Ok(v) if v >= A::VERSION => Ok(()),
+            Ok(v) => Err(RaftError::BuildTooOld(format!(
+                "node {id} runs a build of command version {v}, older than the leader's ({}): \
+                 start it with the build the other nodes run",
+                A::VERSION
             ))),
-            _ => Ok(()),
+            Err(e) => Err(RaftError::Invalid(format!(
+                "cannot ask node {id} at {peer_addr} for its build's version: {e}"
+            ))),
         }
     }
 

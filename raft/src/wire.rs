@@ -44,6 +44,7 @@ pub enum LeaderErr {
     Invalid(String),
     OutcomeUnknown(String),
     Fatal(String),
+    BuildTooOld(String),
 }
 
 impl From<LeaderErr> for RaftError {
@@ -55,6 +56,7 @@ impl From<LeaderErr> for RaftError {
             LeaderErr::Invalid(s) => RaftError::Invalid(s),
             LeaderErr::OutcomeUnknown(s) => RaftError::OutcomeUnknown(s),
             LeaderErr::Fatal(s) => RaftError::Fatal(s),
+            LeaderErr::BuildTooOld(s) => RaftError::BuildTooOld(s),
         }
     }
 }
@@ -69,6 +71,7 @@ impl From<RaftError> for LeaderErr {
             RaftError::OutcomeUnknown(s) | RaftError::Timeout(s) | RaftError::Network(s) => {
                 LeaderErr::OutcomeUnknown(s)
             }
+            RaftError::BuildTooOld(s) => LeaderErr::BuildTooOld(s),
             other => LeaderErr::Fatal(other.to_string()),
         }
     }

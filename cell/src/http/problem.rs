@@ -168,13 +168,15 @@ impl From<RaftError> for ApiError {
             )
             .retry_after(1),
             RaftError::Invalid(d) => ApiError::validation(d),
-            RaftError::UpgradeInProgress(d) => ApiError::new(
+            RaftError::BuildTooOld(d) => ApiError::new(S::CONFLICT, "build_too_old", d),
+            // Undecodable: the leader's build cannot decode what this
+            // node's wrote.
+            RaftError::UpgradeInProgress(d) | RaftError::Undecodable(d) => ApiError::new(
                 S::SERVICE_UNAVAILABLE,
                 "upgrade_in_progress",
                 format!("{d}; nothing was changed"),
             )
             .retry_after(30),
-            RaftError::BuildTooOld(d) => ApiError::new(S::CONFLICT, "build_too_old", d),
             RaftError::Network(d) => {
                 ApiError::new(S::SERVICE_UNAVAILABLE, "unavailable", format!("peer unreachable: {d}")).retry_after(1)
             }
