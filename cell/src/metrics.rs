@@ -45,6 +45,9 @@ pub struct Metrics {
     pub raft_applied_commands: Counter,
     pub raft_snapshot_index: Gauge<i64, AtomicI64>,
     pub raft_voters: Gauge<i64, AtomicI64>,
+    /// What this build applies, and what the whole cell is known to.
+    pub command_version_build: Gauge<i64, AtomicI64>,
+    pub command_version_cell: Gauge<i64, AtomicI64>,
     pub cache_hits: Gauge<i64, AtomicI64>,
     pub cache_misses: Gauge<i64, AtomicI64>,
     pub cache_memory_bytes: Gauge<i64, AtomicI64>,
@@ -112,6 +115,14 @@ impl Metrics {
             "raft_applied_index",
             "Last log index applied to the state machine"
         );
+        let command_version_build = gauge!(
+            "command_version_build",
+            "Newest command version this node's build applies"
+        );
+        let command_version_cell = gauge!(
+            "command_version_cell",
+            "Command version every node of the cell is known to apply (below the build's: an upgrade is unfinished)"
+        );
         let raft_apply_lag = gauge!("raft_apply_lag", "Committed minus applied entries");
         let raft_apply_transactions = Counter::default();
         registry.register(
@@ -178,6 +189,8 @@ impl Metrics {
             webhook_events,
             raft_term,
             raft_leader,
+            command_version_build,
+            command_version_cell,
             raft_is_leader,
             raft_last_log_index,
             raft_committed_index,

@@ -162,6 +162,11 @@ pub(super) async fn metrics(State(s): State<AppState>) -> Response {
         .set(m.snapshot.map(|l| l.index).unwrap_or(0) as i64);
     mx.raft_voters
         .set(m.membership_config.membership().voter_ids().count() as i64);
+    mx.command_version_build
+        .set(crate::command_version::CURRENT as i64);
+    if let Ok(v) = s.node.cluster_version() {
+        mx.command_version_cell.set(v as i64);
+    }
     if let Some(cache) = s.read_models.cache() {
         let c = cache.stats();
         mx.cache_hits.set(c.hits as i64);
