@@ -15,6 +15,8 @@ const PICKUP: (f64, f64) = (40.70, -74.00);
 struct World {
     tc: TestCell,
     http: reqwest::Client,
+    /// Drivers whose first ping (to node 2) the leader may not know yet.
+    pinged: std::sync::Mutex<Vec<String>>,
 }
 
 impl World {
@@ -33,6 +35,7 @@ impl World {
                 .timeout(Duration::from_secs(15))
                 .build()
                 .unwrap(),
+            pinged: Default::default(),
         }
     }
 
@@ -157,12 +160,35 @@ impl World {
             )
             .await;
         assert_eq!(s, StatusCode::NO_CONTENT);
+        self.pinged.lock().unwrap().push(t.clone());
         (id, t)
+    }
+
+    /// A follower hands its drivers' pings to the leader once a second:
+    /// waits until the leader's state places every driver pinged so far,
+    /// so each is a candidate from the first dispatch round on.
+    async fn leader_knows_drivers(&self) {
+        let tokens = std::mem::take(&mut *self.pinged.lock().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for t in tokens {
+            loop {
+                let (_, v) = self.call(1, Method::GET, "/v1/drivers/me", &t, None).await;
+                if !v["location"].is_null() {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "a ping never reached the leader: {v}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     }
 
     /// A vendor with one unlimited product, a customer and an accepted
     /// order; returns (vendor token, customer token, order).
     async fn accepted_order(&self, tag: &str) -> (String, String, Value) {
+        self.leader_knows_drivers().await;
         let (_, vt) = self.signup(&format!("v-{tag}@x.test"), "vendor").await;
         let (s, v) = self
             .call(1, Method::POST, "/v1/vendors", &vt, Some(json!({"name": "Noodles", "kind": "restaurant", "location": {"lat": PICKUP.0, "lng": PICKUP.1}, "address": "1 Main St", "prep_minutes": 5})))

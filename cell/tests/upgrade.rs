@@ -161,7 +161,10 @@ async fn new_commands_wait_until_every_node_runs_a_build_that_applies_them() {
     assert_eq!(cell_versions(&tc, 1).await["cell"], json!(1));
     let metrics = tc.metrics(1).await;
     assert!(metrics.contains("command_version_cell 1"), "{metrics}");
-    assert!(metrics.contains(&format!("command_version_build {current}")), "{metrics}");
+    assert!(
+        metrics.contains(&format!("command_version_build {current}")),
+        "{metrics}"
+    );
 
     let (s, v) = call(&tc, 1, Method::POST, "/v1/auth/signup", "", Some(json!({
         "email": "upgrade@example.com", "password": "a long password", "name": "Upgrade", "role": "vendor"
@@ -267,7 +270,10 @@ async fn new_commands_wait_until_every_node_runs_a_build_that_applies_them() {
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["hours"], hours, "{v}");
     let metrics = tc.metrics(2).await;
-    assert!(metrics.contains(&format!("command_version_cell {current}")), "{metrics}");
+    assert!(
+        metrics.contains(&format!("command_version_cell {current}")),
+        "{metrics}"
+    );
 
     // A build that applies less than the state records refuses to start
     // rather than meet commands it cannot decode.
