@@ -1,7 +1,8 @@
 //! Rolling upgrades: a command an older build cannot decode enters the log
 //! only once every node runs a build that applies it, the cell's recorded
-//! command version only rises, a node older than that cannot join, and a
-//! build refuses state written at a version newer than it applies.
+//! command version only rises, a node older than the leader's build cannot
+//! join, and a build refuses state written at a version newer than it
+//! applies.
 
 mod common;
 

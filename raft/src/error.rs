@@ -41,6 +41,10 @@ pub enum RaftError {
     /// A joining node runs a build older than the cell writes for.
     #[error("build too old: {0}")]
     BuildTooOld(String),
+    /// Raft stopped on this node (after a fatal error, or shutting down):
+    /// another node can take the request.
+    #[error("this node stopped: {0}")]
+    Stopped(String),
 }
 
 impl RaftError {
@@ -60,6 +64,7 @@ impl RaftError {
             RaftError::Tls(s) => RaftError::Tls(s.clone()),
             RaftError::UpgradeInProgress(s) => RaftError::UpgradeInProgress(s.clone()),
             RaftError::BuildTooOld(s) => RaftError::BuildTooOld(s.clone()),
+            RaftError::Stopped(s) => RaftError::Stopped(s.clone()),
             other => RaftError::Fatal(other.to_string()),
         }
     }

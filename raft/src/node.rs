@@ -242,8 +242,8 @@ impl<A: Application> RaftNode<A> {
         // A node that stopped applying could still hand the write to the
         // leader, but never see it applied here to answer.
         if self.raft.metrics().borrow().running_state.is_err() {
-            return Err(RaftError::Fatal(
-                "raft has stopped on this node; write to another".into(),
+            return Err(RaftError::Stopped(
+                "raft is not running here; write to another node".into(),
             ));
         }
         let needed = A::required_version(cmd);

@@ -99,9 +99,11 @@ async fn leader<A: Application>(State(node): State<Arc<RaftNode<A>>>, body: Byte
         Err(e) => return bad_request(format!("bad leader-op body: {e}")),
     };
     let answer = match op {
-        // Forwarded writes join this leader's own batches. A forwarded
-        // request is never forwarded again: that could loop during an
-        // election.
+        // Forwarded writes join this leader's own batches; one that finds
+        // this node no longer leading is refused rather than forwarded on
+        // (that could loop during an election). Should leadership move
+        // while the batch waits, the batcher hands it to the new leader,
+        // which checks it again.
         LeaderOp::Write(_) if !node.is_leader() => Err(crate::RaftError::NotLeader {
             leader: node.leader(),
         }),

@@ -163,9 +163,11 @@ impl<A: Application> RaftNode<A> {
             return Ok(());
         };
         if let Err(e) = self.write_encoded(storage::encode(&cmd)?).await {
-            let why = format!("recording command version {common} failed: {e}");
-            self.versions.refuse(needed, &why);
-            return refused(why);
+            self.versions.refuse(
+                needed,
+                &format!("recording command version {common} failed: {e}"),
+            );
+            return Err(e);
         }
         tracing::info!(
             version = common,
@@ -185,7 +187,7 @@ impl<A: Application> RaftNode<A> {
             Ok(v) if v >= A::VERSION => Ok(()),
             Ok(v) => Err(RaftError::BuildTooOld(format!(
                 "node {id} runs a build of command version {v}, older than the leader's ({}): \
-                 start it with the build the other nodes run",
+                 start it with at least the leader's build",
                 A::VERSION
             ))),
             Err(e) => Err(RaftError::Invalid(format!(

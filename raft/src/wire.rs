@@ -44,8 +44,11 @@ pub enum LeaderErr {
     Invalid(String),
     OutcomeUnknown(String),
     Fatal(String),
-    BuildTooOld(String),
 }
+
+/// Marks an `Invalid` that is a build too old to join: a variant of its
+/// own would be undecodable to followers of builds from before it.
+const BUILD_TOO_OLD: &str = "build too old: ";
 
 impl From<LeaderErr> for RaftError {
     fn from(e: LeaderErr) -> Self {
@@ -53,10 +56,12 @@ impl From<LeaderErr> for RaftError {
             LeaderErr::NotLeader { leader } => RaftError::NotLeader { leader },
             LeaderErr::NoQuorum(s) => RaftError::NoQuorum(s),
             LeaderErr::MembershipInProgress => RaftError::MembershipInProgress,
-            LeaderErr::Invalid(s) => RaftError::Invalid(s),
+            LeaderErr::Invalid(s) => match s.strip_prefix(BUILD_TOO_OLD) {
+                Some(why) => RaftError::BuildTooOld(why.to_string()),
+                None => RaftError::Invalid(s),
+            },
             LeaderErr::OutcomeUnknown(s) => RaftError::OutcomeUnknown(s),
             LeaderErr::Fatal(s) => RaftError::Fatal(s),
-            LeaderErr::BuildTooOld(s) => RaftError::BuildTooOld(s),
         }
     }
 }
@@ -71,8 +76,27 @@ impl From<RaftError> for LeaderErr {
             RaftError::OutcomeUnknown(s) | RaftError::Timeout(s) | RaftError::Network(s) => {
                 LeaderErr::OutcomeUnknown(s)
             }
-            RaftError::BuildTooOld(s) => LeaderErr::BuildTooOld(s),
+            RaftError::BuildTooOld(s) => LeaderErr::Invalid(format!("{BUILD_TOO_OLD}{s}")),
             other => LeaderErr::Fatal(other.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_build_too_old_survives_the_trip_as_an_invalid_every_build_decodes() {
+        let sent = LeaderErr::from(RaftError::BuildTooOld("node 4 runs version 1".into()));
+        assert!(matches!(&sent, LeaderErr::Invalid(s) if s.ends_with("node 4 runs version 1")));
+        match RaftError::from(sent) {
+            RaftError::BuildTooOld(s) => assert_eq!(s, "node 4 runs version 1"),
+            other => panic!("{other:?}"),
+        }
+        match RaftError::from(LeaderErr::Invalid("cannot remove the last voter".into())) {
+            RaftError::Invalid(s) => assert_eq!(s, "cannot remove the last voter"),
+            other => panic!("{other:?}"),
         }
     }
 }

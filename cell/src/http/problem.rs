@@ -169,6 +169,7 @@ impl From<RaftError> for ApiError {
             .retry_after(1),
             RaftError::Invalid(d) => ApiError::validation(d),
             RaftError::BuildTooOld(d) => ApiError::new(S::CONFLICT, "build_too_old", d),
+            RaftError::Stopped(d) => ApiError::new(S::SERVICE_UNAVAILABLE, "node_stopped", d).retry_after(1),
             // Undecodable: the leader's build cannot decode what this
             // node's wrote.
             RaftError::UpgradeInProgress(d) | RaftError::Undecodable(d) => ApiError::new(
