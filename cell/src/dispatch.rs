@@ -187,7 +187,7 @@ impl Dispatcher {
             let mut tick = tokio::time::interval(Duration::from_millis(250));
             for n in 0u64.. {
                 tick.tick().await;
-                if closer.is_leader() {
+                if closer.leads_with_current_state() {
                     if let Err(e) = close_window_if_due(&closer, &closer_metrics).await {
                         tracing::debug!(error = %e, "closing the route window failed");
                     }
@@ -212,7 +212,7 @@ impl Dispatcher {
                         Err(broadcast::error::RecvError::Closed) => return,
                     },
                 }
-                if !node.is_leader() {
+                if !node.leads_with_current_state() {
                     continue;
                 }
                 if let Err(e) = self.round(&node, &cell, &metrics).await {

@@ -254,8 +254,12 @@ impl World {
     }
 
     async fn events(&self, token: &str) -> Vec<Value> {
+        self.events_on(3, token).await
+    }
+
+    async fn events_on(&self, node: u64, token: &str) -> Vec<Value> {
         let (s, v) = self
-            .call(3, Method::GET, "/v1/events?after=0", token, None)
+            .call(node, Method::GET, "/v1/events?after=0", token, None)
             .await;
         assert_eq!(s, StatusCode::OK, "{v}");
         v["events"].as_array().unwrap().clone()
@@ -651,6 +655,70 @@ async fn webhook_receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Valu
     (format!("http://{addr}/hook"), got)
 }
 
+/// Decline → the next candidate; nobody left → the delivery is given up,
+/// which the order shows and the customer and vendor are told; the
+/// customer may then cancel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn declines_move_on_and_a_delivery_nobody_takes_is_given_up() {
+    let _serial = common::SERIAL.lock().await;
+    let w = World::start().await;
+    w.setting("dispatch/give_up_rounds", "4").await;
+    let near = w.driver("dnear@x.test", (PICKUP.0 + 0.001, PICKUP.1)).await;
+    let next = w.driver("dnext@x.test", (PICKUP.0 + 0.01, PICKUP.1)).await;
+    let (vt, ct, order) = w.accepted_order("declines").await;
+    let oid = order["id"].as_str().unwrap();
+
+    for (who, other) in [(&near, Some(&next)), (&next, None)] {
+        let offer = w.wait_offer(&who.1, Duration::from_secs(10)).await;
+        if let Some(other) = other {
+            assert!(w.offers(&other.1).await.is_empty(), "one driver at a time");
+        }
+        let path = format!("/v1/offers/{}/decline", offer["id"].as_str().unwrap());
+        let (s, v) = w.call(1, Method::POST, &path, &who.1, None).await;
+        assert!(s.is_success(), "decline: {s} {v}");
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (s, o) = w
+            .call(2, Method::GET, &format!("/v1/orders/{oid}"), &ct, None)
+            .await;
+        assert_eq!(s, StatusCode::OK, "{o}");
+        if o["delivery_status"] == "unassigned" {
+            assert_eq!(o["status"], "accepted", "the order itself waits: {o}");
+            assert!(o["driver_id"].is_null(), "{o}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never given up: {o}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for token in [&ct, &vt] {
+        assert!(
+            w.feed(token)
+                .await
+                .contains(&"delivery.unassigned".to_string()),
+            "customer and vendor are told"
+        );
+    }
+    for d in [&near, &next] {
+        assert!(w.offers(&d.1).await.is_empty(), "no offer stays open");
+    }
+    let (s, o) = w
+        .call(
+            3,
+            Method::POST,
+            &format!("/v1/orders/{oid}/cancel"),
+            &ct,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, o["status"].clone()),
+        (StatusCode::OK, json!("cancelled")),
+        "{o}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_ignored_offer_expires_and_goes_to_the_next_driver() {
     let _serial = common::SERIAL.lock().await;
@@ -777,7 +845,7 @@ async fn an_ignored_offer_expires_and_goes_to_the_next_driver() {
 async fn dispatch_survives_a_leader_kill() {
     let _serial = common::SERIAL.lock().await;
     let mut w = World::start().await;
-    w.setting("dispatch/offer_seconds", "8").await;
+    w.setting("dispatch/offer_seconds", "30").await;
     let a = w.driver("a@x.test", (PICKUP.0 + 0.001, PICKUP.1)).await;
     let b = w.driver("b@x.test", (PICKUP.0 + 0.02, PICKUP.1)).await;
     // Positions are replicated once a second by the node that took them.
@@ -807,6 +875,28 @@ async fn dispatch_survives_a_leader_kill() {
         assert!(Instant::now() < deadline, "no offer after the failover");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+
+    // A second leader change while that offer is open: the next leader
+    // neither loses it nor offers the delivery to anyone else meanwhile.
+    w.tc.cell.start_node(leader, false).unwrap();
+    w.tc.cell
+        .wait_healthy(leader, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let second =
+        w.tc.cell
+            .wait_leader(Duration::from_secs(10))
+            .await
+            .unwrap();
+    w.tc.cell.kill(second);
+    let alive: Vec<u64> = (1..=3).filter(|&i| i != second).collect();
+    w.tc.cell
+        .wait_leader(Duration::from_secs(10))
+        .await
+        .unwrap();
+    // Rounds of the new leader's dispatcher (every 250 ms) pass.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
     let path = format!("/v1/offers/{}/accept", offer["id"].as_str().unwrap());
     let deadline = Instant::now() + Duration::from_secs(10);
     let delivery = loop {
@@ -822,8 +912,21 @@ async fn dispatch_survives_a_leader_kill() {
     assert_eq!(delivery["driver_id"], a.0.as_str());
     let (s, _) = w.call(alive[0], Method::POST, &path, &a.1, None).await;
     assert_eq!(s, StatusCode::CONFLICT, "accepting twice is refused");
+    let offers_made = |events: Vec<Value>| {
+        events
+            .iter()
+            .filter(|e| e["type"] == "offer.created")
+            .map(|e| e["data"]["delivery_id"].clone())
+            .collect::<Vec<_>>()
+    };
+    let delivery_id = delivery["id"].clone();
+    assert_eq!(
+        offers_made(w.events_on(alive[0], &a.1).await),
+        vec![delivery_id],
+        "one offer, across both leader changes"
+    );
     assert!(
-        w.offers_on(alive[1], &b.1).await.is_empty(),
+        offers_made(w.events_on(alive[0], &b.1).await).is_empty(),
         "nobody else was offered it"
     );
 

@@ -25,9 +25,11 @@ struct Api {
 
 impl Api {
     async fn start(nodes: u64) -> Api {
-        let tc = TestCell::start(nodes, false, &["--rate-limit-auth", "1000"])
-            .await
-            .unwrap();
+        Self::start_with(nodes, &["--rate-limit-auth", "1000"]).await
+    }
+
+    async fn start_with(nodes: u64, args: &[&str]) -> Api {
+        let tc = TestCell::start(nodes, false, args).await.unwrap();
         Api {
             tc,
             http: reqwest::Client::builder()
@@ -132,6 +134,33 @@ impl Api {
             pids.push(p["id"].as_str().unwrap().to_string());
         }
         (vt, vid, pids)
+    }
+
+    /// A placed order of one unit of `product` (REST quote and checkout);
+    /// returns its id.
+    async fn one_item_order(&self, ct: &str, vid: &str, product: &str, key: &str) -> String {
+        let (s, q) = self
+            .rest(
+                1,
+                Method::POST,
+                "/v1/quotes",
+                Some(ct),
+                Some(json!({"vendor_id": vid, "dropoff": {"lat": DROPOFF.0, "lng": DROPOFF.1}})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{q}");
+        let r = self
+            .http
+            .post(format!("{}/v1/orders", self.tc.url(1)))
+            .bearer_auth(ct)
+            .header("idempotency-key", key)
+            .json(&json!({"quote_id": q["id"], "items": [{"product_id": product, "quantity": 1}], "dropoff": {"location": {"lat": DROPOFF.0, "lng": DROPOFF.1}, "address": "x"}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let order: Value = r.json().await.unwrap();
+        order["id"].as_str().unwrap().to_string()
     }
 
     /// An approved, online driver at `at`; returns (id, token).
@@ -841,6 +870,11 @@ async fn limits_refuse_costly_queries_before_they_run() {
         msg.contains("nested too deep") || msg.contains("too complex"),
         "{v}"
     );
+    let code = &v["errors"][0]["extensions"]["code"];
+    assert!(
+        *code == "query_too_deep" || *code == "query_too_complex",
+        "{v}"
+    );
     assert!(
         v.get("data").is_none_or(|d| d.is_null()),
         "nothing ran: {v}"
@@ -857,13 +891,19 @@ async fn limits_refuse_costly_queries_before_they_run() {
         .unwrap_or("")
         .to_lowercase();
     assert!(msg.contains("complex"), "{v}");
+    assert_eq!(v["errors"][0]["extensions"]["code"], "query_too_complex");
+    // A query that does not parse, or names a field that does not exist.
+    for bad in ["{ me { id ", "{ noSuchField }"] {
+        let (_, v, _) = api.gql_sized(1, None, bad, json!({})).await;
+        assert_eq!(v["errors"][0]["extensions"]["code"], "invalid_query", "{v}");
+    }
 
     // A hostile document: nesting far past any limit is refused by the
     // parser, and the node stays up.
     let hostile = format!("{{ {}id{} }}", "a { ".repeat(5_000), " }".repeat(5_000));
     let (s, v, _) = api.gql_sized(1, None, &hostile, json!({})).await;
     assert_eq!(s, StatusCode::OK);
-    assert!(v["errors"].is_array(), "{v}");
+    assert!(v["errors"][0]["extensions"]["code"].is_string(), "{v}");
     // A body over the size limit is a 413 problem.
     let r = api
         .http
@@ -920,6 +960,82 @@ async fn limits_refuse_costly_queries_before_they_run() {
     assert_eq!(
         (code, v["__schema"]["queryType"]["name"].clone()),
         (None, json!("Query"))
+    );
+}
+
+/// Aliases put many mutations in one request; each pays the allowance
+/// its REST call would, so sign-ins cannot be multiplied past the per-IP
+/// sign-in limit, nor other writes past the caller's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_mutation_pays_its_rate_limit_like_its_rest_call() {
+    // Sign-ins: burst 6 per address; everything else: burst 2 per caller.
+    let api = Api::start_with(
+        1,
+        &["--rate-limit-auth", "1", "--rate-limit-principal", "1"],
+    )
+    .await;
+    let signups: Vec<String> = (0..10)
+        .map(|i| {
+            format!(
+                "s{i}: signup(input: {{email: \"rl{i}@gql.test\", password: \"a long password\", \
+                 name: \"R\", role: CUSTOMER}}) {{ accessToken }}"
+            )
+        })
+        .collect();
+    let q = format!("mutation {{ {} }}", signups.join(" "));
+    let (s, v, _) = api.gql_sized(1, None, &q, json!({})).await;
+    assert_eq!(s, StatusCode::OK);
+    let e = &v["errors"][0];
+    assert_eq!(e["extensions"]["code"], "rate_limited", "{v}");
+    // The sixth token is the last of the burst (a seventh may have
+    // trickled in meanwhile at one a second).
+    assert!(
+        e["path"] == json!(["s6"]) || e["path"] == json!(["s7"]),
+        "{v}"
+    );
+    // The same allowance as REST: the address has no sign-in left.
+    let (s, v) = api
+        .rest(
+            1,
+            Method::POST,
+            "/v1/auth/login",
+            None,
+            Some(json!({"email": "rl0@gql.test", "password": "a long password"})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["code"].clone()),
+        (StatusCode::TOO_MANY_REQUESTS, json!("rate_limited"))
+    );
+
+    let (s, v) = api
+        .rest(
+            1,
+            Method::POST,
+            "/admin/tokens",
+            Some(&api.ops()),
+            Some(json!({"role": "driver", "sub": "local.acc_rl", "ttl_seconds": 600})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let driver = v["access_token"].as_str().unwrap().to_string();
+    let profiles: Vec<String> = (0..5)
+        .map(|i| {
+            format!(
+                "p{i}: setDriverProfile(input: {{vehicle: CAR, capacity: {}}}) {{ capacity }}",
+                i + 1
+            )
+        })
+        .collect();
+    let q = format!("mutation {{ {} }}", profiles.join(" "));
+    let (s, v, _) = api.gql_sized(1, Some(&driver), &q, json!({})).await;
+    assert_eq!(s, StatusCode::OK);
+    let e = &v["errors"][0];
+    assert_eq!(e["extensions"]["code"], "rate_limited", "{v}");
+    // The request paid for the first; the second took the burst's last.
+    assert!(
+        e["path"] == json!(["p2"]) || e["path"] == json!(["p3"]),
+        "{v}"
     );
 }
 
@@ -1028,28 +1144,7 @@ async fn a_subscription_sees_an_orders_changes_in_order_across_a_leader_change()
     let mut api = Api::start(3).await;
     let (vt, vid, pids) = api.shop("sv@gql.test").await;
     let (_, ct) = api.signup("sc@gql.test", "customer").await;
-    let (s, q) = api
-        .rest(
-            1,
-            Method::POST,
-            "/v1/quotes",
-            Some(&ct),
-            Some(json!({"vendor_id": vid, "dropoff": {"lat": DROPOFF.0, "lng": DROPOFF.1}})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{q}");
-    let r = api
-        .http
-        .post(format!("{}/v1/orders", api.tc.url(1)))
-        .bearer_auth(&ct)
-        .header("idempotency-key", "sub-1")
-        .json(&json!({"quote_id": q["id"], "items": [{"product_id": pids[0], "quantity": 1}], "dropoff": {"location": {"lat": DROPOFF.0, "lng": DROPOFF.1}, "address": "x"}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-    let order: Value = r.json().await.unwrap();
-    let oid = order["id"].as_str().unwrap().to_string();
+    let oid = api.one_item_order(&ct, &vid, &pids[0], "sub-1").await;
 
     // Subscribe on a follower: it stays up while the leader is killed.
     let leader = api
@@ -1136,5 +1231,109 @@ async fn a_subscription_sees_an_orders_changes_in_order_across_a_leader_change()
     assert_eq!(
         m["payload"]["errors"][0]["extensions"]["code"], "unauthorized",
         "{m}"
+    );
+}
+
+/// The driver's offers and the customer's delivery updates arrive over
+/// subscriptions as dispatch goes: offer → accept → arrive → pick up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn offer_and_delivery_subscriptions_follow_dispatch() {
+    let _serial = common::SERIAL.lock().await;
+    let api = Api::start(1).await;
+    let (vt, vid, pids) = api.shop("dv@gql.test").await;
+    let (did, dt) = api
+        .driver("dd@gql.test", (PICKUP.0 + 0.001, PICKUP.1))
+        .await;
+    let (_, ct) = api.signup("dc@gql.test", "customer").await;
+    let mut offers = subscribe(
+        &api.tc.url(1),
+        &dt,
+        "subscription { offers { type data } }",
+        json!({}),
+    )
+    .await;
+
+    let oid = api
+        .one_item_order(&ct, &vid, &pids[0], "subs-dispatch")
+        .await;
+    let (s, v) = api
+        .rest(
+            1,
+            Method::POST,
+            &format!("/v1/orders/{oid}/accept"),
+            Some(&vt),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let dlv = v["delivery_id"].as_str().unwrap().to_string();
+    let mut updates = subscribe(
+        &api.tc.url(1),
+        &ct,
+        "subscription($id: String!) { deliveryUpdates(deliveryId: $id, after: 0) { type delivery { status driverId } } }",
+        json!({"id": dlv}),
+    )
+    .await;
+
+    // The offer reaches the driver's socket.
+    let m = next_json(&mut offers).await;
+    let e = &m["payload"]["data"]["offers"];
+    assert_eq!(e["type"], "offer.created", "{m}");
+    let data: Value = match &e["data"] {
+        Value::String(s) => serde_json::from_str(s).unwrap(),
+        other => other.clone(),
+    };
+    assert_eq!(data["delivery_id"], dlv.as_str(), "{m}");
+    let offer_id = data["offer_id"].as_str().unwrap().to_string();
+
+    // Accepted (through GraphQL), then arrive and pick up: each a delivery
+    // update, in order, with the delivery as it is then.
+    let (_, d, code) = api
+        .gql(
+            1,
+            Some(&dt),
+            "mutation($id: String!) { answerOffer(id: $id, answer: ACCEPT) { status } }",
+            json!({"id": offer_id}),
+        )
+        .await;
+    assert_eq!(code, None, "{d}");
+    let (s, v) = api
+        .rest(
+            1,
+            Method::POST,
+            &format!("/v1/orders/{oid}/ready"),
+            Some(&vt),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    for action in ["ARRIVE", "PICKUP"] {
+        let (_, d, code) = api
+            .gql(
+                1,
+                Some(&dt),
+                &format!("mutation($id: String!) {{ deliveryAction(id: $id, action: {action}) {{ status }} }}"),
+                json!({"id": dlv}),
+            )
+            .await;
+        assert_eq!(code, None, "{action}: {d}");
+    }
+    let mut seen = Vec::new();
+    // (The customer hears of the pickup as the order's status change.)
+    while seen.last().map(String::as_str) != Some("order.picked_up") {
+        let m = next_json(&mut updates).await;
+        let u = &m["payload"]["data"]["deliveryUpdates"];
+        assert_eq!(m["type"], "next", "{m}");
+        if u["type"] == "delivery.assigned" {
+            assert_eq!(u["delivery"]["driverId"], did.as_str(), "{m}");
+        }
+        seen.push(u["type"].as_str().unwrap().to_string());
+    }
+    let pos = |t: &str| seen.iter().position(|s| s == t);
+    assert!(
+        pos("delivery.assigned") < pos("delivery.arrived")
+            && pos("delivery.arrived") < pos("order.picked_up")
+            && pos("delivery.assigned").is_some(),
+        "{seen:?}"
     );
 }

@@ -14,6 +14,7 @@ use crate::bench_market::{post, NO_LIMITS};
 use crate::output;
 
 pub struct DispatchBenchOptions {
+    pub nodes: u64,
     pub drivers: usize,
     pub clients: usize,
     pub seconds: u64,
@@ -191,8 +192,10 @@ pub async fn run(o: DispatchBenchOptions) -> anyhow::Result<()> {
 
     let tmp = TempDir::new("marketcell-dispatch")?;
     let mut cell = LocalCell::new(&find_cell_binary()?, "bench", &tmp.path)?.with_args(&NO_LIMITS);
-    cell.form(1).await?;
-    let base = cell.api_url(1);
+    anyhow::ensure!(o.nodes >= 1, "--nodes must be at least 1");
+    cell.form(o.nodes).await?;
+    let leader = cell.wait_leader(Duration::from_secs(10)).await?;
+    let base = cell.api_url(leader);
     let ops = cell.token.clone();
     let http = bench_client(o.clients.max(64))?;
 
@@ -352,12 +355,13 @@ pub async fn run(o: DispatchBenchOptions) -> anyhow::Result<()> {
             .copied()
             .unwrap_or(-1)
     };
-    let rss = cell.rss_bytes(1).unwrap_or(0);
+    let rss = cell.rss_bytes(leader).unwrap_or(0);
     cell.stop_all();
 
     if o.json {
         output::json(&json!({
             "drivers": o.drivers,
+            "nodes": o.nodes,
             "ingest": {"pings_per_sec": ingest.throughput(), "p50_us": ingest.p50_us, "p99_us": ingest.p99_us, "errors": ingest.errors},
             "dispatch": {"orders": o.orders, "offered": latencies.len(), "p50_ms": pct(0.5), "p99_ms": pct(0.99), "max_ms": latencies.last()},
             "matching": {"routes": o.routes, "claims": o.claims, "ms": match_time.as_secs_f64() * 1000.0, "assigned": matched, "unmatched": unmatched},
@@ -366,8 +370,8 @@ pub async fn run(o: DispatchBenchOptions) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "\n{} online drivers around one point, single-node cell, {} connections\n",
-        o.drivers, o.clients
+        "\n{} online drivers around one point, {}-node cell (load on its leader), {} connections\n",
+        o.drivers, o.nodes, o.clients
     );
     output::table(
         &["MEASURE", "RESULT"],
@@ -405,7 +409,7 @@ pub async fn run(o: DispatchBenchOptions) -> anyhow::Result<()> {
                 ),
             ],
             vec![
-                "cell RSS at the end".into(),
+                "leader RSS at the end".into(),
                 format!("{:.0} MiB", rss as f64 / 1048576.0),
             ],
         ],

@@ -392,6 +392,10 @@ enum BenchCmd {
         routes: usize,
         #[arg(long, default_value_t = 5000)]
         claims: usize,
+        /// Nodes in the cell; pings and orders go to its leader, which
+        /// replicates the positions to the others once a second.
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
     },
     /// The order-tracking screen: one GraphQL query vs the REST calls for
     /// the same data, same node, same run.
@@ -674,8 +678,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 orders,
                 routes,
                 claims,
+                nodes,
             } => {
                 bench_dispatch::run(bench_dispatch::DispatchBenchOptions {
+                    nodes: *nodes,
                     drivers: *drivers,
                     clients: *clients,
                     seconds: *seconds,

@@ -220,6 +220,19 @@ impl<A: Application> RaftNode<A> {
         self.raft.metrics().borrow().state == ServerState::Leader
     }
 
+    /// Leader, and has applied an entry of its own term — so every entry
+    /// an earlier leader committed is in this node's state too. Work that
+    /// decides from the state what to write next (dispatch, closing a
+    /// route window) waits for this after an election; before it, a new
+    /// leader could repeat what its predecessor's last entries already did.
+    pub fn leads_with_current_state(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader
+            && m.last_applied
+                .is_some_and(|applied| applied.leader_id.term == m.current_term)
+    }
+
     /// Wait until this node has applied `index` (session consistency).
     pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), RaftError> {
         let mut rx = self.applied.clone();

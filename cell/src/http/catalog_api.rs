@@ -525,24 +525,50 @@ pub(super) async fn list_products(
     Path(id): Path<String>,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
-    let Query(q) = q.map_err(|e| ApiError::validation(e.body_text()))?;
-    check_id(&s, &id, "ven")?;
-    let limit = page_limit(q.limit)?;
+    let page = menu_request(&s, &id, q)?;
     ensure_fresh(&s, c).await?;
     let read = s.node.store().read()?;
-    if catalog::vendor(&read, &id)?.is_none() {
+    Ok(Json(menu_page(&read, &page)?))
+}
+
+/// Which page of which vendor's menu is asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct MenuPage {
+    pub vendor_id: String,
+    pub limit: usize,
+    pub cursor: Option<String>,
+}
+
+/// Checks a request for a page of `vendor_id`'s menu.
+pub(crate) fn menu_request(
+    s: &AppState,
+    vendor_id: &str,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<MenuPage, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::validation(e.body_text()))?;
+    check_id(s, vendor_id, "ven")?;
+    Ok(MenuPage {
+        vendor_id: vendor_id.to_string(),
+        limit: page_limit(q.limit)?,
+        cursor: q.cursor,
+    })
+}
+
+/// A page of a vendor's menu as `GET /v1/vendors/{id}/products` answers it
+/// (GraphQL reads many in one transaction).
+pub(crate) fn menu_page(read: &storage::ReadTxn, page: &MenuPage) -> Result<Value, ApiError> {
+    if catalog::vendor(read, &page.vendor_id)?.is_none() {
         return Err(ApiError::not_found("no such vendor"));
     }
-    let mut items = catalog::menu(&read, &id, q.cursor.as_deref(), limit + 1)?;
+    let limit = page.limit;
+    let mut items = catalog::menu(read, &page.vendor_id, page.cursor.as_deref(), limit + 1)?;
     let next = if items.len() > limit {
         items.truncate(limit);
         items.last().map(|p| p.id.clone())
     } else {
         None
     };
-    Ok(Json(
-        json!({"items": items.iter().map(product_json).collect::<Vec<_>>(), "next_cursor": next}),
-    ))
+    Ok(json!({"items": items.iter().map(product_json).collect::<Vec<_>>(), "next_cursor": next}))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

@@ -215,7 +215,13 @@ impl FromRequestParts<AppState> for Ops {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let p = Principal::from_request_parts(parts, state).await?;
+        Ops::of(&Principal::from_request_parts(parts, state).await?)
+    }
+}
+
+impl Ops {
+    /// The ops role check, for REST extraction and GraphQL alike.
+    pub fn of(p: &Principal) -> Result<Ops, ApiError> {
         if p.role != Role::Ops {
             return Err(ApiError::forbidden("this needs the ops role"));
         }

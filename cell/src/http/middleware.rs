@@ -12,7 +12,7 @@ use axum::{
 };
 
 use super::{
-    extract::resolve_principal,
+    extract::{resolve_principal, Principal},
     problem::{ApiError, PROBLEM_JSON, REQUEST_ID},
     AppState,
 };
@@ -144,17 +144,50 @@ fn rate_limit(state: &AppState, req: &mut Request) -> Result<(), ApiError> {
     if let Some(p) = &principal {
         parts.extensions.insert(p.clone());
     }
+    if let Some(ip) = ip {
+        parts.extensions.insert(ClientIp(ip));
+    }
     let is_auth = parts.uri.path().starts_with("/v1/auth/");
     *req = Request::from_parts(parts, body);
+    take_allowance(state, principal.as_ref(), ip, is_auth, now)
+}
+
+/// The client's address as the rate limits see it, for handlers that
+/// charge more than the request itself (a GraphQL request's further
+/// mutations).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub IpAddr);
+
+/// Takes one call's allowance: from the principal's bucket (the address's
+/// when anonymous), and also from the address's sign-in bucket for the
+/// sign-in actions. Ops is never limited.
+pub(crate) fn take_allowance(
+    state: &AppState,
+    principal: Option<&Principal>,
+    ip: Option<IpAddr>,
+    auth: bool,
+    now: Instant,
+) -> Result<(), ApiError> {
+    if principal.is_some_and(|p| p.role == Role::Ops) {
+        return Ok(());
+    }
     let mut keys = Vec::with_capacity(2);
-    match &principal {
-        Some(p) if p.role == Role::Ops => return Ok(()),
+    match principal {
         Some(p) => keys.push(principal_key(&p.sub)),
         None => keys.extend(ip.map(BucketKey::Ip)),
     }
-    if is_auth {
+    if auth {
         keys.extend(ip.map(BucketKey::AuthIp));
     }
+    take_keys(state, keys, now)
+}
+
+/// Takes one token from each bucket named, or answers `429`.
+pub(crate) fn take_keys(
+    state: &AppState,
+    keys: impl IntoIterator<Item = BucketKey>,
+    now: Instant,
+) -> Result<(), ApiError> {
     for key in keys {
         if let Err(retry) = state.limiter.take(key, now) {
             state

@@ -246,6 +246,10 @@ pub struct OrderView {
     pub eta: String,
     pub eta_minutes: u32,
     pub delivery_id: Option<String>,
+    /// The delivery's status once the order has one: `searching`,
+    /// `assigned`, …, or `unassigned` when dispatch found no driver within
+    /// its limits (the customer may cancel for a refund).
+    pub delivery_status: Option<String>,
     pub quote_id: String,
     pub payment_ref: String,
     /// Shown to the customer (null for vendors and drivers); the driver

@@ -139,7 +139,7 @@ pub fn order_json(o: &Order) -> Value {
         "dropoff": {"location": {"lat": o.dropoff.lat, "lng": o.dropoff.lng}, "address": o.dropoff_address, "notes": o.notes},
         "mode": o.mode, "window_start": o.window_start.map(rfc3339),
         "eta": order_eta(o), "eta_minutes": o.eta_minutes,
-        "delivery_id": Value::Null, "driver_id": Value::Null, "quote_id": o.quote_id, "payment_ref": o.payment_ref,
+        "delivery_id": Value::Null, "delivery_status": Value::Null, "driver_id": Value::Null, "quote_id": o.quote_id, "payment_ref": o.payment_ref,
         "proof_code": o.proof_code,
         "history": o.history.iter().map(|(s, at)| json!({"status": s, "at": rfc3339(*at)})).collect::<Vec<_>>(),
         "created_at": rfc3339(o.created_at), "updated_at": rfc3339(o.updated_at),
@@ -150,9 +150,11 @@ pub fn order_json(o: &Order) -> Value {
 /// them (a ride's delivery comes with the order, an order's on accept).
 fn order_view(read: &storage::ReadTxn, o: &Order) -> ApiResult<Value> {
     let mut v = order_json(o);
-    if let Some(d) = crate::drivers::delivery_of_order(read, &o.id)? {
-        v["driver_id"] = json!(crate::drivers::delivery(read, &d)?.and_then(|d| d.driver_id));
-        v["delivery_id"] = json!(d);
+    if let Some(id) = crate::drivers::delivery_of_order(read, &o.id)? {
+        let d = crate::drivers::delivery(read, &id)?;
+        v["delivery_status"] = json!(d.as_ref().map(|d| crate::drivers::status_name(d.status)));
+        v["driver_id"] = json!(d.and_then(|d| d.driver_id));
+        v["delivery_id"] = json!(id);
     }
     add_rating(read, o, &mut v)?;
     Ok(v)
@@ -843,6 +845,9 @@ pub(super) async fn get_order(
     }
     let mut v = order_json(&o);
     v["delivery_id"] = json!(delivery.as_ref().map(|d| d.id.clone()));
+    v["delivery_status"] = json!(delivery
+        .as_ref()
+        .map(|d| crate::drivers::status_name(d.status)));
     v["driver_id"] = json!(assigned_driver);
     add_rating(&read, &o, &mut v)?;
     // The proof code is the customer's to show the driver at the door.

@@ -9,9 +9,13 @@
 //! and turn the problem into a GraphQL error carrying its `code`. There is
 //! no second copy of any rule.
 
-use std::sync::{
-    atomic::{AtomicU64, Ordering},
-    Arc,
+use std::{
+    net::IpAddr,
+    sync::{
+        atomic::{AtomicU32, AtomicU64, Ordering},
+        Arc,
+    },
+    time::Instant,
 };
 
 use async_graphql::{Context, ErrorExtensions};
@@ -23,10 +27,15 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::http::{
     extract::{Consistency, Ops, Principal, StrictJson},
+    middleware::{take_allowance, take_keys},
     problem::{current_request_id, ApiError},
     AppState,
 };
-use edge::token::Role;
+use edge::{rate_limit::BucketKey, token::Role};
+
+/// The mutations that are `/v1/auth/*` calls in REST, and so also spend
+/// the address's sign-in allowance.
+const SIGN_IN: [&str; 4] = ["signup", "login", "refresh", "logout"];
 
 /// Largest JSON answer a handler may hand to a resolver (a page of 100
 /// orders is well under it).
@@ -42,14 +51,44 @@ pub struct Caller {
     /// the same request wait for it (read your own writes), and it is
     /// returned as `X-Cell-Index`.
     pub index: Arc<AtomicU64>,
+    /// The client's address as the rate limits see it.
+    pub ip: Option<IpAddr>,
+    /// Mutations run so far in this request.
+    mutations: Arc<AtomicU32>,
 }
 
 impl Caller {
-    pub fn new(state: AppState, principal: Option<Principal>, index: u64) -> Self {
+    pub fn new(
+        state: AppState,
+        principal: Option<Principal>,
+        ip: Option<IpAddr>,
+        index: u64,
+    ) -> Self {
         Caller {
             state,
             principal,
             index: Arc::new(AtomicU64::new(index)),
+            ip,
+            mutations: Arc::default(),
+        }
+    }
+
+    /// Charges a mutation to the caller's rate limits as if it were its
+    /// own REST call: the request itself paid for the first, every further
+    /// one (aliases make many in one document) pays again, and sign-in
+    /// mutations always pay the address's sign-in allowance — otherwise
+    /// one request could carry a thousand password guesses.
+    pub fn charge_mutation(&self, field: &str) -> Result<(), ApiError> {
+        let first = self.mutations.fetch_add(1, Ordering::Relaxed) == 0;
+        let sign_in = SIGN_IN.contains(&field);
+        let now = Instant::now();
+        match (first, sign_in) {
+            (true, false) => Ok(()),
+            (true, true) if self.principal.as_ref().is_some_and(|p| p.role == Role::Ops) => Ok(()),
+            (true, true) => take_keys(&self.state, self.ip.map(BucketKey::AuthIp), now),
+            (false, _) => {
+                take_allowance(&self.state, self.principal.as_ref(), self.ip, sign_in, now)
+            }
         }
     }
 
@@ -68,13 +107,7 @@ impl Caller {
     }
 
     pub fn ops(&self) -> Result<Ops, ApiError> {
-        let p = self.principal()?;
-        if p.role != Role::Ops {
-            return Err(ApiError::forbidden("this needs the ops role"));
-        }
-        Ok(Ops {
-            bootstrap: p.bootstrap,
-        })
+        Ops::of(&self.principal()?)
     }
 
     /// Reads see at least everything this request has written.

@@ -3,10 +3,10 @@
 
 use async_graphql::{dataloader::DataLoader, ComplexObject, Context, Result};
 
-use super::caller::{path, query, Caller, OrGql};
+use super::caller::{gql_error, query, Caller, OrGql};
 use super::loaders::{CourierOf, DeliveryOfOrder, Loaders, ProductId, VendorId};
 use super::model::*;
-use crate::http::{catalog_api, orders_api};
+use crate::http::{catalog_api, orders_api, problem::ApiError};
 
 /// A page costs its size times what each row selects.
 pub(super) fn page_cost(limit: Option<i32>, child_complexity: usize) -> usize {
@@ -37,14 +37,12 @@ impl Vendor {
         cursor: Option<String>,
     ) -> Result<ProductPage> {
         let c = Caller::of(ctx)?;
-        let r = catalog_api::list_products(
-            c.s(),
-            c.consistency(),
-            path(self.id.clone()),
-            query(PageArgs { limit, cursor }),
-        )
-        .await;
-        c.answer(r).await
+        let page = catalog_api::menu_request(&c.state, &self.id, query(PageArgs { limit, cursor }))
+            .gql()?;
+        loader(ctx)?
+            .load_one(page)
+            .await?
+            .ok_or_else(|| gql_error(ApiError::not_found("no such vendor")))
     }
 }
 

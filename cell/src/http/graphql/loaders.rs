@@ -10,9 +10,9 @@ use std::collections::HashMap;
 use async_graphql::dataloader::Loader;
 
 use super::caller::{gql_error, Caller};
-use super::model::{Courier, Delivery, Product, Vendor};
+use super::model::{Courier, Delivery, Product, ProductPage, Vendor};
 use crate::http::{
-    catalog_api::{public_views, Public},
+    catalog_api::{menu_page, public_views, MenuPage, Public},
     drivers_api::{couriers, deliveries_of_orders},
     kv_api::ensure_fresh,
     problem::ApiError,
@@ -44,6 +44,17 @@ impl Loaders {
             .await
             .map(|_| ())
             .map_err(gql_error)
+    }
+
+    /// A read of this node's state, once it is fresh enough.
+    async fn fresh_read(&self) -> Result<storage::ReadTxn, async_graphql::Error> {
+        self.fresh().await?;
+        self.caller
+            .state
+            .node
+            .store()
+            .read()
+            .map_err(|e| gql_error(e.into()))
     }
 
     async fn public<K, V>(
@@ -89,15 +100,8 @@ impl Loaders {
         let Some(p) = &self.caller.principal else {
             return Ok(HashMap::new());
         };
-        self.fresh().await?;
+        let read = self.fresh_read().await?;
         let ids: Vec<String> = keys.iter().map(|k| id(k).clone()).collect();
-        let read = self
-            .caller
-            .state
-            .node
-            .store()
-            .read()
-            .map_err(|e| gql_error(e.into()))?;
         let mut views = f(&read, p, &ids).map_err(gql_error)?;
         let mut out = HashMap::new();
         for k in keys {
@@ -132,6 +136,28 @@ impl Loader<ProductId> for Loaders {
 
     async fn load(&self, keys: &[ProductId]) -> Result<HashMap<ProductId, Product>, Self::Error> {
         self.public(Public::Product, keys, |k| &k.0).await
+    }
+}
+
+/// Pages of vendors' menus (`Vendor.products` under a list of vendors).
+impl Loader<MenuPage> for Loaders {
+    type Value = ProductPage;
+    type Error = async_graphql::Error;
+
+    async fn load(&self, keys: &[MenuPage]) -> Result<HashMap<MenuPage, ProductPage>, Self::Error> {
+        let read = self.fresh_read().await?;
+        let mut out = HashMap::new();
+        for page in keys {
+            match menu_page(&read, page) {
+                Ok(v) => {
+                    out.insert(page.clone(), from_view(v)?);
+                }
+                // Left out: `load_one` answers it as missing.
+                Err(e) if e.status == axum::http::StatusCode::NOT_FOUND => {}
+                Err(e) => return Err(gql_error(e)),
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -11,6 +11,7 @@
 
 mod caller;
 mod edges;
+mod guard;
 mod loaders;
 mod model;
 mod mutation;
@@ -32,6 +33,7 @@ use self::{caller::Caller, loaders::Loaders};
 use super::{
     extract::{resolve_principal, Consistency, Principal},
     kv_api::ensure_fresh,
+    middleware::ClientIp,
     problem::{ApiError, ApiResult},
     AppState,
 };
@@ -54,7 +56,8 @@ pub fn schema(introspection: bool) -> CellSchema {
         .limit_depth(MAX_DEPTH)
         .limit_complexity(MAX_COMPLEXITY)
         .limit_recursive_depth(MAX_RECURSION)
-        .limit_directives(8);
+        .limit_directives(8)
+        .extension(guard::Guard);
     let b = if introspection {
         b
     } else {
@@ -88,8 +91,13 @@ fn principal(parts: &Parts, s: &AppState) -> Result<Option<Principal>, ApiError>
     }
 }
 
-fn request_data(s: &AppState, principal: Option<Principal>, index: u64) -> (Caller, Data) {
-    let caller = Caller::new(s.clone(), principal, index);
+fn request_data(
+    s: &AppState,
+    principal: Option<Principal>,
+    ip: Option<ClientIp>,
+    index: u64,
+) -> (Caller, Data) {
+    let caller = Caller::new(s.clone(), principal, ip.map(|ip| ip.0), index);
     let mut data = Data::default();
     // No batching delay: siblings register their keys in the same poll of
     // the parent's join, before the spawned fetch can run; the default
@@ -139,7 +147,8 @@ async fn execute(State(s): State<AppState>, req: axum::extract::Request) -> ApiR
         Consistency::Local => 0,
         c => ensure_fresh(&s, c).await?,
     };
-    let (caller, data) = request_data(&s, principal, index);
+    let ip = parts.extensions.get::<ClientIp>().copied();
+    let (caller, data) = request_data(&s, principal, ip, index);
     let mut request = request;
     request.data = data;
     let resp = s.graphql.execute(request).await;
@@ -183,6 +192,7 @@ async fn subscribe(State(s): State<AppState>, req: axum::extract::Request) -> Ap
             )
         })?;
     let from_header = principal(&parts, &s)?;
+    let ip = parts.extensions.get::<ClientIp>().copied();
     // A subscription socket is a long poll that lasts: it holds a
     // long-poll place for its whole life, so open sockets are bounded too.
     let place = s.long_polls.clone().try_acquire_owned().map_err(|_| {
@@ -205,7 +215,7 @@ async fn subscribe(State(s): State<AppState>, req: axum::extract::Request) -> Ap
                         Some(p) => Some(p),
                         None => init_principal(&init_state, &payload)?,
                     };
-                    let (_, data) = request_data(&init_state, principal, 0);
+                    let (_, data) = request_data(&init_state, principal, ip, 0);
                     Ok(data)
                 })
                 .serve()

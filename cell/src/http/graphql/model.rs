@@ -192,6 +192,8 @@ pub struct Order {
     pub eta_minutes: u32,
     /// Set on a single order's read (not in lists).
     pub delivery_id: Option<String>,
+    /// The delivery's status (`unassigned`: dispatch found no driver).
+    pub delivery_status: Option<String>,
     pub driver_id: Option<String>,
     pub quote_id: String,
     pub payment_ref: String,

@@ -60,11 +60,7 @@ graphql_enum!(DeliveryAction {
     Complete,
     Fail
 });
-graphql_enum!(DriverStatusAction {
-    Approve,
-    Suspend,
-    Reinstate
-});
+graphql_enum!(DriverStatusAction { Approve, Suspend });
 
 fn action_name(v: impl Serialize) -> String {
     serde_json::to_value(v)
@@ -553,7 +549,7 @@ impl Mutation {
         c.answer(r).await
     }
 
-    /// Ops: approve, suspend or reinstate a driver.
+    /// Ops: approve a driver (also to reinstate a suspended one) or suspend one.
     async fn driver_status(
         &self,
         ctx: &Context<'_>,

@@ -1,0 +1,88 @@
+//! What every GraphQL request passes through besides the resolvers: each
+//! mutation pays its rate-limit allowance like the REST call it stands
+//! for, and every error carries a stable `code` extension — including the
+//! ones async-graphql raises itself while parsing and validating.
+
+use std::sync::Arc;
+
+use async_graphql::{
+    extensions::{
+        Extension, ExtensionContext, ExtensionFactory, NextRequest, NextResolve, ResolveInfo,
+    },
+    PathSegment, Response, ServerResult, Value,
+};
+
+use super::caller::{gql_error, Caller};
+
+pub struct Guard;
+
+impl ExtensionFactory for Guard {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(Guard)
+    }
+}
+
+#[async_trait::async_trait]
+impl Extension for Guard {
+    async fn request(&self, ctx: &ExtensionContext<'_>, next: NextRequest<'_>) -> Response {
+        let mut resp = next.run(ctx).await;
+        for e in &mut resp.errors {
+            let x = e.extensions.get_or_insert_with(Default::default);
+            if x.get("code").is_none() {
+                x.set("code", library_code(&e.message));
+            }
+        }
+        resp
+    }
+
+    async fn resolve(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        info: ResolveInfo<'_>,
+        next: NextResolve<'_>,
+    ) -> ServerResult<Option<Value>> {
+        if info.parent_type == "Mutation" {
+            if let Ok(caller) = ctx.data::<Caller>() {
+                caller.charge_mutation(info.name).map_err(|e| {
+                    let mut e = gql_error(e).into_server_error(info.field.name.pos);
+                    // A root field: its response key is the whole path.
+                    e.path = vec![PathSegment::Field(
+                        info.alias.unwrap_or(info.name).to_string(),
+                    )];
+                    e
+                })?;
+            }
+        }
+        next.run(ctx, info).await
+    }
+}
+
+/// The code for an error async-graphql raised before any resolver ran
+/// (resolvers' errors carry their problem's code already).
+fn library_code(message: &str) -> &'static str {
+    if message.starts_with("Query is too complex") {
+        "query_too_complex"
+    } else if message.starts_with("Query is nested too deep")
+        || message.starts_with("The recursion depth")
+    {
+        "query_too_deep"
+    } else {
+        "invalid_query"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::library_code;
+
+    #[test]
+    fn the_librarys_refusals_get_stable_codes() {
+        assert_eq!(library_code("Query is too complex."), "query_too_complex");
+        assert_eq!(library_code("Query is nested too deep."), "query_too_deep");
+        assert_eq!(
+            library_code("The recursion depth of the query cannot be greater than `64`"),
+            "query_too_deep"
+        );
+        assert_eq!(library_code(" --> 1:3\n  |\n1 | {{"), "invalid_query");
+    }
+}
