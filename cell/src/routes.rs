@@ -678,4 +678,649 @@ mod tests {
             .filter_map(|(k, _)| txn.get(ROUTES, &k).unwrap())
             .collect()
     }
+
+    // Deferred matching: `CloseWindow` on a real store, everything before
+    // it done through the commands a cell replicates.
+
+    use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
+
+    const MINUTE_MS: i64 = 60_000;
+    const DAY_MS: i64 = 24 * HOUR_MS;
+    /// Monday 18 January 2027, 00:00 UTC: day 0 of the week most routes
+    /// below fall in. Written out, not derived from `MONDAY_OFFSET_MS`, so
+    /// a wrong week start shows.
+    const WEEK_OF: i64 = 1_800_230_400_000;
+    /// When the first matching window opens (claims come days ahead of
+    /// the routes they are for).
+    const CLAIMS_FROM: i64 = WEEK_OF - 14 * DAY_MS;
+
+    /// `h:m` on day `day` of the routes' week (0 = Monday; negative days
+    /// are the week before).
+    fn t(day: i64, h: i64, m: i64) -> i64 {
+        WEEK_OF + day * DAY_MS + h * HOUR_MS + m * MINUTE_MS
+    }
+
+    fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
+        p.iter()
+            .map(|(r, d)| (r.to_string(), d.to_string()))
+            .collect()
+    }
+
+    /// The route market on its own store, one apply per commit as on a
+    /// node.
+    struct Board {
+        _dir: tempfile::TempDir,
+        store: Store,
+        /// Matching windows closed so far; the next one's claims come a
+        /// day after the last one's.
+        closed: i64,
+    }
+
+    impl Board {
+        fn new() -> Board {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path().join("s.redb"), 4 << 20).unwrap();
+            Board {
+                _dir: dir,
+                store,
+                closed: 0,
+            }
+        }
+
+        fn write<T>(&self, f: impl FnOnce(&WriteTxn) -> T) -> T {
+            let txn = self.store.write().unwrap();
+            let out = f(&txn);
+            txn.commit(Durability::Deferred).unwrap();
+            out
+        }
+
+        /// An approved driver of standing `tier` (1 is best), brought
+        /// there the way production lowers a tier: poor customer ratings
+        /// cost one (2), a declined offer drops the completion rate to
+        /// nothing (3).
+        fn driver(&self, id: &str, tier: u8) {
+            use drivers::{DriverCommand, Profile};
+            let now = CLAIMS_FROM - 30 * DAY_MS;
+            self.write(|txn| {
+                let profile = Profile {
+                    vehicle: Vehicle::Car,
+                    capacity: 4,
+                    qualifications: Vec::new(),
+                    license_plate: None,
+                };
+                drivers::apply(
+                    txn,
+                    DriverCommand::PutProfile {
+                        driver_id: id.into(),
+                        profile,
+                        now,
+                    },
+                )
+                .unwrap();
+                drivers::apply(
+                    txn,
+                    DriverCommand::SetStatus {
+                        driver_id: id.into(),
+                        status: DriverStatus::Approved,
+                        now,
+                    },
+                )
+                .unwrap();
+            });
+            match tier {
+                1 => {}
+                2 => self.rate_poorly(id, now),
+                3 => self.decline_an_offer(id, now),
+                _ => unreachable!("tiers are 1 to 3"),
+            }
+            assert_eq!(self.tier(id), tier, "{id}'s tier");
+        }
+
+        /// What `OrderCommand::Rate` records: three two-star ratings,
+        /// enough to judge by.
+        fn rate_poorly(&self, driver: &str, now: i64) {
+            use crate::ratings::{self, Rating, Stars};
+            self.write(|txn| {
+                for n in 0..3 {
+                    let rating = Rating {
+                        order_id: format!("nyc.ord_rated_{n}_{driver}"),
+                        vendor_id: "nyc.ven_v".into(),
+                        vendor: Stars::new(5).unwrap(),
+                        driver_id: Some(driver.into()),
+                        driver: Stars::new(2),
+                        comment: None,
+                        at: now,
+                    };
+                    ratings::record(txn, &rating).unwrap();
+                }
+            });
+        }
+
+        fn decline_an_offer(&self, driver: &str, now: i64) {
+            use drivers::{DriverCommand, DriverResponse};
+            let order = crate::orders::sample_order(&format!("nyc.ord_for_{driver}"), None, now);
+            let offer_id = format!("nyc.ofr_{driver}");
+            self.write(|txn| {
+                let delivery = drivers::create_delivery(txn, &order, now).unwrap();
+                drivers::apply(
+                    txn,
+                    DriverCommand::SetOnline {
+                        driver_id: driver.into(),
+                        online: true,
+                        now,
+                    },
+                )
+                .unwrap();
+                let made = drivers::apply(
+                    txn,
+                    DriverCommand::CreateOffers {
+                        delivery_id: delivery.id,
+                        offers: vec![(offer_id.clone(), driver.into())],
+                        expires_at: now + MINUTE_MS,
+                        now,
+                    },
+                )
+                .unwrap();
+                assert!(matches!(made, DriverResponse::Offers(o) if o.len() == 1));
+                let declined = drivers::apply(
+                    txn,
+                    DriverCommand::DeclineOffer {
+                        offer_id,
+                        driver_id: driver.into(),
+                        now,
+                    },
+                )
+                .unwrap();
+                assert!(matches!(declined, DriverResponse::Offer(_)));
+            });
+        }
+
+        /// The tier matching ranks `driver` by, read as a node would.
+        fn tier(&self, driver: &str) -> u8 {
+            let read = self.store.read().unwrap();
+            let d = drivers::driver(&read, driver).unwrap().unwrap();
+            d.standing
+                .tier_with(&crate::ratings::reputation(&read, driver).unwrap())
+        }
+
+        fn route(&self, id: &str, start: i64, end: i64) {
+            let route = Route {
+                id: id.into(),
+                zone: "z".into(),
+                window_start: start,
+                window_end: end,
+                stops: vec![Stop {
+                    delivery_id: None,
+                    location: Location {
+                        lat: 40.71,
+                        lng: -74.0,
+                    },
+                }],
+                pay: 3000,
+                currency: "USD".into(),
+                requirements: Requirements::default(),
+                status: RouteStatus::Open,
+                driver_id: None,
+                claims: Vec::new(),
+                windows: 0,
+                created_at: CLAIMS_FROM - DAY_MS,
+            };
+            self.write(|txn| {
+                apply(
+                    txn,
+                    RouteCommand::Create {
+                        route: Box::new(route),
+                        now: CLAIMS_FROM - DAY_MS,
+                    },
+                )
+                .unwrap()
+            });
+        }
+
+        fn window_opens(&self) -> i64 {
+            CLAIMS_FROM + self.closed * DAY_MS
+        }
+
+        /// `driver` claims `route` `second` seconds into the current
+        /// window, which lasts a minute.
+        fn claim(&self, route: &str, driver: &str, second: i64) {
+            assert!((0..60).contains(&second));
+            let now = self.window_opens() + second * 1000;
+            let r = self.write(|txn| {
+                apply(
+                    txn,
+                    RouteCommand::Claim {
+                        route_id: route.into(),
+                        driver_id: driver.into(),
+                        now,
+                        window_ms: MINUTE_MS,
+                    },
+                )
+                .unwrap()
+            });
+            match r {
+                // A second claim by the same driver would keep the first
+                // one's time: the tests must not depend on that.
+                RouteResponse::Route(r) => assert!(
+                    r.claims
+                        .iter()
+                        .any(|c| c.driver_id == driver && c.at == now),
+                    "{driver}'s claim on {route} kept another time: {:?}",
+                    r.claims
+                ),
+                other => panic!("{driver} claiming {route}: {other:?}"),
+            }
+        }
+
+        /// Closes the running window once its time is up: (route, driver)
+        /// in matching order, and how many claimed routes went unmatched.
+        fn close(&mut self) -> (Vec<(String, String)>, usize) {
+            let now = self.window_opens() + HOUR_MS;
+            let r = self.write(|txn| apply(txn, RouteCommand::CloseWindow { now }).unwrap());
+            self.closed += 1;
+            match r {
+                RouteResponse::Matched {
+                    assigned,
+                    unmatched,
+                } => (assigned, unmatched),
+                other => panic!("closing the window: {other:?}"),
+            }
+        }
+
+        /// Hours `driver` already has: `routes` won in a window of their
+        /// own.
+        fn book(&mut self, driver: &str, routes: &[(&str, i64, i64)]) {
+            for &(id, start, end) in routes {
+                self.route(id, start, end);
+                self.claim(id, driver, 0);
+            }
+            let expected: Vec<(&str, &str)> = routes.iter().map(|&(id, ..)| (id, driver)).collect();
+            assert_eq!(self.close(), (pairs(&expected), 0), "booking {driver}");
+        }
+
+        fn route_of(&self, id: &str) -> Route {
+            route(&self.store.read().unwrap(), id).unwrap().unwrap()
+        }
+
+        fn open_ids(&self) -> Vec<String> {
+            open_routes(&self.store.read().unwrap())
+                .unwrap()
+                .into_iter()
+                .map(|r| r.id)
+                .collect()
+        }
+
+        fn schedule_of(&self, driver: &str) -> Vec<String> {
+            schedule(&self.store.read().unwrap(), driver)
+                .unwrap()
+                .into_iter()
+                .map(|r| r.id)
+                .collect()
+        }
+
+        /// `route.*` events in `who`'s feed, as (kind, route id).
+        fn route_events(&self, who: &str) -> Vec<(String, String)> {
+            events::after(&self.store.read().unwrap(), who, 0, 1000)
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.kind.starts_with("route."))
+                .map(|e| {
+                    let data: serde_json::Value = serde_json::from_str(&e.data).unwrap();
+                    (e.kind, data["route_id"].as_str().unwrap().to_string())
+                })
+                .collect()
+        }
+    }
+
+    #[test]
+    fn a_better_tier_wins_over_fewer_hours_an_earlier_claim_and_a_lower_id() {
+        let mut b = Board::new();
+        // Every other key favours the worse tier: ids, claim times, hours.
+        b.driver("nyc.acc_a", 3);
+        // Tier 2 only through ratings: ranking by outcomes alone would
+        // tie m with z and hand z's route to m on hours.
+        b.driver("nyc.acc_m", 2);
+        b.driver("nyc.acc_z", 1);
+        b.book("nyc.acc_z", &[("nyc.rte_z", t(0, 8, 0), t(0, 10, 0))]);
+        b.book("nyc.acc_m", &[("nyc.rte_m", t(0, 8, 0), t(0, 9, 0))]);
+        // Three routes at the same hour: each driver can take one, so the
+        // routes go down the ranking one driver at a time.
+        for r in ["nyc.rte_1", "nyc.rte_2", "nyc.rte_3"] {
+            b.route(r, t(2, 9, 0), t(2, 10, 0));
+            b.claim(r, "nyc.acc_a", 1);
+            b.claim(r, "nyc.acc_m", 2);
+            b.claim(r, "nyc.acc_z", 3);
+        }
+        let expected = pairs(&[
+            ("nyc.rte_1", "nyc.acc_z"),
+            ("nyc.rte_2", "nyc.acc_m"),
+            ("nyc.rte_3", "nyc.acc_a"),
+        ]);
+        assert_eq!(b.close(), (expected, 0));
+    }
+
+    #[test]
+    fn with_equal_tiers_fewer_hours_this_week_win_over_an_earlier_claim_and_a_lower_id() {
+        let mut b = Board::new();
+        b.driver("nyc.acc_a", 1);
+        b.driver("nyc.acc_b", 1);
+        // a has fewer routes but more hours: hours are what count.
+        b.book("nyc.acc_a", &[("nyc.rte_a", t(0, 8, 0), t(0, 11, 0))]);
+        b.book(
+            "nyc.acc_b",
+            &[
+                ("nyc.rte_b1", t(0, 8, 0), t(0, 9, 0)),
+                ("nyc.rte_b2", t(1, 8, 0), t(1, 9, 0)),
+            ],
+        );
+        for (r, day) in [("nyc.rte_1", 2), ("nyc.rte_2", 3)] {
+            b.route(r, t(day, 9, 0), t(day, 10, 0));
+            b.claim(r, "nyc.acc_a", 1);
+            b.claim(r, "nyc.acc_b", 2);
+        }
+        // rte_1: b has 2 h to a's 3. rte_2: the hour b just won in this
+        // same window brings b level with a, so a's earlier claim wins.
+        let expected = pairs(&[("nyc.rte_1", "nyc.acc_b"), ("nyc.rte_2", "nyc.acc_a")]);
+        assert_eq!(b.close(), (expected, 0));
+    }
+
+    #[test]
+    fn hours_count_only_in_the_routes_week_which_starts_on_monday() {
+        let mut b = Board::new();
+        b.driver("nyc.acc_a", 1);
+        b.driver("nyc.acc_z", 1);
+        // z's hours fall just before this week (Sunday evening, as a week
+        // from Sunday or from the epoch's Thursday would count them) and
+        // next week; a's single hour starts this week's Monday at 00:00.
+        b.book(
+            "nyc.acc_z",
+            &[
+                ("nyc.rte_sun", t(-1, 20, 0), t(0, 0, 0)),
+                ("nyc.rte_next", t(7, 8, 0), t(7, 16, 0)),
+            ],
+        );
+        b.book("nyc.acc_a", &[("nyc.rte_mon", t(0, 0, 0), t(0, 1, 0))]);
+        b.route("nyc.rte_1", t(2, 9, 0), t(2, 10, 0));
+        b.claim("nyc.rte_1", "nyc.acc_a", 1);
+        b.claim("nyc.rte_1", "nyc.acc_z", 2);
+        assert_eq!(b.close(), (pairs(&[("nyc.rte_1", "nyc.acc_z")]), 0));
+    }
+
+    #[test]
+    fn with_equal_tiers_and_hours_the_earlier_claim_wins_over_a_lower_id() {
+        let mut b = Board::new();
+        // Equal, but neither the best tier nor zero hours.
+        b.driver("nyc.acc_a", 2);
+        b.driver("nyc.acc_z", 2);
+        b.book("nyc.acc_a", &[("nyc.rte_a", t(0, 8, 0), t(0, 9, 0))]);
+        b.book("nyc.acc_z", &[("nyc.rte_z", t(1, 8, 0), t(1, 9, 0))]);
+        b.route("nyc.rte_1", t(2, 9, 0), t(2, 10, 0));
+        b.claim("nyc.rte_1", "nyc.acc_z", 1);
+        b.claim("nyc.rte_1", "nyc.acc_a", 2);
+        assert_eq!(b.close(), (pairs(&[("nyc.rte_1", "nyc.acc_z")]), 0));
+    }
+
+    #[test]
+    fn with_everything_else_equal_the_lower_id_wins_whoever_claimed_first() {
+        let mut b = Board::new();
+        b.driver("nyc.acc_a", 1);
+        b.driver("nyc.acc_z", 1);
+        b.route("nyc.rte_1", t(2, 9, 0), t(2, 10, 0));
+        // Same second, z's claim first in the route's list: a stable sort
+        // without the id would keep z.
+        b.claim("nyc.rte_1", "nyc.acc_z", 5);
+        b.claim("nyc.rte_1", "nyc.acc_a", 5);
+        assert_eq!(b.close(), (pairs(&[("nyc.rte_1", "nyc.acc_a")]), 0));
+    }
+
+    #[test]
+    fn a_driver_never_gets_overlapping_routes_but_may_get_back_to_back_ones() {
+        let mut b = Board::new();
+        b.driver("nyc.acc_d", 1);
+        // Loses to d on every key: gets a route only because d cannot.
+        b.driver("nyc.acc_e", 3);
+        let routes = [
+            ("nyc.rte_1", t(2, 9, 0), t(2, 10, 0)),
+            // Inside rte_1.
+            ("nyc.rte_2", t(2, 9, 15), t(2, 9, 45)),
+            // Overlaps rte_1's end.
+            ("nyc.rte_3", t(2, 9, 30), t(2, 10, 30)),
+            // Starts as rte_1 ends: no overlap.
+            ("nyc.rte_4", t(2, 10, 0), t(2, 11, 0)),
+        ];
+        for (id, start, end) in routes {
+            b.route(id, start, end);
+            b.claim(id, "nyc.acc_d", 1);
+        }
+        b.claim("nyc.rte_3", "nyc.acc_e", 9);
+        let expected = pairs(&[
+            ("nyc.rte_1", "nyc.acc_d"),
+            ("nyc.rte_3", "nyc.acc_e"),
+            ("nyc.rte_4", "nyc.acc_d"),
+        ]);
+        assert_eq!(b.close(), (expected, 1));
+        assert_eq!(b.schedule_of("nyc.acc_d"), ["nyc.rte_1", "nyc.rte_4"]);
+        assert_eq!(b.schedule_of("nyc.acc_e"), ["nyc.rte_3"]);
+        let left = b.route_of("nyc.rte_2");
+        assert_eq!((left.status, left.driver_id), (RouteStatus::Open, None));
+
+        // In a later window the routes d already has rule out one that
+        // starts before them and runs into rte_1.
+        b.route("nyc.rte_5", t(2, 8, 30), t(2, 9, 30));
+        b.claim("nyc.rte_5", "nyc.acc_d", 1);
+        assert_eq!(b.close(), (Vec::new(), 1));
+        assert_eq!(b.schedule_of("nyc.acc_d"), ["nyc.rte_1", "nyc.rte_4"]);
+        assert_eq!(
+            b.route_events("nyc.acc_d"),
+            pairs(&[
+                ("route.matched", "nyc.rte_1"),
+                ("route.unmatched", "nyc.rte_2"),
+                ("route.unmatched", "nyc.rte_3"),
+                ("route.matched", "nyc.rte_4"),
+                ("route.unmatched", "nyc.rte_5"),
+            ])
+        );
+        assert_eq!(
+            b.route_events("nyc.acc_e"),
+            pairs(&[("route.matched", "nyc.rte_3")])
+        );
+    }
+
+    #[test]
+    fn a_route_left_unmatched_stays_open_and_is_matched_in_a_later_window() {
+        let mut b = Board::new();
+        b.driver("nyc.acc_d", 1);
+        b.driver("nyc.acc_e", 2);
+        b.route("nyc.rte_1", t(2, 9, 0), t(2, 10, 0));
+        b.route("nyc.rte_2", t(2, 9, 30), t(2, 10, 30));
+        // d's only claims overlap: d gets the earlier route and the other
+        // has nobody.
+        b.claim("nyc.rte_1", "nyc.acc_d", 1);
+        b.claim("nyc.rte_2", "nyc.acc_d", 1);
+        assert_eq!(b.close(), (pairs(&[("nyc.rte_1", "nyc.acc_d")]), 1));
+        let r = b.route_of("nyc.rte_2");
+        assert_eq!(
+            (r.status, r.driver_id, r.claims, r.windows),
+            (RouteStatus::Open, None, Vec::new(), 1)
+        );
+        assert_eq!(b.open_ids(), ["nyc.rte_2"]);
+        // No window runs until the next claim starts one.
+        assert_eq!(
+            market_state(&b.store.read().unwrap())
+                .unwrap()
+                .window_closes_at,
+            0
+        );
+
+        // d's booking from the last window still rules d out.
+        b.claim("nyc.rte_2", "nyc.acc_d", 1);
+        assert_eq!(b.close(), (Vec::new(), 1));
+        assert_eq!(b.route_of("nyc.rte_2").windows, 2);
+
+        b.claim("nyc.rte_2", "nyc.acc_d", 1);
+        b.claim("nyc.rte_2", "nyc.acc_e", 2);
+        assert_eq!(b.close(), (pairs(&[("nyc.rte_2", "nyc.acc_e")]), 0));
+        let r = b.route_of("nyc.rte_2");
+        assert_eq!(
+            (r.status, r.driver_id.as_deref(), r.windows),
+            (RouteStatus::Assigned, Some("nyc.acc_e"), 2)
+        );
+        assert!(b.open_ids().is_empty());
+        assert_eq!(
+            b.route_events("nyc.acc_d"),
+            pairs(&[
+                ("route.matched", "nyc.rte_1"),
+                ("route.unmatched", "nyc.rte_2"),
+                ("route.unmatched", "nyc.rte_2"),
+                ("route.unmatched", "nyc.rte_2"),
+            ])
+        );
+        assert_eq!(
+            b.route_events("nyc.acc_e"),
+            pairs(&[("route.matched", "nyc.rte_2")])
+        );
+    }
+
+    const CROWD: usize = 8;
+
+    fn crowd(n: usize) -> String {
+        format!("nyc.acc_{n:02}")
+    }
+
+    /// Drivers of every tier, some with hours this week, and twenty routes
+    /// over six hours of one day, most overlapping several others.
+    fn crowded_board() -> Board {
+        let mut b = Board::new();
+        for (n, tier) in [1, 1, 1, 2, 2, 3, 1, 3].into_iter().enumerate() {
+            b.driver(&crowd(n), tier);
+        }
+        b.book(&crowd(1), &[("nyc.rte_p1", t(0, 8, 0), t(0, 9, 0))]);
+        b.book(&crowd(3), &[("nyc.rte_p3", t(0, 8, 0), t(0, 10, 0))]);
+        b.book(&crowd(6), &[("nyc.rte_p6", t(1, 8, 0), t(1, 9, 0))]);
+        for i in 0..20 {
+            let start = t(2, 8, 0) + (i % 10) * 30 * MINUTE_MS;
+            let length = if i < 10 { 60 } else { 90 } * MINUTE_MS;
+            b.route(&format!("nyc.rte_w{i:02}"), start, start + length);
+        }
+        b.route("nyc.rte_tie", t(7, 9, 0), t(7, 10, 0));
+        b
+    }
+
+    /// Everything a close decided: its answer, every route's state and
+    /// every driver's `route.*` events.
+    type Outcome = (
+        (Vec<(String, String)>, usize),
+        Vec<(String, RouteStatus, Option<String>, u32)>,
+        Vec<Vec<(String, String)>>,
+    );
+
+    fn close_after(claims: &[(String, String, i64)]) -> (Board, Outcome) {
+        let mut b = crowded_board();
+        for (route, driver, second) in claims {
+            b.claim(route, driver, *second);
+        }
+        let answer = b.close();
+        let routes = {
+            let read = b.store.read().unwrap();
+            let mut ids: Vec<String> = (0..20).map(|i| format!("nyc.rte_w{i:02}")).collect();
+            ids.push("nyc.rte_tie".into());
+            ids.into_iter()
+                .map(|id| {
+                    let r = route(&read, &id).unwrap().unwrap();
+                    (r.id, r.status, r.driver_id, r.windows)
+                })
+                .collect()
+        };
+        let feeds = (0..CROWD).map(|n| b.route_events(&crowd(n))).collect();
+        (b, (answer, routes, feeds))
+    }
+
+    #[test]
+    fn matching_is_the_same_whatever_order_the_claims_were_applied_in() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut claims = Vec::new();
+        for i in 0..20 {
+            let mut crowd_ids: Vec<usize> = (0..CROWD).collect();
+            crowd_ids.shuffle(&mut rng);
+            let n = rng.gen_range(1..=5);
+            // Three possible seconds: many claims tie on time.
+            for &d in &crowd_ids[..n] {
+                claims.push((format!("nyc.rte_w{i:02}"), crowd(d), rng.gen_range(0..3)));
+            }
+        }
+        // Two tier-1 drivers with no hours next week, claiming in the same
+        // second: only the id can decide.
+        claims.push(("nyc.rte_tie".into(), crowd(2), 4));
+        claims.push(("nyc.rte_tie".into(), crowd(0), 4));
+
+        let (board, baseline) = close_after(&claims);
+        // The comparison below means something only if the claims contest:
+        // some claimants of a route tie on time, some driver claims routes
+        // that overlap.
+        let overlap = |a: &str, b: &str| {
+            let (a, b) = (board.route_of(a), board.route_of(b));
+            a.window_start < b.window_end && b.window_start < a.window_end
+        };
+        let pairs_of_claims = || {
+            claims
+                .iter()
+                .enumerate()
+                .flat_map(|(i, a)| claims[i + 1..].iter().map(move |b| (a, b)))
+        };
+        assert!(pairs_of_claims().any(|(a, b)| a.0 == b.0 && a.2 == b.2));
+        assert!(pairs_of_claims().any(|(a, b)| a.1 == b.1 && a.0 != b.0 && overlap(&a.0, &b.0)));
+
+        let ((assigned, _), routes, _) = &baseline;
+        assert!(assigned.contains(&("nyc.rte_tie".to_string(), crowd(0))));
+        for n in 0..CROWD {
+            let mut booked: Vec<(i64, i64)> = board
+                .schedule_of(&crowd(n))
+                .iter()
+                .map(|id| {
+                    let r = board.route_of(id);
+                    (r.window_start, r.window_end)
+                })
+                .collect();
+            booked.sort();
+            assert!(
+                booked.windows(2).all(|w| w[0].1 <= w[1].0),
+                "{} double-booked: {booked:?}",
+                crowd(n)
+            );
+        }
+        for (id, status, driver, _) in routes {
+            let claimants: Vec<&String> =
+                claims.iter().filter(|c| &c.0 == id).map(|c| &c.1).collect();
+            match (status, driver) {
+                (RouteStatus::Assigned, Some(d)) => assert!(claimants.contains(&d), "{id}"),
+                // Left open only if every claimant was busy by then.
+                (RouteStatus::Open, None) => {
+                    for c in claimants {
+                        let busy = board.schedule_of(c).iter().any(|s| overlap(s, id));
+                        assert!(busy, "{id} left open though {c} was free");
+                    }
+                }
+                other => panic!("{id}: {other:?}"),
+            }
+        }
+
+        // Each close builds its maps with fresh random hash keys, so
+        // agreeing across stores also shows nothing rides on their
+        // iteration order.
+        let mut by_time = claims.clone();
+        by_time.sort_by_key(|c| c.2);
+        let mut orders = vec![
+            ("as generated, again".to_string(), claims.clone()),
+            ("reversed".into(), claims.iter().rev().cloned().collect()),
+            ("in claim-time order".into(), by_time),
+        ];
+        for seed in 1..=4 {
+            let mut shuffled = claims.clone();
+            shuffled.shuffle(&mut StdRng::seed_from_u64(seed));
+            orders.push((format!("shuffled with seed {seed}"), shuffled));
+        }
+        for (name, order) in orders {
+            assert_eq!(close_after(&order).1, baseline, "claims applied {name}");
+        }
+    }
 }

@@ -178,7 +178,7 @@ impl Query {
         c.answer(r).await
     }
 
-    /// The caller's orders (a vendor: its stores'; ops: all), newest first.
+    /// The caller's orders (a vendor: its stores'; ops: all), oldest first (by id).
     #[graphql(complexity = "super::edges::page_cost(limit, child_complexity)")]
     async fn orders(
         &self,
