@@ -19,7 +19,7 @@ use tokio::sync::broadcast;
 use crate::{
     app::{CellApp, Change, Command},
     catalog::Location,
-    driver_grid::{rows_near, square_of, Square},
+    driver_grid::{square_of, Square},
     drivers::{self, Delivery, Driver, DriverCommand, DriverStatus, Ping, Vehicle},
     http::orders_api::haversine_km,
     kv,
@@ -29,9 +29,8 @@ use crate::{
 const STALE_LOCATION_MS: i64 = 60_000;
 /// Deliveries looked at per round.
 const BATCH: usize = 256;
-/// How far a driver may have moved since their replicated position (at
-/// most about a second old): candidates are looked up this much wider.
-const MOVED_KM: f64 = 1.0;
+/// Positions per replicated location command.
+const FLUSH_SLICE: usize = 500;
 
 /// Dispatch settings from the config store (`dispatch/<name>`), with
 /// defaults.
@@ -106,18 +105,6 @@ impl Live {
             .or_default()
             .insert(driver_id.to_string());
     }
-
-    fn near(&self, at: &Location, radius_km: f64) -> Vec<String> {
-        let mut ids = Vec::new();
-        for (lat, lngs) in rows_near(at, radius_km) {
-            for lng in lngs {
-                if let Some(set) = self.squares.get(&(lat, lng)) {
-                    ids.extend(set.iter().cloned());
-                }
-            }
-        }
-        ids
-    }
 }
 
 fn now_ms() -> i64 {
@@ -141,18 +128,6 @@ impl Dispatcher {
         }
     }
 
-    /// The freshest known position: this node's last ping if newer than
-    /// the replicated one.
-    fn position(&self, d: &Driver) -> Option<(Location, i64)> {
-        let live = self.live.lock().ok().and_then(|l| l.at.get(&d.id).copied());
-        match (live, d.location) {
-            (Some((l, at)), _) if at >= d.location_at => Some((l, at)),
-            (_, Some(l)) => Some((l, d.location_at)),
-            (Some(x), None) => Some(x),
-            (None, None) => None,
-        }
-    }
-
     /// Starts the location flusher, the route-window closer and the
     /// dispatcher, which runs every 250 ms and at once when `changes`
     /// announces a delivery that may need a driver.
@@ -173,12 +148,18 @@ impl Dispatcher {
                     Ok(mut p) => p.drain().map(|(_, v)| v).collect(),
                     Err(_) => continue,
                 };
-                if pings.is_empty() {
-                    continue;
-                }
-                let cmd = Command::Drivers(Box::new(DriverCommand::Locations { pings }));
-                if let Err(e) = node.write(&cmd).await {
-                    tracing::debug!(error = %e, "location flush failed; positions stay local until the next ping");
+                // In slices, one after another: a write that arrives
+                // meanwhile (an accept, an offer) waits behind one slice's
+                // apply, not behind every driver's (10,000 positions take
+                // tens of milliseconds to apply on each node).
+                for slice in pings.chunks(FLUSH_SLICE) {
+                    let cmd = Command::Drivers(Box::new(DriverCommand::Locations {
+                        pings: slice.to_vec(),
+                    }));
+                    if let Err(e) = node.write(&cmd).await {
+                        tracing::debug!(error = %e, "location flush failed; positions stay local until the next ping");
+                        break;
+                    }
                 }
             }
         });
@@ -236,7 +217,7 @@ impl Dispatcher {
         };
         let mut busy: HashSet<String> = HashSet::new();
         // Drivers read this round: deliveries close together share them.
-        let mut known: HashMap<String, Option<Driver>> = HashMap::new();
+        let mut known: HashMap<String, Option<Arc<Driver>>> = HashMap::new();
         for d in deliveries {
             if d.dispatch_after > now {
                 continue;
@@ -273,9 +254,8 @@ impl Dispatcher {
             let radius = search_radius(&d, &settings);
             let candidates = {
                 let read = node.store().read()?;
-                let nearby = self.drivers_near(&read, &d.pickup, radius + MOVED_KM, &mut known)?;
                 let needs = required_qualifications(&read, &d)?;
-                self.rank(&read, &d, &nearby, &needs, &busy, radius, now)?
+                self.choose(&read, &d, &needs, &busy, radius, now, wanted, &mut known)?
             };
             if candidates.is_empty() {
                 let give_up = d.empty_rounds + 1 >= settings.give_up_rounds;
@@ -289,7 +269,6 @@ impl Dispatcher {
             }
             let offers: Vec<(String, String)> = candidates
                 .into_iter()
-                .take(wanted)
                 .map(|driver_id| (format!("{cell}.ofr_{}", ulid::Ulid::new()), driver_id))
                 .collect();
             for (_, driver_id) in &offers {
@@ -312,84 +291,177 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// Drivers whose position (replicated, or pinged to this node) may lie
-    /// within `radius_km` of `at`, each read at most once per round.
-    fn drivers_near(
-        &self,
-        read: &storage::ReadTxn,
-        at: &Location,
-        radius_km: f64,
-        known: &mut HashMap<String, Option<Driver>>,
-    ) -> storage::Result<Vec<Driver>> {
-        let mut ids = crate::driver_grid::near(read, at, radius_km)?;
-        if let Ok(live) = self.live.lock() {
-            ids.extend(live.near(at, radius_km));
-        }
-        ids.sort_unstable();
-        ids.dedup();
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            let d = match known.get(&id) {
-                Some(d) => d.clone(),
-                None => {
-                    let d = drivers::driver(read, &id)?;
-                    known.insert(id, d.clone());
-                    d
-                }
-            };
-            out.extend(d);
-        }
-        Ok(out)
-    }
-
-    /// Eligible drivers within `radius` of the pickup, best first: by
-    /// standing tier (outcomes, ratings, lateness), then ETA to the pickup
-    /// (distance at their vehicle's city speed). Eligible: approved,
-    /// online, idle, not offered this delivery before, a vehicle that fits
-    /// it (see [`fits`]) and every qualification in `needs`.
+    /// The best `wanted` eligible drivers within `radius` of the pickup,
+    /// best first: by standing tier (outcomes, ratings, lateness), then ETA
+    /// to the pickup (distance at their vehicle's city speed), then id.
+    /// Eligible: approved, online, idle, not offered this delivery before,
+    /// a vehicle that fits it (see [`fits`]) and every qualification in
+    /// `needs`.
+    ///
+    /// Grid squares are searched nearest first (replicated positions, and
+    /// this node's newer pings), and the search stops once no driver
+    /// farther out could beat the `wanted`-th best even at the best tier
+    /// and the fastest vehicle's speed: with thousands of drivers around a
+    /// pickup, a square or two are read instead of all of them.
     #[allow(clippy::too_many_arguments)]
-    fn rank(
+    fn choose(
         &self,
         read: &storage::ReadTxn,
         d: &Delivery,
-        all: &[Driver],
         needs: &[String],
         busy: &HashSet<String>,
         radius: f64,
         now: i64,
+        wanted: usize,
+        known: &mut HashMap<String, Option<Arc<Driver>>>,
     ) -> storage::Result<Vec<String>> {
-        let in_reach: Vec<(&Driver, f64)> = all
-            .iter()
-            .filter(|drv| {
-                drv.status == DriverStatus::Approved
+        let squares = crate::driver_grid::squares_by_distance(&d.pickup, radius);
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut list = Shortlist::new(wanted);
+        for (i, (square, _)) in squares.iter().enumerate() {
+            let mut ids = crate::driver_grid::in_square(read, *square)?;
+            let found: Vec<(String, Option<(Location, i64)>)> = {
+                let Ok(live) = self.live.lock() else {
+                    return Ok(Vec::new());
+                };
+                ids.extend(live.squares.get(square).into_iter().flatten().cloned());
+                ids.into_iter()
+                    .filter(|id| seen.insert(id.clone()))
+                    .map(|id| {
+                        let pinged = live.at.get(&id).copied();
+                        (id, pinged)
+                    })
+                    .collect()
+            };
+            for (id, pinged) in found {
+                let drv = match known.get(&id) {
+                    Some(drv) => drv.clone(),
+                    None => {
+                        let drv = drivers::driver(read, &id)?.map(Arc::new);
+                        known.insert(id, drv.clone());
+                        drv
+                    }
+                };
+                let Some(drv) = drv else { continue };
+                let eligible = drv.status == DriverStatus::Approved
                     && drv.online
                     && drv.current_delivery.is_none()
-                    && fits(d, drv)
+                    && fits(d, &drv)
                     && needs.iter().all(|q| drv.qualifications.contains(q))
                     && !d.offered_to.contains(&drv.id)
-                    && !busy.contains(&drv.id)
-            })
-            .filter_map(|drv| {
-                let (at, seen) = self.position(drv)?;
-                if now - seen > STALE_LOCATION_MS {
-                    return None;
+                    && !busy.contains(&drv.id);
+                if !eligible {
+                    continue;
                 }
+                let Some((at, when)) = freshest(pinged, &drv) else {
+                    continue;
+                };
                 let km = haversine_km(&at, &d.pickup);
-                (km <= radius).then_some((drv, eta_minutes(km, drv.vehicle)))
-            })
-            .collect();
-        let mut ranked: Vec<(u8, f64, &str)> = Vec::with_capacity(in_reach.len());
-        for (drv, eta) in in_reach {
-            let tier = drv
-                .standing
-                .tier_with(&crate::ratings::reputation(read, &drv.id)?);
-            ranked.push((tier, eta, drv.id.as_str()));
+                if now - when > STALE_LOCATION_MS || km > radius {
+                    continue;
+                }
+                let eta = eta_minutes(km, drv.vehicle);
+                list.consider(drv, eta, |drv| {
+                    let reputation = crate::ratings::reputation(read, &drv.id)?;
+                    Ok(drv.standing.tier_with(&reputation))
+                })?;
+            }
+            if squares
+                .get(i + 1)
+                .is_some_and(|(_, nearest)| list.closed_beyond(*nearest))
+            {
+                break;
+            }
         }
-        ranked.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(b.2)));
-        Ok(ranked
+        Ok(list.ids())
+    }
+}
+
+/// The best drivers found so far for one delivery, by (tier, ETA, id).
+struct Shortlist {
+    wanted: usize,
+    best: Vec<(u8, f64, Arc<Driver>)>,
+}
+
+impl Shortlist {
+    fn new(wanted: usize) -> Self {
+        Shortlist {
+            wanted,
+            best: Vec::with_capacity(wanted + 1),
+        }
+    }
+
+    fn order(a: (u8, f64, &str), b: (u8, f64, &str)) -> std::cmp::Ordering {
+        a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(b.2))
+    }
+
+    /// Whether a driver at (`tier`, `eta`, `id`) would not make the list.
+    fn shut_out(&self, tier: u8, eta: f64, id: &str) -> bool {
+        self.best.len() >= self.wanted
+            && self.best.last().is_none_or(|(t, e, w)| {
+                Self::order((tier, eta, id), (*t, *e, w.id.as_str())).is_ge()
+            })
+    }
+
+    /// Ratings and lateness only ever lower the tier from outcomes alone,
+    /// so a driver that tier already shuts out costs no further reads.
+    fn consider(
+        &mut self,
+        drv: Arc<Driver>,
+        eta: f64,
+        full_tier: impl FnOnce(&Driver) -> storage::Result<u8>,
+    ) -> storage::Result<()> {
+        if self.shut_out(drv.standing.tier(), eta, &drv.id) {
+            return Ok(());
+        }
+        let tier = full_tier(&drv)?;
+        if self.shut_out(tier, eta, &drv.id) {
+            return Ok(());
+        }
+        let at = self.best.partition_point(|(t, e, w)| {
+            Self::order((*t, *e, &w.id), (tier, eta, &drv.id)).is_lt()
+        });
+        self.best.insert(at, (tier, eta, drv));
+        self.best.truncate(self.wanted);
+        Ok(())
+    }
+
+    /// Whether no driver at least `km` from the pickup could still make
+    /// the list: not at the best tier with the fastest vehicle.
+    fn closed_beyond(&self, km: f64) -> bool {
+        let fastest = [
+            Vehicle::Bike,
+            Vehicle::Scooter,
+            Vehicle::Car,
+            Vehicle::Van,
+            Vehicle::Truck,
+        ]
+        .into_iter()
+        .map(|v| eta_minutes(km, v))
+        .fold(f64::INFINITY, f64::min);
+        self.best.len() >= self.wanted
+            && self
+                .best
+                .last()
+                .is_none_or(|(t, e, _)| (*t, *e) < (1, fastest))
+    }
+
+    fn ids(self) -> Vec<String> {
+        self.best
             .into_iter()
-            .map(|(_, _, id)| id.to_string())
-            .collect())
+            .map(|(_, _, drv)| drv.id.clone())
+            .collect()
+    }
+}
+
+/// The freshest known position: this node's last ping if newer than the
+/// replicated one.
+fn freshest(pinged: Option<(Location, i64)>, d: &Driver) -> Option<(Location, i64)> {
+    match (pinged, d.location) {
+        (Some((l, at)), _) if at >= d.location_at => Some((l, at)),
+        (_, Some(l)) => Some((l, d.location_at)),
+        (Some(x), None) => Some(x),
+        (None, None) => None,
     }
 }
 
@@ -604,5 +676,174 @@ mod tests {
         assert!(fits(&ride(Goods), &driver(Vehicle::Bike, 1)));
         // A bike 2 km away arrives later than a car 2.5 km away.
         assert!(eta_minutes(2.0, Vehicle::Bike) > eta_minutes(2.5, Vehicle::Car));
+    }
+
+    /// The nearest-first search with its early stop picks exactly what
+    /// ranking every driver by full tier would, for every wave size:
+    /// drivers of all tiers (some demoted by poor ratings) spread over
+    /// many grid squares, some out of reach, stale, offline or busy, and
+    /// some who pinged this node since their replicated position (moving
+    /// them nearer or farther, into other squares).
+    #[test]
+    fn the_search_stops_early_yet_agrees_with_ranking_every_driver() {
+        use rand::{rngs::StdRng, Rng, SeedableRng};
+        let dir = tempfile::tempdir().unwrap();
+        let store = storage::Store::open(dir.path().join("state.redb"), 16 << 20).unwrap();
+        let pickup = Location {
+            lat: 40.7,
+            lng: -74.0,
+        };
+        let now = 1_000_000;
+        let mut rng = StdRng::seed_from_u64(3);
+        let txn = store.write().unwrap();
+        let mut all = Vec::new();
+        for i in 0..600 {
+            let id = format!("t.acc_{i:04}");
+            if rng.gen_bool(0.3) {
+                // Three 2-star ratings: a tier down.
+                for n in 0..3 {
+                    let rating = crate::ratings::Rating {
+                        order_id: format!("{id}-{n}"),
+                        vendor_id: "t.ven_1".into(),
+                        vendor: crate::ratings::Stars::new(5).unwrap(),
+                        driver_id: Some(id.clone()),
+                        driver: crate::ratings::Stars::new(2),
+                        comment: None,
+                        at: 0,
+                    };
+                    crate::ratings::record(&txn, &rating).unwrap();
+                }
+            }
+            all.push(Arc::new(Driver {
+                id,
+                vehicle: if rng.gen_bool(0.5) {
+                    Vehicle::Car
+                } else {
+                    Vehicle::Bike
+                },
+                capacity: 2,
+                qualifications: vec![],
+                license_plate: None,
+                status: DriverStatus::Approved,
+                online: rng.gen_bool(0.9),
+                location: Some(Location {
+                    lat: pickup.lat + rng.gen_range(-0.06..0.06),
+                    lng: pickup.lng + rng.gen_range(-0.06..0.06),
+                }),
+                location_at: if rng.gen_bool(0.95) { now - 500 } else { 0 },
+                current_delivery: None,
+                standing: drivers::Standing {
+                    completed: rng.gen_range(0..40),
+                    failed: rng.gen_range(0..4),
+                    declined: 0,
+                    expired: 0,
+                },
+                updated_at: 0,
+            }));
+        }
+        for drv in &all {
+            txn.put(drivers::DRIVERS, drv.id.as_bytes(), drv.as_ref())
+                .unwrap();
+            if let Some(l) = &drv.location {
+                crate::driver_grid::moved(&txn, &drv.id, None, l, drv.location_at).unwrap();
+            }
+        }
+        txn.commit(storage::Durability::Deferred).unwrap();
+        let read = store.read().unwrap();
+        // A fifth pinged this node since: up to 1.5 km from where the
+        // cell last saw them.
+        let dispatcher = Dispatcher::default();
+        let mut position: HashMap<String, (Location, i64)> = all
+            .iter()
+            .filter_map(|d| Some((d.id.clone(), (d.location?, d.location_at))))
+            .collect();
+        for drv in &all {
+            let Some(l) = drv.location.filter(|_| rng.gen_bool(0.2)) else {
+                continue;
+            };
+            let ping = Ping {
+                driver_id: drv.id.clone(),
+                lat: l.lat + rng.gen_range(-0.013..0.013),
+                lng: l.lng + rng.gen_range(-0.013..0.013),
+                at: now - 100,
+            };
+            position.insert(
+                drv.id.clone(),
+                (
+                    Location {
+                        lat: ping.lat,
+                        lng: ping.lng,
+                    },
+                    ping.at,
+                ),
+            );
+            dispatcher.ping(ping);
+        }
+        let mut delivery = drivers::Delivery {
+            id: "t.dlv_1".into(),
+            order_id: "t.ord_1".into(),
+            kind: crate::orders::OrderKind::Delivery,
+            status: drivers::DeliveryStatus::Searching,
+            customer_id: "c".into(),
+            vendor_owner_id: "v".into(),
+            pickup,
+            dropoff: pickup,
+            pay: 0,
+            currency: "USD".into(),
+            driver_id: None,
+            offered_to: vec![all[0].id.clone()],
+            empty_rounds: 0,
+            dispatch_after: 0,
+            first_offer_at: None,
+            created_at: 0,
+            updated_at: 0,
+        };
+        let busy: HashSet<String> = [all[1].id.clone()].into();
+        let radius = 3.0;
+
+        let mut everyone: Vec<(u8, f64, String)> = all
+            .iter()
+            .filter(|drv| {
+                drv.online && !delivery.offered_to.contains(&drv.id) && !busy.contains(&drv.id)
+            })
+            .filter_map(|drv| {
+                let (at, when) = position[&drv.id];
+                if now - when > STALE_LOCATION_MS {
+                    return None;
+                }
+                let km = haversine_km(&at, &pickup);
+                let rep = crate::ratings::reputation(&read, &drv.id).unwrap();
+                (km <= radius).then(|| {
+                    (
+                        drv.standing.tier_with(&rep),
+                        eta_minutes(km, drv.vehicle),
+                        drv.id.clone(),
+                    )
+                })
+            })
+            .collect();
+        everyone.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(&b.2)));
+        let tiers: HashSet<u8> = everyone.iter().map(|e| e.0).collect();
+        assert!(
+            tiers.len() >= 2 && everyone.len() > 20,
+            "a mixed field: {tiers:?}"
+        );
+
+        let choose = |delivery: &drivers::Delivery, wanted| {
+            let mut known = HashMap::new();
+            dispatcher
+                .choose(&read, delivery, &[], &busy, radius, now, wanted, &mut known)
+                .unwrap()
+        };
+        for wanted in [1, 2, 3, 5, 20, everyone.len(), everyone.len() + 5] {
+            let got = choose(&delivery, wanted);
+            let expected: Vec<String> = everyone.iter().take(wanted).map(|e| e.2.clone()).collect();
+            assert_eq!(got, expected, "wave of {wanted}");
+        }
+        // Nothing left once everyone in reach was offered it.
+        delivery
+            .offered_to
+            .extend(everyone.iter().map(|e| e.2.clone()));
+        assert!(choose(&delivery, 3).is_empty());
     }
 }

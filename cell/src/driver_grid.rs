@@ -89,6 +89,55 @@ pub fn rows_near(at: &Location, radius_km: f64) -> Vec<(i64, RangeInclusive<i64>
         .collect()
 }
 
+/// The squares reaching within `radius_km` of `at`, nearest first, each
+/// with a lower bound on the distance from `at` to any point in it.
+pub fn squares_by_distance(at: &Location, radius_km: f64) -> Vec<(Square, f64)> {
+    let mut out: Vec<(Square, f64)> = rows_near(at, radius_km)
+        .into_iter()
+        .flat_map(|(lat, lngs)| lngs.map(move |lng| (lat, lng)))
+        .map(|sq| (sq, least_km(at, sq)))
+        .filter(|(_, km)| *km <= radius_km)
+        .collect();
+    out.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+    out
+}
+
+/// How close `at` comes to square `sq`: the distance to the square's
+/// nearest corner or edge point, shaved by 1% and 10 m so that it stays a
+/// lower bound despite treating the square as flat.
+fn least_km(at: &Location, (lat_sq, lng_sq): Square) -> f64 {
+    let south = lat_sq as f64 * SQUARE_DEG - 90.0;
+    let west = lng_sq as f64 * SQUARE_DEG - 180.0;
+    let lat = at.lat.clamp(south, south + SQUARE_DEG);
+    // How far east of the west edge `at` lies, going round the globe.
+    let east = (at.lng - west).rem_euclid(360.0);
+    let lng = if east <= SQUARE_DEG {
+        at.lng
+    } else if east - SQUARE_DEG < 360.0 - east {
+        west + SQUARE_DEG
+    } else {
+        west
+    };
+    let km = crate::http::orders_api::haversine_km(at, &Location { lat, lng });
+    (km * 0.99 - 0.01).max(0.0)
+}
+
+/// Ids of drivers whose replicated position lies in square `sq`.
+pub fn in_square(read: &ReadTxn, (lat, lng): Square) -> storage::Result<Vec<String>> {
+    let from = key(lat, lng, "");
+    let to = format!("{lat:05}/{lng:05}0").into_bytes();
+    Ok(read
+        .range(BY_SQUARE, from..to, MAX_ROWS)?
+        .into_iter()
+        .filter_map(|(k, _)| {
+            std::str::from_utf8(&k)
+                .ok()
+                .and_then(|k| k.get(12..))
+                .map(str::to_string)
+        })
+        .collect())
+}
+
 /// Ids of drivers whose replicated position lies in a square that reaches
 /// within `radius_km` of `at` (a superset: callers measure the distance).
 pub fn near(read: &ReadTxn, at: &Location, radius_km: f64) -> storage::Result<Vec<String>> {

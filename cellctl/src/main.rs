@@ -396,6 +396,9 @@ enum BenchCmd {
         /// replicates the positions to the others once a second.
         #[arg(long, default_value_t = 3)]
         nodes: u64,
+        /// Pings per driver per second while orders are dispatched.
+        #[arg(long, default_value_t = 1.0)]
+        ping_hz: f64,
     },
     /// The order-tracking screen: one GraphQL query vs the REST calls for
     /// the same data, same node, same run.
@@ -679,9 +682,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 routes,
                 claims,
                 nodes,
+                ping_hz,
             } => {
                 bench_dispatch::run(bench_dispatch::DispatchBenchOptions {
                     nodes: *nodes,
+                    ping_hz: *ping_hz,
                     drivers: *drivers,
                     clients: *clients,
                     seconds: *seconds,
