@@ -27,8 +27,10 @@ use crate::{
 
 /// Positions older than this do not count as "near".
 const STALE_LOCATION_MS: i64 = 60_000;
-/// Deliveries looked at per round.
+/// Deliveries read per page of the waiting list.
 const BATCH: usize = 256;
+/// Most deliveries one round looks at.
+const MAX_WAITING: usize = 50_000;
 /// Positions per replicated location command.
 const FLUSH_SLICE: usize = 500;
 
@@ -213,80 +215,99 @@ impl Dispatcher {
         let now = now_ms();
         let (settings, deliveries) = {
             let read = node.store().read()?;
-            (settings(&read), drivers::dispatchable(&read, BATCH)?)
+            (settings(&read), waiting(&read)?)
         };
+        // First every open offer: their drivers are busy for every
+        // delivery of this round, and the expired ones are closed.
         let mut busy: HashSet<String> = HashSet::new();
-        // Drivers read this round: deliveries close together share them.
-        let mut known: HashMap<String, Option<Arc<Driver>>> = HashMap::new();
-        for d in deliveries {
-            if d.dispatch_after > now {
-                continue;
-            }
-            let open = {
-                let read = node.store().read()?;
-                let mut open = Vec::new();
+        let mut writes: Vec<DriverCommand> = Vec::new();
+        let mut to_offer: Vec<Delivery> = Vec::new();
+        {
+            let read = node.store().read()?;
+            for d in deliveries {
+                if d.dispatch_after > now {
+                    continue;
+                }
+                let mut live_offers = 0;
                 for driver_id in &d.offered_to {
                     for o in drivers::open_offers(&read, driver_id)? {
-                        if o.delivery_id == d.id {
-                            open.push(o);
+                        if o.delivery_id != d.id {
+                            continue;
+                        }
+                        if o.expires_at <= now {
+                            writes.push(DriverCommand::ExpireOffer {
+                                offer_id: o.id.clone(),
+                                now,
+                            });
+                        } else {
+                            live_offers += 1;
+                            busy.insert(o.driver_id.clone());
                         }
                     }
                 }
-                open
-            };
-            let mut live_offers = 0;
-            for o in &open {
-                if o.expires_at <= now {
-                    let cmd = DriverCommand::ExpireOffer {
-                        offer_id: o.id.clone(),
-                        now,
-                    };
-                    node.write(&Command::Drivers(Box::new(cmd))).await?;
-                } else {
-                    live_offers += 1;
-                    busy.insert(o.driver_id.clone());
+                if live_offers == 0 {
+                    to_offer.push(d);
                 }
             }
-            if live_offers > 0 {
-                continue;
-            }
-            let wanted = settings.wave;
-            let radius = search_radius(&d, &settings);
-            let candidates = {
-                let read = node.store().read()?;
-                let needs = required_qualifications(&read, &d)?;
-                self.choose(&read, &d, &needs, &busy, radius, now, wanted, &mut known)?
-            };
-            if candidates.is_empty() {
-                let give_up = d.empty_rounds + 1 >= settings.give_up_rounds;
-                let cmd = DriverCommand::NoCandidates {
-                    delivery_id: d.id.clone(),
-                    give_up,
+        }
+        // Then offers for those without a live one, new deliveries first.
+        // Drivers read this round: deliveries close together share them.
+        let mut known: HashMap<String, Option<Arc<Driver>>> = HashMap::new();
+        let mut first_offers = Vec::new();
+        {
+            let read = node.store().read()?;
+            for d in &to_offer {
+                let radius = search_radius(d, &settings);
+                let needs = required_qualifications(&read, d)?;
+                let candidates = self.choose(
+                    &read,
+                    d,
+                    &needs,
+                    &busy,
+                    radius,
                     now,
-                };
-                node.write(&Command::Drivers(Box::new(cmd))).await?;
-                continue;
+                    settings.wave,
+                    &mut known,
+                )?;
+                if candidates.is_empty() {
+                    writes.push(DriverCommand::NoCandidates {
+                        delivery_id: d.id.clone(),
+                        give_up: d.empty_rounds + 1 >= settings.give_up_rounds,
+                        now,
+                    });
+                    continue;
+                }
+                busy.extend(candidates.iter().cloned());
+                writes.push(DriverCommand::CreateOffers {
+                    delivery_id: d.id.clone(),
+                    offers: candidates
+                        .into_iter()
+                        .map(|driver_id| (format!("{cell}.ofr_{}", ulid::Ulid::new()), driver_id))
+                        .collect(),
+                    expires_at: now + settings.offer_seconds * 1000,
+                    now,
+                });
+                if d.first_offer_at.is_none() {
+                    first_offers.push(d.created_at.max(d.dispatch_after));
+                }
             }
-            let offers: Vec<(String, String)> = candidates
-                .into_iter()
-                .map(|driver_id| (format!("{cell}.ofr_{}", ulid::Ulid::new()), driver_id))
-                .collect();
-            for (_, driver_id) in &offers {
-                busy.insert(driver_id.clone());
-            }
-            let cmd = DriverCommand::CreateOffers {
-                delivery_id: d.id.clone(),
-                offers,
-                expires_at: now + settings.offer_seconds * 1000,
-                now,
-            };
-            node.write(&Command::Drivers(Box::new(cmd))).await?;
-            if d.first_offer_at.is_none() {
-                let waited = now - d.created_at.max(d.dispatch_after);
-                metrics
-                    .dispatch_first_offer_seconds
-                    .observe(waited.max(0) as f64 / 1000.0);
-            }
+        }
+        // All at once: the writes share log batches (and fsyncs) instead
+        // of each waiting for the one before, so a backlog of expiring
+        // offers does not hold up a new delivery's first.
+        let cmds: Vec<Command> = writes
+            .into_iter()
+            .map(|c| Command::Drivers(Box::new(c)))
+            .collect();
+        let results = futures::future::join_all(cmds.iter().map(|c| node.write(c))).await;
+        let done = now_ms();
+        for since in first_offers {
+            metrics
+                .dispatch_first_offer_seconds
+                .observe((done - since).max(0) as f64 / 1000.0);
+        }
+        if let Some(e) = results.into_iter().find_map(Result::err) {
+            return Err(e.into());
         }
         Ok(())
     }
@@ -452,6 +473,25 @@ impl Shortlist {
             .map(|(_, _, drv)| drv.id.clone())
             .collect()
     }
+}
+
+/// Every delivery waiting for a driver (up to [`MAX_WAITING`]), those never
+/// offered to anyone first, oldest first: however many wait with offers
+/// out, a new one is looked at in the round its change announces.
+fn waiting(read: &storage::ReadTxn) -> storage::Result<Vec<Delivery>> {
+    let mut all: Vec<Delivery> = Vec::new();
+    let mut after = None;
+    loop {
+        let (page, next) = drivers::dispatchable_after(read, after, BATCH)?;
+        all.extend(page);
+        match next {
+            Some(k) if all.len() < MAX_WAITING => after = Some(k),
+            _ => break,
+        }
+    }
+    // Stable: each part stays oldest first.
+    all.sort_by_key(|d| !d.offered_to.is_empty());
+    Ok(all)
 }
 
 /// The freshest known position: this node's last ping if newer than the
@@ -676,6 +716,30 @@ mod tests {
         assert!(fits(&ride(Goods), &driver(Vehicle::Bike, 1)));
         // A bike 2 km away arrives later than a car 2.5 km away.
         assert!(eta_minutes(2.0, Vehicle::Bike) > eta_minutes(2.5, Vehicle::Car));
+    }
+
+    /// Hundreds of deliveries waiting with offers out (more than a page)
+    /// do not keep a new one from the round: it comes first.
+    #[test]
+    fn a_new_delivery_comes_first_however_many_wait_with_offers_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = storage::Store::open(dir.path().join("state.redb"), 16 << 20).unwrap();
+        let txn = store.write().unwrap();
+        let n = 2 * BATCH + 10;
+        for i in 0..n {
+            let order = crate::orders::sample_order(&format!("t.ord_{i:05}"), None, i as i64);
+            let mut d = drivers::create_delivery(&txn, &order, i as i64).unwrap();
+            if i != 7 && i != n - 1 {
+                d.offered_to = vec!["t.acc_someone".into()];
+                txn.put(drivers::DELIVERIES, d.id.as_bytes(), &d).unwrap();
+            }
+        }
+        txn.commit(storage::Durability::Deferred).unwrap();
+        let all = waiting(&store.read().unwrap()).unwrap();
+        assert_eq!(all.len(), n, "every page is read");
+        let first: Vec<&str> = all.iter().take(3).map(|d| d.id.as_str()).collect();
+        let last = format!("t.dlv_{:05}", n - 1);
+        assert_eq!(first, ["t.dlv_00007", last.as_str(), "t.dlv_00000"]);
     }
 
     /// The nearest-first search with its early stop picks exactly what

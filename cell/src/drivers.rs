@@ -17,7 +17,7 @@ use crate::{
 };
 
 pub(crate) const DRIVERS: Table<Driver> = Table::new("drivers");
-const DELIVERIES: Table<Delivery> = Table::new("deliveries");
+pub(crate) const DELIVERIES: Table<Delivery> = Table::new("deliveries");
 const OFFERS: Table<Offer> = Table::new("offers");
 /// Deliveries waiting for a driver (key = delivery id).
 const DISPATCHABLE: Table<i64> = Table::new("deliveries_dispatchable");
@@ -915,14 +915,31 @@ pub fn open_offers(read: &ReadTxn, driver_id: &str) -> storage::Result<Vec<Offer
 
 /// Deliveries waiting for a driver, oldest first (bounded).
 pub fn dispatchable(read: &ReadTxn, limit: usize) -> storage::Result<Vec<Delivery>> {
-    let rows = read.range(DISPATCHABLE, Vec::new().., limit)?;
+    Ok(dispatchable_after(read, None, limit)?.0)
+}
+
+/// A page of [`dispatchable`] after key `after`, and the key to continue
+/// from (`None`: that was the last page).
+pub fn dispatchable_after(
+    read: &ReadTxn,
+    after: Option<Vec<u8>>,
+    limit: usize,
+) -> storage::Result<(Vec<Delivery>, Option<Vec<u8>>)> {
+    let from = match after {
+        Some(k) => std::ops::Bound::Excluded(k),
+        None => std::ops::Bound::Unbounded,
+    };
+    let rows = read.range(DISPATCHABLE, (from, std::ops::Bound::Unbounded), limit)?;
+    let next = (rows.len() >= limit)
+        .then(|| rows.last().map(|(k, _)| k.clone()))
+        .flatten();
     let mut out = Vec::with_capacity(rows.len());
     for (k, _) in rows {
         if let Some(d) = read.get(DELIVERIES, &k)? {
             out.push(d);
         }
     }
-    Ok(out)
+    Ok((out, next))
 }
 
 /// Drivers whose replicated position may lie within `radius_km` of `at`

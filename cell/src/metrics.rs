@@ -162,7 +162,7 @@ impl Metrics {
         );
         let dispatch_first_offer_seconds = histogram!(
             "dispatch_first_offer_seconds",
-            "From a delivery becoming dispatchable to its first offer (leader)",
+            "From a delivery becoming dispatchable to its first offer committed (leader)",
             [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
         );
         let route_match_seconds = histogram!(
