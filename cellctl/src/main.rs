@@ -393,8 +393,9 @@ enum BenchCmd {
         #[arg(long, default_value_t = 5000)]
         claims: usize,
         /// Nodes in the cell; pings and orders go to its leader, which
-        /// replicates the positions to the others once a second.
-        #[arg(long, default_value_t = 3)]
+        /// replicates the positions to the others once a second (on one
+        /// small machine the others compete with it for the CPU).
+        #[arg(long, default_value_t = 1)]
         nodes: u64,
         /// Pings per driver per second while orders are dispatched.
         #[arg(long, default_value_t = 1.0)]
