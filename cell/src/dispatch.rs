@@ -29,6 +29,11 @@ use crate::{
 const STALE_LOCATION_MS: i64 = 60_000;
 /// Deliveries read per page of the waiting list.
 const BATCH: usize = 256;
+/// Squares a search reads one by one, nearest first; wider searches read
+/// whole rows.
+const MAX_SQUARE_READS: usize = 1024;
+/// How often the dispatcher runs without being woken.
+const ROUND_MS: i64 = 250;
 /// Most deliveries one round looks at.
 const MAX_WAITING: usize = 50_000;
 /// Positions per replicated location command.
@@ -184,7 +189,7 @@ impl Dispatcher {
             }
         });
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            let mut tick = tokio::time::interval(Duration::from_millis(ROUND_MS as u64));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
@@ -194,6 +199,15 @@ impl Dispatcher {
                         Ok(_) => continue,
                         Err(broadcast::error::RecvError::Closed) => return,
                     },
+                }
+                // One round answers every change queued meanwhile: a burst
+                // of expiries or declines is one round, not one each.
+                loop {
+                    match changes.try_recv() {
+                        Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) => {}
+                        Err(broadcast::error::TryRecvError::Closed) => return,
+                        Err(broadcast::error::TryRecvError::Empty) => break,
+                    }
                 }
                 if !node.leads_with_current_state() {
                     continue;
@@ -270,6 +284,12 @@ impl Dispatcher {
                     &mut known,
                 )?;
                 if candidates.is_empty() {
+                    // An empty round counts (and widens the search) at most
+                    // once per round period, however often changes wake
+                    // the dispatcher: `give_up_rounds` stays a duration.
+                    if now - d.updated_at < ROUND_MS {
+                        continue;
+                    }
                     writes.push(DriverCommand::NoCandidates {
                         delivery_id: d.id.clone(),
                         give_up: d.empty_rounds + 1 >= settings.give_up_rounds,
@@ -336,16 +356,28 @@ impl Dispatcher {
         wanted: usize,
         known: &mut HashMap<String, Option<Arc<Driver>>>,
     ) -> storage::Result<Vec<String>> {
-        let squares = crate::driver_grid::squares_by_distance(&d.pickup, radius);
+        // A wide search (a widened radius) reads whole rows of squares at
+        // once, as one group with no early stop, rather than thousands of
+        // squares one by one.
+        let squares: Vec<(Option<Square>, f64)> =
+            match crate::driver_grid::squares_by_distance(&d.pickup, radius) {
+                s if s.len() > MAX_SQUARE_READS => vec![(None, 0.0)],
+                s => s.into_iter().map(|(sq, km)| (Some(sq), km)).collect(),
+            };
         let mut seen: HashSet<String> = HashSet::new();
         let mut list = Shortlist::new(wanted);
         for (i, (square, _)) in squares.iter().enumerate() {
-            let mut ids = crate::driver_grid::in_square(read, *square)?;
+            let mut ids = match square {
+                Some(sq) => crate::driver_grid::in_square(read, *sq)?,
+                None => crate::driver_grid::near(read, &d.pickup, radius)?,
+            };
             let found: Vec<(String, Option<(Location, i64)>)> = {
-                let Ok(live) = self.live.lock() else {
-                    return Ok(Vec::new());
-                };
-                ids.extend(live.squares.get(square).into_iter().flatten().cloned());
+                // Plain maps: a panic elsewhere cannot leave them half-made.
+                let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+                match square {
+                    Some(sq) => ids.extend(live.squares.get(sq).into_iter().flatten().cloned()),
+                    None => ids.extend(live.at.keys().cloned()),
+                }
                 ids.into_iter()
                     .filter(|id| seen.insert(id.clone()))
                     .map(|id| {
@@ -475,9 +507,10 @@ impl Shortlist {
     }
 }
 
-/// Every delivery waiting for a driver (up to [`MAX_WAITING`]), those never
-/// offered to anyone first, oldest first: however many wait with offers
-/// out, a new one is looked at in the round its change announces.
+/// Every delivery waiting for a driver (up to [`MAX_WAITING`]), longest
+/// waiting first (drivers are scarce: the oldest gets the nearest): however
+/// many wait with offers out, a new one is looked at in the round its
+/// change announces.
 fn waiting(read: &storage::ReadTxn) -> storage::Result<Vec<Delivery>> {
     let mut all: Vec<Delivery> = Vec::new();
     let mut after = None;
@@ -489,8 +522,7 @@ fn waiting(read: &storage::ReadTxn) -> storage::Result<Vec<Delivery>> {
             _ => break,
         }
     }
-    // Stable: each part stays oldest first.
-    all.sort_by_key(|d| !d.offered_to.is_empty());
+    all.sort_by_key(|d| d.created_at.max(d.dispatch_after));
     Ok(all)
 }
 
@@ -719,9 +751,10 @@ mod tests {
     }
 
     /// Hundreds of deliveries waiting with offers out (more than a page)
-    /// do not keep a new one from the round: it comes first.
+    /// do not keep a new one from the round; the longest waiting comes
+    /// first (a scheduled one by its dispatch time).
     #[test]
-    fn a_new_delivery_comes_first_however_many_wait_with_offers_out() {
+    fn every_waiting_delivery_is_looked_at_longest_waiting_first() {
         let dir = tempfile::tempdir().unwrap();
         let store = storage::Store::open(dir.path().join("state.redb"), 16 << 20).unwrap();
         let txn = store.write().unwrap();
@@ -729,17 +762,25 @@ mod tests {
         for i in 0..n {
             let order = crate::orders::sample_order(&format!("t.ord_{i:05}"), None, i as i64);
             let mut d = drivers::create_delivery(&txn, &order, i as i64).unwrap();
-            if i != 7 && i != n - 1 {
+            if i % 2 == 0 {
                 d.offered_to = vec!["t.acc_someone".into()];
-                txn.put(drivers::DELIVERIES, d.id.as_bytes(), &d).unwrap();
             }
+            if i == 7 {
+                // Released from a route late: it waits from then.
+                d.dispatch_after = 10_000;
+            }
+            txn.put(drivers::DELIVERIES, d.id.as_bytes(), &d).unwrap();
         }
         txn.commit(storage::Durability::Deferred).unwrap();
         let all = waiting(&store.read().unwrap()).unwrap();
         assert_eq!(all.len(), n, "every page is read");
-        let first: Vec<&str> = all.iter().take(3).map(|d| d.id.as_str()).collect();
-        let last = format!("t.dlv_{:05}", n - 1);
-        assert_eq!(first, ["t.dlv_00007", last.as_str(), "t.dlv_00000"]);
+        let ids: Vec<&str> = all.iter().map(|d| d.id.as_str()).collect();
+        let expected: Vec<String> = (0..n)
+            .filter(|i| *i != 7)
+            .chain([7])
+            .map(|i| format!("t.dlv_{i:05}"))
+            .collect();
+        assert_eq!(ids, expected);
     }
 
     /// The nearest-first search with its early stop picks exactly what
@@ -865,45 +906,76 @@ mod tests {
         let busy: HashSet<String> = [all[1].id.clone()].into();
         let radius = 3.0;
 
-        let mut everyone: Vec<(u8, f64, String)> = all
-            .iter()
-            .filter(|drv| {
-                drv.online && !delivery.offered_to.contains(&drv.id) && !busy.contains(&drv.id)
-            })
-            .filter_map(|drv| {
-                let (at, when) = position[&drv.id];
-                if now - when > STALE_LOCATION_MS {
-                    return None;
-                }
-                let km = haversine_km(&at, &pickup);
-                let rep = crate::ratings::reputation(&read, &drv.id).unwrap();
-                (km <= radius).then(|| {
-                    (
-                        drv.standing.tier_with(&rep),
-                        eta_minutes(km, drv.vehicle),
-                        drv.id.clone(),
-                    )
+        let ranked = |delivery: &drivers::Delivery, radius: f64| -> Vec<(u8, f64, String)> {
+            let mut everyone: Vec<(u8, f64, String)> = all
+                .iter()
+                .filter(|drv| {
+                    drv.online && !delivery.offered_to.contains(&drv.id) && !busy.contains(&drv.id)
                 })
-            })
-            .collect();
-        everyone.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(&b.2)));
+                .filter_map(|drv| {
+                    let (at, when) = position[&drv.id];
+                    if now - when > STALE_LOCATION_MS {
+                        return None;
+                    }
+                    let km = haversine_km(&at, &pickup);
+                    let rep = crate::ratings::reputation(&read, &drv.id).unwrap();
+                    (km <= radius).then(|| {
+                        (
+                            drv.standing.tier_with(&rep),
+                            eta_minutes(km, drv.vehicle),
+                            drv.id.clone(),
+                        )
+                    })
+                })
+                .collect();
+            everyone.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(&b.2)));
+            everyone
+        };
+        let everyone = ranked(&delivery, radius);
         let tiers: HashSet<u8> = everyone.iter().map(|e| e.0).collect();
         assert!(
             tiers.len() >= 2 && everyone.len() > 20,
             "a mixed field: {tiers:?}"
         );
 
-        let choose = |delivery: &drivers::Delivery, wanted| {
+        let choose_reading = |delivery: &drivers::Delivery, wanted| {
             let mut known = HashMap::new();
-            dispatcher
+            let chosen = dispatcher
                 .choose(&read, delivery, &[], &busy, radius, now, wanted, &mut known)
-                .unwrap()
+                .unwrap();
+            (chosen, known.len())
         };
+        let choose = |delivery: &drivers::Delivery, wanted| choose_reading(delivery, wanted).0;
+        // The best one is found without reading most drivers.
+        let (_, read_for_one) = choose_reading(&delivery, 1);
+        assert!(read_for_one < all.len() / 3, "{read_for_one} drivers read");
         for wanted in [1, 2, 3, 5, 20, everyone.len(), everyone.len() + 5] {
             let got = choose(&delivery, wanted);
             let expected: Vec<String> = everyone.iter().take(wanted).map(|e| e.2.clone()).collect();
             assert_eq!(got, expected, "wave of {wanted}");
         }
+        // A search wider than it reads square by square reads whole rows:
+        // the same answer.
+        let wide = 40.0;
+        assert!(crate::driver_grid::squares_by_distance(&pickup, wide).len() > MAX_SQUARE_READS);
+        let expected: Vec<String> = ranked(&delivery, wide)
+            .into_iter()
+            .take(5)
+            .map(|e| e.2)
+            .collect();
+        let got = dispatcher
+            .choose(
+                &read,
+                &delivery,
+                &[],
+                &busy,
+                wide,
+                now,
+                5,
+                &mut HashMap::new(),
+            )
+            .unwrap();
+        assert_eq!(got, expected, "wide search");
         // Nothing left once everyone in reach was offered it.
         delivery
             .offered_to

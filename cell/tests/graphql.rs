@@ -1625,6 +1625,51 @@ async fn each_mutation_pays_its_rate_limit_like_its_rest_call() {
     );
 }
 
+/// A subscription socket is one request: operations sent over it after
+/// the first pay the caller's allowance, and their refusals carry codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_over_a_socket_pay_their_rate_limit() {
+    let api = Api::start_with(1, &["--rate-limit-principal", "1"]).await;
+    let (s, v) = api
+        .rest(
+            1,
+            Method::POST,
+            "/admin/tokens",
+            Some(&api.ops()),
+            Some(json!({"role": "customer", "sub": "local.acc_ws", "ttl_seconds": 600})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let token = v["access_token"].as_str().unwrap().to_string();
+    // The token rides in connection_init: the upgrade paid the address's
+    // allowance, every operation is the customer's (burst 2).
+    let mut ws = subscribe(&api.tc.url(1), &token, "{ cart { vendorId } }", json!({})).await;
+    let mut codes = Vec::new();
+    for id in 1..=6 {
+        if id > 1 {
+            let op = json!({"id": id.to_string(), "type": "subscribe", "payload": {"query": "{ cart { vendorId } }"}});
+            ws.send(Message::text(op.to_string())).await.unwrap();
+        }
+        let m = next_json(&mut ws).await;
+        assert_eq!(m["id"], id.to_string(), "{m}");
+        let errors = if m["type"] == "error" {
+            m["payload"].clone()
+        } else {
+            m["payload"]["errors"].clone()
+        };
+        codes.push(errors[0]["extensions"]["code"].as_str().map(str::to_string));
+        if m["type"] == "next" {
+            let done = next_json(&mut ws).await;
+            assert_eq!(done["type"], "complete", "{done}");
+        }
+    }
+    assert_eq!(codes[..3], [None, None, None], "{codes:?}");
+    assert!(
+        codes[3..].contains(&Some("rate_limited".to_string())),
+        "{codes:?}"
+    );
+}
+
 #[tokio::test]
 async fn introspection_can_be_turned_off() {
     let tc = TestCell::start(1, false, &["--no-graphql-introspection"])

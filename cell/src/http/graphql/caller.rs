@@ -55,6 +55,8 @@ pub struct Caller {
     pub ip: Option<IpAddr>,
     /// Mutations run so far in this request.
     mutations: Arc<AtomicU32>,
+    /// Operations run so far on this request or subscription socket.
+    operations: Arc<AtomicU32>,
 }
 
 impl Caller {
@@ -70,7 +72,24 @@ impl Caller {
             index: Arc::new(AtomicU64::new(index)),
             ip,
             mutations: Arc::default(),
+            operations: Arc::default(),
         }
+    }
+
+    /// Charges an operation on a subscription socket: the upgrade request
+    /// paid for the first; every further one pays the caller's allowance
+    /// like a request of its own.
+    pub fn charge_operation(&self) -> Result<(), ApiError> {
+        if self.operations.fetch_add(1, Ordering::Relaxed) == 0 {
+            return Ok(());
+        }
+        take_allowance(
+            &self.state,
+            self.principal.as_ref(),
+            self.ip,
+            false,
+            Instant::now(),
+        )
     }
 
     /// Charges a mutation to the caller's rate limits as if it were its

@@ -1,15 +1,18 @@
 //! What every GraphQL request passes through besides the resolvers: each
 //! mutation pays its rate-limit allowance like the REST call it stands
-//! for, and every error carries a stable `code` extension — including the
-//! ones async-graphql raises itself while parsing and validating.
+//! for, so does each operation on a socket after its first, and every
+//! error carries a stable `code` extension — including the ones
+//! async-graphql raises itself while parsing and validating.
 
 use std::sync::Arc;
 
 use async_graphql::{
     extensions::{
-        Extension, ExtensionContext, ExtensionFactory, NextRequest, NextResolve, ResolveInfo,
+        Extension, ExtensionContext, ExtensionFactory, NextRequest, NextResolve, NextSubscribe,
+        ResolveInfo,
     },
-    PathSegment, Response, ServerResult, Value,
+    futures_util::stream::{self, BoxStream, StreamExt},
+    PathSegment, Response, ServerError, ServerResult, Value,
 };
 
 use super::caller::{gql_error, Caller};
@@ -25,14 +28,22 @@ impl ExtensionFactory for Guard {
 #[async_trait::async_trait]
 impl Extension for Guard {
     async fn request(&self, ctx: &ExtensionContext<'_>, next: NextRequest<'_>) -> Response {
-        let mut resp = next.run(ctx).await;
-        for e in &mut resp.errors {
-            let x = e.extensions.get_or_insert_with(Default::default);
-            if x.get("code").is_none() {
-                x.set("code", library_code(&e.message));
-            }
+        with_codes(next.run(ctx).await)
+    }
+
+    /// Every operation sent over a socket (subscriptions, and queries and
+    /// mutations too, which async-graphql runs through here) after the
+    /// first pays like a request of its own; the upgrade paid for one.
+    fn subscribe<'s>(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        stream: BoxStream<'s, Response>,
+        next: NextSubscribe<'_>,
+    ) -> BoxStream<'s, Response> {
+        if let Err(e) = charge_operation(ctx) {
+            return stream::once(async move { Response::from_errors(vec![e]) }).boxed();
         }
-        resp
+        next.run(ctx, stream).map(with_codes).boxed()
     }
 
     async fn resolve(
@@ -55,6 +66,28 @@ impl Extension for Guard {
         }
         next.run(ctx, info).await
     }
+}
+
+fn charge_operation(ctx: &ExtensionContext<'_>) -> Result<(), ServerError> {
+    match ctx.data::<Caller>() {
+        Ok(caller) => caller
+            .charge_operation()
+            .map_err(|e| with_code(gql_error(e).into_server_error(Default::default()))),
+        Err(_) => Ok(()),
+    }
+}
+
+fn with_codes(mut resp: Response) -> Response {
+    resp.errors = resp.errors.into_iter().map(with_code).collect();
+    resp
+}
+
+fn with_code(mut e: ServerError) -> ServerError {
+    let x = e.extensions.get_or_insert_with(Default::default);
+    if x.get("code").is_none() {
+        x.set("code", library_code(&e.message));
+    }
+    e
 }
 
 /// The code for an error async-graphql raised before any resolver ran
