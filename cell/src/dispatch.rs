@@ -112,6 +112,26 @@ impl Live {
             .or_default()
             .insert(driver_id.to_string());
     }
+
+    /// Forgets positions taken before `cutoff`: too old to dispatch by, and
+    /// a driver who stopped pinging (went home, or pings another node now)
+    /// would otherwise stay in memory for the life of the process.
+    fn forget_before(&mut self, cutoff: i64) {
+        let squares = &mut self.squares;
+        self.at.retain(|id, (l, when)| {
+            let keep = *when >= cutoff;
+            if !keep {
+                let sq = square_of(l);
+                if let Some(set) = squares.get_mut(&sq) {
+                    set.remove(id);
+                    if set.is_empty() {
+                        squares.remove(&sq);
+                    }
+                }
+            }
+            keep
+        });
+    }
 }
 
 fn now_ms() -> i64 {
@@ -151,6 +171,10 @@ impl Dispatcher {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
+                me.live
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .forget_before(now_ms() - STALE_LOCATION_MS);
                 let pings: Vec<Ping> = match me.pending.lock() {
                     Ok(mut p) => p.drain().map(|(_, v)| v).collect(),
                     Err(_) => continue,
@@ -748,6 +772,27 @@ mod tests {
         assert!(fits(&ride(Goods), &driver(Vehicle::Bike, 1)));
         // A bike 2 km away arrives later than a car 2.5 km away.
         assert!(eta_minutes(2.0, Vehicle::Bike) > eta_minutes(2.5, Vehicle::Car));
+    }
+
+    #[test]
+    fn stale_pings_are_forgotten_with_their_squares() {
+        let mut live = Live::default();
+        let here = Location {
+            lat: 40.7,
+            lng: -74.0,
+        };
+        let there = Location {
+            lat: 41.7,
+            lng: -73.0,
+        };
+        live.put("old", here, 1_000);
+        live.put("new", here, 5_000);
+        live.put("gone", there, 1_000);
+        live.forget_before(2_000);
+        assert_eq!(live.at.keys().collect::<Vec<_>>(), ["new"]);
+        assert_eq!(live.squares.len(), 1, "an emptied square is dropped");
+        assert!(live.squares[&square_of(&here)].contains("new"));
+        assert!(!live.squares[&square_of(&here)].contains("old"));
     }
 
     /// Hundreds of deliveries waiting with offers out (more than a page)
