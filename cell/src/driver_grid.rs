@@ -124,10 +124,21 @@ fn least_km(at: &Location, (lat_sq, lng_sq): Square) -> f64 {
 
 /// Ids of drivers whose replicated position lies in square `sq`.
 pub fn in_square(read: &ReadTxn, (lat, lng): Square) -> storage::Result<Vec<String>> {
-    let from = key(lat, lng, "");
-    let to = format!("{lat:05}/{lng:05}0").into_bytes();
+    ids_in(
+        read,
+        key(lat, lng, "")..format!("{lat:05}/{lng:05}0").into_bytes(),
+        MAX_ROWS,
+    )
+}
+
+/// The driver ids of up to `limit` index rows in `keys`.
+fn ids_in(
+    read: &ReadTxn,
+    keys: std::ops::Range<Vec<u8>>,
+    limit: usize,
+) -> storage::Result<Vec<String>> {
     Ok(read
-        .range(BY_SQUARE, from..to, MAX_ROWS)?
+        .range(BY_SQUARE, keys, limit)?
         .into_iter()
         .filter_map(|(k, _)| {
             std::str::from_utf8(&k)
@@ -146,11 +157,7 @@ pub fn near(read: &ReadTxn, at: &Location, radius_km: f64) -> storage::Result<Ve
         let from = key(lat, *lng.start(), "");
         // Past every id of the last square: '/' + 1 = '0'.
         let to = format!("{lat:05}/{:05}0", lng.end()).into_bytes();
-        for (k, _) in read.range(BY_SQUARE, from..to, MAX_ROWS - ids.len())? {
-            if let Some(id) = std::str::from_utf8(&k).ok().and_then(|k| k.get(12..)) {
-                ids.push(id.to_string());
-            }
-        }
+        ids.extend(ids_in(read, from..to, MAX_ROWS - ids.len())?);
         if ids.len() >= MAX_ROWS {
             return Ok(ids);
         }

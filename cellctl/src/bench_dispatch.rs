@@ -228,6 +228,13 @@ fn matching(
     }
 }
 
+/// The value at quantile `q` of `sorted` (nearest rank).
+fn at_quantile<T: Copy>(sorted: &[T], q: f64) -> Option<T> {
+    sorted
+        .get(((sorted.len() as f64 - 1.0) * q).round() as usize)
+        .copied()
+}
+
 pub async fn run(o: DispatchBenchOptions) -> anyhow::Result<()> {
     eprintln!("matching {} claims over {} routes…", o.claims, o.routes);
     let (match_time, matched, unmatched) = matching(o.drivers, o.routes, o.claims)?;
@@ -367,10 +374,13 @@ pub async fn run(o: DispatchBenchOptions) -> anyhow::Result<()> {
     let p = send(&http, reqwest::Method::POST, format!("{base}/v1/vendors/{vid}/products"), &vendor, Some(json!({"name": "Meal", "category": "meals", "price": {"amount": 1500, "currency": "USD"}, "stock": null}))).await?;
     let pid = p["id"].as_str().context("product id")?.to_string();
     let customer = mint(&http, &base, &ops, "customer", "bench.acc_customer").await?;
-    let mut deliveries = Vec::new();
     // Seen by a client: the vendor's accept acknowledged (the delivery is
     // dispatchable, committed) → the offer readable on the leader.
     let mut observed: Vec<Duration> = Vec::new();
+    // The cell's own figure (creation → the round that decided the offer),
+    // read with the offer; `unseen`: no offer within the poll's 5 s.
+    let mut latencies: Vec<i64> = Vec::new();
+    let mut unseen: Vec<String> = Vec::new();
     for i in 0..o.orders {
         let q = send(&http, reqwest::Method::POST, format!("{base}/v1/quotes"), &customer, Some(json!({"vendor_id": vid, "dropoff": {"lat": CENTER.0 + 0.01, "lng": CENTER.1}, "mode": "on_demand"}))).await?;
         let order = http.post(format!("{base}/v1/orders")).bearer_auth(&customer).header("idempotency-key", format!("bench-{i}"))
@@ -387,7 +397,8 @@ pub async fn run(o: DispatchBenchOptions) -> anyhow::Result<()> {
         .await?;
         let acked = Instant::now();
         let delivery = oid.replacen(".ord_", ".dlv_", 1);
-        while acked.elapsed() < Duration::from_secs(5) {
+        let mut offered = false;
+        while !offered && acked.elapsed() < Duration::from_secs(5) {
             let v = send(
                 &http,
                 reqwest::Method::GET,
@@ -396,21 +407,24 @@ pub async fn run(o: DispatchBenchOptions) -> anyhow::Result<()> {
                 None,
             )
             .await?;
-            if v["dispatch_ms"].is_i64() {
+            if let Some(ms) = v["dispatch_ms"].as_i64() {
                 observed.push(acked.elapsed());
-                break;
+                latencies.push(ms);
+                offered = true;
+            } else {
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        deliveries.push(delivery);
+        if !offered {
+            unseen.push(delivery);
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     background.abort();
     let background_rate = pinged.load(std::sync::atomic::Ordering::Relaxed) as f64
         / background_started.elapsed().as_secs_f64();
-    let mut latencies = Vec::new();
-    for d in &deliveries {
+    for d in &unseen {
         let v = send(
             &http,
             reqwest::Method::GET,
@@ -425,17 +439,8 @@ pub async fn run(o: DispatchBenchOptions) -> anyhow::Result<()> {
     }
     latencies.sort_unstable();
     observed.sort_unstable();
-    let seen = |q: f64| {
-        observed
-            .get(((observed.len() as f64 - 1.0) * q).round() as usize)
-            .map_or(-1.0, |d| d.as_secs_f64() * 1000.0)
-    };
-    let pct = |q: f64| {
-        latencies
-            .get(((latencies.len() as f64 - 1.0) * q).round() as usize)
-            .copied()
-            .unwrap_or(-1)
-    };
+    let seen = |q: f64| at_quantile(&observed, q).map_or(-1.0, |d| d.as_secs_f64() * 1000.0);
+    let pct = |q: f64| at_quantile(&latencies, q).unwrap_or(-1);
     let rss = cell.rss_bytes(leader).unwrap_or(0);
     cell.stop_all();
 
