@@ -130,6 +130,30 @@ async fn malformed_requests_get_problem_json_and_change_nothing() {
     assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(r.headers()["content-type"], "application/problem+json");
     assert_eq!(r.headers()["connection"], "close");
+    // A client that writes its whole upload before reading (as many
+    // simple ones do) still gets the early answer: the node drains what it
+    // did not read instead of resetting the connection (lingering close).
+    // The upload is larger than loopback's socket buffers.
+    let answer = {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let url = tc.url(1);
+        let addr = url.trim_start_matches("http://");
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let len = 32 * 1024 * 1024;
+        let head = format!(
+            "PUT /v1/kv/huge HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {}\r\ncontent-length: {len}\r\n\r\n",
+            tc.cell.token
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&vec![b'x'; len])
+            .await
+            .expect("upload not reset");
+        let mut back = Vec::new();
+        s.read_to_end(&mut back).await.expect("answer not reset");
+        String::from_utf8_lossy(&back).into_owned()
+    };
+    assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+    assert!(answer.contains("payload_too_large"), "{answer}");
 
     // Bad keys, headers and queries.
     for key in ["a%20b", "%2Fslash", "a//b", "%C3%A9", &"k".repeat(300)] {

@@ -7,6 +7,7 @@
 //! it without pulling in a cell.
 
 pub mod fd_limit;
+pub mod linger;
 pub mod ports;
 pub mod rate_limit;
 pub mod tls;

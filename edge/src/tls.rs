@@ -182,6 +182,7 @@ pub async fn handshake(
     stream: tokio::net::TcpStream,
     peer: std::net::SocketAddr,
 ) -> Option<Box<dyn Stream>> {
+    let stream = crate::linger::Lingering::new(stream);
     let Some(acceptor) = acceptor else {
         return Some(Box::new(stream));
     };

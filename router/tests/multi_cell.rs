@@ -377,6 +377,24 @@ async fn bad_input_is_rejected_at_the_router() {
     // The unread body ends the connection, and the client is told so
     // rather than finding out on its next request.
     assert_eq!(r.headers().get("connection").unwrap(), "close");
+    // A client that sends a whole upload larger than the socket buffers
+    // before reading gets the answer too, not a reset (lingering close).
+    let answer = {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let addr = r0.trim_start_matches("http://");
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let len = 32 * 1024 * 1024;
+        let head =
+            format!("POST /v1/orders HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {len}\r\n\r\n");
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&vec![b'x'; len])
+            .await
+            .expect("upload not reset");
+        let mut back = Vec::new();
+        s.read_to_end(&mut back).await.expect("answer not reset");
+        String::from_utf8_lossy(&back).into_owned()
+    };
+    assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
 
     // The admin API wants the router's own ops token.
     let spec = json!({"cell": "par", "center": {"lat": PAR.0, "lng": PAR.1}, "radius_km": 50.0, "nodes": ["http://127.0.0.1:1"]});
