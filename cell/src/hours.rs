@@ -139,7 +139,9 @@ impl OpeningHours {
         json!({
             "timezone": self.timezone,
             "weekly": self.weekly.iter().map(|s| json!({
-                "day": DAYS[s.day as usize], "open": show(s.open), "close": show(s.close),
+                // A stored day past Sunday (a damaged record) shows as
+                // such instead of stopping every view of the vendor.
+                "day": DAYS.get(usize::from(s.day)).copied().unwrap_or("invalid"), "open": show(s.open), "close": show(s.close),
             })).collect::<Vec<_>>(),
         })
     }

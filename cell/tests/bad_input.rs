@@ -362,6 +362,27 @@ async fn garbage_on_the_peer_port_and_corrupt_snapshots_are_rejected() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    // Entries that do not follow their predecessor one index at a time, or
+    // whose terms go back (openraft only debug-asserts this: its core
+    // stopped, and a release build would misplace them in the log).
+    for (prev, entries) in [
+        (None, vec![(term + 5, 50)]),
+        (
+            Some((term, index)),
+            vec![(term + 5, index + 1), (term + 5, index + 3)],
+        ),
+        (Some((term, index)), vec![(term + 5, index + 2)]),
+        (Some((term + 3, index)), vec![(term + 2, index + 1)]),
+        (Some((term, index)), vec![(term + 9, index + 1)]),
+    ] {
+        let r = h2
+            .post(format!("http://{peer}/raft/append"))
+            .body(blank_append(term + 5, prev, &entries))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{prev:?} {entries:?}");
+    }
     // The node would campaign within its election timeout had it taken it.
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
@@ -501,6 +522,26 @@ fn unsound_membership_append(term: u64, last_index: u64) -> Vec<u8> {
             log_id: LogId::new(LeaderId::new(term + 5, 9), last_index + 1),
             payload: EntryPayload::Membership(membership),
         }],
+        leader_commit: None,
+    };
+    storage::encode(&req).unwrap()
+}
+
+/// An append-entries request from a made-up leader (node 9, `term`) with
+/// blank entries at the given (term, index) log ids.
+fn blank_append(term: u64, prev: Option<(u64, u64)>, entries: &[(u64, u64)]) -> Vec<u8> {
+    use openraft::{raft::AppendEntriesRequest, Entry, EntryPayload, LeaderId, LogId, Vote};
+    let log_id = |(t, i): (u64, u64)| LogId::new(LeaderId::new(t, 9), i);
+    let req: AppendEntriesRequest<raft::types::TypeConfig> = AppendEntriesRequest {
+        vote: Vote::new_committed(term, 9),
+        prev_log_id: prev.map(log_id),
+        entries: entries
+            .iter()
+            .map(|&e| Entry {
+                log_id: log_id(e),
+                payload: EntryPayload::Blank,
+            })
+            .collect(),
         leader_commit: None,
     };
     storage::encode(&req).unwrap()

@@ -230,6 +230,56 @@ async fn leader_kill_loses_no_acknowledged_write_and_restart_catches_up() {
     assert_eq!(s["role"], "follower", "{s}");
 }
 
+/// A follower that missed tens of megabytes of log catches up from the
+/// log: the leader sends what it missed in appends of bounded size, each
+/// of which must arrive within openraft's per-append timeout (the
+/// heartbeat interval), where 512 large entries in one append never did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_far_behind_on_large_values_catches_up() {
+    let _serial = common::SERIAL.lock().await;
+    let mut tc = TestCell::start(3, false, &[]).await.expect("cell");
+    let leader = tc.cell.wait_leader(Duration::from_secs(10)).await.unwrap();
+    let behind = (1..=3).find(|&i| i != leader).unwrap();
+    tc.cell.kill(behind);
+    // Concurrent writers, so that entries are batches of many values:
+    // 80 MB in a few dozen entries.
+    let value = vec![b'v'; 60 * 1024];
+    let writers = (0..32).map(|w| {
+        let (tc, value) = (&tc, &value);
+        async move {
+            let mut index = 0;
+            for i in 0..40 {
+                let a = tc
+                    .request(
+                        leader,
+                        Method::PUT,
+                        &format!("/v1/kv/big-{w}-{i}"),
+                        &[],
+                        Some(value.clone()),
+                    )
+                    .await
+                    .unwrap();
+                assert!(a.status.is_success(), "{}", a.status);
+                index = index.max(a.index.unwrap());
+            }
+            index
+        }
+    });
+    let index = futures::future::join_all(writers)
+        .await
+        .into_iter()
+        .max()
+        .unwrap();
+    tc.start_node(behind).unwrap();
+    tc.wait_applied(behind, index, Duration::from_secs(30))
+        .await
+        .expect("the follower did not catch up");
+    let s = tc.status(behind).await.unwrap();
+    assert_eq!(s["snapshot_index"].as_u64().unwrap_or(0), 0, "{s}");
+    let r = tc.get_at(behind, "big-31-39", index).await.unwrap();
+    assert_eq!(r.body, value);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_added_after_log_purge_receives_a_snapshot() {
     let _serial = common::SERIAL.lock().await;

@@ -984,4 +984,16 @@ async fn an_event_cursor_behind_the_retained_window_is_refused() {
         )
         .await;
     assert_eq!(s, StatusCode::OK);
+    // A cursor at the end of the range is past every event, not a crash.
+    let (s, v) = w
+        .call(
+            3,
+            Method::GET,
+            &format!("/v1/events?after={}&wait=0", u64::MAX),
+            &t,
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["events"], json!([]), "{v}");
 }

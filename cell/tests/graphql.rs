@@ -1466,6 +1466,24 @@ async fn limits_refuse_costly_queries_before_they_run() {
         "nothing ran: {v}"
     );
 
+    // Pages of 1,000 nested eight deep, twice: their cost passes any
+    // integer before depth is checked, and is refused, not overflowed.
+    let mut huge = String::from("id");
+    for _ in 0..8 {
+        huge = format!("vendor {{ products(limit: 1000) {{ items {{ {huge} }} }} }}");
+    }
+    let q = format!(
+        "{{ a: product(id: \"local.prd_00000000000000000000000000\") {{ {huge} }} \
+         b: product(id: \"local.prd_00000000000000000000000000\") {{ {huge} }} }}"
+    );
+    let (s, v, _) = api.gql_sized(1, None, &q, json!({})).await;
+    assert_eq!(s, StatusCode::OK);
+    let code = &v["errors"][0]["extensions"]["code"];
+    assert!(
+        *code == "query_too_deep" || *code == "query_too_complex",
+        "{v}"
+    );
+
     // Too costly though shallow: many aliased list fields, each a page.
     let fields: Vec<String> = (0..60)
         .map(|i| format!("s{i}: search(q: \"x\", limit: 100) {{ hits {{ id }} }}"))

@@ -67,6 +67,11 @@ async fn every_write_endpoint_rejects_garbage_without_changing_state() {
         (Method::PATCH, format!("/v1/products/{pid}"), "vendor"),
         (Method::PUT, format!("/v1/products/{pid}/stock"), "vendor"),
         (Method::PUT, "/v1/cart".into(), "cust"),
+        (
+            Method::POST,
+            "/v1/orders/test.ord_01HZX3N6W9Q8K2M4P5R7T9V1XB/rating".into(),
+            "cust",
+        ),
         (Method::POST, "/v1/quotes".into(), "cust"),
         (Method::POST, "/v1/orders".into(), "cust"),
         (Method::POST, "/admin/tokens".into(), "ops"),
@@ -95,6 +100,9 @@ async fn every_write_endpoint_rejects_garbage_without_changing_state() {
             format!("{}{}", "[".repeat(5000), "]".repeat(5000)).into_bytes(),
         ),
         ("invalid utf8", vec![b'{', 0xff, 0xfe, b'}']),
+        // Well-formed but saying nothing: a required field is missing (or,
+        // for a patch, there is nothing to change).
+        ("empty object", b"{}".to_vec()),
     ];
     for (method, path, who) in &endpoints {
         let token = match *who {

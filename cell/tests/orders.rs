@@ -1,6 +1,7 @@
 //! Checkout and the order lifecycle through HTTP on a real 3-node cell:
 //! the customer–vendor flow, idempotent checkout (also across a leader
-//! kill), no oversell under concurrency, rides, and a balanced ledger.
+//! kill), no oversell under concurrency (also across a leader kill), rides,
+//! and a balanced ledger.
 
 mod common;
 
@@ -90,6 +91,34 @@ impl Api {
             .await
     }
 
+    /// `GET path` on `node` under `X-Consistency: consistency` (and no
+    /// `X-Cell-Index`), retried while the node answers 503 (no leader yet
+    /// after a kill) for up to 15 s.
+    async fn read(&self, node: usize, path: &str, token: &str, consistency: &str) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let r = self
+                .http
+                .get(format!("{}{path}", self.urls[node % self.urls.len()]))
+                .bearer_auth(token)
+                .header("x-consistency", consistency)
+                .send()
+                .await;
+            let (s, v) = match r {
+                Ok(r) => (r.status(), r.json().await.unwrap_or(Value::Null)),
+                Err(e) => (StatusCode::SERVICE_UNAVAILABLE, json!(e.to_string())),
+            };
+            if s == StatusCode::OK {
+                return v;
+            }
+            assert!(
+                s == StatusCode::SERVICE_UNAVAILABLE && std::time::Instant::now() < deadline,
+                "GET {path} on node {node}: {s} {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn signup(&self, email: &str, role: &str) -> (String, String) {
         let r = self
             .http
@@ -166,6 +195,42 @@ async fn ledger_ok(api: &Api, node: usize, ops: &str) -> Value {
     assert_eq!(v["ok"], true, "{v}");
     assert_eq!(v["postings_sum"], 0);
     v
+}
+
+/// Sends the checkout `body` under the Idempotency-Key `key` to `nodes`
+/// in turn (from `start`; any may be dead or without a leader), retrying
+/// with backoff, as a client would, until the answer is definitive: the
+/// order (201, or 200 for an earlier attempt's) or 409 out_of_stock.
+/// Returns that answer and how many attempts it took.
+async fn checkout_until_answered(
+    api: &Api,
+    nodes: &[usize],
+    start: usize,
+    token: &str,
+    body: &Value,
+    key: &str,
+) -> (StatusCode, Value, u32) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut backoff = Duration::from_millis(20);
+    for attempt in 0u32.. {
+        let node = nodes[(start + attempt as usize) % nodes.len()];
+        let (s, v) = api.checkout(node, token, body.clone(), Some(key)).await;
+        match s {
+            StatusCode::CREATED | StatusCode::OK => return (s, v, attempt + 1),
+            StatusCode::CONFLICT if v["code"] == "out_of_stock" => return (s, v, attempt + 1),
+            // No leader (yet), the node is down, or the write's outcome is
+            // unknown: the same key makes the retry safe.
+            StatusCode::SERVICE_UNAVAILABLE => {}
+            other => panic!("{key}: attempt {attempt} on node {node}: unexpected {other}: {v}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{key}: no definitive answer after {attempt} attempts; last {s} {v}"
+        );
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_millis(400));
+    }
+    unreachable!()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -538,6 +603,188 @@ async fn concurrent_checkouts_never_oversell_and_the_ledger_balances() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_checkouts_of_the_last_units_across_a_leader_kill_never_oversell() {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+    const UNITS: usize = 5;
+    const CLIENTS: usize = 20;
+    // Three nodes per test: one test at a time on two cores.
+    let _serial = common::SERIAL.lock().await;
+    let mut tc = TestCell::start(3, false, &["--rate-limit-auth", "1000"])
+        .await
+        .expect("cell");
+    let api = Api::new(&tc);
+    let ops = tc.cell.token.clone();
+    let (vendor, vid, pid) = shop(&api, "burst@example.com", "retail", Some(UNITS as i64)).await;
+    // Every customer has its quote and its key before the burst.
+    let mut customers = Vec::new();
+    for i in 0..CLIENTS {
+        let (id, token) = api.signup(&format!("b{i}@example.com"), "customer").await;
+        let q = quote(&api, i, &token, &vid).await;
+        customers.push((id, token, order_body(&q, &pid, 1), format!("last-{i}")));
+    }
+    let leader = tc.cell.wait_leader(Duration::from_secs(10)).await.unwrap();
+
+    // The burst: staggered starts (4 ms apart) so that the kill lands in
+    // its middle; each client retries its one key on any node until the
+    // answer is definitive.
+    let acked = Arc::new(AtomicUsize::new(0));
+    let finished = Arc::new(AtomicUsize::new(0));
+    let killed = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for (i, (_, token, body, key)) in customers.iter().enumerate() {
+        let (api, token, body, key) = (api.clone(), token.clone(), body.clone(), key.clone());
+        let (acked, finished, killed) = (acked.clone(), finished.clone(), killed.clone());
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(4 * i as u64)).await;
+            let (s, v, attempts) =
+                checkout_until_answered(&api, &[0, 1, 2], i, &token, &body, &key).await;
+            if s.is_success() {
+                acked.fetch_add(1, SeqCst);
+            }
+            let after_kill = killed.load(SeqCst);
+            finished.fetch_add(1, SeqCst);
+            (s, v, attempts, after_kill)
+        }));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while acked.load(SeqCst) < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no two checkouts acknowledged"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    tc.cell.kill(leader);
+    killed.store(true, SeqCst);
+    let (acked_at_kill, finished_at_kill) = (acked.load(SeqCst), finished.load(SeqCst));
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.unwrap());
+    }
+    let retried = answers.iter().filter(|a| a.2 > 1).count();
+    let after_kill = answers.iter().filter(|a| a.3).count();
+    let deduped = answers.iter().filter(|a| a.0 == StatusCode::OK).count();
+    eprintln!(
+        "killed leader {leader} with {acked_at_kill} orders acknowledged and \
+         {finished_at_kill}/{CLIENTS} clients answered; {after_kill} answered after it, \
+         {retried} needed retries, {deduped} found an earlier attempt"
+    );
+    assert!(
+        finished_at_kill < CLIENTS && after_kill > 0,
+        "the kill did not land in the burst"
+    );
+    assert!(retried > 0, "no client had to retry");
+
+    // Exactly UNITS customers got their order; the rest were told out of
+    // stock.
+    let mut placed: BTreeMap<String, String> = BTreeMap::new(); // customer -> order
+    for ((cust_id, _, _, key), (s, v, _, _)) in customers.iter().zip(&answers) {
+        if s.is_success() {
+            assert_eq!(v["customer_id"], cust_id.as_str(), "{key}: {v}");
+            assert_eq!(v["status"], "placed", "{key}: {v}");
+            placed.insert(cust_id.clone(), v["id"].as_str().unwrap().to_string());
+        } else {
+            assert_problem(&(*s, v.clone()), StatusCode::CONFLICT, "out_of_stock");
+        }
+    }
+    assert_eq!(placed.len(), UNITS, "orders acknowledged: {placed:?}");
+    let order_ids: BTreeSet<&String> = placed.values().collect();
+    assert_eq!(order_ids.len(), UNITS, "two customers got one order id");
+
+    // Every surviving node, read linearizably, has exactly those orders,
+    // no stock left, and one charge per order.
+    let survivors: Vec<usize> = tc.running().iter().map(|&id| id as usize - 1).collect();
+    assert_eq!(survivors.len(), 2);
+    let check_node = |node: usize, consistency: &'static str| {
+        let (api, ops, vendor, pid) = (&api, &ops, &vendor, &pid);
+        let (placed, order_ids) = (&placed, &order_ids);
+        async move {
+            let all = api
+                .read(node, "/v1/orders?limit=100", ops, consistency)
+                .await;
+            assert_eq!(all["next_cursor"], Value::Null, "{all}");
+            let items = all["items"].as_array().unwrap();
+            let ids: BTreeSet<&String> = placed.values().collect();
+            assert_eq!(items.len(), UNITS, "node {node}: {all}");
+            let mut by_customer: BTreeMap<String, String> = BTreeMap::new();
+            for o in items {
+                assert_eq!(o["items"][0]["quantity"], 1, "{o}");
+                let prev = by_customer.insert(
+                    o["customer_id"].as_str().unwrap().into(),
+                    o["id"].as_str().unwrap().into(),
+                );
+                assert!(
+                    prev.is_none(),
+                    "node {node}: a customer has two orders: {all}"
+                );
+            }
+            assert_eq!(&by_customer, placed, "node {node}");
+            assert_eq!(&ids, order_ids);
+            let mine = api
+                .read(node, "/v1/orders?limit=100", vendor, consistency)
+                .await;
+            assert_eq!(mine["items"].as_array().unwrap().len(), UNITS, "{mine}");
+            let p = api
+                .read(node, &format!("/v1/products/{pid}"), vendor, consistency)
+                .await;
+            assert_eq!(p["stock"], 0, "node {node}: {p}");
+            // The ledger check reads the node's own state, which the reads
+            // above brought up to date (nothing is written meanwhile).
+            let l = ledger_ok(api, node, ops).await;
+            assert_eq!(l["unbalanced"], json!([]), "{l}");
+            assert_eq!(
+                l["transactions"], UNITS,
+                "node {node}: one charge per order and nothing else: {l}"
+            );
+        }
+    };
+    for &node in &survivors {
+        check_node(node, "linearizable").await;
+    }
+    // Each customer's own list: its one order, or none.
+    for (i, (cust_id, token, body, key)) in customers.iter().enumerate() {
+        let node = survivors[i % 2];
+        let list = api.read(node, "/v1/orders", token, "linearizable").await;
+        let ids: Vec<&str> = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|o| o["id"].as_str())
+            .collect();
+        let expected: Vec<&str> = placed
+            .get(cust_id)
+            .map(|o| o.as_str())
+            .into_iter()
+            .collect();
+        assert_eq!(ids, expected, "{key}: {list}");
+        // The same key once more: the same answer, nothing new.
+        let (s, v, _) = checkout_until_answered(&api, &survivors, i, token, body, key).await;
+        match placed.get(cust_id) {
+            Some(oid) => assert_eq!(
+                (s, v["id"].as_str()),
+                (StatusCode::OK, Some(oid.as_str())),
+                "{key}: {v}"
+            ),
+            None => assert_problem(&(s, v), StatusCode::CONFLICT, "out_of_stock"),
+        }
+    }
+    check_node(survivors[0], "linearizable").await;
+
+    // The killed leader comes back and converges on the same state.
+    tc.start_node(leader).unwrap();
+    tc.cell
+        .wait_healthy(leader, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let index = api.seen.load(SeqCst);
+    tc.wait_applied(leader, index, Duration::from_secs(20))
+        .await
+        .unwrap();
+    check_node(leader as usize - 1, "local").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkout_retried_across_a_leader_kill_creates_one_order() {
     // Three nodes per test: one test at a time on two cores.
     let _serial = common::SERIAL.lock().await;
@@ -547,63 +794,106 @@ async fn checkout_retried_across_a_leader_kill_creates_one_order() {
     let api = Arc::new(Api::new(&tc));
     let ops = tc.cell.token.clone();
     let (_, vid, pid) = shop(&api, "fo@example.com", "retail", Some(5)).await;
-    let (_, cust) = api.signup("retry@example.com", "customer").await;
+    let (cust_id, cust) = api.signup("retry@example.com", "customer").await;
     let q = quote(&api, 0, &cust, &vid).await;
     let leader = tc.cell.wait_leader(Duration::from_secs(10)).await.unwrap();
     let body = order_body(&q, &pid, 2);
-    // Fire the checkout at the leader and kill it at once.
-    let first = {
-        let (api, cust, body) = (api.clone(), cust.clone(), body.clone());
-        tokio::spawn(async move {
-            api.checkout(leader as usize - 1, &cust, body, Some("once"))
-                .await
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(5)).await;
+
+    // Deterministic: the first attempt is committed and applied on a
+    // follower before the leader dies, so the retries must find it.
+    let (s, first) = api
+        .checkout(leader as usize - 1, &cust, body.clone(), Some("once"))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{first}");
+    assert_eq!(first["customer_id"], cust_id.as_str(), "{first}");
+    let oid = first["id"].as_str().unwrap().to_string();
+    let index = api.seen.load(std::sync::atomic::Ordering::SeqCst);
+    let follower = (1..=3u64).find(|&n| n != leader).unwrap();
+    tc.wait_applied(follower, index, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let list = api
+        .read(follower as usize - 1, "/v1/orders", &cust, "local")
+        .await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list["items"][0]["id"], oid.as_str(), "{list}");
     tc.cell.kill(leader);
-    let _ = first.await;
-    // Retry the same request on the survivors until it answers.
-    let mut answer = None;
-    for attempt in 0..100 {
-        let node = (leader as usize + attempt) % 3;
-        if node == leader as usize - 1 {
-            continue;
-        }
-        let (s, v) = api.checkout(node, &cust, body.clone(), Some("once")).await;
-        if s == StatusCode::OK || s == StatusCode::CREATED {
-            answer = Some(v);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    // Retry on each survivor, the other follower first: it may not have
+    // applied the order, so its retry goes through the new leader.
+    let other = (1..=3u64).find(|&n| n != leader && n != follower).unwrap();
+    for node in [other, follower] {
+        let (s, again, attempts) =
+            checkout_until_answered(&api, &[node as usize - 1], 0, &cust, &body, "once").await;
+        assert_eq!(
+            (s, again["id"].as_str()),
+            (StatusCode::OK, Some(oid.as_str())),
+            "retry on node {node} (attempt {attempts}): {again}"
+        );
     }
-    let order = answer.expect("the retried checkout never succeeded");
-    let survivor = (0..3).find(|&n| n != leader as usize - 1).unwrap();
-    let (_, list) = api
-        .call(survivor, Method::GET, "/v1/orders", &cust, None, None)
+    let survivor = follower as usize - 1;
+    let list = api
+        .read(survivor, "/v1/orders", &cust, "linearizable")
         .await;
     let orders = list["items"].as_array().unwrap();
     assert_eq!(orders.len(), 1, "{list}");
-    assert_eq!(orders[0]["id"], order["id"]);
-    let (_, p) = api
-        .call(
+    assert_eq!(orders[0]["id"], oid.as_str());
+    let p = api
+        .read(
             survivor,
-            Method::GET,
             &format!("/v1/products/{pid}"),
             &cust,
-            None,
-            None,
+            "linearizable",
         )
         .await;
     assert_eq!(p["stock"], 3, "stock reserved once");
     let l = ledger_ok(&api, survivor, &ops).await;
     assert_eq!(l["transactions"], 1, "exactly one charge: {l}");
+
+    // Racy: the old leader rejoins; a second customer's checkout is fired
+    // at the new leader, which is killed at once. Whether or not the first
+    // attempt made it, the retries end with exactly one order.
+    tc.start_node(leader).unwrap();
+    tc.cell
+        .wait_healthy(leader, Duration::from_secs(30))
+        .await
+        .unwrap();
+    tc.wait_applied(leader, index, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let (_, racer) = api.signup("racer@example.com", "customer").await;
+    let q = quote(&api, 0, &racer, &vid).await;
+    let body = order_body(&q, &pid, 1);
+    let second_leader = tc.cell.wait_leader(Duration::from_secs(10)).await.unwrap();
+    let fired = {
+        let (api, racer, body) = (api.clone(), racer.clone(), body.clone());
+        tokio::spawn(async move {
+            api.checkout(second_leader as usize - 1, &racer, body, Some("racy"))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    tc.cell.kill(second_leader);
+    let _ = fired.await;
+    let up: Vec<usize> = tc.running().iter().map(|&id| id as usize - 1).collect();
+    let (s, racy, _) = checkout_until_answered(&api, &up, 0, &racer, &body, "racy").await;
+    assert!(s.is_success(), "{racy}");
+    let list = api.read(up[0], "/v1/orders", &racer, "linearizable").await;
+    let orders = list["items"].as_array().unwrap();
+    assert_eq!(orders.len(), 1, "{list}");
+    assert_eq!(orders[0]["id"], racy["id"]);
+    let p = api
+        .read(up[0], &format!("/v1/products/{pid}"), &cust, "linearizable")
+        .await;
+    assert_eq!(p["stock"], 2, "stock reserved once per order");
+    let l = ledger_ok(&api, up[0], &ops).await;
+    assert_eq!(l["transactions"], 2, "exactly one charge per order: {l}");
+    let all = api.read(up[0], "/v1/orders", &ops, "linearizable").await;
+    assert_eq!(all["items"].as_array().unwrap().len(), 2, "{all}");
+
     // Pricing takes no quorum: with a second node gone the last one, which
     // can no longer commit anything, still quotes.
-    let second = (0..3)
-        .find(|&n| n != leader as usize - 1 && n != survivor)
-        .unwrap();
-    tc.cell.kill(second as u64 + 1);
-    quote(&api, survivor, &cust, &vid).await;
+    tc.cell.kill(up[1] as u64 + 1);
+    quote(&api, up[0], &cust, &vid).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -248,6 +248,18 @@ async fn claims_are_matched_deterministically_fairly_and_without_overlaps() {
         .await
         .unwrap();
     assert!(r.status().is_success());
+    // Windows at the ends of the range of milliseconds are refused, not
+    // overflowed.
+    for (start, end) in [(i64::MIN, 1), (1, i64::MAX), (i64::MAX - 1, i64::MAX)] {
+        let (s, v) = w
+            .call(1, Method::POST, "/v1/routes", &w.tc.cell.token, Some(json!({
+                "window_start": start, "window_end": end,
+                "stops": [{"location": {"lat": 40.71, "lng": -74.0}}, {"location": {"lat": 40.73, "lng": -73.99}}],
+                "pay": {"amount": 4500, "currency": "USD"},
+            })))
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{start}..{end}: {v}");
+    }
 
     let (a_id, a) = w.driver("a@x.test", "car").await;
     let (b_id, b) = w.driver("b@x.test", "car").await;

@@ -232,7 +232,26 @@ impl RaftLogReader<TypeConfig> for LogStore {
             .read(from, to)
             .map_err(|e| StorageIOError::read_logs(&e).into())
     }
+
+    /// What one append to a follower carries. openraft 0.9 gives an append
+    /// one heartbeat interval to arrive, be written and be answered, and
+    /// retries the same range when it does not; a follower far behind
+    /// on large entries got 512 of them at once (and past 64 MiB the peer
+    /// port refuses the body), so it never caught up.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, OStorageError> {
+        self.segments
+            .read_at_most(start, end, MAX_APPEND_BYTES)
+            .map_err(|e| StorageIOError::read_logs(&e).into())
+    }
 }
+
+/// The most log bytes one append to a follower carries (at least one
+/// entry, however large).
+const MAX_APPEND_BYTES: u64 = 1024 * 1024;
 
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;

@@ -499,22 +499,61 @@ impl Segments {
     /// The entries with indexes in `from..to` that are held and not
     /// purged, in order.
     pub(crate) fn read(&self, from: u64, to: u64) -> io::Result<Vec<Entry>> {
+        self.read_at_most(from, to, u64::MAX)
+    }
+
+    /// Like `read`, but only the first entries whose records come to at
+    /// most `max_bytes` (always at least one, however large).
+    pub(crate) fn read_at_most(
+        &self,
+        from: u64,
+        to: u64,
+        max_bytes: u64,
+    ) -> io::Result<Vec<Entry>> {
         let from = from.max(self.floor.load(Ordering::Acquire));
         // (file, path, byte range, entry offsets) per segment, found under
         // the lock and read without it.
         let mut spans = Vec::new();
+        let mut budget = max_bytes;
         for s in self.read_segs().iter() {
             let Some(last) = s.last_index() else { continue };
-            let (a, b) = (from.max(s.first), to.min(last + 1));
+            let (a, b) = (from.max(s.first), to.min(last.saturating_add(1)));
             if a >= b {
                 continue;
             }
             let i = (a - s.first) as usize;
-            let j = (b - s.first) as usize;
+            let full = (b - s.first) as usize;
             let start = s.offsets[i];
-            let stop = s.offsets.get(j).copied().unwrap_or(s.end);
+            let end_of = |j: usize| s.offsets.get(j).copied().unwrap_or(s.end);
+            // Entries i..j, j the most that fit (ends only grow with j).
+            let fits = |j: usize| end_of(j) - start <= budget;
+            let j = if fits(full) {
+                full
+            } else if !fits(i + 1) {
+                if spans.is_empty() {
+                    i + 1
+                } else {
+                    break;
+                }
+            } else {
+                let (mut lo, mut hi) = (i + 1, full);
+                while hi - lo > 1 {
+                    let mid = lo + (hi - lo) / 2;
+                    if fits(mid) {
+                        lo = mid;
+                    } else {
+                        hi = mid;
+                    }
+                }
+                lo
+            };
+            let stop = end_of(j);
+            budget = budget.saturating_sub(stop - start);
             let rel: Vec<u64> = s.offsets[i..j].iter().map(|o| o - start).collect();
             spans.push((s.file.clone(), s.path.clone(), start, stop, rel));
+            if j < full {
+                break;
+            }
         }
         let mut out = Vec::new();
         for (file, path, start, stop, rel) in spans {
@@ -609,6 +648,28 @@ mod tests {
         fs::write(&seg, &bytes).unwrap();
         let s = Segments::open(dir.path(), None).unwrap();
         assert_eq!(s.last().map(|l| l.index), Some(6));
+    }
+
+    #[test]
+    fn a_bounded_read_stops_at_its_byte_budget_but_returns_at_least_one_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Segments::open(dir.path(), None).unwrap();
+        s.append(&(1..=9).map(|i| entry(1, i)).collect::<Vec<_>>())
+            .unwrap();
+        let one = records_len(&[entry(1, 1)]);
+        let bounded = |from, to, max| -> Vec<u64> {
+            s.read_at_most(from, to, max)
+                .unwrap()
+                .iter()
+                .map(|e| e.log_id.index)
+                .collect()
+        };
+        assert_eq!(bounded(1, 100, 3 * one), vec![1, 2, 3]);
+        assert_eq!(bounded(1, 100, 3 * one - 1), vec![1, 2]);
+        assert_eq!(bounded(4, 100, 0), vec![4]);
+        assert_eq!(bounded(4, 6, u64::MAX), vec![4, 5]);
+        assert_eq!(bounded(2, 100, 100 * one), (2..=9).collect::<Vec<_>>());
+        assert_eq!(bounded(10, 100, one), Vec::<u64>::new());
     }
 
     fn records_len(entries: &[Entry]) -> u64 {

@@ -1,20 +1,31 @@
 //! The hybrid read cache: a foyer memory tier sized in bytes in front of a
 //! local disk tier, used cache-aside for hot read models.
 //!
-//! The cache is never the source of truth. Two rules keep it honest:
+//! The cache is never the source of truth. Three rules keep it honest:
 //! - the disk tier is opened without recovery, so an entry deleted before a
 //!   restart can never come back after it (a restart starts cold on disk);
 //! - a fill races with invalidations through a generation counter: a value
-//!   read before an invalidation is dropped instead of cached (see [`ReadCache::fill`]).
+//!   read before an invalidation is dropped instead of cached (see [`ReadCache::fill`]);
+//! - every value is stamped with the generation its fill started at, and a
+//!   value found on disk is used only if its key was not invalidated after
+//!   that stamp. foyer's delete does not stop a disk write already under
+//!   way, nor a disk read already started from putting the old value back
+//!   in memory, so a deleted value can reappear on disk; the stamp catches
+//!   it. Disk hits are promoted to memory here, not by foyer, under the
+//!   same check as a fill.
 
 use std::{
+    collections::HashMap,
     path::PathBuf,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex,
+    },
 };
 
 use foyer::{
     BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder,
-    HybridCachePolicy, RecoverMode,
+    HybridCachePolicy, Load, RecoverMode,
 };
 
 use crate::{Result, StorageError};
@@ -46,11 +57,35 @@ pub struct FillTicket(u64);
 pub struct ReadCache {
     inner: HybridCache<Vec<u8>, Vec<u8>>,
     generation: AtomicU64,
+    /// The generation of each key's last invalidation (see the module
+    /// docs); bounded by `MAX_TRACKED`.
+    invalidated: Mutex<HashMap<Vec<u8>, u64>>,
+    /// Disk values stamped before this are not trusted: set when
+    /// `invalidated` is forgotten for want of room, and by `clear`.
+    disk_floor: AtomicU64,
     hits: AtomicU64,
     misses: AtomicU64,
 }
 
 const BLOCK_BYTES: usize = 4 * 1024 * 1024;
+/// Keys whose last invalidation is remembered; past it the memory is
+/// dropped and every older disk value distrusted instead.
+const MAX_TRACKED: usize = 1 << 20;
+const STAMP: usize = 8;
+
+fn stamped(stamp: u64, value: Vec<u8>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(STAMP + value.len());
+    out.extend_from_slice(&stamp.to_le_bytes());
+    out.extend_from_slice(&value);
+    out
+}
+
+/// The stamp and the value of a cached entry; `None` for bytes too short
+/// to hold a stamp (a damaged disk block).
+fn unstamp(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let (stamp, value) = bytes.split_first_chunk::<STAMP>()?;
+    Some((u64::from_le_bytes(*stamp), value))
+}
 
 impl ReadCache {
     pub async fn open(cfg: &CacheConfig) -> Result<Self> {
@@ -76,6 +111,8 @@ impl ReadCache {
         Ok(Self {
             inner,
             generation: AtomicU64::new(0),
+            invalidated: Mutex::default(),
+            disk_floor: AtomicU64::new(0),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         })
@@ -83,20 +120,66 @@ impl ReadCache {
 
     /// Look a key up in memory, then on disk.
     pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let found = self
+        // Only fills and checked disk hits put values in memory, and an
+        // invalidation removes them, so a memory hit is current.
+        let memory = self
             .inner
+            .memory()
             .get(key)
+            .and_then(|e| unstamp(e.value()).map(|(_, v)| v.to_vec()));
+        if let Some(v) = memory {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(Some(v));
+        }
+        let ticket = self.ticket();
+        let loaded = self
+            .inner
+            .storage()
+            .load(key)
             .await
             .map_err(|e| StorageError::Cache(e.to_string()))?;
+        let bytes = match loaded {
+            Load::Entry { value, .. } => Some(value),
+            Load::Piece { piece, .. } => Some(piece.value().clone()),
+            _ => None,
+        };
+        let found = bytes.as_deref().and_then(unstamp).and_then(|(stamp, v)| {
+            if self.stale(key, stamp) {
+                self.inner.storage().delete(key);
+                None
+            } else {
+                Some((stamp, v.to_vec()))
+            }
+        });
         match found {
-            Some(entry) => {
+            Some((stamp, v)) => {
                 self.hits.fetch_add(1, Ordering::Relaxed);
-                Ok(Some(entry.value().clone()))
+                self.promote(ticket, stamp, key.to_vec(), v.clone());
+                Ok(Some(v))
             }
             None => {
                 self.misses.fetch_add(1, Ordering::Relaxed);
                 Ok(None)
             }
+        }
+    }
+
+    /// Whether a value stamped `stamp` may predate `key`'s last
+    /// invalidation.
+    fn stale(&self, key: &[u8], stamp: u64) -> bool {
+        if stamp < self.disk_floor.load(Ordering::Acquire) {
+            return true;
+        }
+        let map = self.invalidated.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(key).is_some_and(|&at| at > stamp)
+    }
+
+    /// Puts a checked disk hit in memory, as a fill would.
+    fn promote(&self, ticket: FillTicket, stamp: u64, key: Vec<u8>, value: Vec<u8>) {
+        let probe = key.clone();
+        drop(self.inner.insert(key, stamped(stamp, value)));
+        if self.generation.load(Ordering::Acquire) != ticket.0 && self.stale(&probe, stamp) {
+            self.inner.remove(probe.as_slice());
         }
     }
 
@@ -113,7 +196,7 @@ impl ReadCache {
     /// the key absent.
     pub fn fill(&self, ticket: FillTicket, key: Vec<u8>, value: Vec<u8>) {
         let probe = key.clone();
-        drop(self.inner.insert(key, value));
+        drop(self.inner.insert(key, stamped(ticket.0, value)));
         if self.generation.load(Ordering::Acquire) != ticket.0 {
             self.inner.remove(probe.as_slice());
         }
@@ -121,13 +204,28 @@ impl ReadCache {
 
     /// Drop a key (called on every node when a change to it is applied).
     pub fn invalidate(&self, key: &[u8]) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        let at = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        // Recorded before the removal, so a disk read that ends after the
+        // removal sees it.
+        {
+            let mut map = self.invalidated.lock().unwrap_or_else(|p| p.into_inner());
+            if map.len() >= MAX_TRACKED && !map.contains_key(key) {
+                map.clear();
+                self.disk_floor.fetch_max(at, Ordering::AcqRel);
+            }
+            map.insert(key.to_vec(), at);
+        }
         self.inner.remove(key);
     }
 
     /// Drop everything, e.g. after a snapshot replaced the whole state.
     pub async fn clear(&self) -> Result<()> {
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        let at = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        self.disk_floor.fetch_max(at, Ordering::AcqRel);
+        self.invalidated
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         self.inner
             .clear()
             .await
@@ -198,6 +296,55 @@ mod tests {
             c.fill(c.ticket(), i.to_be_bytes().to_vec(), vec![7u8; 4096]);
         }
         assert!(c.stats().memory_bytes <= 64 * 1024);
+        c.close().await.unwrap();
+    }
+
+    /// Fills other keys until `key` has been evicted and written to disk.
+    async fn push_to_disk(c: &ReadCache, key: &[u8]) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut i = 0u32;
+        loop {
+            for _ in 0..50 {
+                i += 1;
+                let k = [b"filler-".as_slice(), &i.to_be_bytes()].concat();
+                c.fill(c.ticket(), k, vec![3u8; 4096]);
+            }
+            let on_disk = matches!(c.inner.storage().load(key).await, Ok(Load::Entry { .. }));
+            if on_disk && c.inner.memory().get(key).is_none() {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "never reached disk");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_deleted_value_that_reappears_on_disk_is_not_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = ReadCache::open(&cfg(dir.path())).await.unwrap();
+        // A value read before its key's invalidation...
+        let before = c.ticket();
+        c.invalidate(b"k");
+        // ...lands on disk all the same, as a disk write under way when
+        // the delete came does.
+        drop(
+            c.inner
+                .insert(b"k".to_vec(), stamped(before.0, b"old".to_vec())),
+        );
+        push_to_disk(&c, b"k").await;
+        assert_eq!(c.get(b"k").await.unwrap(), None);
+        assert!(c.inner.memory().get(b"k".as_slice()).is_none());
+        assert!(!matches!(
+            c.inner.storage().load(b"k".as_slice()).await,
+            Ok(Load::Entry { .. })
+        ));
+
+        // A value filled after the invalidation is served from disk and
+        // promoted to memory.
+        c.fill(c.ticket(), b"k".to_vec(), b"new".to_vec());
+        push_to_disk(&c, b"k").await;
+        assert_eq!(c.get(b"k").await.unwrap().as_deref(), Some(&b"new"[..]));
+        assert!(c.inner.memory().get(b"k".as_slice()).is_some());
         c.close().await.unwrap();
     }
 

@@ -450,6 +450,21 @@ pub(super) async fn patch_vendor(
 ) -> ApiResult<Response> {
     require(&p, &[Role::Vendor, Role::Ops])?;
     check_id(&s, &id, "ven")?;
+    if matches!(
+        r,
+        PatchVendor {
+            name: None,
+            description: None,
+            location: None,
+            address: None,
+            prep_minutes: None,
+            tags: None,
+            status: None,
+            hours: None,
+        }
+    ) {
+        return Err(nothing_to_change());
+    }
     if r.prep_minutes.is_some_and(|m| m > 240) {
         return Err(ApiError::validation("prep_minutes must be 0..=240"));
     }
@@ -688,6 +703,18 @@ pub(super) async fn patch_product(
 ) -> ApiResult<Response> {
     require(&p, &[Role::Vendor])?;
     check_id(&s, &id, "prd")?;
+    if matches!(
+        r,
+        PatchProduct {
+            name: None,
+            description: None,
+            category: None,
+            price: None,
+            tags: None,
+        }
+    ) {
+        return Err(nothing_to_change());
+    }
     let patch = ProductPatch {
         name: r
             .name
@@ -751,9 +778,19 @@ pub(super) async fn delete_product(
     answer(&s, resp, index, StatusCode::NO_CONTENT)
 }
 
+/// An empty patch is refused rather than written through the log as a
+/// change of nothing.
+fn nothing_to_change() -> ApiError {
+    ApiError::validation("the patch changes nothing: give at least one field")
+}
+
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct SetStock {
+    /// `null` is unlimited. The field itself is required: `{}` is refused
+    /// rather than read as "unlimited".
+    #[serde(deserialize_with = "Option::deserialize")]
+    #[schema(required = true)]
     stock: Option<i64>,
 }
 

@@ -70,7 +70,7 @@ pub(super) async fn feed(
     // `after=0` reads from the oldest retained event; a later cursor that
     // fell behind the window would silently skip events.
     let oldest = events::oldest_retained(&s.node.store().read()?, &p.sub)?;
-    if after > 0 && after + 1 < oldest {
+    if after > 0 && after.saturating_add(1) < oldest {
         return Err(ApiError::new(
             StatusCode::GONE,
             "cursor_expired",

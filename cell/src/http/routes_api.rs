@@ -279,6 +279,9 @@ pub(super) struct RouteBody {
     requirements: Option<RequirementsBody>,
 }
 
+/// How far ahead a route may be planned.
+const MAX_AHEAD_MS: i64 = 30 * 24 * 3_600_000;
+
 #[utoipa::path(
     post, path = "/v1/routes", tag = "routes", request_body = RouteBody,
     responses((status = 201, description = "an ops-created route, open for claims", body = RouteView),
@@ -292,12 +295,15 @@ pub(super) async fn create(
 ) -> ApiResult<Response> {
     let now = now_ms();
     let (window_start, window_end) = (b.window_start.millis()?, b.window_end.millis()?);
-    if window_end <= window_start
+    // `window_start` is bounded first so that the length below cannot
+    // overflow on extreme values.
+    if window_start < now - 3_600_000
+        || window_start > now + MAX_AHEAD_MS
+        || window_end <= window_start
         || window_end - window_start > 24 * 3_600_000
-        || window_start < now - 3_600_000
     {
         return Err(ApiError::validation(
-            "the window must be in the future, end after it starts, and last at most 24 h",
+            "the window must start within the next 30 days, end after it starts, and last at most 24 h",
         ));
     }
     if b.stops.is_empty()

@@ -8,10 +8,13 @@ use super::loaders::{CourierOf, DeliveryOfOrder, Loaders, ProductId, VendorId};
 use super::model::*;
 use crate::http::{catalog_api, orders_api, problem::ApiError};
 
-/// A page costs its size times what each row selects.
+/// A page costs its size times what each row selects, capped just over
+/// the limit: async-graphql adds sibling costs with a plain `+`, so
+/// uncapped nested pages could overflow it before the limit is checked.
 pub(super) fn page_cost(limit: Option<i32>, child_complexity: usize) -> usize {
     let rows = limit.map_or(20, |l| l.clamp(1, 1000) as usize);
     rows.saturating_mul(child_complexity.max(1))
+        .min(super::MAX_COMPLEXITY + 1)
 }
 
 fn loader<'a>(ctx: &'a Context<'_>) -> Result<&'a DataLoader<Loaders>> {
