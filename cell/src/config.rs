@@ -120,7 +120,7 @@ pub struct Args {
     #[arg(long, env = "CELL_THREADS")]
     pub threads: Option<usize>,
     /// Seed this (empty) node from a backup file, as a single-voter cell.
-    #[arg(long)]
+    #[arg(long, env = "CELL_RESTORE_FROM")]
     pub restore_from: Option<PathBuf>,
     /// Address of a router (or other proxy) whose `X-Forwarded-For` is
     /// believed for per-IP rate limits; repeatable. Without it every request
@@ -166,6 +166,9 @@ struct FileConfig {
     rate_limit_auth: Option<f64>,
     rate_limit_principal: Option<f64>,
     trusted_proxies: Option<Vec<std::net::IpAddr>>,
+    threads: Option<usize>,
+    no_read_cache: Option<bool>,
+    restore_from: Option<PathBuf>,
 }
 
 /// TLS material of a node.
@@ -196,6 +199,8 @@ pub struct CellConfig {
     pub raft_snapshot_every: u64,
     pub raft_keep_logs: u64,
     pub state_cache_bytes: usize,
+    /// Async worker threads (`None`: one per core).
+    pub threads: Option<usize>,
     pub restore_from: Option<PathBuf>,
     pub jwt_keys_file: PathBuf,
     pub limits: Limits,
@@ -366,13 +371,14 @@ impl CellConfig {
                 .unwrap_or(128)
                 .clamp(1, 1 << 20)
                 << 20,
-            restore_from: args.restore_from,
+            restore_from: args.restore_from.or(file.restore_from),
+            threads: args.threads.or(file.threads),
             jwt_keys_file: args
                 .jwt_keys_file
                 .or(file.jwt_keys_file)
                 .unwrap_or_else(|| data_dir_for_keys.join("jwt-keys.pem")),
             limits,
-            read_cache: !args.no_read_cache,
+            read_cache: !(args.no_read_cache || file.no_read_cache.unwrap_or(false)),
             graphql_introspection: !args.no_graphql_introspection
                 && file.graphql_introspection.unwrap_or(true),
             webhook_private_targets: args.webhook_private_targets
@@ -462,6 +468,26 @@ mod tests {
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.data_dir, PathBuf::from("data/local"));
         assert!(c.bootstrap);
+    }
+
+    #[test]
+    fn every_setting_can_come_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cell.toml");
+        std::fs::write(
+            &path,
+            "threads = 3\nno_read_cache = true\nrestore_from = \"/backups/b.bin\"\nstate_cache_mb = 16\n",
+        )
+        .unwrap();
+        let c = CellConfig::resolve(Args {
+            config: Some(path),
+            ..Args::default()
+        })
+        .unwrap();
+        assert_eq!(c.threads, Some(3));
+        assert!(!c.read_cache);
+        assert_eq!(c.restore_from, Some(PathBuf::from("/backups/b.bin")));
+        assert_eq!(c.state_cache_bytes, 16 << 20);
     }
 
     #[test]

@@ -121,7 +121,9 @@ pub fn apply(txn: &WriteTxn, cmd: KvCommand) -> storage::Result<(KvResponse, Opt
         }
         KvCommand::Delete { key, expect } => {
             let current = txn.get(KV, key.as_bytes())?.map(|e| e.version);
-            if current.is_none() && expect != Expect::Absent {
+            // With `If-Match`, a missing key fails the precondition (RFC
+            // 9110): the client learns its version is gone, not a 404.
+            if current.is_none() && expect == Expect::Any {
                 return Ok((KvResponse::NotFound, None));
             }
             if !matches(expect, current) {
@@ -222,6 +224,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r, KvResponse::NotFound);
+        let (r, _) = apply(
+            &w,
+            KvCommand::Delete {
+                key: "b".into(),
+                expect: Expect::Version(1),
+            },
+        )
+        .unwrap();
+        assert_eq!(r, KvResponse::PreconditionFailed { current: None });
         let (r, _) = apply(
             &w,
             KvCommand::Delete {

@@ -9,8 +9,8 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
     let args = cell::config::Args::parse();
-    let threads = args.threads;
     let cfg = cell::config::CellConfig::resolve(args)?;
+    let threads = cfg.threads;
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn,foyer_storage=warn,foyer=warn"));
     if cfg.log_json {

@@ -377,7 +377,7 @@ async fn every_endpoint_every_role() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     // A route to claim.
-    let route_body = json!({"window_start": 4102444800000i64, "window_end": 4102448400000i64, "stops": [{"location": {"lat": 1.0, "lng": 1.0}}], "pay": {"amount": 1000, "currency": "USD"}});
+    let route_body = json!({"window_start": tomorrow_ms(), "window_end": tomorrow_ms() + 3_600_000, "stops": [{"location": {"lat": 1.0, "lng": 1.0}}], "pay": {"amount": 1000, "currency": "USD"}});
     let route = f
         .must(
             "ops",
@@ -917,4 +917,13 @@ async fn every_endpoint_every_role() {
         "authorization matrix violations:\n{}",
         failures.join("\n")
     );
+}
+
+/// A route window's start a day from now, in Unix milliseconds (routes
+/// may be planned at most 30 days ahead).
+fn tomorrow_ms() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    now.as_millis() as i64 / 3_600_000 * 3_600_000 + 86_400_000
 }

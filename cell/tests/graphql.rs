@@ -858,6 +858,11 @@ async fn the_rest_authorization_matrix_holds_for_graphql() {
     let vars =
         json!({"va": va, "pa": pa, "pd": pd, "oa": oa, "db": db, "of": of, "ra": ra, "drv": drv});
     // (REST method, path, body; the GraphQL equivalent; roles allowed)
+    let create_route = format!(
+        r#"mutation {{ createRoute(input: {{windowStart: {}, windowEnd: {}, stops: [{{location: {{lat: 1.0, lng: 1.0}}}}], pay: {{amount: 1000, currency: "USD"}}}}) {{ id }} }}"#,
+        tomorrow_ms(),
+        tomorrow_ms() + 3_600_000
+    );
     let cases: Vec<Case> = vec![
         (
             Method::GET,
@@ -1103,9 +1108,9 @@ async fn the_rest_authorization_matrix_holds_for_graphql() {
             Method::POST,
             "/v1/routes".into(),
             Some(
-                json!({"window_start": 4102444800000i64, "window_end": 4102448400000i64, "stops": [{"location": {"lat": 1.0, "lng": 1.0}}], "pay": {"amount": 1000, "currency": "USD"}}),
+                json!({"window_start": tomorrow_ms(), "window_end": tomorrow_ms() + 3_600_000, "stops": [{"location": {"lat": 1.0, "lng": 1.0}}], "pay": {"amount": 1000, "currency": "USD"}}),
             ),
-            r#"mutation { createRoute(input: {windowStart: 4102444800000, windowEnd: 4102448400000, stops: [{location: {lat: 1.0, lng: 1.0}}], pay: {amount: 1000, currency: "USD"}}) { id } }"#,
+            &create_route,
             ops,
         ),
         (
