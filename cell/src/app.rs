@@ -55,6 +55,11 @@ pub enum Change {
     Vendor {
         id: String,
     },
+    /// A product of this vendor was added, changed or removed (its stock
+    /// included): the cached pages of the vendor's menu are retired.
+    Menu {
+        vendor: String,
+    },
     Product {
         id: String,
         /// Its search document may have changed too. A checkout or refund
@@ -182,9 +187,10 @@ impl raft::Application for CellApp {
             match &e {
                 Change::Vendor { id } => {
                     self.read_models.invalidate(&format!("vendor/{id}"));
-                    self.read_models.invalidate(&format!("menu/{id}"));
+                    self.read_models.menu_changed(id);
                     self.index(Dirty::Vendor(id.clone()), applied_index);
                 }
+                Change::Menu { vendor } => self.read_models.menu_changed(vendor),
                 Change::Product { id, search } => {
                     self.read_models.invalidate(&format!("product/{id}"));
                     if *search {
@@ -251,6 +257,7 @@ impl CellApp {
                     ctx.emit(match t {
                         Touched::Vendor(id) => Change::Vendor { id },
                         Touched::Product(id) => Change::Product { id, search: true },
+                        Touched::Menu(vendor) => Change::Menu { vendor },
                     });
                 }
                 Ok(Response::Catalog(Box::new(resp)))
@@ -278,6 +285,7 @@ impl CellApp {
                         ),
                     };
                     let mut moved: BTreeMap<&str, i64> = BTreeMap::new();
+                    let mut menu_moved = false;
                     for item in o.items.iter().filter(|_| stock_moved) {
                         *moved.entry(&item.product_id).or_default() += item.quantity as i64;
                     }
@@ -290,7 +298,13 @@ impl CellApp {
                                 id: id.to_string(),
                                 search: availability_may_have_flipped(stock, quantity),
                             });
+                            menu_moved = true;
                         }
+                    }
+                    if menu_moved {
+                        ctx.emit(Change::Menu {
+                            vendor: o.vendor_id.clone(),
+                        });
                     }
                     let opened = match &resp {
                         OrderResponse::Placed(o) => o.kind == orders::OrderKind::Ride,

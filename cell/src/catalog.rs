@@ -189,6 +189,8 @@ pub enum CatalogResponse {
 pub enum Touched {
     Vendor(String),
     Product(String),
+    /// A product of this vendor was added, changed or removed.
+    Menu(String),
 }
 
 fn owns(txn: &WriteTxn, vendor_id: &str, actor: &Actor) -> storage::Result<Option<bool>> {
@@ -307,6 +309,7 @@ pub fn apply(
                     let touched = vec![
                         Touched::Product(product.id.clone()),
                         Touched::Vendor(product.vendor_id.clone()),
+                        Touched::Menu(product.vendor_id.clone()),
                     ];
                     Ok((R::Product(product), touched))
                 }
@@ -341,7 +344,8 @@ pub fn apply(
             }
             p.updated_at = now;
             txn.put(PRODUCTS, id.as_bytes(), &p)?;
-            Ok((R::Product(p), vec![Touched::Product(id)]))
+            let menu = Touched::Menu(p.vendor_id.clone());
+            Ok((R::Product(p), vec![Touched::Product(id), menu]))
         }
         CatalogCommand::DeleteProduct { id, actor } => {
             let Some(p) = txn.get(PRODUCTS, id.as_bytes())? else {
@@ -354,7 +358,11 @@ pub fn apply(
             txn.delete(PRODUCTS_BY_VENDOR, &menu_key(&p.vendor_id, &id))?;
             Ok((
                 R::Deleted,
-                vec![Touched::Product(id), Touched::Vendor(p.vendor_id)],
+                vec![
+                    Touched::Product(id),
+                    Touched::Menu(p.vendor_id.clone()),
+                    Touched::Vendor(p.vendor_id),
+                ],
             ))
         }
         CatalogCommand::SetStock {
@@ -372,7 +380,8 @@ pub fn apply(
             p.stock = stock;
             p.updated_at = now;
             txn.put(PRODUCTS, id.as_bytes(), &p)?;
-            Ok((R::Product(p), vec![Touched::Product(id)]))
+            let menu = Touched::Menu(p.vendor_id.clone());
+            Ok((R::Product(p), vec![Touched::Product(id), menu]))
         }
     }
 }

@@ -7,9 +7,12 @@
 //! epoch that is part of every key: all older entries become unreachable
 //! at once (and age out).
 
-use std::sync::{
-    atomic::{AtomicU64, Ordering},
-    Arc,
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
 };
 
 use storage::ReadCache;
@@ -17,6 +20,10 @@ use storage::ReadCache;
 pub struct ReadModels {
     cache: Option<Arc<ReadCache>>,
     epoch: AtomicU64,
+    /// Per vendor, how many times its menu changed: part of its menu pages'
+    /// keys, so that one change retires every page (any limit, any cursor)
+    /// without listing them.
+    menus: Mutex<HashMap<String, u64>>,
 }
 
 impl ReadModels {
@@ -25,7 +32,32 @@ impl ReadModels {
         Self {
             cache,
             epoch: AtomicU64::new(0),
+            menus: Mutex::default(),
         }
+    }
+
+    /// The cache key of a page of `vendor`'s menu. Read after waiting for
+    /// freshness: a change's version bump precedes its applied index.
+    pub fn menu_key(&self, vendor: &str, limit: usize, cursor: Option<&str>) -> String {
+        let version = self
+            .menus
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(vendor)
+            .copied()
+            .unwrap_or(0);
+        format!("menu/{vendor}/{version}/{limit}/{}", cursor.unwrap_or(""))
+    }
+
+    /// A product of `vendor` was added, changed or removed: every cached
+    /// page of its menu is retired.
+    pub fn menu_changed(&self, vendor: &str) {
+        *self
+            .menus
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(vendor.to_string())
+            .or_default() += 1;
     }
 
     pub fn cache(&self) -> Option<&Arc<ReadCache>> {

@@ -302,6 +302,30 @@ async fn vendors_and_products_with_ownership_and_cached_reads() {
     assert_eq!(page2["items"].as_array().unwrap().len(), 2);
     assert!(page2["next_cursor"].is_null());
 
+    // Menu pages are cached too, and a change to one of their products
+    // (here its stock) retires them on every node.
+    let hits_before = cache_hits(&tc, follower).await;
+    let page1_path = format!("/v1/vendors/{vid}/products?limit=3");
+    let menu_page1 = |idx| c.call(follower, Method::GET, &page1_path, None, None, idx);
+    let (_, again, _) = menu_page1(idx).await;
+    assert_eq!(again, page1);
+    assert!(cache_hits(&tc, follower).await > hits_before);
+    let first = page1["items"][0]["id"].as_str().unwrap();
+    let (s, _, idx) = c
+        .call(
+            leader,
+            Method::PUT,
+            &format!("/v1/products/{first}/stock"),
+            Some(&owner),
+            Some(json!({"stock": 7})),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, fresh, _) = menu_page1(idx).await;
+    assert_eq!(fresh["items"][0]["id"], first);
+    assert_eq!(fresh["items"][0]["stock"], 7, "stale cached menu: {fresh}");
+
     // Vendor profile: owner and ops may patch, others may not.
     let (s, _, _) = c
         .call(
@@ -404,12 +428,16 @@ async fn vendors_and_products_with_ownership_and_cached_reads() {
     assert_eq!(page["items"].as_array().unwrap().len(), 4);
 
     // The follower served repeated product reads from its cache.
-    let metrics = tc.metrics(follower).await;
-    let hits: f64 = metrics
+    let hits = cache_hits(&tc, follower).await;
+    assert!(hits >= 2.0, "no cache hits on the follower: {hits}");
+}
+
+async fn cache_hits(tc: &TestCell, node: u64) -> f64 {
+    tc.metrics(node)
+        .await
         .lines()
         .find(|l| l.starts_with("cache_hits "))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    assert!(hits >= 2.0, "no cache hits on the follower:\n{metrics}");
+        .unwrap_or(0.0)
 }

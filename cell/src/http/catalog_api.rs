@@ -539,11 +539,50 @@ pub(super) async fn list_products(
     c: Consistency,
     Path(id): Path<String>,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let page = menu_request(&s, &id, q)?;
     ensure_fresh(&s, c).await?;
-    let read = s.node.store().read()?;
-    Ok(Json(menu_page(&read, &page)?))
+    let bytes = menu_pages(&s, std::slice::from_ref(&page))
+        .await?
+        .pop()
+        .flatten()
+        .ok_or_else(|| ApiError::not_found("no such vendor"))?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        bytes,
+    )
+        .into_response())
+}
+
+/// Pages of vendors' menus as `GET /v1/vendors/{id}/products` answers
+/// them (JSON): cached ones from the read cache, the rest rendered in one
+/// redb read and cached; `None` for a vendor that does not exist. Call
+/// after waiting for freshness.
+pub(crate) async fn menu_pages(
+    s: &AppState,
+    pages: &[MenuPage],
+) -> ApiResult<Vec<Option<Vec<u8>>>> {
+    let keys: Vec<String> = pages
+        .iter()
+        .map(|p| {
+            s.read_models
+                .menu_key(&p.vendor_id, p.limit, p.cursor.as_deref())
+        })
+        .collect();
+    let node = s.node.clone();
+    s.read_models
+        .get_many_or_load::<ApiError>(&keys, |misses| {
+            let read = node.store().read()?;
+            misses
+                .iter()
+                .map(|&i| match menu_page(&read, &pages[i]) {
+                    Ok(v) => Ok(Some(serde_json::to_vec(&v).unwrap_or_default())),
+                    Err(e) if e.status == StatusCode::NOT_FOUND => Ok(None),
+                    Err(e) => Err(e),
+                })
+                .collect()
+        })
+        .await
 }
 
 /// Which page of which vendor's menu is asked for.
@@ -571,7 +610,7 @@ pub(crate) fn menu_request(
 
 /// A page of a vendor's menu as `GET /v1/vendors/{id}/products` answers it
 /// (GraphQL reads many in one transaction).
-pub(crate) fn menu_page(read: &storage::ReadTxn, page: &MenuPage) -> Result<Value, ApiError> {
+fn menu_page(read: &storage::ReadTxn, page: &MenuPage) -> Result<Value, ApiError> {
     if catalog::vendor(read, &page.vendor_id)?.is_none() {
         return Err(ApiError::not_found("no such vendor"));
     }
