@@ -472,3 +472,94 @@ async fn auth_endpoints_are_rate_limited_per_ip_and_ops_is_not() {
         "{statuses:?}"
     );
 }
+
+/// A rotation staged ahead and rolled out one node at a time: every token
+/// any node issues verifies on every node throughout, and the new key
+/// signs on all of them from its time on. (Prepending a key that signs at
+/// once made the first restarted node's tokens unknown to the others.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staged_key_rotation_rolls_out_without_refused_tokens() {
+    let mut tc = TestCell::start(3, false, &["--rate-limit-auth", "1000"])
+        .await
+        .expect("cell");
+    let leader = tc.cell.wait_leader(Duration::from_secs(10)).await.unwrap();
+    let (s, v) = call(&tc, leader, Method::POST, "/v1/auth/signup", None, Some(json!({
+        "email": "ada@example.com", "password": "correct horse battery", "name": "Ada", "role": "customer"
+    }))).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let first = v["access_token"].as_str().unwrap().to_string();
+    let keys_file = tc.cell.dir.join("jwt-keys.pem");
+    let old_kid = KeySet::load_or_create(&keys_file)
+        .unwrap()
+        .0
+        .active_kid()
+        .to_owned();
+    let unix_now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    };
+    let switch_at = unix_now() + 30;
+    let new_kid = KeySet::rotate_file_staged(&keys_file, Some(switch_at), None).unwrap();
+
+    let mut issued = vec![first];
+    for id in 1..=3 {
+        tc.cell.stop(id);
+        tc.start_node(id).unwrap();
+        tc.cell
+            .wait_healthy(id, Duration::from_secs(30))
+            .await
+            .unwrap();
+        // The node just restarted holds the new key; its tokens are the
+        // ones the others did not know under an unstaged rotation.
+        let (s, v) = login(&tc, id).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let token = v["access_token"].as_str().unwrap().to_string();
+        assert_eq!(kid_of(&token), old_kid, "signed before its time");
+        issued.push(token);
+        accepted_everywhere(&tc, &issued).await;
+    }
+    assert!(
+        unix_now() < switch_at,
+        "the rollout outran the staging time"
+    );
+    let wait = (switch_at + 1 - unix_now()).max(0) as u64;
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    for node in 1..=3 {
+        let (s, v) = login(&tc, node).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let token = v["access_token"].as_str().unwrap().to_string();
+        assert_eq!(
+            kid_of(&token),
+            new_kid,
+            "node {node} still signs with the old key"
+        );
+        issued.push(token);
+    }
+    accepted_everywhere(&tc, &issued).await;
+    let (_, jwks) = call(&tc, 1, Method::GET, "/.well-known/jwks.json", None, None).await;
+    assert_eq!(jwks["keys"][0]["kid"], new_kid.as_str(), "{jwks}");
+}
+
+/// Every token in `tokens` is accepted by every node.
+async fn accepted_everywhere(tc: &TestCell, tokens: &[String]) {
+    for t in tokens {
+        for node in 1..=3 {
+            let (s, v) = call(tc, node, Method::GET, "/v1/me", Some(t), None).await;
+            assert_eq!(s, StatusCode::OK, "node {node}: {v}");
+        }
+    }
+}
+
+/// The `kid` in a token's header.
+fn kid_of(token: &str) -> String {
+    let header = token.split('.').next().unwrap();
+    let header: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(header)
+            .unwrap(),
+    )
+    .unwrap();
+    header["kid"].as_str().unwrap().to_string()
+}

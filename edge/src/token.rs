@@ -12,6 +12,13 @@
 //! only verify, so tokens signed before a rotation stay valid until they
 //! expire. A line `retire-after: <unix seconds>` directly before a verify-only
 //! block stops that key verifying after the given time.
+//!
+//! A line `active-after: <unix seconds>` before a `PRIVATE KEY` at the top
+//! of the file stages it: it verifies at once and signs from that time on,
+//! in place of the first unannotated key. Staged far enough ahead for the
+//! file to reach every node, a rotation never has one node sign with a key
+//! the others do not know yet (a rolling restart with the new key first
+//! would: its tokens were refused by the others until they restarted too).
 
 use std::collections::HashSet;
 use std::fmt;
@@ -38,6 +45,13 @@ pub const MAX_TOKEN_LEN: usize = 4096;
 pub const LEEWAY_SECS: i64 = 30;
 
 const RETIRE_AFTER: &str = "retire-after:";
+const ACTIVE_AFTER: &str = "active-after:";
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
 const PRIVATE_KEY_LABEL: &str = "PRIVATE KEY";
 const PUBLIC_KEY_LABEL: &str = "PUBLIC KEY";
 /// Attacker-supplied strings echoed in errors are clipped so they cannot
@@ -222,10 +236,23 @@ struct VerifyOnlyKey {
     private: Option<SigningKey>,
 }
 
+/// A key staged to sign from `after` on (see the module docs).
+#[derive(Debug, Clone)]
+struct StagedKey {
+    key: SigningKey,
+    after: i64,
+    retire_after: Option<i64>,
+}
+
 /// The signing key of this cell plus the older public keys that still verify.
 #[derive(Debug)]
 pub struct KeySet {
+    /// The first unannotated private key: it signs until a staged key's
+    /// time comes.
     active: SigningKey,
+    active_retire: Option<i64>,
+    /// Newest first, as in the file.
+    staged: Vec<StagedKey>,
     verify_only: Vec<VerifyOnlyKey>,
 }
 
@@ -233,10 +260,25 @@ impl KeySet {
     /// A key set with one fresh key, held only in memory (tests, throw-away
     /// nodes).
     pub fn generate() -> Self {
+        Self::of(SigningKey::generate())
+    }
+
+    fn of(active: SigningKey) -> Self {
         KeySet {
-            active: SigningKey::generate(),
+            active,
+            active_retire: None,
+            staged: Vec::new(),
             verify_only: Vec::new(),
         }
+    }
+
+    /// The key that signs at `now`: the newest staged key whose time has
+    /// come (and that is not retired), else the first unannotated one.
+    fn signer(&self, now: i64) -> &SigningKey {
+        self.staged
+            .iter()
+            .find(|s| s.after <= now && s.retire_after.is_none_or(|r| now <= r))
+            .map_or(&self.active, |s| &s.key)
     }
 
     /// Loads the key file, creating it with one fresh key (mode 0600) if it
@@ -252,13 +294,7 @@ impl KeySet {
                 let active = SigningKey::generate();
                 let pem = active.to_pem()?;
                 match write_file_atomically(path, pem.as_bytes(), false) {
-                    Ok(()) => Ok((
-                        KeySet {
-                            active,
-                            verify_only: Vec::new(),
-                        },
-                        true,
-                    )),
+                    Ok(()) => Ok((Self::of(active), true)),
                     // Someone else created it first; theirs wins.
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                         let text = fs::read_to_string(path).map_err(|e| KeyError::io(path, e))?;
@@ -275,9 +311,19 @@ impl KeySet {
     /// `CELL_JWT_KEYS` environment variable).
     pub fn from_pem(pem: &str) -> Result<Self, KeyError> {
         let mut active: Option<SigningKey> = None;
+        let mut active_retire = None;
+        let mut staged = Vec::new();
         let mut verify_only = Vec::new();
         let mut seen = HashSet::new();
         for block in split_pem(pem)? {
+            if block.active_after.is_some()
+                && (active.is_some() || block.label != PRIVATE_KEY_LABEL)
+            {
+                return Err(KeyError::Invalid(format!(
+                    "line {}: {ACTIVE_AFTER} stages a PRIVATE KEY above the first unannotated one",
+                    block.line
+                )));
+            }
             let (kid, key, private) = match block.label.as_str() {
                 PRIVATE_KEY_LABEL => {
                     let key =
@@ -291,13 +337,27 @@ impl KeySet {
                     if !seen.insert(key.kid.clone()) {
                         return Err(KeyError::DuplicateKey(key.kid));
                     }
+                    if let Some(after) = block.active_after {
+                        staged.push(StagedKey {
+                            key,
+                            after,
+                            retire_after: block.retire_after,
+                        });
+                        continue;
+                    }
                     if active.is_none() {
-                        if block.retire_after.is_some() {
-                            return Err(KeyError::Invalid(format!(
-                                "line {}: the active (first) PRIVATE KEY cannot be retired",
-                                block.line
-                            )));
+                        // It may retire only once a staged key has taken
+                        // over from it: something must always sign.
+                        if let Some(at) = block.retire_after {
+                            if !staged.iter().any(|s| s.after <= at) {
+                                return Err(KeyError::Invalid(format!(
+                                    "line {}: the signing (first unannotated) PRIVATE KEY cannot \
+                                     be retired before a staged key takes over",
+                                    block.line
+                                )));
+                            }
                         }
+                        active_retire = block.retire_after;
                         active = Some(key);
                         continue;
                     }
@@ -334,6 +394,8 @@ impl KeySet {
         let active = active.ok_or(KeyError::NoSigningKey)?;
         Ok(KeySet {
             active,
+            active_retire,
+            staged,
             verify_only,
         })
     }
@@ -353,11 +415,26 @@ impl KeySet {
         path: &Path,
         retire_after: Option<i64>,
     ) -> Result<String, KeyError> {
+        Self::rotate_file_staged(path, None, retire_after)
+    }
+
+    /// Like [`KeySet::rotate_file_with_retirement`], with the new key staged
+    /// to sign from `active_after` (unix seconds) on: copy the file to every
+    /// node and restart them (or let them load it) before then.
+    pub fn rotate_file_staged(
+        path: &Path,
+        active_after: Option<i64>,
+        retire_after: Option<i64>,
+    ) -> Result<String, KeyError> {
         let old = fs::read_to_string(path).map_err(|e| KeyError::io(path, e))?;
         // Refuse to build on top of a file that would not load anyway.
         Self::from_pem(&old)?;
         let new = SigningKey::generate();
-        let mut text = new.to_pem()?;
+        let mut text = String::new();
+        if let Some(at) = active_after {
+            text.push_str(&format!("{ACTIVE_AFTER} {at}\n"));
+        }
+        text.push_str(&new.to_pem()?);
         if !text.ends_with('\n') {
             text.push('\n');
         }
@@ -373,7 +450,8 @@ impl KeySet {
             text.push('\n');
         }
         let check = Self::from_pem(&text)?;
-        if check.active_kid() != new.kid() {
+        let signs_from = active_after.unwrap_or_else(unix_now);
+        if check.signer(signs_from).kid() != new.kid() {
             return Err(KeyError::Invalid(
                 "rotated key file does not start with the new key".into(),
             ));
@@ -382,8 +460,16 @@ impl KeySet {
         Ok(new.kid)
     }
 
+    /// The key id that signs now.
     pub fn active_kid(&self) -> &str {
-        self.active.kid()
+        self.signer(unix_now()).kid()
+    }
+
+    /// Every private key the file holds, with its kid.
+    fn private_keys(&self) -> impl Iterator<Item = &SigningKey> {
+        std::iter::once(&self.active)
+            .chain(self.staged.iter().map(|s| &s.key))
+            .chain(self.verify_only.iter().filter_map(|k| k.private.as_ref()))
     }
 
     /// A 32-byte secret for `purpose`, derived from the active signing key:
@@ -391,7 +477,7 @@ impl KeySet {
     /// coordination (nothing secret enters the replicated log), and it
     /// changes when the signing key rotates.
     pub fn derive_secret(&self, purpose: &str) -> [u8; 32] {
-        derive(purpose, &self.active.key.to_bytes())
+        derive(purpose, &self.signer(unix_now()).key.to_bytes())
     }
 
     /// The secret for `purpose` derived from the key `kid`, the active one
@@ -399,19 +485,16 @@ impl KeySet {
     /// what was sealed before a rotation can still be opened); `None` once
     /// that key is gone.
     pub fn derive_secret_for(&self, kid: &str, purpose: &str) -> Option<[u8; 32]> {
-        if kid == self.active.kid() {
-            return Some(self.derive_secret(purpose));
-        }
-        self.verify_only
-            .iter()
+        self.private_keys()
             .find(|k| k.kid == kid)
-            .and_then(|k| k.private.as_ref())
             .map(|private| derive(purpose, &private.key.to_bytes()))
     }
 
-    /// Signs with the active key. Claims are trusted input here; keep them
-    /// small enough that the token stays under [`MAX_TOKEN_LEN`].
+    /// Signs with the key that signs at the claims' `iat`. Claims are
+    /// trusted input here; keep them small enough that the token stays under
+    /// [`MAX_TOKEN_LEN`].
     pub fn sign(&self, claims: &Claims) -> String {
+        let signer = self.signer(claims.iat);
         #[derive(Serialize)]
         struct Header<'a> {
             alg: &'static str,
@@ -421,7 +504,7 @@ impl KeySet {
         let header = Header {
             alg: ALGORITHM,
             typ: "JWT",
-            kid: self.active.kid(),
+            kid: signer.kid(),
         };
         // Serializing plain strings and integers cannot fail.
         let header = serde_json::to_vec(&header).expect("JWT header serializes");
@@ -429,7 +512,7 @@ impl KeySet {
         let mut token = URL_SAFE_NO_PAD.encode(header);
         token.push('.');
         token.push_str(&URL_SAFE_NO_PAD.encode(payload));
-        let signature = self.active.key.sign(token.as_bytes());
+        let signature = signer.key.sign(token.as_bytes());
         token.push('.');
         token.push_str(&URL_SAFE_NO_PAD.encode(signature.to_bytes()));
         token
@@ -448,8 +531,18 @@ impl KeySet {
     }
 
     fn verifying_key(&self, kid: &str, now_unix: i64) -> Result<VerifyingKey, TokenError> {
+        let retired = |at: Option<i64>| at.is_some_and(|at| now_unix > at);
         if kid == self.active.kid() {
+            if retired(self.active_retire) {
+                return Err(TokenError::RetiredKey(kid.to_owned()));
+            }
             return Ok(self.active.verifying_key());
+        }
+        if let Some(s) = self.staged.iter().find(|s| s.key.kid == kid) {
+            if retired(s.retire_after) {
+                return Err(TokenError::RetiredKey(kid.to_owned()));
+            }
+            return Ok(s.key.verifying_key());
         }
         let key = self
             .verify_only
@@ -463,10 +556,16 @@ impl KeySet {
     }
 
     /// The public keys as a JWK set (RFC 8037 `OKP`), for
-    /// `/.well-known/jwks.json`; the active key comes first.
+    /// `/.well-known/jwks.json`; the key that signs now comes first, staged
+    /// keys are listed before they sign.
     pub fn jwks(&self) -> Value {
-        let active = (self.active.kid(), self.active.verifying_key());
-        let keys: Vec<Value> = std::iter::once(active)
+        let signer = self.signer(unix_now());
+        let others = std::iter::once(&self.active)
+            .chain(self.staged.iter().map(|s| &s.key))
+            .filter(|k| k.kid != signer.kid)
+            .map(|k| (k.kid(), k.verifying_key()));
+        let keys: Vec<Value> = std::iter::once((signer.kid(), signer.verifying_key()))
+            .chain(others)
             .chain(self.verify_only.iter().map(|k| (k.kid.as_str(), k.key)))
             .map(|(kid, key)| {
                 serde_json::json!({
@@ -703,6 +802,7 @@ struct PemBlock {
     /// 1-based line of the BEGIN line, for error messages.
     line: usize,
     retire_after: Option<i64>,
+    active_after: Option<i64>,
 }
 
 /// Splits PEM text into blocks. Blank lines and `#` comments between blocks
@@ -712,6 +812,7 @@ fn split_pem(text: &str) -> Result<Vec<PemBlock>, KeyError> {
     let mut blocks = Vec::new();
     let mut current: Option<PemBlock> = None;
     let mut retire_after: Option<i64> = None;
+    let mut active_after: Option<i64> = None;
     for (index, line) in text.lines().enumerate() {
         let n = index + 1;
         let line = line.trim();
@@ -732,15 +833,22 @@ fn split_pem(text: &str) -> Result<Vec<PemBlock>, KeyError> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        if let Some(at) = line.strip_prefix(RETIRE_AFTER) {
-            let at = at.trim().parse::<i64>().map_err(|_| {
-                KeyError::Invalid(format!("line {n}: {RETIRE_AFTER} needs unix seconds"))
-            })?;
-            if retire_after.replace(at).is_some() {
-                return Err(KeyError::Invalid(format!(
-                    "line {n}: two {RETIRE_AFTER} lines for one block"
-                )));
+        for (prefix, slot) in [
+            (RETIRE_AFTER, &mut retire_after),
+            (ACTIVE_AFTER, &mut active_after),
+        ] {
+            if let Some(at) = line.strip_prefix(prefix) {
+                let at = at.trim().parse::<i64>().map_err(|_| {
+                    KeyError::Invalid(format!("line {n}: {prefix} needs unix seconds"))
+                })?;
+                if slot.replace(at).is_some() {
+                    return Err(KeyError::Invalid(format!(
+                        "line {n}: two {prefix} lines for one block"
+                    )));
+                }
             }
+        }
+        if line.starts_with(RETIRE_AFTER) || line.starts_with(ACTIVE_AFTER) {
             continue;
         }
         if let Some(label) = line
@@ -752,6 +860,7 @@ fn split_pem(text: &str) -> Result<Vec<PemBlock>, KeyError> {
                 text: format!("{line}\n"),
                 line: n,
                 retire_after: retire_after.take(),
+                active_after: active_after.take(),
             });
             continue;
         }
@@ -766,9 +875,9 @@ fn split_pem(text: &str) -> Result<Vec<PemBlock>, KeyError> {
             clip(&block.label)
         )));
     }
-    if retire_after.is_some() {
+    if retire_after.is_some() || active_after.is_some() {
         return Err(KeyError::Invalid(format!(
-            "{RETIRE_AFTER} line is not followed by a key"
+            "a {RETIRE_AFTER} or {ACTIVE_AFTER} line is not followed by a key"
         )));
     }
     Ok(blocks)
@@ -1349,10 +1458,7 @@ mod tests {
         );
         let keys = KeySet::from_pem(&text).unwrap();
         assert_eq!(keys.active_kid(), active.kid());
-        let old = KeySet {
-            active: destroyed,
-            verify_only: Vec::new(),
-        };
+        let old = KeySet::of(destroyed);
         let token = old.sign(&claims());
         assert_eq!(keys.verify(&token, NOW, CELL), Ok(claims()));
         assert_eq!(
@@ -1360,6 +1466,77 @@ mod tests {
             Err(TokenError::RetiredKey(old.active_kid().to_owned()))
         );
         assert_eq!(keys.jwks()["keys"].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_staged_key_verifies_at_once_and_signs_from_its_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.pem");
+        let (first, _) = KeySet::load_or_create(&path).unwrap();
+        let a = first.active_kid().to_owned();
+        let at = |t: i64| Claims {
+            iat: t,
+            exp: t + 900,
+            ..claims()
+        };
+        // Staged 100 s ahead; the old key retires once its last tokens
+        // (signed just before the switch) have expired.
+        let b = KeySet::rotate_file_staged(&path, Some(NOW + 100), Some(NOW + 1060)).unwrap();
+        let keys = KeySet::load_or_create(&path).unwrap().0;
+        let before = keys.sign(&at(NOW + 99));
+        let after = keys.sign(&at(NOW + 100));
+        assert_eq!(header_of(&before)["kid"], a.as_str());
+        assert_eq!(header_of(&after)["kid"], b.as_str());
+        // Every node holding the file verifies both, before and after.
+        assert_eq!(keys.verify(&after, NOW + 100, CELL), Ok(at(NOW + 100)));
+        assert_eq!(keys.verify(&before, NOW + 500, CELL), Ok(at(NOW + 99)));
+        assert_eq!(
+            keys.verify(&keys.sign(&at(NOW + 1000)), NOW + 1061, CELL),
+            Ok(at(NOW + 1000))
+        );
+        assert_eq!(
+            keys.verify(&keys.sign(&at(NOW + 99)), NOW + 1061, CELL),
+            Err(TokenError::RetiredKey(a.clone()))
+        );
+        let listed = keys.jwks()["keys"].as_array().unwrap().len();
+        assert_eq!(listed, 2);
+        assert_eq!(
+            keys.derive_secret_for(&b, "p"),
+            Some(derive("p", &keys.staged[0].key.key.to_bytes()))
+        );
+
+        // A second staged rotation takes over from the first at its time.
+        let c = KeySet::rotate_file_staged(&path, Some(NOW + 200), None).unwrap();
+        let keys = KeySet::load_or_create(&path).unwrap().0;
+        assert_eq!(header_of(&keys.sign(&at(NOW + 150)))["kid"], b.as_str());
+        assert_eq!(header_of(&keys.sign(&at(NOW + 250)))["kid"], c.as_str());
+        assert_eq!(header_of(&keys.sign(&at(NOW + 50)))["kid"], a.as_str());
+    }
+
+    #[test]
+    fn staging_and_retiring_keys_must_leave_a_signer() {
+        let (a, b) = (SigningKey::generate(), SigningKey::generate());
+        let (a, b) = (a.to_pem().unwrap(), b.to_pem().unwrap());
+        let public = ed25519_dalek::pkcs8::EncodePublicKey::to_public_key_pem(
+            &SigningKey::generate().verifying_key(),
+            LineEnding::LF,
+        )
+        .unwrap();
+        for bad in [
+            // The signing key retired with nothing to take over.
+            format!("{RETIRE_AFTER} {NOW}\n{a}"),
+            // Taken over only after it retired.
+            format!("{ACTIVE_AFTER} {}\n{b}{RETIRE_AFTER} {NOW}\n{a}", NOW + 1),
+            // Staged below the signing key, or a public key staged.
+            format!("{a}{ACTIVE_AFTER} {NOW}\n{b}"),
+            format!("{ACTIVE_AFTER} {NOW}\n{public}{a}"),
+            // Only staged keys.
+            format!("{ACTIVE_AFTER} {NOW}\n{a}"),
+        ] {
+            assert!(KeySet::from_pem(&bad).is_err(), "{bad}");
+        }
+        let good = format!("{ACTIVE_AFTER} {NOW}\n{b}{RETIRE_AFTER} {NOW}\n{a}");
+        assert!(KeySet::from_pem(&good).is_ok());
     }
 
     #[test]
