@@ -9,11 +9,21 @@ pub struct Api {
     pub base: String,
     token: Option<String>,
     http: reqwest::Client,
+    /// For membership changes, which answer once a new node caught up.
+    patient: reqwest::Client,
 }
 
-fn http_client(ca: Option<&Path>, timeout: Duration) -> anyhow::Result<reqwest::Client> {
+/// How long a response may go without a byte: a stalled backup is given
+/// up after it, a long one is not (there is no limit on the whole).
+const STALL: Duration = Duration::from_secs(120);
+/// A membership change waits for the new node to catch up (the cell
+/// allows it ten minutes).
+const MEMBERSHIP_STALL: Duration = Duration::from_secs(11 * 60);
+
+fn http_client(ca: Option<&Path>, stall: Duration) -> anyhow::Result<reqwest::Client> {
     let mut b = reqwest::Client::builder()
-        .timeout(timeout)
+        .connect_timeout(Duration::from_secs(10))
+        .read_timeout(stall)
         .pool_idle_timeout(edge::tls::CLIENT_POOL_IDLE);
     if let Some(ca) = ca {
         let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
@@ -31,17 +41,26 @@ impl Api {
         Ok(Self {
             base,
             token,
-            http: http_client(ca, Duration::from_secs(300))?,
+            http: http_client(ca, STALL)?,
+            patient: http_client(ca, MEMBERSHIP_STALL)?,
         })
     }
 
     fn req(&self, method: reqwest::Method, path: &str) -> anyhow::Result<reqwest::RequestBuilder> {
+        self.req_on(&self.http, method, path)
+    }
+
+    fn req_on(
+        &self,
+        http: &reqwest::Client,
+        method: reqwest::Method,
+        path: &str,
+    ) -> anyhow::Result<reqwest::RequestBuilder> {
         let token = self
             .token
             .as_ref()
             .ok_or_else(|| anyhow!("no token: pass --token, set CELLCTL_TOKEN, or --token-file"))?;
-        Ok(self
-            .http
+        Ok(http
             .request(method, format!("{}{path}", self.base))
             .bearer_auth(token))
     }
@@ -53,7 +72,27 @@ impl Api {
         path: &str,
         body: Option<Value>,
     ) -> anyhow::Result<Value> {
-        let mut req = self.req(method, path)?;
+        self.call_on(&self.http, method, path, body).await
+    }
+
+    /// Like `call`, for a membership change, which may take minutes.
+    pub async fn call_patiently(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        self.call_on(&self.patient, method, path, body).await
+    }
+
+    async fn call_on(
+        &self,
+        http: &reqwest::Client,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let mut req = self.req_on(http, method, path)?;
         if let Some(b) = body {
             req = req.json(&b);
         }

@@ -112,7 +112,7 @@ pub async fn add_node(
     as_json: bool,
 ) -> anyhow::Result<()> {
     let r = api
-        .call(
+        .call_patiently(
             Method::POST,
             "/admin/cluster/nodes",
             Some(json!({"id": id, "api_addr": api_addr, "peer_addr": peer_addr})),
@@ -130,7 +130,7 @@ pub async fn promote(api: &Api, ids_to_add: &[u64], as_json: bool) -> anyhow::Re
     let mut voters = ids(&s["voters"]);
     voters.extend(ids_to_add.iter().copied());
     let r = api
-        .call(
+        .call_patiently(
             Method::POST,
             "/admin/cluster/membership",
             Some(json!({ "voters": voters })),
@@ -142,7 +142,7 @@ pub async fn promote(api: &Api, ids_to_add: &[u64], as_json: bool) -> anyhow::Re
 
 pub async fn set_voters(api: &Api, voters: &[u64], as_json: bool) -> anyhow::Result<()> {
     let r = api
-        .call(
+        .call_patiently(
             Method::POST,
             "/admin/cluster/membership",
             Some(json!({ "voters": voters })),
@@ -161,7 +161,9 @@ pub async fn remove_node(api: &Api, id: u64, as_json: bool) -> anyhow::Result<()
 }
 
 pub async fn snapshot(api: &Api, as_json: bool) -> anyhow::Result<()> {
-    let r = api.call(Method::POST, "/admin/snapshot", None).await?;
+    let r = api
+        .call_patiently(Method::POST, "/admin/snapshot", None)
+        .await?;
     report(&r, as_json, || {
         format!("snapshot at index {}", r["snapshot_index"])
     });

@@ -167,6 +167,12 @@ impl PeerClient {
             .await
             .map_err(|e| CallError::Unreachable(e.to_string()))?;
         let file = *snapshot.snapshot;
+        // The whole transfer, the receiver's check and its install must
+        // fit: a large state gets time in proportion to its size, so a
+        // node far behind on a big cell is not sent the same snapshot
+        // over and over.
+        let size = file.metadata().await.map_or(0, |m| m.len());
+        let timeout = timeout + Duration::from_secs(size / SNAPSHOT_BYTES_PER_SEC);
         let stream =
             futures::stream::once(async move { Ok::<Bytes, std::io::Error>(Bytes::from(prefix)) })
                 .chain(ReaderStream::with_capacity(file, 256 * 1024));
@@ -181,6 +187,10 @@ impl PeerClient {
         Self::finish(resp).await
     }
 }
+
+/// The slowest pace a snapshot is given (sending, checking and installing
+/// it) beyond the base timeout: 10 MB/s.
+const SNAPSHOT_BYTES_PER_SEC: u64 = 10_000_000;
 
 /// Creates one [`PeerNetwork`] per replication target.
 #[derive(Clone)]

@@ -26,6 +26,11 @@ use crate::{
     RaftError,
 };
 
+/// How long adding a node (or making learners voters) may take: the leader
+/// answers once the new node caught up, by log or snapshot. The cell's
+/// admin endpoints allow as much (`cell::http::middleware`).
+pub const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// How a node is started.
 #[derive(Clone)]
 pub struct NodeConfig {
@@ -315,7 +320,17 @@ impl<A: Application> RaftNode<A> {
     /// election until the write timeout, but never resend a request whose
     /// outcome is unknown.
     pub(crate) async fn leader_op(&self, op: LeaderOp) -> Result<LeaderOk, RaftError> {
-        let deadline = Instant::now() + self.write_timeout;
+        self.leader_op_within(op, self.write_timeout).await
+    }
+
+    /// `leader_op` with a budget of its own: a membership change answers
+    /// once the new node caught up, which on a large state takes minutes.
+    async fn leader_op_within(
+        &self,
+        op: LeaderOp,
+        budget: Duration,
+    ) -> Result<LeaderOk, RaftError> {
+        let deadline = Instant::now() + budget;
         let mut backoff = Duration::from_millis(20);
         loop {
             let attempt = match self.leader() {
@@ -463,7 +478,10 @@ impl<A: Application> RaftNode<A> {
 
     /// Add a learner and wait until it caught up with the leader.
     pub async fn add_learner(&self, id: NodeId, node: NodeInfo) -> Result<u64, RaftError> {
-        match self.leader_op(LeaderOp::AddLearner { id, node }).await? {
+        match self
+            .leader_op_within(LeaderOp::AddLearner { id, node }, MEMBERSHIP_TIMEOUT)
+            .await?
+        {
             LeaderOk::Done { index } => Ok(index),
             other => Err(RaftError::Fatal(format!(
                 "unexpected leader answer {other:?}"
@@ -474,7 +492,7 @@ impl<A: Application> RaftNode<A> {
     /// Make exactly `voters` the voting members (others stay learners).
     pub async fn change_membership(&self, voters: BTreeSet<NodeId>) -> Result<u64, RaftError> {
         match self
-            .leader_op(LeaderOp::ChangeMembership { voters })
+            .leader_op_within(LeaderOp::ChangeMembership { voters }, MEMBERSHIP_TIMEOUT)
             .await?
         {
             LeaderOk::Done { index } => Ok(index),

@@ -235,11 +235,20 @@ async fn shed_and_time(state: &AppState, mut req: Request, next: Next) -> Respon
         .retry_after(1)
         .into_response();
     };
-    // Long polls may legitimately wait up to a minute.
+    // Long polls may legitimately wait up to a minute; adding a node (or
+    // making learners voters) answers once it caught up, and a snapshot
+    // once it is built, which on a large state take minutes.
+    let slow_admin = req.method() == axum::http::Method::POST
+        && matches!(
+            req.uri().path(),
+            "/admin/cluster/nodes" | "/admin/cluster/membership" | "/admin/snapshot"
+        );
     let timeout = if long_poll {
         state
             .request_timeout
             .max(Duration::from_secs(super::events_api::MAX_WAIT_SECS + 15))
+    } else if slow_admin {
+        state.request_timeout.max(raft::node::MEMBERSHIP_TIMEOUT)
     } else {
         state.request_timeout
     };
