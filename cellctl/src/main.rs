@@ -70,7 +70,8 @@ enum Cmd {
     },
     /// Load demo data through the public API.
     Seed {
-        /// A believable demo region: vendors of every kind, products, customers, drivers.
+        /// A believable demo region: vendors of every kind, products, customers,
+        /// and drivers approved, online and located (needs the ops token).
         #[arg(long, required = true)]
         demo: bool,
         #[arg(long, default_value_t = 40.73)]
@@ -100,6 +101,11 @@ enum Cmd {
     Certs {
         #[command(subcommand)]
         cmd: CertsCmd,
+    },
+    /// Access-token signing keys (a cell's key file, shared by its nodes).
+    Keys {
+        #[command(subcommand)]
+        cmd: KeysCmd,
     },
     /// The routers' region directory (`--endpoint` = router URL(s),
     /// comma-separated; `--token` = the routers' ops token).
@@ -224,6 +230,26 @@ enum TokenCmd {
         /// Subject of the token (default: a fresh ops-<id>).
         #[arg(long)]
         sub: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Add a new signing key, staged to take over at a set time: copy the
+    /// file to every node of the cell and restart them (one at a time)
+    /// before then. Old keys keep verifying.
+    Rotate {
+        /// The cell's key file (`--jwt-keys-file` of its nodes).
+        #[arg(long, default_value = "data/local/jwt-keys.pem")]
+        file: PathBuf,
+        /// Seconds until the new key signs: time to roll the file out.
+        #[arg(long, default_value_t = 900)]
+        activate_in: u64,
+        /// Stop the old key verifying this many seconds after the switch
+        /// (at least the access-token lifetime); by default it verifies
+        /// until removed from the file.
+        #[arg(long)]
+        retire_old_after: Option<u64>,
     },
 }
 
@@ -525,7 +551,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if r["ok"] != serde_json::Value::Bool(true) {
                 anyhow::bail!("the ledger does not balance");
             }
-            println!("ledger ok");
+            if !j {
+                println!("ledger ok");
+            }
             Ok(())
         }
         Cmd::Token {
@@ -546,6 +574,36 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Backup { out } => cluster::backup(&api()?, out, j).await,
+        Cmd::Keys {
+            cmd:
+                KeysCmd::Rotate {
+                    file,
+                    activate_in,
+                    retire_old_after,
+                },
+        } => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs() as i64;
+            let activate_at = now.saturating_add(i64::try_from(*activate_in)?);
+            let retire_at = retire_old_after
+                .map(|s| i64::try_from(s).map(|s| activate_at.saturating_add(s)))
+                .transpose()?;
+            let kid = edge::token::KeySet::rotate_file_staged(file, Some(activate_at), retire_at)?;
+            if j {
+                println!(
+                    "{}",
+                    serde_json::json!({"kid": kid, "active_after": activate_at, "old_retire_after": retire_at})
+                );
+            } else {
+                println!(
+                    "new key {kid} in {}: it signs from {} (unix {activate_at}); copy the file to every node and restart them before then",
+                    file.display(),
+                    cell::http::identity_api::rfc3339(activate_at.saturating_mul(1000)),
+                );
+            }
+            Ok(())
+        }
         Cmd::Certs { cmd } => match cmd {
             CertsCmd::Init {
                 dir,
