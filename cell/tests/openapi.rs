@@ -30,20 +30,28 @@ const CONTRACT: &[(&str, &str)] = &[
     ("post", "/v1/orders"),
     ("get", "/v1/orders"),
     ("get", "/v1/orders/{id}"),
-    ("post", "/v1/orders/{id}/{action}"),
+    ("post", "/v1/orders/{id}/accept"),
+    ("post", "/v1/orders/{id}/reject"),
+    ("post", "/v1/orders/{id}/ready"),
+    ("post", "/v1/orders/{id}/cancel"),
     ("post", "/v1/orders/{id}/rating"),
     ("get", "/v1/events"),
     ("get", "/v1/search"),
     ("put", "/v1/drivers/me"),
     ("get", "/v1/drivers/me"),
-    ("post", "/v1/drivers/{id}/{action}"),
+    ("post", "/v1/drivers/{id}/approve"),
+    ("post", "/v1/drivers/{id}/suspend"),
     ("put", "/v1/drivers/me/availability"),
     ("put", "/v1/drivers/me/location"),
     ("get", "/v1/drivers/me/offers"),
     ("get", "/v1/drivers/me/earnings"),
-    ("post", "/v1/offers/{id}/{action}"),
+    ("post", "/v1/offers/{id}/accept"),
+    ("post", "/v1/offers/{id}/decline"),
     ("get", "/v1/deliveries/{id}"),
-    ("post", "/v1/deliveries/{id}/{action}"),
+    ("post", "/v1/deliveries/{id}/arrive"),
+    ("post", "/v1/deliveries/{id}/pickup"),
+    ("post", "/v1/deliveries/{id}/complete"),
+    ("post", "/v1/deliveries/{id}/fail"),
     ("post", "/v1/vendors/{id}/webhooks"),
     ("get", "/v1/vendors/{id}/webhooks"),
     ("delete", "/v1/vendors/{id}/webhooks/{webhook}"),
@@ -112,8 +120,29 @@ async fn the_document_covers_the_contract_and_matches_responses() {
             op["responses"].is_object(),
             "{method} {path} has no responses"
         );
+        if path.starts_with("/v1/") || path.starts_with("/admin/") {
+            for code in ["429", "503"] {
+                assert!(
+                    op["responses"][code].is_object(),
+                    "{method} {path} does not document {code}"
+                );
+            }
+        }
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    // Actions are paths of their own, as the contract names them, not a
+    // `{action}` template.
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        assert!(!path.contains("{action}"), "{path}");
+        let params = item["post"]["parameters"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            params.iter().all(|p| p["name"] != "action"),
+            "{path}: {params:?}"
+        );
+    }
 
     // Real responses carry exactly the documented fields.
     let post = |path: String, token: Option<String>, body: Value, key: Option<&'static str>| {

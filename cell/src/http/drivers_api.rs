@@ -224,6 +224,12 @@ pub(super) async fn get_me(
     Ok(Json(driver_view(&read, &d)?))
 }
 
+/// The actions of `POST /v1/drivers/{id}/{action}` (ops).
+pub(super) const DRIVER_ACTIONS: [(&str, DriverStatus); 2] = [
+    ("approve", DriverStatus::Approved),
+    ("suspend", DriverStatus::Suspended),
+];
+
 #[utoipa::path(
     post, path = "/v1/drivers/{id}/{action}", tag = "drivers",
     params(("id" = String, Path, description = "driver (account) id"),
@@ -237,11 +243,7 @@ pub(super) async fn set_status(
     _ops: Ops,
     Path((id, action)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    let status = match action.as_str() {
-        "approve" => DriverStatus::Approved,
-        "suspend" => DriverStatus::Suspended,
-        _ => return Err(ApiError::not_found("no such action")),
-    };
+    let status = super::extract::action(&DRIVER_ACTIONS, &action)?;
     if id.len() > 128 {
         return Err(ApiError::not_found("no such driver"));
     }
@@ -363,6 +365,18 @@ pub(super) async fn my_offers(
     Ok(Json(paging.answer(items)))
 }
 
+#[derive(Debug, Clone, Copy)]
+pub(super) enum OfferAnswer {
+    Accept,
+    Decline,
+}
+
+/// The actions of `POST /v1/offers/{id}/{action}` (the offered driver).
+pub(super) const OFFER_ACTIONS: [(&str, OfferAnswer); 2] = [
+    ("accept", OfferAnswer::Accept),
+    ("decline", OfferAnswer::Decline),
+];
+
 #[utoipa::path(
     post, path = "/v1/offers/{id}/{action}", tag = "drivers",
     params(("id" = String, Path, description = "offer id"),
@@ -379,18 +393,17 @@ pub(super) async fn answer_offer(
 ) -> ApiResult<Response> {
     driver_role(&p)?;
     let now = now_ms();
-    let cmd = match action.as_str() {
-        "accept" => DriverCommand::AcceptOffer {
+    let cmd = match super::extract::action(&OFFER_ACTIONS, &action)? {
+        OfferAnswer::Accept => DriverCommand::AcceptOffer {
             offer_id: id,
             driver_id: p.sub.clone(),
             now,
         },
-        "decline" => DriverCommand::DeclineOffer {
+        OfferAnswer::Decline => DriverCommand::DeclineOffer {
             offer_id: id,
             driver_id: p.sub.clone(),
             now,
         },
-        _ => return Err(ApiError::not_found("no such action")),
     };
     match write(&s, cmd).await? {
         (DriverResponse::Delivery(d), index) => delivery_written(&s, index, &d),
@@ -519,6 +532,14 @@ pub(super) struct ActBody {
     proof_code: Option<String>,
 }
 
+/// The actions of `POST /v1/deliveries/{id}/{action}` (the assigned driver).
+pub(super) const DELIVERY_ACTIONS: [(&str, DeliveryAction); 4] = [
+    ("arrive", DeliveryAction::Arrive),
+    ("pickup", DeliveryAction::Pickup),
+    ("complete", DeliveryAction::Complete),
+    ("fail", DeliveryAction::Fail),
+];
+
 #[utoipa::path(
     post, path = "/v1/deliveries/{id}/{action}", tag = "drivers",
     params(("id" = String, Path, description = "delivery id"),
@@ -536,13 +557,7 @@ pub(super) async fn act(
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
     driver_role(&p)?;
-    let action = match action.as_str() {
-        "arrive" => DeliveryAction::Arrive,
-        "pickup" => DeliveryAction::Pickup,
-        "complete" => DeliveryAction::Complete,
-        "fail" => DeliveryAction::Fail,
-        _ => return Err(ApiError::not_found("no such action")),
-    };
+    let action = super::extract::action(&DELIVERY_ACTIONS, &action)?;
     // The body is optional (only `complete` needs one).
     let proof_code = if body.iter().all(u8::is_ascii_whitespace) {
         None

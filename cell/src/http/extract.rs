@@ -331,3 +331,12 @@ pub fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
         Err(ApiError::validation("limit must be 1..=100"))
     }
 }
+
+/// The action named by a request's `{action}` path segment.
+pub(super) fn action<A: Copy>(table: &[(&str, A)], name: &str) -> Result<A, ApiError> {
+    table
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, a)| *a)
+        .ok_or_else(|| ApiError::not_found("no such action"))
+}

@@ -500,6 +500,97 @@ pub struct SearchPage {
     pub next_cursor: Option<String>,
 }
 
+/// Lists each action of an `{action}` route as a path of its own (as
+/// shared/API.md names them), from the same tables the handlers parse.
+struct ActionPaths;
+
+impl Modify for ActionPaths {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        fn names<A>(t: &[(&'static str, A)]) -> Vec<&'static str> {
+            t.iter().map(|(n, _)| *n).collect()
+        }
+        let families = [
+            (
+                "/v1/orders/{id}/{action}",
+                names(&super::orders_api::ORDER_ACTIONS),
+            ),
+            (
+                "/v1/drivers/{id}/{action}",
+                names(&super::drivers_api::DRIVER_ACTIONS),
+            ),
+            (
+                "/v1/offers/{id}/{action}",
+                names(&super::drivers_api::OFFER_ACTIONS),
+            ),
+            (
+                "/v1/deliveries/{id}/{action}",
+                names(&super::drivers_api::DELIVERY_ACTIONS),
+            ),
+        ];
+        for (template, actions) in families {
+            let Some(item) = api.paths.paths.remove(template) else {
+                continue;
+            };
+            for name in actions {
+                let mut item = item.clone();
+                if let Some(op) = item.post.as_mut() {
+                    if let Some(params) = op.parameters.as_mut() {
+                        params.retain(|p| p.name != "action");
+                    }
+                    op.operation_id = op.operation_id.take().map(|id| format!("{id}_{name}"));
+                }
+                api.paths
+                    .paths
+                    .insert(template.replace("{action}", name), item);
+            }
+        }
+    }
+}
+
+/// The errors any API operation may answer besides its own: the edge's
+/// rate limits and load shedding, and a write that found no leader.
+struct EdgeErrors;
+
+impl Modify for EdgeErrors {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{content::Content, response::ResponseBuilder, Ref};
+        let problem = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/problem+json",
+                    Content::new(Some(Ref::from_schema_name("Problem"))),
+                )
+                .build()
+                .into()
+        };
+        for (path, item) in api.paths.paths.iter_mut() {
+            if !(path.starts_with("/v1/") || path.starts_with("/admin/")) {
+                continue;
+            }
+            let ops = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for op in ops.into_iter().flatten() {
+                let r = &mut op.responses.responses;
+                r.entry("429".into()).or_insert_with(|| {
+                    problem("rate_limited: over this caller's rate; see Retry-After")
+                });
+                r.entry("503".into()).or_insert_with(|| {
+                    problem(
+                        "overloaded, timeout, not_leader or outcome_unknown (a write that may \
+                         or may not have taken effect); see Retry-After",
+                    )
+                });
+            }
+        }
+    }
+}
+
 struct BearerAuth;
 
 impl Modify for BearerAuth {
@@ -520,7 +611,7 @@ impl Modify for BearerAuth {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "marketcell cell API", description = "One regional cell: identity, catalog, orders, events, config store and operations."),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &ActionPaths, &EdgeErrors),
     paths(
         super::info_api::cell_info, super::info_api::healthz, super::info_api::readyz, super::info_api::metrics,
         super::kv_api::list, super::kv_api::get_key, super::kv_api::put_key, super::kv_api::delete_key,

@@ -910,6 +910,15 @@ pub(super) async fn list_orders(
     Ok(Json(json!({"items": items, "next_cursor": next})))
 }
 
+/// The actions of `POST /v1/orders/{id}/{action}` (each its own path in
+/// `/openapi.json`).
+pub(super) const ORDER_ACTIONS: [(&str, Action); 4] = [
+    ("accept", Action::Accept),
+    ("reject", Action::Reject),
+    ("ready", Action::Ready),
+    ("cancel", Action::Cancel),
+];
+
 #[utoipa::path(
     post,
     path = "/v1/orders/{id}/{action}",
@@ -932,13 +941,7 @@ pub(super) async fn transition(
     Path((id, action)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     ensure_fresh(&s, c).await?;
-    let action = match action.as_str() {
-        "accept" => Action::Accept,
-        "reject" => Action::Reject,
-        "ready" => Action::Ready,
-        "cancel" => Action::Cancel,
-        _ => return Err(ApiError::not_found("no such action")),
-    };
+    let action = super::extract::action(&ORDER_ACTIONS, &action)?;
     {
         let read = s.node.store().read()?;
         let o = orders::order(&read, &id)?.ok_or_else(|| ApiError::not_found("no such order"))?;
