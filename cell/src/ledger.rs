@@ -100,7 +100,13 @@ pub struct LedgerCheck {
     pub unbalanced: Vec<String>,
     /// Accounts whose stored balance differs from the sum of their postings.
     pub balance_mismatches: Vec<String>,
+    /// Orders whose payments do not match their outcome (see
+    /// `orders::reconcile`), filled in by the caller.
+    pub order_mismatches: Vec<String>,
     pub ok: bool,
+    /// What each order's transactions moved through the clearing account.
+    #[serde(skip)]
+    pub clearing_by_order: std::collections::HashMap<String, i128>,
 }
 
 pub fn check(read: &ReadTxn) -> storage::Result<LedgerCheck> {
@@ -112,7 +118,9 @@ pub fn check(read: &ReadTxn) -> storage::Result<LedgerCheck> {
         postings_sum: 0,
         unbalanced: vec![],
         balance_mismatches: vec![],
+        order_mismatches: vec![],
         ok: false,
+        clearing_by_order: Default::default(),
     };
     let mut cursor: Option<Vec<u8>> = None;
     loop {
@@ -134,6 +142,10 @@ pub fn check(read: &ReadTxn) -> storage::Result<LedgerCheck> {
                 c.postings += 1;
                 s += p.amount as i128;
                 *sums.entry(p.account.clone()).or_default() += p.amount as i128;
+                if p.account == CLEARING {
+                    *c.clearing_by_order.entry(tx.order_id.clone()).or_default() +=
+                        p.amount as i128;
+                }
             }
             c.postings_sum += s;
             if s != 0 {

@@ -293,6 +293,35 @@ fn spend_quote(txn: &WriteTxn, quote_id: &str, order_id: &str, now: i64) -> stor
     Ok(())
 }
 
+/// Orders whose payments do not match their outcome: a kept order's
+/// transactions took its total from the clearing account, a rejected or
+/// cancelled one's gave it all back. Catches a charge or a refund that was
+/// never posted, which balanced postings alone cannot show. Fills
+/// `check.order_mismatches` and clears `ok` if there are any.
+pub fn reconcile(read: &ReadTxn, check: &mut ledger::LedgerCheck) -> storage::Result<()> {
+    let mut cursor: Vec<u8> = Vec::new();
+    loop {
+        let page = read.range(ORDERS, cursor.clone().., 1000)?;
+        let Some((last, _)) = page.last() else { break };
+        cursor = last.clone();
+        cursor.push(0);
+        for (_, o) in page {
+            let expected = match o.status {
+                OrderStatus::Rejected | OrderStatus::Cancelled => 0,
+                _ => -(o.total as i128),
+            };
+            let moved = check.clearing_by_order.get(&o.id).copied().unwrap_or(0);
+            if moved != expected {
+                check.order_mismatches.push(o.id.clone());
+            }
+        }
+    }
+    if !check.order_mismatches.is_empty() {
+        check.ok = false;
+    }
+    Ok(())
+}
+
 /// Deterministic: reads only the command and the transaction.
 pub fn apply(txn: &WriteTxn, cmd: OrderCommand) -> storage::Result<OrderResponse> {
     use OrderResponse as R;
@@ -672,6 +701,48 @@ mod tests {
 
     fn quote_id(made_at: i64) -> String {
         format!("nyc.quo_{}", ulid::Ulid::from_parts(made_at as u64, 7))
+    }
+
+    #[test]
+    fn reconciling_finds_a_missing_charge_or_refund() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s.redb"), 1 << 20).unwrap();
+        let now = 1_800_000_000_000;
+        let order = |id: &str, status| {
+            let mut o = sample_order(id, None, now);
+            o.status = status;
+            o.charge_tx = format!("{id}-charge");
+            o
+        };
+        let orders = [
+            order("nyc.ord_kept", OrderStatus::Delivered),
+            order("nyc.ord_refunded", OrderStatus::Cancelled),
+            order("nyc.ord_unrefunded", OrderStatus::Rejected),
+            order("nyc.ord_uncharged", OrderStatus::Accepted),
+        ];
+        let txn = store.write().unwrap();
+        for o in &orders {
+            txn.put(ORDERS, o.id.as_bytes(), o).unwrap();
+            if o.id != "nyc.ord_uncharged" {
+                assert!(ledger::post(&txn, &charge(o, now)).unwrap());
+            }
+        }
+        let refunded = ledger::transaction(&txn, "nyc.ord_refunded-charge")
+            .unwrap()
+            .unwrap();
+        let refund = ledger::reversal(&refunded, "r".into(), "refund_cancelled", now);
+        assert!(ledger::post(&txn, &refund).unwrap());
+        txn.commit(Durability::Immediate).unwrap();
+        let read = store.read().unwrap();
+        let mut check = ledger::check(&read).unwrap();
+        // Every transaction balances: only the orders show what is missing.
+        assert!(check.ok);
+        reconcile(&read, &mut check).unwrap();
+        assert_eq!(
+            check.order_mismatches,
+            ["nyc.ord_uncharged", "nyc.ord_unrefunded"]
+        );
+        assert!(!check.ok);
     }
 
     #[test]

@@ -209,7 +209,63 @@ impl Grid {
     }
 }
 
+/// Checks that a segment's files agree with its `max_doc`, which comes from
+/// `meta.json` (a file without a checksum): every field-length table and
+/// every column the queries read holds one entry per document, and the
+/// deletes cover exactly the segment. tantivy reads these by document id
+/// without bounds checks, so a disagreement would panic in our column
+/// arrays, in queries, or in its merge threads (which aborts the process).
+pub(crate) fn check_segment(reader: &SegmentReader) -> tantivy::Result<()> {
+    let max_doc = reader.max_doc();
+    let damaged = |what: String| {
+        Err(tantivy::TantivyError::DataCorruption(
+            tantivy::error::DataCorruption::comment_only(format!(
+                "segment {}: {what}, but the segment has {max_doc} documents",
+                reader.segment_id().uuid_string()
+            )),
+        ))
+    };
+    for (field, entry) in reader.schema().fields() {
+        if entry.is_indexed() && entry.has_fieldnorms() {
+            let n = reader.get_fieldnorms_reader(field)?.num_docs();
+            if n != max_doc {
+                return damaged(format!(
+                    "field lengths of {:?} for {n} documents",
+                    entry.name()
+                ));
+            }
+        }
+    }
+    let columns = Columns::open(reader)?;
+    let counts = [
+        (
+            F_CATEGORY,
+            columns.category.as_ref().map(|c| c.ords().num_docs()),
+        ),
+        (F_LAT, columns.lat.as_ref().map(Column::num_docs)),
+        (F_LNG, columns.lng.as_ref().map(Column::num_docs)),
+        (F_PRICE, columns.price.as_ref().map(Column::num_docs)),
+        (F_RATING, columns.rating.as_ref().map(Column::num_docs)),
+    ];
+    for (name, n) in counts {
+        if let Some(n) = n.filter(|&n| n != max_doc) {
+            return damaged(format!("column {name:?} for {n} documents"));
+        }
+    }
+    if let Some(alive) = reader.alive_bitset() {
+        let bits = alive.bitset().max_value();
+        if bits != max_doc || reader.num_docs() > max_doc {
+            return damaged(format!(
+                "deletes for {bits} documents ({} alive)",
+                reader.num_docs()
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn build(reader: &SegmentReader, text_fields: &[Field]) -> tantivy::Result<SegmentColumns> {
+    check_segment(reader)?;
     let columns = Columns::open(reader)?;
     let max_doc = reader.max_doc();
     let mut norms = Vec::with_capacity(text_fields.len());

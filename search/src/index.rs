@@ -5,14 +5,17 @@ use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 
 use tantivy::directory::MmapDirectory;
+use tantivy::error::DataCorruption;
+use tantivy::index::SegmentComponent;
 use tantivy::indexer::LogMergePolicy;
 use tantivy::schema::Value;
 use tantivy::tokenizer::TextAnalyzer;
 use tantivy::{
-    Index, IndexReader, IndexSettings, IndexWriter, ReloadPolicy, TantivyDocument, Term, Warmer,
+    Index, IndexReader, IndexSettings, IndexWriter, ReloadPolicy, SegmentReader, TantivyDocument,
+    Term, Warmer,
 };
 
-use crate::cache::ColumnCache;
+use crate::cache::{check_segment, ColumnCache};
 use crate::error::SearchError;
 use crate::exec::{execute, Candidate, Plan};
 use crate::query::{
@@ -62,6 +65,8 @@ impl std::fmt::Debug for SearchIndex {
 
 impl SearchIndex {
     /// Opens (or creates) the index stored in `dir`, creating the directory if missing.
+    /// A damaged index (a segment file failing its checksum, a segment
+    /// disagreeing with `meta.json`) is an error, never a panic: rebuild it.
     pub fn open_in_dir(dir: &Path) -> Result<Self, SearchError> {
         std::fs::create_dir_all(dir)?;
         let (schema, fields) = build_schema();
@@ -69,6 +74,7 @@ impl SearchIndex {
             .schema(schema)
             .settings(index_settings())
             .open_or_create(MmapDirectory::open(dir)?)?;
+        check_on_disk(&index, dir)?;
         Self::with_index(index, fields)
     }
 
@@ -295,6 +301,62 @@ fn open_writer(index: &Index) -> Result<IndexWriter<TantivyDocument>, SearchErro
     merge_policy.set_min_num_segments(MERGE_MIN_SEGMENTS);
     writer.set_merge_policy(Box::new(merge_policy));
     Ok(writer)
+}
+
+/// Bytes at the end of every segment file: the footer's length and magic
+/// number. tantivy reads them from any file of at least 4 bytes (and
+/// panics on one of 4 to 7).
+const FOOTER_TRAILER_BYTES: u64 = 8;
+
+/// Refuses an index on disk that tantivy would panic on instead of failing:
+/// a segment file too short for its footer, one whose checksum does not
+/// match (a flipped bit in a term dictionary or a column trips assertions
+/// and overflows), or a segment whose files disagree with `meta.json`
+/// ([`check_segment`]). Runs before anything reads a segment: the reader's
+/// warming builds our column arrays, and a panic in the writer's merge
+/// threads aborts the process. The caller rebuilds the index on an error.
+fn check_on_disk(index: &Index, dir: &Path) -> Result<(), SearchError> {
+    let damaged = |file: &Path, comment: &str| {
+        SearchError::Tantivy(tantivy::TantivyError::DataCorruption(DataCorruption::new(
+            file.to_path_buf(),
+            comment.to_string(),
+        )))
+    };
+    for segment in index.searchable_segments()? {
+        let meta = segment.meta();
+        for file in meta.list_files() {
+            let len = match std::fs::metadata(dir.join(&file)) {
+                Ok(m) => m.len(),
+                // not every component exists; opening the segment fails
+                // on a missing one it needs
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if len < FOOTER_TRAILER_BYTES {
+                return Err(damaged(&file, "shorter than a footer"));
+            }
+            let intact = index
+                .directory()
+                .validate_checksum(&file)
+                .map_err(tantivy::TantivyError::from)?;
+            if !intact {
+                return Err(damaged(&file, "checksum mismatch"));
+            }
+        }
+        let reader = SegmentReader::open(&segment)?;
+        check_segment(&reader)?;
+        let deleted = reader.max_doc() - reader.num_docs();
+        if meta.num_deleted_docs() != deleted {
+            return Err(damaged(
+                &meta.relative_path(SegmentComponent::Delete),
+                &format!(
+                    "meta.json counts {} deleted documents, the deletes hold {deleted}",
+                    meta.num_deleted_docs()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn parse_payload(payload: Option<&str>) -> Result<u64, SearchError> {

@@ -665,6 +665,178 @@ fn indexed_index_survives_reopen() {
     assert_eq!(idx.doc_count(), 0);
 }
 
+/// An index on disk of two segments, the first with deletes; returns its
+/// directory and the first segment's number of documents.
+fn index_on_disk(parent: &std::path::Path) -> (std::path::PathBuf, usize) {
+    let path = parent.join("good");
+    let idx = SearchIndex::open_in_dir(&path).unwrap();
+    let ps = products();
+    let changes: Vec<Change> = ps.iter().cloned().map(Change::UpsertProduct).collect();
+    idx.apply(&changes, 1).unwrap();
+    let again: Vec<Change> = ps[..5].iter().cloned().map(Change::UpsertProduct).collect();
+    idx.apply(&again, 2).unwrap();
+    (path, ps.len())
+}
+
+fn copy_index(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+/// Opens the index in `dir` and searches it; `Err` with what went wrong
+/// (a panic included).
+fn open_and_search(dir: &std::path::Path) -> Result<(), String> {
+    let opened = std::panic::catch_unwind(|| {
+        let idx = SearchIndex::open_in_dir(dir)?;
+        idx.search(&q("fresh"))?;
+        idx.apply(&[Change::UpsertProduct(products()[7].clone())], 3)
+    });
+    match opened {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err("panicked".into()),
+    }
+}
+
+/// Replaces the number after the `nth` occurrence of `"key":` (tantivy
+/// writes meta.json pretty-printed).
+fn set_number(json: &str, key: &str, nth: usize, value: u64) -> String {
+    let pat = format!("\"{key}\":");
+    let at = json.match_indices(&pat).nth(nth).unwrap().0 + pat.len();
+    let rest = &json[at..];
+    let from = at + rest.find(|c: char| c.is_ascii_digit()).unwrap();
+    let to = from
+        + json[from..]
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(json.len() - from);
+    format!("{}{value}{}", &json[..from], &json[to..])
+}
+
+#[test]
+fn damaged_segment_files_are_refused_at_open_without_panicking() {
+    // tantivy trusts its segment files: a flipped byte in a term dictionary
+    // or a column panicked while warming the reader (or aborted the
+    // process in a merge thread), and a file of 4 to 7 bytes panicked
+    // reading its footer. The node rebuilds an index it cannot open.
+    let tmp = tempfile::tempdir().unwrap();
+    let (good, _) = index_on_disk(tmp.path());
+    assert_eq!(open_and_search(&good), Ok(()));
+    let mut files: Vec<std::ffi::OsString> = std::fs::read_dir(&good)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|f| {
+            let f = f.to_string_lossy();
+            !f.starts_with('.') && f != "meta.json"
+        })
+        .collect();
+    files.sort();
+    assert!(files.iter().any(|f| f.to_string_lossy().ends_with(".del")));
+    let mut n = 0;
+    for file in &files {
+        let bytes = std::fs::read(good.join(file)).unwrap();
+        let len = bytes.len();
+        let mut variants: Vec<(String, Vec<u8>)> = (1..12)
+            .map(|k| {
+                let mut b = bytes.clone();
+                b[len * k / 12] ^= 0x5a;
+                (format!("byte {} flipped", len * k / 12), b)
+            })
+            .collect();
+        for keep in [0, 3, 5, 7] {
+            variants.push((
+                format!("its last {keep} bytes"),
+                bytes[len - keep..].to_vec(),
+            ));
+        }
+        for (what, content) in variants {
+            n += 1;
+            let dir = tmp.path().join(format!("damaged{n}"));
+            copy_index(&good, &dir);
+            std::fs::write(dir.join(file), content).unwrap();
+            let r = open_and_search(&dir);
+            assert!(
+                r.as_ref().is_err_and(|e| e != "panicked"),
+                "{file:?} with {what}: {r:?}"
+            );
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+}
+
+#[test]
+fn segments_disagreeing_with_meta_json_are_refused_at_open_without_panicking() {
+    // meta.json has no checksum and tantivy reads a segment's files by the
+    // `max_doc` it records: one too many panicked building the column
+    // arrays, fewer aborted the process in a commit's delete pass, and
+    // u32::MAX tried to allocate 32 GiB for them.
+    let tmp = tempfile::tempdir().unwrap();
+    let (good, docs) = index_on_disk(tmp.path());
+    let meta = std::fs::read_to_string(good.join("meta.json")).unwrap();
+    let docs = docs as u64;
+    // (key, nth segment in meta.json, value): one segment holds every
+    // product and 5 deletes, the other 5 documents and no deletes
+    let edits = [
+        ("max_doc", 1, 4),
+        ("max_doc", 1, 6),
+        ("max_doc", 0, 1),
+        ("max_doc", 0, docs - 1),
+        ("max_doc", 0, docs + 1),
+        ("num_deleted_docs", 0, 4),
+        ("num_deleted_docs", 0, 6),
+        ("num_deleted_docs", 0, docs + 1),
+        ("max_doc", 1, u64::from(u32::MAX)),
+        ("max_doc", 1, 0),
+    ];
+    for (n, (key, segment, value)) in edits.into_iter().enumerate() {
+        let dir = tmp.path().join(format!("edited{n}"));
+        copy_index(&good, &dir);
+        let edited = set_number(&meta, key, segment, value);
+        assert_ne!(edited, meta);
+        std::fs::write(dir.join("meta.json"), edited).unwrap();
+        let r = open_and_search(&dir);
+        assert!(
+            r.as_ref().is_err_and(|e| e != "panicked"),
+            "{key} of segment {segment} = {value}: {r:?}"
+        );
+    }
+    assert_eq!(open_and_search(&good), Ok(()));
+}
+
+#[test]
+fn column_arrays_are_not_built_for_a_segment_longer_than_its_files() {
+    use tantivy::Warmer;
+    // The column cache warms every segment a reader sees: one whose
+    // `max_doc` exceeds its field lengths is left out (queries read the
+    // columns themselves) instead of indexing past them.
+    let tmp = tempfile::tempdir().unwrap();
+    let (good, docs) = index_on_disk(tmp.path());
+    let longer = 1000;
+    assert!(longer > docs as u32);
+    let meta = std::fs::read_to_string(good.join("meta.json")).unwrap();
+    std::fs::write(
+        good.join("meta.json"),
+        set_number(&meta, "max_doc", 0, longer.into()),
+    )
+    .unwrap();
+    let index = tantivy::Index::open_in_dir(&good).unwrap();
+    let reader = index
+        .reader_builder()
+        .reload_policy(tantivy::ReloadPolicy::Manual)
+        .try_into()
+        .unwrap();
+    let searcher = reader.searcher();
+    let columns = crate::cache::ColumnCache::new(Vec::new());
+    columns.warm(&searcher).unwrap();
+    let segments = searcher.segment_readers();
+    assert_eq!(segments.len(), 2);
+    assert_eq!(segments.iter().filter(|r| r.max_doc() == longer).count(), 1);
+    for r in segments {
+        assert_eq!(columns.get(r).is_none(), r.max_doc() == longer);
+    }
+}
+
 #[test]
 fn hostile_inputs_never_fail() {
     let idx = corpus();

@@ -1080,7 +1080,10 @@ pub(super) async fn ledger_check(
     ensure_fresh(&s, c).await?;
     let node = s.node.clone();
     let check = tokio::task::spawn_blocking(move || -> ApiResult<ledger::LedgerCheck> {
-        Ok(ledger::check(&node.store().read()?)?)
+        let read = node.store().read()?;
+        let mut check = ledger::check(&read)?;
+        orders::reconcile(&read, &mut check)?;
+        Ok(check)
     })
     .await
     .map_err(ApiError::internal)??;
