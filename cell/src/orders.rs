@@ -294,8 +294,8 @@ fn spend_quote(txn: &WriteTxn, quote_id: &str, order_id: &str, now: i64) -> stor
 }
 
 /// Orders whose payments do not match their outcome: a kept order's
-/// transactions took its total from the clearing account, a rejected or
-/// cancelled one's gave it all back. Catches a charge or a refund that was
+/// transactions took its total from the clearing account, a rejected,
+/// cancelled or failed one's gave it all back. Catches a charge or a refund that was
 /// never posted, which balanced postings alone cannot show. Fills
 /// `check.order_mismatches` and clears `ok` if there are any.
 pub fn reconcile(read: &ReadTxn, check: &mut ledger::LedgerCheck) -> storage::Result<()> {
@@ -307,7 +307,8 @@ pub fn reconcile(read: &ReadTxn, check: &mut ledger::LedgerCheck) -> storage::Re
         cursor.push(0);
         for (_, o) in page {
             let expected = match o.status {
-                OrderStatus::Rejected | OrderStatus::Cancelled => 0,
+                // Refunded in full.
+                OrderStatus::Rejected | OrderStatus::Cancelled | OrderStatus::Failed => 0,
                 _ => -(o.total as i128),
             };
             let moved = check.clearing_by_order.get(&o.id).copied().unwrap_or(0);
@@ -716,7 +717,7 @@ mod tests {
         };
         let orders = [
             order("nyc.ord_kept", OrderStatus::Delivered),
-            order("nyc.ord_refunded", OrderStatus::Cancelled),
+            order("nyc.ord_refunded", OrderStatus::Failed),
             order("nyc.ord_unrefunded", OrderStatus::Rejected),
             order("nyc.ord_uncharged", OrderStatus::Accepted),
         ];
@@ -730,7 +731,7 @@ mod tests {
         let refunded = ledger::transaction(&txn, "nyc.ord_refunded-charge")
             .unwrap()
             .unwrap();
-        let refund = ledger::reversal(&refunded, "r".into(), "refund_cancelled", now);
+        let refund = ledger::reversal(&refunded, "r".into(), "refund_failed", now);
         assert!(ledger::post(&txn, &refund).unwrap());
         txn.commit(Durability::Immediate).unwrap();
         let read = store.read().unwrap();

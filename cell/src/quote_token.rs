@@ -10,9 +10,11 @@
 //! A token names its quote first (`<cell>.quo_<ULID>.<sealed>`), so logs
 //! and support tools can tell quotes apart without opening them. Until it
 //! expires a quote may back more than one checkout (each with its own
-//! `Idempotency-Key`), all at the price it locked. Rotating the signing key
-//! invalidates quotes made before: checkout answers `409 quote_expired` and
-//! the app asks for a new one, as it does for an expired quote.
+//! `Idempotency-Key`), all at the price it locked. Quotes are sealed under
+//! the key that signs and open under any private key the key file holds,
+//! so one made just before a rotation (or on a node whose clock is past a
+//! staged key's time) stays good until it expires; once its key is gone
+//! from the file, checkout answers `409 quote_expired`.
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
 use edge::token::KeySet;
@@ -29,16 +31,15 @@ const TAG_LEN: usize = 16;
 /// about 300 characters).
 const MAX_TOKEN_LEN: usize = 1024;
 
-fn mac(keys: &KeySet) -> Hmac<Sha256> {
+fn mac(secret: &[u8; 32]) -> Hmac<Sha256> {
     // An HMAC takes a key of any length; 32 bytes cannot be refused.
-    <Hmac<Sha256> as Mac>::new_from_slice(&keys.derive_secret(PURPOSE))
-        .expect("HMAC accepts 32-byte keys")
+    <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC accepts 32-byte keys")
 }
 
 /// The token a customer checks out with.
 pub fn seal(keys: &KeySet, quote: &Quote) -> storage::Result<String> {
     let mut sealed = storage::encode(quote)?;
-    let mut m = mac(keys);
+    let mut m = mac(&keys.derive_secret(PURPOSE));
     m.update(&sealed);
     sealed.extend_from_slice(&m.finalize().into_bytes()[..TAG_LEN]);
     Ok(format!("{}.{}", quote.id, URL_SAFE_NO_PAD.encode(sealed)))
@@ -54,10 +55,14 @@ pub fn open(keys: &KeySet, token: &str) -> Option<Quote> {
     let sealed = URL_SAFE_NO_PAD.decode(sealed).ok()?;
     let body_len = sealed.len().checked_sub(TAG_LEN)?;
     let (body, tag) = sealed.split_at(body_len);
-    let mut m = mac(keys);
-    m.update(body);
-    // Constant-time: a forger learns nothing from how fast it is refused.
-    m.verify_truncated_left(tag).ok()?;
+    // Sealed under any key the file still holds (a quote made just before
+    // a rotation stays good until it expires). Constant-time per key: a
+    // forger learns nothing from how fast it is refused.
+    keys.derive_secrets(PURPOSE).iter().find(|secret| {
+        let mut m = mac(secret);
+        m.update(body);
+        m.verify_truncated_left(tag).is_ok()
+    })?;
     let quote: Quote = storage::decode(body).ok()?;
     (quote.id == id).then_some(quote)
 }
@@ -100,6 +105,22 @@ mod tests {
         assert!(token.starts_with("nyc.quo_01J0000000000000000000000."));
         assert!(token.len() < MAX_TOKEN_LEN);
         assert_eq!(open(&keys, &token), Some(quote()));
+    }
+
+    #[test]
+    fn a_quote_sealed_before_a_rotation_opens_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.pem");
+        let (before, _) = KeySet::load_or_create(&path).unwrap();
+        let token = seal(&before, &quote()).unwrap();
+        KeySet::rotate_file(&path).unwrap();
+        let (after, _) = KeySet::load_or_create(&path).unwrap();
+        assert_ne!(after.active_kid(), before.active_kid());
+        assert_eq!(open(&after, &token), Some(quote()));
+        // A new quote is sealed under the new key: a node still holding
+        // only the old file cannot open it.
+        let fresh = seal(&after, &quote()).unwrap();
+        assert_eq!(open(&before, &fresh), None);
     }
 
     #[test]

@@ -316,12 +316,11 @@ impl KeySet {
         let mut verify_only = Vec::new();
         let mut seen = HashSet::new();
         for block in split_pem(pem)? {
-            if block.active_after.is_some()
-                && (active.is_some() || block.label != PRIVATE_KEY_LABEL)
-            {
+            if block.active_after.is_some() && block.label != PRIVATE_KEY_LABEL {
                 return Err(KeyError::Invalid(format!(
-                    "line {}: {ACTIVE_AFTER} stages a PRIVATE KEY above the first unannotated one",
-                    block.line
+                    "line {}: {ACTIVE_AFTER} stages a PRIVATE KEY, not a {}",
+                    block.line,
+                    clip(&block.label)
                 )));
             }
             let (kid, key, private) = match block.label.as_str() {
@@ -337,7 +336,9 @@ impl KeySet {
                     if !seen.insert(key.kid.clone()) {
                         return Err(KeyError::DuplicateKey(key.kid));
                     }
-                    if let Some(after) = block.active_after {
+                    // Below the first unannotated key a staged key never
+                    // signs (a newer key above it does): it only verifies.
+                    if let Some(after) = block.active_after.filter(|_| active.is_none()) {
                         staged.push(StagedKey {
                             key,
                             after,
@@ -478,6 +479,17 @@ impl KeySet {
     /// changes when the signing key rotates.
     pub fn derive_secret(&self, purpose: &str) -> [u8; 32] {
         derive(purpose, &self.signer(unix_now()).key.to_bytes())
+    }
+
+    /// The secrets for `purpose` of every private key the file holds, the
+    /// signing key's first: what opens something sealed just before a
+    /// rotation (or on a node whose clock is past it).
+    pub fn derive_secrets(&self, purpose: &str) -> Vec<[u8; 32]> {
+        let signer = self.signer(unix_now());
+        std::iter::once(signer)
+            .chain(self.private_keys().filter(|k| k.kid != signer.kid))
+            .map(|k| derive(purpose, &k.key.to_bytes()))
+            .collect()
     }
 
     /// The secret for `purpose` derived from the key `kid`, the active one
@@ -1511,6 +1523,15 @@ mod tests {
         assert_eq!(header_of(&keys.sign(&at(NOW + 150)))["kid"], b.as_str());
         assert_eq!(header_of(&keys.sign(&at(NOW + 250)))["kid"], c.as_str());
         assert_eq!(header_of(&keys.sign(&at(NOW + 50)))["kid"], a.as_str());
+
+        // An immediate rotation on top of staged keys signs at once; the
+        // staged keys below it only verify.
+        let d = KeySet::rotate_file(&path).unwrap();
+        let keys = KeySet::load_or_create(&path).unwrap().0;
+        for t in [NOW, NOW + 150, NOW + 250] {
+            assert_eq!(header_of(&keys.sign(&at(t)))["kid"], d.as_str());
+        }
+        assert_eq!(keys.jwks()["keys"].as_array().unwrap().len(), 4);
     }
 
     #[test]
@@ -1527,8 +1548,7 @@ mod tests {
             format!("{RETIRE_AFTER} {NOW}\n{a}"),
             // Taken over only after it retired.
             format!("{ACTIVE_AFTER} {}\n{b}{RETIRE_AFTER} {NOW}\n{a}", NOW + 1),
-            // Staged below the signing key, or a public key staged.
-            format!("{a}{ACTIVE_AFTER} {NOW}\n{b}"),
+            // A public key staged.
             format!("{ACTIVE_AFTER} {NOW}\n{public}{a}"),
             // Only staged keys.
             format!("{ACTIVE_AFTER} {NOW}\n{a}"),
@@ -1537,6 +1557,12 @@ mod tests {
         }
         let good = format!("{ACTIVE_AFTER} {NOW}\n{b}{RETIRE_AFTER} {NOW}\n{a}");
         assert!(KeySet::from_pem(&good).is_ok());
+        // A key rotated in at once above a staged one: the staged key only
+        // verifies.
+        let above = KeySet::from_pem(&format!("{a}{ACTIVE_AFTER} {NOW}\n{b}")).unwrap();
+        let kid_a = above.active.kid().to_owned();
+        assert_eq!(above.signer(NOW + 1).kid(), kid_a);
+        assert_eq!(above.jwks()["keys"].as_array().unwrap().len(), 2);
     }
 
     #[test]

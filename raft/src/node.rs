@@ -521,8 +521,10 @@ impl<A: Application> RaftNode<A> {
             .await
             .map_err(|e| RaftError::Fatal(e.to_string()))?;
         let mut rx = self.raft.metrics();
+        // Building a snapshot of a large state takes minutes; the admin
+        // endpoint allows as long.
         let result = tokio::time::timeout(
-            Duration::from_secs(60),
+            MEMBERSHIP_TIMEOUT,
             rx.wait_for(|m| m.snapshot.map(|s| s.index).unwrap_or(0) >= applied),
         )
         .await

@@ -34,6 +34,7 @@ const BUFFER_BODY_BYTES: u64 = 64 * 1024;
 /// Sum of all request header names and values.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+const SLOW_ADMIN_TIMEOUT: Duration = Duration::from_secs(11 * 60);
 /// Attempts per request, first included.
 const MAX_ATTEMPTS: u32 = 8;
 
@@ -628,6 +629,15 @@ pub(crate) fn long_poll_wait(path: &str, query: Option<&str>) -> Option<u64> {
 fn route_timeout(path: &str, query: Option<&str>) -> Duration {
     match long_poll_wait(path, query) {
         Some(w) => Duration::from_secs(w.min(60) + 15).max(DEFAULT_TIMEOUT),
+        // A cell's membership changes and snapshots answer once done,
+        // which on a large state takes minutes (the cell allows ten).
+        None if matches!(
+            path,
+            "/admin/cluster/nodes" | "/admin/cluster/membership" | "/admin/snapshot"
+        ) =>
+        {
+            SLOW_ADMIN_TIMEOUT
+        }
         None => DEFAULT_TIMEOUT,
     }
 }
@@ -1080,6 +1090,10 @@ mod tests {
         assert_eq!(
             route_timeout("/v1/orders", Some("wait=60")),
             DEFAULT_TIMEOUT
+        );
+        assert_eq!(
+            route_timeout("/admin/cluster/nodes", None),
+            SLOW_ADMIN_TIMEOUT
         );
     }
 }

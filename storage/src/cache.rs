@@ -7,12 +7,12 @@
 //! - a fill races with invalidations through a generation counter: a value
 //!   read before an invalidation is dropped instead of cached (see [`ReadCache::fill`]);
 //! - every value is stamped with the generation its fill started at, and a
-//!   value found on disk is used only if its key was not invalidated after
-//!   that stamp. foyer's delete does not stop a disk write already under
-//!   way, nor a disk read already started from putting the old value back
-//!   in memory, so a deleted value can reappear on disk; the stamp catches
-//!   it. Disk hits are promoted to memory here, not by foyer, under the
-//!   same check as a fill.
+//!   value found (in memory or on disk) is used only if its key was not
+//!   invalidated after that stamp. foyer's delete does not stop a disk
+//!   write already under way, so a deleted value can reappear on disk, and
+//!   a fill or promotion racing an invalidation can put one back in memory
+//!   after its removal; the stamp catches both. Disk hits are promoted to
+//!   memory here, not by foyer.
 
 use std::{
     collections::HashMap,
@@ -57,14 +57,28 @@ pub struct FillTicket(u64);
 pub struct ReadCache {
     inner: HybridCache<Vec<u8>, Vec<u8>>,
     generation: AtomicU64,
-    /// The generation of each key's last invalidation (see the module
-    /// docs); bounded by `MAX_TRACKED`.
-    invalidated: Mutex<HashMap<Vec<u8>, u64>>,
-    /// Disk values stamped before this are not trusted: set when
-    /// `invalidated` is forgotten for want of room, and by `clear`.
-    disk_floor: AtomicU64,
+    invalidated: Mutex<Invalidated>,
     hits: AtomicU64,
     misses: AtomicU64,
+}
+
+/// When keys were last invalidated (see the module docs).
+#[derive(Default)]
+struct Invalidated {
+    /// The generation of each key's last invalidation, by a 64-bit hash of
+    /// the key (two keys sharing one only cost a miss); bounded by
+    /// `MAX_TRACKED`.
+    at: HashMap<u64, u64>,
+    /// Values stamped before this are not trusted: raised when `at` is
+    /// forgotten for want of room, and by `clear`.
+    floor: u64,
+}
+
+fn key_hash(key: &[u8]) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    h.finish()
 }
 
 const BLOCK_BYTES: usize = 4 * 1024 * 1024;
@@ -112,7 +126,6 @@ impl ReadCache {
             inner,
             generation: AtomicU64::new(0),
             invalidated: Mutex::default(),
-            disk_floor: AtomicU64::new(0),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         })
@@ -120,18 +133,20 @@ impl ReadCache {
 
     /// Look a key up in memory, then on disk.
     pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        // Only fills and checked disk hits put values in memory, and an
-        // invalidation removes them, so a memory hit is current.
+        // A fill or a promotion racing an invalidation can leave a value in
+        // memory that its removal missed: memory hits are checked too.
         let memory = self
             .inner
             .memory()
             .get(key)
-            .and_then(|e| unstamp(e.value()).map(|(_, v)| v.to_vec()));
-        if let Some(v) = memory {
-            self.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(Some(v));
+            .and_then(|e| unstamp(e.value()).map(|(s, v)| (s, v.to_vec())));
+        if let Some((stamp, v)) = memory {
+            if !self.stale(key, stamp) {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(Some(v));
+            }
+            self.inner.memory().remove(key);
         }
-        let ticket = self.ticket();
         let loaded = self
             .inner
             .storage()
@@ -154,7 +169,7 @@ impl ReadCache {
         match found {
             Some((stamp, v)) => {
                 self.hits.fetch_add(1, Ordering::Relaxed);
-                self.promote(ticket, stamp, key.to_vec(), v.clone());
+                self.promote(stamp, key.to_vec(), v.clone());
                 Ok(Some(v))
             }
             None => {
@@ -167,18 +182,16 @@ impl ReadCache {
     /// Whether a value stamped `stamp` may predate `key`'s last
     /// invalidation.
     fn stale(&self, key: &[u8], stamp: u64) -> bool {
-        if stamp < self.disk_floor.load(Ordering::Acquire) {
-            return true;
-        }
-        let map = self.invalidated.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(key).is_some_and(|&at| at > stamp)
+        let inv = self.invalidated.lock().unwrap_or_else(|p| p.into_inner());
+        stamp < inv.floor || inv.at.get(&key_hash(key)).is_some_and(|&at| at > stamp)
     }
 
-    /// Puts a checked disk hit in memory, as a fill would.
-    fn promote(&self, ticket: FillTicket, stamp: u64, key: Vec<u8>, value: Vec<u8>) {
+    /// Puts a checked disk hit in memory, and takes it out again should an
+    /// invalidation have come in between.
+    fn promote(&self, stamp: u64, key: Vec<u8>, value: Vec<u8>) {
         let probe = key.clone();
         drop(self.inner.insert(key, stamped(stamp, value)));
-        if self.generation.load(Ordering::Acquire) != ticket.0 && self.stale(&probe, stamp) {
+        if self.stale(&probe, stamp) {
             self.inner.remove(probe.as_slice());
         }
     }
@@ -205,15 +218,16 @@ impl ReadCache {
     /// Drop a key (called on every node when a change to it is applied).
     pub fn invalidate(&self, key: &[u8]) {
         let at = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        // Recorded before the removal, so a disk read that ends after the
+        // Recorded before the removal, so a read that ends after the
         // removal sees it.
         {
-            let mut map = self.invalidated.lock().unwrap_or_else(|p| p.into_inner());
-            if map.len() >= MAX_TRACKED && !map.contains_key(key) {
-                map.clear();
-                self.disk_floor.fetch_max(at, Ordering::AcqRel);
+            let mut inv = self.invalidated.lock().unwrap_or_else(|p| p.into_inner());
+            let h = key_hash(key);
+            if inv.at.len() >= MAX_TRACKED && !inv.at.contains_key(&h) {
+                inv.at.clear();
+                inv.floor = inv.floor.max(at);
             }
-            map.insert(key.to_vec(), at);
+            inv.at.insert(h, at);
         }
         self.inner.remove(key);
     }
@@ -221,11 +235,11 @@ impl ReadCache {
     /// Drop everything, e.g. after a snapshot replaced the whole state.
     pub async fn clear(&self) -> Result<()> {
         let at = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        self.disk_floor.fetch_max(at, Ordering::AcqRel);
-        self.invalidated
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        {
+            let mut inv = self.invalidated.lock().unwrap_or_else(|p| p.into_inner());
+            inv.at.clear();
+            inv.floor = inv.floor.max(at);
+        }
         self.inner
             .clear()
             .await
@@ -316,6 +330,22 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "never reached disk");
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn a_value_put_back_in_memory_after_its_invalidation_is_not_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = ReadCache::open(&cfg(dir.path())).await.unwrap();
+        let before = c.ticket();
+        c.invalidate(b"k");
+        // As a fill or promotion that raced the invalidation's removal.
+        drop(
+            c.inner
+                .insert(b"k".to_vec(), stamped(before.0, b"old".to_vec())),
+        );
+        assert_eq!(c.get(b"k").await.unwrap(), None);
+        assert!(c.inner.memory().get(b"k".as_slice()).is_none());
+        c.close().await.unwrap();
     }
 
     #[tokio::test]
