@@ -332,17 +332,23 @@ mod tests {
         }
     }
 
+    /// Invalidates `key`, then puts back in memory the value `old` read
+    /// before the invalidation, stamped as its fill would have been.
+    fn stale_after_invalidation(c: &ReadCache, key: &[u8]) {
+        let before = c.ticket();
+        c.invalidate(key);
+        drop(
+            c.inner
+                .insert(key.to_vec(), stamped(before.0, b"old".to_vec())),
+        );
+    }
+
     #[tokio::test]
     async fn a_value_put_back_in_memory_after_its_invalidation_is_not_served() {
         let dir = tempfile::tempdir().unwrap();
         let c = ReadCache::open(&cfg(dir.path())).await.unwrap();
-        let before = c.ticket();
-        c.invalidate(b"k");
         // As a fill or promotion that raced the invalidation's removal.
-        drop(
-            c.inner
-                .insert(b"k".to_vec(), stamped(before.0, b"old".to_vec())),
-        );
+        stale_after_invalidation(&c, b"k");
         assert_eq!(c.get(b"k").await.unwrap(), None);
         assert!(c.inner.memory().get(b"k".as_slice()).is_none());
         c.close().await.unwrap();
@@ -352,15 +358,9 @@ mod tests {
     async fn a_deleted_value_that_reappears_on_disk_is_not_served() {
         let dir = tempfile::tempdir().unwrap();
         let c = ReadCache::open(&cfg(dir.path())).await.unwrap();
-        // A value read before its key's invalidation...
-        let before = c.ticket();
-        c.invalidate(b"k");
-        // ...lands on disk all the same, as a disk write under way when
-        // the delete came does.
-        drop(
-            c.inner
-                .insert(b"k".to_vec(), stamped(before.0, b"old".to_vec())),
-        );
+        // A value read before its key's invalidation lands on disk all the
+        // same, as a disk write under way when the delete came does.
+        stale_after_invalidation(&c, b"k");
         push_to_disk(&c, b"k").await;
         assert_eq!(c.get(b"k").await.unwrap(), None);
         assert!(c.inner.memory().get(b"k".as_slice()).is_none());
