@@ -7,7 +7,7 @@ use common::harness::TestCell;
 use serde_json::{json, Value};
 
 /// (method, path) of every endpoint in shared/API.md that this cell serves,
-/// and of those it adds (rating an order).
+/// and of those it adds (rating an order, GraphQL).
 const CONTRACT: &[(&str, &str)] = &[
     ("post", "/v1/auth/signup"),
     ("post", "/v1/auth/login"),
@@ -75,6 +75,9 @@ const CONTRACT: &[(&str, &str)] = &[
     ("delete", "/admin/cluster/nodes/{id}"),
     ("post", "/admin/snapshot"),
     ("get", "/admin/backup"),
+    ("post", "/graphql"),
+    ("get", "/graphql"),
+    ("get", "/graphql/schema.graphql"),
 ];
 
 /// Every property the schema lists must be in the object (recursively one
@@ -130,6 +133,9 @@ async fn the_document_covers_the_contract_and_matches_responses() {
         }
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    // GraphQL's request and response are described, not left as any body.
+    assert!(doc["components"]["schemas"]["GraphQLRequest"]["properties"]["query"].is_object());
+    assert!(doc["components"]["schemas"]["GraphQLResponse"]["properties"]["data"].is_object());
     // Actions are paths of their own, as the contract names them, not a
     // `{action}` template.
     for (path, item) in doc["paths"].as_object().unwrap() {

@@ -191,12 +191,15 @@ impl<A: Application> RaftNode<A> {
     }
 
     /// The highest log index known committed by this node.
-    pub async fn committed_index(&self) -> Option<u64> {
+    /// The committed index as the Raft core knows it (`None` before
+    /// anything was committed); `Stopped` once the core is gone — also when
+    /// it died without saying so in its metrics (a panic), which a
+    /// readiness check must not miss.
+    pub async fn committed_index(&self) -> Result<Option<u64>, RaftError> {
         self.raft
             .with_raft_state(|st| st.committed.map(|l| l.index))
             .await
-            .ok()
-            .flatten()
+            .map_err(|e| RaftError::Stopped(e.to_string()))
     }
 
     pub fn applied_index(&self) -> u64 {

@@ -93,7 +93,7 @@ pub(super) async fn cluster(State(s): State<AppState>, _ops: Ops) -> Json<serde_
             )
         })
         .collect();
-    let committed = s.node.committed_index().await;
+    let committed = s.node.committed_index().await.ok().flatten();
     Json(json!({
         "cell": s.cfg.cell,
         "node_id": s.node.id(),

@@ -91,7 +91,10 @@ pub(super) async fn readyz(State(s): State<AppState>) -> ApiResult<Json<serde_js
     if m.current_leader.is_none() {
         return Err(not_ready("no known leader"));
     }
-    let committed = s.node.committed_index().await.unwrap_or(0);
+    let Ok(committed) = s.node.committed_index().await else {
+        return Err(not_ready("raft has stopped"));
+    };
+    let committed = committed.unwrap_or(0);
     let applied = s.node.applied_index();
     if committed.saturating_sub(applied) > 1000 {
         return Err(not_ready("catching up with the log"));
@@ -137,7 +140,7 @@ pub fn role_name(s: ServerState) -> &'static str {
 pub(super) async fn metrics(State(s): State<AppState>) -> Response {
     let m = s.node.metrics();
     let mx = &s.metrics;
-    let committed = s.node.committed_index().await.unwrap_or(0) as i64;
+    let committed = s.node.committed_index().await.ok().flatten().unwrap_or(0) as i64;
     let applied = s.node.applied_index() as i64;
     mx.raft_term.set(m.current_term as i64);
     mx.raft_leader.set(m.current_leader.unwrap_or(0) as i64);

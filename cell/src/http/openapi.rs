@@ -634,6 +634,7 @@ impl Modify for BearerAuth {
         super::webhooks_api::register, super::webhooks_api::list, super::webhooks_api::remove,
         super::routes_api::create, super::routes_api::available, super::routes_api::claim,
         super::routes_api::withdraw, super::routes_api::schedule,
+        super::graphql::execute, super::graphql::subscribe, super::graphql::schema_sdl,
     )
 )]
 pub struct ApiDoc;

@@ -34,9 +34,33 @@ use super::{
     extract::{resolve_principal, Consistency, Principal},
     kv_api::ensure_fresh,
     middleware::ClientIp,
+    openapi::Problem,
     problem::{ApiError, ApiResult},
     AppState,
 };
+
+/// A GraphQL request as `POST /graphql` takes it (the GraphQL over HTTP
+/// JSON encoding); only the OpenAPI document uses this type, the handler
+/// hands the body to async-graphql.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct GraphQLRequest {
+    /// The document: one query or mutation (see /graphql/schema.graphql).
+    query: String,
+    variables: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(rename = "operationName")]
+    operation_name: Option<String>,
+}
+
+/// What `POST /graphql` answers with `200`: `data` for the fields that
+/// resolved, `errors` for those that did not (each with
+/// `extensions.code`, as REST's problem `code`).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct GraphQLResponse {
+    data: Option<serde_json::Value>,
+    errors: Option<Vec<serde_json::Value>>,
+}
 
 pub use self::{mutation::Mutation, query::Query, subscription::Subscription};
 
@@ -110,7 +134,34 @@ fn request_data(
     (caller, data)
 }
 
-async fn execute(State(s): State<AppState>, req: axum::extract::Request) -> ApiResult<Response> {
+/// Run one query or mutation. A token is optional: public fields answer
+/// without one; the rest follow the same ownership rules as REST. Field
+/// errors come back in `errors` with `200`; a request refused as a whole
+/// (bad token, too large, not JSON, too deep or too costly) is a problem.
+#[utoipa::path(
+    post,
+    path = "/graphql",
+    tag = "graphql",
+    request_body(content = GraphQLRequest, content_type = "application/json"),
+    params(
+        ("X-Consistency" = Option<String>, Header, description = "`linearizable` to read the leader's latest committed state"),
+        ("X-Cell-Index" = Option<u64>, Header, description = "read at least this applied index (from an earlier write)"),
+    ),
+    responses(
+        (status = 200, description = "data and field errors; X-Cell-Index when a mutation wrote", body = GraphQLResponse),
+        (status = 400, description = "not a GraphQL request", body = Problem),
+        (status = 401, description = "bad or expired token", body = Problem),
+        (status = 413, description = "over MAX_QUERY_BYTES", body = Problem),
+        (status = 415, description = "not application/json", body = Problem),
+        (status = 429, description = "rate_limited; see Retry-After", body = Problem),
+        (status = 503, description = "overloaded or timeout; see Retry-After", body = Problem),
+    ),
+    security((), ("bearer" = [])),
+)]
+pub(super) async fn execute(
+    State(s): State<AppState>,
+    req: axum::extract::Request,
+) -> ApiResult<Response> {
     let (mut parts, body) = req.into_parts();
     let principal = principal(&parts, &s)?;
     let consistency = Consistency::from_request_parts(&mut parts, &s).await?;
@@ -172,7 +223,23 @@ async fn execute(State(s): State<AppState>, req: axum::extract::Request) -> ApiR
 /// The WebSocket endpoint. The token comes from the upgrade request's
 /// `Authorization` header or, for browsers, from the `connection_init`
 /// payload (`{"Authorization": "Bearer …"}`).
-async fn subscribe(State(s): State<AppState>, req: axum::extract::Request) -> ApiResult<Response> {
+#[utoipa::path(
+    get,
+    path = "/graphql",
+    tag = "graphql",
+    description = "Subscriptions: a WebSocket (`Sec-WebSocket-Protocol: graphql-transport-ws` or `graphql-ws`). \
+        The token is the upgrade's Authorization header or the connection_init payload's `Authorization`.",
+    responses(
+        (status = 101, description = "switched to the WebSocket protocol"),
+        (status = "4XX", description = "websocket_required (not a WebSocket upgrade), validation (no acceptable subprotocol) or unauthorized", body = Problem),
+        (status = 503, description = "no subscription place free; see Retry-After", body = Problem),
+    ),
+    security((), ("bearer" = [])),
+)]
+pub(super) async fn subscribe(
+    State(s): State<AppState>,
+    req: axum::extract::Request,
+) -> ApiResult<Response> {
     let (mut parts, _) = req.into_parts();
     let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &s)
         .await
@@ -245,7 +312,16 @@ fn init_principal(
         .map_err(caller::gql_error)
 }
 
-async fn schema_sdl(State(s): State<AppState>) -> Response {
+/// The schema as SDL (what `cell/schema.graphql` checks in).
+#[utoipa::path(
+    get,
+    path = "/graphql/schema.graphql",
+    tag = "graphql",
+    responses(
+        (status = 200, description = "GraphQL SDL", content_type = "text/plain", body = String),
+    ),
+)]
+pub(super) async fn schema_sdl(State(s): State<AppState>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
