@@ -9,6 +9,9 @@
 //! money and RFC 3339 times, where version 1 wrote minor units and epoch
 //! milliseconds. Builds between (which answer like version 1) decode
 //! hours but write the newer event bodies: roll from them all at once.
+//! Version 3 refuses, in apply, a round of offers for a delivery that has
+//! one out, and skips a driver who holds a live offer (older builds
+//! applied whatever round the dispatcher proposed).
 
 use serde::{Deserialize, Serialize};
 use storage::{ReadTxn, Table, WriteTxn};
@@ -16,7 +19,7 @@ use storage::{ReadTxn, Table, WriteTxn};
 use crate::{app::Command, catalog::CatalogCommand, webhooks::WebhookCommand};
 
 /// The newest command set this build applies.
-pub const CURRENT: u32 = 2;
+pub const CURRENT: u32 = 3;
 
 /// Readable by tests and tools that inspect a data directory.
 pub const TABLE_NAME: &str = "cluster_version";

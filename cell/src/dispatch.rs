@@ -751,20 +751,7 @@ mod tests {
             created_at: 0,
             updated_at: 0,
         };
-        let driver = |vehicle, capacity| Driver {
-            id: "x".into(),
-            vehicle,
-            capacity,
-            qualifications: vec![],
-            license_plate: None,
-            status: DriverStatus::Approved,
-            online: true,
-            location: None,
-            location_at: 0,
-            current_delivery: None,
-            standing: Default::default(),
-            updated_at: 0,
-        };
+        let driver = |vehicle, capacity| drivers::sample_driver("x", vehicle, capacity);
         use crate::orders::OrderKind::{Delivery as Goods, Ride};
         assert!(fits(&ride(Ride), &driver(Vehicle::Car, 3)));
         assert!(!fits(&ride(Ride), &driver(Vehicle::Bike, 1)));

@@ -408,23 +408,47 @@ fn free_driver(
     Ok(())
 }
 
+/// A driver's open offers (expired or not yet) with their index keys,
+/// inside a write.
+fn open_offers_in(txn: &WriteTxn, driver_id: &str) -> storage::Result<Vec<(Vec<u8>, Offer)>> {
+    let prefix = format!("{driver_id}/");
+    let rows = txn.range(
+        OFFERS_BY_DRIVER,
+        storage::within(prefix.as_bytes().to_vec(), prefix.as_bytes()),
+        64,
+    )?;
+    let mut out = Vec::new();
+    for (k, offer_id) in rows
+        .into_iter()
+        .take_while(|(k, _)| k.starts_with(prefix.as_bytes()))
+    {
+        if let Some(o) = txn.get(OFFERS, offer_id.as_bytes())? {
+            if o.status == OfferStatus::Open {
+                out.push((k, o));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Whether `driver_id` holds an offer still open at `now` (for `delivery`
+/// only, if named).
+fn has_live_offer(
+    txn: &WriteTxn,
+    driver_id: &str,
+    delivery: Option<&str>,
+    now: i64,
+) -> storage::Result<bool> {
+    Ok(open_offers_in(txn, driver_id)?
+        .iter()
+        .any(|(_, o)| o.expires_at > now && delivery.is_none_or(|d| o.delivery_id == d)))
+}
+
 /// Marks every open offer of the delivery lost (or the one accepted).
 fn close_offers(txn: &WriteTxn, d: &Delivery, winner: Option<&str>) -> storage::Result<()> {
     for driver_id in &d.offered_to {
-        let prefix = format!("{driver_id}/");
-        let rows = txn.range(
-            OFFERS_BY_DRIVER,
-            storage::within(prefix.as_bytes().to_vec(), prefix.as_bytes()),
-            64,
-        )?;
-        for (k, offer_id) in rows
-            .into_iter()
-            .take_while(|(k, _)| k.starts_with(prefix.as_bytes()))
-        {
-            let Some(mut o) = txn.get(OFFERS, offer_id.as_bytes())? else {
-                continue;
-            };
-            if o.delivery_id != d.id || o.status != OfferStatus::Open {
+        for (k, mut o) in open_offers_in(txn, driver_id)? {
+            if o.delivery_id != d.id {
                 continue;
             }
             o.status = if Some(o.id.as_str()) == winner {
@@ -614,6 +638,20 @@ pub fn apply(txn: &WriteTxn, cmd: DriverCommand) -> storage::Result<DriverRespon
                     "the delivery is not looking for a driver".into(),
                 ));
             }
+            // From command version 3 apply itself keeps what the
+            // dispatcher aims at — one live round of offers per delivery,
+            // one live offer per driver — so that rounds of two leaders
+            // crossing in a failover cannot both go out. (Builds before
+            // it applied every round they were handed; the rule waits for
+            // every node to apply it alike.)
+            let one_live = crate::command_version::recorded_in(txn)? >= 3;
+            if one_live {
+                for driver_id in &d.offered_to {
+                    if has_live_offer(txn, driver_id, Some(&d.id), now)? {
+                        return Ok(R::Conflict("the delivery has offers out".into()));
+                    }
+                }
+            }
             let mut made = Vec::new();
             for (offer_id, driver_id) in offers {
                 let Some(drv) = txn.get(DRIVERS, driver_id.as_bytes())? else {
@@ -623,7 +661,7 @@ pub fn apply(txn: &WriteTxn, cmd: DriverCommand) -> storage::Result<DriverRespon
                     && drv.online
                     && drv.current_delivery.is_none()
                     && !d.offered_to.contains(&driver_id);
-                if !eligible {
+                if !eligible || (one_live && has_live_offer(txn, &driver_id, None, now)?) {
                     continue;
                 }
                 let o = Offer {
@@ -969,6 +1007,93 @@ pub fn any_approved(read: &ReadTxn) -> storage::Result<bool> {
                 from.push(0);
             }
             _ => return Ok(false),
+        }
+    }
+}
+
+/// An approved, online, idle driver with no position.
+#[cfg(test)]
+pub(crate) fn sample_driver(id: &str, vehicle: Vehicle, capacity: u32) -> Driver {
+    Driver {
+        id: id.into(),
+        vehicle,
+        capacity,
+        qualifications: Vec::new(),
+        license_plate: None,
+        status: DriverStatus::Approved,
+        online: true,
+        location: None,
+        location_at: 0,
+        current_delivery: None,
+        standing: Standing::default(),
+        updated_at: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command_version::{self, ClusterCommand};
+    use storage::Store;
+
+    const NOW: i64 = 1_800_000_000_000;
+
+    fn round(txn: &WriteTxn, delivery: &str, drivers: &[&str], now: i64) -> DriverResponse {
+        let offers = drivers
+            .iter()
+            .map(|d| (format!("nyc.ofr_{delivery}_{d}"), d.to_string()))
+            .collect();
+        apply(
+            txn,
+            DriverCommand::CreateOffers {
+                delivery_id: delivery.into(),
+                offers,
+                expires_at: now + 30_000,
+                now,
+            },
+        )
+        .unwrap()
+    }
+
+    fn offered(r: DriverResponse) -> Vec<String> {
+        match r {
+            DriverResponse::Offers(o) => o.into_iter().map(|o| o.driver_id).collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn from_version_3_a_delivery_has_one_live_round_and_a_driver_one_live_offer() {
+        for version in [2, 3] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path().join("s.redb"), 1 << 20).unwrap();
+            let txn = store.write().unwrap();
+            command_version::apply(&txn, ClusterCommand::RaiseVersion { version }).unwrap();
+            let a = create_delivery(&txn, &orders::sample_order("nyc.ord_a", None, NOW), NOW)
+                .unwrap()
+                .id;
+            let b = create_delivery(&txn, &orders::sample_order("nyc.ord_b", None, NOW), NOW)
+                .unwrap()
+                .id;
+            for id in ["d1", "d2", "d3"] {
+                let d = sample_driver(id, Vehicle::Car, 1);
+                txn.put(DRIVERS, id.as_bytes(), &d).unwrap();
+            }
+            assert_eq!(offered(round(&txn, &a, &["d1"], NOW)), ["d1"]);
+            // A second round for `a` while d1's offer stands, and a round
+            // for `b` naming d1 (who holds it) and d3.
+            let second = round(&txn, &a, &["d2"], NOW + 1_000);
+            let for_b = offered(round(&txn, &b, &["d1", "d3"], NOW + 1_000));
+            if version >= 3 {
+                assert!(matches!(second, DriverResponse::Conflict(_)), "{second:?}");
+                assert_eq!(for_b, ["d3"]);
+                // Once the first round has run out, the next goes out.
+                assert_eq!(offered(round(&txn, &a, &["d2"], NOW + 30_000)), ["d2"]);
+            } else {
+                // As builds before version 3 applied it, on every node.
+                assert_eq!(offered(second), ["d2"]);
+                assert_eq!(for_b, ["d1", "d3"]);
+            }
         }
     }
 }
