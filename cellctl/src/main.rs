@@ -86,6 +86,13 @@ enum Cmd {
         seed: u64,
         #[arg(long, default_value = "demo password 1")]
         password: String,
+        /// Stay running after seeding and keep the drivers located: each
+        /// pings its position every `--ping-every` seconds until Ctrl-C
+        /// (dispatch forgets a position after a minute).
+        #[arg(long)]
+        keep_pinging: bool,
+        #[arg(long, default_value_t = 20.0, requires = "keep_pinging")]
+        ping_every: f64,
     },
     /// Ledger checks.
     Ledger {
@@ -513,7 +520,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             drivers,
             seed,
             password,
+            keep_pinging,
+            ping_every,
         } => {
+            if !(ping_every.is_finite() && (0.1..=55.0).contains(ping_every)) {
+                anyhow::bail!("--ping-every is in seconds, from 0.1 to 55 (dispatch forgets a position after 60)");
+            }
             seed::demo(
                 seed::SeedOptions {
                     base: cli.endpoint.clone(),
@@ -524,6 +536,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     drivers: *drivers,
                     seed: *seed,
                     password: password.clone(),
+                    keep_pinging: keep_pinging
+                        .then(|| std::time::Duration::from_secs_f64(*ping_every)),
                 },
                 j,
             )

@@ -820,6 +820,63 @@ pub struct SeedOptions {
     pub drivers: usize,
     pub seed: u64,
     pub password: String,
+    /// After seeding, keep pinging every driver's position this often until
+    /// interrupted (dispatch forgets a position after a minute).
+    pub keep_pinging: Option<Duration>,
+}
+
+/// How far a kept-up driver wanders from where it was placed, in degrees
+/// (about 30 m), as a parked phone's GPS does.
+const WANDER_DEG: f64 = 0.0003;
+
+/// Keeps the seeded drivers located until Ctrl-C: each pings `every`, a
+/// few metres around where the seed placed it, and logs in again once its
+/// access token runs out. A ping that fails (a node restarting, say) is
+/// reported and retried at the next tick rather than ending the loop.
+async fn keep_pinging(
+    http: &reqwest::Client,
+    base: &str,
+    password: &str,
+    mut drivers: Vec<(String, String, Value)>,
+    every: Duration,
+    seed: u64,
+) -> anyhow::Result<()> {
+    let mut rng = StdRng::seed_from_u64(seed.rotate_left(17));
+    let location = format!("{base}/v1/drivers/me/location");
+    let login = format!("{base}/v1/auth/login");
+    let mut stop = std::pin::pin!(tokio::signal::ctrl_c());
+    let mut tick = tokio::time::interval(every);
+    // The seed's own ping just went out.
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = &mut stop => return Ok(()),
+        }
+        for (email, token, placed) in drivers.iter_mut() {
+            let mut ping = placed.clone();
+            for axis in ["lat", "lng"] {
+                let at = placed[axis].as_f64().unwrap_or_default();
+                ping[axis] = json!(at + rng.gen_range(-WANDER_DEG..WANDER_DEG));
+            }
+            let mut sent = call(http, Method::PUT, &location, Some(token), Some(&ping)).await;
+            if matches!(&sent, Ok((StatusCode::UNAUTHORIZED, _))) {
+                let body = json!({"email": email, "password": password});
+                match send(http, Method::POST, &login, None, Some(&body)).await {
+                    Ok(v) => {
+                        *token = v["access_token"].as_str().unwrap_or_default().to_string();
+                        sent = call(http, Method::PUT, &location, Some(token), Some(&ping)).await;
+                    }
+                    Err(e) => sent = Err(e),
+                }
+            }
+            match sent {
+                Ok((status, _)) if status.is_success() => {}
+                Ok((status, v)) => eprintln!("ping of {email}: {status}: {v}"),
+                Err(e) => eprintln!("ping of {email}: {e:#}"),
+            }
+        }
+    }
 }
 
 pub async fn demo(o: SeedOptions, as_json: bool) -> anyhow::Result<()> {
@@ -1071,5 +1128,17 @@ pub async fn demo(o: SeedOptions, as_json: bool) -> anyhow::Result<()> {
             o.password
         );
     }
-    Ok(())
+    let Some(every) = o.keep_pinging else {
+        return Ok(());
+    };
+    eprintln!(
+        "keeping {} drivers located: each pings every {} s (Ctrl-C to stop)",
+        drivers.len(),
+        every.as_secs_f64()
+    );
+    let drivers = drivers
+        .into_iter()
+        .map(|(_, token, plan)| (plan.email.clone(), token, plan.ping.clone()))
+        .collect();
+    keep_pinging(&http, base, &o.password, drivers, every, o.seed).await
 }

@@ -1,12 +1,14 @@
 //! `cellctl seed --demo` against a real cell: a few hundred products across
-//! the vendors, drivers approved, online and located, an accepted order
-//! offered to one of them; the same seed again fails without writing; and
-//! `ledger check --json` prints nothing but JSON.
+//! the vendors, drivers approved, online and located (and kept located with
+//! `--keep-pinging`), an accepted order offered to one of them; the same
+//! seed again fails without writing; and `ledger check --json` prints
+//! nothing but JSON.
 
 use std::{process::Command, time::Duration};
 
 use cell::local::{find_cell_binary, LocalCell};
 use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 const PASSWORD: &str = "demo password 1";
 
@@ -56,6 +58,12 @@ async fn call(
     panic!("{url}: still rate limited");
 }
 
+async fn me_location(http: &reqwest::Client, base: &str, token: &str) -> Value {
+    let url = format!("{base}/v1/drivers/me");
+    let (_, me) = call(http, reqwest::Method::GET, &url, Some(token), None, None).await;
+    me["location"].clone()
+}
+
 async fn login(http: &reqwest::Client, base: &str, email: &str) -> String {
     let (status, v) = call(
         http,
@@ -83,20 +91,36 @@ async fn seed_demo_loads_a_region_that_dispatches() {
     let http = reqwest::Client::new();
 
     let drivers = 6;
-    let (ok, out, err) = cellctl(
-        &cell,
-        &[
+    // It stays running to keep the drivers located: the report comes first.
+    let mut seeding = tokio::process::Command::new(env!("CARGO_BIN_EXE_cellctl"))
+        .args([
+            "--endpoint",
+            &base,
+            "--token",
+            &cell.token,
             "--json",
             "seed",
             "--demo",
-            "--customers",
-            "2",
-            "--drivers",
-            &drivers.to_string(),
-        ],
-    );
-    assert!(ok, "{out}{err}");
-    let report: Value = serde_json::from_str(&out).expect("JSON report");
+        ])
+        .args(["--customers", "2", "--drivers", &drivers.to_string()])
+        .args(["--keep-pinging", "--ping-every", "0.5"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("cellctl runs");
+    let mut lines = BufReader::new(seeding.stdout.take().unwrap()).lines();
+    let mut out = String::new();
+    let report: Value = loop {
+        let line = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
+            .await
+            .expect("the seed reports within two minutes")
+            .unwrap()
+            .unwrap_or_else(|| panic!("the seed ended without a report: {out}"));
+        out.push_str(&line);
+        if let Ok(v) = serde_json::from_str(&out) {
+            break v;
+        }
+    };
     let products = report["products"].as_u64().unwrap();
     assert!((300..=400).contains(&products), "{report}");
     assert_eq!(report["drivers"], drivers, "{report}");
@@ -137,6 +161,17 @@ async fn seed_demo_loads_a_region_that_dispatches() {
         assert!(me["capacity"].as_u64().unwrap() >= 1, "driver{i}: {me}");
         tokens.push(token);
     }
+    // ... and kept located: the position moves with each ping.
+    let first = me_location(&http, &base, &tokens[0]).await;
+    let mut moved = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if me_location(&http, &base, &tokens[0]).await != first {
+            moved = true;
+            break;
+        }
+    }
+    assert!(moved, "driver0 pinged only once: still at {first}");
 
     // An order the Trattoria accepts is offered to a seeded driver.
     let customer = login(&http, &base, &format!("customer0{suffix}")).await;
@@ -213,6 +248,7 @@ async fn seed_demo_loads_a_region_that_dispatches() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(offered, "no seeded driver was offered the delivery");
+    seeding.kill().await.unwrap();
 
     // The same seed again fails at once, clearly.
     let (ok, out, err) = cellctl(&cell, &["seed", "--demo", "--drivers", "1"]);
