@@ -17,7 +17,7 @@ use std::{
 };
 
 use cell::local::LocalCell;
-use common::harness::{cell_bin, TestCell};
+use common::harness::{cell_bin, ct_json, json_body, TestCell};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -364,8 +364,83 @@ async fn membership_grows_to_five_and_shrinks_back_to_three() {
     tc.put(leader, "before", "3").await.unwrap();
     for id in [4, 5] {
         tc.launch_joiner(id).await.unwrap();
+    }
+    // A joiner must be new: a member's id or address would have the leader
+    // replicate to the wrong node (to itself, even, which stopped openraft
+    // for good). Each is refused and changes nothing.
+    let spec = |id: u64, of: u64| {
+        let n = &tc.cell.nodes[&of];
+        json_body(json!({"id": id, "api_addr": n.api.to_string(), "peer_addr": n.peer_advertise}))
+    };
+    let other = if leader == 1 { 2 } else { 1 };
+    for (body, code, says) in [
+        (
+            spec(4, leader),
+            "member_conflict",
+            format!("node {leader} already uses"),
+        ),
+        (
+            spec(other, 4),
+            "member_conflict",
+            format!("node {other} is already a voter"),
+        ),
+        // Node 5's address given as node 6's: node 5 says it is not.
+        (spec(6, 5), "validation_failed", "is not node 6".to_string()),
+    ] {
+        let a = tc
+            .request(
+                leader,
+                Method::POST,
+                "/admin/cluster/nodes",
+                &[ct_json()],
+                body,
+            )
+            .await
+            .unwrap();
+        let v = a.json();
+        assert_eq!(a.status.as_u16() / 100, 4, "{v}");
+        assert_eq!(v["code"], code, "{v}");
+        assert!(v["detail"].as_str().unwrap_or("").contains(&says), "{v}");
+    }
+    let s = tc.status(leader).await.unwrap();
+    assert_eq!(s["voters"], json!([1, 2, 3]), "{s}");
+    assert_eq!(s["learners"], json!([]), "{s}");
+    assert!(tc
+        .put(leader, "still", "3")
+        .await
+        .unwrap()
+        .status
+        .is_success());
+    // A request on the peer port for another node is refused before Raft.
+    let peer = tc.cell.nodes[&leader].peer_listen;
+    let r = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap()
+        .post(format!("http://{peer}/raft/vote"))
+        .header("x-raft-to", "9")
+        .body(vec![0u8; 8])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::MISDIRECTED_REQUEST);
+    for id in [4, 5] {
         tc.cell.add_node(leader, id).await.unwrap();
     }
+    // A retried add of the same learner is fine; its address under
+    // another id is not.
+    tc.cell.add_node(leader, 4).await.unwrap();
+    let a = tc
+        .request(
+            leader,
+            Method::POST,
+            "/admin/cluster/nodes",
+            &[ct_json()],
+            spec(6, 4),
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.status, StatusCode::CONFLICT, "{:?}", a.json());
     tc.cell.set_voters(leader, &[1, 2, 3, 4, 5]).await.unwrap();
     let s = tc.status(leader).await.unwrap();
     assert_eq!(s["voters"], json!([1, 2, 3, 4, 5]));

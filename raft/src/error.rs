@@ -41,6 +41,9 @@ pub enum RaftError {
     /// A joining node runs a build older than the cell writes for.
     #[error("build too old: {0}")]
     BuildTooOld(String),
+    /// A joining node's id or address is already a member's.
+    #[error("member conflict: {0}")]
+    MemberConflict(String),
     /// Raft stopped on this node (after a fatal error, or shutting down):
     /// another node can take the request.
     #[error("this node stopped: {0}")]
@@ -64,6 +67,7 @@ impl RaftError {
             RaftError::Tls(s) => RaftError::Tls(s.clone()),
             RaftError::UpgradeInProgress(s) => RaftError::UpgradeInProgress(s.clone()),
             RaftError::BuildTooOld(s) => RaftError::BuildTooOld(s.clone()),
+            RaftError::MemberConflict(s) => RaftError::MemberConflict(s.clone()),
             RaftError::Stopped(s) => RaftError::Stopped(s.clone()),
             other => RaftError::Fatal(other.to_string()),
         }

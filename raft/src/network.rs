@@ -32,6 +32,9 @@ pub(crate) const PATH_VOTE: &str = "/raft/vote";
 pub(crate) const PATH_SNAPSHOT: &str = "/raft/snapshot";
 pub(crate) const PATH_LEADER: &str = "/raft/leader";
 pub(crate) const PATH_VERSION: &str = "/raft/version";
+/// The id of the node a peer request is for: the receiver refuses one
+/// meant for another node (see `peer_api`).
+pub(crate) const TO_HEADER: &str = "x-raft-to";
 
 /// Why a call to a peer failed.
 #[derive(Debug)]
@@ -107,6 +110,7 @@ impl PeerClient {
     pub(crate) async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         addr: &str,
+        to: NodeId,
         path: &str,
         req: &Req,
         timeout: Duration,
@@ -115,6 +119,7 @@ impl PeerClient {
         let resp = self
             .http
             .post(self.url(addr, path))
+            .header(TO_HEADER, to)
             .timeout(timeout)
             .body(body)
             .send()
@@ -126,26 +131,39 @@ impl PeerClient {
     pub(crate) async fn leader_op(
         &self,
         addr: &str,
+        leader: NodeId,
         op: &LeaderOp,
         timeout: Duration,
     ) -> Result<Result<LeaderOk, LeaderErr>, CallError> {
-        self.call(addr, PATH_LEADER, op, timeout).await
+        self.call(addr, leader, PATH_LEADER, op, timeout).await
     }
 
-    /// The command version of the build a peer runs. Builds from before
+    /// The command version of the build node `to` runs. Builds from before
     /// versions have no such route: their `404` means version 1.
-    pub(crate) async fn version(&self, addr: &str, timeout: Duration) -> Result<u32, CallError> {
+    pub(crate) async fn version(
+        &self,
+        addr: &str,
+        to: NodeId,
+        timeout: Duration,
+    ) -> Result<u32, CallError> {
         let resp = self
             .http
             .post(self.url(addr, PATH_VERSION))
+            .header(TO_HEADER, to)
             .timeout(timeout)
             .send()
             .await
             .map_err(Self::classify)?;
-        if resp.status() == reqwest::StatusCode::NOT_FOUND {
-            return Ok(1);
+        match resp.status() {
+            reqwest::StatusCode::NOT_FOUND => Ok(1),
+            reqwest::StatusCode::MISDIRECTED_REQUEST => {
+                let said = resp.text().await.unwrap_or_default();
+                Err(CallError::Failed(format!(
+                    "the node at {addr} is not node {to} ({said})"
+                )))
+            }
+            _ => Self::finish(resp).await,
         }
-        Self::finish(resp).await
     }
 
     /// Stream a whole snapshot: a length-prefixed header (vote, meta), then
@@ -153,6 +171,7 @@ impl PeerClient {
     async fn send_snapshot(
         &self,
         addr: &str,
+        to: NodeId,
         vote: Vote,
         mut snapshot: Snapshot,
         timeout: Duration,
@@ -179,6 +198,7 @@ impl PeerClient {
         let resp = self
             .http
             .post(self.url(addr, PATH_SNAPSHOT))
+            .header(TO_HEADER, to)
             .timeout(timeout)
             .body(reqwest::Body::wrap_stream(stream))
             .send()
@@ -235,7 +255,7 @@ impl PeerNetwork {
     ) -> RpcResult<Resp, E> {
         let answer: Result<Resp, ORaftError<NodeId, E>> = self
             .client
-            .call(&self.addr, path, req, option.hard_ttl())
+            .call(&self.addr, self.target, path, req, option.hard_ttl())
             .await
             .map_err(|e| match e {
                 CallError::Unreachable(s) => {
@@ -285,9 +305,13 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
-        let send = self
-            .client
-            .send_snapshot(&self.addr, vote, snapshot, self.snapshot_timeout);
+        let send = self.client.send_snapshot(
+            &self.addr,
+            self.target,
+            vote,
+            snapshot,
+            self.snapshot_timeout,
+        );
         let result = tokio::select! {
             closed = cancel => return Err(StreamingError::Closed(closed)),
             r = send => r,

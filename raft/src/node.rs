@@ -338,11 +338,12 @@ impl<A: Application> RaftNode<A> {
         loop {
             let attempt = match self.leader() {
                 Some((leader, _)) if leader == self.id => self.run_as_leader(&op).await,
-                Some((_, node)) => {
+                Some((leader, node)) => {
                     let left = deadline.saturating_duration_since(Instant::now());
+                    let left = left.max(Duration::from_millis(100));
                     match self
                         .client
-                        .leader_op(&node.peer_addr, &op, left.max(Duration::from_millis(100)))
+                        .leader_op(&node.peer_addr, leader, &op, left)
                         .await
                     {
                         Ok(answer) => answer.map_err(RaftError::from),
@@ -424,6 +425,7 @@ impl<A: Application> RaftNode<A> {
                 }
             }
             LeaderOp::AddLearner { id, node } => {
+                self.check_new_member(*id, node)?;
                 self.check_joiner(*id, &node.peer_addr).await?;
                 let r = self.raft.add_learner(*id, node.clone(), true).await;
                 membership_result(self, r)
@@ -457,6 +459,38 @@ impl<A: Application> RaftNode<A> {
                 }
             }
         }
+    }
+
+    /// A joiner is new, or the same learner again (a retried add). A
+    /// voter's id, a member's id at other addresses, or another member's
+    /// address would have the leader replicate to the wrong node — to
+    /// itself, even, which stops openraft.
+    fn check_new_member(&self, id: NodeId, info: &NodeInfo) -> Result<(), RaftError> {
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        if membership.voter_ids().any(|v| v == id) {
+            return Err(RaftError::MemberConflict(format!(
+                "node {id} is already a voter"
+            )));
+        }
+        if let Some(known) = membership.get_node(&id).filter(|known| *known != info) {
+            return Err(RaftError::MemberConflict(format!(
+                "node {id} is already a learner ({known}); remove it first to move it"
+            )));
+        }
+        for (other, n) in membership.nodes().filter(|(other, _)| **other != id) {
+            for (mine, theirs) in [
+                (&info.api_addr, &n.api_addr),
+                (&info.peer_addr, &n.peer_addr),
+            ] {
+                if mine == theirs {
+                    return Err(RaftError::MemberConflict(format!(
+                        "node {other} already uses {mine}; remove it first if node {id} replaces it"
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Form a new cluster from this node (and, optionally, others that are

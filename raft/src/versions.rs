@@ -122,7 +122,7 @@ impl<A: Application> RaftNode<A> {
                     if id == self.id {
                         return (id, Ok(A::VERSION));
                     }
-                    let v = self.client.version(&addr, ASK_TIMEOUT).await;
+                    let v = self.client.version(&addr, id, ASK_TIMEOUT).await;
                     (id, v.map_err(|e| e.to_string()))
                 }
             })
@@ -183,7 +183,7 @@ impl<A: Application> RaftNode<A> {
     /// older than it; the leader's build is at least any raise it takes
     /// part in.)
     pub(crate) async fn check_joiner(&self, id: NodeId, peer_addr: &str) -> Result<(), RaftError> {
-        match self.client.version(peer_addr, ASK_TIMEOUT).await {
+        match self.client.version(peer_addr, id, ASK_TIMEOUT).await {
             Ok(v) if v >= A::VERSION => Ok(()),
             Ok(v) => Err(RaftError::BuildTooOld(format!(
                 "node {id} runs a build of command version {v}, older than the leader's ({}): \

@@ -46,9 +46,11 @@ pub enum LeaderErr {
     Fatal(String),
 }
 
-/// Marks an `Invalid` that is a build too old to join: a variant of its
-/// own would be undecodable to followers of builds from before it.
+/// Mark an `Invalid` that is a build too old to join, or a joiner whose id
+/// or address a member has: a variant of its own would be undecodable to
+/// followers of builds from before it.
 const BUILD_TOO_OLD: &str = "build too old: ";
+const MEMBER_CONFLICT: &str = "member conflict: ";
 
 impl From<LeaderErr> for RaftError {
     fn from(e: LeaderErr) -> Self {
@@ -56,10 +58,15 @@ impl From<LeaderErr> for RaftError {
             LeaderErr::NotLeader { leader } => RaftError::NotLeader { leader },
             LeaderErr::NoQuorum(s) => RaftError::NoQuorum(s),
             LeaderErr::MembershipInProgress => RaftError::MembershipInProgress,
-            LeaderErr::Invalid(s) => match s.strip_prefix(BUILD_TOO_OLD) {
-                Some(why) => RaftError::BuildTooOld(why.to_string()),
-                None => RaftError::Invalid(s),
-            },
+            LeaderErr::Invalid(s) => {
+                if let Some(why) = s.strip_prefix(BUILD_TOO_OLD) {
+                    RaftError::BuildTooOld(why.to_string())
+                } else if let Some(why) = s.strip_prefix(MEMBER_CONFLICT) {
+                    RaftError::MemberConflict(why.to_string())
+                } else {
+                    RaftError::Invalid(s)
+                }
+            }
             LeaderErr::OutcomeUnknown(s) => RaftError::OutcomeUnknown(s),
             LeaderErr::Fatal(s) => RaftError::Fatal(s),
         }
@@ -77,6 +84,7 @@ impl From<RaftError> for LeaderErr {
                 LeaderErr::OutcomeUnknown(s)
             }
             RaftError::BuildTooOld(s) => LeaderErr::Invalid(format!("{BUILD_TOO_OLD}{s}")),
+            RaftError::MemberConflict(s) => LeaderErr::Invalid(format!("{MEMBER_CONFLICT}{s}")),
             other => LeaderErr::Fatal(other.to_string()),
         }
     }
@@ -92,6 +100,11 @@ mod tests {
         assert!(matches!(&sent, LeaderErr::Invalid(s) if s.ends_with("node 4 runs version 1")));
         match RaftError::from(sent) {
             RaftError::BuildTooOld(s) => assert_eq!(s, "node 4 runs version 1"),
+            other => panic!("{other:?}"),
+        }
+        let sent = LeaderErr::from(RaftError::MemberConflict("node 1 already uses it".into()));
+        match RaftError::from(sent) {
+            RaftError::MemberConflict(s) => assert_eq!(s, "node 1 already uses it"),
             other => panic!("{other:?}"),
         }
         match RaftError::from(LeaderErr::Invalid("cannot remove the last voter".into())) {

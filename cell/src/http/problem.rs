@@ -71,7 +71,7 @@ impl ApiError {
     }
 
     pub fn internal(detail: impl std::fmt::Display) -> Self {
-        tracing::error!(error = %detail, "internal error");
+        tracing::error!(error = %detail, request_id = %current_request_id(), "internal error");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
@@ -169,7 +169,12 @@ impl From<RaftError> for ApiError {
             .retry_after(1),
             RaftError::Invalid(d) => ApiError::validation(d),
             RaftError::BuildTooOld(d) => ApiError::new(S::CONFLICT, "build_too_old", d),
-            RaftError::Stopped(d) => ApiError::new(S::SERVICE_UNAVAILABLE, "node_stopped", d).retry_after(1),
+            // Fatal: openraft's core on this node (or, forwarded, on the
+            // leader) is gone, a panic included — another node can take it.
+            RaftError::Stopped(d) | RaftError::Fatal(d) => {
+                ApiError::new(S::SERVICE_UNAVAILABLE, "node_stopped", d).retry_after(1)
+            }
+            RaftError::MemberConflict(d) => ApiError::new(S::CONFLICT, "member_conflict", d),
             // Undecodable: the leader's build cannot decode what this
             // node's wrote.
             RaftError::UpgradeInProgress(d) | RaftError::Undecodable(d) => ApiError::new(
