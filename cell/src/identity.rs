@@ -10,6 +10,16 @@ use storage::{ReadTxn, Table, WriteTxn};
 use edge::token::Role;
 
 const ACCOUNTS: Table<Account> = Table::new("accounts");
+
+/// The cell whose accounts the state holds (their ids begin with its
+/// name), if it holds any.
+pub fn cell_of_accounts(txn: &WriteTxn) -> storage::Result<Option<String>> {
+    let any = txn.last_key_in(ACCOUNTS, Vec::new()..)?;
+    Ok(any.and_then(|k| {
+        let k = String::from_utf8(k).ok()?;
+        k.split_once('.').map(|(cell, _)| cell.to_string())
+    }))
+}
 const ACCOUNT_BY_EMAIL: Table<String> = Table::new("account_by_email");
 const REFRESH: Table<RefreshRecord> = Table::new("refresh_tokens");
 const FAMILIES: Table<Family> = Table::new("refresh_families");

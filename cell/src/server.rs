@@ -52,8 +52,22 @@ pub async fn run(cfg: CellConfig) -> anyhow::Result<()> {
     if let Some(backup) = &cfg.restore_from {
         let file =
             std::fs::File::open(backup).with_context(|| format!("opening {}", backup.display()))?;
-        let r = raft::restore::restore_backup(&cfg.raft_dir(), cfg.node_id, info.clone(), file)
-            .with_context(|| format!("restoring from {}", backup.display()))?;
+        let same_cell = |txn: &storage::WriteTxn| match crate::identity::cell_of_accounts(txn) {
+            Ok(Some(held)) if held != cfg.cell => Err(format!(
+                "it holds cell {held}'s accounts: restore it as that cell (--cell {held}, \
+                 with the cell's --jwt-keys-file so its tokens and quotes stay good)"
+            )),
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("reading its accounts: {e}")),
+        };
+        let r = raft::restore::restore_backup(
+            &cfg.raft_dir(),
+            cfg.node_id,
+            info.clone(),
+            file,
+            same_cell,
+        )
+        .with_context(|| format!("restoring from {}", backup.display()))?;
         println!(
             "restored {} entries up to log index {} from {}",
             r.entries,

@@ -18,6 +18,15 @@ async fn backup_restores_onto_a_fresh_node() {
     let _serial = common::SERIAL.lock().await;
     let tc = TestCell::start(3, false, &[]).await.expect("cell");
     let leader = tc.cell.wait_leader(Duration::from_secs(10)).await.unwrap();
+    // An account: its id names the cell.
+    let signup = tc
+        .http
+        .post(format!("{}/v1/auth/signup", tc.url(leader)))
+        .json(&serde_json::json!({"email": "b@example.com", "password": "a long password", "name": "B", "role": "customer"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signup.status(), StatusCode::CREATED);
     let mut last = None;
     for i in 0..50 {
         last = Some(
@@ -91,25 +100,41 @@ async fn backup_restores_onto_a_fresh_node() {
 
     // Restoring over existing data is refused.
     restored.stop(7);
-    let out = std::process::Command::new(cell_bin())
-        .args(["--node-id", "7", "--data-dir"])
-        .arg(&restored.nodes[&7].data_dir)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--peer-listen",
-            "127.0.0.1:0",
-            "--restore-from",
-        ])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let restore_into = |data_dir: &std::path::Path| {
+        std::process::Command::new(cell_bin())
+            .args(["--node-id", "7", "--data-dir"])
+            .arg(data_dir)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--peer-listen",
+                "127.0.0.1:0",
+                "--restore-from",
+            ])
+            .arg(&file)
+            .output()
+            .unwrap()
+    };
+    let out = restore_into(&restored.nodes[&7].data_dir);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("empty data directory"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // So is restoring it under another cell's name (here the default,
+    // `local`): its accounts would claim a cell that is not this one. Nothing
+    // is left behind.
+    let other = dir.path().join("other");
+    let out = restore_into(&other);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cell test's accounts") && err.contains("--cell test"),
+        "{err}"
+    );
+    assert!(!other.join("raft").join("state.redb").exists());
 }
 
 /// Every key with its version and value, read from the node at `url`

@@ -74,9 +74,10 @@ enum Cmd {
         /// and drivers approved, online and located (needs the ops token).
         #[arg(long, required = true)]
         demo: bool,
-        #[arg(long, default_value_t = 40.73)]
+        /// The region's centre (west and south are negative: `--lng -73.99`).
+        #[arg(long, default_value_t = 40.73, allow_negative_numbers = true)]
         lat: f64,
-        #[arg(long, default_value_t = -73.99)]
+        #[arg(long, default_value_t = -73.99, allow_negative_numbers = true)]
         lng: f64,
         #[arg(long, default_value_t = 30)]
         customers: usize,
@@ -832,5 +833,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn western_and_southern_coordinates_parse_as_numbers() {
+        let cli = Cli::try_parse_from([
+            "cellctl", "seed", "--demo", "--lat", "-33.9", "--lng", "-70.6",
+        ])
+        .unwrap();
+        match cli.cmd {
+            Cmd::Seed { lat, lng, .. } => assert_eq!((lat, lng), (-33.9, -70.6)),
+            _ => panic!("not a seed"),
+        }
     }
 }

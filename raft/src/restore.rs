@@ -19,12 +19,15 @@ pub struct Restored {
 }
 
 /// Import `backup` into the empty raft data directory `dir` for node `id`.
-/// Refuses to touch a directory that already holds a log or state.
+/// Refuses to touch a directory that already holds a log or state, and a
+/// backup the application's `check` refuses (with its reason): nothing is
+/// left behind then.
 pub fn restore_backup(
     dir: &Path,
     id: NodeId,
     info: NodeInfo,
     backup: impl Read,
+    check: impl FnOnce(&storage::WriteTxn) -> Result<(), String>,
 ) -> Result<Restored, RaftError> {
     for f in ["log.redb", "log.segments", "state.redb"] {
         if dir.join(f).exists() {
@@ -51,13 +54,15 @@ pub fn restore_backup(
             }
         };
     let applied = txn.get(applied_table, b"v")?.flatten();
-    let Some(applied) = applied else {
+    let refused = match applied {
+        None => Some("the backup holds no applied log id: not a cell backup".to_string()),
+        Some(_) => check(&txn).err(),
+    };
+    let (Some(applied), None) = (applied, refused.as_ref()) else {
         drop(txn);
         drop(store);
         let _ = std::fs::remove_file(dir.join("state.redb"));
-        return Err(RaftError::Invalid(
-            "the backup holds no applied log id: not a cell backup".into(),
-        ));
+        return Err(RaftError::Invalid(refused.unwrap_or_default()));
     };
     // The restored node alone forms the new cell.
     let membership = Membership::from(BTreeMap::from([(id, info)]));

@@ -90,6 +90,7 @@ struct FileConfig {
     log_json: Option<bool>,
     max_inflight: Option<usize>,
     no_pipeline: Option<bool>,
+    threads: Option<usize>,
     #[serde(default)]
     regions: std::collections::BTreeMap<String, RegionSpec>,
 }
@@ -108,6 +109,8 @@ pub struct RouterConfig {
     pub log_json: bool,
     /// Requests forwarded at once before the router sheds load.
     pub max_inflight: usize,
+    /// Event loops serving client connections (`None`: one per core).
+    pub threads: Option<usize>,
     /// Bodiless GET/HEAD requests are pipelined on shared upstream
     /// connections (`pipeline`).
     pub pipeline: bool,
@@ -204,6 +207,7 @@ impl RouterConfig {
                 .unwrap_or(8192)
                 .max(1),
             pipeline: !(args.no_pipeline || file.no_pipeline.unwrap_or(false)),
+            threads: args.threads.or(file.threads).map(|n| n.max(1)),
             regions: file.regions.into_iter().collect(),
         })
     }
@@ -254,4 +258,36 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), RouterError> {
         .and_then(|_| f.sync_all())
         .map_err(|e| RouterError::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| RouterError::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[test]
+    fn every_setting_but_the_config_path_may_come_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("router.toml");
+        std::fs::write(
+            &path,
+            "threads = 2\nmax_inflight = 10\nno_pipeline = true\nhealth_interval_ms = 1000\n",
+        )
+        .unwrap();
+        let data = dir.path().join("data");
+        let with = |flags: &[&str]| {
+            let base = ["router", "--config", path.to_str().unwrap()];
+            let data = ["--data-dir", data.to_str().unwrap()];
+            let args = Args::parse_from(base.iter().chain(&data).chain(flags));
+            RouterConfig::resolve(args).unwrap()
+        };
+        let c = with(&[]);
+        assert_eq!(c.threads, Some(2));
+        assert_eq!(c.max_inflight, 10);
+        assert!(!c.pipeline);
+        assert_eq!(c.health_interval, Duration::from_secs(1));
+        // A flag wins over the file.
+        assert_eq!(with(&["--threads", "3"]).threads, Some(3));
+    }
 }

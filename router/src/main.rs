@@ -10,11 +10,10 @@ use router::state::RouterState;
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let threads = args.threads;
     let cfg = RouterConfig::resolve(args)?;
     init_tracing(cfg.log_json);
     edge::fd_limit::raise_fd_limit();
-    let loops = threads.unwrap_or_else(|| {
+    let loops = cfg.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)

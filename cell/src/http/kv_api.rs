@@ -40,6 +40,15 @@ const SESSION_WAIT: Duration = Duration::from_secs(2);
 pub(super) async fn ensure_fresh(s: &AppState, c: Consistency) -> ApiResult<u64> {
     match c {
         Consistency::Local => Ok(s.node.applied_index()),
+        Consistency::AtLeast(n) if n <= s.node.applied_index() => Ok(s.node.applied_index()),
+        // Past every entry this node has: in flight from the leader, or
+        // never written (a made-up or another cell's index). The leader
+        // settles it at once, rather than the wait holding the request.
+        Consistency::AtLeast(n) if n > s.node.metrics().last_log_index.unwrap_or(0) => Ok(s
+            .node
+            .linearizable_barrier()
+            .await?
+            .max(s.node.applied_index())),
         Consistency::AtLeast(n) => match s.node.wait_applied(n, SESSION_WAIT).await {
             Ok(()) => Ok(s.node.applied_index()),
             Err(_) => Ok(s

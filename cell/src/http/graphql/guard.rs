@@ -17,11 +17,18 @@ use async_graphql::{
 
 use super::caller::{gql_error, Caller};
 
-pub struct Guard;
+pub struct Guard {
+    /// Whether `__schema` and `__type` answer; when not they are refused
+    /// with `introspection_disabled` (async-graphql alone answers `null`,
+    /// which reads like an empty schema).
+    pub introspection: bool,
+}
 
 impl ExtensionFactory for Guard {
     fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(Guard)
+        Arc::new(Guard {
+            introspection: self.introspection,
+        })
     }
 }
 
@@ -52,6 +59,18 @@ impl Extension for Guard {
         info: ResolveInfo<'_>,
         next: NextResolve<'_>,
     ) -> ServerResult<Option<Value>> {
+        if !self.introspection && matches!(info.name, "__schema" | "__type") {
+            let e = crate::http::problem::ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "introspection_disabled",
+                "introspection is turned off on this cell; the schema is at /graphql/schema.graphql",
+            );
+            let mut e = gql_error(e).into_server_error(info.field.name.pos);
+            e.path = vec![PathSegment::Field(
+                info.alias.unwrap_or(info.name).to_string(),
+            )];
+            return Err(e);
+        }
         if info.parent_type == "Mutation" {
             if let Ok(caller) = ctx.data::<Caller>() {
                 caller.charge_mutation(info.name).map_err(|e| {

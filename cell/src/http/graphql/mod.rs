@@ -81,7 +81,7 @@ pub fn schema(introspection: bool) -> CellSchema {
         .limit_complexity(MAX_COMPLEXITY)
         .limit_recursive_depth(MAX_RECURSION)
         .limit_directives(8)
-        .extension(guard::Guard);
+        .extension(guard::Guard { introspection });
     let b = if introspection {
         b
     } else {
