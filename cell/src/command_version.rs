@@ -10,8 +10,9 @@
 //! milliseconds. Builds between (which answer like version 1) decode
 //! hours but write the newer event bodies: roll from them all at once.
 //! Version 3 refuses, in apply, a round of offers for a delivery that has
-//! one out, and skips a driver who holds a live offer (older builds
-//! applied whatever round the dispatcher proposed).
+//! one out, skips a driver who holds a live offer, and locks a delivery
+//! for a while after too many wrong proof codes (older builds applied
+//! whatever round the dispatcher proposed and took any number of codes).
 
 use serde::{Deserialize, Serialize};
 use storage::{ReadTxn, Table, WriteTxn};

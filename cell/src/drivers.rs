@@ -259,6 +259,54 @@ pub enum DriverResponse {
     /// Too late, lost the race, or not allowed in this state.
     Conflict(String),
     BadProof,
+    /// Too many wrong proof codes: none is tried before `until` (Unix ms).
+    /// (Last, like every new variant: answers cross between nodes of
+    /// different builds during an upgrade.)
+    ProofLocked {
+        until: i64,
+    },
+}
+
+/// `<delivery id>` → wrong proof codes given, and when the first of them
+/// came (Unix ms, from the command).
+const PROOF_ATTEMPTS: Table<(u32, i64)> = Table::new("proof_attempts");
+/// From command version 3 a delivery takes at most this many wrong proof
+/// codes per [`PROOF_WINDOW_MS`]: its four digits cannot be found by
+/// trying them all (at the per-principal rate limit alone, in minutes).
+pub const MAX_PROOF_ATTEMPTS: u32 = 5;
+pub const PROOF_WINDOW_MS: i64 = 15 * 60 * 1000;
+
+/// Checks `given` against the order's proof code, counting wrong ones
+/// (from command version 3); `None` when it may complete.
+fn check_proof(
+    txn: &WriteTxn,
+    delivery_id: &str,
+    given: Option<&str>,
+    expected: &str,
+    now: i64,
+) -> storage::Result<Option<DriverResponse>> {
+    if crate::command_version::recorded_in(txn)? < 3 {
+        return Ok((given != Some(expected)).then_some(DriverResponse::BadProof));
+    }
+    let key = delivery_id.as_bytes();
+    let (wrong, since) = txn
+        .get(PROOF_ATTEMPTS, key)?
+        .filter(|(_, since)| now - since < PROOF_WINDOW_MS)
+        .unwrap_or((0, now));
+    if wrong >= MAX_PROOF_ATTEMPTS {
+        return Ok(Some(DriverResponse::ProofLocked {
+            until: since + PROOF_WINDOW_MS,
+        }));
+    }
+    if given != Some(expected) {
+        // Kept although the command is refused: that is its point.
+        txn.put(PROOF_ATTEMPTS, key, &(wrong + 1, since))?;
+        return Ok(Some(DriverResponse::BadProof));
+    }
+    if wrong > 0 {
+        txn.delete(PROOF_ATTEMPTS, key)?;
+    }
+    Ok(None)
 }
 
 /// How long before a scheduled window its delivery is dispatched (on
@@ -852,8 +900,12 @@ pub fn apply(txn: &WriteTxn, cmd: DriverCommand) -> storage::Result<DriverRespon
             {
                 return Ok(R::Conflict("the order is not ready yet".into()));
             }
-            if next == S::Delivered && proof_code.as_deref() != Some(order.proof_code.as_str()) {
-                return Ok(R::BadProof);
+            if next == S::Delivered {
+                let checked =
+                    check_proof(txn, &d.id, proof_code.as_deref(), &order.proof_code, now)?;
+                if let Some(refused) = checked {
+                    return Ok(refused);
+                }
             }
             let (order_status, kind) = match next {
                 S::PickedUp => (Some(OrderStatus::PickedUp), "order.picked_up"),
@@ -1059,6 +1111,56 @@ mod tests {
         match r {
             DriverResponse::Offers(o) => o.into_iter().map(|o| o.driver_id).collect(),
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn from_version_3_wrong_proof_codes_lock_a_delivery_for_a_while() {
+        for version in [2, 3] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path().join("s.redb"), 1 << 20).unwrap();
+            let txn = store.write().unwrap();
+            command_version::apply(&txn, ClusterCommand::RaiseVersion { version }).unwrap();
+            let order = orders::sample_order("nyc.ord_p", None, NOW);
+            orders::store(&txn, &order).unwrap();
+            let mut d = create_delivery(&txn, &order, NOW).unwrap();
+            d.status = DeliveryStatus::PickedUp;
+            d.driver_id = Some("d1".into());
+            txn.put(DELIVERIES, d.id.as_bytes(), &d).unwrap();
+            let complete = |code: &str, now: i64| {
+                apply(
+                    &txn,
+                    DriverCommand::Act {
+                        delivery_id: d.id.clone(),
+                        driver_id: "d1".into(),
+                        action: DeliveryAction::Complete,
+                        proof_code: Some(code.into()),
+                        earnings_tx: format!("nyc.ltx_{now}"),
+                        now,
+                    },
+                )
+                .unwrap()
+            };
+            for i in 0..MAX_PROOF_ATTEMPTS as i64 {
+                let r = complete("0000", NOW + i);
+                assert!(matches!(r, DriverResponse::BadProof), "{r:?}");
+            }
+            // The right code, once too many wrong ones came first.
+            let r = complete(&order.proof_code, NOW + 10);
+            if version < 3 {
+                assert!(matches!(r, DriverResponse::Delivery(_)), "{r:?}");
+                continue;
+            }
+            assert!(
+                matches!(r, DriverResponse::ProofLocked { until } if until == NOW + PROOF_WINDOW_MS),
+                "{r:?}"
+            );
+            // After the window it is taken.
+            let r = complete(&order.proof_code, NOW + PROOF_WINDOW_MS);
+            assert!(
+                matches!(&r, DriverResponse::Delivery(d) if d.status == DeliveryStatus::Delivered),
+                "{r:?}"
+            );
         }
     }
 

@@ -652,6 +652,12 @@ pub fn list(
 
 /// An accepted delivery order for unit tests elsewhere: scheduled when
 /// `window_start` is given, else on demand with a 10-minute ETA.
+/// Stores `order` as it stands (tests of what follows an order).
+#[cfg(test)]
+pub(crate) fn store(txn: &WriteTxn, order: &Order) -> storage::Result<()> {
+    txn.put(ORDERS, order.id.as_bytes(), order)
+}
+
 #[cfg(test)]
 pub(crate) fn sample_order(id: &str, window_start: Option<i64>, now: i64) -> Order {
     let at = Location {

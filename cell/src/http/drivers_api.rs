@@ -76,6 +76,20 @@ fn unexpected(r: DriverResponse) -> ApiError {
             "bad_proof_code",
             "the proof code does not match the customer's",
         ),
+        DriverResponse::ProofLocked { until } => {
+            let wait = ((until - now_ms()).max(1000) as u64).div_ceil(1000);
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "proof_attempts_exceeded",
+                format!(
+                    "{} wrong proof codes for this delivery: the next try is in {} min \
+                     (or fail the delivery)",
+                    drivers::MAX_PROOF_ATTEMPTS,
+                    wait.div_ceil(60)
+                ),
+            )
+            .retry_after(wait)
+        }
         other => ApiError::internal(format!("unexpected response {other:?}")),
     }
 }
@@ -547,6 +561,7 @@ pub(super) const DELIVERY_ACTIONS: [(&str, DeliveryAction); 4] = [
     request_body(content = ActBody, description = "complete: {proof_code}"),
     responses((status = 200, description = "the delivery", body = DeliveryView),
               (status = 409, description = "illegal in this state, or a wrong proof code", body = Problem),
+              (status = 429, description = "proof_attempts_exceeded: too many wrong proof codes for this delivery; see Retry-After", body = Problem),
               (status = "4XX", description = "problem+json", body = Problem)),
     security(("bearer" = [])),
 )]
