@@ -289,8 +289,8 @@ fn check_proof(
         return Ok((given != Some(expected)).then_some(DriverResponse::BadProof));
     }
     let key = delivery_id.as_bytes();
-    let (wrong, since) = txn
-        .get(PROOF_ATTEMPTS, key)?
+    let stored = txn.get(PROOF_ATTEMPTS, key)?;
+    let (wrong, since) = stored
         .filter(|(_, since)| now - since < PROOF_WINDOW_MS)
         .unwrap_or((0, now));
     if wrong >= MAX_PROOF_ATTEMPTS {
@@ -303,7 +303,7 @@ fn check_proof(
         txn.put(PROOF_ATTEMPTS, key, &(wrong + 1, since))?;
         return Ok(Some(DriverResponse::BadProof));
     }
-    if wrong > 0 {
+    if stored.is_some() {
         txn.delete(PROOF_ATTEMPTS, key)?;
     }
     Ok(None)
@@ -907,6 +907,10 @@ pub fn apply(txn: &WriteTxn, cmd: DriverCommand) -> storage::Result<DriverRespon
                     return Ok(refused);
                 }
             }
+            // A failed delivery takes no more codes: its count goes.
+            if next == S::Failed && crate::command_version::recorded_in(txn)? >= 3 {
+                txn.delete(PROOF_ATTEMPTS, d.id.as_bytes())?;
+            }
             let (order_status, kind) = match next {
                 S::PickedUp => (Some(OrderStatus::PickedUp), "order.picked_up"),
                 S::Delivered => (Some(OrderStatus::Delivered), "order.delivered"),
@@ -1149,18 +1153,21 @@ mod tests {
             let r = complete(&order.proof_code, NOW + 10);
             if version < 3 {
                 assert!(matches!(r, DriverResponse::Delivery(_)), "{r:?}");
+                // Nothing an older build would not write.
+                assert!(txn.get(PROOF_ATTEMPTS, d.id.as_bytes()).unwrap().is_none());
                 continue;
             }
             assert!(
                 matches!(r, DriverResponse::ProofLocked { until } if until == NOW + PROOF_WINDOW_MS),
                 "{r:?}"
             );
-            // After the window it is taken.
+            // After the window it is taken, and the count goes.
             let r = complete(&order.proof_code, NOW + PROOF_WINDOW_MS);
             assert!(
                 matches!(&r, DriverResponse::Delivery(d) if d.status == DeliveryStatus::Delivered),
                 "{r:?}"
             );
+            assert!(txn.get(PROOF_ATTEMPTS, d.id.as_bytes()).unwrap().is_none());
         }
     }
 
@@ -1188,6 +1195,11 @@ mod tests {
             let for_b = offered(round(&txn, &b, &["d1", "d3"], NOW + 1_000));
             if version >= 3 {
                 assert!(matches!(second, DriverResponse::Conflict(_)), "{second:?}");
+                // The refused round wrote nothing.
+                let d2 = txn.range(OFFERS_BY_DRIVER, b"d2/".to_vec()..b"d20".to_vec(), 10);
+                assert!(d2.unwrap().is_empty());
+                let stored = txn.get(DELIVERIES, a.as_bytes()).unwrap().unwrap();
+                assert_eq!(stored.offered_to, ["d1"]);
                 assert_eq!(for_b, ["d3"]);
                 // Once the first round has run out, the next goes out.
                 assert_eq!(offered(round(&txn, &a, &["d2"], NOW + 30_000)), ["d2"]);

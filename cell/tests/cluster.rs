@@ -708,6 +708,31 @@ async fn admin_init_forms_a_cell_of_three_fresh_nodes() {
     let _serial = common::SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let cell = three_unjoined_nodes(dir.path()).await;
+    // Nodes named at another's address, or sharing one, are refused and
+    // nothing forms: such a cell could never elect.
+    let mut swapped = node_specs(&cell);
+    let (p1, p3) = (
+        swapped[0]["peer_addr"].clone(),
+        swapped[2]["peer_addr"].clone(),
+    );
+    swapped[0]["peer_addr"] = p3;
+    swapped[2]["peer_addr"] = p1;
+    let mut shared = node_specs(&cell);
+    shared[2]["api_addr"] = shared[0]["api_addr"].clone();
+    for (nodes, says) in [(swapped, "is not node"), (shared, "both use")] {
+        let e = cell
+            .admin(
+                2,
+                Method::POST,
+                "/admin/cluster/init",
+                Some(json!({ "nodes": nodes })),
+            )
+            .await
+            .expect_err("init with wrong addresses");
+        assert!(e.to_string().contains(says), "{e}");
+    }
+    let s = cell.cluster_status(2).await.unwrap();
+    assert_eq!(s["voters"], json!([]), "{s}");
     // Node 2 forms the cell with all three as voters (itself included).
     let r = cell
         .admin(

@@ -98,6 +98,15 @@ impl PeerClient {
     async fn finish<Resp: DeserializeOwned>(resp: reqwest::Response) -> Result<Resp, CallError> {
         let status = resp.status();
         let body = resp.bytes().await.map_err(Self::classify)?;
+        // Refused before anything ran (another node answers there): as
+        // good as never reached, so forwarding retries and openraft backs
+        // off instead of retrying on every heartbeat.
+        if status == reqwest::StatusCode::MISDIRECTED_REQUEST {
+            return Err(CallError::Unreachable(format!(
+                "misdirected: {}",
+                String::from_utf8_lossy(&body[..body.len().min(300)])
+            )));
+        }
         if !status.is_success() {
             return Err(CallError::Failed(format!(
                 "peer answered {status}: {}",

@@ -427,6 +427,8 @@ impl<A: Application> RaftNode<A> {
             LeaderOp::AddLearner { id, node } => {
                 self.check_new_member(*id, node)?;
                 self.check_joiner(*id, &node.peer_addr).await?;
+                // Again: another add may have gone in while we asked.
+                self.check_new_member(*id, node)?;
                 let r = self.raft.add_learner(*id, node.clone(), true).await;
                 membership_result(self, r)
             }
@@ -496,6 +498,22 @@ impl<A: Application> RaftNode<A> {
     /// Form a new cluster from this node (and, optionally, others that are
     /// running and empty). Fails if the node already belongs to a cluster.
     pub async fn initialize(&self, nodes: BTreeMap<NodeId, NodeInfo>) -> Result<(), RaftError> {
+        // Each node named must be the one answering at its address, with
+        // a build as new as ours, and no two may share an address: else the
+        // cell formed could never elect.
+        let mut seen: BTreeMap<&str, NodeId> = BTreeMap::new();
+        for (id, info) in &nodes {
+            for addr in [info.api_addr.as_str(), info.peer_addr.as_str()] {
+                if let Some(other) = seen.insert(addr, *id) {
+                    return Err(RaftError::MemberConflict(format!(
+                        "nodes {other} and {id} both use {addr}"
+                    )));
+                }
+            }
+        }
+        for (id, info) in nodes.iter().filter(|(id, _)| **id != self.id) {
+            self.check_joiner(*id, &info.peer_addr).await?;
+        }
         match self.raft.initialize(nodes).await {
             Ok(()) => Ok(()),
             Err(ORaftError::APIError(InitializeError::NotAllowed(_))) => Err(RaftError::Invalid(

@@ -169,11 +169,16 @@ impl From<RaftError> for ApiError {
             .retry_after(1),
             RaftError::Invalid(d) => ApiError::validation(d),
             RaftError::BuildTooOld(d) => ApiError::new(S::CONFLICT, "build_too_old", d),
-            // Fatal: openraft's core on this node (or, forwarded, on the
-            // leader) is gone, a panic included — another node can take it.
-            RaftError::Stopped(d) | RaftError::Fatal(d) => {
-                ApiError::new(S::SERVICE_UNAVAILABLE, "node_stopped", d).retry_after(1)
-            }
+            RaftError::Stopped(d) => ApiError::new(S::SERVICE_UNAVAILABLE, "node_stopped", d).retry_after(1),
+            // Raft stopped here (or, forwarded, on the leader) while the
+            // request was under way, a panic included: a write may have
+            // been committed before it did.
+            RaftError::Fatal(d) => ApiError::new(
+                S::SERVICE_UNAVAILABLE,
+                "outcome_unknown",
+                format!("this node's Raft stopped ({d}); a write may or may not have been committed: retry only if it is idempotent"),
+            )
+            .retry_after(1),
             RaftError::MemberConflict(d) => ApiError::new(S::CONFLICT, "member_conflict", d),
             // Undecodable: the leader's build cannot decode what this
             // node's wrote.
