@@ -147,11 +147,7 @@ fn report(rows: Vec<(String, Value)>, json_out: bool) {
                 output::show(&v["name"]),
                 output::show(&v["cell"]),
                 area,
-                format!(
-                    "{}/{}",
-                    output::show(&v["healthy_nodes"]),
-                    v["nodes"].as_array().map(|a| a.len()).unwrap_or(0)
-                ),
+                healthy_of(v),
                 output::show(&v["leader"]),
                 output::show(&v["draining"]),
                 output::show(&v["in_flight"]),
@@ -173,4 +169,15 @@ fn report(rows: Vec<(String, Value)>, json_out: bool) {
         ],
         &table,
     );
+}
+
+/// `healthy/total` nodes of a region view, and how many no check has
+/// answered for yet (a region just added).
+fn healthy_of(v: &Value) -> String {
+    let total = v["nodes"].as_array().map(|a| a.len()).unwrap_or(0);
+    let shown = format!("{}/{total}", output::show(&v["healthy_nodes"]));
+    match v["unchecked_nodes"].as_u64().unwrap_or(0) {
+        0 => shown,
+        k => format!("{shown} ({k} unchecked)"),
+    }
 }

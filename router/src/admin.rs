@@ -75,20 +75,27 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 fn view(st: &RouterState, r: &Region) -> Value {
     let pool = st.pool(&r.cell);
-    let (in_flight, idle_for, healthy, leader) = match &pool {
+    let (in_flight, idle_for, healthy, unchecked, leader) = match &pool {
         Some(p) => (
             p.in_flight.load(Ordering::Relaxed).max(0),
             p.idle_for(),
-            p.nodes.iter().filter(|n| n.is_healthy()).count(),
+            // Only what a check confirmed: a node is taken as healthy
+            // until its first check, but not shown so.
+            p.nodes
+                .iter()
+                .filter(|n| n.is_checked() && n.is_healthy())
+                .count(),
+            p.nodes.iter().filter(|n| !n.is_checked()).count(),
             p.leader_url().map(str::to_string),
         ),
-        None => (0, Duration::MAX, 0, None),
+        None => (0, Duration::MAX, 0, 0, None),
     };
     let mut v = serde_json::to_value(r.spec()).unwrap_or_else(|_| json!({}));
     v["name"] = json!(r.name);
     v["draining"] = json!(r.draining);
     v["in_flight"] = json!(in_flight);
     v["healthy_nodes"] = json!(healthy);
+    v["unchecked_nodes"] = json!(unchecked);
     v["leader"] = json!(leader);
     v["idle"] = json!(r.draining && in_flight == 0 && idle_for >= IDLE_AFTER);
     v

@@ -93,6 +93,8 @@ pub struct Node {
     pub scheme: http::uri::Scheme,
     pub authority: http::uri::Authority,
     healthy: AtomicBool,
+    /// A health check has answered (until then `healthy` is a guess).
+    checked: AtomicBool,
     leader: AtomicBool,
     failures: AtomicU32,
     failed_checks: AtomicU32,
@@ -123,6 +125,7 @@ impl Node {
             // Optimistic until the first check: a freshly added region
             // should take traffic at once.
             healthy: AtomicBool::new(true),
+            checked: AtomicBool::new(false),
             leader: AtomicBool::new(false),
             failures: AtomicU32::new(0),
             failed_checks: AtomicU32::new(0),
@@ -134,6 +137,11 @@ impl Node {
 
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Whether a health check has answered for this node yet.
+    pub fn is_checked(&self) -> bool {
+        self.checked.load(Ordering::Relaxed)
     }
 
     pub fn is_leader(&self) -> bool {
@@ -214,6 +222,7 @@ impl CellPool {
         for n in &self.nodes {
             if let Some(o) = old.nodes.iter().find(|o| o.url == n.url) {
                 n.healthy.store(o.is_healthy(), Ordering::Relaxed);
+                n.checked.store(o.is_checked(), Ordering::Relaxed);
                 n.leader.store(o.is_leader(), Ordering::Relaxed);
             }
         }
@@ -355,6 +364,7 @@ impl CellPool {
     /// Applies a health-check result.
     pub fn record_health(&self, i: usize, health: Health) {
         let n = &self.nodes[i];
+        n.checked.store(true, Ordering::Relaxed);
         match health {
             Health::Ready { leader } => {
                 n.failed_checks.store(0, Ordering::Relaxed);

@@ -435,6 +435,39 @@ async fn bad_input_is_rejected_at_the_router() {
         .send()
         .await;
     assert_eq!(r.body["regions"].as_array().unwrap().len(), 2, "{}", r.body);
+
+    // A region just added is not shown healthy before a check answers (a
+    // node that accepts and never answers keeps its first check waiting).
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let node = format!("http://{}", silent.local_addr().unwrap());
+    let r = call(http, &r0, Method::PUT, "/admin/regions/sil")
+        .token(&ops)
+        .json(json!({"cell": "sil", "center": {"lat": -40.0, "lng": 170.0}, "radius_km": 5.0, "nodes": [node]}))
+        .send()
+        .await;
+    assert!(r.status.is_success(), "{}", r.body);
+    let r = call(http, &r0, Method::GET, "/admin/regions")
+        .token(&ops)
+        .send()
+        .await;
+    let sil = r.body["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "sil")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (&sil["healthy_nodes"], &sil["unchecked_nodes"]),
+        (&json!(0), &json!(1)),
+        "{sil}"
+    );
+    let r = call(http, &r0, Method::DELETE, "/admin/regions/sil")
+        .token(&ops)
+        .send()
+        .await;
+    assert!(r.status.is_success(), "{}", r.body);
+    drop(silent);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
