@@ -124,10 +124,12 @@ pub async fn run(cfg: CellConfig) -> anyhow::Result<()> {
     let peer_listener = TcpListener::bind(cfg.peer_listen)
         .await
         .with_context(|| format!("binding peer port {}", cfg.peer_listen))?;
+    // Peers speak HTTP/2 only: nothing to pipeline.
     tokio::spawn(edge::tls::serve(
         peer_listener,
         raft::peer_router(node.clone()),
         peer_server_tls,
+        Arc::from([]),
     ));
 
     if cfg.bootstrap && !node.is_initialized().await? {
@@ -175,7 +177,14 @@ pub async fn run(cfg: CellConfig) -> anyhow::Result<()> {
     let api_listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("binding API port {}", cfg.listen))?;
-    let api = tokio::spawn(edge::tls::serve(api_listener, http::router(state), api_tls));
+    // Routers (the trusted proxies) pipeline their GETs.
+    let pipelining: Arc<[std::net::IpAddr]> = Arc::from(cfg.trusted_proxies.as_slice());
+    let api = tokio::spawn(edge::tls::serve(
+        api_listener,
+        http::router(state),
+        api_tls,
+        pipelining,
+    ));
 
     println!(
         "cell {} node {} listening on {}://{} (peer port {})",

@@ -115,15 +115,18 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const CLIENT_POOL_IDLE: Duration = Duration::from_secs(5);
 
 /// The HTTP/1.1 + HTTP/2 connection settings every listener uses.
-pub fn connection_builder() -> auto::Builder<TokioExecutor> {
+/// `pipelined`: answers to pipelined requests (routers send them) go out
+/// in one write when their requests came in one read. Only for peers
+/// that pipeline: with it hyper never flushes the `400`/`414`/`431` it
+/// answers a request head it cannot parse (the unparsed bytes stay in
+/// its read buffer), so such a client would get a bare close.
+pub fn connection_builder(pipelined: bool) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
-        // Answers to pipelined requests (routers send them) go out in one
-        // write when their requests came in one read.
-        .pipeline_flush(true);
+        .pipeline_flush(pipelined);
     // High on purpose: a router multiplexes many users' long polls to a
     // node over one HTTP/2 connection. Work is bounded by the node's
     // in-flight and long-poll limits, not by streams.
@@ -198,13 +201,17 @@ pub async fn handshake(
 
 /// Serve `app` on `listener` until the process ends. Connections that fail
 /// their handshake or speak garbage are dropped; they never reach `app`.
+/// Connections from `pipelining` addresses (routers) flush pipelined
+/// answers together (see [`connection_builder`]).
 pub async fn serve(
     listener: TcpListener,
     app: axum::Router,
     tls: Option<Arc<rustls::ServerConfig>>,
+    pipelining: Arc<[std::net::IpAddr]>,
 ) {
     accept_loop(listener, tls, move |io, peer| {
         let app = app.clone();
+        let pipelined = pipelining.contains(&peer.ip());
         async move {
             // Handlers see the client address as axum's `ConnectInfo`.
             let service = TowerToHyperService::new(tower::service_fn(
@@ -214,7 +221,7 @@ pub async fn serve(
                     tower::ServiceExt::oneshot(app.clone(), req)
                 },
             ));
-            if let Err(e) = connection_builder()
+            if let Err(e) = connection_builder(pipelined)
                 .serve_connection_with_upgrades(TokioIo::new(io), service)
                 .await
             {

@@ -157,7 +157,9 @@ async fn serve_connection(
             })
         },
     ));
-    let builder = edge::tls::connection_builder();
+    // Clients of the router do not pipeline (its own loop answers plain
+    // GETs before hyper sees a connection).
+    let builder = edge::tls::connection_builder(false);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     let mut driven = FuturesUnordered::new();

@@ -395,6 +395,33 @@ async fn bad_input_is_rejected_at_the_router() {
         String::from_utf8_lossy(&back).into_owned()
     };
     assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+    // A request head too large to parse gets an answer, not a bare close.
+    let addr = r0.trim_start_matches("http://");
+    let headers: String = (0..200).map(|i| format!("x-h{i}: v\r\n")).collect();
+    for (head, status) in [
+        (
+            format!("GET /v1/cell HTTP/1.1\r\nhost: {addr}\r\n{headers}\r\n"),
+            "431",
+        ),
+        (
+            format!(
+                "GET /v1/vendors/{} HTTP/1.1\r\nhost: {addr}\r\n\r\n",
+                "a".repeat(70_000)
+            ),
+            "414",
+        ),
+    ] {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut back = Vec::new();
+        let _ = s.read_to_end(&mut back).await;
+        let answer = String::from_utf8_lossy(&back);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{status}: {answer:?}"
+        );
+    }
 
     // The admin API wants the router's own ops token.
     let spec = json!({"cell": "par", "center": {"lat": PAR.0, "lng": PAR.1}, "radius_km": 50.0, "nodes": ["http://127.0.0.1:1"]});
