@@ -33,6 +33,9 @@ pub const MAX_BODY_BYTES: u64 = 1 << 20;
 const BUFFER_BODY_BYTES: u64 = 64 * 1024;
 /// Sum of all request header names and values.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Most headers a forwarded request may carry: the cell's HTTP server takes
+/// 100, and the router adds up to five.
+pub const MAX_HEADER_COUNT: usize = 90;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 const SLOW_ADMIN_TIMEOUT: Duration = Duration::from_secs(11 * 60);
 /// Attempts per request, first included.
@@ -116,15 +119,24 @@ async fn admit<'a>(
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len())
         .sum();
-    if header_bytes > MAX_HEADER_BYTES {
-        return Err(reject(
-            st,
+    let too_large_head = |detail: String| {
+        let p = Problem::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "headers_too_large",
-            Problem::new(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "headers_too_large",
-                format!("request headers exceed {MAX_HEADER_BYTES} bytes"),
-            ),
+            detail,
+        );
+        Err(reject(st, "headers_too_large", p))
+    };
+    if header_bytes > MAX_HEADER_BYTES {
+        return too_large_head(format!("request headers exceed {MAX_HEADER_BYTES} bytes"));
+    }
+    // The router adds a few headers of its own (forwarding, request id,
+    // trace context): past a cell's limit of 100 the cell would drop the
+    // connection, which looked like the node failing — one anonymous
+    // request took a whole cell out of rotation.
+    if parts.headers.len() > MAX_HEADER_COUNT {
+        return too_large_head(format!(
+            "a request carries at most {MAX_HEADER_COUNT} headers"
         ));
     }
     let declared = parts
@@ -611,24 +623,29 @@ impl Outgoing {
     }
 }
 
+/// The most a cell holds a long poll, in seconds.
+const MAX_LONG_POLL_WAIT: u64 = 60;
+
 /// The `wait` of a long poll (`/v1/events`, `/v1/routes/available`), if
-/// this is one.
+/// this is one. Every request to those paths counts as one, its `wait`
+/// read as the cell reads it (percent-decoded: `%77ait=60` waits too) or,
+/// unreadable or absent, the most a cell waits: a wait the router did not
+/// see held up the connection other clients' requests shared.
 pub(crate) fn long_poll_wait(path: &str, query: Option<&str>) -> Option<u64> {
     if !matches!(path, "/v1/events" | "/v1/routes/available") {
         return None;
     }
-    query
-        .into_iter()
-        .flat_map(|q| q.split('&'))
-        .find_map(|kv| kv.strip_prefix("wait="))
-        .and_then(|w| w.parse::<u64>().ok())
+    let wait = query
+        .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "wait"))
+        .and_then(|(_, w)| w.parse::<u64>().ok());
+    Some(wait.unwrap_or(MAX_LONG_POLL_WAIT))
 }
 
 /// Long polls (`wait=` up to 60 s) get their wait plus a margin; everything
 /// else the default.
 fn route_timeout(path: &str, query: Option<&str>) -> Duration {
     match long_poll_wait(path, query) {
-        Some(w) => Duration::from_secs(w.min(60) + 15).max(DEFAULT_TIMEOUT),
+        Some(w) => Duration::from_secs(w.min(MAX_LONG_POLL_WAIT) + 15).max(DEFAULT_TIMEOUT),
         // A cell's membership changes and snapshots answer once done,
         // which on a large state takes minutes (the cell allows ten).
         None if matches!(
@@ -947,7 +964,10 @@ where
 }
 
 /// Login without knowing the home cell: ask every cell at once, take the one
-/// that accepts, remember the answer.
+/// that accepts, remember the answer. An email is unique within a cell
+/// only, so a remembered cell that refuses the password is not the last
+/// word: the others are asked too (else whoever logged in first with an
+/// email decided, for everyone else with it, where their logins went).
 async fn login(
     st: &RouterState,
     out: &Outgoing,
@@ -961,16 +981,26 @@ async fn login(
             .get(&pool.region)
             .is_some_and(|r| r.draining)
     };
-    if let Some(pool) = st.login_cell(&email).and_then(|c| st.pool(&c)) {
-        if draining_region(&pool) {
+    // What to answer when no cell accepts: a rate limit, then a request no
+    // cell takes (the same everywhere), then an outage — the account may
+    // live in the cell that did not answer, so "wrong credentials" would
+    // be a guess — and only then "wrong credentials".
+    let mut best: Option<(u8, Arc<CellPool>, Result<Response, Problem>)> = None;
+    let remembered = st.login_cell(&email).and_then(|c| st.pool(&c));
+    if let Some(pool) = &remembered {
+        if draining_region(pool) {
             return Err(pin::draining(&pool.region));
         }
-        let resp = forward(st, &pool, out, &mut Payload::Buffered(body)).await?;
-        return Ok((pool, resp));
+        let resp = forward(st, pool, out, &mut Payload::Buffered(body.clone())).await?;
+        if resp.status() != StatusCode::UNAUTHORIZED {
+            return Ok((pool.clone(), resp));
+        }
+        best = Some((1, pool.clone(), Ok(resp)));
     }
     let pools = st.all_pools();
     let mut asks: FuturesUnordered<_> = pools
         .iter()
+        .filter(|p| remembered.as_ref().is_none_or(|r| r.cell != p.cell))
         .map(|pool| {
             let body = body.clone();
             async move {
@@ -979,11 +1009,6 @@ async fn login(
             }
         })
         .collect();
-    // What to answer when no cell accepts: a rate limit, then a request no
-    // cell takes (the same everywhere), then an outage — the account may
-    // live in the cell that did not answer, so "wrong credentials" would
-    // be a guess — and only then "wrong credentials".
-    let mut best: Option<(u8, Arc<CellPool>, Result<Response, Problem>)> = None;
     while let Some((pool, r)) = asks.next().await {
         let rank = match &r {
             Ok(resp) if resp.status().is_success() => {
@@ -1014,6 +1039,23 @@ async fn login(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_polls_are_known_by_their_path_and_read_as_the_cell_reads_them() {
+        let wait = |q: Option<&str>| long_poll_wait("/v1/events", q);
+        assert_eq!(wait(Some("after=3&wait=5")), Some(5));
+        // Percent-encoded, as the cell decodes it.
+        assert_eq!(wait(Some("%77ait=30")), Some(30));
+        assert_eq!(wait(Some("wait=%33%30")), Some(30));
+        // No readable wait: as long as a cell may hold one.
+        assert_eq!(wait(None), Some(MAX_LONG_POLL_WAIT));
+        assert_eq!(wait(Some("wait=soon")), Some(MAX_LONG_POLL_WAIT));
+        assert_eq!(
+            long_poll_wait("/v1/routes/available", Some("version=2")),
+            Some(60)
+        );
+        assert_eq!(long_poll_wait("/v1/cell", Some("wait=5")), None);
+    }
 
     #[test]
     fn traceparent_keeps_the_trace_and_replaces_the_span() {

@@ -64,6 +64,26 @@ async fn users_are_pinned_to_their_home_cell_and_see_only_its_data() {
         .send()
         .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    // An email is unique within a cell only: another ann in lon logs in
+    // too, and the router remembering one cell for the email locks
+    // neither out.
+    let r = call(http, &r0, Method::POST, "/v1/auth/signup")
+        .json(json!({"email": "ann@nyc.test", "password": "another long password", "name": "Ann Two", "role": "customer", "region": "lon"}))
+        .send()
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    for (password, home) in [
+        ("another long password", "lon"),
+        ("a long password", "nyc"),
+        ("another long password", "lon"),
+    ] {
+        let r = call(http, &r0, Method::POST, "/v1/auth/login")
+            .json(json!({"email": "ann@nyc.test", "password": password}))
+            .send()
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        assert_eq!(r.cell(), Some(home));
+    }
 
     // Refresh tokens find their cell by their prefix.
     assert!(nyc_refresh.starts_with("nyc."), "{nyc_refresh}");
@@ -395,6 +415,23 @@ async fn bad_input_is_rejected_at_the_router() {
         String::from_utf8_lossy(&back).into_owned()
     };
     assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+    // More headers than a cell takes (with the router's own added) are
+    // refused here: forwarded, the cell dropped the connection and the
+    // router took its node out for everyone.
+    let mut many = call(http, &r0, Method::GET, "/v1/cell?region=nyc");
+    for i in 0..95 {
+        many = many.header(&format!("x-h{i}"), "v");
+    }
+    let r = many.send().await;
+    rejected_here(
+        &r,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "headers_too_large",
+    );
+    let r = call(http, &r0, Method::GET, "/v1/cell?region=nyc")
+        .send()
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     // A request head too large to parse gets an answer, not a bare close.
     let addr = r0.trim_start_matches("http://");
     let headers: String = (0..200).map(|i| format!("x-h{i}: v\r\n")).collect();
