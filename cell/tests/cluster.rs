@@ -372,6 +372,15 @@ async fn membership_grows_to_five_and_shrinks_back_to_three() {
         let n = &tc.cell.nodes[&of];
         json_body(json!({"id": id, "api_addr": n.api.to_string(), "peer_addr": n.peer_advertise}))
     };
+    let add = |body| {
+        let headers = [ct_json()];
+        let tc = &tc;
+        async move {
+            tc.request(leader, Method::POST, "/admin/cluster/nodes", &headers, body)
+                .await
+                .unwrap()
+        }
+    };
     let other = if leader == 1 { 2 } else { 1 };
     for (body, code, says) in [
         (
@@ -387,16 +396,7 @@ async fn membership_grows_to_five_and_shrinks_back_to_three() {
         // Node 5's address given as node 6's: node 5 says it is not.
         (spec(6, 5), "validation_failed", "is not node 6".to_string()),
     ] {
-        let a = tc
-            .request(
-                leader,
-                Method::POST,
-                "/admin/cluster/nodes",
-                &[ct_json()],
-                body,
-            )
-            .await
-            .unwrap();
+        let a = add(body).await;
         let v = a.json();
         assert_eq!(a.status.as_u16() / 100, 4, "{v}");
         assert_eq!(v["code"], code, "{v}");
@@ -430,16 +430,7 @@ async fn membership_grows_to_five_and_shrinks_back_to_three() {
     // A retried add of the same learner is fine; its address under
     // another id is not.
     tc.cell.add_node(leader, 4).await.unwrap();
-    let a = tc
-        .request(
-            leader,
-            Method::POST,
-            "/admin/cluster/nodes",
-            &[ct_json()],
-            spec(6, 4),
-        )
-        .await
-        .unwrap();
+    let a = add(spec(6, 4)).await;
     assert_eq!(a.status, StatusCode::CONFLICT, "{:?}", a.json());
     tc.cell.set_voters(leader, &[1, 2, 3, 4, 5]).await.unwrap();
     let s = tc.status(leader).await.unwrap();
