@@ -461,3 +461,29 @@ impl Drop for LocalCell {
         self.stop_all();
     }
 }
+
+/// Request heads hyper cannot parse, for `addr`, with the status each must
+/// get (not a bare close): more headers than it takes, and a URI past its
+/// limit.
+pub fn oversized_heads(addr: &str) -> [(String, &'static str); 2] {
+    let headers: String = (0..200).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let uri = format!("/v1/vendors/{}", "a".repeat(70_000));
+    [
+        (
+            format!("GET /v1/cell HTTP/1.1\r\nhost: {addr}\r\n{headers}\r\n"),
+            "431",
+        ),
+        (format!("GET {uri} HTTP/1.1\r\nhost: {addr}\r\n\r\n"), "414"),
+    ]
+}
+
+/// Sends `request` on a connection of its own and reads until the server
+/// closes it (what came back, possibly nothing).
+pub async fn raw_exchange(addr: &str, request: &[u8]) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(request).await?;
+    let mut back = Vec::new();
+    let _ = s.read_to_end(&mut back).await;
+    Ok(String::from_utf8_lossy(&back).into_owned())
+}

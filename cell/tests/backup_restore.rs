@@ -82,20 +82,7 @@ async fn backup_restores_onto_a_fresh_node() {
     let s = restored.cluster_status(7).await.unwrap();
     assert_eq!(s["voters"], serde_json::json!([7]), "{s}");
     // It takes writes, and versions keep growing past the backup's.
-    let w = http
-        .put(format!("{}/v1/kv/cfg/new", restored.api_url(7)))
-        .bearer_auth(&restored.token)
-        .body("x")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(w.status(), StatusCode::CREATED);
-    let v: u64 = w.headers()["etag"]
-        .to_str()
-        .unwrap()
-        .trim_matches('"')
-        .parse()
-        .unwrap();
+    let v = put_new(&http, &restored, 7, "cfg/new", "x").await;
     assert!(v > last.etag.unwrap());
 
     // Restoring over existing data is refused.
@@ -135,6 +122,24 @@ async fn backup_restores_onto_a_fresh_node() {
         "{err}"
     );
     assert!(!other.join("raft").join("state.redb").exists());
+}
+
+/// Creates `key` on node `id` of `cell` (asserting `201`); its version.
+async fn put_new(http: &reqwest::Client, cell: &LocalCell, id: u64, key: &str, value: &str) -> u64 {
+    let w = http
+        .put(format!("{}/v1/kv/{key}", cell.api_url(id)))
+        .bearer_auth(&cell.token)
+        .body(value.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(w.status(), StatusCode::CREATED);
+    w.headers()["etag"]
+        .to_str()
+        .unwrap()
+        .trim_matches('"')
+        .parse()
+        .unwrap()
 }
 
 /// Every key with its version and value, read from the node at `url`
@@ -312,20 +317,7 @@ async fn a_restored_node_grows_back_to_three_with_add_node() {
 
     // The grown cell takes writes, with versions past the backup's...
     let newest = before.iter().map(|(_, v, _)| *v).max().unwrap();
-    let w = http
-        .put(format!("{}/v1/kv/cfg/after-restore", cell.api_url(2)))
-        .bearer_auth(&cell.token)
-        .body("grown")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(w.status(), StatusCode::CREATED);
-    let v: u64 = w.headers()["etag"]
-        .to_str()
-        .unwrap()
-        .trim_matches('"')
-        .parse()
-        .unwrap();
+    let v = put_new(&http, &cell, 2, "cfg/after-restore", "grown").await;
     assert!(v > newest, "version {v} not past the backup's {newest}");
 
     // ...and the restored state lives on the new nodes without node 1.

@@ -158,26 +158,10 @@ async fn malformed_requests_get_problem_json_and_change_nothing() {
     // close (its answer was lost with pipelined flushing on).
     let url = tc.url(1);
     let addr = url.trim_start_matches("http://");
-    let headers: String = (0..200).map(|i| format!("x-h{i}: v\r\n")).collect();
-    for (head, status) in [
-        (
-            format!("GET /v1/cell HTTP/1.1\r\nhost: {addr}\r\n{headers}\r\n"),
-            "431",
-        ),
-        (
-            format!(
-                "GET /v1/vendors/{} HTTP/1.1\r\nhost: {addr}\r\n\r\n",
-                "a".repeat(70_000)
-            ),
-            "414",
-        ),
-    ] {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(head.as_bytes()).await.unwrap();
-        let mut back = Vec::new();
-        let _ = s.read_to_end(&mut back).await;
-        let answer = String::from_utf8_lossy(&back);
+    for (head, status) in cell::local::oversized_heads(addr) {
+        let answer = cell::local::raw_exchange(addr, head.as_bytes())
+            .await
+            .unwrap();
         assert!(
             answer.starts_with(&format!("HTTP/1.1 {status} ")),
             "{status}: {answer:?}"
