@@ -1693,6 +1693,112 @@ async fn operations_over_a_socket_pay_their_rate_limit() {
     );
 }
 
+/// The errors of a graphql-transport-ws message for operation `id`
+/// (`next` with errors, or `error`), skipping other operations' messages.
+async fn errors_of<S>(ws: &mut S, id: &str) -> (Value, Value)
+where
+    S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        let m = next_json(ws).await;
+        if m["id"] != id {
+            continue;
+        }
+        let errors = if m["type"] == "error" {
+            m["payload"].clone()
+        } else {
+            m["payload"]["errors"].clone()
+        };
+        return (m, errors);
+    }
+}
+
+async fn mint(api: &Api, role: &str, sub: &str, ttl: u64) -> String {
+    let (s, v) = api
+        .rest(
+            1,
+            Method::POST,
+            "/admin/tokens",
+            Some(&api.ops()),
+            Some(json!({"role": role, "sub": sub, "ttl_seconds": ttl})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    v["access_token"].as_str().unwrap().to_string()
+}
+
+/// A socket outlives the token it was opened with: when the token
+/// expires, its running operations end with `unauthorized` and new ones
+/// are refused, as a REST call with that token would be.
+#[tokio::test]
+async fn a_socket_stops_serving_when_its_token_expires() {
+    let api = Api::start(1).await;
+    let token = mint(&api, "customer", "local.acc_expiring", 3).await;
+    let mut ws = subscribe(
+        &api.tc.url(1),
+        &token,
+        "subscription { events { seq } }",
+        json!({}),
+    )
+    .await;
+    let started = Instant::now();
+    let (m, errors) = errors_of(&mut ws, "1").await;
+    assert_eq!(errors[0]["extensions"]["code"], "unauthorized", "{m}");
+    assert!(started.elapsed() < Duration::from_secs(15), "ended late");
+    if m["type"] == "next" {
+        let done = next_json(&mut ws).await;
+        assert_eq!(done["type"], "complete", "{done}");
+    }
+    let op = json!({"id": "2", "type": "subscribe", "payload": {"query": "{ __typename }"}});
+    ws.send(Message::text(op.to_string())).await.unwrap();
+    let (m, errors) = errors_of(&mut ws, "2").await;
+    assert_eq!(errors[0]["extensions"]["code"], "unauthorized", "{m}");
+}
+
+/// One socket runs a bounded number of operations at once; completing
+/// one frees its place.
+#[tokio::test]
+async fn a_socket_runs_a_bounded_number_of_operations() {
+    let api = Api::start(1).await;
+    let token = mint(&api, "customer", "local.acc_busy", 600).await;
+    let sub = "subscription { events { seq } }";
+    let mut ws = subscribe(&api.tc.url(1), &token, sub, json!({})).await;
+    for id in 2..=16 {
+        let op = json!({"id": id.to_string(), "type": "subscribe", "payload": {"query": sub}});
+        ws.send(Message::text(op.to_string())).await.unwrap();
+    }
+    let op = json!({"id": "17", "type": "subscribe", "payload": {"query": "{ __typename }"}});
+    ws.send(Message::text(op.to_string())).await.unwrap();
+    let (m, errors) = errors_of(&mut ws, "17").await;
+    assert_eq!(
+        errors[0]["extensions"]["code"], "too_many_operations",
+        "{m}"
+    );
+    ws.send(Message::text(
+        json!({"id": "1", "type": "complete"}).to_string(),
+    ))
+    .await
+    .unwrap();
+    // The place comes back once the server has dropped the stream.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for n in 18.. {
+        let id = n.to_string();
+        let op = json!({"id": id, "type": "subscribe", "payload": {"query": "{ __typename }"}});
+        ws.send(Message::text(op.to_string())).await.unwrap();
+        let m = loop {
+            let m = next_json(&mut ws).await;
+            if m["id"] == id.as_str() {
+                break m;
+            }
+        };
+        if m["payload"]["data"]["__typename"] == "Query" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the place was never freed: {m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn introspection_can_be_turned_off() {
     let tc = TestCell::start(1, false, &["--no-graphql-introspection"])

@@ -93,6 +93,10 @@ pub struct Principal {
     pub bootstrap: bool,
     /// The login session (refresh family) the access token belongs to.
     pub session: Option<String>,
+    /// When the access token expires (Unix seconds); `None` for the
+    /// bootstrap token. A request checks it once; a subscription socket,
+    /// which outlives requests, checks it on every operation.
+    pub expires_at: Option<i64>,
 }
 
 /// The caller acts as ops (bootstrap token or an ops access token).
@@ -171,6 +175,7 @@ pub fn resolve_principal(parts: &Parts, state: &AppState) -> Result<Principal, A
             role: Role::Ops,
             bootstrap: true,
             session: None,
+            expires_at: None,
         });
     }
     let now = crate::http::identity_api::now_ms() / 1000;
@@ -186,6 +191,7 @@ pub fn resolve_principal(parts: &Parts, state: &AppState) -> Result<Principal, A
         role: claims.role,
         bootstrap: false,
         session: claims.sid,
+        expires_at: Some(claims.exp),
     };
     state.verified.put(given, p.clone(), claims.exp, now);
     Ok(p)

@@ -57,6 +57,30 @@ pub struct Caller {
     mutations: Arc<AtomicU32>,
     /// Operations run so far on this request or subscription socket.
     operations: Arc<AtomicU32>,
+    /// Operations running now on this subscription socket.
+    active: Arc<AtomicU32>,
+}
+
+/// Operations one subscription socket may run at once: each is a feed
+/// loop of its own outside the node's long-poll places, which the socket
+/// holds only one of.
+pub const MAX_ACTIVE_OPERATIONS: u32 = 16;
+
+/// What an operation on a socket whose token has expired gets.
+pub fn token_expired() -> ApiError {
+    ApiError::unauthorized(
+        "the access token this socket opened with has expired; reconnect with a fresh one",
+    )
+}
+
+/// A running operation's place on its socket, given back when the
+/// operation's stream is dropped (completed, stopped or disconnected).
+pub struct OperationPlace(Arc<AtomicU32>);
+
+impl Drop for OperationPlace {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Caller {
@@ -73,13 +97,47 @@ impl Caller {
             ip,
             mutations: Arc::default(),
             operations: Arc::default(),
+            active: Arc::default(),
         }
+    }
+
+    /// Starts an operation on a subscription socket: the caller's token
+    /// must still be valid (a socket outlives the token it opened with),
+    /// the socket must have a place free, and every operation after the
+    /// first pays like a request of its own.
+    pub fn start_operation(&self, now_secs: i64) -> Result<OperationPlace, ApiError> {
+        if self.expired_at(now_secs) {
+            return Err(token_expired());
+        }
+        let place = OperationPlace(self.active.clone());
+        if self.active.fetch_add(1, Ordering::Relaxed) >= MAX_ACTIVE_OPERATIONS {
+            return Err(ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "too_many_operations",
+                format!(
+                    "at most {MAX_ACTIVE_OPERATIONS} operations run at once on one socket; \
+                     complete one first"
+                ),
+            ));
+        }
+        self.charge_operation()?;
+        Ok(place)
+    }
+
+    /// Whether the caller's access token has expired by `now_secs`.
+    pub fn expired_at(&self, now_secs: i64) -> bool {
+        self.expires_at().is_some_and(|exp| exp <= now_secs)
+    }
+
+    /// When the caller's access token expires (Unix seconds), if it does.
+    pub fn expires_at(&self) -> Option<i64> {
+        self.principal.as_ref().and_then(|p| p.expires_at)
     }
 
     /// Charges an operation on a subscription socket: the upgrade request
     /// paid for the first; every further one pays the caller's allowance
     /// like a request of its own.
-    pub fn charge_operation(&self) -> Result<(), ApiError> {
+    fn charge_operation(&self) -> Result<(), ApiError> {
         if self.operations.fetch_add(1, Ordering::Relaxed) == 0 {
             return Ok(());
         }

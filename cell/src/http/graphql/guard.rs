@@ -4,7 +4,7 @@
 //! error carries a stable `code` extension — including the ones
 //! async-graphql raises itself while parsing and validating.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use async_graphql::{
     extensions::{
@@ -15,7 +15,7 @@ use async_graphql::{
     PathSegment, Response, ServerError, ServerResult, Value,
 };
 
-use super::caller::{gql_error, Caller};
+use super::caller::{gql_error, token_expired, Caller};
 
 pub struct Guard {
     /// Whether `__schema` and `__type` answer; when not they are refused
@@ -40,17 +40,43 @@ impl Extension for Guard {
 
     /// Every operation sent over a socket (subscriptions, and queries and
     /// mutations too, which async-graphql runs through here) after the
-    /// first pays like a request of its own; the upgrade paid for one.
+    /// first pays like a request of its own; the upgrade paid for one. An
+    /// operation holds one of the socket's places while it runs, and ends
+    /// with an `unauthorized` error when the socket's token expires: a
+    /// socket must not carry a token past its lifetime.
     fn subscribe<'s>(
         &self,
         ctx: &ExtensionContext<'_>,
         stream: BoxStream<'s, Response>,
         next: NextSubscribe<'_>,
     ) -> BoxStream<'s, Response> {
-        if let Err(e) = charge_operation(ctx) {
-            return stream::once(async move { Response::from_errors(vec![e]) }).boxed();
-        }
-        next.run(ctx, stream).map(with_codes).boxed()
+        let Ok(caller) = ctx.data::<Caller>() else {
+            return next.run(ctx, stream).map(with_codes).boxed();
+        };
+        let now = crate::http::identity_api::now_ms() / 1000;
+        let place = match caller.start_operation(now) {
+            Ok(place) => place,
+            Err(e) => {
+                let e = with_code(gql_error(e).into_server_error(Default::default()));
+                return stream::once(async move { Response::from_errors(vec![e]) }).boxed();
+            }
+        };
+        // No expiry (the bootstrap token, or no token): tokio clamps the
+        // longest sleep to a far-off deadline.
+        let left = caller
+            .expires_at()
+            .map_or(Duration::MAX, |exp| secs_until(exp, now));
+        let run = next.run(ctx, stream).map(with_codes).boxed();
+        let state = Some((run, Box::pin(tokio::time::sleep(left)), place));
+        stream::unfold(state, |state| async move {
+            let (mut run, mut expiry, place) = state?;
+            tokio::select! {
+                biased;
+                next = run.next() => next.map(|r| (r, Some((run, expiry, place)))),
+                () = &mut expiry => Some((expired(), None)),
+            }
+        })
+        .boxed()
     }
 
     async fn resolve(
@@ -87,13 +113,15 @@ impl Extension for Guard {
     }
 }
 
-fn charge_operation(ctx: &ExtensionContext<'_>) -> Result<(), ServerError> {
-    match ctx.data::<Caller>() {
-        Ok(caller) => caller
-            .charge_operation()
-            .map_err(|e| with_code(gql_error(e).into_server_error(Default::default()))),
-        Err(_) => Ok(()),
-    }
+fn secs_until(exp: i64, now: i64) -> Duration {
+    Duration::from_secs(u64::try_from(exp.saturating_sub(now)).unwrap_or(0))
+}
+
+/// The last message of an operation whose socket's token expired.
+fn expired() -> Response {
+    Response::from_errors(vec![with_code(
+        gql_error(token_expired()).into_server_error(Default::default()),
+    )])
 }
 
 fn with_codes(mut resp: Response) -> Response {
