@@ -166,6 +166,11 @@ pub fn list(
         }
         _ => prefix.as_bytes().to_vec(),
     };
+    // `after` past every key with the prefix: nothing to list (and a range
+    // whose start lies past its end is not one to hand to redb).
+    if storage::prefix_end(prefix.as_bytes()).is_some_and(|end| start >= end) {
+        return Ok(Vec::new());
+    }
     let mut out = Vec::new();
     for (k, e) in read.range(KV, storage::within(start, prefix.as_bytes()), limit)? {
         if !k.starts_with(prefix.as_bytes()) {
@@ -188,6 +193,31 @@ mod tests {
             content_type: "text/plain".into(),
             expect,
         }
+    }
+
+    #[test]
+    fn listing_pages_within_the_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s.redb"), 1 << 20).unwrap();
+        let w = store.write().unwrap();
+        for k in ["a/1", "a/2", "b/1"] {
+            apply(&w, put(k, "v", Expect::Any)).unwrap();
+        }
+        w.commit(Durability::Immediate).unwrap();
+        let read = store.read().unwrap();
+        let keys = |prefix: &str, after: Option<&str>| -> Vec<String> {
+            list(&read, prefix, after, 10)
+                .unwrap()
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect()
+        };
+        assert_eq!(keys("a/", None), ["a/1", "a/2"]);
+        assert_eq!(keys("a/", Some("a/1")), ["a/2"]);
+        // A cursor before the prefix starts at it; one past it lists nothing.
+        assert_eq!(keys("b/", Some("a/9")), ["b/1"]);
+        assert!(keys("a/", Some("b")).is_empty());
+        assert!(keys("a/", Some("a/2")).is_empty());
     }
 
     #[test]

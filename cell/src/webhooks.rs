@@ -247,12 +247,14 @@ fn all(read: &ReadTxn) -> storage::Result<Vec<Webhook>> {
         .collect())
 }
 
-/// `sha256=<hex>` of the body under the webhook's secret.
-pub fn signature(secret: &str, body: &[u8]) -> String {
+/// `sha256=<hex>` of the parts, in order, under the webhook's secret.
+pub fn signature(secret: &str, parts: &[&[u8]]) -> String {
     // HMAC accepts keys of any length.
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes())
         .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-    mac.update(body);
+    for part in parts {
+        mac.update(part);
+    }
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
@@ -447,11 +449,18 @@ async fn send_loop(sender: Sender, id: String) {
             Err(why)
         } else {
             let body = serde_json::to_vec(&mine).unwrap_or_default();
-            let sig = signature(secret.as_ref().map_or("", Sealed::secret), &body);
+            let secret = secret.as_ref().map_or("", Sealed::secret);
+            // The body's signature alone stays valid forever; the second
+            // covers the send time too, so a receiver can refuse replays.
+            let sent_at = (crate::http::identity_api::now_ms() / 1000).to_string();
+            let sig = signature(secret, &[&body]);
+            let timed = signature(secret, &[sent_at.as_bytes(), b".", &body]);
             let sent = http
                 .post(&hook.url)
                 .header("content-type", "application/json")
                 .header("x-marketcell-signature", sig)
+                .header("x-marketcell-timestamp", sent_at)
+                .header("x-marketcell-timestamped-signature", timed)
                 .header("x-marketcell-webhook", hook.id.as_str())
                 .body(body)
                 .send()

@@ -23,17 +23,35 @@ struct Receiver {
     bad_signatures: usize,
 }
 
+/// Both signatures: the body's, and the one over `<timestamp>.<body>`
+/// with a timestamp within a minute of now (what a receiver refusing
+/// replays checks).
 fn verify(headers: &HeaderMap, body: &[u8]) -> bool {
-    let Some(sig) = headers
-        .get("x-marketcell-signature")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("sha256="))
-    else {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let signed = |name: &str, parts: &[&[u8]]| {
+        let Some(sig) = header(name).and_then(|v| v.strip_prefix("sha256=")) else {
+            return false;
+        };
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(SECRET.as_bytes()).unwrap();
+        for part in parts {
+            mac.update(part);
+        }
+        hex::decode(sig).is_ok_and(|s| mac.verify_slice(&s).is_ok())
+    };
+    let Some(sent_at) = header("x-marketcell-timestamp") else {
         return false;
     };
-    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(body);
-    hex::decode(sig).is_ok_and(|s| mac.verify_slice(&s).is_ok())
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let fresh = sent_at.parse::<i64>().is_ok_and(|t| (t - now).abs() <= 60);
+    fresh
+        && signed("x-marketcell-signature", &[body])
+        && signed(
+            "x-marketcell-timestamped-signature",
+            &[sent_at.as_bytes(), b".", body],
+        )
 }
 
 /// A webhook endpoint; a `flaky` one first fails, then times out.
