@@ -13,6 +13,14 @@
 //! one out, skips a driver who holds a live offer, and locks a delivery
 //! for a while after too many wrong proof codes (older builds applied
 //! whatever round the dispatcher proposed and took any number of codes).
+//! Version 4 stands a driver down when they stop being approved —
+//! suspended, or an approved profile changed to a different vehicle,
+//! more seats or a new qualification, which goes back to review — their
+//! open offers withdrawn and the deliveries they were to fetch returned
+//! to dispatch, and only an approved driver may arrive or pick up; a
+//! round of offers apply refused every driver of no longer starts the
+//! delivery's count of empty rounds over; and event pruning keeps what
+//! any of an owner's webhooks has not sent, not only the first 64.
 
 use serde::{Deserialize, Serialize};
 use storage::{ReadTxn, Table, WriteTxn};
@@ -20,7 +28,7 @@ use storage::{ReadTxn, Table, WriteTxn};
 use crate::{app::Command, catalog::CatalogCommand, webhooks::WebhookCommand};
 
 /// The newest command set this build applies.
-pub const CURRENT: u32 = 3;
+pub const CURRENT: u32 = 4;
 
 /// Readable by tests and tools that inspect a data directory.
 pub const TABLE_NAME: &str = "cluster_version";

@@ -152,6 +152,9 @@ pub enum OfferStatus {
     Expired,
     /// Someone else won the delivery.
     Lost,
+    /// The driver stopped being approved (suspended, or a changed
+    /// profile awaiting review) while it was open.
+    Withdrawn,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -265,6 +268,9 @@ pub enum DriverResponse {
     ProofLocked {
         until: i64,
     },
+    /// The driver is not approved (suspended, or awaiting review) and may
+    /// not go and fetch anything.
+    NotApproved,
 }
 
 /// `<delivery id>` → wrong proof codes given, and when the first of them
@@ -456,6 +462,60 @@ fn free_driver(
     Ok(())
 }
 
+/// Whether `new` asks for more than the approved profile `old` was
+/// vetted for.
+fn widens(old: &Driver, new: &Profile) -> bool {
+    new.vehicle != old.vehicle
+        || new.license_plate != old.license_plate
+        || new.capacity > old.capacity
+        || new
+            .qualifications
+            .iter()
+            .any(|q| !old.qualifications.contains(q))
+}
+
+/// The driver stops being approved (command version 4): their open offers
+/// are withdrawn, and every delivery they were to fetch — the one in
+/// hand and those on routes booked to them — goes to on-demand dispatch,
+/// as a route's deliveries do when nobody takes the route. One already
+/// picked up stays theirs to finish.
+fn step_down(txn: &WriteTxn, drv: &mut Driver, now: i64) -> storage::Result<()> {
+    drv.online = false;
+    for (k, mut o) in open_offers_in(txn, &drv.id)? {
+        o.status = OfferStatus::Withdrawn;
+        txn.put(OFFERS, o.id.as_bytes(), &o)?;
+        txn.delete(OFFERS_BY_DRIVER, &k)?;
+    }
+    let mut ids = crate::routes::booked_deliveries_in(txn, &drv.id)?;
+    ids.extend(drv.current_delivery.clone());
+    for id in ids {
+        let Some(mut d) = txn.get(DELIVERIES, id.as_bytes())? else {
+            continue;
+        };
+        let fetching = matches!(d.status, DeliveryStatus::Assigned | DeliveryStatus::Arrived);
+        if !fetching || d.driver_id.as_deref() != Some(drv.id.as_str()) {
+            continue;
+        }
+        if drv.current_delivery.as_deref() == Some(id.as_str()) {
+            drv.current_delivery = None;
+        }
+        d.status = DeliveryStatus::Searching;
+        d.driver_id = None;
+        d.empty_rounds = 0;
+        d.updated_at = now;
+        txn.put(DELIVERIES, d.id.as_bytes(), &d)?;
+        txn.put(DISPATCHABLE, d.id.as_bytes(), &now)?;
+        events::append_to_all(
+            txn,
+            &[&d.customer_id, &d.vendor_owner_id, &drv.id],
+            "delivery.reassigning",
+            now,
+            &serde_json::json!({"delivery_id": d.id, "order_id": d.order_id, "driver_id": drv.id}),
+        )?;
+    }
+    Ok(())
+}
+
 /// A driver's open offers (expired or not yet) with their index keys,
 /// inside a write.
 fn open_offers_in(txn: &WriteTxn, driver_id: &str) -> storage::Result<Vec<(Vec<u8>, Offer)>> {
@@ -580,8 +640,16 @@ pub fn apply(txn: &WriteTxn, cmd: DriverCommand) -> storage::Result<DriverRespon
             profile,
             now,
         } => {
-            let drv = match txn.get(DRIVERS, driver_id.as_bytes())? {
+            let mut review = false;
+            let mut drv = match txn.get(DRIVERS, driver_id.as_bytes())? {
                 Some(mut d) => {
+                    // What ops approved was this profile: a different
+                    // vehicle, more seats or a new qualification is
+                    // reviewed again before it is dispatched on (builds
+                    // before command version 4 kept the approval).
+                    review = d.status == DriverStatus::Approved
+                        && widens(&d, &profile)
+                        && crate::command_version::recorded_in(txn)? >= 4;
                     d.vehicle = profile.vehicle;
                     d.capacity = profile.capacity;
                     d.qualifications = profile.qualifications;
@@ -604,6 +672,17 @@ pub fn apply(txn: &WriteTxn, cmd: DriverCommand) -> storage::Result<DriverRespon
                     updated_at: now,
                 },
             };
+            if review {
+                drv.status = DriverStatus::Pending;
+                step_down(txn, &mut drv, now)?;
+                events::append(
+                    txn,
+                    &driver_id,
+                    "driver.status",
+                    now,
+                    &serde_json::json!({"status": drv.status, "reason": "profile changed; awaiting review"}),
+                )?;
+            }
             txn.put(DRIVERS, driver_id.as_bytes(), &drv)?;
             Ok(R::Driver(drv))
         }
@@ -618,6 +697,9 @@ pub fn apply(txn: &WriteTxn, cmd: DriverCommand) -> storage::Result<DriverRespon
             drv.status = status;
             if status != DriverStatus::Approved {
                 drv.online = false;
+                if crate::command_version::recorded_in(txn)? >= 4 {
+                    step_down(txn, &mut drv, now)?;
+                }
             }
             drv.updated_at = now;
             txn.put(DRIVERS, driver_id.as_bytes(), &drv)?;
@@ -736,7 +818,12 @@ pub fn apply(txn: &WriteTxn, cmd: DriverCommand) -> storage::Result<DriverRespon
                 d.offered_to.push(driver_id);
                 made.push(o);
             }
-            d.empty_rounds = 0;
+            // A round apply refused every driver of is no round: the
+            // dispatcher keeps counting towards giving up (builds before
+            // command version 4 started over).
+            if !made.is_empty() || crate::command_version::recorded_in(txn)? < 4 {
+                d.empty_rounds = 0;
+            }
             d.updated_at = now;
             if !made.is_empty() && d.first_offer_at.is_none() {
                 d.first_offer_at = Some(now);
@@ -876,6 +963,17 @@ pub fn apply(txn: &WriteTxn, cmd: DriverCommand) -> storage::Result<DriverRespon
             };
             if d.driver_id.as_deref() != Some(driver_id.as_str()) {
                 return Ok(R::Forbidden);
+            }
+            // Only an approved driver goes to fetch anything; one stood
+            // down with the goods in hand still finishes (or fails) the
+            // trip. Builds before command version 4 took any driver.
+            if matches!(action, DeliveryAction::Arrive | DeliveryAction::Pickup)
+                && crate::command_version::recorded_in(txn)? >= 4
+                && txn
+                    .get(DRIVERS, driver_id.as_bytes())?
+                    .is_none_or(|drv| drv.status != DriverStatus::Approved)
+            {
+                return Ok(R::NotApproved);
             }
             let Some(order) = orders::order_in(txn, &d.order_id)? else {
                 return Ok(R::NotFound);
@@ -1208,6 +1306,164 @@ mod tests {
                 assert_eq!(offered(second), ["d2"]);
                 assert_eq!(for_b, ["d1", "d3"]);
             }
+        }
+    }
+
+    fn versioned_txn(version: u32) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s.redb"), 1 << 20).unwrap();
+        let txn = store.write().unwrap();
+        command_version::apply(&txn, ClusterCommand::RaiseVersion { version }).unwrap();
+        txn.commit(storage::Durability::Immediate).unwrap();
+        (dir, store)
+    }
+
+    fn driver(txn: &WriteTxn, id: &str) -> Driver {
+        txn.get(DRIVERS, id.as_bytes()).unwrap().unwrap()
+    }
+
+    fn delivery(txn: &WriteTxn, id: &str) -> Delivery {
+        txn.get(DELIVERIES, id.as_bytes()).unwrap().unwrap()
+    }
+
+    fn offer_status(txn: &WriteTxn, delivery: &str, driver: &str) -> OfferStatus {
+        let id = format!("nyc.ofr_{delivery}_{driver}");
+        txn.get(OFFERS, id.as_bytes()).unwrap().unwrap().status
+    }
+
+    #[test]
+    fn from_version_4_a_widened_profile_goes_back_to_review() {
+        for version in [3, 4] {
+            let (_dir, store) = versioned_txn(version);
+            let txn = store.write().unwrap();
+            let a = create_delivery(&txn, &orders::sample_order("nyc.ord_a", None, NOW), NOW)
+                .unwrap()
+                .id;
+            let d1 = sample_driver("d1", Vehicle::Car, 4);
+            txn.put(DRIVERS, b"d1", &d1).unwrap();
+            assert_eq!(offered(round(&txn, &a, &["d1"], NOW)), ["d1"]);
+            let put = |vehicle, capacity, qualifications: &[&str]| {
+                apply(
+                    &txn,
+                    DriverCommand::PutProfile {
+                        driver_id: "d1".into(),
+                        profile: Profile {
+                            vehicle,
+                            capacity,
+                            qualifications: qualifications.iter().map(|q| q.to_string()).collect(),
+                            license_plate: None,
+                        },
+                        now: NOW + 1,
+                    },
+                )
+                .unwrap()
+            };
+            // Fewer seats asks for nothing new.
+            put(Vehicle::Car, 2, &[]);
+            assert_eq!(driver(&txn, "d1").status, DriverStatus::Approved);
+            put(Vehicle::Car, 2, &["rx"]);
+            let d = driver(&txn, "d1");
+            if version < 4 {
+                assert_eq!(d.status, DriverStatus::Approved);
+                assert_eq!(offer_status(&txn, &a, "d1"), OfferStatus::Open);
+                continue;
+            }
+            assert_eq!(d.status, DriverStatus::Pending);
+            assert!(!d.online);
+            assert_eq!(offer_status(&txn, &a, "d1"), OfferStatus::Withdrawn);
+            assert!(!has_live_offer(&txn, "d1", None, NOW + 2).unwrap());
+            // Pending already: another change writes no second review.
+            put(Vehicle::Van, 2, &["rx"]);
+            assert_eq!(driver(&txn, "d1").status, DriverStatus::Pending);
+        }
+    }
+
+    #[test]
+    fn from_version_4_a_suspended_driver_hands_back_what_they_were_to_fetch() {
+        for version in [3, 4] {
+            let (_dir, store) = versioned_txn(version);
+            let txn = store.write().unwrap();
+            let mut d1 = sample_driver("d1", Vehicle::Car, 1);
+            let fetch = |order: &str, status| {
+                let mut d =
+                    create_delivery(&txn, &orders::sample_order(order, None, NOW), NOW).unwrap();
+                d.status = status;
+                d.driver_id = Some("d1".into());
+                txn.put(DELIVERIES, d.id.as_bytes(), &d).unwrap();
+                txn.delete(DISPATCHABLE, d.id.as_bytes()).unwrap();
+                d.id
+            };
+            let on_way = fetch("nyc.ord_a", DeliveryStatus::Arrived);
+            let in_hand = fetch("nyc.ord_b", DeliveryStatus::PickedUp);
+            let b = create_delivery(&txn, &orders::sample_order("nyc.ord_c", None, NOW), NOW)
+                .unwrap()
+                .id;
+            d1.current_delivery = Some(on_way.clone());
+            txn.put(DRIVERS, b"d1", &d1).unwrap();
+            // An offer made while they were free.
+            let mut free = d1.clone();
+            free.current_delivery = None;
+            txn.put(DRIVERS, b"d1", &free).unwrap();
+            assert_eq!(offered(round(&txn, &b, &["d1"], NOW)), ["d1"]);
+            txn.put(DRIVERS, b"d1", &d1).unwrap();
+            let r = apply(
+                &txn,
+                DriverCommand::SetStatus {
+                    driver_id: "d1".into(),
+                    status: DriverStatus::Suspended,
+                    now: NOW + 1,
+                },
+            )
+            .unwrap();
+            assert!(matches!(r, DriverResponse::Driver(_)), "{r:?}");
+            let arrive = |id: &str| {
+                apply(
+                    &txn,
+                    DriverCommand::Act {
+                        delivery_id: id.into(),
+                        driver_id: "d1".into(),
+                        action: DeliveryAction::Arrive,
+                        proof_code: None,
+                        earnings_tx: "nyc.ltx_x".into(),
+                        now: NOW + 2,
+                    },
+                )
+                .unwrap()
+            };
+            // What they hold is theirs to finish either way.
+            assert_eq!(delivery(&txn, &in_hand).status, DeliveryStatus::PickedUp);
+            if version < 4 {
+                assert_eq!(delivery(&txn, &on_way).driver_id.as_deref(), Some("d1"));
+                assert_eq!(offer_status(&txn, &b, "d1"), OfferStatus::Open);
+                continue;
+            }
+            let back = delivery(&txn, &on_way);
+            assert_eq!(back.status, DeliveryStatus::Searching);
+            assert_eq!(back.driver_id, None);
+            assert!(txn.get(DISPATCHABLE, on_way.as_bytes()).unwrap().is_some());
+            assert_eq!(driver(&txn, "d1").current_delivery, None);
+            assert_eq!(offer_status(&txn, &b, "d1"), OfferStatus::Withdrawn);
+            // Nor can they go and fetch something still booked to them.
+            let booked = fetch("nyc.ord_d", DeliveryStatus::Assigned);
+            assert!(matches!(arrive(&booked), DriverResponse::NotApproved));
+        }
+    }
+
+    #[test]
+    fn from_version_4_a_refused_round_does_not_restart_the_count() {
+        for version in [3, 4] {
+            let (_dir, store) = versioned_txn(version);
+            let txn = store.write().unwrap();
+            let mut d =
+                create_delivery(&txn, &orders::sample_order("nyc.ord_a", None, NOW), NOW).unwrap();
+            d.empty_rounds = 5;
+            txn.put(DELIVERIES, d.id.as_bytes(), &d).unwrap();
+            let mut away = sample_driver("d1", Vehicle::Car, 1);
+            away.online = false;
+            txn.put(DRIVERS, b"d1", &away).unwrap();
+            assert!(offered(round(&txn, &d.id, &["d1"], NOW)).is_empty());
+            let rounds = delivery(&txn, &d.id).empty_rounds;
+            assert_eq!(rounds, if version < 4 { 0 } else { 5 });
         }
     }
 }

@@ -131,7 +131,8 @@ fn append_retaining(
     if seq > retain && seq % PRUNE_EVERY == 0 {
         let mut oldest_kept = seq - retain + 1;
         if let Some(held) = lowest_hold(txn, principal)? {
-            oldest_kept = oldest_kept.min((held + 1).max(seq.saturating_sub(MAX_HELD) + 1));
+            oldest_kept =
+                oldest_kept.min(held.saturating_add(1).max(seq.saturating_sub(MAX_HELD) + 1));
         }
         txn.delete_range(EVENTS, key(principal, 0)..key(principal, oldest_kept))?;
     }
@@ -157,9 +158,16 @@ pub fn hold(
 }
 
 fn lowest_hold(txn: &WriteTxn, principal: &str) -> storage::Result<Option<u64>> {
-    // Holders are a vendor's few webhooks.
+    // Holders are the owner's webhooks: a few per vendor, but an account
+    // may own many vendors. Builds before command version 4 read only the
+    // first 64, and pruned what the others had not sent.
+    let all = crate::command_version::recorded_in(txn)? >= 4;
     Ok(txn
-        .range(HOLDS, whole_feed(principal), 64)?
+        .range(
+            HOLDS,
+            whole_feed(principal),
+            if all { usize::MAX } else { 64 },
+        )?
         .into_iter()
         .map(|(_, seq)| seq)
         .min())
@@ -369,5 +377,36 @@ mod tests {
         let read = store.read().unwrap();
         let last = 4 * PRUNE_EVERY;
         assert_eq!(stored(&read, "p"), (last - 2..=last).collect::<Vec<_>>());
+    }
+
+    /// From command version 4 every hold counts, not only the first 64
+    /// (an owner of many vendors has that many webhooks).
+    #[test]
+    fn from_version_4_every_hold_keeps_the_feed() {
+        use crate::command_version::{self, ClusterCommand};
+        for version in [3, 4] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path().join("s.redb"), 1 << 20).unwrap();
+            let txn = store.write().unwrap();
+            command_version::apply(&txn, ClusterCommand::RaiseVersion { version }).unwrap();
+            // 64 holders that have taken everything, and one behind them
+            // in key order that has taken nothing.
+            for w in 0..64 {
+                hold(&txn, "p", &format!("w{w:03}"), Some(u64::MAX)).unwrap();
+            }
+            hold(&txn, "p", "w999", Some(0)).unwrap();
+            for i in 0..2 * PRUNE_EVERY {
+                append_retaining(&txn, "p", "k", i as i64, "{}", 3).unwrap();
+            }
+            txn.commit(Durability::Immediate).unwrap();
+            let read = store.read().unwrap();
+            let kept = stored(&read, "p");
+            if version >= 4 {
+                assert_eq!(kept, (1..=2 * PRUNE_EVERY).collect::<Vec<_>>());
+            } else {
+                // As older builds pruned, on every node alike.
+                assert_eq!(kept.first(), Some(&(2 * PRUNE_EVERY - 2)));
+            }
+        }
     }
 }

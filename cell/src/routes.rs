@@ -273,6 +273,15 @@ fn schedule_in(txn: &WriteTxn, driver: &str) -> storage::Result<Vec<Route>> {
     Ok(out)
 }
 
+/// The deliveries on routes assigned to `driver`, inside a write.
+pub fn booked_deliveries_in(txn: &WriteTxn, driver: &str) -> storage::Result<Vec<String>> {
+    Ok(schedule_in(txn, driver)?
+        .into_iter()
+        .filter(|r| r.driver_id.as_deref() == Some(driver))
+        .flat_map(|r| r.stops.into_iter().filter_map(|s| s.delivery_id))
+        .collect())
+}
+
 /// Deterministic: reads only the command and the transaction.
 pub fn apply(txn: &WriteTxn, cmd: RouteCommand) -> storage::Result<RouteResponse> {
     use RouteResponse as R;

@@ -562,6 +562,7 @@ pub(super) const DELIVERY_ACTIONS: [(&str, DeliveryAction); 4] = [
     responses((status = 200, description = "the delivery", body = DeliveryView),
               (status = 409, description = "illegal in this state, or a wrong proof code", body = Problem),
               (status = 429, description = "proof_attempts_exceeded: too many wrong proof codes for this delivery; see Retry-After", body = Problem),
+              (status = 403, description = "driver_not_approved: a suspended driver, or one whose changed profile awaits review, may not arrive or pick up", body = Problem),
               (status = "4XX", description = "problem+json", body = Problem)),
     security(("bearer" = [])),
 )]
@@ -597,6 +598,12 @@ pub(super) async fn act(
         (DriverResponse::NotFound | DriverResponse::Forbidden, _) => {
             Err(ApiError::not_found("no such delivery"))
         }
+        (DriverResponse::NotApproved, _) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "driver_not_approved",
+            "only an approved driver arrives at or picks up a delivery \
+             (one already picked up can still be completed or failed)",
+        )),
         (other, _) => Err(unexpected(other)),
     }
 }

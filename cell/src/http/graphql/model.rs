@@ -294,7 +294,7 @@ pub struct OfferPay {
 pub struct Offer {
     pub id: String,
     pub delivery_id: String,
-    /// open | accepted | declined | expired | lost
+    /// open | accepted | declined | expired | lost | withdrawn
     pub status: String,
     pub pickup: Option<Location>,
     pub dropoff: Option<Location>,
