@@ -19,8 +19,10 @@
 //! open offers withdrawn and the deliveries they were to fetch returned
 //! to dispatch, and only an approved driver may arrive or pick up; a
 //! round of offers apply refused every driver of no longer starts the
-//! delivery's count of empty rounds over; and event pruning keeps what
-//! any of an owner's webhooks has not sent, not only the first 64.
+//! delivery's count of empty rounds over; event pruning keeps what any
+//! of an owner's webhooks has not sent, not only the first 64; and the
+//! route market releases and matches the routes with the nearest
+//! windows, not the 5,000 built first.
 
 use serde::{Deserialize, Serialize};
 use storage::{ReadTxn, Table, WriteTxn};

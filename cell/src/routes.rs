@@ -39,6 +39,28 @@ const ZONE_DEGREES: f64 = 0.05;
 /// Open routes matched per window at most (bounds the apply).
 const MAX_OPEN: usize = 5_000;
 
+/// The open routes' ids, the `limit` with the earliest windows first. The
+/// table is keyed by route id, which sorts by when a route was built, not
+/// by its window: builds before command version 4 took its first rows,
+/// so once 5,000 routes built earlier for later windows were open, a
+/// route for a nearer window was never released, listed or matched.
+fn earliest_open(rows: Vec<(Vec<u8>, i64)>, limit: usize) -> Vec<Vec<u8>> {
+    let mut rows = rows;
+    rows.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+    rows.into_iter().take(limit).map(|(k, _)| k).collect()
+}
+
+/// How many rows of `OPEN` apply reads at the recorded command version
+/// (all of them from version 4: they are small and not decoded into
+/// routes unless due).
+fn open_rows(version: u32) -> usize {
+    if version >= 4 {
+        usize::MAX
+    } else {
+        MAX_OPEN
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Requirements {
     pub vehicle: Option<Vehicle>,
@@ -357,7 +379,8 @@ pub fn apply(txn: &WriteTxn, cmd: RouteCommand) -> storage::Result<RouteResponse
         }
         RouteCommand::Release { now } => {
             let mut released = Vec::new();
-            for (k, window_start) in txn.range(OPEN, Vec::new().., MAX_OPEN)? {
+            let version = crate::command_version::recorded_in(txn)?;
+            for (k, window_start) in txn.range(OPEN, Vec::new().., open_rows(version))? {
                 if !leaves_by(window_start, now) {
                     continue;
                 }
@@ -398,7 +421,8 @@ fn leaves_by(window_start: i64, now: i64) -> bool {
 /// Whether some open, unclaimed route is due for `Release` (the leader's
 /// check before proposing one).
 pub fn release_due(read: &ReadTxn, now: i64) -> storage::Result<bool> {
-    for (k, window_start) in read.range(OPEN, Vec::new().., MAX_OPEN)? {
+    let version = crate::command_version::recorded(read)?;
+    for (k, window_start) in read.range(OPEN, Vec::new().., open_rows(version))? {
         if leaves_by(window_start, now)
             && read
                 .get(ROUTES, &k)?
@@ -414,7 +438,13 @@ pub fn release_due(read: &ReadTxn, now: i64) -> storage::Result<bool> {
 /// the best eligible claimant without an overlapping route.
 fn match_window(txn: &WriteTxn, now: i64) -> storage::Result<(Vec<(String, String)>, usize)> {
     let mut routes: Vec<Route> = Vec::new();
-    for (k, _) in txn.range(OPEN, Vec::new().., MAX_OPEN)? {
+    let ids = if crate::command_version::recorded_in(txn)? >= 4 {
+        earliest_open(txn.range(OPEN, Vec::new().., usize::MAX)?, MAX_OPEN)
+    } else {
+        let rows = txn.range(OPEN, Vec::new().., MAX_OPEN)?;
+        rows.into_iter().map(|(k, _)| k).collect()
+    };
+    for k in ids {
         if let Some(r) = txn.get(ROUTES, &k)? {
             routes.push(r);
         }
@@ -531,11 +561,11 @@ pub fn route(read: &ReadTxn, id: &str) -> storage::Result<Option<Route>> {
     read.get(ROUTES, id.as_bytes())
 }
 
-/// Open routes `driver` may claim.
-/// Every open route, in (window start, id) order.
+/// The open routes with the earliest windows (up to 5,000), in (window
+/// start, id) order.
 pub fn open_routes(read: &ReadTxn) -> storage::Result<Vec<Route>> {
     let mut out = Vec::new();
-    for (k, _) in read.range(OPEN, Vec::new().., MAX_OPEN)? {
+    for k in earliest_open(read.range(OPEN, Vec::new().., usize::MAX)?, MAX_OPEN) {
         if let Some(r) = read.get(ROUTES, &k)? {
             out.push(r);
         }
@@ -678,6 +708,46 @@ mod tests {
                 (rx(), vec![first_rx.id, second_rx.id]),
             ]
         );
+    }
+
+    /// From command version 4 the nearest windows are released and
+    /// listed first, however many routes built earlier for later windows
+    /// are open.
+    #[test]
+    fn from_version_4_the_nearest_windows_go_first_however_many_are_open() {
+        use crate::command_version::{self, ClusterCommand};
+        for version in [3, 4] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path().join("s.redb"), 1 << 20).unwrap();
+            let txn = store.write().unwrap();
+            command_version::apply(&txn, ClusterCommand::RaiseVersion { version }).unwrap();
+            scheduled(&txn, 1, NOW + 10 * 24 * HOUR_MS);
+            let template = open_routes_in(&txn).remove(0);
+            for n in 0..MAX_OPEN {
+                let mut r = template.clone();
+                r.id = format!("nyc.rte_a{n:05}");
+                put_open(&txn, &r).unwrap();
+            }
+            // Built last (its id sorts after every other), for a window
+            // about to start.
+            let mut near = template.clone();
+            near.id = "nyc.rte_z".into();
+            near.stops.clear();
+            near.window_start = NOW + HOUR_MS;
+            near.window_end = NOW + 2 * HOUR_MS;
+            put_open(&txn, &near).unwrap();
+            txn.commit(Durability::Immediate).unwrap();
+            let read = store.read().unwrap();
+            // The listing is a read: the nearest first at any version.
+            assert_eq!(open_routes(&read).unwrap()[0].id, near.id);
+            let due = NOW + HOUR_MS - drivers::SCHEDULED_LEAD_MS;
+            assert_eq!(release_due(&read, due).unwrap(), version >= 4);
+            drop(read);
+            let txn = store.write().unwrap();
+            let r = apply(&txn, RouteCommand::Release { now: due }).unwrap();
+            let released = if version >= 4 { vec![near.id] } else { vec![] };
+            assert_eq!(r, RouteResponse::Released(released));
+        }
     }
 
     fn open_routes_in(txn: &WriteTxn) -> Vec<Route> {
