@@ -22,7 +22,8 @@
 //! delivery's count of empty rounds over; event pruning keeps what any
 //! of an owner's webhooks has not sent, not only the first 64; and the
 //! route market releases and matches the routes with the nearest
-//! windows, not the 5,000 built first.
+//! windows, not the 5,000 built first, and takes a cancelled order's stop
+//! (and its pay) off its route.
 
 use serde::{Deserialize, Serialize};
 use storage::{ReadTxn, Table, WriteTxn};

@@ -419,6 +419,7 @@ pub fn cancel_for_order(txn: &WriteTxn, order_id: &str, now: i64) -> storage::Re
         return Ok(());
     };
     close_offers(txn, &d, None)?;
+    crate::routes::drop_stop(txn, &d.id, d.pay, now)?;
     if let Some(driver_id) = &d.driver_id {
         free_driver(txn, driver_id, &d.id, now)?;
         events::append(

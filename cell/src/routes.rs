@@ -27,6 +27,9 @@ const OPEN: Table<i64> = Table::new("routes_open");
 const SLOTS: Table<String> = Table::new("routes_slots");
 /// `<driver>/<route id>` → route id: a driver's assigned routes.
 const SCHEDULE: Table<String> = Table::new("routes_schedule");
+/// `<delivery id>` → the route it is a stop of (written from command
+/// version 4; a route's stops are otherwise found only through the route).
+const ROUTE_OF: Table<String> = Table::new("routes_by_delivery");
 const MARKET: Table<Market> = Table::new("routes_market");
 const MARKET_KEY: &[u8] = b"market";
 
@@ -100,6 +103,8 @@ pub enum RouteStatus {
     /// Nobody took it by the time its deliveries had to leave; they went
     /// to on-demand dispatch.
     Expired,
+    /// Every order it had stops for was cancelled.
+    Cancelled,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -261,7 +266,55 @@ pub fn add_scheduled(
             }
         }
     };
+    if crate::command_version::recorded_in(txn)? >= 4 {
+        txn.put(ROUTE_OF, delivery.id.as_bytes(), &route.id)?;
+    }
     put_open(txn, &route)?;
+    bump(txn)
+}
+
+/// The delivery's order was cancelled: its stop leaves its route, with
+/// its pay, and a route left without stops is cancelled — an open one
+/// leaves the market, an assigned one its driver's schedule (who is told
+/// with `route.updated`). Part of the cancel's apply; deliveries added to
+/// routes before command version 4 are not indexed and stay where they
+/// are.
+pub fn drop_stop(txn: &WriteTxn, delivery_id: &str, pay: i64, now: i64) -> storage::Result<()> {
+    let Some(route_id) = txn.get(ROUTE_OF, delivery_id.as_bytes())? else {
+        return Ok(());
+    };
+    txn.delete(ROUTE_OF, delivery_id.as_bytes())?;
+    let Some(mut r) = txn.get(ROUTES, route_id.as_bytes())? else {
+        return Ok(());
+    };
+    let before = r.stops.len();
+    r.stops
+        .retain(|s| s.delivery_id.as_deref() != Some(delivery_id));
+    if r.stops.len() == before || r.status == RouteStatus::Expired {
+        return Ok(());
+    }
+    r.pay = r.pay.saturating_sub(pay).max(0);
+    if r.stops.is_empty() {
+        if r.status == RouteStatus::Open {
+            txn.delete(OPEN, r.id.as_bytes())?;
+            let slot = slot_key(&r.zone, r.window_start, &r.requirements.qualifications);
+            if txn.get(SLOTS, slot.as_bytes())?.as_deref() == Some(r.id.as_str()) {
+                txn.delete(SLOTS, slot.as_bytes())?;
+            }
+        }
+        if let Some(driver) = &r.driver_id {
+            txn.delete(SCHEDULE, format!("{driver}/{}", r.id).as_bytes())?;
+        }
+        r.status = RouteStatus::Cancelled;
+    }
+    txn.put(ROUTES, r.id.as_bytes(), &r)?;
+    if let Some(driver) = &r.driver_id {
+        let data = serde_json::json!({
+            "route_id": r.id, "status": r.status, "stops": r.stops.len(),
+            "pay": {"amount": r.pay, "currency": r.currency},
+        });
+        events::append(txn, driver, "route.updated", now, &data)?;
+    }
     bump(txn)
 }
 
@@ -747,6 +800,57 @@ mod tests {
             let r = apply(&txn, RouteCommand::Release { now: due }).unwrap();
             let released = if version >= 4 { vec![near.id] } else { vec![] };
             assert_eq!(r, RouteResponse::Released(released));
+        }
+    }
+
+    /// From command version 4 a cancelled order's stop leaves its route
+    /// with its pay, and a route left without stops is cancelled.
+    #[test]
+    fn from_version_4_cancelled_orders_leave_their_routes() {
+        use crate::command_version::{self, ClusterCommand};
+        let window = NOW + 5 * HOUR_MS;
+        for (version, assigned) in [(3, false), (4, false), (4, true)] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path().join("s.redb"), 1 << 20).unwrap();
+            let txn = store.write().unwrap();
+            command_version::apply(&txn, ClusterCommand::RaiseVersion { version }).unwrap();
+            let first = scheduled(&txn, 1, window);
+            let second = scheduled(&txn, 2, window);
+            let mut route = open_routes_in(&txn).remove(0);
+            assert_eq!(route.stops.len(), 2);
+            if assigned {
+                route.status = RouteStatus::Assigned;
+                route.driver_id = Some("nyc.acc_d".into());
+                txn.put(ROUTES, route.id.as_bytes(), &route).unwrap();
+                txn.delete(OPEN, route.id.as_bytes()).unwrap();
+                let k = format!("nyc.acc_d/{}", route.id);
+                txn.put(SCHEDULE, k.as_bytes(), &route.id).unwrap();
+            }
+            let cancel = |d: &drivers::Delivery| {
+                drivers::cancel_for_order(&txn, &d.order_id, NOW + 1).unwrap();
+                txn.get(ROUTES, route.id.as_bytes()).unwrap().unwrap()
+            };
+            let after_one = cancel(&first);
+            if version < 4 {
+                assert_eq!(after_one, route);
+                continue;
+            }
+            assert_eq!(after_one.stops.len(), 1);
+            assert_eq!(after_one.stops[0].delivery_id.as_ref(), Some(&second.id));
+            assert_eq!(after_one.pay, route.pay - first.pay);
+            let emptied = cancel(&second);
+            assert_eq!(emptied.status, RouteStatus::Cancelled);
+            assert!(emptied.stops.is_empty());
+            assert!(open_routes_in(&txn).is_empty());
+            if assigned {
+                assert!(schedule_in(&txn, "nyc.acc_d").unwrap().is_empty());
+                let last = events::last_seq_in(&txn, "nyc.acc_d").unwrap();
+                assert_eq!(last, 2, "a route.updated per cancel");
+            } else {
+                // The slot is free for the next scheduled delivery.
+                scheduled(&txn, 3, window);
+                assert_eq!(open_routes_in(&txn).len(), 1);
+            }
         }
     }
 
