@@ -997,3 +997,68 @@ async fn an_event_cursor_behind_the_retained_window_is_refused() {
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["events"], json!([]), "{v}");
 }
+
+/// A driver who stops being approved — suspended by ops, or an approved
+/// profile widened (back to review) — hands the delivery they were on
+/// their way to fetch back to dispatch, and the next driver gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_driver_stood_down_hands_the_delivery_back_to_dispatch() {
+    let _serial = common::SERIAL.lock().await;
+    let w = World::start().await;
+    let first = w
+        .driver("dfirst@x.test", (PICKUP.0 + 0.001, PICKUP.1))
+        .await;
+    let second = w
+        .driver("dsecond@x.test", (PICKUP.0 + 0.01, PICKUP.1))
+        .await;
+    let (_vt, ct, order) = w.accepted_order("standdown").await;
+    let oid = order["id"].as_str().unwrap();
+    let take = |who: &(String, String)| {
+        let (w, who) = (&w, who.clone());
+        async move {
+            let offer = w.wait_offer(&who.1, Duration::from_secs(15)).await;
+            let path = format!("/v1/offers/{}/accept", offer["id"].as_str().unwrap());
+            let (s, d) = w.call(1, Method::POST, &path, &who.1, None).await;
+            assert_eq!(s, StatusCode::OK, "{d}");
+            assert_eq!(d["driver_id"], who.0.as_str());
+            d["id"].as_str().unwrap().to_string()
+        }
+    };
+    let delivery = take(&first).await;
+    let path = format!("/v1/drivers/{}/suspend", first.0);
+    let (s, v) = w.call(2, Method::POST, &path, &w.ops(), None).await;
+    assert_eq!(
+        (s, v["status"].clone()),
+        (StatusCode::OK, json!("suspended")),
+        "{v}"
+    );
+    assert_eq!(v["online"], false, "{v}");
+    // Not theirs any more; the customer is told, and the next driver
+    // gets the same delivery.
+    let arrive = format!("/v1/deliveries/{delivery}/arrive");
+    let (s, v) = w.call(3, Method::POST, &arrive, &first.1, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    assert!(w
+        .feed(&ct)
+        .await
+        .contains(&"delivery.reassigning".to_string()));
+    assert_eq!(take(&second).await, delivery);
+
+    // The second driver adds a qualification: back to review, and the
+    // delivery back to searching.
+    let profile = json!({"vehicle": "car", "capacity": 4, "qualifications": ["food", "rx"]});
+    let (s, v) = w
+        .call(1, Method::PUT, "/v1/drivers/me", &second.1, Some(profile))
+        .await;
+    assert_eq!(
+        (s, v["status"].clone()),
+        (StatusCode::OK, json!("pending")),
+        "{v}"
+    );
+    let (s, o) = w
+        .call(2, Method::GET, &format!("/v1/orders/{oid}"), &ct, None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{o}");
+    assert_eq!(o["delivery_status"], "searching", "{o}");
+    assert!(o["driver_id"].is_null(), "{o}");
+}
