@@ -23,7 +23,10 @@
 //! of an owner's webhooks has not sent, not only the first 64; and the
 //! route market releases and matches the routes with the nearest
 //! windows, not the 5,000 built first, and takes a cancelled order's stop
-//! (and its pay) off its route.
+//! (and its pay) off its route. Webhooks are found only through their id
+//! index from version 4 (rising to it indexes any webhook registered
+//! before the index existed), so a deleted one's late report no longer
+//! scans them all.
 
 use serde::{Deserialize, Serialize};
 use storage::{ReadTxn, Table, WriteTxn};
@@ -78,7 +81,12 @@ pub fn recorded_in(txn: &WriteTxn) -> storage::Result<u32> {
 pub fn apply(txn: &WriteTxn, cmd: ClusterCommand) -> storage::Result<u32> {
     match cmd {
         ClusterCommand::RaiseVersion { version } => {
-            let now = txn.get(TABLE, KEY)?.unwrap_or(1).max(version);
+            let before = txn.get(TABLE, KEY)?.unwrap_or(1);
+            let now = before.max(version);
+            // Version 4 finds webhooks only through their id index.
+            if before < 4 && now >= 4 {
+                crate::webhooks::index_all(txn)?;
+            }
             txn.put(TABLE, KEY, &now)?;
             Ok(now)
         }

@@ -205,6 +205,12 @@ fn find(txn: &WriteTxn, id: &str) -> storage::Result<Option<(Vec<u8>, Webhook)>>
         let k = key(&vendor, id);
         return Ok(txn.get(WEBHOOKS, &k)?.map(|w| (k, w)));
     }
+    // From command version 4 every webhook is indexed (`index_all` ran
+    // as the version rose): a miss is a deleted webhook — whose sender's
+    // late report otherwise scanned every webhook on every node.
+    if crate::command_version::recorded_in(txn)? >= 4 {
+        return Ok(None);
+    }
     // Registered before the index existed: scan (and index it, so this
     // happens once per such webhook).
     let found = txn
@@ -221,8 +227,18 @@ fn find(txn: &WriteTxn, id: &str) -> storage::Result<Option<(Vec<u8>, Webhook)>>
 fn get(read: &ReadTxn, id: &str) -> storage::Result<Option<Webhook>> {
     match read.get(BY_ID, id.as_bytes())? {
         Some(vendor) => read.get(WEBHOOKS, &key(&vendor, id)),
+        None if crate::command_version::recorded(read)? >= 4 => Ok(None),
         None => Ok(all(read)?.into_iter().find(|w| w.id == id)),
     }
+}
+
+/// Indexes every webhook by id (as the command version rises to 4, in
+/// that command's apply).
+pub fn index_all(txn: &WriteTxn) -> storage::Result<()> {
+    for (_, w) in txn.range(WEBHOOKS, Vec::new().., usize::MAX)? {
+        txn.put(BY_ID, w.id.as_bytes(), &w.vendor_id)?;
+    }
+    Ok(())
 }
 
 pub fn for_vendor(read: &ReadTxn, vendor_id: &str) -> storage::Result<Vec<Webhook>> {
@@ -594,5 +610,56 @@ mod tests {
             oldest > last + 64 + 2000 - events::RETAINED - 64,
             "{oldest}"
         );
+    }
+
+    /// Rising to command version 4 indexes webhooks registered before the
+    /// id index; from then on a miss is a miss, without a scan.
+    #[test]
+    fn version_4_finds_webhooks_through_the_index_only() {
+        use crate::command_version::{self, ClusterCommand};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s.redb"), 1 << 20).unwrap();
+        let txn = store.write().unwrap();
+        command_version::apply(&txn, ClusterCommand::RaiseVersion { version: 3 }).unwrap();
+        let old = Webhook {
+            id: "nyc.whk_old".into(),
+            vendor_id: "nyc.ven_a".into(),
+            owner_id: "nyc.acc_o".into(),
+            url: "https://example.com/hook".into(),
+            secret: "sealed".into(),
+            cursor: 0,
+            delivered: 0,
+            last_error: None,
+            failures: 0,
+            updated_at: 0,
+            created_at: 0,
+        };
+        // As a build before the index stored it.
+        txn.put(WEBHOOKS, &key(&old.vendor_id, &old.id), &old)
+            .unwrap();
+        assert!(txn.get(BY_ID, old.id.as_bytes()).unwrap().is_none());
+        command_version::apply(&txn, ClusterCommand::RaiseVersion { version: 4 }).unwrap();
+        assert_eq!(
+            txn.get(BY_ID, old.id.as_bytes()).unwrap(),
+            Some(old.vendor_id.clone())
+        );
+        assert_eq!(
+            find(&txn, &old.id).unwrap().map(|(_, w)| w),
+            Some(old.clone())
+        );
+        // A row the index does not name is not looked for.
+        let mut unindexed = old.clone();
+        unindexed.id = "nyc.whk_stray".into();
+        txn.put(
+            WEBHOOKS,
+            &key(&unindexed.vendor_id, &unindexed.id),
+            &unindexed,
+        )
+        .unwrap();
+        assert!(find(&txn, &unindexed.id).unwrap().is_none());
+        txn.commit(Durability::Immediate).unwrap();
+        let read = store.read().unwrap();
+        assert_eq!(get(&read, &old.id).unwrap(), Some(old));
+        assert!(get(&read, &unindexed.id).unwrap().is_none());
     }
 }
