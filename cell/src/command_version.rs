@@ -17,7 +17,8 @@
 //! suspended, or an approved profile changed to a different vehicle,
 //! more seats or a new qualification, which goes back to review — their
 //! open offers withdrawn and the deliveries they were to fetch returned
-//! to dispatch, and only an approved driver may arrive or pick up; a
+//! to dispatch, and only an approved driver may arrive or pick up;
+//! going offline withdraws a driver's open offers; a
 //! round of offers apply refused every driver of no longer starts the
 //! delivery's count of empty rounds over; event pruning keeps what any
 //! of an owner's webhooks has not sent, not only the first 64; and the

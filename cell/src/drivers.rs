@@ -482,11 +482,7 @@ fn widens(old: &Driver, new: &Profile) -> bool {
 /// picked up stays theirs to finish.
 fn step_down(txn: &WriteTxn, drv: &mut Driver, now: i64) -> storage::Result<()> {
     drv.online = false;
-    for (k, mut o) in open_offers_in(txn, &drv.id)? {
-        o.status = OfferStatus::Withdrawn;
-        txn.put(OFFERS, o.id.as_bytes(), &o)?;
-        txn.delete(OFFERS_BY_DRIVER, &k)?;
-    }
+    withdraw_offers(txn, &drv.id)?;
     let mut ids = crate::routes::booked_deliveries_in(txn, &drv.id)?;
     ids.extend(drv.current_delivery.clone());
     for id in ids {
@@ -513,6 +509,17 @@ fn step_down(txn: &WriteTxn, drv: &mut Driver, now: i64) -> storage::Result<()> 
             now,
             &serde_json::json!({"delivery_id": d.id, "order_id": d.order_id, "driver_id": drv.id}),
         )?;
+    }
+    Ok(())
+}
+
+/// The driver's open offers are withdrawn (they went offline or stopped
+/// being approved; command version 4).
+fn withdraw_offers(txn: &WriteTxn, driver_id: &str) -> storage::Result<()> {
+    for (k, mut o) in open_offers_in(txn, driver_id)? {
+        o.status = OfferStatus::Withdrawn;
+        txn.put(OFFERS, o.id.as_bytes(), &o)?;
+        txn.delete(OFFERS_BY_DRIVER, &k)?;
     }
     Ok(())
 }
@@ -726,6 +733,13 @@ pub fn apply(txn: &WriteTxn, cmd: DriverCommand) -> storage::Result<DriverRespon
             // conflict.
             if online && drv.status != DriverStatus::Approved {
                 return Ok(R::Forbidden);
+            }
+            // Going offline withdraws what was offered: an offline driver
+            // is not dispatched to, and their offer would hold the
+            // delivery's round until it expired (builds before command
+            // version 4 let it stand, and be accepted).
+            if !online && crate::command_version::recorded_in(txn)? >= 4 {
+                withdraw_offers(txn, &driver_id)?;
             }
             drv.online = online;
             drv.updated_at = now;
@@ -1465,6 +1479,36 @@ mod tests {
             assert!(offered(round(&txn, &d.id, &["d1"], NOW)).is_empty());
             let rounds = delivery(&txn, &d.id).empty_rounds;
             assert_eq!(rounds, if version < 4 { 0 } else { 5 });
+        }
+    }
+
+    #[test]
+    fn from_version_4_going_offline_withdraws_open_offers() {
+        for version in [3, 4] {
+            let (_dir, store) = versioned_txn(version);
+            let txn = store.write().unwrap();
+            let a = create_delivery(&txn, &orders::sample_order("nyc.ord_a", None, NOW), NOW)
+                .unwrap()
+                .id;
+            txn.put(DRIVERS, b"d1", &sample_driver("d1", Vehicle::Car, 1))
+                .unwrap();
+            assert_eq!(offered(round(&txn, &a, &["d1"], NOW)), ["d1"]);
+            let r = apply(
+                &txn,
+                DriverCommand::SetOnline {
+                    driver_id: "d1".into(),
+                    online: false,
+                    now: NOW + 1,
+                },
+            )
+            .unwrap();
+            assert!(matches!(r, DriverResponse::Driver(_)), "{r:?}");
+            let expected = if version < 4 {
+                OfferStatus::Open
+            } else {
+                OfferStatus::Withdrawn
+            };
+            assert_eq!(offer_status(&txn, &a, "d1"), expected);
         }
     }
 }
