@@ -49,18 +49,18 @@ pub fn cell_in_path(path: &str) -> Option<&str> {
     })
 }
 
-fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
-    query?
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
+/// A query parameter, percent-decoded as the cell decodes it (so a
+/// `%2D74.0` or `lo%6E` pins where the cell will read it).
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }
 
 /// The region for anonymous requests: `?region=` or `?lat=&lng=`.
 fn region_from_query(dir: &Directory, query: Option<&str>) -> Option<Result<String, Problem>> {
     if let Some(name) = query_param(query, "region") {
-        return Some(named_region(dir, name));
+        return Some(named_region(dir, &name));
     }
     let lat = query_param(query, "lat")?;
     let lng = query_param(query, "lng")?;
@@ -300,6 +300,14 @@ mod tests {
             pin(&get, "/v1/search", Some("region=nyc&q=x"), None, None).unwrap(),
             Pin::Cell("nyc".into())
         );
+        // Percent-encoded, read as the cell reads it.
+        for query in ["lat=51.51&lng=%2D0.1", "region=lo%6E", "q=x&%72egion=lon"] {
+            assert_eq!(
+                pin(&get, "/v1/search", Some(query), None, None).unwrap(),
+                Pin::Cell("lon".into()),
+                "{query}"
+            );
+        }
         assert_eq!(
             pin(&get, "/v1/search", Some("q=x"), None, None)
                 .unwrap_err()

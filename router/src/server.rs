@@ -68,6 +68,21 @@ async fn edge_layer(mut req: Request, next: Next) -> Response {
 pub(crate) fn finish(mut resp: Response, id: &str) -> Response {
     if let Some(p) = resp.extensions_mut().remove::<Problem>() {
         resp = p.render(id);
+    } else if resp.status() == http::StatusCode::METHOD_NOT_ALLOWED
+        && !resp.headers().contains_key(header::CONTENT_TYPE)
+    {
+        // axum's own 405 on the router's endpoints is bare (a cell's,
+        // passed through, has its problem body already).
+        let allow = resp.headers().get(header::ALLOW).cloned();
+        resp = Problem::new(
+            http::StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this endpoint does not take that method (see Allow)",
+        )
+        .render(id);
+        if let Some(allow) = allow {
+            resp.headers_mut().insert(header::ALLOW, allow);
+        }
     }
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(id) {
@@ -192,4 +207,42 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_bare_405_becomes_a_problem_keeping_allow() {
+        let bare = http::Response::builder()
+            .status(http::StatusCode::METHOD_NOT_ALLOWED)
+            .header(header::ALLOW, "GET,HEAD")
+            .body(Body::empty())
+            .unwrap();
+        let resp = finish(bare, "req-1");
+        assert_eq!(resp.status(), http::StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(resp.headers()[header::ALLOW], "GET,HEAD");
+        assert_eq!(
+            resp.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["code"], "method_not_allowed");
+        assert_eq!(v["request_id"], "req-1");
+        // A cell's answer passes through as it is.
+        let cells = http::Response::builder()
+            .status(http::StatusCode::METHOD_NOT_ALLOWED)
+            .header(header::CONTENT_TYPE, "application/problem+json")
+            .body(Body::from("{}"))
+            .unwrap();
+        let resp = finish(cells, "req-2");
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        assert_eq!(&body[..], b"{}");
+    }
 }
