@@ -18,7 +18,8 @@
 //! more seats or a new qualification, which goes back to review — their
 //! open offers withdrawn and the deliveries they were to fetch returned
 //! to dispatch, and only an approved driver may arrive or pick up;
-//! going offline withdraws a driver's open offers; a
+//! going offline withdraws a driver's open offers; offers are dropped a
+//! week after they were made; a
 //! round of offers apply refused every driver of no longer starts the
 //! delivery's count of empty rounds over; event pruning keeps what any
 //! of an owner's webhooks has not sent, not only the first 64; and the

@@ -18,7 +18,11 @@ use crate::{
 
 pub(crate) const DRIVERS: Table<Driver> = Table::new("drivers");
 pub(crate) const DELIVERIES: Table<Delivery> = Table::new("deliveries");
+/// `<cell>.ofr_<ULID>` → offer: in the order they were made.
 const OFFERS: Table<Offer> = Table::new("offers");
+/// From command version 4 offers are kept this long (a few seconds'
+/// decision, long settled by then), and dropped a range at a time.
+pub const OFFERS_KEPT_MS: i64 = 7 * 24 * 3_600_000;
 /// Deliveries waiting for a driver (key = delivery id).
 const DISPATCHABLE: Table<i64> = Table::new("deliveries_dispatchable");
 /// order id → delivery id.
@@ -513,6 +517,15 @@ fn step_down(txn: &WriteTxn, drv: &mut Driver, now: i64) -> storage::Result<()> 
     Ok(())
 }
 
+/// Drops the offers made before `now - OFFERS_KEPT_MS` (ids are ULIDs,
+/// so they are one range).
+fn drop_old_offers(txn: &WriteTxn, cell: &str, now: i64) -> storage::Result<()> {
+    let horizon = now.saturating_sub(OFFERS_KEPT_MS).max(0) as u64;
+    let start = format!("{cell}.ofr_").into_bytes();
+    let end = format!("{cell}.ofr_{}", ulid::Ulid::from_parts(horizon, 0)).into_bytes();
+    txn.delete_range(OFFERS, start..end).map(drop)
+}
+
 /// The driver's open offers are withdrawn (they went offline or stopped
 /// being approved; command version 4).
 fn withdraw_offers(txn: &WriteTxn, driver_id: &str) -> storage::Result<()> {
@@ -789,7 +802,13 @@ pub fn apply(txn: &WriteTxn, cmd: DriverCommand) -> storage::Result<DriverRespon
             // crossing in a failover cannot both go out. (Builds before
             // it applied every round they were handed; the rule waits for
             // every node to apply it alike.)
-            let one_live = crate::command_version::recorded_in(txn)? >= 3;
+            let version = crate::command_version::recorded_in(txn)?;
+            let one_live = version >= 3;
+            // About one round in 32 (by its first offer's id, which the
+            // command carries) drops the offers past their keeping time.
+            if version >= 4 && offers.first().is_some_and(|(id, _)| id.ends_with('0')) {
+                drop_old_offers(txn, cell_of(&d.id), now)?;
+            }
             if one_live {
                 for driver_id in &d.offered_to {
                     if has_live_offer(txn, driver_id, Some(&d.id), now)? {
@@ -1509,6 +1528,56 @@ mod tests {
                 OfferStatus::Withdrawn
             };
             assert_eq!(offer_status(&txn, &a, "d1"), expected);
+        }
+    }
+
+    #[test]
+    fn from_version_4_offers_are_kept_a_week() {
+        for version in [3, 4] {
+            let (_dir, store) = versioned_txn(version);
+            let txn = store.write().unwrap();
+            for id in ["d1", "d2"] {
+                txn.put(DRIVERS, id.as_bytes(), &sample_driver(id, Vehicle::Car, 1))
+                    .unwrap();
+            }
+            let a = create_delivery(&txn, &orders::sample_order("nyc.ord_a", None, NOW), NOW)
+                .unwrap()
+                .id;
+            let made_at = |t: i64| format!("nyc.ofr_{}", ulid::Ulid::from_parts(t as u64, 1));
+            let old = made_at(NOW);
+            let r = apply(
+                &txn,
+                DriverCommand::CreateOffers {
+                    delivery_id: a.clone(),
+                    offers: vec![(old.clone(), "d1".into())],
+                    expires_at: NOW + 30_000,
+                    now: NOW,
+                },
+            )
+            .unwrap();
+            assert_eq!(offered(r), ["d1"]);
+            // A week and a bit later, a round whose first offer id ends
+            // in 0 sweeps.
+            let later = NOW + OFFERS_KEPT_MS + 60_000;
+            let b = create_delivery(&txn, &orders::sample_order("nyc.ord_b", None, later), later)
+                .unwrap()
+                .id;
+            let id = made_at(later);
+            let sweeping = format!("{}0", &id[..id.len() - 1]);
+            let r = apply(
+                &txn,
+                DriverCommand::CreateOffers {
+                    delivery_id: b,
+                    offers: vec![(sweeping.clone(), "d2".into())],
+                    expires_at: later + 30_000,
+                    now: later,
+                },
+            )
+            .unwrap();
+            assert_eq!(offered(r), ["d2"]);
+            let kept = |id: &str| txn.get(OFFERS, id.as_bytes()).unwrap().is_some();
+            assert!(kept(&sweeping));
+            assert_eq!(kept(&old), version < 4, "version {version}");
         }
     }
 }
