@@ -162,7 +162,12 @@ impl raft::Application for CellApp {
     ) -> storage::Result<Response> {
         // Route commands and order changes (a scheduled order joins a route)
         // may move the market.
-        let market_may_move = matches!(cmd, Command::Routes(_) | Command::Orders(_));
+        // Drivers' commands too: standing a driver down releases their
+        // booked routes.
+        let market_may_move = matches!(
+            cmd,
+            Command::Routes(_) | Command::Orders(_) | Command::Drivers(_)
+        );
         let before = if market_may_move {
             Some(crate::routes::market_version(txn)?)
         } else {
@@ -317,9 +322,16 @@ impl CellApp {
                 Ok(Response::Orders(Box::new(resp)))
             }
             Command::Drivers(c) => {
+                // Anything that may free a delivery or end a round of
+                // offers: a decline, an expiry, a driver going offline or
+                // stood down (suspended, or a profile back in review).
                 let redispatch = matches!(
                     *c,
-                    DriverCommand::DeclineOffer { .. } | DriverCommand::ExpireOffer { .. }
+                    DriverCommand::DeclineOffer { .. }
+                        | DriverCommand::ExpireOffer { .. }
+                        | DriverCommand::SetOnline { online: false, .. }
+                        | DriverCommand::SetStatus { .. }
+                        | DriverCommand::PutProfile { .. }
                 );
                 let resp = drivers::apply(txn, *c)?;
                 if redispatch {

@@ -471,7 +471,7 @@ fn free_driver(
 /// vetted for.
 fn widens(old: &Driver, new: &Profile) -> bool {
     new.vehicle != old.vehicle
-        || new.license_plate != old.license_plate
+        || new.license_plate.is_some() && new.license_plate != old.license_plate
         || new.capacity > old.capacity
         || new
             .qualifications
@@ -487,21 +487,37 @@ fn widens(old: &Driver, new: &Profile) -> bool {
 fn step_down(txn: &WriteTxn, drv: &mut Driver, now: i64) -> storage::Result<()> {
     drv.online = false;
     withdraw_offers(txn, &drv.id)?;
-    let mut ids = crate::routes::booked_deliveries_in(txn, &drv.id)?;
+    // Routes still ahead of the driver (one of their deliveries not yet
+    // picked up) leave their schedule; routes done stay in it.
+    let mut ids = Vec::new();
+    for route in crate::routes::booked_in(txn, &drv.id)? {
+        let stops: Vec<String> = route
+            .stops
+            .iter()
+            .filter_map(|s| s.delivery_id.clone())
+            .collect();
+        let mut ahead = false;
+        for id in &stops {
+            ahead |= fetching(txn, id, &drv.id)?.is_some();
+        }
+        if ahead {
+            crate::routes::release_booking(txn, route, now)?;
+            ids.extend(stops);
+        }
+    }
     ids.extend(drv.current_delivery.clone());
     for id in ids {
-        let Some(mut d) = txn.get(DELIVERIES, id.as_bytes())? else {
+        let Some(mut d) = fetching(txn, &id, &drv.id)? else {
             continue;
         };
-        let fetching = matches!(d.status, DeliveryStatus::Assigned | DeliveryStatus::Arrived);
-        if !fetching || d.driver_id.as_deref() != Some(drv.id.as_str()) {
-            continue;
-        }
         if drv.current_delivery.as_deref() == Some(id.as_str()) {
             drv.current_delivery = None;
         }
         d.status = DeliveryStatus::Searching;
         d.driver_id = None;
+        // A new search: drivers who passed on it before are asked again
+        // (the stood-down driver is not eligible anyway).
+        d.offered_to.clear();
         d.empty_rounds = 0;
         d.updated_at = now;
         txn.put(DELIVERIES, d.id.as_bytes(), &d)?;
@@ -524,6 +540,14 @@ fn drop_old_offers(txn: &WriteTxn, cell: &str, now: i64) -> storage::Result<()> 
     let start = format!("{cell}.ofr_").into_bytes();
     let end = format!("{cell}.ofr_{}", ulid::Ulid::from_parts(horizon, 0)).into_bytes();
     txn.delete_range(OFFERS, start..end).map(drop)
+}
+
+/// The delivery, if `driver` is assigned to it and has not picked it up.
+fn fetching(txn: &WriteTxn, id: &str, driver: &str) -> storage::Result<Option<Delivery>> {
+    Ok(txn.get(DELIVERIES, id.as_bytes())?.filter(|d| {
+        matches!(d.status, DeliveryStatus::Assigned | DeliveryStatus::Arrived)
+            && d.driver_id.as_deref() == Some(driver)
+    }))
 }
 
 /// The driver's open offers are withdrawn (they went offline or stopped

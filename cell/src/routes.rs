@@ -100,8 +100,9 @@ pub struct Claim {
 pub enum RouteStatus {
     Open,
     Assigned,
-    /// Nobody took it by the time its deliveries had to leave; they went
-    /// to on-demand dispatch.
+    /// Nobody took it by the time its deliveries had to leave, or its
+    /// driver was stood down before doing it: its deliveries went to
+    /// on-demand dispatch.
     Expired,
     /// Every order it had stops for was cancelled.
     Cancelled,
@@ -314,6 +315,12 @@ pub fn drop_stop(txn: &WriteTxn, delivery_id: &str, pay: i64, now: i64) -> stora
             "pay": {"amount": r.pay, "currency": r.currency},
         });
         events::append(txn, driver, "route.updated", now, &data)?;
+    } else if r.status == RouteStatus::Cancelled {
+        // Its claimants lose it as if unmatched.
+        for c in &r.claims {
+            let data = serde_json::json!({"route_id": r.id, "reason": "cancelled"});
+            events::append(txn, &c.driver_id, "route.unmatched", now, &data)?;
+        }
     }
     bump(txn)
 }
@@ -348,13 +355,34 @@ fn schedule_in(txn: &WriteTxn, driver: &str) -> storage::Result<Vec<Route>> {
     Ok(out)
 }
 
-/// The deliveries on routes assigned to `driver`, inside a write.
-pub fn booked_deliveries_in(txn: &WriteTxn, driver: &str) -> storage::Result<Vec<String>> {
+/// The routes assigned to `driver`, inside a write.
+pub fn booked_in(txn: &WriteTxn, driver: &str) -> storage::Result<Vec<Route>> {
     Ok(schedule_in(txn, driver)?
         .into_iter()
-        .filter(|r| r.driver_id.as_deref() == Some(driver))
-        .flat_map(|r| r.stops.into_iter().filter_map(|s| s.delivery_id))
+        .filter(|r| r.status == RouteStatus::Assigned && r.driver_id.as_deref() == Some(driver))
         .collect())
+}
+
+/// The route's driver was stood down and its deliveries went to
+/// on-demand dispatch: it leaves the driver's schedule (and no longer
+/// counts in their hours), and the driver is told with `route.updated`.
+/// Part of the stand-down's apply (command version 4).
+pub fn release_booking(txn: &WriteTxn, mut r: Route, now: i64) -> storage::Result<()> {
+    let Some(driver) = r.driver_id.clone() else {
+        return Ok(());
+    };
+    txn.delete(SCHEDULE, format!("{driver}/{}", r.id).as_bytes())?;
+    for id in r.stops.iter().filter_map(|s| s.delivery_id.as_deref()) {
+        txn.delete(ROUTE_OF, id.as_bytes())?;
+    }
+    r.status = RouteStatus::Expired;
+    txn.put(ROUTES, r.id.as_bytes(), &r)?;
+    let data = serde_json::json!({
+        "route_id": r.id, "status": r.status, "stops": r.stops.len(),
+        "pay": {"amount": r.pay, "currency": r.currency},
+    });
+    events::append(txn, &driver, "route.updated", now, &data)?;
+    bump(txn)
 }
 
 /// Deterministic: reads only the command and the transaction.
@@ -852,6 +880,100 @@ mod tests {
                 assert_eq!(open_routes_in(&txn).len(), 1);
             }
         }
+    }
+
+    /// An emptied open route's claimants lose it as if unmatched.
+    #[test]
+    fn the_claimants_of_an_emptied_route_are_told() {
+        use crate::command_version::{self, ClusterCommand};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s.redb"), 1 << 20).unwrap();
+        let txn = store.write().unwrap();
+        command_version::apply(&txn, ClusterCommand::RaiseVersion { version: 4 }).unwrap();
+        let only = scheduled(&txn, 1, NOW + 5 * HOUR_MS);
+        let mut route = open_routes_in(&txn).remove(0);
+        route.claims.push(Claim {
+            driver_id: "nyc.acc_c".into(),
+            at: NOW,
+        });
+        put_open(&txn, &route).unwrap();
+        drivers::cancel_for_order(&txn, &only.order_id, NOW + 1).unwrap();
+        let feed = events::after_stored(&txn_read(txn, &store), "nyc.acc_c", 0, 10).unwrap();
+        assert_eq!(feed.len(), 1);
+        assert_eq!(feed[0].kind, "route.unmatched");
+    }
+
+    fn txn_read(txn: WriteTxn, store: &Store) -> storage::ReadTxn {
+        txn.commit(Durability::Immediate).unwrap();
+        store.read().unwrap()
+    }
+
+    /// A driver stood down gives up the routes still ahead of them (their
+    /// deliveries go to dispatch); the routes they have done stay theirs.
+    #[test]
+    fn a_stood_down_driver_gives_up_the_routes_ahead() {
+        use crate::command_version::{self, ClusterCommand};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s.redb"), 1 << 20).unwrap();
+        let txn = store.write().unwrap();
+        command_version::apply(&txn, ClusterCommand::RaiseVersion { version: 4 }).unwrap();
+        let driver = "nyc.acc_d";
+        txn.put(
+            drivers::DRIVERS,
+            driver.as_bytes(),
+            &drivers::sample_driver(driver, Vehicle::Car, 4),
+        )
+        .unwrap();
+        let book = |n: u32, window: i64, status: drivers::DeliveryStatus| {
+            let mut d = scheduled(&txn, n, window);
+            let mut r = open_routes_in(&txn)
+                .into_iter()
+                .find(|r| r.window_start == window)
+                .unwrap();
+            r.status = RouteStatus::Assigned;
+            r.driver_id = Some(driver.into());
+            txn.put(ROUTES, r.id.as_bytes(), &r).unwrap();
+            txn.delete(OPEN, r.id.as_bytes()).unwrap();
+            let k = format!("{driver}/{}", r.id);
+            txn.put(SCHEDULE, k.as_bytes(), &r.id).unwrap();
+            d.status = status;
+            d.driver_id = Some(driver.into());
+            txn.put(drivers::DELIVERIES, d.id.as_bytes(), &d).unwrap();
+            (r.id, d.id)
+        };
+        let (done, _) = book(1, NOW - 5 * HOUR_MS, drivers::DeliveryStatus::Delivered);
+        let (ahead, stop) = book(2, NOW + 5 * HOUR_MS, drivers::DeliveryStatus::Assigned);
+        drivers::apply(
+            &txn,
+            drivers::DriverCommand::SetStatus {
+                driver_id: driver.into(),
+                status: DriverStatus::Suspended,
+                now: NOW,
+            },
+        )
+        .unwrap();
+        let left: Vec<String> = schedule_in(&txn, driver)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(left, [done]);
+        let released = txn.get(ROUTES, ahead.as_bytes()).unwrap().unwrap();
+        assert_eq!(released.status, RouteStatus::Expired);
+        let read = txn_read(txn, &store);
+        let d = drivers::delivery(&read, &stop).unwrap().unwrap();
+        assert_eq!(d.status, drivers::DeliveryStatus::Searching);
+        assert_eq!(d.driver_id, None);
+        let feed: Vec<String> = events::after_stored(&read, driver, 0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert!(feed.contains(&"route.updated".to_string()), "{feed:?}");
+        assert!(
+            feed.contains(&"delivery.reassigning".to_string()),
+            "{feed:?}"
+        );
     }
 
     fn open_routes_in(txn: &WriteTxn) -> Vec<Route> {
