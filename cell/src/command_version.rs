@@ -17,7 +17,9 @@
 //! suspended, or an approved profile changed to a different vehicle,
 //! more seats or a new qualification, which goes back to review — their
 //! open offers withdrawn and the deliveries they were to fetch returned
-//! to dispatch, and only an approved driver may arrive or pick up;
+//! to dispatch, and only an approved driver may arrive or pick up; a
+//! driver who narrows their profile gives up the offers, deliveries and
+//! routes it no longer fits;
 //! going offline withdraws a driver's open offers; offers are dropped a
 //! week after they were made; a
 //! round of offers apply refused every driver of no longer starts the

@@ -479,18 +479,61 @@ fn widens(old: &Driver, new: &Profile) -> bool {
             .any(|q| !old.qualifications.contains(q))
 }
 
-/// The driver stops being approved (command version 4): their open offers
-/// are withdrawn, and every delivery they were to fetch — the one in
-/// hand and those on routes booked to them — goes to on-demand dispatch,
-/// as a route's deliveries do when nobody takes the route. One already
-/// picked up stays theirs to finish.
+/// The driver stops being approved (command version 4): taken offline,
+/// and everything handed back (`hand_back`).
 fn step_down(txn: &WriteTxn, drv: &mut Driver, now: i64) -> storage::Result<()> {
     drv.online = false;
-    withdraw_offers(txn, &drv.id)?;
-    // Routes still ahead of the driver (one of their deliveries not yet
-    // picked up) leave their schedule; routes done stay in it.
+    hand_back(txn, drv, now, HandBack::All)
+}
+
+/// What a driver gives up when they may no longer do it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum HandBack {
+    /// Everything: they stopped being approved.
+    All,
+    /// What their narrowed profile no longer fits (fewer seats, a
+    /// qualification dropped), while they stay approved.
+    Unfit,
+}
+
+/// Whether `drv` as they are now may carry `d`: dispatch's test (seats,
+/// a car or van for rides, the vendor kind's qualifications).
+fn still_fits(txn: &WriteTxn, d: &Delivery, drv: &Driver) -> storage::Result<bool> {
+    if !crate::dispatch::fits(d, drv) {
+        return Ok(false);
+    }
+    let Some(order) = orders::order_in(txn, &d.order_id)? else {
+        return Ok(true);
+    };
+    let needs = crate::dispatch::required_qualifications_in(txn, &order.vendor_id)?;
+    Ok(needs.iter().all(|q| drv.qualifications.contains(q)))
+}
+
+/// Hands back what the driver may no longer do (command version 4): open
+/// offers are withdrawn, and each delivery they were to fetch — the one
+/// in hand and those on routes booked to them — goes to on-demand
+/// dispatch, as a route's deliveries do when nobody takes the route; the
+/// routes leave their schedule. A delivery already picked up stays theirs
+/// to finish, and routes done stay in their schedule.
+fn hand_back(txn: &WriteTxn, drv: &mut Driver, now: i64, which: HandBack) -> storage::Result<()> {
+    let unfit = |d: &Delivery, drv: &Driver| -> storage::Result<bool> {
+        Ok(which == HandBack::All || !still_fits(txn, d, drv)?)
+    };
+    for (k, mut o) in open_offers_in(txn, &drv.id)? {
+        if let Some(d) = txn.get(DELIVERIES, o.delivery_id.as_bytes())? {
+            if !unfit(&d, drv)? {
+                continue;
+            }
+        }
+        o.status = OfferStatus::Withdrawn;
+        txn.put(OFFERS, o.id.as_bytes(), &o)?;
+        txn.delete(OFFERS_BY_DRIVER, &k)?;
+    }
     let mut ids = Vec::new();
     for route in crate::routes::booked_in(txn, &drv.id)? {
+        if which == HandBack::Unfit && route.requirements.met_by(drv) {
+            continue;
+        }
         let stops: Vec<String> = route
             .stops
             .iter()
@@ -505,7 +548,13 @@ fn step_down(txn: &WriteTxn, drv: &mut Driver, now: i64) -> storage::Result<()> 
             ids.extend(stops);
         }
     }
-    ids.extend(drv.current_delivery.clone());
+    if let Some(id) = drv.current_delivery.clone() {
+        if let Some(d) = fetching(txn, &id, &drv.id)? {
+            if unfit(&d, drv)? {
+                ids.push(id);
+            }
+        }
+    }
     for id in ids {
         let Some(mut d) = fetching(txn, &id, &drv.id)? else {
             continue;
@@ -717,6 +766,15 @@ pub fn apply(txn: &WriteTxn, cmd: DriverCommand) -> storage::Result<DriverRespon
                     updated_at: now,
                 },
             };
+            if !review
+                && drv.status == DriverStatus::Approved
+                && crate::command_version::recorded_in(txn)? >= 4
+            {
+                // Still approved, perhaps for less: what the profile no
+                // longer fits goes back (offers they could not have been
+                // made, work they may not do).
+                hand_back(txn, &mut drv, now, HandBack::Unfit)?;
+            }
             if review {
                 drv.status = DriverStatus::Pending;
                 step_down(txn, &mut drv, now)?;
@@ -1043,9 +1101,12 @@ pub fn apply(txn: &WriteTxn, cmd: DriverCommand) -> storage::Result<DriverRespon
                 (DeliveryAction::Complete, S::PickedUp) => S::Delivered,
                 (DeliveryAction::Fail, S::Assigned | S::Arrived | S::PickedUp) => S::Failed,
                 (_, from) => {
-                    return Ok(R::Conflict(
-                        format!("the delivery is {from:?}").to_lowercase(),
-                    ))
+                    // As the API spells it (`picked_up`, not `pickedup`).
+                    let from = serde_json::to_value(from)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default();
+                    return Ok(R::Conflict(format!("the delivery is {from}")));
                 }
             };
             // Goods can only leave a vendor that has them ready (rides have

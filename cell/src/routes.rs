@@ -908,41 +908,59 @@ mod tests {
         store.read().unwrap()
     }
 
+    /// A route for one scheduled delivery, matched to `driver` (with the
+    /// delivery at `status`); returns (route id, delivery id).
+    fn book(
+        txn: &WriteTxn,
+        driver: &str,
+        n: u32,
+        window: i64,
+        status: drivers::DeliveryStatus,
+        min_capacity: u32,
+    ) -> (String, String) {
+        let mut d = scheduled(txn, n, window);
+        let mut r = open_routes_in(txn)
+            .into_iter()
+            .find(|r| r.window_start == window)
+            .unwrap();
+        r.status = RouteStatus::Assigned;
+        r.driver_id = Some(driver.into());
+        r.requirements.min_capacity = min_capacity;
+        txn.put(ROUTES, r.id.as_bytes(), &r).unwrap();
+        txn.delete(OPEN, r.id.as_bytes()).unwrap();
+        let k = format!("{driver}/{}", r.id);
+        txn.put(SCHEDULE, k.as_bytes(), &r.id).unwrap();
+        d.status = status;
+        d.driver_id = Some(driver.into());
+        txn.put(drivers::DELIVERIES, d.id.as_bytes(), &d).unwrap();
+        (r.id, d.id)
+    }
+
+    fn approved_driver(txn: &WriteTxn, version: u32) -> &'static str {
+        use crate::command_version::{self, ClusterCommand};
+        command_version::apply(txn, ClusterCommand::RaiseVersion { version }).unwrap();
+        let driver = "nyc.acc_d";
+        let d = drivers::sample_driver(driver, Vehicle::Car, 4);
+        txn.put(drivers::DRIVERS, driver.as_bytes(), &d).unwrap();
+        driver
+    }
+
+    fn schedule_ids(txn: &WriteTxn, driver: &str) -> Vec<String> {
+        let routes = schedule_in(txn, driver).unwrap();
+        routes.into_iter().map(|r| r.id).collect()
+    }
+
     /// A driver stood down gives up the routes still ahead of them (their
     /// deliveries go to dispatch); the routes they have done stay theirs.
     #[test]
     fn a_stood_down_driver_gives_up_the_routes_ahead() {
-        use crate::command_version::{self, ClusterCommand};
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path().join("s.redb"), 1 << 20).unwrap();
         let txn = store.write().unwrap();
-        command_version::apply(&txn, ClusterCommand::RaiseVersion { version: 4 }).unwrap();
-        let driver = "nyc.acc_d";
-        txn.put(
-            drivers::DRIVERS,
-            driver.as_bytes(),
-            &drivers::sample_driver(driver, Vehicle::Car, 4),
-        )
-        .unwrap();
-        let book = |n: u32, window: i64, status: drivers::DeliveryStatus| {
-            let mut d = scheduled(&txn, n, window);
-            let mut r = open_routes_in(&txn)
-                .into_iter()
-                .find(|r| r.window_start == window)
-                .unwrap();
-            r.status = RouteStatus::Assigned;
-            r.driver_id = Some(driver.into());
-            txn.put(ROUTES, r.id.as_bytes(), &r).unwrap();
-            txn.delete(OPEN, r.id.as_bytes()).unwrap();
-            let k = format!("{driver}/{}", r.id);
-            txn.put(SCHEDULE, k.as_bytes(), &r.id).unwrap();
-            d.status = status;
-            d.driver_id = Some(driver.into());
-            txn.put(drivers::DELIVERIES, d.id.as_bytes(), &d).unwrap();
-            (r.id, d.id)
-        };
-        let (done, _) = book(1, NOW - 5 * HOUR_MS, drivers::DeliveryStatus::Delivered);
-        let (ahead, stop) = book(2, NOW + 5 * HOUR_MS, drivers::DeliveryStatus::Assigned);
+        let driver = approved_driver(&txn, 4);
+        let booked = |n, window, status| book(&txn, driver, n, window, status, 0);
+        let (done, _) = booked(1, NOW - 5 * HOUR_MS, drivers::DeliveryStatus::Delivered);
+        let (ahead, stop) = booked(2, NOW + 5 * HOUR_MS, drivers::DeliveryStatus::Assigned);
         drivers::apply(
             &txn,
             drivers::DriverCommand::SetStatus {
@@ -952,12 +970,7 @@ mod tests {
             },
         )
         .unwrap();
-        let left: Vec<String> = schedule_in(&txn, driver)
-            .unwrap()
-            .into_iter()
-            .map(|r| r.id)
-            .collect();
-        assert_eq!(left, [done]);
+        assert_eq!(schedule_ids(&txn, driver), [done]);
         let released = txn.get(ROUTES, ahead.as_bytes()).unwrap().unwrap();
         assert_eq!(released.status, RouteStatus::Expired);
         let read = txn_read(txn, &store);
@@ -974,6 +987,48 @@ mod tests {
             feed.contains(&"delivery.reassigning".to_string()),
             "{feed:?}"
         );
+    }
+
+    /// From command version 4 a driver who lowers their seats below a
+    /// route's needs gives that route up (still approved); routes they
+    /// still fit stay.
+    #[test]
+    fn from_version_4_a_narrowed_profile_gives_up_the_routes_it_no_longer_fits() {
+        for version in [3, 4] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path().join("s.redb"), 1 << 20).unwrap();
+            let txn = store.write().unwrap();
+            let driver = approved_driver(&txn, version);
+            let assigned = drivers::DeliveryStatus::Assigned;
+            let (big, _) = book(&txn, driver, 1, NOW + 5 * HOUR_MS, assigned, 3);
+            let (small, _) = book(&txn, driver, 2, NOW + 8 * HOUR_MS, assigned, 1);
+            let r = drivers::apply(
+                &txn,
+                drivers::DriverCommand::PutProfile {
+                    driver_id: driver.into(),
+                    profile: drivers::Profile {
+                        vehicle: Vehicle::Car,
+                        capacity: 2,
+                        qualifications: Vec::new(),
+                        license_plate: None,
+                    },
+                    now: NOW,
+                },
+            )
+            .unwrap();
+            assert!(
+                matches!(&r, drivers::DriverResponse::Driver(d) if d.status == DriverStatus::Approved),
+                "{r:?}"
+            );
+            let mut expected = vec![big, small];
+            if version >= 4 {
+                expected.remove(0);
+            }
+            expected.sort();
+            let mut left = schedule_ids(&txn, driver);
+            left.sort();
+            assert_eq!(left, expected, "version {version}");
+        }
     }
 
     fn open_routes_in(txn: &WriteTxn) -> Vec<Route> {

@@ -1062,3 +1062,49 @@ async fn a_driver_stood_down_hands_the_delivery_back_to_dispatch() {
     assert_eq!(o["delivery_status"], "searching", "{o}");
     assert!(o["driver_id"].is_null(), "{o}");
 }
+
+/// A driver who drops a qualification their work needs stays approved but
+/// gives that work up: an open offer is withdrawn, a delivery in hand goes
+/// back to dispatch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_driver_who_drops_a_needed_qualification_gives_the_work_up() {
+    let _serial = common::SERIAL.lock().await;
+    let w = World::start().await;
+    w.setting("dispatch/qualifications/restaurant", "food")
+        .await;
+    let a = w.driver("dqa@x.test", (PICKUP.0 + 0.001, PICKUP.1)).await;
+    let b = w.driver("dqb@x.test", (PICKUP.0 + 0.01, PICKUP.1)).await;
+    let (_vt, ct, order) = w.accepted_order("narrowed").await;
+    let oid = order["id"].as_str().unwrap();
+    let unqualified = json!({"vehicle": "car", "capacity": 4, "qualifications": []});
+    let drop_food = |who: &(String, String)| {
+        let (w, t, body) = (&w, who.1.clone(), unqualified.clone());
+        async move {
+            let (s, v) = w
+                .call(1, Method::PUT, "/v1/drivers/me", &t, Some(body))
+                .await;
+            assert_eq!(
+                (s, v["status"].clone()),
+                (StatusCode::OK, json!("approved")),
+                "{v}"
+            );
+        }
+    };
+    let offer = w.wait_offer(&a.1, Duration::from_secs(15)).await;
+    drop_food(&a).await;
+    let path = format!("/v1/offers/{}/accept", offer["id"].as_str().unwrap());
+    let (s, v) = w.call(2, Method::POST, &path, &a.1, None).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    // The next qualified driver takes it, then drops the qualification too.
+    let offer = w.wait_offer(&b.1, Duration::from_secs(15)).await;
+    let path = format!("/v1/offers/{}/accept", offer["id"].as_str().unwrap());
+    let (s, v) = w.call(2, Method::POST, &path, &b.1, None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    drop_food(&b).await;
+    let (s, o) = w
+        .call(3, Method::GET, &format!("/v1/orders/{oid}"), &ct, None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{o}");
+    assert_eq!(o["delivery_status"], "searching", "{o}");
+    assert!(o["driver_id"].is_null(), "{o}");
+}
