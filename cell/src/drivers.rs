@@ -23,6 +23,12 @@ const OFFERS: Table<Offer> = Table::new("offers");
 /// From command version 4 offers are kept this long (a few seconds'
 /// decision, long settled by then), and dropped a range at a time.
 pub const OFFERS_KEPT_MS: i64 = 7 * 24 * 3_600_000;
+/// From command version 4 an unassigned delivery is searched for again
+/// this often (drivers come online, move, finish their work) ...
+pub const UNASSIGNED_RETRY_EVERY_MS: i64 = 60_000;
+/// ... for this long after it was due (its creation, or its window's
+/// start when scheduled); then it waits only for the customer's cancel.
+pub const UNASSIGNED_RETRY_FOR_MS: i64 = 3 * 3_600_000;
 /// Deliveries waiting for a driver (key = delivery id).
 const DISPATCHABLE: Table<i64> = Table::new("deliveries_dispatchable");
 /// order id → delivery id.
@@ -873,7 +879,10 @@ pub fn apply(txn: &WriteTxn, cmd: DriverCommand) -> storage::Result<DriverRespon
             let Some(mut d) = txn.get(DELIVERIES, delivery_id.as_bytes())? else {
                 return Ok(R::NotFound);
             };
-            if d.status != DeliveryStatus::Searching {
+            let version = crate::command_version::recorded_in(txn)?;
+            // From version 4 an unassigned delivery is searched for again.
+            let retried = version >= 4 && d.status == DeliveryStatus::Unassigned;
+            if d.status != DeliveryStatus::Searching && !retried {
                 return Ok(R::Conflict(
                     "the delivery is not looking for a driver".into(),
                 ));
@@ -884,7 +893,6 @@ pub fn apply(txn: &WriteTxn, cmd: DriverCommand) -> storage::Result<DriverRespon
             // crossing in a failover cannot both go out. (Builds before
             // it applied every round they were handed; the rule waits for
             // every node to apply it alike.)
-            let version = crate::command_version::recorded_in(txn)?;
             let one_live = version >= 3;
             // About one round in 32 (by its first offer's id, which the
             // command carries) drops the offers past their keeping time.
@@ -937,8 +945,18 @@ pub fn apply(txn: &WriteTxn, cmd: DriverCommand) -> storage::Result<DriverRespon
             // A round apply refused every driver of is no round: the
             // dispatcher keeps counting towards giving up (builds before
             // command version 4 started over).
-            if !made.is_empty() || crate::command_version::recorded_in(txn)? < 4 {
+            if !made.is_empty() || version < 4 {
                 d.empty_rounds = 0;
+            }
+            if retried && !made.is_empty() {
+                d.status = DeliveryStatus::Searching;
+                events::append_to_all(
+                    txn,
+                    &[&d.customer_id, &d.vendor_owner_id],
+                    "delivery.searching",
+                    now,
+                    &serde_json::json!({"delivery_id": d.id, "order_id": d.order_id}),
+                )?;
             }
             d.updated_at = now;
             if !made.is_empty() && d.first_offer_at.is_none() {
@@ -955,21 +973,35 @@ pub fn apply(txn: &WriteTxn, cmd: DriverCommand) -> storage::Result<DriverRespon
             let Some(mut d) = txn.get(DELIVERIES, delivery_id.as_bytes())? else {
                 return Ok(R::NotFound);
             };
-            if d.status != DeliveryStatus::Searching {
+            let retrying = crate::command_version::recorded_in(txn)? >= 4;
+            let waiting = d.status == DeliveryStatus::Searching
+                || retrying && d.status == DeliveryStatus::Unassigned;
+            if !waiting {
                 return Ok(R::Done);
             }
             d.empty_rounds += 1;
             d.updated_at = now;
             if give_up {
-                d.status = DeliveryStatus::Unassigned;
-                txn.delete(DISPATCHABLE, d.id.as_bytes())?;
-                events::append_to_all(
-                    txn,
-                    &[&d.customer_id, &d.vendor_owner_id],
-                    "delivery.unassigned",
-                    now,
-                    &serde_json::json!({"delivery_id": d.id, "order_id": d.order_id}),
-                )?;
+                if d.status == DeliveryStatus::Searching {
+                    d.status = DeliveryStatus::Unassigned;
+                    events::append_to_all(
+                        txn,
+                        &[&d.customer_id, &d.vendor_owner_id],
+                        "delivery.unassigned",
+                        now,
+                        &serde_json::json!({"delivery_id": d.id, "order_id": d.order_id}),
+                    )?;
+                }
+                // Searched for again in a while (version 4), for a few
+                // hours after it was due; builds before gave up for good.
+                let due = orders::order_in(txn, &d.order_id)?
+                    .and_then(|o| o.window_start)
+                    .unwrap_or(d.created_at);
+                if retrying && now < due.saturating_add(UNASSIGNED_RETRY_FOR_MS) {
+                    d.dispatch_after = now + UNASSIGNED_RETRY_EVERY_MS;
+                } else {
+                    txn.delete(DISPATCHABLE, d.id.as_bytes())?;
+                }
             }
             txn.put(DELIVERIES, d.id.as_bytes(), &d)?;
             Ok(R::Delivery(d))
@@ -1663,6 +1695,48 @@ mod tests {
             let kept = |id: &str| txn.get(OFFERS, id.as_bytes()).unwrap().is_some();
             assert!(kept(&sweeping));
             assert_eq!(kept(&old), version < 4, "version {version}");
+        }
+    }
+
+    #[test]
+    fn from_version_4_an_unassigned_delivery_is_searched_for_again() {
+        for version in [3, 4] {
+            let (_dir, store) = versioned_txn(version);
+            let txn = store.write().unwrap();
+            let a = create_delivery(&txn, &orders::sample_order("nyc.ord_a", None, NOW), NOW)
+                .unwrap()
+                .id;
+            let give_up = |now| {
+                apply(
+                    &txn,
+                    DriverCommand::NoCandidates {
+                        delivery_id: a.clone(),
+                        give_up: true,
+                        now,
+                    },
+                )
+                .unwrap()
+            };
+            give_up(NOW + 10_000);
+            let d = delivery(&txn, &a);
+            assert_eq!(d.status, DeliveryStatus::Unassigned);
+            let listed = txn.get(DISPATCHABLE, a.as_bytes()).unwrap().is_some();
+            assert_eq!(listed, version >= 4);
+            txn.put(DRIVERS, b"d1", &sample_driver("d1", Vehicle::Car, 1))
+                .unwrap();
+            let later = NOW + 10_000 + UNASSIGNED_RETRY_EVERY_MS;
+            let r = round(&txn, &a, &["d1"], later);
+            if version < 4 {
+                assert!(matches!(r, DriverResponse::Conflict(_)), "{r:?}");
+                continue;
+            }
+            assert_eq!(d.dispatch_after, NOW + 10_000 + UNASSIGNED_RETRY_EVERY_MS);
+            assert_eq!(offered(r), ["d1"]);
+            assert_eq!(delivery(&txn, &a).status, DeliveryStatus::Searching);
+            // Nobody again, long after it was due: given up for good.
+            give_up(NOW + UNASSIGNED_RETRY_FOR_MS + 1);
+            assert_eq!(delivery(&txn, &a).status, DeliveryStatus::Unassigned);
+            assert!(txn.get(DISPATCHABLE, a.as_bytes()).unwrap().is_none());
         }
     }
 }
