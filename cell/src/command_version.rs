@@ -21,7 +21,8 @@
 //! driver who narrows their profile gives up the offers, deliveries and
 //! routes it no longer fits;
 //! going offline withdraws a driver's open offers; an unassigned delivery
-//! is searched for again every minute for three hours; offers are dropped a
+//! is searched for again every minute for three hours (a ride for 15
+//! minutes); offers are dropped a
 //! week after they were made; a
 //! round of offers apply refused every driver of no longer starts the
 //! delivery's count of empty rounds over; event pruning keeps what any

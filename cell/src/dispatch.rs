@@ -253,7 +253,10 @@ impl Dispatcher {
         let now = now_ms();
         let (settings, deliveries) = {
             let read = node.store().read()?;
-            (settings(&read), waiting(&read)?)
+            let mut deliveries = waiting(&read)?;
+            // Unassigned ones due for another search, after the rest.
+            deliveries.extend(drivers::retries_due(&read, now, BATCH)?);
+            (settings(&read), deliveries)
         };
         // First every open offer: their drivers are busy for every
         // delivery of this round, and the expired ones are closed.
@@ -331,7 +334,9 @@ impl Dispatcher {
                     expires_at: now + settings.offer_seconds * 1000,
                     now,
                 });
-                if d.first_offer_at.is_none() {
+                // (A retried delivery's wait is not dispatch latency: its
+                // `dispatch_after` is its retry time.)
+                if d.first_offer_at.is_none() && d.status == drivers::DeliveryStatus::Searching {
                     first_offers.push(d.created_at.max(d.dispatch_after));
                 }
             }

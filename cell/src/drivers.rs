@@ -29,8 +29,35 @@ pub const UNASSIGNED_RETRY_EVERY_MS: i64 = 60_000;
 /// ... for this long after it was due (its creation, or its window's
 /// start when scheduled); then it waits only for the customer's cancel.
 pub const UNASSIGNED_RETRY_FOR_MS: i64 = 3 * 3_600_000;
+/// A ride's passenger does not wait hours: its search is retried this long.
+pub const UNASSIGNED_RIDE_RETRY_FOR_MS: i64 = 15 * 60_000;
+
+fn retry_key(due: i64, delivery_id: &str) -> Vec<u8> {
+    format!("{:020}/{delivery_id}", due.max(0)).into_bytes()
+}
+
+/// Unassigned deliveries due to be searched for again by `now`, soonest
+/// first (at most `limit`).
+pub fn retries_due(read: &ReadTxn, now: i64, limit: usize) -> storage::Result<Vec<Delivery>> {
+    // Keys sort by their 20-digit due time: everything before the first
+    // key of `now + 1`.
+    let end = format!("{:020}/", now.saturating_add(1).max(0)).into_bytes();
+    let mut out = Vec::new();
+    for (_, id) in read.range(RETRIES, ..end, limit)? {
+        if let Some(d) = read.get(DELIVERIES, id.as_bytes())? {
+            out.push(d);
+        }
+    }
+    Ok(out)
+}
 /// Deliveries waiting for a driver (key = delivery id).
 const DISPATCHABLE: Table<i64> = Table::new("deliveries_dispatchable");
+/// `<due ms, 20 digits>/<delivery id>` → delivery id: unassigned
+/// deliveries to search for again, by when (command version 4). Apart from
+/// `deliveries_dispatchable`, which the dispatcher reads oldest first
+/// every round: hours of given-up deliveries there would crowd new ones
+/// out.
+const RETRIES: Table<String> = Table::new("deliveries_retry");
 /// order id → delivery id.
 const BY_ORDER: Table<String> = Table::new("deliveries_by_order");
 /// `<driver id>/<offer id>` → offer id, for a driver's open offers.
@@ -440,6 +467,9 @@ pub fn cancel_for_order(txn: &WriteTxn, order_id: &str, now: i64) -> storage::Re
             &serde_json::json!({"delivery_id": d.id}),
         )?;
     }
+    if d.status == DeliveryStatus::Unassigned {
+        txn.delete(RETRIES, &retry_key(d.dispatch_after, &d.id))?;
+    }
     d.status = DeliveryStatus::Cancelled;
     d.updated_at = now;
     txn.delete(DISPATCHABLE, d.id.as_bytes())?;
@@ -594,8 +624,17 @@ fn drop_old_offers(txn: &WriteTxn, cell: &str, now: i64) -> storage::Result<()> 
     let horizon = now.saturating_sub(OFFERS_KEPT_MS).max(0) as u64;
     let start = format!("{cell}.ofr_").into_bytes();
     let end = format!("{cell}.ofr_{}", ulid::Ulid::from_parts(horizon, 0)).into_bytes();
-    txn.delete_range(OFFERS, start..end).map(drop)
+    // A bounded number per sweep: the first sweep after an upgrade may
+    // find months of offers, and apply must not stall on them.
+    let old = txn.range(OFFERS, start..end, OFFERS_SWEPT_AT_ONCE)?;
+    for (k, _) in old {
+        txn.delete(OFFERS, &k)?;
+    }
+    Ok(())
 }
+
+/// Offers one sweep drops at most.
+const OFFERS_SWEPT_AT_ONCE: usize = 2_000;
 
 /// The delivery, if `driver` is assigned to it and has not picked it up.
 fn fetching(txn: &WriteTxn, id: &str, driver: &str) -> storage::Result<Option<Delivery>> {
@@ -626,13 +665,24 @@ fn open_offers_in(txn: &WriteTxn, driver_id: &str) -> storage::Result<Vec<(Vec<u
         64,
     )?;
     let mut out = Vec::new();
+    let mut heal = None;
     for (k, offer_id) in rows
         .into_iter()
         .take_while(|(k, _)| k.starts_with(prefix.as_bytes()))
     {
-        if let Some(o) = txn.get(OFFERS, offer_id.as_bytes())? {
-            if o.status == OfferStatus::Open {
-                out.push((k, o));
+        match txn.get(OFFERS, offer_id.as_bytes())? {
+            Some(o) if o.status == OfferStatus::Open => out.push((k, o)),
+            Some(_) => {}
+            // Dropped with old offers while still indexed (command
+            // version 4): the entry goes, so it cannot fill the cap.
+            None => {
+                let heal = match heal {
+                    Some(h) => h,
+                    None => *heal.insert(crate::command_version::recorded_in(txn)? >= 4),
+                };
+                if heal {
+                    txn.delete(OFFERS_BY_DRIVER, &k)?;
+                }
             }
         }
     }
@@ -949,6 +999,8 @@ pub fn apply(txn: &WriteTxn, cmd: DriverCommand) -> storage::Result<DriverRespon
                 d.empty_rounds = 0;
             }
             if retried && !made.is_empty() {
+                txn.delete(RETRIES, &retry_key(d.dispatch_after, &d.id))?;
+                txn.put(DISPATCHABLE, d.id.as_bytes(), &now)?;
                 d.status = DeliveryStatus::Searching;
                 events::append_to_all(
                     txn,
@@ -984,6 +1036,10 @@ pub fn apply(txn: &WriteTxn, cmd: DriverCommand) -> storage::Result<DriverRespon
             if give_up {
                 if d.status == DeliveryStatus::Searching {
                     d.status = DeliveryStatus::Unassigned;
+                    // The retries ask everyone afresh, once.
+                    if retrying {
+                        d.offered_to.clear();
+                    }
                     events::append_to_all(
                         txn,
                         &[&d.customer_id, &d.vendor_owner_id],
@@ -993,14 +1049,22 @@ pub fn apply(txn: &WriteTxn, cmd: DriverCommand) -> storage::Result<DriverRespon
                     )?;
                 }
                 // Searched for again in a while (version 4), for a few
-                // hours after it was due; builds before gave up for good.
-                let due = orders::order_in(txn, &d.order_id)?
-                    .and_then(|o| o.window_start)
-                    .unwrap_or(d.created_at);
-                if retrying && now < due.saturating_add(UNASSIGNED_RETRY_FOR_MS) {
-                    d.dispatch_after = now + UNASSIGNED_RETRY_EVERY_MS;
-                } else {
-                    txn.delete(DISPATCHABLE, d.id.as_bytes())?;
+                // hours after it was due (a ride: minutes); builds before
+                // gave up for good.
+                txn.delete(DISPATCHABLE, d.id.as_bytes())?;
+                if retrying {
+                    txn.delete(RETRIES, &retry_key(d.dispatch_after, &d.id))?;
+                    let due = orders::order_in(txn, &d.order_id)?
+                        .and_then(|o| o.window_start)
+                        .unwrap_or(d.created_at);
+                    let retry_for = match d.kind {
+                        OrderKind::Ride => UNASSIGNED_RIDE_RETRY_FOR_MS,
+                        OrderKind::Delivery => UNASSIGNED_RETRY_FOR_MS,
+                    };
+                    if now < due.saturating_add(retry_for) {
+                        d.dispatch_after = now + UNASSIGNED_RETRY_EVERY_MS;
+                        txn.put(RETRIES, &retry_key(d.dispatch_after, &d.id), &d.id)?;
+                    }
                 }
             }
             txn.put(DELIVERIES, d.id.as_bytes(), &d)?;
@@ -1717,11 +1781,17 @@ mod tests {
                 )
                 .unwrap()
             };
+            let listed = |id: &str| txn.get(DISPATCHABLE, id.as_bytes()).unwrap().is_some();
+            let retry_row = |d: &Delivery| {
+                let k = retry_key(d.dispatch_after, &d.id);
+                txn.get(RETRIES, &k).unwrap().is_some()
+            };
             give_up(NOW + 10_000);
             let d = delivery(&txn, &a);
             assert_eq!(d.status, DeliveryStatus::Unassigned);
-            let listed = txn.get(DISPATCHABLE, a.as_bytes()).unwrap().is_some();
-            assert_eq!(listed, version >= 4);
+            // Off the dispatcher's every-round list either way.
+            assert!(!listed(&a));
+            assert_eq!(retry_row(&d), version >= 4);
             txn.put(DRIVERS, b"d1", &sample_driver("d1", Vehicle::Car, 1))
                 .unwrap();
             let later = NOW + 10_000 + UNASSIGNED_RETRY_EVERY_MS;
@@ -1730,13 +1800,58 @@ mod tests {
                 assert!(matches!(r, DriverResponse::Conflict(_)), "{r:?}");
                 continue;
             }
-            assert_eq!(d.dispatch_after, NOW + 10_000 + UNASSIGNED_RETRY_EVERY_MS);
+            assert_eq!(d.dispatch_after, later);
             assert_eq!(offered(r), ["d1"]);
-            assert_eq!(delivery(&txn, &a).status, DeliveryStatus::Searching);
+            let d = delivery(&txn, &a);
+            assert_eq!(d.status, DeliveryStatus::Searching);
+            assert!(listed(&a) && !retry_row(&d));
             // Nobody again, long after it was due: given up for good.
             give_up(NOW + UNASSIGNED_RETRY_FOR_MS + 1);
-            assert_eq!(delivery(&txn, &a).status, DeliveryStatus::Unassigned);
-            assert!(txn.get(DISPATCHABLE, a.as_bytes()).unwrap().is_none());
+            let d = delivery(&txn, &a);
+            assert_eq!(d.status, DeliveryStatus::Unassigned);
+            assert!(!listed(&a) && !retry_row(&d));
+            // A second delivery given up, then cancelled: no retry left.
+            let order = orders::sample_order("nyc.ord_b", None, NOW);
+            let b = create_delivery(&txn, &order, NOW).unwrap().id;
+            let r = apply(
+                &txn,
+                DriverCommand::NoCandidates {
+                    delivery_id: b.clone(),
+                    give_up: true,
+                    now: NOW + 1,
+                },
+            )
+            .unwrap();
+            assert!(matches!(r, DriverResponse::Delivery(_)), "{r:?}");
+            let given_up = delivery(&txn, &b);
+            assert!(retry_row(&given_up));
+            cancel_for_order(&txn, &order.id, NOW + 2).unwrap();
+            assert!(!retry_row(&given_up));
         }
+    }
+
+    #[test]
+    fn retries_come_due_at_their_time() {
+        let (_dir, store) = versioned_txn(4);
+        let txn = store.write().unwrap();
+        let a = create_delivery(&txn, &orders::sample_order("nyc.ord_a", None, NOW), NOW)
+            .unwrap()
+            .id;
+        let cmd = DriverCommand::NoCandidates {
+            delivery_id: a.clone(),
+            give_up: true,
+            now: NOW,
+        };
+        apply(&txn, cmd).unwrap();
+        txn.commit(storage::Durability::Immediate).unwrap();
+        let read = store.read().unwrap();
+        let due = NOW + UNASSIGNED_RETRY_EVERY_MS;
+        assert!(retries_due(&read, due - 1, 10).unwrap().is_empty());
+        let ids: Vec<String> = retries_due(&read, due, 10)
+            .unwrap()
+            .into_iter()
+            .map(|d| d.id)
+            .collect();
+        assert_eq!(ids, [a]);
     }
 }

@@ -50,10 +50,11 @@ pub fn cell_in_path(path: &str) -> Option<&str> {
 }
 
 /// A query parameter, percent-decoded as the cell decodes it (so a
-/// `%2D74.0` or `lo%6E` pins where the cell will read it).
+/// `%2D74.0` or `lo%6E` pins where the cell will read it); an empty one
+/// counts as absent.
 fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     form_urlencoded::parse(query?.as_bytes())
-        .find(|(k, _)| k == name)
+        .find(|(k, v)| k == name && !v.is_empty())
         .map(|(_, v)| v.into_owned())
 }
 
@@ -301,7 +302,12 @@ mod tests {
             Pin::Cell("nyc".into())
         );
         // Percent-encoded, read as the cell reads it.
-        for query in ["lat=51.51&lng=%2D0.1", "region=lo%6E", "q=x&%72egion=lon"] {
+        for query in [
+            "lat=51.51&lng=%2D0.1",
+            "region=lo%6E",
+            "q=x&%72egion=lon",
+            "region&lat=51.51&lng=-0.1",
+        ] {
             assert_eq!(
                 pin(&get, "/v1/search", Some(query), None, None).unwrap(),
                 Pin::Cell("lon".into()),
