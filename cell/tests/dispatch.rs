@@ -29,13 +29,30 @@ impl World {
         )
         .await
         .unwrap();
-        World {
+        let w = World {
             tc,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(15))
                 .build()
                 .unwrap(),
             pinged: Default::default(),
+        };
+        w.wait_current_commands().await;
+        w
+    }
+
+    /// Until the cell applies this build's commands: a new cell starts at
+    /// version 1 and the leader raises it once every node said it runs
+    /// them, and what dispatch does depends on it.
+    async fn wait_current_commands(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (s, v) = self.call(1, Method::GET, "/v1/cell", "", None).await;
+            if s == StatusCode::OK && v["versions"]["cell"] == v["versions"]["commands"] {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the cell stays at {v}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -1107,4 +1124,42 @@ async fn a_driver_who_drops_a_needed_qualification_gives_the_work_up() {
     assert_eq!(s, StatusCode::OK, "{o}");
     assert_eq!(o["delivery_status"], "searching", "{o}");
     assert!(o["driver_id"].is_null(), "{o}");
+}
+
+/// A delivery nobody took is searched for again: a driver who comes
+/// online after it went unassigned gets it within the retry period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unassigned_delivery_is_searched_for_again() {
+    let _serial = common::SERIAL.lock().await;
+    let w = World::start().await;
+    w.setting("dispatch/give_up_rounds", "4").await;
+    let (_vt, ct, order) = w.accepted_order("retried").await;
+    let oid = order["id"].as_str().unwrap();
+    let status = || async {
+        let (s, o) = w
+            .call(2, Method::GET, &format!("/v1/orders/{oid}"), &ct, None)
+            .await;
+        assert_eq!(s, StatusCode::OK, "{o}");
+        o["delivery_status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while status().await != "unassigned" {
+        assert!(Instant::now() < deadline, "never given up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let late = w.driver("dlate@x.test", (PICKUP.0 + 0.001, PICKUP.1)).await;
+    // Within a minute (the retry period) and a few rounds.
+    let offer = w.wait_offer(&late.1, Duration::from_secs(75)).await;
+    assert_eq!(status().await, "searching");
+    let path = format!("/v1/offers/{}/accept", offer["id"].as_str().unwrap());
+    let (s, v) = w.call(1, Method::POST, &path, &late.1, None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(status().await, "assigned");
+    assert!(w
+        .feed(&ct)
+        .await
+        .contains(&"delivery.searching".to_string()));
 }
