@@ -1150,9 +1150,29 @@ async fn an_unassigned_delivery_is_searched_for_again() {
         assert!(Instant::now() < deadline, "never given up");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let late = w.driver("dlate@x.test", (PICKUP.0 + 0.001, PICKUP.1)).await;
-    // Within a minute (the retry period) and a few rounds.
-    let offer = w.wait_offer(&late.1, Duration::from_secs(75)).await;
+    let at = (PICKUP.0 + 0.001, PICKUP.1);
+    let late = w.driver("dlate@x.test", at).await;
+    // Within a minute (the retry period) and a few rounds; the driver
+    // pings as an app does (a position a minute old is stale).
+    let deadline = Instant::now() + Duration::from_secs(75);
+    let offer = loop {
+        if let Some(o) = w.offers(&late.1).await.into_iter().next() {
+            break o;
+        }
+        assert!(Instant::now() < deadline, "no offer within 75 s");
+        let ping = json!({"lat": at.0, "lng": at.1});
+        let (s, v) = w
+            .call(
+                2,
+                Method::PUT,
+                "/v1/drivers/me/location",
+                &late.1,
+                Some(ping),
+            )
+            .await;
+        assert!(s.is_success(), "{s} {v}");
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    };
     assert_eq!(status().await, "searching");
     let path = format!("/v1/offers/{}/accept", offer["id"].as_str().unwrap());
     let (s, v) = w.call(1, Method::POST, &path, &late.1, None).await;
