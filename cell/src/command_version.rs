@@ -15,24 +15,21 @@
 //! whatever round the dispatcher proposed and took any number of codes).
 //! Version 4 stands a driver down when they stop being approved —
 //! suspended, or an approved profile changed to a different vehicle,
-//! more seats or a new qualification, which goes back to review — their
-//! open offers withdrawn and the deliveries they were to fetch returned
-//! to dispatch, and only an approved driver may arrive or pick up; a
-//! driver who narrows their profile gives up the offers, deliveries and
-//! routes it no longer fits;
-//! going offline withdraws a driver's open offers; an unassigned delivery
-//! is searched for again every minute for three hours (a ride for 15
-//! minutes); offers are dropped a
-//! week after they were made; a
+//! more seats or a new qualification, which goes back to review: open
+//! offers withdrawn, the delivery in hand back to dispatch, routes still
+//! ahead back to the market; only an approved driver may arrive or pick
+//! up. A driver who narrows their profile gives up, the same way, what it
+//! no longer fits; going offline withdraws open offers. An unassigned
+//! delivery is searched for again every minute for three hours (a ride
+//! for 15 minutes); offers are dropped a week after they were made; a
 //! round of offers apply refused every driver of no longer starts the
-//! delivery's count of empty rounds over; event pruning keeps what any
-//! of an owner's webhooks has not sent, not only the first 64; and the
-//! route market releases and matches the routes with the nearest
-//! windows, not the 5,000 built first, and takes a cancelled order's stop
-//! (and its pay) off its route. Webhooks are found only through their id
-//! index from version 4 (rising to it indexes any webhook registered
-//! before the index existed), so a deleted one's late report no longer
-//! scans them all.
+//! delivery's count of empty rounds over. Event pruning keeps what any of
+//! an owner's webhooks has not sent, not only the first 64. The route
+//! market releases and matches the routes with the nearest windows, not
+//! the 5,000 built first, and takes a cancelled order's stop (and its
+//! pay) off its route. Webhooks are found only through their id index
+//! (rising to version 4 indexes any registered before the index existed),
+//! so a deleted one's late report no longer scans them all.
 
 use serde::{Deserialize, Serialize};
 use storage::{ReadTxn, Table, WriteTxn};

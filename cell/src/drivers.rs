@@ -546,11 +546,11 @@ fn still_fits(txn: &WriteTxn, d: &Delivery, drv: &Driver) -> storage::Result<boo
 }
 
 /// Hands back what the driver may no longer do (command version 4): open
-/// offers are withdrawn, and each delivery they were to fetch — the one
-/// in hand and those on routes booked to them — goes to on-demand
-/// dispatch, as a route's deliveries do when nobody takes the route; the
-/// routes leave their schedule. A delivery already picked up stays theirs
-/// to finish, and routes done stay in their schedule.
+/// offers are withdrawn, the delivery in hand goes to on-demand dispatch,
+/// and routes still ahead of them leave their schedule for the market
+/// again, their deliveries waiting for the route (released on demand when
+/// its time comes, as any unclaimed route's). A delivery already picked
+/// up stays theirs to finish, and routes done stay in their schedule.
 fn hand_back(txn: &WriteTxn, drv: &mut Driver, now: i64, which: HandBack) -> storage::Result<()> {
     let unfit = |d: &Delivery, drv: &Driver| -> storage::Result<bool> {
         Ok(which == HandBack::All || !still_fits(txn, d, drv)?)
@@ -565,7 +565,9 @@ fn hand_back(txn: &WriteTxn, drv: &mut Driver, now: i64, which: HandBack) -> sto
         txn.put(OFFERS, o.id.as_bytes(), &o)?;
         txn.delete(OFFERS_BY_DRIVER, &k)?;
     }
-    let mut ids = Vec::new();
+    // (delivery, whether it goes to on-demand dispatch rather than back
+    // to its route's market)
+    let mut ids: Vec<(String, bool)> = Vec::new();
     for route in crate::routes::booked_in(txn, &drv.id)? {
         if which == HandBack::Unfit && route.requirements.met_by(drv) {
             continue;
@@ -575,23 +577,23 @@ fn hand_back(txn: &WriteTxn, drv: &mut Driver, now: i64, which: HandBack) -> sto
             .iter()
             .filter_map(|s| s.delivery_id.clone())
             .collect();
-        let mut ahead = false;
+        let mut ahead = crate::routes::ahead_at(&route, now);
         for id in &stops {
             ahead |= fetching(txn, id, &drv.id)?.is_some();
         }
         if ahead {
-            crate::routes::release_booking(txn, route, now)?;
-            ids.extend(stops);
+            crate::routes::reopen_booking(txn, route, now)?;
+            ids.extend(stops.into_iter().map(|id| (id, false)));
         }
     }
     if let Some(id) = drv.current_delivery.clone() {
         if let Some(d) = fetching(txn, &id, &drv.id)? {
             if unfit(&d, drv)? {
-                ids.push(id);
+                ids.push((id, true));
             }
         }
     }
-    for id in ids {
+    for (id, on_demand) in ids {
         let Some(mut d) = fetching(txn, &id, &drv.id)? else {
             continue;
         };
@@ -606,7 +608,11 @@ fn hand_back(txn: &WriteTxn, drv: &mut Driver, now: i64, which: HandBack) -> sto
         d.empty_rounds = 0;
         d.updated_at = now;
         txn.put(DELIVERIES, d.id.as_bytes(), &d)?;
-        txn.put(DISPATCHABLE, d.id.as_bytes(), &now)?;
+        // A route's delivery waits for its reopened route (released on
+        // demand when the route's time comes, like any open route's).
+        if on_demand {
+            txn.put(DISPATCHABLE, d.id.as_bytes(), &now)?;
+        }
         events::append_to_all(
             txn,
             &[&d.customer_id, &d.vendor_owner_id, &drv.id],

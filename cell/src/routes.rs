@@ -100,9 +100,8 @@ pub struct Claim {
 pub enum RouteStatus {
     Open,
     Assigned,
-    /// Nobody took it by the time its deliveries had to leave, or its
-    /// driver was stood down before doing it: its deliveries went to
-    /// on-demand dispatch.
+    /// Nobody took it by the time its deliveries had to leave; they went
+    /// to on-demand dispatch.
     Expired,
     /// Every order it had stops for was cancelled.
     Cancelled,
@@ -363,22 +362,28 @@ pub fn booked_in(txn: &WriteTxn, driver: &str) -> storage::Result<Vec<Route>> {
         .collect())
 }
 
-/// The route's driver was stood down and its deliveries went to
-/// on-demand dispatch: it leaves the driver's schedule (and no longer
-/// counts in their hours), and the driver is told with `route.updated`.
-/// Part of the stand-down's apply (command version 4).
-pub fn release_booking(txn: &WriteTxn, mut r: Route, now: i64) -> storage::Result<()> {
-    let Some(driver) = r.driver_id.clone() else {
+/// Whether the route is still ahead of its driver at `now`: its window
+/// has not ended (a route's deliveries not yet picked up are checked by
+/// the caller).
+pub fn ahead_at(r: &Route, now: i64) -> bool {
+    r.window_end > now
+}
+
+/// The route's driver may no longer do it: it leaves their schedule (and
+/// their hours) and goes back to the market, open for claims — or, if
+/// its deliveries must leave by now, to release on demand (`Release`, as
+/// for any open route). The driver is told with `route.updated`. Part of
+/// the hand-back's apply (command version 4).
+pub fn reopen_booking(txn: &WriteTxn, mut r: Route, now: i64) -> storage::Result<()> {
+    let Some(driver) = r.driver_id.take() else {
         return Ok(());
     };
     txn.delete(SCHEDULE, format!("{driver}/{}", r.id).as_bytes())?;
-    for id in r.stops.iter().filter_map(|s| s.delivery_id.as_deref()) {
-        txn.delete(ROUTE_OF, id.as_bytes())?;
-    }
-    r.status = RouteStatus::Expired;
-    txn.put(ROUTES, r.id.as_bytes(), &r)?;
+    r.status = RouteStatus::Open;
+    r.claims.clear();
+    put_open(txn, &r)?;
     let data = serde_json::json!({
-        "route_id": r.id, "status": r.status, "stops": r.stops.len(),
+        "route_id": r.id, "status": "withdrawn", "stops": r.stops.len(),
         "pay": {"amount": r.pay, "currency": r.currency},
     });
     events::append(txn, &driver, "route.updated", now, &data)?;
@@ -950,8 +955,10 @@ mod tests {
         routes.into_iter().map(|r| r.id).collect()
     }
 
-    /// A driver stood down gives up the routes still ahead of them (their
-    /// deliveries go to dispatch); the routes they have done stay theirs.
+    /// A driver stood down gives up the routes still ahead of them — back
+    /// to the market, their deliveries waiting for them again — including
+    /// an ops route without deliveries; the routes they have done stay
+    /// theirs.
     #[test]
     fn a_stood_down_driver_gives_up_the_routes_ahead() {
         let dir = tempfile::tempdir().unwrap();
@@ -961,6 +968,15 @@ mod tests {
         let booked = |n, window, status| book(&txn, driver, n, window, status, 0);
         let (done, _) = booked(1, NOW - 5 * HOUR_MS, drivers::DeliveryStatus::Delivered);
         let (ahead, stop) = booked(2, NOW + 5 * HOUR_MS, drivers::DeliveryStatus::Assigned);
+        // An ops route: stops without deliveries.
+        let mut ops = txn.get(ROUTES, ahead.as_bytes()).unwrap().unwrap();
+        ops.id = "nyc.rte_ops".into();
+        ops.window_start = NOW + 8 * HOUR_MS;
+        ops.window_end = NOW + 9 * HOUR_MS;
+        ops.stops.iter_mut().for_each(|s| s.delivery_id = None);
+        txn.put(ROUTES, ops.id.as_bytes(), &ops).unwrap();
+        let k = format!("{driver}/{}", ops.id);
+        txn.put(SCHEDULE, k.as_bytes(), &ops.id).unwrap();
         drivers::apply(
             &txn,
             drivers::DriverCommand::SetStatus {
@@ -971,12 +987,20 @@ mod tests {
         )
         .unwrap();
         assert_eq!(schedule_ids(&txn, driver), [done]);
-        let released = txn.get(ROUTES, ahead.as_bytes()).unwrap().unwrap();
-        assert_eq!(released.status, RouteStatus::Expired);
+        let mut open: Vec<String> = open_routes_in(&txn).into_iter().map(|r| r.id).collect();
+        open.sort();
+        assert_eq!(open, [ahead.clone(), ops.id.clone()]);
+        for id in [&ahead, &ops.id] {
+            let r = txn.get(ROUTES, id.as_bytes()).unwrap().unwrap();
+            assert_eq!((r.status, r.driver_id), (RouteStatus::Open, None));
+        }
         let read = txn_read(txn, &store);
         let d = drivers::delivery(&read, &stop).unwrap().unwrap();
         assert_eq!(d.status, drivers::DeliveryStatus::Searching);
         assert_eq!(d.driver_id, None);
+        // It waits for its route again, not for on-demand dispatch.
+        let on_demand = drivers::dispatchable(&read, 100).unwrap();
+        assert!(on_demand.iter().all(|d| d.id != stop));
         let feed: Vec<String> = events::after_stored(&read, driver, 0, 10)
             .unwrap()
             .into_iter()
