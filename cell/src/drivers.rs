@@ -1497,12 +1497,8 @@ mod tests {
             let store = Store::open(dir.path().join("s.redb"), 1 << 20).unwrap();
             let txn = store.write().unwrap();
             command_version::apply(&txn, ClusterCommand::RaiseVersion { version }).unwrap();
-            let a = create_delivery(&txn, &orders::sample_order("nyc.ord_a", None, NOW), NOW)
-                .unwrap()
-                .id;
-            let b = create_delivery(&txn, &orders::sample_order("nyc.ord_b", None, NOW), NOW)
-                .unwrap()
-                .id;
+            let a = delivery_for(&txn, "nyc.ord_a");
+            let b = delivery_for(&txn, "nyc.ord_b");
             for id in ["d1", "d2", "d3"] {
                 let d = sample_driver(id, Vehicle::Car, 1);
                 txn.put(DRIVERS, id.as_bytes(), &d).unwrap();
@@ -1539,6 +1535,12 @@ mod tests {
         (dir, store)
     }
 
+    /// The delivery of a new on-demand sample order, opened at `NOW`.
+    fn delivery_for(txn: &WriteTxn, order_id: &str) -> String {
+        let order = orders::sample_order(order_id, None, NOW);
+        create_delivery(txn, &order, NOW).unwrap().id
+    }
+
     fn driver(txn: &WriteTxn, id: &str) -> Driver {
         txn.get(DRIVERS, id.as_bytes()).unwrap().unwrap()
     }
@@ -1557,9 +1559,7 @@ mod tests {
         for version in [3, 4] {
             let (_dir, store) = versioned_txn(version);
             let txn = store.write().unwrap();
-            let a = create_delivery(&txn, &orders::sample_order("nyc.ord_a", None, NOW), NOW)
-                .unwrap()
-                .id;
+            let a = delivery_for(&txn, "nyc.ord_a");
             let d1 = sample_driver("d1", Vehicle::Car, 4);
             txn.put(DRIVERS, b"d1", &d1).unwrap();
             assert_eq!(offered(round(&txn, &a, &["d1"], NOW)), ["d1"]);
@@ -1616,9 +1616,7 @@ mod tests {
             };
             let on_way = fetch("nyc.ord_a", DeliveryStatus::Arrived);
             let in_hand = fetch("nyc.ord_b", DeliveryStatus::PickedUp);
-            let b = create_delivery(&txn, &orders::sample_order("nyc.ord_c", None, NOW), NOW)
-                .unwrap()
-                .id;
+            let b = delivery_for(&txn, "nyc.ord_c");
             d1.current_delivery = Some(on_way.clone());
             txn.put(DRIVERS, b"d1", &d1).unwrap();
             // An offer made while they were free.
@@ -1693,9 +1691,7 @@ mod tests {
         for version in [3, 4] {
             let (_dir, store) = versioned_txn(version);
             let txn = store.write().unwrap();
-            let a = create_delivery(&txn, &orders::sample_order("nyc.ord_a", None, NOW), NOW)
-                .unwrap()
-                .id;
+            let a = delivery_for(&txn, "nyc.ord_a");
             txn.put(DRIVERS, b"d1", &sample_driver("d1", Vehicle::Car, 1))
                 .unwrap();
             assert_eq!(offered(round(&txn, &a, &["d1"], NOW)), ["d1"]);
@@ -1727,9 +1723,7 @@ mod tests {
                 txn.put(DRIVERS, id.as_bytes(), &sample_driver(id, Vehicle::Car, 1))
                     .unwrap();
             }
-            let a = create_delivery(&txn, &orders::sample_order("nyc.ord_a", None, NOW), NOW)
-                .unwrap()
-                .id;
+            let a = delivery_for(&txn, "nyc.ord_a");
             let made_at = |t: i64| format!("nyc.ofr_{}", ulid::Ulid::from_parts(t as u64, 1));
             let old = made_at(NOW);
             let r = apply(
@@ -1773,9 +1767,7 @@ mod tests {
         for version in [3, 4] {
             let (_dir, store) = versioned_txn(version);
             let txn = store.write().unwrap();
-            let a = create_delivery(&txn, &orders::sample_order("nyc.ord_a", None, NOW), NOW)
-                .unwrap()
-                .id;
+            let a = delivery_for(&txn, "nyc.ord_a");
             let give_up = |now| {
                 apply(
                     &txn,
@@ -1840,9 +1832,7 @@ mod tests {
     fn retries_come_due_at_their_time() {
         let (_dir, store) = versioned_txn(4);
         let txn = store.write().unwrap();
-        let a = create_delivery(&txn, &orders::sample_order("nyc.ord_a", None, NOW), NOW)
-            .unwrap()
-            .id;
+        let a = delivery_for(&txn, "nyc.ord_a");
         let cmd = DriverCommand::NoCandidates {
             delivery_id: a.clone(),
             give_up: true,

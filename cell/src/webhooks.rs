@@ -537,6 +537,22 @@ mod tests {
     use super::*;
     use storage::{Durability, Store};
 
+    fn sample(id: &str, vendor: &str, owner: &str) -> Webhook {
+        Webhook {
+            id: id.into(),
+            vendor_id: vendor.into(),
+            owner_id: owner.into(),
+            url: "https://example.test/hook".into(),
+            secret: "s".into(),
+            cursor: 0,
+            delivered: 0,
+            last_error: None,
+            failures: 0,
+            updated_at: 0,
+            created_at: 0,
+        }
+    }
+
     fn append(store: &Store, n: u64) {
         let txn = store.write().unwrap();
         for _ in 0..n {
@@ -564,19 +580,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path().join("s.redb"), 1 << 20).unwrap();
         append(&store, 10);
-        let webhook = Webhook {
-            id: "whk_1".into(),
-            vendor_id: "ven_v".into(),
-            owner_id: "acc_o".into(),
-            url: "https://example.test/hook".into(),
-            secret: "s".into(),
-            cursor: 0,
-            delivered: 0,
-            last_error: None,
-            failures: 0,
-            updated_at: 0,
-            created_at: 0,
-        };
+        let webhook = sample("whk_1", "ven_v", "acc_o");
         run(&store, WebhookCommand::Register { webhook });
         // The endpoint is down while the feed grows well past its window.
         let behind = events::RETAINED + 500;
@@ -621,19 +625,7 @@ mod tests {
         let store = Store::open(dir.path().join("s.redb"), 1 << 20).unwrap();
         let txn = store.write().unwrap();
         command_version::apply(&txn, ClusterCommand::RaiseVersion { version: 3 }).unwrap();
-        let old = Webhook {
-            id: "nyc.whk_old".into(),
-            vendor_id: "nyc.ven_a".into(),
-            owner_id: "nyc.acc_o".into(),
-            url: "https://example.com/hook".into(),
-            secret: "sealed".into(),
-            cursor: 0,
-            delivered: 0,
-            last_error: None,
-            failures: 0,
-            updated_at: 0,
-            created_at: 0,
-        };
+        let old = sample("nyc.whk_old", "nyc.ven_a", "nyc.acc_o");
         // As a build before the index stored it.
         txn.put(WEBHOOKS, &key(&old.vendor_id, &old.id), &old)
             .unwrap();
