@@ -95,3 +95,15 @@ pub fn apply(txn: &WriteTxn, cmd: ClusterCommand) -> storage::Result<u32> {
         }
     }
 }
+
+/// A fresh store whose recorded command version is `version` (for tests
+/// that run apply at one version and the next).
+#[cfg(test)]
+pub(crate) fn store_at(version: u32) -> (tempfile::TempDir, storage::Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = storage::Store::open(dir.path().join("s.redb"), 1 << 20).unwrap();
+    let txn = store.write().unwrap();
+    apply(&txn, ClusterCommand::RaiseVersion { version }).unwrap();
+    txn.commit(storage::Durability::Immediate).unwrap();
+    (dir, store)
+}

@@ -1408,8 +1408,7 @@ pub(crate) fn sample_driver(id: &str, vehicle: Vehicle, capacity: u32) -> Driver
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command_version::{self, ClusterCommand};
-    use storage::Store;
+    use crate::command_version;
 
     const NOW: i64 = 1_800_000_000_000;
 
@@ -1440,10 +1439,8 @@ mod tests {
     #[test]
     fn from_version_3_wrong_proof_codes_lock_a_delivery_for_a_while() {
         for version in [2, 3] {
-            let dir = tempfile::tempdir().unwrap();
-            let store = Store::open(dir.path().join("s.redb"), 1 << 20).unwrap();
+            let (_dir, store) = command_version::store_at(version);
             let txn = store.write().unwrap();
-            command_version::apply(&txn, ClusterCommand::RaiseVersion { version }).unwrap();
             let order = orders::sample_order("nyc.ord_p", None, NOW);
             orders::store(&txn, &order).unwrap();
             let mut d = create_delivery(&txn, &order, NOW).unwrap();
@@ -1493,10 +1490,8 @@ mod tests {
     #[test]
     fn from_version_3_a_delivery_has_one_live_round_and_a_driver_one_live_offer() {
         for version in [2, 3] {
-            let dir = tempfile::tempdir().unwrap();
-            let store = Store::open(dir.path().join("s.redb"), 1 << 20).unwrap();
+            let (_dir, store) = command_version::store_at(version);
             let txn = store.write().unwrap();
-            command_version::apply(&txn, ClusterCommand::RaiseVersion { version }).unwrap();
             let a = delivery_for(&txn, "nyc.ord_a");
             let b = delivery_for(&txn, "nyc.ord_b");
             for id in ["d1", "d2", "d3"] {
@@ -1526,15 +1521,6 @@ mod tests {
         }
     }
 
-    fn versioned_txn(version: u32) -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("s.redb"), 1 << 20).unwrap();
-        let txn = store.write().unwrap();
-        command_version::apply(&txn, ClusterCommand::RaiseVersion { version }).unwrap();
-        txn.commit(storage::Durability::Immediate).unwrap();
-        (dir, store)
-    }
-
     /// The delivery of a new on-demand sample order, opened at `NOW`.
     fn delivery_for(txn: &WriteTxn, order_id: &str) -> String {
         let order = orders::sample_order(order_id, None, NOW);
@@ -1557,7 +1543,7 @@ mod tests {
     #[test]
     fn from_version_4_a_widened_profile_goes_back_to_review() {
         for version in [3, 4] {
-            let (_dir, store) = versioned_txn(version);
+            let (_dir, store) = command_version::store_at(version);
             let txn = store.write().unwrap();
             let a = delivery_for(&txn, "nyc.ord_a");
             let d1 = sample_driver("d1", Vehicle::Car, 4);
@@ -1602,7 +1588,7 @@ mod tests {
     #[test]
     fn from_version_4_a_suspended_driver_hands_back_what_they_were_to_fetch() {
         for version in [3, 4] {
-            let (_dir, store) = versioned_txn(version);
+            let (_dir, store) = command_version::store_at(version);
             let txn = store.write().unwrap();
             let mut d1 = sample_driver("d1", Vehicle::Car, 1);
             let fetch = |order: &str, status| {
@@ -1671,7 +1657,7 @@ mod tests {
     #[test]
     fn from_version_4_a_refused_round_does_not_restart_the_count() {
         for version in [3, 4] {
-            let (_dir, store) = versioned_txn(version);
+            let (_dir, store) = command_version::store_at(version);
             let txn = store.write().unwrap();
             let mut d =
                 create_delivery(&txn, &orders::sample_order("nyc.ord_a", None, NOW), NOW).unwrap();
@@ -1689,7 +1675,7 @@ mod tests {
     #[test]
     fn from_version_4_going_offline_withdraws_open_offers() {
         for version in [3, 4] {
-            let (_dir, store) = versioned_txn(version);
+            let (_dir, store) = command_version::store_at(version);
             let txn = store.write().unwrap();
             let a = delivery_for(&txn, "nyc.ord_a");
             txn.put(DRIVERS, b"d1", &sample_driver("d1", Vehicle::Car, 1))
@@ -1717,7 +1703,7 @@ mod tests {
     #[test]
     fn from_version_4_offers_are_kept_a_week() {
         for version in [3, 4] {
-            let (_dir, store) = versioned_txn(version);
+            let (_dir, store) = command_version::store_at(version);
             let txn = store.write().unwrap();
             for id in ["d1", "d2"] {
                 txn.put(DRIVERS, id.as_bytes(), &sample_driver(id, Vehicle::Car, 1))
@@ -1765,7 +1751,7 @@ mod tests {
     #[test]
     fn from_version_4_an_unassigned_delivery_is_searched_for_again() {
         for version in [3, 4] {
-            let (_dir, store) = versioned_txn(version);
+            let (_dir, store) = command_version::store_at(version);
             let txn = store.write().unwrap();
             let a = delivery_for(&txn, "nyc.ord_a");
             let give_up = |now| {
@@ -1830,7 +1816,7 @@ mod tests {
 
     #[test]
     fn retries_come_due_at_their_time() {
-        let (_dir, store) = versioned_txn(4);
+        let (_dir, store) = command_version::store_at(4);
         let txn = store.write().unwrap();
         let a = delivery_for(&txn, "nyc.ord_a");
         let cmd = DriverCommand::NoCandidates {

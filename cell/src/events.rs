@@ -383,12 +383,10 @@ mod tests {
     /// (an owner of many vendors has that many webhooks).
     #[test]
     fn from_version_4_every_hold_keeps_the_feed() {
-        use crate::command_version::{self, ClusterCommand};
+        use crate::command_version;
         for version in [3, 4] {
-            let dir = tempfile::tempdir().unwrap();
-            let store = Store::open(dir.path().join("s.redb"), 1 << 20).unwrap();
+            let (_dir, store) = command_version::store_at(version);
             let txn = store.write().unwrap();
-            command_version::apply(&txn, ClusterCommand::RaiseVersion { version }).unwrap();
             // 64 holders that have taken everything, and one behind them
             // in key order that has taken nothing.
             for w in 0..64 {

@@ -801,12 +801,10 @@ mod tests {
     /// are open.
     #[test]
     fn from_version_4_the_nearest_windows_go_first_however_many_are_open() {
-        use crate::command_version::{self, ClusterCommand};
+        use crate::command_version;
         for version in [3, 4] {
-            let dir = tempfile::tempdir().unwrap();
-            let store = Store::open(dir.path().join("s.redb"), 1 << 20).unwrap();
+            let (_dir, store) = command_version::store_at(version);
             let txn = store.write().unwrap();
-            command_version::apply(&txn, ClusterCommand::RaiseVersion { version }).unwrap();
             scheduled(&txn, 1, NOW + 10 * 24 * HOUR_MS);
             let template = open_routes_in(&txn).remove(0);
             for n in 0..MAX_OPEN {
@@ -840,13 +838,11 @@ mod tests {
     /// with its pay, and a route left without stops is cancelled.
     #[test]
     fn from_version_4_cancelled_orders_leave_their_routes() {
-        use crate::command_version::{self, ClusterCommand};
+        use crate::command_version;
         let window = NOW + 5 * HOUR_MS;
         for (version, assigned) in [(3, false), (4, false), (4, true)] {
-            let dir = tempfile::tempdir().unwrap();
-            let store = Store::open(dir.path().join("s.redb"), 1 << 20).unwrap();
+            let (_dir, store) = command_version::store_at(version);
             let txn = store.write().unwrap();
-            command_version::apply(&txn, ClusterCommand::RaiseVersion { version }).unwrap();
             let first = scheduled(&txn, 1, window);
             let second = scheduled(&txn, 2, window);
             let mut route = open_routes_in(&txn).remove(0);
@@ -890,11 +886,9 @@ mod tests {
     /// An emptied open route's claimants lose it as if unmatched.
     #[test]
     fn the_claimants_of_an_emptied_route_are_told() {
-        use crate::command_version::{self, ClusterCommand};
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("s.redb"), 1 << 20).unwrap();
+        use crate::command_version;
+        let (_dir, store) = command_version::store_at(4);
         let txn = store.write().unwrap();
-        command_version::apply(&txn, ClusterCommand::RaiseVersion { version: 4 }).unwrap();
         let only = scheduled(&txn, 1, NOW + 5 * HOUR_MS);
         let mut route = open_routes_in(&txn).remove(0);
         route.claims.push(Claim {

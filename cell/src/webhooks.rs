@@ -621,10 +621,8 @@ mod tests {
     #[test]
     fn version_4_finds_webhooks_through_the_index_only() {
         use crate::command_version::{self, ClusterCommand};
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("s.redb"), 1 << 20).unwrap();
+        let (_dir, store) = command_version::store_at(3);
         let txn = store.write().unwrap();
-        command_version::apply(&txn, ClusterCommand::RaiseVersion { version: 3 }).unwrap();
         let old = sample("nyc.whk_old", "nyc.ven_a", "nyc.acc_o");
         // As a build before the index stored it.
         txn.put(WEBHOOKS, &key(&old.vendor_id, &old.id), &old)
