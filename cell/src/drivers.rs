@@ -555,15 +555,13 @@ fn hand_back(txn: &WriteTxn, drv: &mut Driver, now: i64, which: HandBack) -> sto
     let unfit = |d: &Delivery, drv: &Driver| -> storage::Result<bool> {
         Ok(which == HandBack::All || !still_fits(txn, d, drv)?)
     };
-    for (k, mut o) in open_offers_in(txn, &drv.id)? {
+    for (k, o) in open_offers_in(txn, &drv.id)? {
         if let Some(d) = txn.get(DELIVERIES, o.delivery_id.as_bytes())? {
             if !unfit(&d, drv)? {
                 continue;
             }
         }
-        o.status = OfferStatus::Withdrawn;
-        txn.put(OFFERS, o.id.as_bytes(), &o)?;
-        txn.delete(OFFERS_BY_DRIVER, &k)?;
+        withdraw(txn, &k, o, now)?;
     }
     // (delivery, whether it goes to on-demand dispatch rather than back
     // to its route's market)
@@ -652,13 +650,27 @@ fn fetching(txn: &WriteTxn, id: &str, driver: &str) -> storage::Result<Option<De
 
 /// The driver's open offers are withdrawn (they went offline or stopped
 /// being approved; command version 4).
-fn withdraw_offers(txn: &WriteTxn, driver_id: &str) -> storage::Result<()> {
-    for (k, mut o) in open_offers_in(txn, driver_id)? {
-        o.status = OfferStatus::Withdrawn;
-        txn.put(OFFERS, o.id.as_bytes(), &o)?;
-        txn.delete(OFFERS_BY_DRIVER, &k)?;
+fn withdraw_offers(txn: &WriteTxn, driver_id: &str, now: i64) -> storage::Result<()> {
+    for (k, o) in open_offers_in(txn, driver_id)? {
+        withdraw(txn, &k, o, now)?;
     }
     Ok(())
+}
+
+/// One open offer withdrawn (index key `k`); its driver is told with
+/// `offer.withdrawn`, as with `offer.expired`.
+fn withdraw(txn: &WriteTxn, k: &[u8], mut o: Offer, now: i64) -> storage::Result<()> {
+    o.status = OfferStatus::Withdrawn;
+    txn.put(OFFERS, o.id.as_bytes(), &o)?;
+    txn.delete(OFFERS_BY_DRIVER, k)?;
+    events::append(
+        txn,
+        &o.driver_id,
+        "offer.withdrawn",
+        now,
+        &serde_json::json!({"offer_id": o.id, "delivery_id": o.delivery_id}),
+    )
+    .map(drop)
 }
 
 /// A driver's open offers (expired or not yet) with their index keys,
@@ -896,7 +908,7 @@ pub fn apply(txn: &WriteTxn, cmd: DriverCommand) -> storage::Result<DriverRespon
             // delivery's round until it expired (builds before command
             // version 4 let it stand, and be accepted).
             if !online && crate::command_version::recorded_in(txn)? >= 4 {
-                withdraw_offers(txn, &driver_id)?;
+                withdraw_offers(txn, &driver_id, now)?;
             }
             drv.online = online;
             drv.updated_at = now;
@@ -1697,6 +1709,9 @@ mod tests {
                 OfferStatus::Withdrawn
             };
             assert_eq!(offer_status(&txn, &a, "d1"), expected);
+            // offer.created, then (version 4) offer.withdrawn.
+            let told = events::last_seq_in(&txn, "d1").unwrap();
+            assert_eq!(told, if version < 4 { 1 } else { 2 });
         }
     }
 
