@@ -162,12 +162,17 @@ impl raft::Application for CellApp {
     ) -> storage::Result<Response> {
         // Route commands and order changes (a scheduled order joins a route)
         // may move the market.
-        // Drivers' commands too: standing a driver down releases their
-        // booked routes.
-        let market_may_move = matches!(
-            cmd,
-            Command::Routes(_) | Command::Orders(_) | Command::Drivers(_)
-        );
+        // Of drivers' commands only those that may hand routes back (a
+        // stand-down, a narrowed profile): location pings, the hottest
+        // write, read no market version.
+        let market_may_move = match &cmd {
+            Command::Routes(_) | Command::Orders(_) => true,
+            Command::Drivers(c) => matches!(
+                c.as_ref(),
+                DriverCommand::SetStatus { .. } | DriverCommand::PutProfile { .. }
+            ),
+            _ => false,
+        };
         let before = if market_may_move {
             Some(crate::routes::market_version(txn)?)
         } else {

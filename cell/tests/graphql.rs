@@ -1653,17 +1653,7 @@ async fn each_mutation_pays_its_rate_limit_like_its_rest_call() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operations_over_a_socket_pay_their_rate_limit() {
     let api = Api::start_with(1, &["--rate-limit-principal", "1"]).await;
-    let (s, v) = api
-        .rest(
-            1,
-            Method::POST,
-            "/admin/tokens",
-            Some(&api.ops()),
-            Some(json!({"role": "customer", "sub": "local.acc_ws", "ttl_seconds": 600})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{v}");
-    let token = v["access_token"].as_str().unwrap().to_string();
+    let token = mint(&api, "customer", "local.acc_ws", 600).await;
     // The token rides in connection_init: the upgrade paid the address's
     // allowance, every operation is the customer's (burst 2).
     let mut ws = subscribe(&api.tc.url(1), &token, "{ cart { vendorId } }", json!({})).await;
